@@ -1,0 +1,352 @@
+//! Configuration with Flink's key names.
+//!
+//! Every key Weir understands is declared once in [`KEYS`] with its type and default; setting an
+//! unknown key, or a value that does not parse, is an error naming the key. Pre-1.20 Flink names
+//! are accepted as deprecated aliases (with a warning), and the new name wins when both are set.
+//! Precedence between sources (file < `-D` < job code) is applied by the caller: later `set`s win.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    Int,
+    Bool,
+    Duration,
+    Text,
+    Enum(&'static [&'static str]),
+}
+
+/// A configuration key: its name, deprecated aliases, type, default (as text) and meaning.
+#[derive(Debug)]
+pub struct KeyDef {
+    pub name: &'static str,
+    pub deprecated: &'static [&'static str],
+    pub ty: ValueType,
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+pub mod keys {
+    pub const PARALLELISM_DEFAULT: &str = "parallelism.default";
+    pub const MAX_PARALLELISM: &str = "pipeline.max-parallelism";
+    pub const AUTO_GENERATE_UIDS: &str = "pipeline.auto-generate-uids";
+    pub const STATE_BACKEND: &str = "state.backend.type";
+    pub const CHECKPOINT_INTERVAL: &str = "execution.checkpointing.interval";
+    pub const CHECKPOINT_MIN_PAUSE: &str = "execution.checkpointing.min-pause";
+    pub const CHECKPOINT_TIMEOUT: &str = "execution.checkpointing.timeout";
+    pub const CHECKPOINT_MAX_CONCURRENT: &str = "execution.checkpointing.max-concurrent-checkpoints";
+    pub const CHECKPOINT_TOLERABLE_FAILURES: &str = "execution.checkpointing.tolerable-failed-checkpoints";
+    pub const CHECKPOINT_NUM_RETAINED: &str = "execution.checkpointing.num-retained";
+    pub const CHECKPOINT_DIR: &str = "execution.checkpointing.dir";
+    pub const SAVEPOINT_DIR: &str = "execution.checkpointing.savepoint-dir";
+    pub const CHECKPOINT_RETENTION: &str = "execution.checkpointing.externalized-checkpoint-retention";
+    pub const CHECKPOINT_MODE: &str = "execution.checkpointing.mode";
+    pub const CHECKPOINT_INCREMENTAL: &str = "execution.checkpointing.incremental";
+    pub const RECOVERY_PATH: &str = "execution.state-recovery.path";
+    pub const RECOVERY_CLAIM_MODE: &str = "execution.state-recovery.claim-mode";
+    pub const RECOVERY_IGNORE_UNCLAIMED: &str = "execution.state-recovery.ignore-unclaimed-state";
+    pub const RESTART_STRATEGY: &str = "restart-strategy.type";
+    pub const RESTART_ATTEMPTS: &str = "restart-strategy.fixed-delay.attempts";
+    pub const RESTART_DELAY: &str = "restart-strategy.fixed-delay.delay";
+    pub const BATCH_SIZE: &str = "weir.network.batch-size";
+    pub const CHANNEL_CAPACITY: &str = "weir.network.channel-capacity";
+}
+
+use keys::*;
+
+pub const KEYS: &[KeyDef] = &[
+    KeyDef { name: PARALLELISM_DEFAULT, deprecated: &[], ty: ValueType::Int, default: Some("1"), doc: "Parallelism of operators that do not set one." },
+    KeyDef { name: MAX_PARALLELISM, deprecated: &[], ty: ValueType::Int, default: None, doc: "Max parallelism (number of key groups) of operators that do not set one; unset derives it from the parallelism like Flink." },
+    KeyDef { name: AUTO_GENERATE_UIDS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "When false, a stateful operator without uid is refused when the job graph is built." },
+    KeyDef { name: STATE_BACKEND, deprecated: &["state.backend"], ty: ValueType::Enum(&["hashmap"]), default: Some("hashmap"), doc: "Keyed state backend." },
+    KeyDef { name: CHECKPOINT_INTERVAL, deprecated: &[], ty: ValueType::Duration, default: None, doc: "Interval of periodic checkpoints; unset disables them." },
+    KeyDef { name: CHECKPOINT_MIN_PAUSE, deprecated: &[], ty: ValueType::Duration, default: Some("0 ms"), doc: "Minimal pause between the end of one checkpoint and the start of the next." },
+    KeyDef { name: CHECKPOINT_TIMEOUT, deprecated: &[], ty: ValueType::Duration, default: Some("10 min"), doc: "A checkpoint not complete after this long expires." },
+    KeyDef { name: CHECKPOINT_MAX_CONCURRENT, deprecated: &[], ty: ValueType::Int, default: Some("1"), doc: "Checkpoints in flight at once; Weir supports 1." },
+    KeyDef { name: CHECKPOINT_TOLERABLE_FAILURES, deprecated: &[], ty: ValueType::Int, default: Some("0"), doc: "Consecutive counted checkpoint failures tolerated before the job fails." },
+    KeyDef { name: CHECKPOINT_NUM_RETAINED, deprecated: &["state.checkpoints.num-retained"], ty: ValueType::Int, default: Some("1"), doc: "Completed checkpoints kept; older ones are subsumed and deleted." },
+    KeyDef { name: CHECKPOINT_DIR, deprecated: &["state.checkpoints.dir", "state.backend.fs.checkpointdir"], ty: ValueType::Text, default: None, doc: "Directory for checkpoints: <dir>/<job-id>/{chk-<n>,shared,taskowned}." },
+    KeyDef { name: SAVEPOINT_DIR, deprecated: &["state.savepoints.dir"], ty: ValueType::Text, default: None, doc: "Default target directory of savepoints." },
+    KeyDef { name: CHECKPOINT_RETENTION, deprecated: &[], ty: ValueType::Enum(&["NO_EXTERNALIZED_CHECKPOINTS", "DELETE_ON_CANCELLATION", "RETAIN_ON_CANCELLATION"]), default: Some("NO_EXTERNALIZED_CHECKPOINTS"), doc: "What happens to retained checkpoints when the job ends." },
+    KeyDef { name: CHECKPOINT_MODE, deprecated: &[], ty: ValueType::Enum(&["EXACTLY_ONCE"]), default: Some("EXACTLY_ONCE"), doc: "Checkpointing mode; Weir aligns barriers, so only EXACTLY_ONCE." },
+    KeyDef { name: CHECKPOINT_INCREMENTAL, deprecated: &["state.backend.incremental"], ty: ValueType::Bool, default: Some("false"), doc: "Incremental checkpoints (used by the rocksdb backend)." },
+    KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Text, default: None, doc: "Snapshot to restore from (`-s`)." },
+    KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },
+    KeyDef { name: RECOVERY_IGNORE_UNCLAIMED, deprecated: &["execution.savepoint.ignore-unclaimed-state"], ty: ValueType::Bool, default: Some("false"), doc: "Skip snapshot state that maps to no operator (`-n`)." },
+    KeyDef { name: RESTART_STRATEGY, deprecated: &["restart-strategy"], ty: ValueType::Enum(&["none", "disable", "off", "fixed-delay", "fixeddelay"]), default: None, doc: "Restart strategy; unset means fixed-delay when checkpointing is enabled and none otherwise." },
+    KeyDef { name: RESTART_ATTEMPTS, deprecated: &[], ty: ValueType::Int, default: None, doc: "Restart attempts of fixed-delay; unset means unlimited when checkpointing is enabled (as Flink), 1 otherwise." },
+    KeyDef { name: RESTART_DELAY, deprecated: &[], ty: ValueType::Duration, default: Some("1 s"), doc: "Delay between restart attempts." },
+    KeyDef { name: BATCH_SIZE, deprecated: &[], ty: ValueType::Int, default: Some("1024"), doc: "Records per batch on a channel between tasks (Weir-specific)." },
+    KeyDef { name: CHANNEL_CAPACITY, deprecated: &[], ty: ValueType::Int, default: Some("16"), doc: "Batches a channel holds before its producer blocks (Weir-specific; bounds memory)." },
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown configuration key '{key}'{hint}")]
+    UnknownKey { key: String, hint: String },
+    #[error("invalid value '{value}' for configuration key '{key}': {reason}")]
+    InvalidValue { key: String, value: String, reason: String },
+}
+
+/// A warning to log, produced when a deprecated key is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeprecationWarning {
+    pub used: String,
+    pub proper: &'static str,
+}
+
+impl std::fmt::Display for DeprecationWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config uses deprecated configuration key '{}' instead of proper key '{}'", self.used, self.proper)
+    }
+}
+
+/// Validated configuration: canonical key → raw value. New names beat deprecated ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configuration {
+    values: BTreeMap<&'static str, String>,
+    /// Keys set through a deprecated alias; a later set through the proper name overrides them.
+    via_deprecated: BTreeMap<&'static str, bool>,
+}
+
+fn find_key(key: &str) -> Option<(&'static KeyDef, bool)> {
+    KEYS.iter().find_map(|def| {
+        if def.name == key {
+            Some((def, false))
+        } else if def.deprecated.contains(&key) {
+            Some((def, true))
+        } else {
+            None
+        }
+    })
+}
+
+impl Configuration {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a key. Returns a warning when the key is a deprecated alias.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<Option<DeprecationWarning>, ConfigError> {
+        let key = key.trim();
+        let value = value.trim();
+        let (def, deprecated) = find_key(key).ok_or_else(|| ConfigError::UnknownKey {
+            key: key.to_string(),
+            hint: suggest(key),
+        })?;
+        validate(def, value).map_err(|reason| ConfigError::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason,
+        })?;
+        if deprecated && self.via_deprecated.get(def.name) == Some(&false) {
+            // The proper key was already set: it wins over the deprecated one.
+        } else {
+            self.values.insert(def.name, value.to_string());
+            self.via_deprecated.insert(def.name, deprecated);
+        }
+        Ok(deprecated.then(|| DeprecationWarning { used: key.to_string(), proper: def.name }))
+    }
+
+    /// Parses a `key=value` pair, as given to `-D`.
+    pub fn set_pair(&mut self, pair: &str) -> Result<Option<DeprecationWarning>, ConfigError> {
+        match pair.split_once('=') {
+            Some((k, v)) => self.set(k, v),
+            None => Err(ConfigError::InvalidValue {
+                key: pair.to_string(),
+                value: String::new(),
+                reason: "expected key=value".to_string(),
+            }),
+        }
+    }
+
+    /// Overlays `other` on `self`: keys set in `other` win.
+    pub fn merge(&mut self, other: &Configuration) {
+        for (k, v) in &other.values {
+            self.values.insert(k, v.clone());
+            self.via_deprecated.insert(k, other.via_deprecated.get(k).copied().unwrap_or(false));
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// Raw value or the key's default.
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .or_else(|| find_key(key).and_then(|(d, _)| d.default))
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        self.raw(key).map(str::to_string)
+    }
+
+    pub fn get_int(&self, key: &str) -> Option<i64> {
+        self.raw(key).and_then(|v| v.parse().ok())
+    }
+
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        self.raw(key).and_then(parse_bool)
+    }
+
+    pub fn get_duration(&self, key: &str) -> Option<Duration> {
+        self.raw(key).and_then(|v| parse_duration(v).ok())
+    }
+
+    /// Enum values compare case-insensitively (Flink's `convertToEnum`); returned upper-cased for
+    /// enums declared in upper case, as declared otherwise.
+    pub fn get_enum(&self, key: &str) -> Option<&'static str> {
+        let (def, _) = find_key(key)?;
+        let raw = self.raw(key)?;
+        match def.ty {
+            ValueType::Enum(options) => options.iter().copied().find(|o| o.eq_ignore_ascii_case(raw)),
+            _ => None,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.values.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+}
+
+fn validate(def: &KeyDef, value: &str) -> Result<(), String> {
+    match def.ty {
+        ValueType::Int => value
+            .parse::<i64>()
+            .map(|_| ())
+            .map_err(|_| "expected an integer".to_string()),
+        ValueType::Bool => parse_bool(value).map(|_| ()).ok_or_else(|| "expected true or false".to_string()),
+        ValueType::Duration => parse_duration(value).map(|_| ()),
+        ValueType::Text => {
+            if value.is_empty() {
+                Err("expected a non-empty value".to_string())
+            } else {
+                Ok(())
+            }
+        }
+        ValueType::Enum(options) => {
+            if options.iter().any(|o| o.eq_ignore_ascii_case(value)) {
+                Ok(())
+            } else {
+                Err(format!("expected one of {}", options.join(", ")))
+            }
+        }
+    }
+}
+
+fn suggest(key: &str) -> String {
+    let near = KEYS.iter().map(|d| d.name).find(|name| {
+        let last = |s: &str| s.rsplit('.').next().unwrap_or("").to_string();
+        last(name) == last(key) && !last(key).is_empty()
+    });
+    match near {
+        Some(name) => format!("; did you mean '{name}'?"),
+        None => "; see docs/configuration.md for the keys Weir understands".to_string(),
+    }
+}
+
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a duration the way Flink's `TimeUtils.parseDuration` does: a number and an optional unit
+/// (`ms` when absent): `10 s`, `10s`, `1 min`, `500ms`, `2 h`, `1 d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a duration like '10 s', '500 ms' or '1 min', found '{text}'"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let d = match unit.as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => Duration::from_millis(n),
+        "us" | "µs" | "micro" | "micros" | "microsecond" | "microseconds" => Duration::from_micros(n),
+        "ns" | "nano" | "nanos" | "nanosecond" | "nanoseconds" => Duration::from_nanos(n),
+        "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
+        "m" | "min" | "minute" | "minutes" => Duration::from_secs(n * 60),
+        "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
+        "d" | "day" | "days" => Duration::from_secs(n * 86400),
+        other => return Err(format!("unknown time unit '{other}' in '{text}'")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10 s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1 min"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("ten seconds").is_err());
+        assert!(parse_duration("10 fortnights").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let mut c = Configuration::new();
+        let err = c.set("execution.checkpointing.intervall", "1 s").unwrap_err();
+        assert!(err.to_string().contains("'execution.checkpointing.intervall'"), "{err}");
+        let err = c.set("state.checkpoints.interval", "1 s").unwrap_err();
+        assert!(err.to_string().contains("did you mean 'execution.checkpointing.interval'"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_value() {
+        let mut c = Configuration::new();
+        let err = c.set(keys::CHECKPOINT_NUM_RETAINED, "two").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value 'two' for configuration key 'execution.checkpointing.num-retained': expected an integer"
+        );
+        assert!(c.set(keys::CHECKPOINT_RETENTION, "sometimes").is_err());
+    }
+
+    #[test]
+    fn defaults_and_enums() {
+        let mut c = Configuration::new();
+        assert_eq!(c.get_int(keys::CHECKPOINT_NUM_RETAINED), Some(1));
+        assert_eq!(c.get_duration(keys::CHECKPOINT_TIMEOUT), Some(Duration::from_secs(600)));
+        assert_eq!(c.get_duration(keys::CHECKPOINT_INTERVAL), None);
+        c.set(keys::CHECKPOINT_RETENTION, "retain_on_cancellation").unwrap();
+        assert_eq!(c.get_enum(keys::CHECKPOINT_RETENTION), Some("RETAIN_ON_CANCELLATION"));
+    }
+
+    #[test]
+    fn deprecated_key_warns_and_new_key_wins() {
+        let mut c = Configuration::new();
+        let w = c.set("state.checkpoints.num-retained", "3").unwrap().unwrap();
+        assert_eq!(
+            w.to_string(),
+            "Config uses deprecated configuration key 'state.checkpoints.num-retained' instead of proper key 'execution.checkpointing.num-retained'"
+        );
+        assert_eq!(c.get_int(keys::CHECKPOINT_NUM_RETAINED), Some(3));
+        c.set(keys::CHECKPOINT_NUM_RETAINED, "5").unwrap();
+        c.set("state.checkpoints.num-retained", "7").unwrap();
+        assert_eq!(c.get_int(keys::CHECKPOINT_NUM_RETAINED), Some(5));
+    }
+
+    #[test]
+    fn pairs_and_merge() {
+        let mut a = Configuration::new();
+        a.set_pair("parallelism.default=2").unwrap();
+        assert!(a.set_pair("parallelism.default").is_err());
+        let mut b = Configuration::new();
+        b.set_pair("parallelism.default = 4").unwrap();
+        a.merge(&b);
+        assert_eq!(a.get_int(keys::PARALLELISM_DEFAULT), Some(4));
+    }
+}

@@ -1,0 +1,428 @@
+//! Key groups: the unit in which keyed state is stored, routed and redistributed.
+//!
+//! A key's group is `murmur(key_hash) % max_parallelism`, and subtask `i` of `p` owns a contiguous
+//! range of groups. The formulas are Flink's (`KeyGroupRangeAssignment`, `MathUtils.murmurHash`), and
+//! [`KeyHash`] reproduces Java's `hashCode` for the key types Weir supports, so that a key lands in
+//! the same key group as it would in Flink. Nothing here uses `std::hash`: key groups are persisted.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Lower bound of the default max parallelism (`DEFAULT_LOWER_BOUND_MAX_PARALLELISM`).
+pub const DEFAULT_LOWER_BOUND_MAX_PARALLELISM: u32 = 128;
+/// Upper bound of any max parallelism (`UPPER_BOUND_MAX_PARALLELISM`, 2^15).
+pub const UPPER_BOUND_MAX_PARALLELISM: u32 = 1 << 15;
+
+/// A stable 32-bit hash of a key, equal to Java's `hashCode` of the corresponding Java value.
+///
+/// Implemented for the key types jobs use; a composite key hashes like Flink's `Tuple2`
+/// (`31 * h(a) + h(b)`). It must never change between versions: key groups depend on it.
+pub trait KeyHash {
+    fn key_hash(&self) -> i32;
+}
+
+impl KeyHash for i32 {
+    fn key_hash(&self) -> i32 {
+        *self
+    }
+}
+
+impl KeyHash for u32 {
+    fn key_hash(&self) -> i32 {
+        *self as i32
+    }
+}
+
+impl KeyHash for i64 {
+    fn key_hash(&self) -> i32 {
+        (*self ^ ((*self as u64) >> 32) as i64) as i32
+    }
+}
+
+impl KeyHash for u64 {
+    fn key_hash(&self) -> i32 {
+        (*self as i64).key_hash()
+    }
+}
+
+impl KeyHash for bool {
+    fn key_hash(&self) -> i32 {
+        if *self {
+            1231
+        } else {
+            1237
+        }
+    }
+}
+
+impl KeyHash for str {
+    /// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + unit`.
+    fn key_hash(&self) -> i32 {
+        self.encode_utf16()
+            .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+    }
+}
+
+impl KeyHash for String {
+    fn key_hash(&self) -> i32 {
+        self.as_str().key_hash()
+    }
+}
+
+impl<T: KeyHash + ?Sized> KeyHash for &T {
+    fn key_hash(&self) -> i32 {
+        (**self).key_hash()
+    }
+}
+
+impl<A: KeyHash, B: KeyHash> KeyHash for (A, B) {
+    fn key_hash(&self) -> i32 {
+        self.0.key_hash().wrapping_mul(31).wrapping_add(self.1.key_hash())
+    }
+}
+
+impl<A: KeyHash, B: KeyHash, C: KeyHash> KeyHash for (A, B, C) {
+    fn key_hash(&self) -> i32 {
+        let h = self.0.key_hash().wrapping_mul(31).wrapping_add(self.1.key_hash());
+        h.wrapping_mul(31).wrapping_add(self.2.key_hash())
+    }
+}
+
+/// Flink's `MathUtils.murmurHash(int)`: murmur3 finalisation of one 32-bit word, made non-negative.
+pub fn murmur_hash(code: i32) -> i32 {
+    let mut h = (code as u32).wrapping_mul(0xcc9e_2d51);
+    h = h.rotate_left(15);
+    h = h.wrapping_mul(0x1b87_3593);
+    h = h.rotate_left(13);
+    h = h.wrapping_mul(5).wrapping_add(0xe654_6b64);
+    h ^= 4;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    let code = h as i32;
+    if code >= 0 {
+        code
+    } else if code != i32::MIN {
+        -code
+    } else {
+        0
+    }
+}
+
+/// The key group of a key hash for a given max parallelism.
+#[inline]
+pub fn key_group_for_hash(key_hash: i32, max_parallelism: u32) -> u32 {
+    (murmur_hash(key_hash) as u32) % max_parallelism
+}
+
+/// The key group of a key.
+#[inline]
+pub fn assign_to_key_group<K: KeyHash + ?Sized>(key: &K, max_parallelism: u32) -> u32 {
+    key_group_for_hash(key.key_hash(), max_parallelism)
+}
+
+/// The subtask that owns a key group: `kg * p / max_p`. Routing uses exactly this, so routing and
+/// state ownership always agree.
+#[inline]
+pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_group: u32) -> u32 {
+    ((key_group as u64 * parallelism as u64) / max_parallelism as u64) as u32
+}
+
+/// Flink's default max parallelism for an operator of parallelism `p`:
+/// `min(max(roundUpToPowerOfTwo(p + p/2), 128), 32768)`.
+pub fn default_max_parallelism(parallelism: u32) -> u32 {
+    let wanted = (parallelism as u64) + (parallelism as u64) / 2;
+    let rounded = wanted.max(1).next_power_of_two();
+    rounded.clamp(
+        DEFAULT_LOWER_BOUND_MAX_PARALLELISM as u64,
+        UPPER_BOUND_MAX_PARALLELISM as u64,
+    ) as u32
+}
+
+/// An inclusive range of key groups `[start, end]`; empty when `end < start`.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyGroupRange {
+    pub start: u32,
+    /// Number of key groups in the range (so an empty range is representable without negatives).
+    pub count: u32,
+}
+
+impl KeyGroupRange {
+    pub const EMPTY: KeyGroupRange = KeyGroupRange { start: 0, count: 0 };
+
+    /// The range `[start, end]`, both inclusive.
+    pub fn inclusive(start: u32, end: u32) -> Self {
+        if end < start {
+            Self::EMPTY
+        } else {
+            KeyGroupRange {
+                start,
+                count: end - start + 1,
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Last key group of the range (inclusive). Meaningless for an empty range.
+    pub fn end(&self) -> u32 {
+        self.start + self.count.saturating_sub(1)
+    }
+
+    pub fn contains(&self, key_group: u32) -> bool {
+        key_group >= self.start && key_group - self.start < self.count
+    }
+
+    /// Index of a key group inside this range.
+    pub fn offset_of(&self, key_group: u32) -> Option<usize> {
+        self.contains(key_group)
+            .then(|| (key_group - self.start) as usize)
+    }
+
+    pub fn intersection(&self, other: &KeyGroupRange) -> KeyGroupRange {
+        if self.is_empty() || other.is_empty() {
+            return Self::EMPTY;
+        }
+        let start = self.start.max(other.start);
+        let end = self.end().min(other.end());
+        KeyGroupRange::inclusive(start, end)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> {
+        self.start..self.start + self.count
+    }
+}
+
+impl fmt::Debug for KeyGroupRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            f.write_str("[]")
+        } else {
+            write!(f, "[{}, {}]", self.start, self.end())
+        }
+    }
+}
+
+impl fmt::Display for KeyGroupRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Errors in parallelism settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParallelismError {
+    #[error("max parallelism {0} is not in the valid bounds 1..={UPPER_BOUND_MAX_PARALLELISM}")]
+    MaxParallelismOutOfBounds(u32),
+    #[error("parallelism {parallelism} is larger than max parallelism {max_parallelism}; lower the parallelism or raise the max parallelism")]
+    ParallelismAboveMax { parallelism: u32, max_parallelism: u32 },
+    #[error("parallelism must be at least 1")]
+    ZeroParallelism,
+}
+
+/// Checks a (parallelism, max parallelism) pair.
+pub fn check_parallelism(parallelism: u32, max_parallelism: u32) -> Result<(), ParallelismError> {
+    if parallelism == 0 {
+        return Err(ParallelismError::ZeroParallelism);
+    }
+    if max_parallelism == 0 || max_parallelism > UPPER_BOUND_MAX_PARALLELISM {
+        return Err(ParallelismError::MaxParallelismOutOfBounds(max_parallelism));
+    }
+    if parallelism > max_parallelism {
+        return Err(ParallelismError::ParallelismAboveMax {
+            parallelism,
+            max_parallelism,
+        });
+    }
+    Ok(())
+}
+
+/// The key groups owned by subtask `index` of `parallelism`:
+/// `[(i*maxP + p - 1) / p, ((i+1)*maxP - 1) / p]`.
+pub fn key_group_range_for_subtask(max_parallelism: u32, parallelism: u32, index: u32) -> KeyGroupRange {
+    assert!(
+        parallelism >= 1 && max_parallelism >= parallelism && index < parallelism,
+        "invalid key-group assignment: index {index}, parallelism {parallelism}, max parallelism {max_parallelism}"
+    );
+    let (m, p, i) = (max_parallelism as u64, parallelism as u64, index as u64);
+    let start = (i * m + p - 1) / p;
+    let end = ((i + 1) * m - 1) / p;
+    KeyGroupRange::inclusive(start as u32, end as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ranges(max_p: u32, p: u32) -> Vec<(u32, u32)> {
+        (0..p)
+            .map(|i| {
+                let r = key_group_range_for_subtask(max_p, p, i);
+                (r.start, r.end())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn murmur_vectors_from_appendix_a() {
+        let cases = [
+            (0, 593689054),
+            (1, 68075478),
+            (2, 1085422463),
+            (3, 847579505),
+            (4, 1889779975),
+            (5, 236698494),
+            (6, 975490194),
+            (7, 1343918321),
+            (8, 1822472975),
+            (9, 101886131),
+            (i32::MIN, 1718298732),
+            (-1, 1982413648),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(murmur_hash(code), expected, "murmurHash({code})");
+        }
+    }
+
+    #[test]
+    fn integer_key_groups_from_appendix_a() {
+        // (key, kg for maxP 128, subtask for p=4, kg for maxP 13)
+        let cases = [
+            (0, 94, 2, 10),
+            (1, 86, 2, 3),
+            (2, 127, 3, 8),
+            (3, 113, 3, 6),
+            (4, 7, 0, 5),
+            (5, 126, 3, 6),
+            (6, 18, 0, 3),
+            (7, 113, 3, 5),
+            (8, 15, 0, 11),
+            (9, 51, 1, 9),
+        ];
+        for (key, kg128, sub4, kg13) in cases {
+            let kg = assign_to_key_group(&(key as i32), 128);
+            assert_eq!(kg, kg128, "key {key}");
+            assert_eq!(operator_index_for_key_group(128, 4, kg), sub4, "key {key}");
+            assert_eq!(assign_to_key_group(&(key as i32), 13), kg13, "key {key}");
+        }
+    }
+
+    #[test]
+    fn string_and_long_keys_from_appendix_a() {
+        assert_eq!("a".key_hash(), 97);
+        assert_eq!("hello".key_hash(), 99162322);
+        assert_eq!("user-42".key_hash(), -147182656);
+        let strings = [("a", 81, 2), ("b", 22, 0), ("hello", 35, 1), ("user-42", 20, 0), ("", 94, 2)];
+        for (key, kg, sub) in strings {
+            let g = assign_to_key_group(key, 128);
+            assert_eq!(g, kg, "key {key:?}");
+            assert_eq!(operator_index_for_key_group(128, 4, g), sub, "key {key:?}");
+            assert_eq!(assign_to_key_group(&key.to_string(), 128), kg);
+        }
+        let longs: [(i64, u32, u32); 3] = [(42, 29, 0), (1 << 32, 86, 2), (-1, 94, 2)];
+        for (key, kg, sub3) in longs {
+            let g = assign_to_key_group(&key, 128);
+            assert_eq!(g, kg, "long {key}");
+            assert_eq!(operator_index_for_key_group(128, 3, g), sub3, "long {key}");
+        }
+        assert_eq!(assign_to_key_group(&42u64, 128), 29);
+    }
+
+    #[test]
+    fn ranges_from_appendix_a() {
+        assert_eq!(ranges(128, 1), vec![(0, 127)]);
+        assert_eq!(ranges(128, 3), vec![(0, 42), (43, 85), (86, 127)]);
+        assert_eq!(ranges(128, 4), vec![(0, 31), (32, 63), (64, 95), (96, 127)]);
+        assert_eq!(ranges(13, 2), vec![(0, 6), (7, 12)]);
+        assert_eq!(ranges(13, 4), vec![(0, 3), (4, 6), (7, 9), (10, 12)]);
+        assert_eq!(ranges(13, 5), vec![(0, 2), (3, 5), (6, 7), (8, 10), (11, 12)]);
+        assert_eq!(ranges(10, 3), vec![(0, 3), (4, 6), (7, 9)]);
+        assert_eq!(
+            ranges(32768, 7),
+            vec![
+                (0, 4681),
+                (4682, 9362),
+                (9363, 14043),
+                (14044, 18724),
+                (18725, 23405),
+                (23406, 28086),
+                (28087, 32767)
+            ]
+        );
+    }
+
+    #[test]
+    fn default_max_parallelism_from_appendix_a() {
+        for p in [1, 2, 64, 85] {
+            assert_eq!(default_max_parallelism(p), 128, "p={p}");
+        }
+        for p in [86, 100, 171] {
+            assert_eq!(default_max_parallelism(p), 256, "p={p}");
+        }
+        assert_eq!(default_max_parallelism(1000), 2048);
+        for p in [21845, 21846, 32768] {
+            assert_eq!(default_max_parallelism(p), 32768, "p={p}");
+        }
+    }
+
+    #[test]
+    fn java_string_hash_uses_utf16_units() {
+        // U+1F600 is the surrogate pair D83D DE00 in Java: 31 * 0xD83D + 0xDE00.
+        assert_eq!("\u{1F600}".key_hash(), 31 * 0xD83D + 0xDE00);
+        assert_eq!(("a", 1i32).key_hash(), 31 * 97 + 1);
+    }
+
+    #[test]
+    fn parallelism_checks() {
+        assert!(check_parallelism(4, 128).is_ok());
+        assert_eq!(
+            check_parallelism(5, 4),
+            Err(ParallelismError::ParallelismAboveMax { parallelism: 5, max_parallelism: 4 })
+        );
+        assert!(check_parallelism(1, 40000).is_err());
+        assert!(check_parallelism(0, 10).is_err());
+    }
+
+    proptest! {
+        /// The subtask that routing picks for a key is the one whose range owns its key group.
+        #[test]
+        fn routing_and_ownership_agree(key in any::<i64>(), max_p in 1u32..=4096, p_seed in any::<u32>()) {
+            let p = 1 + p_seed % max_p;
+            let kg = assign_to_key_group(&key, max_p);
+            prop_assert!(kg < max_p);
+            let owner = operator_index_for_key_group(max_p, p, kg);
+            prop_assert!(owner < p);
+            prop_assert!(key_group_range_for_subtask(max_p, p, owner).contains(kg));
+        }
+
+        /// Subtask ranges partition `[0, max_p)`: contiguous, disjoint, none empty, in order.
+        #[test]
+        fn ranges_partition_all_key_groups(max_p in 1u32..=32768, p_seed in any::<u32>()) {
+            let p = 1 + p_seed % max_p.min(512);
+            let mut next = 0;
+            for i in 0..p {
+                let r = key_group_range_for_subtask(max_p, p, i);
+                prop_assert!(!r.is_empty());
+                prop_assert_eq!(r.start, next);
+                for kg in [r.start, r.end()] {
+                    prop_assert_eq!(operator_index_for_key_group(max_p, p, kg), i);
+                }
+                next = r.end() + 1;
+            }
+            prop_assert_eq!(next, max_p);
+        }
+
+        #[test]
+        fn string_keys_route_to_their_owner(key in ".*", max_p in 1u32..=1024, p_seed in any::<u32>()) {
+            let p = 1 + p_seed % max_p;
+            let kg = assign_to_key_group(key.as_str(), max_p);
+            let owner = operator_index_for_key_group(max_p, p, kg);
+            prop_assert!(key_group_range_for_subtask(max_p, p, owner).contains(kg));
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The `_metadata` file: what a checkpoint or savepoint contains and where its state lives.
+//!
+//! Layout (all integers big-endian), documented in `docs/formats.md`:
+//!
+//! ```text
+//! magic    8 bytes  "WEIRMETA"
+//! version  u32      METADATA_VERSION
+//! length   u64      length of the body
+//! body     MessagePack of `SnapshotMetadata` (maps with field names, so fields can be added)
+//! crc32c   u32      over magic, version, length and body
+//! ```
+//!
+//! A snapshot exists only once this file is in place and verifies; readers refuse a wrong magic,
+//! an unknown version, a truncated file or a checksum mismatch with an error naming the file.
+
+use crate::key_group::KeyGroupRange;
+use crate::operator_id::OperatorId;
+use crate::CheckpointId;
+use serde::{Deserialize, Serialize};
+
+pub const METADATA_FILE_NAME: &str = "_metadata";
+pub const METADATA_MAGIC: [u8; 8] = *b"WEIRMETA";
+pub const METADATA_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8;
+
+/// What kind of snapshot this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotKind {
+    Checkpoint,
+    Savepoint { format: SavepointFormat },
+}
+
+impl SnapshotKind {
+    pub fn is_savepoint(&self) -> bool {
+        matches!(self, SnapshotKind::Savepoint { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SavepointFormat {
+    Canonical,
+    Native,
+}
+
+/// How operator list state is redistributed when parallelism changes (digest §3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Redistribution {
+    /// Elements are split across the new subtasks (Flink's `SPLIT_DISTRIBUTE`, ListState).
+    Split,
+    /// Every new subtask receives all elements (Flink's `UNION`).
+    Union,
+    /// Every subtask holds the same copy (Flink's `BROADCAST`).
+    Broadcast,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMetadata {
+    pub checkpoint_id: CheckpointId,
+    /// Job that wrote the snapshot (32 hex).
+    pub job_id: String,
+    pub kind: SnapshotKind,
+    /// Wall-clock time the snapshot was triggered, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    pub operators: Vec<OperatorSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorSnapshot {
+    pub operator_id: OperatorId,
+    #[serde(default)]
+    pub uid: Option<String>,
+    pub name: String,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub subtasks: Vec<SubtaskSnapshot>,
+}
+
+impl OperatorSnapshot {
+    /// True when no subtask holds any state: such an entry never blocks a restore.
+    pub fn is_empty(&self) -> bool {
+        self.subtasks.iter().all(SubtaskSnapshot::is_empty)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskSnapshot {
+    pub subtask: u32,
+    /// Keyed state of the subtask, if it has any.
+    #[serde(default)]
+    pub keyed: Option<KeyedStateHandle>,
+    /// Operator (non-keyed) list states, stored inline: they are small (offsets, pending files).
+    #[serde(default)]
+    pub operator_lists: Vec<OperatorListState>,
+}
+
+impl SubtaskSnapshot {
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_none() && self.operator_lists.iter().all(|l| l.elements.is_empty())
+    }
+}
+
+/// A key-group-indexed state file: `offsets[i]` is where key group `key_groups.start + i` begins,
+/// so a restore reads only the key groups it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedStateHandle {
+    pub file: StateFileRef,
+    pub key_groups: KeyGroupRange,
+    pub offsets: Vec<u64>,
+}
+
+impl KeyedStateHandle {
+    /// The part of this handle that covers `range`, or `None` when they do not overlap.
+    pub fn intersection(&self, range: &KeyGroupRange) -> Option<KeyedStateHandle> {
+        let common = self.key_groups.intersection(range);
+        if common.is_empty() {
+            return None;
+        }
+        let first = (common.start - self.key_groups.start) as usize;
+        Some(KeyedStateHandle {
+            file: self.file.clone(),
+            key_groups: common,
+            offsets: self.offsets[first..first + common.count as usize].to_vec(),
+        })
+    }
+}
+
+/// A state file. `path` is relative to the directory holding `_metadata` (so a savepoint can be
+/// moved), or absolute for files shared between checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFileRef {
+    pub path: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorListState {
+    pub name: String,
+    pub mode: Redistribution,
+    pub elements: Vec<serde_bytes::ByteBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("'{path}' is not a Weir snapshot metadata file (unexpected magic number); point -s at a checkpoint or savepoint directory or its _metadata file")]
+    BadMagic { path: String },
+    #[error("'{path}' has metadata format version {found}, but this Weir reads versions up to {supported}; restore it with the Weir version that wrote it or a newer one")]
+    UnsupportedVersion { path: String, found: u32, supported: u32 },
+    #[error("'{path}' is truncated ({len} bytes); the snapshot is incomplete or damaged")]
+    Truncated { path: String, len: usize },
+    #[error("'{path}' is corrupted: checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    ChecksumMismatch { path: String, stored: u32, computed: u32 },
+    #[error("'{path}' could not be decoded: {detail}")]
+    Decode { path: String, detail: String },
+    #[error("snapshot metadata could not be encoded: {0}")]
+    Encode(String),
+}
+
+/// Encodes metadata into the bytes of a `_metadata` file.
+pub fn encode(meta: &SnapshotMetadata) -> Result<Vec<u8>, MetadataError> {
+    let body = rmp_serde::to_vec_named(meta).map_err(|e| MetadataError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 4);
+    out.extend_from_slice(&METADATA_MAGIC);
+    out.extend_from_slice(&METADATA_VERSION.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    out.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes the bytes of a `_metadata` file; `path` only names the file in errors.
+pub fn decode(bytes: &[u8], path: &str) -> Result<SnapshotMetadata, MetadataError> {
+    let path_s = || path.to_string();
+    if bytes.len() < 8 || bytes[..8] != METADATA_MAGIC {
+        if bytes.len() < 8 && METADATA_MAGIC.starts_with(bytes) {
+            return Err(MetadataError::Truncated { path: path_s(), len: bytes.len() });
+        }
+        return Err(MetadataError::BadMagic { path: path_s() });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(MetadataError::Truncated { path: path_s(), len: bytes.len() });
+    }
+    let version = u32::from_be_bytes(bytes[8..12].try_into().unwrap_or_default());
+    if version == 0 || version > METADATA_VERSION {
+        return Err(MetadataError::UnsupportedVersion {
+            path: path_s(),
+            found: version,
+            supported: METADATA_VERSION,
+        });
+    }
+    let body_len = u64::from_be_bytes(bytes[12..20].try_into().unwrap_or_default());
+    let total = (HEADER_LEN as u64).saturating_add(body_len).saturating_add(4);
+    if (bytes.len() as u64) < total {
+        return Err(MetadataError::Truncated { path: path_s(), len: bytes.len() });
+    }
+    let end = HEADER_LEN + body_len as usize;
+    let stored = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap_or_default());
+    let computed = crc32c::crc32c(&bytes[..end]);
+    if stored != computed || bytes.len() as u64 != total {
+        return Err(MetadataError::ChecksumMismatch { path: path_s(), stored, computed });
+    }
+    rmp_serde::from_slice(&bytes[HEADER_LEN..end]).map_err(|e| MetadataError::Decode {
+        path: path_s(),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SnapshotMetadata {
+        SnapshotMetadata {
+            checkpoint_id: 7,
+            job_id: "ab".repeat(16),
+            kind: SnapshotKind::Checkpoint,
+            timestamp_ms: 1_700_000_000_000,
+            operators: vec![
+                OperatorSnapshot {
+                    operator_id: OperatorId::from_uid("sum"),
+                    uid: Some("sum".into()),
+                    name: "Sum".into(),
+                    parallelism: 2,
+                    max_parallelism: 128,
+                    subtasks: vec![SubtaskSnapshot {
+                        subtask: 0,
+                        keyed: Some(KeyedStateHandle {
+                            file: StateFileRef { path: "op-0".into(), size: 100 },
+                            key_groups: KeyGroupRange::inclusive(0, 3),
+                            offsets: vec![10, 20, 30, 40],
+                        }),
+                        operator_lists: vec![],
+                    }],
+                },
+                OperatorSnapshot {
+                    operator_id: OperatorId::from_uid("source"),
+                    uid: None,
+                    name: "Source".into(),
+                    parallelism: 1,
+                    max_parallelism: 128,
+                    subtasks: vec![SubtaskSnapshot {
+                        subtask: 0,
+                        keyed: None,
+                        operator_lists: vec![OperatorListState {
+                            name: "offset".into(),
+                            mode: Redistribution::Split,
+                            elements: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+                        }],
+                    }],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let bytes = encode(&m).unwrap();
+        assert_eq!(&bytes[..8], b"WEIRMETA");
+        assert_eq!(decode(&bytes, "x").unwrap(), m);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let bytes = encode(&sample()).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(decode(&b, "f").is_err(), "flip at {i} not detected");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let bytes = encode(&sample()).unwrap();
+        for len in 0..bytes.len() {
+            let err = decode(&bytes[..len], "/x/_metadata").unwrap_err();
+            assert!(err.to_string().contains("/x/_metadata"), "{err}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_version() {
+        let mut bytes = encode(&sample()).unwrap();
+        bytes[11] = 9;
+        let err = decode(&bytes, "/sp/_metadata").unwrap_err();
+        assert_eq!(
+            err,
+            MetadataError::UnsupportedVersion { path: "/sp/_metadata".into(), found: 9, supported: 1 }
+        );
+        assert!(err.to_string().contains("version 9"));
+        let err = decode(b"PK\x03\x04 not metadata at all", "/tmp/a.zip").unwrap_err();
+        assert!(matches!(err, MetadataError::BadMagic { .. }));
+    }
+
+    #[test]
+    fn handle_intersection_keeps_offsets_of_the_common_range() {
+        let h = KeyedStateHandle {
+            file: StateFileRef { path: "f".into(), size: 1 },
+            key_groups: KeyGroupRange::inclusive(4, 9),
+            offsets: vec![0, 1, 2, 3, 4, 5],
+        };
+        let i = h.intersection(&KeyGroupRange::inclusive(7, 20)).unwrap();
+        assert_eq!(i.key_groups, KeyGroupRange::inclusive(7, 9));
+        assert_eq!(i.offsets, vec![3, 4, 5]);
+        assert!(h.intersection(&KeyGroupRange::inclusive(10, 12)).is_none());
+    }
+}
