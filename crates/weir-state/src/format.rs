@@ -1,0 +1,255 @@
+//! The key-group-indexed keyed state file (documented in `docs/formats.md`).
+//!
+//! ```text
+//! magic "WEIRKEYS" | u32 version | u32 header length | header (MessagePack) | u32 crc32c(header)
+//! then one block per key group of the header's range, in order:
+//!   u32 payload length | u32 crc32c(payload) | payload
+//! payload: per state with entries in this key group:
+//!   u16 state index | u32 entry count | count × (u32 key length, key, u32 value length, value)
+//! ```
+//!
+//! The byte offset of each block is recorded in the snapshot's `_metadata`, so a restore seeks to
+//! the key groups it owns and reads nothing else. Integers are big-endian.
+
+use crate::error::StateError;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use weir_core::KeyGroupRange;
+
+pub const KEYED_MAGIC: [u8; 8] = *b"WEIRKEYS";
+pub const KEYED_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateKind {
+    Value,
+    List,
+    Map,
+    Reducing,
+}
+
+impl StateKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StateKind::Value => "value",
+            StateKind::List => "list",
+            StateKind::Map => "map",
+            StateKind::Reducing => "reducing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMeta {
+    pub name: String,
+    pub kind: StateKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    pub key_groups: KeyGroupRange,
+    pub states: Vec<StateMeta>,
+}
+
+/// Writes a state file block by block, recording each key group's offset.
+pub struct StateFileWriter<W: Write> {
+    inner: W,
+    written: u64,
+    offsets: Vec<u64>,
+}
+
+impl<W: Write> StateFileWriter<W> {
+    pub fn new(mut inner: W, header: &FileHeader) -> io::Result<Self> {
+        let head = rmp_serde::to_vec_named(header).map_err(io::Error::other)?;
+        inner.write_all(&KEYED_MAGIC)?;
+        inner.write_all(&KEYED_VERSION.to_be_bytes())?;
+        inner.write_all(&(head.len() as u32).to_be_bytes())?;
+        inner.write_all(&head)?;
+        inner.write_all(&crc32c::crc32c(&head).to_be_bytes())?;
+        let written = 8 + 4 + 4 + head.len() as u64 + 4;
+        Ok(StateFileWriter { inner, written, offsets: Vec::new() })
+    }
+
+    /// Writes the next key group's payload (built with [`push_entries`]).
+    pub fn write_key_group(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.offsets.push(self.written);
+        self.inner.write_all(&(payload.len() as u32).to_be_bytes())?;
+        self.inner.write_all(&crc32c::crc32c(payload).to_be_bytes())?;
+        self.inner.write_all(payload)?;
+        self.written += 8 + payload.len() as u64;
+        Ok(())
+    }
+
+    /// Returns the writer, the key-group offsets and the file size.
+    pub fn finish(mut self) -> io::Result<(W, Vec<u64>, u64)> {
+        self.inner.flush()?;
+        Ok((self.inner, self.offsets, self.written))
+    }
+}
+
+/// Appends one state's entries of one key group to a block payload.
+pub fn push_entries<'a>(payload: &mut Vec<u8>, state_index: u16, entries: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>) {
+    if entries.len() == 0 {
+        return;
+    }
+    payload.extend_from_slice(&state_index.to_be_bytes());
+    payload.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (k, v) in entries {
+        payload.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        payload.extend_from_slice(k);
+        payload.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        payload.extend_from_slice(v);
+    }
+}
+
+/// One state's entries within a key group: `(state index, [(key, value)])`.
+pub type KeyGroupEntries = Vec<(u16, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// Reads key groups of a state file by offset.
+#[derive(Debug)]
+pub struct StateFileReader {
+    file: BufReader<File>,
+    path: PathBuf,
+    header: FileHeader,
+}
+
+impl StateFileReader {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let io_err = |source| StateError::Io { path: path.to_path_buf(), source };
+        let corrupt = |detail: &str| StateError::CorruptFile { path: path.to_path_buf(), detail: detail.to_string() };
+        let mut file = BufReader::new(File::open(path).map_err(io_err)?);
+        let mut fixed = [0u8; 16];
+        file.read_exact(&mut fixed).map_err(|_| corrupt("truncated header"))?;
+        if fixed[..8] != KEYED_MAGIC {
+            return Err(corrupt("not a Weir keyed state file (unexpected magic number)"));
+        }
+        let version = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
+        if version == 0 || version > KEYED_VERSION {
+            return Err(StateError::UnsupportedVersion { path: path.to_path_buf(), found: version, supported: KEYED_VERSION });
+        }
+        let len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+        if len > 64 << 20 {
+            return Err(corrupt("header length is implausible"));
+        }
+        let mut head = vec![0u8; len + 4];
+        file.read_exact(&mut head).map_err(|_| corrupt("truncated header"))?;
+        let stored = u32::from_be_bytes([head[len], head[len + 1], head[len + 2], head[len + 3]]);
+        if crc32c::crc32c(&head[..len]) != stored {
+            return Err(corrupt("header checksum mismatch"));
+        }
+        let header: FileHeader = rmp_serde::from_slice(&head[..len]).map_err(|e| corrupt(&format!("header: {e}")))?;
+        Ok(StateFileReader { file, path: path.to_path_buf(), header })
+    }
+
+    pub fn header(&self) -> &FileHeader {
+        &self.header
+    }
+
+    /// Reads the block of `key_group` at `offset` and verifies its checksum.
+    pub fn read_key_group(&mut self, key_group: u32, offset: u64) -> Result<KeyGroupEntries, StateError> {
+        let path = self.path.clone();
+        let corrupt = |detail: String| StateError::CorruptFile { path: path.clone(), detail };
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|source| StateError::Io { path: path.clone(), source })?;
+        let mut fixed = [0u8; 8];
+        self.file
+            .read_exact(&mut fixed)
+            .map_err(|_| corrupt(format!("truncated at key group {key_group}")))?;
+        let len = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
+        let stored = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let mut payload = Vec::new();
+        (&mut self.file)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .map_err(|source| StateError::Io { path: path.clone(), source })?;
+        if payload.len() != len {
+            return Err(corrupt(format!("truncated at key group {key_group}")));
+        }
+        if crc32c::crc32c(&payload) != stored {
+            return Err(corrupt(format!("checksum mismatch in key group {key_group}")));
+        }
+        parse_payload(&payload).ok_or_else(|| corrupt(format!("malformed block of key group {key_group}")))
+    }
+}
+
+fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries> {
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if p.len() < n {
+            return None;
+        }
+        let (a, b) = p.split_at(n);
+        *p = b;
+        Some(a)
+    }
+    fn u32_of(p: &mut &[u8]) -> Option<usize> {
+        take(p, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut out = Vec::new();
+    while !p.is_empty() {
+        let idx = take(&mut p, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
+        let count = u32_of(&mut p)?;
+        let mut entries = Vec::with_capacity(count.min(1 << 20));
+        for _ in 0..count {
+            let kl = u32_of(&mut p)?;
+            let k = take(&mut p, kl)?.to_vec();
+            let vl = u32_of(&mut p)?;
+            let v = take(&mut p, vl)?.to_vec();
+            entries.push((k, v));
+        }
+        out.push((idx, entries));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_then_read_selected_key_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let header = FileHeader {
+            key_groups: KeyGroupRange::inclusive(3, 5),
+            states: vec![StateMeta { name: "count".into(), kind: StateKind::Value }],
+        };
+        let mut w = StateFileWriter::new(File::create(&path).unwrap(), &header).unwrap();
+        for kg in 3..=5u32 {
+            let mut payload = Vec::new();
+            let k = kg.to_be_bytes().to_vec();
+            let v = vec![kg as u8; 3];
+            push_entries(&mut payload, 0, [(k.as_slice(), v.as_slice())].into_iter());
+            w.write_key_group(&payload).unwrap();
+        }
+        let (_, offsets, size) = w.finish().unwrap();
+        assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+        let mut r = StateFileReader::open(&path).unwrap();
+        assert_eq!(r.header(), &header);
+        let kg4 = r.read_key_group(4, offsets[1]).unwrap();
+        assert_eq!(kg4, vec![(0, vec![(4u32.to_be_bytes().to_vec(), vec![4, 4, 4])])]);
+
+        // A flipped byte in a block is caught by that block's checksum, naming the key group.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut r = StateFileReader::open(&path).unwrap();
+        let err = r.read_key_group(5, offsets[2]).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch in key group 5") && err.contains(path.to_str().unwrap()), "{err}");
+    }
+
+    #[test]
+    fn refuses_other_files_and_newer_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world, not state").unwrap();
+        assert!(StateFileReader::open(&path).unwrap_err().to_string().contains("unexpected magic"));
+        let mut bytes = KEYED_MAGIC.to_vec();
+        bytes.extend_from_slice(&7u32.to_be_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(StateFileReader::open(&path), Err(StateError::UnsupportedVersion { found: 7, .. })));
+    }
+}
