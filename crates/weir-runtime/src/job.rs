@@ -1,0 +1,826 @@
+//! The job master: deploys tasks, drives the checkpoint coordinator, keeps the completed-checkpoint
+//! store, and restarts the job from the latest checkpoint when a task fails.
+
+use crate::graph::JobGraph;
+use crate::operator::{Barrier, Control};
+use crate::storage::{self, load_snapshot, CheckpointStorage, FsCheckpointStorage, LoadError, LoadedSnapshot};
+use crate::task::{self, AckedState, TaskPlan};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use weir_core::assignment::{self, AssignmentError, SubtaskAssignment};
+use weir_core::config::{keys, Configuration};
+use weir_core::coordinator::{Action, Coordinator, CoordinatorSettings, FailureReason, TaskKey};
+use weir_core::ids::INITIAL_CHECKPOINT_ID;
+use weir_core::metadata::{self, OperatorSnapshot, SnapshotKind, SnapshotMetadata};
+use weir_core::store::{CompletedCheckpointStore, Retained, RetentionPolicy, Termination};
+use weir_core::{CheckpointId, JobId, OperatorId};
+
+/// Job status, as Flink names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Created,
+    Running,
+    Restarting,
+    Finished,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobStatus::Finished | JobStatus::Failed | JobStatus::Canceled)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobStatus::Created => "CREATED",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Restarting => "RESTARTING",
+            JobStatus::Finished => "FINISHED",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Canceled => "CANCELED",
+        })
+    }
+}
+
+/// Where to restore from and how (`-s`, `-n`).
+#[derive(Debug, Clone)]
+pub struct RestoreSettings {
+    pub path: PathBuf,
+    pub allow_non_restored_state: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+    #[error("cannot restore: {0}")]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Assignment(#[from] AssignmentError),
+    #[error("checkpointing is enabled (execution.checkpointing.interval) but no checkpoint directory is set; set execution.checkpointing.dir")]
+    NoCheckpointDir,
+    #[error("cannot create checkpoint directory '{path}': {source}")]
+    Storage { path: PathBuf, source: std::io::Error },
+    #[error("{key}: {reason}")]
+    Config { key: &'static str, reason: String },
+    #[error("cannot start the job: {0}")]
+    Spawn(String),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    /// The cause, when the job failed.
+    pub failure: Option<String>,
+    pub restarts: u32,
+}
+
+/// Statistics of one completed checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointStats {
+    pub id: CheckpointId,
+    pub kind: SnapshotKind,
+    pub location: PathBuf,
+    pub duration: Duration,
+    /// Bytes of state files plus `_metadata`.
+    pub state_size: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    status: Mutex<Option<JobStatus>>,
+    completed: Mutex<Vec<CheckpointStats>>,
+    failed_checkpoints: Mutex<u64>,
+    restarts: Mutex<u32>,
+}
+
+/// A running job.
+pub struct JobHandle {
+    job_id: JobId,
+    shared: Arc<Shared>,
+    tx: Sender<MasterMsg>,
+    thread: Option<JoinHandle<JobOutcome>>,
+}
+
+impl JobHandle {
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    pub fn status(&self) -> JobStatus {
+        lock(&self.shared.status).unwrap_or(JobStatus::Created)
+    }
+
+    /// Cancels the job; `wait` returns once it has stopped.
+    pub fn cancel(&self) {
+        let _ = self.tx.send(MasterMsg::Cancel);
+    }
+
+    /// Completed checkpoints so far, oldest first.
+    pub fn completed_checkpoints(&self) -> Vec<CheckpointStats> {
+        lock(&self.shared.completed).clone()
+    }
+
+    pub fn failed_checkpoints(&self) -> u64 {
+        lock(&self.shared.failed_checkpoints)
+    }
+
+    pub fn restarts(&self) -> u32 {
+        lock(&self.shared.restarts)
+    }
+
+    /// Waits until the job ends.
+    pub fn wait(mut self) -> JobOutcome {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(panic)) => JobOutcome {
+                job_id: self.job_id,
+                status: JobStatus::Failed,
+                failure: Some(format!("job master panicked: {}", task::panic_message(&panic))),
+                restarts: 0,
+            },
+            None => JobOutcome { job_id: self.job_id, status: self.status(), failure: None, restarts: 0 },
+        }
+    }
+}
+
+fn lock<T: Clone>(m: &Mutex<T>) -> T {
+    match m.lock() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn with<T>(m: &Mutex<T>, f: impl FnOnce(&mut T)) {
+    match m.lock() {
+        Ok(mut g) => f(&mut g),
+        Err(poisoned) => f(&mut poisoned.into_inner()),
+    }
+}
+
+/// Messages to the job master, from tasks and from the job handle.
+pub enum MasterMsg {
+    TaskInitialized { attempt: u32, task: TaskKey },
+    Ack { attempt: u32, id: CheckpointId, task: TaskKey, states: AckedState },
+    Decline { attempt: u32, id: CheckpointId, task: TaskKey, reason: String },
+    SourceExhausted { attempt: u32, task: TaskKey },
+    TaskFinished { attempt: u32, task: TaskKey },
+    TaskCanceled { attempt: u32, task: TaskKey },
+    TaskFailed { attempt: u32, task: TaskKey, error: String, restore: bool },
+    Cancel,
+}
+
+/// The state every operator subtask restores, computed once per deployment.
+pub struct RestorePlan {
+    pub snapshot: Arc<LoadedSnapshot>,
+    pub operators: HashMap<OperatorId, Vec<SubtaskAssignment>>,
+}
+
+#[derive(Debug, Clone)]
+struct RestartStrategy {
+    max_attempts: u32,
+    delay: Duration,
+}
+
+/// The job's settings, read from configuration once.
+struct Settings {
+    coordinator: CoordinatorSettings,
+    num_retained: usize,
+    retention: RetentionPolicy,
+    restart: RestartStrategy,
+    batch_size: usize,
+    channel_capacity: usize,
+}
+
+impl Settings {
+    fn from_config(c: &Configuration) -> Result<Settings, JobError> {
+        let interval = c.get_duration(keys::CHECKPOINT_INTERVAL);
+        if let Some(i) = interval {
+            if i < Duration::from_millis(10) {
+                return Err(JobError::Config { key: keys::CHECKPOINT_INTERVAL, reason: "Checkpoint interval must be larger than or equal to 10 ms".into() });
+            }
+        }
+        let timeout = c.get_duration(keys::CHECKPOINT_TIMEOUT).unwrap_or(Duration::from_secs(600));
+        if timeout < Duration::from_millis(10) {
+            return Err(JobError::Config { key: keys::CHECKPOINT_TIMEOUT, reason: "Checkpoint timeout must be larger than or equal to 10 ms".into() });
+        }
+        let tolerable = c.get_int(keys::CHECKPOINT_TOLERABLE_FAILURES).unwrap_or(0);
+        if tolerable < 0 {
+            return Err(JobError::Config { key: keys::CHECKPOINT_TOLERABLE_FAILURES, reason: "The tolerable checkpoint failure number is illegal, it must be greater than or equal to 0.".into() });
+        }
+        let max_concurrent = c.get_int(keys::CHECKPOINT_MAX_CONCURRENT).unwrap_or(1);
+        if max_concurrent != 1 {
+            return Err(JobError::Config { key: keys::CHECKPOINT_MAX_CONCURRENT, reason: "Weir runs one checkpoint at a time; set it to 1".into() });
+        }
+        let retained = c.get_int(keys::CHECKPOINT_NUM_RETAINED).unwrap_or(1);
+        if retained <= 0 {
+            tracing::warn!("The setting for '{} : {}' is invalid. Using default value of 1", keys::CHECKPOINT_NUM_RETAINED, retained);
+        }
+        let retention = c
+            .get_enum(keys::CHECKPOINT_RETENTION)
+            .and_then(RetentionPolicy::from_config_value)
+            .unwrap_or(RetentionPolicy::NeverRetainAfterTermination);
+        let strategy = c.get_enum(keys::RESTART_STRATEGY);
+        let restart = match strategy {
+            Some("none") | Some("disable") | Some("off") => RestartStrategy { max_attempts: 0, delay: Duration::ZERO },
+            Some(_) => RestartStrategy {
+                max_attempts: c.get_int(keys::RESTART_ATTEMPTS).unwrap_or(1).max(0) as u32,
+                delay: c.get_duration(keys::RESTART_DELAY).unwrap_or(Duration::from_secs(1)),
+            },
+            None if interval.is_some() => RestartStrategy {
+                max_attempts: c.get_int(keys::RESTART_ATTEMPTS).map(|a| a.max(0) as u32).unwrap_or(u32::MAX),
+                delay: c.get_duration(keys::RESTART_DELAY).unwrap_or(Duration::from_secs(1)),
+            },
+            None => RestartStrategy { max_attempts: 0, delay: Duration::ZERO },
+        };
+        Ok(Settings {
+            coordinator: CoordinatorSettings {
+                interval_ms: interval.map(|d| d.as_millis() as u64),
+                min_pause_ms: c.get_duration(keys::CHECKPOINT_MIN_PAUSE).unwrap_or_default().as_millis() as u64,
+                timeout_ms: timeout.as_millis() as u64,
+                tolerable_failures: tolerable as u32,
+            },
+            num_retained: retained.max(1) as usize,
+            retention,
+            restart,
+            batch_size: c.get_int(keys::BATCH_SIZE).unwrap_or(1024).clamp(1, 1 << 20) as usize,
+            channel_capacity: c.get_int(keys::CHANNEL_CAPACITY).unwrap_or(16).clamp(1, 1 << 16) as usize,
+        })
+    }
+}
+
+/// Starts a job. Restore settings come from `execution.state-recovery.*` in `config`.
+/// Everything a user can get wrong (graph, configuration, the snapshot to restore and whether its
+/// state maps onto the job) is checked here, before any task starts.
+pub fn submit(name: &str, graph: JobGraph, config: &Configuration, storage: Option<Arc<dyn CheckpointStorage>>) -> Result<JobHandle, JobError> {
+    let settings = Settings::from_config(config)?;
+    let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let storage: Option<Arc<dyn CheckpointStorage>> = match (storage, config.get_str(keys::CHECKPOINT_DIR)) {
+        (Some(s), _) => Some(s),
+        (None, Some(dir)) => Some(Arc::new(FsCheckpointStorage::new(dir))),
+        (None, None) if settings.coordinator.interval_ms.is_some() => return Err(JobError::NoCheckpointDir),
+        (None, None) => None,
+    };
+    if let Some(s) = &storage {
+        s.initialize(job_id).map_err(|source| JobError::Storage { path: PathBuf::from(format!("{s:?}")), source })?;
+    }
+    let mut graph = graph;
+    let restore = match config.get_str(keys::RECOVERY_PATH) {
+        Some(path) => {
+            let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
+            let loaded = load_snapshot(std::path::Path::new(&path))?;
+            let plan = plan_restore(&mut graph, Arc::new(loaded), allow)?;
+            tracing::info!(
+                "Starting job {job_id} from {} {} ({})",
+                if plan.snapshot.metadata.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
+                plan.snapshot.dir.display(),
+                if allow { "allowing non restored state" } else { "" }
+            );
+            Some(Arc::new(plan))
+        }
+        None => None,
+    };
+    let next_id = restore.as_ref().map(|r| r.snapshot.metadata.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
+    let tasks = task_keys(&graph);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let shared = Arc::new(Shared::default());
+    let master = Master {
+        job_id,
+        name: name.to_string(),
+        coordinator: Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0),
+        store: CompletedCheckpointStore::new(settings.num_retained),
+        settings,
+        graph: Arc::new(graph),
+        storage,
+        initial_restore: restore,
+        rx,
+        tx: tx.clone(),
+        shared: shared.clone(),
+        clock: Instant::now(),
+        attempt: 0,
+        restarts: 0,
+        tasks: Vec::new(),
+        locations: HashMap::new(),
+        exhausted: HashSet::new(),
+        finished: HashSet::new(),
+        finish_after_notify: false,
+    };
+    with(&shared.status, |s| *s = Some(JobStatus::Created));
+    let thread = std::thread::Builder::new()
+        .name(format!("job-master-{job_id}"))
+        .spawn(move || master.run())
+        .map_err(|e| JobError::Spawn(e.to_string()))?;
+    tracing::info!("Job '{name}' has been submitted with JobID {job_id}");
+    Ok(JobHandle { job_id, shared, tx, thread: Some(thread) })
+}
+
+fn task_keys(graph: &JobGraph) -> Vec<TaskKey> {
+    graph
+        .chains
+        .iter()
+        .enumerate()
+        .flat_map(|(v, c)| (0..c.parallelism).map(move |s| TaskKey { vertex: v as u32, subtask: s }))
+        .collect()
+}
+
+/// Maps a snapshot's state onto the job, adopting max parallelism where the rules allow.
+fn plan_restore(graph: &mut JobGraph, snapshot: Arc<LoadedSnapshot>, allow_non_restored: bool) -> Result<RestorePlan, AssignmentError> {
+    let a = assignment::assign(&snapshot.dir.display().to_string(), &snapshot.metadata.operators, &graph.operator_infos(), allow_non_restored)?;
+    for (id, uid, name) in &a.skipped {
+        tracing::info!("Skipping savepoint state for operator {id} (uid {uid:?}, name '{name}').");
+    }
+    for n in graph.nodes.iter_mut() {
+        if let Some(&max_p) = a.adopted_max_parallelism.get(&n.operator_id) {
+            tracing::debug!("Rescaling maximum parallelism for operator {} from {} to {}", n.name, n.max_parallelism, max_p);
+            n.max_parallelism = max_p;
+        }
+    }
+    Ok(RestorePlan { snapshot, operators: a.operators })
+}
+
+/// Sent as the request token of the final checkpoint taken when all sources are exhausted.
+const FINAL_CHECKPOINT: u64 = u64::MAX;
+
+struct DeployedTask {
+    key: TaskKey,
+    control: Sender<Control>,
+    thread: JoinHandle<()>,
+    is_source: bool,
+}
+
+/// A completed checkpoint as the store keeps it.
+struct Completed {
+    snapshot: Arc<LoadedSnapshot>,
+}
+
+struct Master {
+    job_id: JobId,
+    name: String,
+    settings: Settings,
+    graph: Arc<JobGraph>,
+    storage: Option<Arc<dyn CheckpointStorage>>,
+    coordinator: Coordinator<AckedState>,
+    store: CompletedCheckpointStore<Completed>,
+    initial_restore: Option<Arc<RestorePlan>>,
+    rx: Receiver<MasterMsg>,
+    tx: Sender<MasterMsg>,
+    shared: Arc<Shared>,
+    clock: Instant,
+    attempt: u32,
+    restarts: u32,
+    tasks: Vec<DeployedTask>,
+    /// Directory and trigger time of each pending snapshot.
+    locations: HashMap<CheckpointId, (PathBuf, Instant)>,
+    exhausted: HashSet<TaskKey>,
+    finished: HashSet<TaskKey>,
+    finish_after_notify: bool,
+}
+
+enum Step {
+    Continue,
+    Failover { cause: String, restore: bool },
+    End(JobStatus, Option<String>),
+}
+
+impl Master {
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn set_status(&self, status: JobStatus) {
+        tracing::info!("Job {} ({}) switched to {status}.", self.name, self.job_id);
+        with(&self.shared.status, |s| *s = Some(status));
+    }
+
+    fn run(mut self) -> JobOutcome {
+        let (status, failure) = loop {
+            match self.deploy_and_run() {
+                Step::End(status, failure) => break (status, failure),
+                Step::Continue => continue,
+                Step::Failover { cause, restore } => {
+                    tracing::warn!("Job {} ({}) failed: {cause}", self.name, self.job_id);
+                    let actions = self.coordinator.abort_all(FailureReason::TaskFailure);
+                    self.execute_all(actions);
+                    self.stop_tasks();
+                    let from_initial = self.store.is_empty() && self.initial_restore.is_some();
+                    if restore && from_initial {
+                        break (JobStatus::Failed, Some(format!("the job could not restore its state and was not started: {cause}")));
+                    }
+                    if self.restarts >= self.settings.restart.max_attempts {
+                        let why = if self.settings.restart.max_attempts == 0 {
+                            "no restart strategy is configured (set restart-strategy.type: fixed-delay, or enable checkpointing)".to_string()
+                        } else {
+                            format!("restart attempts exhausted ({})", self.settings.restart.max_attempts)
+                        };
+                        break (JobStatus::Failed, Some(format!("{cause} ({why})")));
+                    }
+                    self.set_status(JobStatus::Restarting);
+                    if self.wait_or_cancel(self.settings.restart.delay) {
+                        break (JobStatus::Canceled, None);
+                    }
+                    self.restarts += 1;
+                    self.attempt += 1;
+                    with(&self.shared.restarts, |r| *r = self.restarts);
+                }
+            }
+        };
+        let how = match status {
+            JobStatus::Finished => Termination::Finished,
+            JobStatus::Canceled => Termination::Canceled,
+            _ => Termination::Failed,
+        };
+        if let Some(s) = &self.storage {
+            for gone in self.store.shutdown(self.settings.retention, how) {
+                if let Err(e) = s.discard(&gone.data.snapshot.dir) {
+                    tracing::warn!("could not delete checkpoint {}: {e}", gone.data.snapshot.dir.display());
+                }
+            }
+        }
+        if let Some(f) = &failure {
+            tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
+        }
+        self.set_status(status);
+        JobOutcome { job_id: self.job_id, status, failure, restarts: self.restarts }
+    }
+
+    /// Waits out the restart delay; true if the job was cancelled meanwhile.
+    fn wait_or_cancel(&self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(MasterMsg::Cancel) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn deploy_and_run(&mut self) -> Step {
+        let restore = match self.store.latest() {
+            Some(latest) => {
+                let snapshot = latest.data.snapshot.clone();
+                // The same graph that wrote the checkpoint: the mapping cannot fail.
+                match assignment::assign(&snapshot.dir.display().to_string(), &snapshot.metadata.operators, &self.graph.operator_infos(), true) {
+                    Ok(a) => Some(Arc::new(RestorePlan { snapshot, operators: a.operators })),
+                    Err(e) => return Step::End(JobStatus::Failed, Some(format!("cannot map the latest checkpoint onto the job: {e}"))),
+                }
+            }
+            None => self.initial_restore.clone(),
+        };
+        if let Some(r) = &restore {
+            tracing::info!("Restoring job {} from {}.", self.job_id, r.snapshot.dir.display());
+        }
+        if let Err(e) = self.deploy(restore) {
+            return Step::End(JobStatus::Failed, Some(e));
+        }
+        // Wait until every task has restored its state, then start them all at once.
+        let mut initialized = HashSet::new();
+        while initialized.len() < self.tasks.len() {
+            match self.rx.recv() {
+                Ok(MasterMsg::TaskInitialized { attempt, task }) if attempt == self.attempt => {
+                    initialized.insert(task);
+                }
+                Ok(MasterMsg::TaskFailed { attempt, error, restore, .. }) if attempt == self.attempt => {
+                    return Step::Failover { cause: error, restore };
+                }
+                Ok(MasterMsg::Cancel) => {
+                    self.stop_tasks();
+                    return Step::End(JobStatus::Canceled, None);
+                }
+                Ok(_) => {}
+                Err(_) => return Step::End(JobStatus::Failed, Some("job master channel closed".into())),
+            }
+        }
+        for t in &self.tasks {
+            let _ = t.control.send(Control::Start);
+        }
+        self.set_status(JobStatus::Running);
+        let now = self.now();
+        self.coordinator.set_tasks(self.tasks.iter().map(|t| t.key));
+        self.coordinator.set_periodic(true, now);
+        self.exhausted.clear();
+        self.finished.clear();
+        self.finish_after_notify = false;
+        loop {
+            let timeout = match self.coordinator.next_deadline_ms() {
+                Some(d) => Duration::from_millis(d.saturating_sub(self.now())),
+                None => Duration::from_secs(3600),
+            };
+            let msg = match self.rx.recv_timeout(timeout) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Step::End(JobStatus::Failed, Some("job master channel closed".into())),
+            };
+            let step = match msg {
+                None => {
+                    let actions = self.coordinator.tick(self.now());
+                    self.execute_all(actions)
+                }
+                Some(m) => self.handle(m),
+            };
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: MasterMsg) -> Step {
+        let current = self.attempt;
+        match msg {
+            MasterMsg::Cancel => {
+                let actions = self.coordinator.abort_all(FailureReason::CoordinatorShutdown);
+                self.execute_all(actions);
+                self.stop_tasks();
+                Step::End(JobStatus::Canceled, None)
+            }
+            MasterMsg::Ack { attempt, id, task, states } => {
+                let actions = if attempt == current {
+                    self.coordinator.acknowledge(id, task, states)
+                } else {
+                    vec![Action::DiscardLate { id, task, state: states }]
+                };
+                self.execute_all(actions)
+            }
+            MasterMsg::Decline { attempt, id, reason, task } if attempt == current => {
+                tracing::warn!("Decline checkpoint {id} by task {task:?} of job {}: {reason}", self.job_id);
+                let actions = self.coordinator.decline(id, FailureReason::AsyncException(reason), self.now());
+                self.execute_all(actions)
+            }
+            MasterMsg::SourceExhausted { attempt, task } if attempt == current => {
+                self.exhausted.insert(task);
+                let sources = self.tasks.iter().filter(|t| t.is_source).count();
+                if self.exhausted.len() == sources {
+                    if self.settings.coordinator.interval_ms.is_some() && self.storage.is_some() {
+                        tracing::info!("All sources of job {} are exhausted; taking the final checkpoint.", self.job_id);
+                        let actions = self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now());
+                        return self.execute_all(actions);
+                    }
+                    self.finish_sources();
+                }
+                Step::Continue
+            }
+            MasterMsg::TaskFinished { attempt, task } if attempt == current => {
+                self.finished.insert(task);
+                if self.finished.len() == self.tasks.len() {
+                    self.stop_tasks();
+                    return Step::End(JobStatus::Finished, None);
+                }
+                Step::Continue
+            }
+            MasterMsg::TaskFailed { attempt, error, restore, .. } if attempt == current => Step::Failover { cause: error, restore },
+            MasterMsg::TaskCanceled { .. } | MasterMsg::TaskInitialized { .. } => Step::Continue,
+            _ => Step::Continue, // messages of an earlier attempt
+        }
+    }
+
+    fn finish_sources(&self) {
+        for t in self.tasks.iter().filter(|t| t.is_source) {
+            let _ = t.control.send(Control::FinishSource);
+        }
+    }
+
+    fn execute_all(&mut self, actions: Vec<Action<AckedState>>) -> Step {
+        let mut queue: std::collections::VecDeque<_> = actions.into();
+        let mut step = Step::Continue;
+        while let Some(a) = queue.pop_front() {
+            let (more, s) = self.execute(a);
+            queue.extend(more);
+            if let Some(s) = s {
+                step = s;
+            }
+        }
+        step
+    }
+
+    fn execute(&mut self, action: Action<AckedState>) -> (Vec<Action<AckedState>>, Option<Step>) {
+        match action {
+            Action::Trigger { id, kind, timestamp_ms: _, token: _ } => {
+                let location = match &self.storage {
+                    Some(s) => s.checkpoint_location(self.job_id, id),
+                    None => Err(std::io::Error::other("no checkpoint storage configured")),
+                };
+                match location {
+                    Ok(loc) => {
+                        tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
+                        self.locations.insert(id, (loc.clone(), Instant::now()));
+                        let barrier = Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc) };
+                        for t in self.tasks.iter().filter(|t| t.is_source) {
+                            let _ = t.control.send(Control::Trigger(barrier.clone()));
+                        }
+                        (Vec::new(), None)
+                    }
+                    Err(e) => {
+                        let reason = FailureReason::Declined(format!("cannot create the checkpoint directory: {e}"));
+                        (self.coordinator.decline(id, reason, self.now()), None)
+                    }
+                }
+            }
+            Action::Finalize { id, kind, timestamp_ms: _, acks } => {
+                let outcome = self.write_metadata(id, kind, acks);
+                (self.coordinator.finalized(id, outcome, self.now()), None)
+            }
+            Action::Completed { id, kind, token } => {
+                let Some((loc, started)) = self.locations.remove(&id) else { return (Vec::new(), None) };
+                match load_snapshot(&loc) {
+                    Ok(snapshot) => {
+                        let size = snapshot_size(&loc);
+                        tracing::info!("Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).", self.job_id, started.elapsed().as_millis());
+                        with(&self.shared.completed, |c| {
+                            c.push(CheckpointStats { id, kind, location: loc.clone(), duration: started.elapsed(), state_size: size });
+                            if c.len() > 100 {
+                                c.remove(0);
+                            }
+                        });
+                        let subsumed = self.store.add(Retained { id, is_savepoint: kind.is_savepoint(), owned: true, data: Completed { snapshot: Arc::new(snapshot) } });
+                        for gone in subsumed {
+                            self.discard(&gone.data.snapshot.dir);
+                        }
+                    }
+                    Err(e) => tracing::error!("checkpoint {id} was written but cannot be read back: {e}"),
+                }
+                if token == Some(FINAL_CHECKPOINT) {
+                    self.finish_after_notify = true;
+                }
+                (Vec::new(), None)
+            }
+            Action::NotifyComplete { id } => {
+                for t in &self.tasks {
+                    let _ = t.control.send(Control::CheckpointComplete(id));
+                }
+                if std::mem::take(&mut self.finish_after_notify) {
+                    self.finish_sources();
+                }
+                (Vec::new(), None)
+            }
+            Action::Aborted { id, kind: _, reason, token } => {
+                tracing::warn!("Checkpoint {id} of job {} failed: {}", self.job_id, reason.message());
+                with(&self.shared.failed_checkpoints, |n| *n += 1);
+                if let Some((loc, _)) = self.locations.remove(&id) {
+                    self.discard(&loc);
+                }
+                for t in &self.tasks {
+                    let _ = t.control.send(Control::CheckpointAborted(id));
+                }
+                let retry = token == Some(FINAL_CHECKPOINT) && reason != FailureReason::TaskFailure && reason != FailureReason::CoordinatorShutdown;
+                let more = if retry { self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now()) } else { Vec::new() };
+                (more, None)
+            }
+            Action::Rejected { .. } => (Vec::new(), None),
+            Action::DiscardLate { id, .. } => {
+                let retained = self.store.iter().any(|e| e.id == id);
+                if !retained && !self.locations.contains_key(&id) {
+                    if let Some(s) = &self.storage {
+                        if let Ok(dir) = s.checkpoint_location(self.job_id, id) {
+                            self.discard(&dir);
+                        }
+                    }
+                }
+                (Vec::new(), None)
+            }
+            Action::FailJob { message } => (Vec::new(), Some(Step::Failover { cause: message, restore: false })),
+        }
+    }
+
+    fn discard(&self, dir: &std::path::Path) {
+        if let Some(s) = &self.storage {
+            if let Err(e) = s.discard(dir) {
+                tracing::warn!("could not delete {}: {e}", dir.display());
+            }
+        }
+    }
+
+    fn write_metadata(&self, id: CheckpointId, kind: SnapshotKind, acks: Vec<(TaskKey, AckedState)>) -> Result<(), String> {
+        let (Some(storage), Some((loc, _))) = (&self.storage, self.locations.get(&id)) else {
+            return Err("no checkpoint location".into());
+        };
+        let mut by_op: HashMap<OperatorId, Vec<metadata::SubtaskSnapshot>> = HashMap::new();
+        for (_, states) in acks {
+            for (op, sub) in states {
+                by_op.entry(op).or_default().push(sub);
+            }
+        }
+        let operators = self
+            .graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut subtasks = by_op.remove(&n.operator_id).unwrap_or_default();
+                subtasks.sort_by_key(|s| s.subtask);
+                OperatorSnapshot {
+                    operator_id: n.operator_id,
+                    uid: n.uid.clone(),
+                    name: n.name.clone(),
+                    parallelism: n.parallelism,
+                    max_parallelism: n.max_parallelism,
+                    subtasks,
+                }
+            })
+            .collect();
+        let meta = SnapshotMetadata { checkpoint_id: id, job_id: self.job_id.to_hex(), kind, timestamp_ms: wall_clock_ms(), operators };
+        let bytes = metadata::encode(&meta).map_err(|e| e.to_string())?;
+        storage
+            .write_metadata(loc, &bytes)
+            .map_err(|e| format!("writing {}: {e}", loc.join(metadata::METADATA_FILE_NAME).display()))
+    }
+
+    fn deploy(&mut self, restore: Option<Arc<RestorePlan>>) -> Result<(), String> {
+        let graph = self.graph.clone();
+        let cap = self.settings.channel_capacity;
+        // senders[edge][producer subtask] and receivers[edge][consumer subtask]
+        let mut senders: HashMap<usize, Vec<Vec<Box<dyn std::any::Any + Send>>>> = HashMap::new();
+        let mut receivers: HashMap<usize, Vec<Vec<Box<dyn std::any::Any + Send>>>> = HashMap::new();
+        for (e, edge) in graph.edges.iter().enumerate() {
+            if edge.chained {
+                continue;
+            }
+            let (pf, pt) = (graph.nodes[edge.from].parallelism as usize, graph.nodes[edge.to].parallelism as usize);
+            let ty = graph.nodes[edge.from].output.clone().ok_or("an edge leaves an operator without output")?;
+            let mut s: Vec<Vec<_>> = (0..pf).map(|_| Vec::new()).collect();
+            let mut r: Vec<Vec<_>> = (0..pt).map(|_| Vec::new()).collect();
+            for (i, si) in s.iter_mut().enumerate() {
+                for (j, rj) in r.iter_mut().enumerate() {
+                    if edge.kind == crate::graph::EdgeKind::Forward && i != j {
+                        continue;
+                    }
+                    let (tx, rx) = ty.channel(cap);
+                    si.push(tx);
+                    rj.push(rx);
+                }
+            }
+            senders.insert(e, s);
+            receivers.insert(e, r);
+        }
+        self.tasks.clear();
+        for (v, chain) in graph.chains.iter().enumerate() {
+            for s in 0..chain.parallelism as usize {
+                let mut task_senders = HashMap::new();
+                for &n in &chain.nodes {
+                    for &e in &graph.nodes[n].outputs {
+                        if let Some(per_producer) = senders.get_mut(&e) {
+                            task_senders.insert(e, std::mem::take(&mut per_producer[s]));
+                        }
+                    }
+                }
+                let mut task_receivers = Vec::new();
+                for &e in &graph.nodes[chain.head].inputs {
+                    if let Some(per_consumer) = receivers.get_mut(&e) {
+                        task_receivers.extend(std::mem::take(&mut per_consumer[s]));
+                    }
+                }
+                let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+                let key = TaskKey { vertex: v as u32, subtask: s as u32 };
+                let plan = TaskPlan {
+                    key,
+                    attempt: self.attempt,
+                    job_id: self.job_id,
+                    graph: graph.clone(),
+                    restore: restore.clone(),
+                    senders: task_senders,
+                    receivers: task_receivers,
+                    control: ctl_rx,
+                    master: self.tx.clone(),
+                    storage: self.storage.clone(),
+                    batch_size: self.settings.batch_size,
+                };
+                let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;
+                self.tasks.push(DeployedTask { key, control: ctl_tx, thread, is_source: graph.nodes[chain.head].is_source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels every task and waits for its thread.
+    fn stop_tasks(&mut self) {
+        for t in &self.tasks {
+            let _ = t.control.send(Control::Cancel);
+        }
+        for t in self.tasks.drain(..) {
+            drop(t.control);
+            let _ = t.thread.join();
+        }
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn snapshot_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// Re-exported for tools and tests: the newest valid checkpoint of a job directory.
+pub use storage::latest_checkpoint;

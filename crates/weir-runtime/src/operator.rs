@@ -1,0 +1,195 @@
+//! What operators and tasks share: the `Output` chain, the events that travel along it, and the
+//! task environment a source drives.
+
+use crate::job::MasterMsg;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_core::coordinator::TaskKey;
+use weir_core::metadata::{OperatorListState, SnapshotKind};
+use weir_core::{CheckpointId, KeyGroupRange, OperatorId};
+use weir_state::{KeyedSnapshot, OperatorStateSnapshot, StateError};
+
+pub type TaskResult<T = ()> = Result<T, TaskError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// An error returned by user code, with the operator that raised it.
+    #[error("operator '{operator}': {message}")]
+    User { operator: String, message: String },
+    /// Restored state could not be read or decoded.
+    #[error("restoring operator '{operator}': {source}")]
+    Restore { operator: String, source: StateError },
+    #[error("operator '{operator}': {source}")]
+    State { operator: String, source: StateError },
+    #[error("operator '{operator}': I/O error: {source}")]
+    Io { operator: String, source: std::io::Error },
+    /// A channel to another task closed: that task is gone (cancellation or failure).
+    #[error("a connected task has stopped")]
+    Disconnected,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The downstream side of an operator: the next operator of the chain, a network writer, or a
+/// fan-out to several of them.
+pub trait Output<T>: Send {
+    fn emit(&mut self, record: T) -> TaskResult;
+    /// Handles a control event, then passes it on down the chain.
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult;
+}
+
+impl<T, O: Output<T> + ?Sized> Output<T> for Box<O> {
+    #[inline]
+    fn emit(&mut self, record: T) -> TaskResult {
+        (**self).emit(record)
+    }
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        (**self).event(event)
+    }
+}
+
+/// Events that travel down a chain, in order with the records.
+pub enum ChainEvent<'a> {
+    /// A checkpoint or savepoint barrier: capture state into the capture, then pass it on.
+    Barrier(&'a mut SnapshotCapture),
+    CheckpointComplete(CheckpointId),
+    CheckpointAborted(CheckpointId),
+    /// The input has no data right now: send partial batches downstream.
+    Flush,
+    /// No more records will come (bounded input ended, or stop with drain).
+    EndOfInput,
+}
+
+/// A barrier as it travels between tasks.
+#[derive(Debug, Clone)]
+pub struct Barrier {
+    pub id: CheckpointId,
+    pub kind: SnapshotKind,
+    pub timestamp_ms: u64,
+    /// Directory the snapshot's files go to (`chk-<id>` or the savepoint directory).
+    pub location: Arc<PathBuf>,
+}
+
+/// One operator's state captured at a barrier.
+pub struct CapturedOperator {
+    pub operator_id: OperatorId,
+    pub keyed: Option<KeyedSnapshot>,
+    pub operator_state: OperatorStateSnapshot,
+}
+
+/// Everything a task captured at one barrier; written asynchronously.
+pub struct SnapshotCapture {
+    pub barrier: Barrier,
+    pub operators: Vec<CapturedOperator>,
+}
+
+/// What the job master tells a task.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// All tasks are initialized: start processing.
+    Start,
+    /// Sources only: inject this barrier.
+    Trigger(Barrier),
+    CheckpointComplete(CheckpointId),
+    CheckpointAborted(CheckpointId),
+    /// Sources only: the input is over (after the final checkpoint): end the stream.
+    FinishSource,
+    Cancel,
+}
+
+/// Restored state for one operator subtask, with state file paths resolved.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredState {
+    pub keyed: Vec<(PathBuf, weir_core::metadata::KeyedStateHandle)>,
+    pub operator_lists: Vec<OperatorListState>,
+}
+
+/// What an operator knows about itself when it is instantiated for a subtask.
+#[derive(Debug, Clone)]
+pub struct OperatorContext {
+    pub operator_id: OperatorId,
+    pub name: String,
+    pub uid: Option<String>,
+    pub subtask: u32,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub key_groups: KeyGroupRange,
+    /// `Some` when the job (re)started from a snapshot, even if this operator had no state in it.
+    pub restored: Option<RestoredState>,
+    /// 0 for the first deployment, +1 for every restart.
+    pub attempt: u32,
+    pub job_id: weir_core::JobId,
+}
+
+impl OperatorContext {
+    /// Display name with the subtask, as logs show it: `Sum (2/4)`.
+    pub fn task_name(&self) -> String {
+        format!("{} ({}/{})", self.name, self.subtask + 1, self.parallelism)
+    }
+}
+
+/// A source task's main loop, provided by the API layer.
+pub trait SourceRunner: Send {
+    fn run(&mut self, env: &mut TaskEnv) -> TaskResult<crate::channel::InputEnd>;
+}
+
+/// What a running task uses to talk to the job master and its snapshot writer.
+pub struct TaskEnv {
+    pub(crate) key: TaskKey,
+    pub(crate) attempt: u32,
+    pub(crate) control: Receiver<Control>,
+    pub(crate) master: Sender<MasterMsg>,
+    pub(crate) snapshots: Sender<SnapshotCapture>,
+}
+
+/// What a source does next.
+pub enum Next {
+    Continue,
+    Finish,
+    Cancel,
+}
+
+impl TaskEnv {
+    pub fn subtask(&self) -> u32 {
+        self.key.subtask
+    }
+
+    /// A control message, if one is waiting.
+    pub fn poll_control(&self) -> Option<Control> {
+        self.control.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for a control message.
+    pub fn wait_control(&self, timeout: Duration) -> Option<Control> {
+        match self.control.recv_timeout(timeout) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Control::Cancel),
+        }
+    }
+
+    /// Hands a capture to the snapshot writer, which writes it and acknowledges.
+    pub fn submit_snapshot(&self, capture: SnapshotCapture) -> TaskResult {
+        self.snapshots.send(capture).map_err(|_| TaskError::Internal("snapshot writer stopped".into()))
+    }
+
+    /// Tells the job master that this source has no more input.
+    pub fn report_source_exhausted(&self) {
+        let _ = self.master.send(MasterMsg::SourceExhausted { attempt: self.attempt, task: self.key });
+    }
+
+    /// Applies a control message that every task handles the same way: completion and abort
+    /// notifications go down the chain. Returns what the caller should do next.
+    pub fn apply_common<T>(&self, control: Control, chain: &mut dyn Output<T>) -> TaskResult<Next> {
+        match control {
+            Control::CheckpointComplete(id) => chain.event(&mut ChainEvent::CheckpointComplete(id))?,
+            Control::CheckpointAborted(id) => chain.event(&mut ChainEvent::CheckpointAborted(id))?,
+            Control::FinishSource => return Ok(Next::Finish),
+            Control::Cancel => return Ok(Next::Cancel),
+            Control::Start | Control::Trigger(_) => {}
+        }
+        Ok(Next::Continue)
+    }
+}

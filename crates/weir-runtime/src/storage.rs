@@ -1,0 +1,253 @@
+//! Checkpoint storage: where snapshot files go and how `_metadata` is made atomic.
+//!
+//! Layout of the filesystem storage (Flink's):
+//! `<execution.checkpointing.dir>/<job-id>/{chk-<n>/, shared/, taskowned/}`. State files are
+//! written into the snapshot's directory and referenced by relative path; `_metadata` is written
+//! last through a temporary file, fsync, rename and directory fsync, so a directory without a valid
+//! `_metadata` is never a snapshot.
+
+use std::fmt::Debug;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use weir_core::metadata::{self, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
+use weir_core::{CheckpointId, JobId};
+
+/// A state file being written. `finish` makes it durable.
+pub trait StateOutput: Write + Send {
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Where checkpoints live. The filesystem is the first implementation; object stores come later.
+pub trait CheckpointStorage: Send + Sync + Debug {
+    /// Creates (if needed) the job's directory with `shared/` and `taskowned/`.
+    fn initialize(&self, job: JobId) -> io::Result<PathBuf>;
+    /// Creates the directory of checkpoint `id` and returns it.
+    fn checkpoint_location(&self, job: JobId, id: CheckpointId) -> io::Result<PathBuf>;
+    /// Opens a new state file `name` in `location`.
+    fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>>;
+    /// Atomically writes `_metadata` into `location`.
+    fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Deletes a snapshot: `_metadata` first, so a half-deleted snapshot is never mistaken for one.
+    fn discard(&self, location: &Path) -> io::Result<()>;
+}
+
+#[derive(Debug, Clone)]
+pub struct FsCheckpointStorage {
+    base: PathBuf,
+}
+
+impl FsCheckpointStorage {
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        FsCheckpointStorage { base: base.into() }
+    }
+
+    pub fn job_dir(&self, job: JobId) -> PathBuf {
+        self.base.join(job.to_hex())
+    }
+}
+
+struct FsStateOutput {
+    file: io::BufWriter<File>,
+}
+
+impl Write for FsStateOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl StateOutput for FsStateOutput {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+impl CheckpointStorage for FsCheckpointStorage {
+    fn initialize(&self, job: JobId) -> io::Result<PathBuf> {
+        let dir = self.job_dir(job);
+        fs::create_dir_all(dir.join("shared"))?;
+        fs::create_dir_all(dir.join("taskowned"))?;
+        Ok(dir)
+    }
+
+    fn checkpoint_location(&self, job: JobId, id: CheckpointId) -> io::Result<PathBuf> {
+        let dir = self.job_dir(job).join(format!("chk-{id}"));
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>> {
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(location.join(name))?;
+        Ok(Box::new(FsStateOutput { file: io::BufWriter::with_capacity(1 << 20, file) }))
+    }
+
+    fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()> {
+        write_atomically(&location.join(METADATA_FILE_NAME), bytes)
+    }
+
+    fn discard(&self, location: &Path) -> io::Result<()> {
+        discard_snapshot_dir(location)
+    }
+}
+
+/// Writes `path` so that it is either absent or complete: temp file, fsync, rename, fsync dir.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.inprogress"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Deletes `_metadata` first, then the rest of the directory.
+pub fn discard_snapshot_dir(location: &Path) -> io::Result<()> {
+    match fs::remove_file(location.join(METADATA_FILE_NAME)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match fs::remove_dir_all(location) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("Cannot find checkpoint or savepoint file/directory '{0}'. Check the path given to -s.")]
+    NotFound(PathBuf),
+    #[error("Cannot find meta data file '_metadata' in directory '{0}'. A checkpoint or savepoint directory holds a _metadata file; this directory does not (it may be an incomplete snapshot, or not a snapshot at all).")]
+    NoMetadata(PathBuf),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("cannot read '{path}': {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A snapshot loaded from disk: its metadata and the directory relative paths resolve against.
+#[derive(Debug, Clone)]
+pub struct LoadedSnapshot {
+    pub metadata: SnapshotMetadata,
+    pub dir: PathBuf,
+}
+
+impl LoadedSnapshot {
+    /// The path of a state file referenced by this snapshot.
+    pub fn resolve(&self, file: &str) -> PathBuf {
+        let p = Path::new(file);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// Loads a snapshot from its directory or its `_metadata` file.
+pub fn load_snapshot(pointer: &Path) -> Result<LoadedSnapshot, LoadError> {
+    if !pointer.exists() {
+        return Err(LoadError::NotFound(pointer.to_path_buf()));
+    }
+    let (dir, file) = if pointer.is_dir() {
+        let file = pointer.join(METADATA_FILE_NAME);
+        if !file.is_file() {
+            return Err(LoadError::NoMetadata(pointer.to_path_buf()));
+        }
+        (pointer.to_path_buf(), file)
+    } else {
+        (pointer.parent().unwrap_or(Path::new(".")).to_path_buf(), pointer.to_path_buf())
+    };
+    let bytes = fs::read(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
+    let metadata = metadata::decode(&bytes, &file.display().to_string())?;
+    let dir = fs::canonicalize(&dir).unwrap_or(dir);
+    Ok(LoadedSnapshot { metadata, dir })
+}
+
+/// The newest valid checkpoint `chk-<n>` under a job directory. Directories without a `_metadata`
+/// that verifies are not checkpoints and are skipped.
+pub fn latest_checkpoint(job_dir: &Path) -> Option<(CheckpointId, PathBuf)> {
+    let mut found: Vec<(CheckpointId, PathBuf)> = fs::read_dir(job_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id: CheckpointId = name.strip_prefix("chk-")?.parse().ok()?;
+            Some((id, e.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().find(|(_, dir)| load_snapshot(dir).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::metadata::SnapshotKind;
+
+    fn meta(id: u64) -> Vec<u8> {
+        metadata::encode(&SnapshotMetadata {
+            checkpoint_id: id,
+            job_id: "00".repeat(16),
+            kind: SnapshotKind::Checkpoint,
+            timestamp_ms: 0,
+            operators: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn layout_and_latest_valid_checkpoint() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path());
+        let job = JobId([7; 16]);
+        let dir = s.initialize(job).unwrap();
+        assert!(dir.join("shared").is_dir() && dir.join("taskowned").is_dir());
+        for id in 1..=3 {
+            let loc = s.checkpoint_location(job, id).unwrap();
+            s.write_metadata(&loc, &meta(id)).unwrap();
+        }
+        // chk-4 has no _metadata, chk-5 a corrupted one: neither is a checkpoint.
+        s.checkpoint_location(job, 4).unwrap();
+        let loc5 = s.checkpoint_location(job, 5).unwrap();
+        let mut bad = meta(5);
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        fs::write(loc5.join("_metadata"), bad).unwrap();
+        let (id, path) = latest_checkpoint(&dir).unwrap();
+        assert_eq!(id, 3);
+        assert_eq!(path, dir.join("chk-3"));
+        let err = load_snapshot(&loc5).unwrap_err().to_string();
+        assert!(err.contains(&loc5.join("_metadata").display().to_string()) && err.contains("corrupted"), "{err}");
+        let err = load_snapshot(&dir.join("chk-4")).unwrap_err().to_string();
+        assert!(err.starts_with("Cannot find meta data file '_metadata' in directory"), "{err}");
+        assert!(matches!(load_snapshot(&dir.join("nope")), Err(LoadError::NotFound(_))));
+        // The _metadata file itself is a valid pointer too.
+        assert_eq!(load_snapshot(&dir.join("chk-2").join("_metadata")).unwrap().metadata.checkpoint_id, 2);
+    }
+
+    #[test]
+    fn discard_removes_metadata_and_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path());
+        let job = JobId([1; 16]);
+        let loc = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&loc, &meta(1)).unwrap();
+        let mut f = s.create_state_file(&loc, "state").unwrap();
+        f.write_all(b"x").unwrap();
+        f.finish().unwrap();
+        s.discard(&loc).unwrap();
+        assert!(!loc.exists());
+        s.discard(&loc).unwrap();
+    }
+}

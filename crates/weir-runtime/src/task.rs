@@ -1,0 +1,201 @@
+//! A task: one subtask of a chain, on its own thread, with a snapshot writer thread beside it.
+//!
+//! Life of a task: build the chain (operators restore their state here, so restores of all
+//! subtasks run in parallel), report initialized, wait for the master's start (so a job never runs
+//! half-restored), then run the source loop or the input loop until the input ends, the task is
+//! cancelled, or it fails. Panics are caught and reported as failures.
+
+use crate::channel::InputEnd;
+use crate::graph::{Instance, JobGraph};
+use crate::job::{MasterMsg, RestorePlan};
+use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
+use crate::storage::CheckpointStorage;
+use crossbeam_channel::{Receiver, Sender};
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use weir_core::coordinator::TaskKey;
+use weir_core::metadata::{KeyedStateHandle, StateFileRef, SubtaskSnapshot};
+use weir_core::{JobId, OperatorId};
+
+/// Everything a task needs, moved into its thread.
+pub(crate) struct TaskPlan {
+    pub key: TaskKey,
+    pub attempt: u32,
+    pub job_id: JobId,
+    pub graph: Arc<JobGraph>,
+    pub restore: Option<Arc<RestorePlan>>,
+    /// This subtask's senders per non-chained output edge of the chain's operators.
+    pub senders: HashMap<usize, Vec<Box<dyn Any + Send>>>,
+    /// Receivers of the chain head's input edges (one per producer subtask).
+    pub receivers: Vec<Box<dyn Any + Send>>,
+    pub control: Receiver<Control>,
+    pub master: Sender<MasterMsg>,
+    pub storage: Option<Arc<dyn CheckpointStorage>>,
+    pub batch_size: usize,
+}
+
+/// The state written for one operator subtask, as acknowledged to the master.
+pub type AckedState = Vec<(OperatorId, SubtaskSnapshot)>;
+
+pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
+    let chain = &plan.graph.chains[plan.key.vertex as usize];
+    let name = format!("{} ({}/{})", plan.graph.nodes[chain.head].name, plan.key.subtask + 1, chain.parallelism);
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let (key, attempt, master) = (plan.key, plan.attempt, plan.master.clone());
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(plan)));
+        let msg = match outcome {
+            Ok(Ok(InputEnd::Finished)) => MasterMsg::TaskFinished { attempt, task: key },
+            Ok(Ok(InputEnd::Canceled)) => MasterMsg::TaskCanceled { attempt, task: key },
+            Ok(Err(e)) => {
+                let restore = matches!(e, TaskError::Restore { .. });
+                MasterMsg::TaskFailed { attempt, task: key, error: format!("{name}: {e}"), restore }
+            }
+            Err(panic) => MasterMsg::TaskFailed { attempt, task: key, error: format!("{name} panicked: {}", panic_message(&panic)), restore: false },
+        };
+        let _ = master.send(msg);
+    })
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
+    let (snap_tx, snap_rx) = crossbeam_channel::bounded::<SnapshotCapture>(4);
+    {
+        let (storage, master, key, attempt) = (plan.storage.clone(), plan.master.clone(), plan.key, plan.attempt);
+        std::thread::Builder::new()
+            .name(format!("snapshot-writer-{}-{}", key.vertex, key.subtask))
+            .spawn(move || snapshot_writer(snap_rx, storage, master, key, attempt))
+            .map_err(|e| TaskError::Internal(format!("cannot start snapshot writer: {e}")))?;
+    }
+    let env = TaskEnv { key: plan.key, attempt: plan.attempt, control: plan.control.clone(), master: plan.master.clone(), snapshots: snap_tx };
+    let graph = plan.graph.clone();
+    let head = graph.chains[plan.key.vertex as usize].head;
+    let instance = build_node(&mut plan, head)?;
+    let _ = plan.master.send(MasterMsg::TaskInitialized { attempt: plan.attempt, task: plan.key });
+    loop {
+        match env.control.recv() {
+            Ok(Control::Start) => break,
+            Ok(Control::Cancel) | Err(_) => return Ok(InputEnd::Canceled),
+            Ok(_) => {}
+        }
+    }
+    let mut env = env;
+    match instance {
+        Instance::Source(mut runner) => runner.run(&mut env),
+        Instance::Operator(head_output) => {
+            let producer = graph.edges[graph.nodes[head].inputs[0]].from;
+            let ty = graph.nodes[producer]
+                .output
+                .clone()
+                .ok_or_else(|| TaskError::Internal("input edge from an operator without output".into()))?;
+            let receivers = std::mem::take(&mut plan.receivers);
+            let mut gate = ty.input_gate(receivers, head_output)?;
+            gate.run(&env)
+        }
+    }
+}
+
+fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
+    let graph = plan.graph.clone();
+    let n = &graph.nodes[node];
+    let downstream: Box<dyn Any + Send> = match &n.output {
+        None => Box::new(()),
+        Some(ty) => {
+            let mut outputs = Vec::new();
+            for &e in &n.outputs {
+                let edge = &graph.edges[e];
+                if edge.chained {
+                    match build_node(plan, edge.to)? {
+                        Instance::Operator(o) => outputs.push(o),
+                        Instance::Source(_) => return Err(TaskError::Internal("a source cannot be chained behind an operator".into())),
+                    }
+                } else {
+                    let senders = plan
+                        .senders
+                        .remove(&e)
+                        .ok_or_else(|| TaskError::Internal(format!("no channels for edge {e}")))?;
+                    let partitioner = graph.partitioner(e, graph.nodes[edge.to].max_parallelism);
+                    outputs.push(ty.writer(senders, &partitioner, plan.batch_size)?);
+                }
+            }
+            if outputs.is_empty() {
+                ty.discard()
+            } else {
+                ty.tee(outputs)?
+            }
+        }
+    };
+    let subtask = plan.key.subtask;
+    let key_groups = weir_core::key_group::key_group_range_for_subtask(n.max_parallelism, n.parallelism, subtask);
+    let restored = plan.restore.as_ref().map(|r| {
+        let assigned = r.operators.get(&n.operator_id).and_then(|subs| subs.get(subtask as usize));
+        match assigned {
+            Some(a) => RestoredState {
+                keyed: a.keyed.iter().map(|h| (r.snapshot.resolve(&h.file.path), h.clone())).collect(),
+                operator_lists: a.operator_lists.clone(),
+            },
+            None => RestoredState::default(),
+        }
+    });
+    let ctx = OperatorContext {
+        operator_id: n.operator_id,
+        name: n.name.clone(),
+        uid: n.uid.clone(),
+        subtask,
+        parallelism: n.parallelism,
+        max_parallelism: n.max_parallelism,
+        key_groups,
+        restored,
+        attempt: plan.attempt,
+        job_id: plan.job_id,
+    };
+    n.spec.instantiate(ctx, downstream)
+}
+
+/// Writes captures off the task thread and acknowledges (or declines) each to the master.
+fn snapshot_writer(rx: Receiver<SnapshotCapture>, storage: Option<Arc<dyn CheckpointStorage>>, master: Sender<MasterMsg>, key: TaskKey, attempt: u32) {
+    for capture in rx {
+        let id = capture.barrier.id;
+        let outcome = catch_unwind(AssertUnwindSafe(|| write_capture(&capture, storage.as_deref(), key.subtask)));
+        let msg = match outcome {
+            Ok(Ok(states)) => MasterMsg::Ack { attempt, id, task: key, states },
+            Ok(Err(reason)) => MasterMsg::Decline { attempt, id, task: key, reason },
+            Err(panic) => MasterMsg::Decline { attempt, id, task: key, reason: format!("snapshot writer panicked: {}", panic_message(&panic)) },
+        };
+        if master.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_capture(capture: &SnapshotCapture, storage: Option<&dyn CheckpointStorage>, subtask: u32) -> Result<AckedState, String> {
+    let location = capture.barrier.location.as_path();
+    let mut states = Vec::with_capacity(capture.operators.len());
+    for op in &capture.operators {
+        let keyed = match &op.keyed {
+            Some(snapshot) if !snapshot.is_empty() => {
+                let storage = storage.ok_or("keyed state needs checkpoint storage; set execution.checkpointing.dir")?;
+                let name = format!("keyed-{}-{}", op.operator_id, subtask);
+                let what = |e: &dyn std::fmt::Display| format!("writing {}: {e}", location.join(&name).display());
+                let out = storage.create_state_file(location, &name).map_err(|e| what(&e))?;
+                let (out, offsets, size) = snapshot.write(out).map_err(|e| what(&e))?;
+                out.finish().map_err(|e| what(&e))?;
+                Some(KeyedStateHandle { file: StateFileRef { path: name, size }, key_groups: snapshot.key_groups(), offsets })
+            }
+            _ => None,
+        };
+        states.push((op.operator_id, SubtaskSnapshot { subtask, keyed, operator_lists: op.operator_state.clone().into_lists() }));
+    }
+    Ok(states)
+}
