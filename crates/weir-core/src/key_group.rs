@@ -77,13 +77,20 @@ impl<T: KeyHash + ?Sized> KeyHash for &T {
 
 impl<A: KeyHash, B: KeyHash> KeyHash for (A, B) {
     fn key_hash(&self) -> i32 {
-        self.0.key_hash().wrapping_mul(31).wrapping_add(self.1.key_hash())
+        self.0
+            .key_hash()
+            .wrapping_mul(31)
+            .wrapping_add(self.1.key_hash())
     }
 }
 
 impl<A: KeyHash, B: KeyHash, C: KeyHash> KeyHash for (A, B, C) {
     fn key_hash(&self) -> i32 {
-        let h = self.0.key_hash().wrapping_mul(31).wrapping_add(self.1.key_hash());
+        let h = self
+            .0
+            .key_hash()
+            .wrapping_mul(31)
+            .wrapping_add(self.1.key_hash());
         h.wrapping_mul(31).wrapping_add(self.2.key_hash())
     }
 }
@@ -219,7 +226,10 @@ pub enum ParallelismError {
     #[error("max parallelism {0} is not in the valid bounds 1..={UPPER_BOUND_MAX_PARALLELISM}")]
     MaxParallelismOutOfBounds(u32),
     #[error("parallelism {parallelism} is larger than max parallelism {max_parallelism}; lower the parallelism or raise the max parallelism")]
-    ParallelismAboveMax { parallelism: u32, max_parallelism: u32 },
+    ParallelismAboveMax {
+        parallelism: u32,
+        max_parallelism: u32,
+    },
     #[error("parallelism must be at least 1")]
     ZeroParallelism,
 }
@@ -243,7 +253,11 @@ pub fn check_parallelism(parallelism: u32, max_parallelism: u32) -> Result<(), P
 
 /// The key groups owned by subtask `index` of `parallelism`:
 /// `[(i*maxP + p - 1) / p, ((i+1)*maxP - 1) / p]`.
-pub fn key_group_range_for_subtask(max_parallelism: u32, parallelism: u32, index: u32) -> KeyGroupRange {
+pub fn key_group_range_for_subtask(
+    max_parallelism: u32,
+    parallelism: u32,
+    index: u32,
+) -> KeyGroupRange {
     assert!(
         parallelism >= 1 && max_parallelism >= parallelism && index < parallelism,
         "invalid key-group assignment: index {index}, parallelism {parallelism}, max parallelism {max_parallelism}"
@@ -317,7 +331,13 @@ mod tests {
         assert_eq!("a".key_hash(), 97);
         assert_eq!("hello".key_hash(), 99162322);
         assert_eq!("user-42".key_hash(), -147182656);
-        let strings = [("a", 81, 2), ("b", 22, 0), ("hello", 35, 1), ("user-42", 20, 0), ("", 94, 2)];
+        let strings = [
+            ("a", 81, 2),
+            ("b", 22, 0),
+            ("hello", 35, 1),
+            ("user-42", 20, 0),
+            ("", 94, 2),
+        ];
         for (key, kg, sub) in strings {
             let g = assign_to_key_group(key, 128);
             assert_eq!(g, kg, "key {key:?}");
@@ -340,7 +360,10 @@ mod tests {
         assert_eq!(ranges(128, 4), vec![(0, 31), (32, 63), (64, 95), (96, 127)]);
         assert_eq!(ranges(13, 2), vec![(0, 6), (7, 12)]);
         assert_eq!(ranges(13, 4), vec![(0, 3), (4, 6), (7, 9), (10, 12)]);
-        assert_eq!(ranges(13, 5), vec![(0, 2), (3, 5), (6, 7), (8, 10), (11, 12)]);
+        assert_eq!(
+            ranges(13, 5),
+            vec![(0, 2), (3, 5), (6, 7), (8, 10), (11, 12)]
+        );
         assert_eq!(ranges(10, 3), vec![(0, 3), (4, 6), (7, 9)]);
         assert_eq!(
             ranges(32768, 7),
@@ -382,7 +405,10 @@ mod tests {
         assert!(check_parallelism(4, 128).is_ok());
         assert_eq!(
             check_parallelism(5, 4),
-            Err(ParallelismError::ParallelismAboveMax { parallelism: 5, max_parallelism: 4 })
+            Err(ParallelismError::ParallelismAboveMax {
+                parallelism: 5,
+                max_parallelism: 4
+            })
         );
         assert!(check_parallelism(1, 40000).is_err());
         assert!(check_parallelism(0, 10).is_err());

@@ -1,7 +1,9 @@
 //! Channels between tasks: batches of records and barriers on bounded queues, the partitioners that
 //! pick a channel, and the input side that aligns barriers across channels.
 
-use crate::operator::{Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult};
+use crate::operator::{
+    Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult,
+};
 use crossbeam_channel::{Receiver, Select, Sender};
 use std::any::Any;
 use std::marker::PhantomData;
@@ -29,7 +31,10 @@ pub enum Partitioner<T> {
     /// Round robin.
     Rebalance,
     /// By key group: `kg * p / max_p` (routing equals state ownership).
-    KeyGroup { key_hash: KeyHashFn<T>, max_parallelism: u32 },
+    KeyGroup {
+        key_hash: KeyHashFn<T>,
+        max_parallelism: u32,
+    },
     /// To every consumer.
     Broadcast,
 }
@@ -44,9 +49,22 @@ pub struct NetworkWriter<T> {
 }
 
 impl<T: Record> NetworkWriter<T> {
-    pub fn new(senders: Vec<Sender<Message<T>>>, partitioner: Partitioner<T>, batch_size: usize) -> Self {
-        let buffers = senders.iter().map(|_| Vec::with_capacity(batch_size)).collect();
-        NetworkWriter { senders, buffers, partitioner, batch_size: batch_size.max(1), next: 0 }
+    pub fn new(
+        senders: Vec<Sender<Message<T>>>,
+        partitioner: Partitioner<T>,
+        batch_size: usize,
+    ) -> Self {
+        let buffers = senders
+            .iter()
+            .map(|_| Vec::with_capacity(batch_size))
+            .collect();
+        NetworkWriter {
+            senders,
+            buffers,
+            partitioner,
+            batch_size: batch_size.max(1),
+            next: 0,
+        }
     }
 
     #[inline]
@@ -60,8 +78,13 @@ impl<T: Record> NetworkWriter<T> {
     }
 
     fn send_batch(&mut self, channel: usize) -> TaskResult {
-        let batch = std::mem::replace(&mut self.buffers[channel], Vec::with_capacity(self.batch_size));
-        self.senders[channel].send(Message::Records(batch)).map_err(|_| TaskError::Disconnected)
+        let batch = std::mem::replace(
+            &mut self.buffers[channel],
+            Vec::with_capacity(self.batch_size),
+        );
+        self.senders[channel]
+            .send(Message::Records(batch))
+            .map_err(|_| TaskError::Disconnected)
     }
 
     fn flush(&mut self) -> TaskResult {
@@ -92,9 +115,14 @@ impl<T: Record> Output<T> for NetworkWriter<T> {
                 self.next = (c + 1) % self.senders.len();
                 self.push(c, record)
             }
-            Partitioner::KeyGroup { key_hash, max_parallelism } => {
+            Partitioner::KeyGroup {
+                key_hash,
+                max_parallelism,
+            } => {
                 let kg = key_group_for_hash(key_hash(&record), *max_parallelism);
-                let c = operator_index_for_key_group(*max_parallelism, self.senders.len() as u32, kg) as usize;
+                let c =
+                    operator_index_for_key_group(*max_parallelism, self.senders.len() as u32, kg)
+                        as usize;
                 self.push(c, record)
             }
             Partitioner::Broadcast => {
@@ -177,7 +205,13 @@ enum Ready<T> {
 impl<T: Record> InputGate<T> {
     pub fn new(inputs: Vec<Receiver<Message<T>>>, head: Box<dyn Output<T>>) -> Self {
         let n = inputs.len();
-        InputGate { inputs, head, blocked: vec![false; n], ended: vec![false; n], aligning: None }
+        InputGate {
+            inputs,
+            head,
+            blocked: vec![false; n],
+            ended: vec![false; n],
+            aligning: None,
+        }
     }
 
     fn next(&self, env: &TaskEnv, block: bool) -> Option<Ready<T>> {
@@ -189,7 +223,11 @@ impl<T: Record> InputGate<T> {
                 channels.push((sel.recv(rx), i));
             }
         }
-        let op = if block { sel.select() } else { sel.try_select().ok()? };
+        let op = if block {
+            sel.select()
+        } else {
+            sel.try_select().ok()?
+        };
         let index = op.index();
         if index == control_index {
             return Some(match op.recv(&env.control) {
@@ -264,12 +302,17 @@ impl<T: Record> InputGate<T> {
     }
 
     fn maybe_aligned(&mut self, env: &TaskEnv) -> TaskResult {
-        let Some(barrier) = &self.aligning else { return Ok(()) };
+        let Some(barrier) = &self.aligning else {
+            return Ok(());
+        };
         let all = self.blocked.iter().zip(&self.ended).all(|(b, e)| *b || *e);
         if !all {
             return Ok(());
         }
-        let mut capture = SnapshotCapture { barrier: barrier.clone(), operators: Vec::new() };
+        let mut capture = SnapshotCapture {
+            barrier: barrier.clone(),
+            operators: Vec::new(),
+        };
         self.release_alignment();
         self.head.event(&mut ChainEvent::Barrier(&mut capture))?;
         env.submit_snapshot(capture)
@@ -288,13 +331,22 @@ pub trait StreamType: Send + Sync {
     /// A bounded channel: `(Sender<Message<T>>, Receiver<Message<T>>)`.
     fn channel(&self, capacity: usize) -> (Box<dyn Any + Send>, Box<dyn Any + Send>);
     /// A `Box<dyn Output<T>>` writing to `senders` with a partitioner from the edge.
-    fn writer(&self, senders: Vec<Box<dyn Any + Send>>, partitioner: &ErasedPartitioner, batch_size: usize) -> TaskResult<Box<dyn Any + Send>>;
+    fn writer(
+        &self,
+        senders: Vec<Box<dyn Any + Send>>,
+        partitioner: &ErasedPartitioner,
+        batch_size: usize,
+    ) -> TaskResult<Box<dyn Any + Send>>;
     /// A `Box<dyn Output<T>>` fanning out to `outputs` (each a `Box<dyn Output<T>>`).
     fn tee(&self, outputs: Vec<Box<dyn Any + Send>>) -> TaskResult<Box<dyn Any + Send>>;
     /// A `Box<dyn Output<T>>` that drops everything.
     fn discard(&self) -> Box<dyn Any + Send>;
     /// The input loop of a task whose head consumes this type.
-    fn input_gate(&self, receivers: Vec<Box<dyn Any + Send>>, head: Box<dyn Any + Send>) -> TaskResult<Box<dyn InputLoop>>;
+    fn input_gate(
+        &self,
+        receivers: Vec<Box<dyn Any + Send>>,
+        head: Box<dyn Any + Send>,
+    ) -> TaskResult<Box<dyn InputLoop>>;
 }
 
 /// A task's input loop with its types erased.
@@ -314,7 +366,10 @@ pub enum ErasedPartitioner {
     Rebalance,
     Broadcast,
     /// `key_hash` holds a `KeyHashFn<T>`; the max parallelism is the consumer's.
-    KeyGroup { key_hash: Arc<dyn Any + Send + Sync>, max_parallelism: u32 },
+    KeyGroup {
+        key_hash: Arc<dyn Any + Send + Sync>,
+        max_parallelism: u32,
+    },
 }
 
 pub struct TypeOps<T>(PhantomData<fn() -> T>);
@@ -353,7 +408,12 @@ impl<T: Record> StreamType for TypeOps<T> {
         (Box::new(tx), Box::new(rx))
     }
 
-    fn writer(&self, senders: Vec<Box<dyn Any + Send>>, partitioner: &ErasedPartitioner, batch_size: usize) -> TaskResult<Box<dyn Any + Send>> {
+    fn writer(
+        &self,
+        senders: Vec<Box<dyn Any + Send>>,
+        partitioner: &ErasedPartitioner,
+        batch_size: usize,
+    ) -> TaskResult<Box<dyn Any + Send>> {
         let senders = senders
             .into_iter()
             .map(|s| downcast::<Sender<Message<T>>>(s, "a channel"))
@@ -362,19 +422,34 @@ impl<T: Record> StreamType for TypeOps<T> {
             ErasedPartitioner::Forward => Partitioner::Forward,
             ErasedPartitioner::Rebalance => Partitioner::Rebalance,
             ErasedPartitioner::Broadcast => Partitioner::Broadcast,
-            ErasedPartitioner::KeyGroup { key_hash, max_parallelism } => {
+            ErasedPartitioner::KeyGroup {
+                key_hash,
+                max_parallelism,
+            } => {
                 let key_hash = key_hash
                     .downcast_ref::<KeyHashFn<T>>()
                     .cloned()
-                    .ok_or_else(|| TaskError::Internal("type mismatch in key partitioner".into()))?;
-                Partitioner::KeyGroup { key_hash, max_parallelism: *max_parallelism }
+                    .ok_or_else(|| {
+                        TaskError::Internal("type mismatch in key partitioner".into())
+                    })?;
+                Partitioner::KeyGroup {
+                    key_hash,
+                    max_parallelism: *max_parallelism,
+                }
             }
         };
-        Ok(erase_output::<T>(Box::new(NetworkWriter::new(senders, partitioner, batch_size))))
+        Ok(erase_output::<T>(Box::new(NetworkWriter::new(
+            senders,
+            partitioner,
+            batch_size,
+        ))))
     }
 
     fn tee(&self, outputs: Vec<Box<dyn Any + Send>>) -> TaskResult<Box<dyn Any + Send>> {
-        let mut outputs = outputs.into_iter().map(unerase_output::<T>).collect::<TaskResult<Vec<_>>>()?;
+        let mut outputs = outputs
+            .into_iter()
+            .map(unerase_output::<T>)
+            .collect::<TaskResult<Vec<_>>>()?;
         if outputs.len() == 1 {
             return Ok(erase_output::<T>(outputs.remove(0)));
         }
@@ -385,11 +460,18 @@ impl<T: Record> StreamType for TypeOps<T> {
         erase_output::<T>(Box::new(Discard))
     }
 
-    fn input_gate(&self, receivers: Vec<Box<dyn Any + Send>>, head: Box<dyn Any + Send>) -> TaskResult<Box<dyn InputLoop>> {
+    fn input_gate(
+        &self,
+        receivers: Vec<Box<dyn Any + Send>>,
+        head: Box<dyn Any + Send>,
+    ) -> TaskResult<Box<dyn InputLoop>> {
         let receivers = receivers
             .into_iter()
             .map(|r| downcast::<Receiver<Message<T>>>(r, "a channel"))
             .collect::<TaskResult<Vec<_>>>()?;
-        Ok(Box::new(InputGate::new(receivers, unerase_output::<T>(head)?)))
+        Ok(Box::new(InputGate::new(
+            receivers,
+            unerase_output::<T>(head)?,
+        )))
     }
 }

@@ -1,0 +1,71 @@
+//! The seed job: sums `frequency` per word from JSON lines in a followed file, prints running
+//! totals, and writes them exactly once to an output directory.
+//!
+//! ```text
+//! word-count [-s SNAPSHOT] [-n] [-p N] [-D key=value]... --input FILE --output DIR [--bounded]
+//! ```
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use weir::connectors::{FileSink, FileSource, PrintSink};
+use weir::StreamEnv;
+use weir_examples::{parse_word_count, WordCount};
+
+#[derive(Parser)]
+#[command(name = "word-count")]
+struct Args {
+    /// JSON lines `{"word":..,"frequency":..}`, followed as it grows.
+    #[arg(long)]
+    input: PathBuf,
+    /// Directory of the exactly-once output files.
+    #[arg(long)]
+    output: PathBuf,
+    /// Stop at the end of the input instead of following it.
+    #[arg(long)]
+    bounded: bool,
+    /// Checkpoint directory, unless execution.checkpointing.dir is given with -D.
+    #[arg(long, default_value = "checkpoints")]
+    checkpoints: String,
+    /// Do not print totals to stdout.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let (mut env, job_args) = StreamEnv::from_args()?;
+    let args = Args::try_parse_from(std::iter::once("word-count".to_string()).chain(job_args))?;
+    env.enable_checkpointing(Duration::from_secs(1));
+    env.set(weir::config_keys::CHECKPOINT_DIR, &args.checkpoints)?;
+
+    let source = if args.bounded {
+        FileSource::bounded(&args.input)
+    } else {
+        FileSource::follow(&args.input)
+    };
+    let totals = env
+        .source(source)
+        .uid("source")
+        .name("File Source")
+        .flat_map(parse_word_count)
+        .uid("parse")
+        .name("Parse")
+        .key_by(|wc: &WordCount| wc.word.clone())
+        .sum(|wc: &mut WordCount| &mut wc.frequency)
+        .uid("sum")
+        .name("Sum");
+    if !args.quiet {
+        totals
+            .clone()
+            .sink(PrintSink::new())
+            .uid("print")
+            .name("Print");
+    }
+    totals
+        .sink(FileSink::new(&args.output))
+        .uid("sink")
+        .name("File Sink");
+    env.execute("word-count").context("word-count failed")?;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Shared pieces of the example jobs.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One word with a count, as read from JSON lines like `{"word":"a","frequency":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordCount {
+    pub word: String,
+    pub frequency: u64,
+}
+
+impl fmt::Display for WordCount {
+    /// Printed the way the seed's Flink job prints it: `WordCount{word='a', frequency=3}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WordCount{{word='{}', frequency={}}}",
+            self.word, self.frequency
+        )
+    }
+}
+
+/// Parses one input line; malformed lines are skipped with a warning (one bad line must not stop
+/// the job, nor make it restart forever).
+pub fn parse_word_count(line: String) -> Option<WordCount> {
+    if line.trim().is_empty() {
+        return None;
+    }
+    match serde_json::from_str::<WordCount>(&line) {
+        Ok(wc) => Some(wc),
+        Err(e) => {
+            tracing::warn!("skipping malformed input line {line:?}: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_like_the_seed_job() {
+        let wc = parse_word_count(r#"{"word":"a","frequency":3}"#.into()).unwrap();
+        assert_eq!(wc.to_string(), "WordCount{word='a', frequency=3}");
+        assert!(parse_word_count("not json".into()).is_none());
+        assert!(parse_word_count("   ".into()).is_none());
+    }
+}

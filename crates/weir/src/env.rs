@@ -1,0 +1,250 @@
+//! `StreamEnv`: where a job is built, configured and started.
+
+use crate::error::Error;
+use crate::functions::SourceFunction;
+use crate::operators::SourceSpec;
+use crate::stream::DataStream;
+use clap::Parser;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_core::config::{keys, Configuration};
+use weir_runtime::channel::{Record, TypeOps};
+use weir_runtime::graph::{EdgeBuilder, EdgeKind, JobGraph, NodeBuilder};
+use weir_runtime::job::{self, JobOutcome};
+use weir_runtime::{CheckpointStorage, JobHandle, JobStatus};
+
+pub(crate) struct PendingEdge {
+    pub from: usize,
+    pub kind: EdgeKind,
+    pub key_hash: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+#[derive(Default)]
+pub(crate) struct EnvInner {
+    pub nodes: Vec<NodeBuilder>,
+    pub edges: Vec<EdgeBuilder>,
+}
+
+impl EnvInner {
+    pub fn add_node(&mut self, node: NodeBuilder, input: Option<PendingEdge>) -> usize {
+        let index = self.nodes.len();
+        self.nodes.push(node);
+        if let Some(e) = input {
+            self.edges.push(EdgeBuilder {
+                from: e.from,
+                to: index,
+                kind: e.kind,
+                key_hash: e.key_hash,
+            });
+        }
+        index
+    }
+}
+
+/// The command-line flags every job binary understands (like `flink run`'s), followed by the
+/// job's own arguments.
+#[derive(Parser, Debug)]
+#[command(disable_help_subcommand = true)]
+struct JobArgs {
+    /// Restore from this savepoint or retained checkpoint (directory or its _metadata file).
+    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint")]
+    savepoint: Option<String>,
+    /// Skip snapshot state that maps to no operator of this job.
+    #[arg(
+        short = 'n',
+        long = "allowNonRestoredState",
+        visible_alias = "allow-non-restored-state"
+    )]
+    allow_non_restored_state: bool,
+    /// Ownership of the restored snapshot's files: claim or no_claim.
+    #[arg(long = "claim-mode", visible_alias = "claimMode")]
+    claim_mode: Option<String>,
+    /// Default parallelism.
+    #[arg(short = 'p', long = "parallelism")]
+    parallelism: Option<u32>,
+    /// A configuration value, key=value (repeatable).
+    #[arg(short = 'D', value_name = "key=value")]
+    dynamic: Vec<String>,
+    /// The job's own arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    job_args: Vec<String>,
+}
+
+/// Where a job is built. Configuration precedence, lowest first: defaults, the job's code
+/// (`enable_checkpointing`, `set_parallelism`, `set`), command-line flags (`-D`, `-s`, `-p`).
+pub struct StreamEnv {
+    inner: Rc<RefCell<EnvInner>>,
+    config: Configuration,
+    /// Keys given on the command line: the job's code does not override them.
+    pinned: BTreeSet<&'static str>,
+    storage: Option<Arc<dyn CheckpointStorage>>,
+}
+
+impl Default for StreamEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamEnv {
+    pub fn new() -> Self {
+        Self::with_config(Configuration::new())
+    }
+
+    pub fn with_config(config: Configuration) -> Self {
+        init_logging();
+        let pinned = config.iter().map(|(k, _)| k).collect();
+        StreamEnv {
+            inner: Rc::default(),
+            config,
+            pinned,
+            storage: None,
+        }
+    }
+
+    /// Builds an environment from the process arguments; returns the job's own arguments.
+    pub fn from_args() -> Result<(StreamEnv, Vec<String>), Error> {
+        Self::from_arg_list(std::env::args())
+    }
+
+    /// Like [`from_args`](Self::from_args), from a given list (the first item is the program).
+    pub fn from_arg_list<I: IntoIterator<Item = String>>(
+        args: I,
+    ) -> Result<(StreamEnv, Vec<String>), Error> {
+        let args = JobArgs::try_parse_from(args).map_err(|e| Error::Args(e.to_string()))?;
+        let mut config = Configuration::new();
+        for pair in &args.dynamic {
+            if let Some(w) = config.set_pair(pair)? {
+                tracing::warn!("{w}");
+            }
+        }
+        if let Some(p) = args.parallelism {
+            config.set(keys::PARALLELISM_DEFAULT, &p.to_string())?;
+        }
+        if let Some(path) = &args.savepoint {
+            config.set(keys::RECOVERY_PATH, path)?;
+        }
+        if args.allow_non_restored_state {
+            config.set(keys::RECOVERY_IGNORE_UNCLAIMED, "true")?;
+        }
+        if let Some(mode) = &args.claim_mode {
+            if mode.eq_ignore_ascii_case("legacy") {
+                return Err(Error::Args(
+                    "claim mode LEGACY is not supported: use no_claim (the default: Weir never deletes or depends on the snapshot's files, and the first checkpoint is full) or claim (Weir owns the snapshot and deletes it once subsumed)".into(),
+                ));
+            }
+            config.set(keys::RECOVERY_CLAIM_MODE, mode)?;
+        }
+        Ok((Self::with_config(config), args.job_args))
+    }
+
+    pub fn config(&self) -> &Configuration {
+        &self.config
+    }
+
+    /// Sets a configuration key from the job's code (command-line values win).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<&mut Self, Error> {
+        let mut probe = Configuration::new();
+        probe.set(key, value)?;
+        for (k, v) in probe.iter() {
+            if !self.pinned.contains(k) {
+                self.config.set(k, v)?;
+            }
+        }
+        Ok(self)
+    }
+
+    fn set_default(&mut self, key: &'static str, value: String) {
+        if !self.pinned.contains(key) {
+            // Values produced by Weir itself always parse.
+            let _ = self.config.set(key, &value);
+        }
+    }
+
+    pub fn enable_checkpointing(&mut self, interval: Duration) -> &mut Self {
+        self.set_default(
+            keys::CHECKPOINT_INTERVAL,
+            format!("{} ms", interval.as_millis()),
+        );
+        self
+    }
+
+    pub fn set_parallelism(&mut self, parallelism: u32) -> &mut Self {
+        self.set_default(keys::PARALLELISM_DEFAULT, parallelism.to_string());
+        self
+    }
+
+    pub fn set_max_parallelism(&mut self, max_parallelism: u32) -> &mut Self {
+        self.set_default(keys::MAX_PARALLELISM, max_parallelism.to_string());
+        self
+    }
+
+    /// Replaces the checkpoint storage (the filesystem at `execution.checkpointing.dir` by default).
+    pub fn set_checkpoint_storage(&mut self, storage: Arc<dyn CheckpointStorage>) -> &mut Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Adds a source.
+    pub fn source<T: Record, S: SourceFunction<T> + Clone + Sync>(
+        &self,
+        source: S,
+    ) -> DataStream<T> {
+        let stateful = source.is_stateful();
+        let node = NodeBuilder {
+            name: "Source".to_string(),
+            uid: None,
+            parallelism: None,
+            max_parallelism: None,
+            stateful,
+            is_source: true,
+            spec: Arc::new(SourceSpec::<T, S> {
+                source,
+                _types: PhantomData,
+            }),
+            output: Some(Arc::new(TypeOps::<T>::new())),
+        };
+        let index = self.inner.borrow_mut().add_node(node, None);
+        DataStream {
+            env: self.inner.clone(),
+            node: index,
+            edge: EdgeKind::Forward,
+            _types: PhantomData,
+        }
+    }
+
+    /// Starts the job and returns at once.
+    pub fn execute_async(self, name: &str) -> Result<JobHandle, Error> {
+        let inner = std::mem::take(&mut *self.inner.borrow_mut());
+        let graph = JobGraph::build(inner.nodes, inner.edges, &self.config)?;
+        Ok(job::submit(name, graph, &self.config, self.storage)?)
+    }
+
+    /// Runs the job to its end. A job that ends FAILED is an error carrying the cause.
+    pub fn execute(self, name: &str) -> Result<JobOutcome, Error> {
+        let outcome = self.execute_async(name)?.wait();
+        match outcome.status {
+            JobStatus::Failed => Err(Error::JobFailed {
+                job_id: outcome.job_id.to_hex(),
+                status: outcome.status,
+                cause: outcome.failure.clone().unwrap_or_default(),
+            }),
+            _ => Ok(outcome),
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

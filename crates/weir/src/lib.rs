@@ -1,0 +1,47 @@
+//! Weir: a stateful stream processor whose checkpoints and savepoints work like Apache Flink's.
+//!
+//! A job is a Rust program: build a dataflow on a [`StreamEnv`], then [`StreamEnv::execute`] it.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use weir::connectors::{FileSource, PrintSink};
+//! use weir::StreamEnv;
+//!
+//! # fn main() -> Result<(), weir::Error> {
+//! let (mut env, _job_args) = StreamEnv::from_args()?;
+//! env.enable_checkpointing(Duration::from_secs(10));
+//! env.source(FileSource::follow("words.txt")).uid("source")
+//!     .key_by(|line: &String| line.clone())
+//!     .reduce(|a: String, _b: String| a).uid("dedup")
+//!     .sink(PrintSink::new()).uid("print");
+//! env.execute("dedup")?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod connectors;
+mod env;
+mod error;
+mod functions;
+mod operators;
+mod stream;
+
+pub use env::StreamEnv;
+pub use error::Error;
+pub use functions::{
+    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction,
+    SourceContext, SourceFunction, SourcePoll,
+};
+pub use stream::{DataStream, KeyedStream, SinkStream};
+
+pub use weir_core::config::{keys as config_keys, Configuration};
+pub use weir_core::metadata::Redistribution;
+pub use weir_core::{CheckpointId, JobId, KeyHash, OperatorId};
+pub use weir_runtime::job::{latest_checkpoint, CheckpointStats, JobOutcome};
+pub use weir_runtime::storage::{CheckpointStorage, FsCheckpointStorage, StateOutput};
+pub use weir_runtime::{JobHandle, JobStatus};
+pub use weir_state::{
+    Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData,
+    ValueState, ValueStateDescriptor,
+};

@@ -1,0 +1,388 @@
+//! The operators behind the DataStream API, and their specs (how to instantiate one per subtask).
+
+use crate::functions::{
+    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction,
+    SourceContext, SourceFunction, SourcePoll,
+};
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_core::OperatorId;
+use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record};
+use weir_runtime::graph::{Instance, NodeSpec};
+use weir_runtime::operator::{CapturedOperator, Next, OperatorContext};
+use weir_runtime::{
+    ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult,
+};
+use weir_state::{HeapKeyedBackend, Key, OperatorStateSnapshot, OperatorStateStore};
+
+fn user_error(operator: &str, e: BoxError) -> TaskError {
+    match e.downcast::<TaskError>() {
+        Ok(task_error) => *task_error,
+        Err(e) => TaskError::User {
+            operator: operator.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn operator_state(ctx: &OperatorContext) -> OperatorStateStore {
+    match &ctx.restored {
+        Some(r) => OperatorStateStore::new(r.operator_lists.clone(), true),
+        None => OperatorStateStore::default(),
+    }
+}
+
+// ---- stateless chained operators -------------------------------------------------------------
+
+/// Builds a chained operator from its function and its downstream output.
+pub(crate) struct ChainedSpec<I, O, F> {
+    pub f: F,
+    pub build: fn(F, Box<dyn Output<O>>) -> Box<dyn Output<I>>,
+}
+
+impl<I: Record, O: Record, F: Clone + Send + Sync + 'static> NodeSpec for ChainedSpec<I, O, F> {
+    fn instantiate(
+        &self,
+        _ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+    ) -> TaskResult<Instance> {
+        let next = unerase_output::<O>(downstream)?;
+        Ok(Instance::Operator(erase_output::<I>((self.build)(
+            self.f.clone(),
+            next,
+        ))))
+    }
+}
+
+pub(crate) struct MapOp<F, O> {
+    pub f: F,
+    pub next: Box<dyn Output<O>>,
+}
+
+impl<I, O: Send, F: FnMut(I) -> O + Send> Output<I> for MapOp<F, O> {
+    #[inline]
+    fn emit(&mut self, record: I) -> TaskResult {
+        self.next.emit((self.f)(record))
+    }
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.next.event(event)
+    }
+}
+
+pub(crate) struct FilterOp<F, T> {
+    pub f: F,
+    pub next: Box<dyn Output<T>>,
+}
+
+impl<T: Send, F: FnMut(&T) -> bool + Send> Output<T> for FilterOp<F, T> {
+    #[inline]
+    fn emit(&mut self, record: T) -> TaskResult {
+        if (self.f)(&record) {
+            self.next.emit(record)
+        } else {
+            Ok(())
+        }
+    }
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.next.event(event)
+    }
+}
+
+pub(crate) struct FlatMapOp<F, O> {
+    pub f: F,
+    pub next: Box<dyn Output<O>>,
+}
+
+impl<I, O: Send, R: IntoIterator<Item = O>, F: FnMut(I) -> R + Send> Output<I> for FlatMapOp<F, O> {
+    #[inline]
+    fn emit(&mut self, record: I) -> TaskResult {
+        for o in (self.f)(record) {
+            self.next.emit(o)?;
+        }
+        Ok(())
+    }
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.next.event(event)
+    }
+}
+
+// ---- keyed process ---------------------------------------------------------------------------
+
+pub(crate) type KeySelector<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
+pub(crate) struct KeyedProcessSpec<K, I, O, F> {
+    pub f: F,
+    pub key: KeySelector<K, I>,
+    pub _types: PhantomData<fn() -> O>,
+}
+
+impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sync> NodeSpec
+    for KeyedProcessSpec<K, I, O, F>
+{
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+    ) -> TaskResult<Instance> {
+        let next = unerase_output::<O>(downstream)?;
+        let mut backend = HeapKeyedBackend::new(ctx.max_parallelism, ctx.key_groups);
+        if let Some(restored) = &ctx.restored {
+            backend
+                .restore(&restored.keyed)
+                .map_err(|source| TaskError::Restore {
+                    operator: ctx.task_name(),
+                    source,
+                })?;
+        }
+        let mut f = self.f.clone();
+        let mut rc = RuntimeContext {
+            backend: &mut backend,
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+            restored: ctx.restored.is_some(),
+            operator: ctx.task_name(),
+        };
+        f.open(&mut rc)
+            .map_err(|e| user_error(&ctx.task_name(), e))?;
+        let op = KeyedProcessOp {
+            f,
+            key: self.key.clone(),
+            backend,
+            next,
+            operator_id: ctx.operator_id,
+            name: ctx.task_name(),
+            _types: PhantomData,
+        };
+        Ok(Instance::Operator(erase_output::<I>(Box::new(op))))
+    }
+}
+
+struct KeyedProcessOp<K, I, O, F> {
+    f: F,
+    key: KeySelector<K, I>,
+    backend: HeapKeyedBackend<K>,
+    next: Box<dyn Output<O>>,
+    operator_id: OperatorId,
+    name: String,
+    _types: PhantomData<fn(I)>,
+}
+
+impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I>
+    for KeyedProcessOp<K, I, O, F>
+{
+    #[inline]
+    fn emit(&mut self, record: I) -> TaskResult {
+        let key = (self.key)(&record);
+        let mut scope = self
+            .backend
+            .scope(&key)
+            .map_err(|e| TaskError::Internal(format!("{}: {e}", self.name)))?;
+        let mut out = Collector::new(&mut *self.next);
+        let result = self.f.process(record, &mut scope, &mut out);
+        out.finish()?;
+        result.map_err(|e| user_error(&self.name, e))
+    }
+
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        if let ChainEvent::Barrier(capture) = event {
+            capture.operators.push(CapturedOperator {
+                operator_id: self.operator_id,
+                keyed: Some(self.backend.snapshot()),
+                operator_state: OperatorStateSnapshot::default(),
+            });
+        }
+        self.next.event(event)
+    }
+}
+
+// ---- sinks -----------------------------------------------------------------------------------
+
+pub(crate) struct SinkSpec<T, S> {
+    pub sink: S,
+    pub _types: PhantomData<fn(T)>,
+}
+
+impl<T: Record, S: SinkFunction<T> + Clone + Sync> NodeSpec for SinkSpec<T, S> {
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        _downstream: Box<dyn Any + Send>,
+    ) -> TaskResult<Instance> {
+        let mut sink = self.sink.clone();
+        let state = operator_state(&ctx);
+        sink.open(&SinkContext {
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+            state: &state,
+        })
+        .map_err(|e| user_error(&ctx.task_name(), e))?;
+        let op = SinkOp {
+            sink,
+            operator_id: ctx.operator_id,
+            name: ctx.task_name(),
+            _types: PhantomData,
+        };
+        Ok(Instance::Operator(erase_output::<T>(Box::new(op))))
+    }
+}
+
+struct SinkOp<T, S> {
+    sink: S,
+    operator_id: OperatorId,
+    name: String,
+    _types: PhantomData<fn(T)>,
+}
+
+impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
+    #[inline]
+    fn emit(&mut self, record: T) -> TaskResult {
+        self.sink
+            .invoke(record)
+            .map_err(|e| user_error(&self.name, e))
+    }
+
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        let name = &self.name;
+        match event {
+            ChainEvent::Barrier(capture) => {
+                let mut st = OperatorStateSnapshot::default();
+                self.sink
+                    .snapshot_state(capture.barrier.id, &mut st)
+                    .map_err(|e| user_error(name, e))?;
+                capture.operators.push(CapturedOperator {
+                    operator_id: self.operator_id,
+                    keyed: None,
+                    operator_state: st,
+                });
+            }
+            ChainEvent::CheckpointComplete(id) => self
+                .sink
+                .notify_checkpoint_complete(*id)
+                .map_err(|e| user_error(name, e))?,
+            ChainEvent::EndOfInput => self.sink.finish().map_err(|e| user_error(name, e))?,
+            ChainEvent::CheckpointAborted(_) | ChainEvent::Flush => {}
+        }
+        Ok(())
+    }
+}
+
+// ---- sources ---------------------------------------------------------------------------------
+
+pub(crate) struct SourceSpec<T, S> {
+    pub source: S,
+    pub _types: PhantomData<fn() -> T>,
+}
+
+impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, S> {
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+    ) -> TaskResult<Instance> {
+        let chain = unerase_output::<T>(downstream)?;
+        let mut source = self.source.clone();
+        let state = operator_state(&ctx);
+        source
+            .open(&SourceContext {
+                subtask: ctx.subtask,
+                parallelism: ctx.parallelism,
+                state: &state,
+            })
+            .map_err(|e| user_error(&ctx.task_name(), e))?;
+        Ok(Instance::Source(Box::new(SourceTask {
+            source,
+            chain,
+            operator_id: ctx.operator_id,
+            name: ctx.task_name(),
+            exhausted: false,
+        })))
+    }
+}
+
+struct SourceTask<T, S> {
+    source: S,
+    chain: Box<dyn Output<T>>,
+    operator_id: OperatorId,
+    name: String,
+    exhausted: bool,
+}
+
+impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
+    fn on_control(&mut self, control: Control, env: &TaskEnv) -> TaskResult<Option<InputEnd>> {
+        match control {
+            Control::Trigger(barrier) => {
+                let mut st = OperatorStateSnapshot::default();
+                self.source
+                    .snapshot_state(barrier.id, &mut st)
+                    .map_err(|e| user_error(&self.name, e))?;
+                let mut capture = SnapshotCapture {
+                    barrier,
+                    operators: vec![CapturedOperator {
+                        operator_id: self.operator_id,
+                        keyed: None,
+                        operator_state: st,
+                    }],
+                };
+                self.chain.event(&mut ChainEvent::Barrier(&mut capture))?;
+                env.submit_snapshot(capture)?;
+                Ok(None)
+            }
+            Control::CheckpointComplete(id) => {
+                self.source
+                    .notify_checkpoint_complete(id)
+                    .map_err(|e| user_error(&self.name, e))?;
+                self.chain.event(&mut ChainEvent::CheckpointComplete(id))?;
+                Ok(None)
+            }
+            other => match env.apply_common(other, &mut self.chain)? {
+                Next::Continue => Ok(None),
+                Next::Cancel => Ok(Some(InputEnd::Canceled)),
+                Next::Finish => {
+                    self.chain.event(&mut ChainEvent::EndOfInput)?;
+                    Ok(Some(InputEnd::Finished))
+                }
+            },
+        }
+    }
+}
+
+impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
+    fn run(&mut self, env: &mut TaskEnv) -> TaskResult<InputEnd> {
+        loop {
+            while let Some(c) = env.poll_control() {
+                if let Some(end) = self.on_control(c, env)? {
+                    return Ok(end);
+                }
+            }
+            if self.exhausted {
+                if let Some(c) = env.wait_control(Duration::from_millis(200)) {
+                    if let Some(end) = self.on_control(c, env)? {
+                        return Ok(end);
+                    }
+                }
+                continue;
+            }
+            let mut out = Collector::new(&mut *self.chain);
+            let poll = self.source.poll(&mut out);
+            out.finish()?;
+            match poll.map_err(|e| user_error(&self.name, e))? {
+                SourcePoll::More => {}
+                SourcePoll::Idle(d) => {
+                    self.chain.event(&mut ChainEvent::Flush)?;
+                    if let Some(c) = env.wait_control(d) {
+                        if let Some(end) = self.on_control(c, env)? {
+                            return Ok(end);
+                        }
+                    }
+                }
+                SourcePoll::Exhausted => {
+                    self.chain.event(&mut ChainEvent::Flush)?;
+                    self.exhausted = true;
+                    env.report_source_exhausted();
+                }
+            }
+        }
+    }
+}

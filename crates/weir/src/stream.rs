@@ -1,0 +1,327 @@
+//! `DataStream`, `KeyedStream` and `SinkStream`: the typed handles users build jobs with.
+
+use crate::env::{EnvInner, PendingEdge};
+use crate::functions::{BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkFunction};
+use crate::operators::{
+    ChainedSpec, FilterOp, FlatMapOp, KeySelector, KeyedProcessSpec, MapOp, SinkSpec,
+};
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::ops::AddAssign;
+use std::rc::Rc;
+use std::sync::Arc;
+use weir_runtime::channel::{KeyHashFn, Record, TypeOps};
+use weir_runtime::graph::{EdgeKind, NodeBuilder, NodeSpec};
+use weir_runtime::Output;
+use weir_state::{Key, KeyScope, StateData, ValueState, ValueStateDescriptor};
+
+/// A stream of `T` produced by one operator. Settings (`uid`, `name`, parallelism) apply to that
+/// operator.
+pub struct DataStream<T> {
+    pub(crate) env: Rc<RefCell<EnvInner>>,
+    pub(crate) node: usize,
+    pub(crate) edge: EdgeKind,
+    pub(crate) _types: PhantomData<fn() -> T>,
+}
+
+macro_rules! operator_settings {
+    () => {
+        /// Sets the operator's uid: the stable identity its state is stored under. Set it on
+        /// every stateful operator, and never change it once a job has taken a savepoint.
+        pub fn uid(self, uid: &str) -> Self {
+            self.env.borrow_mut().nodes[self.node].uid = Some(uid.to_string());
+            self
+        }
+        /// Sets the operator's display name.
+        pub fn name(self, name: &str) -> Self {
+            self.env.borrow_mut().nodes[self.node].name = name.to_string();
+            self
+        }
+        pub fn set_parallelism(self, parallelism: u32) -> Self {
+            self.env.borrow_mut().nodes[self.node].parallelism = Some(parallelism);
+            self
+        }
+        /// Sets the max parallelism: the number of key groups, fixed for the life of the state.
+        pub fn set_max_parallelism(self, max_parallelism: u32) -> Self {
+            self.env.borrow_mut().nodes[self.node].max_parallelism = Some(max_parallelism);
+            self
+        }
+    };
+}
+
+impl<T> Clone for DataStream<T> {
+    /// Another handle to the same stream, to attach a second consumer (fan-out).
+    fn clone(&self) -> Self {
+        DataStream {
+            env: self.env.clone(),
+            node: self.node,
+            edge: self.edge,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T: Record> DataStream<T> {
+    operator_settings!();
+
+    fn add<O: Record>(
+        &self,
+        name: &str,
+        stateful: bool,
+        spec: Arc<dyn NodeSpec>,
+        key_hash: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> DataStream<O> {
+        let node = NodeBuilder {
+            name: name.to_string(),
+            uid: None,
+            parallelism: None,
+            max_parallelism: None,
+            stateful,
+            is_source: false,
+            spec,
+            output: Some(Arc::new(TypeOps::<O>::new())),
+        };
+        let index = self.env.borrow_mut().add_node(
+            node,
+            Some(PendingEdge {
+                from: self.node,
+                kind: self.edge,
+                key_hash,
+            }),
+        );
+        DataStream {
+            env: self.env.clone(),
+            node: index,
+            edge: EdgeKind::Forward,
+            _types: PhantomData,
+        }
+    }
+
+    pub fn map<O: Record, F: FnMut(T) -> O + Clone + Send + Sync + 'static>(
+        self,
+        f: F,
+    ) -> DataStream<O> {
+        fn build<T, O: Send + 'static, F: FnMut(T) -> O + Send + 'static>(
+            f: F,
+            next: Box<dyn Output<O>>,
+        ) -> Box<dyn Output<T>> {
+            Box::new(MapOp { f, next })
+        }
+        self.add(
+            "Map",
+            false,
+            Arc::new(ChainedSpec::<T, O, F> {
+                f,
+                build: build::<T, O, F>,
+            }),
+            None,
+        )
+    }
+
+    pub fn filter<F: FnMut(&T) -> bool + Clone + Send + Sync + 'static>(
+        self,
+        f: F,
+    ) -> DataStream<T> {
+        fn build<T: Send + 'static, F: FnMut(&T) -> bool + Send + 'static>(
+            f: F,
+            next: Box<dyn Output<T>>,
+        ) -> Box<dyn Output<T>> {
+            Box::new(FilterOp { f, next })
+        }
+        self.add(
+            "Filter",
+            false,
+            Arc::new(ChainedSpec::<T, T, F> {
+                f,
+                build: build::<T, F>,
+            }),
+            None,
+        )
+    }
+
+    pub fn flat_map<
+        O: Record,
+        R: IntoIterator<Item = O> + 'static,
+        F: FnMut(T) -> R + Clone + Send + Sync + 'static,
+    >(
+        self,
+        f: F,
+    ) -> DataStream<O> {
+        fn build<
+            T,
+            O: Send + 'static,
+            R: IntoIterator<Item = O>,
+            F: FnMut(T) -> R + Send + 'static,
+        >(
+            f: F,
+            next: Box<dyn Output<O>>,
+        ) -> Box<dyn Output<T>> {
+            Box::new(FlatMapOp { f, next })
+        }
+        self.add(
+            "FlatMap",
+            false,
+            Arc::new(ChainedSpec::<T, O, F> {
+                f,
+                build: build::<T, O, R, F>,
+            }),
+            None,
+        )
+    }
+
+    /// Distributes records round robin to the next operator.
+    pub fn rebalance(mut self) -> Self {
+        self.edge = EdgeKind::Rebalance;
+        self
+    }
+
+    /// Sends every record to every subtask of the next operator.
+    pub fn broadcast(mut self) -> Self {
+        self.edge = EdgeKind::Broadcast;
+        self
+    }
+
+    /// Partitions the stream by key. `key` must be deterministic: it decides the key group.
+    pub fn key_by<K: Key, F: Fn(&T) -> K + Send + Sync + 'static>(
+        self,
+        key: F,
+    ) -> KeyedStream<K, T> {
+        KeyedStream {
+            stream: self,
+            key: Arc::new(key),
+        }
+    }
+
+    pub fn sink<S: SinkFunction<T> + Clone + Sync>(self, sink: S) -> SinkStream {
+        let stateful = sink.is_stateful();
+        let node = NodeBuilder {
+            name: "Sink".to_string(),
+            uid: None,
+            parallelism: None,
+            max_parallelism: None,
+            stateful,
+            is_source: false,
+            spec: Arc::new(SinkSpec::<T, S> {
+                sink,
+                _types: PhantomData,
+            }),
+            output: None,
+        };
+        let index = self.env.borrow_mut().add_node(
+            node,
+            Some(PendingEdge {
+                from: self.node,
+                kind: self.edge,
+                key_hash: None,
+            }),
+        );
+        SinkStream {
+            env: self.env.clone(),
+            node: index,
+        }
+    }
+}
+
+/// The handle of a sink, for its settings.
+pub struct SinkStream {
+    env: Rc<RefCell<EnvInner>>,
+    node: usize,
+}
+
+impl SinkStream {
+    operator_settings!();
+}
+
+/// A stream partitioned by key: records with equal keys go to the same subtask and see the same
+/// keyed state.
+pub struct KeyedStream<K, T> {
+    stream: DataStream<T>,
+    key: KeySelector<K, T>,
+}
+
+impl<K: Key, T: Record> KeyedStream<K, T> {
+    /// Processes each record with keyed state.
+    pub fn process<O: Record, F: KeyedProcessFunction<K, T, O> + Clone + Sync>(
+        self,
+        f: F,
+    ) -> DataStream<O> {
+        let key = self.key.clone();
+        let hash: KeyHashFn<T> = Arc::new(move |t: &T| key(t).key_hash());
+        let spec = Arc::new(KeyedProcessSpec {
+            f,
+            key: self.key,
+            _types: PhantomData,
+        });
+        let mut stream = self.stream;
+        stream.edge = EdgeKind::KeyGroup;
+        stream.add("KeyedProcess", true, spec, Some(Arc::new(hash)))
+    }
+
+    /// Combines the records of each key with `f`, emitting the running result.
+    pub fn reduce<F: Fn(T, T) -> T + Clone + Send + Sync + 'static>(self, f: F) -> DataStream<T>
+    where
+        T: StateData,
+    {
+        self.process(ReduceFunction { f, state: None })
+            .name("Reduce")
+    }
+
+    /// Sums the field `field` per key, keeping the other fields of the key's first record (like
+    /// Flink's `sum`): `.sum(|wc: &mut WordCount| &mut wc.frequency)`.
+    pub fn sum<
+        N: AddAssign + Copy + 'static,
+        F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
+    >(
+        self,
+        field: F,
+    ) -> DataStream<T>
+    where
+        T: StateData,
+    {
+        self.reduce(move |mut acc: T, mut next: T| {
+            let add = *field(&mut next);
+            *field(&mut acc) += add;
+            acc
+        })
+        .name("Sum")
+    }
+}
+
+#[derive(Clone)]
+struct ReduceFunction<F, T> {
+    f: F,
+    state: Option<ValueState<T>>,
+}
+
+impl<K: Key, T: StateData + Record, F: Fn(T, T) -> T + Clone + Send + Sync + 'static>
+    KeyedProcessFunction<K, T, T> for ReduceFunction<F, T>
+{
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, K>) -> Result<(), BoxError> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("reduce"))?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        value: T,
+        state: &mut KeyScope<'_, K>,
+        out: &mut Collector<'_, T>,
+    ) -> Result<(), BoxError> {
+        let Some(handle) = self.state else {
+            return Err("reduce state used before open".into());
+        };
+        let result = match handle.value_mut(state) {
+            Some(acc) => {
+                let combined = (self.f)(acc.clone(), value);
+                *acc = combined.clone();
+                combined
+            }
+            None => {
+                handle.update(state, value.clone());
+                value
+            }
+        };
+        out.collect(result);
+        Ok(())
+    }
+}
