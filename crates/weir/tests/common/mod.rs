@@ -1,0 +1,164 @@
+//! Helpers shared by the integration tests: committed output, ground truth, fault injection.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use weir::{CheckpointStorage, FsCheckpointStorage, JobId, StateOutput};
+
+/// Lines of the committed (visible) part files of an exactly-once file sink, sorted.
+pub fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return lines };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-") {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            lines.extend(text.lines().map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The output a keyed running count must commit: `key n` for n in 1..=count of key, once each.
+pub fn keyed_count_truth(records: u64, keys: u64) -> Vec<String> {
+    let mut per_key: BTreeMap<u64, u64> = BTreeMap::new();
+    for i in 0..records {
+        *per_key.entry(i % keys).or_default() += 1;
+    }
+    let mut lines: Vec<String> = per_key.iter().flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}"))).collect();
+    lines.sort();
+    lines
+}
+
+/// Describes the first difference between two sorted line lists.
+pub fn diff(got: &[String], want: &[String]) -> String {
+    let mut g: BTreeMap<&str, i64> = BTreeMap::new();
+    for l in got {
+        *g.entry(l).or_default() += 1;
+    }
+    for l in want {
+        *g.entry(l).or_default() -= 1;
+    }
+    let dup: Vec<_> = g.iter().filter(|(_, n)| **n > 0).take(5).collect();
+    let lost: Vec<_> = g.iter().filter(|(_, n)| **n < 0).take(5).collect();
+    format!("{} lines vs {} expected; duplicated/extra: {dup:?}; lost: {lost:?}", got.len(), want.len())
+}
+
+/// A small deterministic random generator (xorshift), so failures are reproducible from a seed.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Which storage operation fails, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// Writing the n-th state file fails part-way.
+    StateFile(u64),
+    /// Writing the n-th `_metadata` fails.
+    Metadata(u64),
+    /// Every checkpoint above this id is declined (so the completed ones are exactly 1..=id).
+    DeclineAbove(u64),
+}
+
+/// Checkpoint storage on the filesystem that fails on purpose, once.
+#[derive(Debug)]
+pub struct FaultyStorage {
+    inner: FsCheckpointStorage,
+    fault: StorageFault,
+    state_files: AtomicU64,
+    metadata: AtomicU64,
+    pub fired: Arc<AtomicU64>,
+    last_id: Mutex<u64>,
+}
+
+impl FaultyStorage {
+    pub fn new(base: impl Into<PathBuf>, fault: StorageFault) -> Self {
+        FaultyStorage {
+            inner: FsCheckpointStorage::new(base),
+            fault,
+            state_files: AtomicU64::new(0),
+            metadata: AtomicU64::new(0),
+            fired: Arc::new(AtomicU64::new(0)),
+            last_id: Mutex::new(0),
+        }
+    }
+}
+
+struct FailingOutput {
+    inner: Box<dyn StateOutput>,
+    budget: usize,
+}
+
+impl Write for FailingOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() > self.budget {
+            return Err(io::Error::other("injected: disk full"));
+        }
+        self.budget -= buf.len();
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl StateOutput for FailingOutput {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Err(io::Error::other("injected: fsync failed"))
+    }
+}
+
+impl CheckpointStorage for FaultyStorage {
+    fn initialize(&self, job: JobId) -> io::Result<PathBuf> {
+        self.inner.initialize(job)
+    }
+    fn checkpoint_location(&self, job: JobId, id: u64) -> io::Result<PathBuf> {
+        *self.last_id.lock().unwrap() = id;
+        if let StorageFault::DeclineAbove(max) = self.fault {
+            if id > max {
+                return Err(io::Error::other("injected: no more checkpoints"));
+            }
+        }
+        self.inner.checkpoint_location(job, id)
+    }
+    fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>> {
+        let out = self.inner.create_state_file(location, name)?;
+        let n = self.state_files.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fault == StorageFault::StateFile(n) {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+            return Ok(Box::new(FailingOutput { inner: out, budget: 40 }));
+        }
+        Ok(out)
+    }
+    fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()> {
+        let n = self.metadata.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fault == StorageFault::Metadata(n) {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::other("injected: metadata write failed"));
+        }
+        self.inner.write_metadata(location, bytes)
+    }
+    fn discard(&self, location: &Path) -> io::Result<()> {
+        self.inner.discard(location)
+    }
+}

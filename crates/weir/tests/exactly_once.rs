@@ -1,0 +1,172 @@
+//! Exactly-once under failure: a keyed running count written through the exactly-once file sink,
+//! with failures injected at random points (panics in an operator, in a sink's snapshot, during
+//! restore, and failed state or metadata writes). The committed output must equal the ground truth
+//! computed without failures: nothing lost, nothing duplicated.
+
+mod common;
+
+use common::{committed_lines, diff, keyed_count_truth, FaultyStorage, Rng, StorageFault};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use weir::connectors::{FileSink, GeneratorSource};
+use weir::{
+    BoxError, CheckpointId, Collector, Configuration, KeyScope, KeyedProcessFunction, OperatorStateSnapshot, RuntimeContext, SinkContext,
+    SinkFunction, StreamEnv, ValueState, ValueStateDescriptor,
+};
+
+/// A plan of failures for one run. Counters are shared by every subtask and survive restarts.
+#[derive(Clone, Default)]
+struct Faults {
+    /// Panic when the operator has processed this many records in total (0 = never).
+    panic_at_record: u64,
+    /// Panic in the sink's snapshot of this checkpoint id (0 = never).
+    panic_at_snapshot: u64,
+    /// Panic while restoring (in `open`) the n-th time a restore happens (0 = never).
+    panic_at_restore: u64,
+    records: Arc<AtomicU64>,
+    restores: Arc<AtomicU64>,
+    fired: Arc<AtomicU64>,
+}
+
+impl Faults {
+    fn fire_once(&self, cond: bool, what: &str) {
+        if cond && self.fired.fetch_add(1, Ordering::SeqCst) < 64 {
+            panic!("injected failure: {what}");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Count {
+    state: Option<ValueState<u64>>,
+    faults: Faults,
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), String> for Count {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        if ctx.is_restored() {
+            let n = self.faults.restores.fetch_add(1, Ordering::SeqCst) + 1;
+            self.faults.fire_once(n == self.faults.panic_at_restore, "panic while restoring");
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, (key, _): (u64, u64), state: &mut KeyScope<'_, u64>, out: &mut Collector<'_, String>) -> Result<(), BoxError> {
+        let seen = self.faults.records.fetch_add(1, Ordering::SeqCst) + 1;
+        self.faults.fire_once(seen == self.faults.panic_at_record, "panic in operator");
+        let h = self.state.ok_or("not opened")?;
+        let n = h.value(state).copied().unwrap_or(0) + 1;
+        h.update(state, n);
+        out.collect(format!("{key} {n}"));
+        Ok(())
+    }
+}
+
+/// The exactly-once file sink, with a panic injected into one snapshot.
+#[derive(Clone)]
+struct SinkWithFault {
+    inner: FileSink,
+    faults: Faults,
+}
+
+impl SinkFunction<String> for SinkWithFault {
+    fn open(&mut self, ctx: &SinkContext<'_>) -> Result<(), BoxError> {
+        SinkFunction::<String>::open(&mut self.inner, ctx)
+    }
+    fn invoke(&mut self, value: String) -> Result<(), BoxError> {
+        self.inner.invoke(value)
+    }
+    fn snapshot_state(&mut self, id: CheckpointId, state: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
+        self.faults.fire_once(id == self.faults.panic_at_snapshot, "panic in sink snapshot");
+        SinkFunction::<String>::snapshot_state(&mut self.inner, id, state)
+    }
+    fn notify_checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), BoxError> {
+        SinkFunction::<String>::notify_checkpoint_complete(&mut self.inner, id)
+    }
+    fn finish(&mut self) -> Result<(), BoxError> {
+        SinkFunction::<String>::finish(&mut self.inner)
+    }
+    fn is_stateful(&self) -> bool {
+        true
+    }
+}
+
+/// What one run did, to check that failures really happened.
+struct RunStats {
+    restarts: u32,
+    restores: u64,
+    fired: u64,
+}
+
+fn run_once(seed: u64) -> RunStats {
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (records, keys) = (3000 + rng.below(3000), 1 + rng.below(40));
+    let parallelism = 1 + rng.below(2) as u32;
+    let mut faults = Faults::default();
+    let mut storage_fault = None;
+    match rng.below(5) {
+        0 => faults.panic_at_record = 1 + rng.below(records),
+        1 => faults.panic_at_snapshot = 1 + rng.below(6),
+        2 => {
+            faults.panic_at_record = 1 + rng.below(records);
+            faults.panic_at_restore = 1 + rng.below(parallelism as u64);
+        }
+        3 => storage_fault = Some(StorageFault::StateFile(1 + rng.below(6))),
+        _ => storage_fault = Some(StorageFault::Metadata(1 + rng.below(4))),
+    }
+    // A second operator failure at another random point in half of the runs.
+    if rng.below(2) == 0 && faults.panic_at_record == 0 {
+        faults.panic_at_record = 1 + rng.below(records);
+    }
+
+    let mut config = Configuration::new();
+    for (k, v) in [
+        ("execution.checkpointing.interval", "15 ms"),
+        ("execution.checkpointing.dir", dir.path().join("ck").to_str().unwrap()),
+        ("restart-strategy.type", "fixed-delay"),
+        ("restart-strategy.fixed-delay.attempts", "50"),
+        ("restart-strategy.fixed-delay.delay", "0 ms"),
+        ("weir.network.batch-size", "64"),
+    ] {
+        config.set(k, v).unwrap();
+    }
+    config.set("parallelism.default", &parallelism.to_string()).unwrap();
+    let mut env = StreamEnv::with_config(config);
+    if let Some(f) = storage_fault {
+        env.set_checkpoint_storage(Arc::new(FaultyStorage::new(dir.path().join("ck"), f)));
+    }
+    let out = dir.path().join("out");
+    env.source(GeneratorSource::keyed(keys).with_count(records).with_rate(40_000.0))
+        .uid("generator")
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(Count { state: None, faults: faults.clone() })
+        .uid("count")
+        .sink(SinkWithFault { inner: FileSink::new(&out), faults: faults.clone() })
+        .uid("sink");
+    let outcome = env.execute_async("exactly-once").unwrap().wait();
+    assert_eq!(outcome.status, weir::JobStatus::Finished, "seed {seed}: {:?}", outcome.failure);
+    let got = committed_lines(&out);
+    let want = keyed_count_truth(records, keys);
+    assert!(got == want, "seed {seed} (p={parallelism}, {records} records, {keys} keys, restarts {}): {}", outcome.restarts, diff(&got, &want));
+    RunStats { restarts: outcome.restarts, restores: faults.restores.load(Ordering::SeqCst), fired: faults.fired.load(Ordering::SeqCst) }
+}
+
+#[test]
+fn exactly_once_with_random_failures() {
+    let iterations: u64 = std::env::var("WEIR_EO_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let base: u64 = std::env::var("WEIR_EO_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    let (mut restarts, mut restores, mut fired) = (0u64, 0u64, 0u64);
+    for i in 0..iterations {
+        let s = run_once(base + i);
+        restarts += s.restarts as u64;
+        restores += s.restores;
+        fired += s.fired;
+    }
+    eprintln!("{iterations} runs: {restarts} restarts, {restores} operator restores from checkpoints, {fired} injected panics");
+    // The failures must really have happened, and most restarts must have restored state.
+    assert!(restarts >= iterations, "only {restarts} restarts in {iterations} runs");
+    assert!(restores >= iterations / 2, "only {restores} restores from checkpoints in {iterations} runs");
+    assert!(fired >= iterations / 2, "only {fired} injected panics in {iterations} runs");
+}
