@@ -1,0 +1,191 @@
+//! `cargo run --release -p weir-bench -- [--seconds S] [--out FILE]`
+//!
+//! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
+//! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
+//! * `reference`: counter source → map `i` to `"w" + (i % 1000)` → key_by → count in keyed
+//!   `ValueState<u64>` (1000 keys); the shape Flink 2.3 runs at ~6.6 M records/s (p=1) and
+//!   ~8.3 M/s (p=2) on this machine.
+//! * `large-state`: the same with 10^6 distinct u64 keys.
+//!
+//! Throughput is measured after a one-second warm-up over the given window.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Serialize;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir::connectors::GeneratorSource;
+use weir::{BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState, ValueStateDescriptor};
+
+#[derive(Parser)]
+struct Args {
+    /// Measurement window per configuration, in seconds.
+    #[arg(long, default_value_t = 12)]
+    seconds: u64,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/engine.json")]
+    out: String,
+    /// Run one configuration in this process: SHAPE,PARALLELISM,CHECKPOINT_MS (0 = none).
+    #[arg(long)]
+    single: Option<String>,
+}
+
+#[derive(Serialize, serde::Deserialize, Debug)]
+struct Result {
+    shape: String,
+    parallelism: u32,
+    checkpoint_interval_ms: u64,
+    records: u64,
+    seconds: f64,
+    records_per_second: f64,
+    checkpoints: usize,
+    checkpoint_duration_ms_avg: f64,
+    checkpoint_duration_ms_max: f64,
+    checkpoint_bytes_avg: f64,
+    peak_rss_bytes: u64,
+}
+
+/// Counts records per key; publishes the number processed to a shared counter in chunks.
+#[derive(Clone)]
+struct Count<K> {
+    state: Option<ValueState<u64>>,
+    local: u64,
+    processed: Arc<AtomicU64>,
+    _key: std::marker::PhantomData<fn(K)>,
+}
+
+impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K> {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, K>) -> std::result::Result<(), BoxError> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        Ok(())
+    }
+
+    #[inline]
+    fn process(&mut self, _: T, state: &mut KeyScope<'_, K>, _: &mut Collector<'_, ()>) -> std::result::Result<(), BoxError> {
+        let h = self.state.ok_or("not opened")?;
+        match h.value_mut(state) {
+            Some(n) => *n += 1,
+            None => h.update(state, 1),
+        }
+        self.local += 1;
+        if self.local == 1 << 16 {
+            self.processed.fetch_add(self.local, Ordering::Relaxed);
+            self.local = 0;
+        }
+        Ok(())
+    }
+}
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [shape, p, interval] = parts[..] else { bail!("--single SHAPE,P,INTERVAL_MS") };
+    let parallelism: u32 = p.parse()?;
+    let interval_ms: u64 = interval.parse()?;
+    let dir = tempfile::tempdir()?;
+    let mut config = Configuration::new();
+    config.set("parallelism.default", p)?;
+    config.set("execution.checkpointing.dir", dir.path().to_str().context("temp dir")?)?;
+    if interval_ms > 0 {
+        config.set("execution.checkpointing.interval", &format!("{interval_ms} ms"))?;
+    }
+    let env = StreamEnv::with_config(config);
+    let processed = Arc::new(AtomicU64::new(0));
+    let source = env.source(GeneratorSource::counter()).uid("source");
+    match shape {
+        "reference" => {
+            let counter = Count::<String> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            source
+                .map(|i: u64| format!("w{}", i % 1000))
+                .uid("map")
+                .key_by(|w: &String| w.clone())
+                .process::<(), _>(counter)
+                .uid("count");
+        }
+        "large-state" => {
+            let counter = Count::<u64> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            source
+                .map(|i: u64| i % 1_000_000)
+                .uid("map")
+                .key_by(|k: &u64| *k)
+                .process::<(), _>(counter)
+                .uid("count");
+        }
+        other => bail!("unknown shape {other}"),
+    }
+    let handle = env.execute_async("bench")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (c0, t0) = (processed.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (c1, elapsed) = (processed.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    let checkpoints = handle.completed_checkpoints();
+    handle.cancel();
+    handle.wait();
+    let n = checkpoints.len().max(1) as f64;
+    Ok(Result {
+        shape: shape.to_string(),
+        parallelism,
+        checkpoint_interval_ms: interval_ms,
+        records: c1 - c0,
+        seconds: elapsed,
+        records_per_second: (c1 - c0) as f64 / elapsed,
+        checkpoints: checkpoints.len(),
+        checkpoint_duration_ms_avg: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).sum::<f64>() / n,
+        checkpoint_duration_ms_max: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).fold(0.0, f64::max),
+        checkpoint_bytes_avg: checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n,
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(spec) = &args.single {
+        std::env::set_var("RUST_LOG", "warn");
+        let r = run_single(spec, args.seconds)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for shape in ["reference", "large-state"] {
+        for p in [1, 2] {
+            for interval in [0, 10_000, 1_000] {
+                let spec = format!("{shape},{p},{interval}");
+                let out = Command::new(&exe).args(["--single", &spec, "--seconds", &args.seconds.to_string()]).env("RUST_LOG", "warn").output()?;
+                if !out.status.success() {
+                    bail!("{spec} failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let line = String::from_utf8(out.stdout)?;
+                let r: Result = serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))?;
+                eprintln!(
+                    "{:<12} p={} checkpoints={:>6}: {:>6.2} M records/s, {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
+                    r.shape,
+                    r.parallelism,
+                    if interval == 0 { "none".to_string() } else { format!("{} s", interval / 1000) },
+                    r.records_per_second / 1e6,
+                    r.checkpoints,
+                    r.checkpoint_duration_ms_avg,
+                    r.checkpoint_bytes_avg,
+                    r.peak_rss_bytes as f64 / 1e6
+                );
+                results.push(r);
+            }
+        }
+    }
+    if let Some(parent) = std::path::Path::new(&args.out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&serde_json::json!({ "benchmark": "engine", "machine": machine, "results": results }))?)?;
+    eprintln!("wrote {}", args.out);
+    Ok(())
+}
