@@ -58,6 +58,10 @@ impl KeyHash for bool {
 impl KeyHash for str {
     /// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + unit`.
     fn key_hash(&self) -> i32 {
+        if self.is_ascii() {
+            // ASCII bytes are their own UTF-16 code units.
+            return self.bytes().fold(0i32, |h, b| h.wrapping_mul(31).wrapping_add(b as i32));
+        }
         self.encode_utf16()
             .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
     }

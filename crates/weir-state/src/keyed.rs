@@ -518,11 +518,11 @@ impl<T: StateData> ValueState<T> {
     /// The value for in-place change; copies the key group first if a snapshot still holds it.
     pub fn value_mut<'s, K: Key>(&self, scope: &'s mut KeyScope<'_, K>) -> Option<&'s mut T> {
         let (key, group) = (scope.key, scope.group);
-        let table = scope.backend.table_mut::<T>(self.slot);
-        if !table.groups[group].contains_key(key) {
-            return None;
+        let map = &mut scope.backend.table_mut::<T>(self.slot).groups[group];
+        if Arc::get_mut(map).is_none() && !map.contains_key(key) {
+            return None; // shared with a snapshot and nothing to change: do not copy
         }
-        Arc::make_mut(&mut table.groups[group]).get_mut(key)
+        Arc::make_mut(map).get_mut(key)
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) {
         scope.remove::<T>(self.slot);
