@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::GeneratorSource;
-use weir::{BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState, ValueStateDescriptor};
+use weir::{
+    BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv,
+    ValueState, ValueStateDescriptor,
+};
 
 /// A job binary picks its allocator; like most high-throughput Rust services, this one uses
 /// mimalloc (records are small, short-lived allocations).
@@ -68,7 +71,12 @@ impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K
     }
 
     #[inline]
-    fn process(&mut self, _: T, state: &mut KeyScope<'_, K>, _: &mut Collector<'_, ()>) -> std::result::Result<(), BoxError> {
+    fn process(
+        &mut self,
+        _: T,
+        state: &mut KeyScope<'_, K>,
+        _: &mut Collector<'_, ()>,
+    ) -> std::result::Result<(), BoxError> {
         let h = self.state.ok_or("not opened")?;
         match h.value_mut(state) {
             Some(n) => *n += 1,
@@ -105,29 +113,46 @@ fn word(n: u64) -> String {
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 
 fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     let parts: Vec<&str> = spec.split(',').collect();
-    let [shape, p, interval] = parts[..] else { bail!("--single SHAPE,P,INTERVAL_MS") };
+    let [shape, p, interval] = parts[..] else {
+        bail!("--single SHAPE,P,INTERVAL_MS")
+    };
     let parallelism: u32 = p.parse()?;
     let interval_ms: u64 = interval.parse()?;
     let dir = tempfile::tempdir()?;
     let mut config = Configuration::new();
     config.set("parallelism.default", p)?;
-    config.set("execution.checkpointing.dir", dir.path().to_str().context("temp dir")?)?;
+    config.set(
+        "execution.checkpointing.dir",
+        dir.path().to_str().context("temp dir")?,
+    )?;
     if interval_ms > 0 {
-        config.set("execution.checkpointing.interval", &format!("{interval_ms} ms"))?;
+        config.set(
+            "execution.checkpointing.interval",
+            &format!("{interval_ms} ms"),
+        )?;
     }
     let env = StreamEnv::with_config(config);
     let processed = Arc::new(AtomicU64::new(0));
     let source = env.source(GeneratorSource::counter()).uid("source");
     match shape {
         "reference" => {
-            let counter = Count::<String> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            let counter = Count::<String> {
+                state: None,
+                local: 0,
+                processed: processed.clone(),
+                _key: Default::default(),
+            };
             source
                 .map(|i: u64| word(i % 1000))
                 .uid("map")
@@ -136,7 +161,12 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
                 .uid("count");
         }
         "large-state" => {
-            let counter = Count::<u64> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            let counter = Count::<u64> {
+                state: None,
+                local: 0,
+                processed: processed.clone(),
+                _key: Default::default(),
+            };
             source
                 .map(|i: u64| i % 1_000_000)
                 .uid("map")
@@ -150,7 +180,10 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     std::thread::sleep(Duration::from_secs(1));
     let (c0, t0) = (processed.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (c1, elapsed) = (processed.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    let (c1, elapsed) = (
+        processed.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+    );
     let checkpoints = handle.completed_checkpoints();
     handle.cancel();
     handle.wait();
@@ -163,8 +196,15 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         seconds: elapsed,
         records_per_second: (c1 - c0) as f64 / elapsed,
         checkpoints: checkpoints.len(),
-        checkpoint_duration_ms_avg: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).sum::<f64>() / n,
-        checkpoint_duration_ms_max: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).fold(0.0, f64::max),
+        checkpoint_duration_ms_avg: checkpoints
+            .iter()
+            .map(|c| c.duration.as_secs_f64() * 1000.0)
+            .sum::<f64>()
+            / n,
+        checkpoint_duration_ms_max: checkpoints
+            .iter()
+            .map(|c| c.duration.as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max),
         checkpoint_bytes_avg: checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n,
         peak_rss_bytes: peak_rss(),
     })
@@ -184,12 +224,16 @@ fn main() -> anyhow::Result<()> {
         for p in [1, 2] {
             for interval in [0, 10_000, 1_000] {
                 let spec = format!("{shape},{p},{interval}");
-                let out = Command::new(&exe).args(["--single", &spec, "--seconds", &args.seconds.to_string()]).env("RUST_LOG", "warn").output()?;
+                let out = Command::new(&exe)
+                    .args(["--single", &spec, "--seconds", &args.seconds.to_string()])
+                    .env("RUST_LOG", "warn")
+                    .output()?;
                 if !out.status.success() {
                     bail!("{spec} failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 let line = String::from_utf8(out.stdout)?;
-                let r: Result = serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))?;
+                let r: Result =
+                    serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))?;
                 eprintln!(
                     "{:<12} p={} checkpoints={:>6}: {:>6.2} M records/s, {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
                     r.shape,
@@ -209,7 +253,12 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    std::fs::write(&args.out, serde_json::to_string_pretty(&serde_json::json!({ "benchmark": "engine", "machine": machine, "results": results }))?)?;
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "benchmark": "engine", "machine": machine, "results": results }),
+        )?,
+    )?;
     eprintln!("wrote {}", args.out);
     Ok(())
 }

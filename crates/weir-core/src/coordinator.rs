@@ -440,9 +440,10 @@ impl<S> Coordinator<S> {
                 self.consecutive_failures = 0;
                 actions.push(Action::FailJob {
                     message: format!(
-                        "Exceeded checkpoint tolerable failure threshold. The latest checkpoint failed due to {message} \
+                        "Exceeded checkpoint tolerable failure threshold. The latest checkpoint failed due to {}. \
                          See the job's log for why consecutive checkpoints failed, or raise \
-                         execution.checkpointing.tolerable-failed-checkpoints."
+                         execution.checkpointing.tolerable-failed-checkpoints.",
+                        message.trim_end_matches('.')
                     ),
                 });
             }
@@ -597,7 +598,7 @@ mod tests {
     fn tolerable_failures_count_consecutively_and_success_resets() {
         let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 1000, 2), tasks(1), 1, 0);
         let mut now = 10;
-        let mut decline = |c: &mut Coordinator<u32>, now: &mut u64| {
+        let decline = |c: &mut Coordinator<u32>, now: &mut u64| {
             let id = triggered(&c.tick(*now)).expect("trigger");
             let a = c.decline(id, FailureReason::Declined("boom".into()), *now);
             *now += 10;

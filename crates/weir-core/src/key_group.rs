@@ -60,7 +60,9 @@ impl KeyHash for str {
     fn key_hash(&self) -> i32 {
         if self.is_ascii() {
             // ASCII bytes are their own UTF-16 code units.
-            return self.bytes().fold(0i32, |h, b| h.wrapping_mul(31).wrapping_add(b as i32));
+            return self
+                .bytes()
+                .fold(0i32, |h, b| h.wrapping_mul(31).wrapping_add(b as i32));
         }
         self.encode_utf16()
             .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
@@ -267,7 +269,7 @@ pub fn key_group_range_for_subtask(
         "invalid key-group assignment: index {index}, parallelism {parallelism}, max parallelism {max_parallelism}"
     );
     let (m, p, i) = (max_parallelism as u64, parallelism as u64, index as u64);
-    let start = (i * m + p - 1) / p;
+    let start = (i * m).div_ceil(p);
     let end = ((i + 1) * m - 1) / p;
     KeyGroupRange::inclusive(start as u32, end as u32)
 }
@@ -323,10 +325,11 @@ mod tests {
             (9, 51, 1, 9),
         ];
         for (key, kg128, sub4, kg13) in cases {
-            let kg = assign_to_key_group(&(key as i32), 128);
+            let key: i32 = key;
+            let kg = assign_to_key_group(&{ key }, 128);
             assert_eq!(kg, kg128, "key {key}");
             assert_eq!(operator_index_for_key_group(128, 4, kg), sub4, "key {key}");
-            assert_eq!(assign_to_key_group(&(key as i32), 13), kg13, "key {key}");
+            assert_eq!(assign_to_key_group(&{ key }, 13), kg13, "key {key}");
         }
     }
 

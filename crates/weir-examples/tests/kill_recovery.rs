@@ -10,7 +10,12 @@ fn committed_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string));
+            lines.extend(
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
         }
     }
     lines.sort();
@@ -22,7 +27,10 @@ fn truth(records: u64, keys: u64) -> Vec<String> {
     for i in 0..records {
         *per_key.entry(i % keys).or_default() += 1;
     }
-    let mut lines: Vec<String> = per_key.iter().flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}"))).collect();
+    let mut lines: Vec<String> = per_key
+        .iter()
+        .flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}")))
+        .collect();
     lines.sort();
     lines
 }
@@ -59,16 +67,37 @@ fn run_iteration(seed: u64) -> (u32, u32) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyed-count"));
         cmd.args(["-p", &parallelism.to_string()])
             .args(["-D", "execution.checkpointing.interval=40 ms"])
-            .args(["-D", &format!("execution.checkpointing.dir={}", ck.display())])
+            .args([
+                "-D",
+                &format!("execution.checkpointing.dir={}", ck.display()),
+            ])
             .args(["-D", "weir.network.batch-size=64"]);
         if let Some((_, path)) = latest_checkpoint(&ck) {
             cmd.args(["-s", path.to_str().unwrap()]);
             restores += 1;
         }
-        cmd.args(["--output", out.to_str().unwrap(), "--count", &records.to_string(), "--keys", &keys.to_string(), "--rate", "8000"]);
-        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        cmd.args([
+            "--output",
+            out.to_str().unwrap(),
+            "--count",
+            &records.to_string(),
+            "--keys",
+            &keys.to_string(),
+            "--rate",
+            "8000",
+        ]);
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         // Kill at a random moment in the first two runs, then let it finish.
-        let kill_after = if kills < 2 { Some(Duration::from_millis(100 + rand(500))) } else { None };
+        let kill_after = if kills < 2 {
+            Some(Duration::from_millis(100 + rand(500)))
+        } else {
+            None
+        };
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -90,15 +119,28 @@ fn run_iteration(seed: u64) -> (u32, u32) {
     }
     let got = committed_lines(&out);
     let want = truth(records, keys);
-    assert_eq!(got.len(), want.len(), "seed {seed}: {kills} kills, {restores} restores");
-    assert!(got == want, "seed {seed}: output differs from the ground truth");
-    assert!(kills >= 1 && restores >= 1, "seed {seed}: the job was never killed and restored");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "seed {seed}: {kills} kills, {restores} restores"
+    );
+    assert!(
+        got == want,
+        "seed {seed}: output differs from the ground truth"
+    );
+    assert!(
+        kills >= 1 && restores >= 1,
+        "seed {seed}: the job was never killed and restored"
+    );
     (kills, restores)
 }
 
 #[test]
 fn kill_dash_nine_then_restore_from_latest_checkpoint() {
-    let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let (mut kills, mut restores) = (0, 0);
     for i in 0..iterations {
         let (k, r) = run_iteration(0xC0FFEE + i);

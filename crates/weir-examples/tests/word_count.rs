@@ -10,7 +10,12 @@ fn committed(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string));
+            lines.extend(
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
         }
     }
     lines.sort();
@@ -18,7 +23,11 @@ fn committed(dir: &Path) -> Vec<String> {
 }
 
 fn append(path: &Path, words: &[&str]) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     for w in words {
         writeln!(f, r#"{{"word":"{w}","frequency":1}}"#).unwrap();
     }
@@ -49,13 +58,30 @@ fn bounded_word_count_prints_and_commits_running_totals() {
     let dir = tempfile::tempdir().unwrap();
     let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("out"));
     append(&input, &["a", "b", "a"]);
-    std::fs::OpenOptions::new().append(true).open(&input).unwrap().write_all(b"not json\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap()
+        .write_all(b"not json\n")
+        .unwrap();
     append(&input, &["b", "a"]);
     let ck = dir.path().join("ck");
-    let output = word_count(&["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--bounded", "--checkpoints", ck.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = word_count(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--bounded",
+        "--checkpoints",
+        ck.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let printed = String::from_utf8(output.stdout).unwrap();
     let expected = [
         "WordCount{word='a', frequency=1}",
@@ -71,11 +97,28 @@ fn bounded_word_count_prints_and_commits_running_totals() {
 #[test]
 fn followed_file_survives_kill_and_restore_from_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, out, ck) = (dir.path().join("in.jsonl"), dir.path().join("out"), dir.path().join("ck"));
-    let args = ["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--checkpoints", ck.to_str().unwrap(), "--quiet"];
+    let (input, out, ck) = (
+        dir.path().join("in.jsonl"),
+        dir.path().join("out"),
+        dir.path().join("ck"),
+    );
+    let args = [
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--checkpoints",
+        ck.to_str().unwrap(),
+        "--quiet",
+    ];
     let spawn = |extra: &[&str]| -> Child {
         let mut c = word_count(&["-D", "execution.checkpointing.interval=50 ms"]);
-        c.args(extra).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        c.args(extra)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     };
     let mut job = spawn(&[]);
     append(&input, &["a", "b", "a"]);
@@ -85,7 +128,12 @@ fn followed_file_survives_kill_and_restore_from_checkpoint() {
     job.kill().unwrap();
     job.wait().unwrap();
     append(&input, &["b", "a"]);
-    let job_dir = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
+    let job_dir = std::fs::read_dir(&ck)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let (_, latest) = weir::latest_checkpoint(&job_dir).expect("a retained checkpoint");
     let mut job = spawn(&["-s", latest.to_str().unwrap()]);
     wait_for("all five totals", || committed(&out).len() >= 5);
@@ -99,5 +147,9 @@ fn followed_file_survives_kill_and_restore_from_checkpoint() {
         "WordCount{word='b', frequency=2}",
         "WordCount{word='a', frequency=3}",
     ];
-    assert_eq!(committed(&out), sorted(&expected), "the lines after the checkpoint are read exactly once");
+    assert_eq!(
+        committed(&out),
+        sorted(&expected),
+        "the lines after the checkpoint are read exactly once"
+    );
 }

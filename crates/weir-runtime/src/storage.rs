@@ -199,7 +199,7 @@ pub fn latest_checkpoint(job_dir: &Path) -> Option<(CheckpointId, PathBuf)> {
             Some((id, e.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found
         .into_iter()
         .find(|(_, dir)| load_snapshot(dir).is_ok())

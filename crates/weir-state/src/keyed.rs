@@ -123,6 +123,9 @@ impl<T> Copy for ReducingState<T> {}
 
 type Group<K, V> = Arc<FxHashMap<K, V>>;
 
+/// Encoded `(key, value)` entries.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 struct Table<K, V> {
     meta: StateMeta,
     groups: Vec<Group<K, V>>,
@@ -142,7 +145,7 @@ trait TableSnapshot: Send + Sync {
     fn meta(&self) -> &StateMeta;
     fn group_len(&self, index: usize) -> usize;
     /// The entries of one key group (index within the range), encoded and sorted by key bytes.
-    fn encode_group(&self, index: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
+    fn encode_group(&self, index: usize) -> Result<Entries, StateError>;
 }
 
 impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
@@ -175,7 +178,7 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
     fn group_len(&self, index: usize) -> usize {
         self.groups[index].len()
     }
-    fn encode_group(&self, index: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn encode_group(&self, index: usize) -> Result<Entries, StateError> {
         let enc_err = |detail| StateError::Encode {
             name: self.meta.name.clone(),
             detail,
@@ -196,7 +199,7 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
 /// snapshots unchanged, so nothing is lost when an operator stops declaring a state for a while.
 struct RawTable {
     meta: StateMeta,
-    groups: Arc<Vec<Vec<(Vec<u8>, Vec<u8>)>>>,
+    groups: Arc<Vec<Entries>>,
 }
 
 impl TableSnapshot for RawTable {
@@ -206,7 +209,7 @@ impl TableSnapshot for RawTable {
     fn group_len(&self, index: usize) -> usize {
         self.groups[index].len()
     }
-    fn encode_group(&self, index: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn encode_group(&self, index: usize) -> Result<Entries, StateError> {
         let mut out = self.groups[index].clone();
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -245,7 +248,7 @@ impl<K: Key> HeapKeyedBackend<K> {
     /// states. `handles` pair each handle with its file's resolved path.
     pub fn restore(&mut self, handles: &[(PathBuf, KeyedStateHandle)]) -> Result<(), StateError> {
         let n = self.key_groups.count as usize;
-        let mut raw: BTreeMap<String, (StateKind, Vec<Vec<(Vec<u8>, Vec<u8>)>>)> = BTreeMap::new();
+        let mut raw: BTreeMap<String, (StateKind, Vec<Entries>)> = BTreeMap::new();
         for (path, handle) in handles {
             let mut reader = StateFileReader::open(path)?;
             let states = reader.header().states.clone();

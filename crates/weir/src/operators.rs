@@ -36,10 +36,13 @@ fn operator_state(ctx: &OperatorContext) -> OperatorStateStore {
 
 // ---- stateless chained operators -------------------------------------------------------------
 
+/// Wraps a function and the downstream output into a chained operator.
+pub(crate) type BuildChained<I, O, F> = fn(F, Box<dyn Output<O>>) -> Box<dyn Output<I>>;
+
 /// Builds a chained operator from its function and its downstream output.
 pub(crate) struct ChainedSpec<I, O, F> {
     pub f: F,
-    pub build: fn(F, Box<dyn Output<O>>) -> Box<dyn Output<I>>,
+    pub build: BuildChained<I, O, F>,
 }
 
 impl<I: Record, O: Record, F: Clone + Send + Sync + 'static> NodeSpec for ChainedSpec<I, O, F> {

@@ -105,15 +105,14 @@ impl SourceFunction<String> for FileSource {
         for _ in 0..LINES_PER_POLL {
             let n = reader.read_until(b'\n', &mut self.partial)?;
             let complete = self.partial.last() == Some(&b'\n');
-            if n == 0 || !complete {
-                if self.follow || self.partial.is_empty() {
-                    return Ok(if self.follow {
-                        SourcePoll::Idle(IDLE)
-                    } else {
-                        SourcePoll::Exhausted
-                    });
-                }
-                // Bounded input whose last line has no newline: it is a line all the same.
+            // At the end of the data: wait for the rest of the line when following; in a bounded
+            // file, a last line without newline is a line all the same.
+            let at_end = n == 0 || !complete;
+            if at_end && self.follow {
+                return Ok(SourcePoll::Idle(IDLE));
+            }
+            if at_end && self.partial.is_empty() {
+                return Ok(SourcePoll::Exhausted);
             }
             let len = self.partial.len() as u64;
             let mut line = std::mem::take(&mut self.partial);

@@ -11,7 +11,9 @@ use weir::{CheckpointStorage, FsCheckpointStorage, JobId, StateOutput};
 /// Lines of the committed (visible) part files of an exactly-once file sink, sorted.
 pub fn committed_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return lines };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return lines;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("part-") {
@@ -29,7 +31,10 @@ pub fn keyed_count_truth(records: u64, keys: u64) -> Vec<String> {
     for i in 0..records {
         *per_key.entry(i % keys).or_default() += 1;
     }
-    let mut lines: Vec<String> = per_key.iter().flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}"))).collect();
+    let mut lines: Vec<String> = per_key
+        .iter()
+        .flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}")))
+        .collect();
     lines.sort();
     lines
 }
@@ -45,7 +50,11 @@ pub fn diff(got: &[String], want: &[String]) -> String {
     }
     let dup: Vec<_> = g.iter().filter(|(_, n)| **n > 0).take(5).collect();
     let lost: Vec<_> = g.iter().filter(|(_, n)| **n < 0).take(5).collect();
-    format!("{} lines vs {} expected; duplicated/extra: {dup:?}; lost: {lost:?}", got.len(), want.len())
+    format!(
+        "{} lines vs {} expected; duplicated/extra: {dup:?}; lost: {lost:?}",
+        got.len(),
+        want.len()
+    )
 }
 
 /// A small deterministic random generator (xorshift), so failures are reproducible from a seed.
@@ -146,7 +155,10 @@ impl CheckpointStorage for FaultyStorage {
         let n = self.state_files.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fault == StorageFault::StateFile(n) {
             self.fired.fetch_add(1, Ordering::SeqCst);
-            return Ok(Box::new(FailingOutput { inner: out, budget: 40 }));
+            return Ok(Box::new(FailingOutput {
+                inner: out,
+                budget: 40,
+            }));
         }
         Ok(out)
     }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs Weir's whole test suite on a fresh machine: formatting, lints, and every test.
+# Needs only the Rust toolchain (cargo, rustfmt, clippy), which the machine image provides;
+# Weir has no system library or service dependency yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+# Jobs started by tests log to stderr; keep CI output to errors unless RUST_LOG says otherwise.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+RUST_LOG=${RUST_LOG:-error} cargo test --workspace --quiet 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite (cargo ends with per-binary lines, the last often doc tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
