@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::GeneratorSource;
 use weir::{
-    BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv,
-    ValueState, ValueStateDescriptor,
+    BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState,
+    ValueStateDescriptor,
 };
 
 /// A job binary picks its allocator; like most high-throughput Rust services, this one uses
@@ -114,9 +114,7 @@ fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
@@ -124,35 +122,23 @@ fn peak_rss() -> u64 {
 
 fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     let parts: Vec<&str> = spec.split(',').collect();
-    let [shape, p, interval] = parts[..] else {
-        bail!("--single SHAPE,P,INTERVAL_MS")
-    };
+    let [shape, p, interval] = parts[..] else { bail!("--single SHAPE,P,INTERVAL_MS") };
     let parallelism: u32 = p.parse()?;
     let interval_ms: u64 = interval.parse()?;
     let dir = tempfile::tempdir()?;
     let mut config = Configuration::new();
     config.set("parallelism.default", p)?;
-    config.set(
-        "execution.checkpointing.dir",
-        dir.path().to_str().context("temp dir")?,
-    )?;
+    config.set("execution.checkpointing.dir", dir.path().to_str().context("temp dir")?)?;
     if interval_ms > 0 {
-        config.set(
-            "execution.checkpointing.interval",
-            &format!("{interval_ms} ms"),
-        )?;
+        config.set("execution.checkpointing.interval", &format!("{interval_ms} ms"))?;
     }
     let env = StreamEnv::with_config(config);
     let processed = Arc::new(AtomicU64::new(0));
     let source = env.source(GeneratorSource::counter()).uid("source");
     match shape {
         "reference" => {
-            let counter = Count::<String> {
-                state: None,
-                local: 0,
-                processed: processed.clone(),
-                _key: Default::default(),
-            };
+            let counter =
+                Count::<String> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
             source
                 .map(|i: u64| word(i % 1000))
                 .uid("map")
@@ -161,18 +147,9 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
                 .uid("count");
         }
         "large-state" => {
-            let counter = Count::<u64> {
-                state: None,
-                local: 0,
-                processed: processed.clone(),
-                _key: Default::default(),
-            };
-            source
-                .map(|i: u64| i % 1_000_000)
-                .uid("map")
-                .key_by(|k: &u64| *k)
-                .process::<(), _>(counter)
-                .uid("count");
+            let counter =
+                Count::<u64> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            source.map(|i: u64| i % 1_000_000).uid("map").key_by(|k: &u64| *k).process::<(), _>(counter).uid("count");
         }
         other => bail!("unknown shape {other}"),
     }
@@ -180,10 +157,7 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     std::thread::sleep(Duration::from_secs(1));
     let (c0, t0) = (processed.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (c1, elapsed) = (
-        processed.load(Ordering::Relaxed),
-        t0.elapsed().as_secs_f64(),
-    );
+    let (c1, elapsed) = (processed.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
     let checkpoints = handle.completed_checkpoints();
     handle.cancel();
     handle.wait();
@@ -196,15 +170,8 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         seconds: elapsed,
         records_per_second: (c1 - c0) as f64 / elapsed,
         checkpoints: checkpoints.len(),
-        checkpoint_duration_ms_avg: checkpoints
-            .iter()
-            .map(|c| c.duration.as_secs_f64() * 1000.0)
-            .sum::<f64>()
-            / n,
-        checkpoint_duration_ms_max: checkpoints
-            .iter()
-            .map(|c| c.duration.as_secs_f64() * 1000.0)
-            .fold(0.0, f64::max),
+        checkpoint_duration_ms_avg: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).sum::<f64>() / n,
+        checkpoint_duration_ms_max: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).fold(0.0, f64::max),
         checkpoint_bytes_avg: checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n,
         peak_rss_bytes: peak_rss(),
     })
@@ -232,8 +199,7 @@ fn main() -> anyhow::Result<()> {
                     bail!("{spec} failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 let line = String::from_utf8(out.stdout)?;
-                let r: Result =
-                    serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))?;
+                let r: Result = serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))?;
                 eprintln!(
                     "{:<12} p={} checkpoints={:>6}: {:>6.2} M records/s, {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
                     r.shape,

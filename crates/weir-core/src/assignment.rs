@@ -45,12 +45,7 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssignmentError {
     #[error("Failed to restore from {snapshot}: it holds state for operator {id} (uid {uid}, name '{name}') which is not in the new job. Restore with --allow-non-restored-state (-n) or execution.state-recovery.ignore-unclaimed-state: true to skip that state, or give the operator that holds it uid {uid} again.")]
-    UnmappedState {
-        snapshot: String,
-        id: OperatorId,
-        uid: String,
-        name: String,
-    },
+    UnmappedState { snapshot: String, id: OperatorId, uid: String, name: String },
     #[error("Failed to restore from {snapshot}: operator '{name}' (uid {uid}, id {id}) has max parallelism {snapshot_max} in the snapshot but {job_max} in the new job. The max parallelism fixes the key groups of keyed state and cannot change; set the operator's max parallelism back to {snapshot_max}.")]
     MaxParallelismMismatch {
         snapshot: String,
@@ -72,9 +67,7 @@ pub enum AssignmentError {
 }
 
 fn uid_text(uid: &Option<String>) -> String {
-    uid.as_ref()
-        .map(|u| format!("'{u}'"))
-        .unwrap_or_else(|| "<none>".to_string())
+    uid.as_ref().map(|u| format!("'{u}'")).unwrap_or_else(|| "<none>".to_string())
 }
 
 /// Computes what every subtask of `operators` restores from `snapshot_ops`.
@@ -85,10 +78,8 @@ pub fn assign(
     operators: &[OperatorInfo],
     allow_non_restored_state: bool,
 ) -> Result<Assignment, AssignmentError> {
-    let by_id: HashMap<OperatorId, &OperatorSnapshot> =
-        snapshot_ops.iter().map(|o| (o.operator_id, o)).collect();
-    let known: HashMap<OperatorId, &OperatorInfo> =
-        operators.iter().map(|o| (o.operator_id, o)).collect();
+    let by_id: HashMap<OperatorId, &OperatorSnapshot> = snapshot_ops.iter().map(|o| (o.operator_id, o)).collect();
+    let known: HashMap<OperatorId, &OperatorInfo> = operators.iter().map(|o| (o.operator_id, o)).collect();
     let mut result = Assignment::default();
 
     for op in snapshot_ops {
@@ -106,16 +97,12 @@ pub fn assign(
                 name: op.name.clone(),
             });
         }
-        result
-            .skipped
-            .push((op.operator_id, op.uid.clone(), op.name.clone()));
+        result.skipped.push((op.operator_id, op.uid.clone(), op.name.clone()));
     }
 
     for info in operators {
         let Some(state) = by_id.get(&info.operator_id) else {
-            result
-                .operators
-                .insert(info.operator_id, empty_subtasks(info, info.max_parallelism));
+            result.operators.insert(info.operator_id, empty_subtasks(info, info.max_parallelism));
             continue;
         };
         let mut max_p = info.max_parallelism;
@@ -131,9 +118,7 @@ pub fn assign(
                 });
             }
             max_p = state.max_parallelism;
-            result
-                .adopted_max_parallelism
-                .insert(info.operator_id, max_p);
+            result.adopted_max_parallelism.insert(info.operator_id, max_p);
         }
         if info.parallelism > max_p {
             return Err(AssignmentError::ParallelismAboveMax {
@@ -159,14 +144,9 @@ pub fn assign(
             for s in &state.subtasks {
                 by_index.insert(s.subtask, &s.operator_lists);
             }
-            (0..state.parallelism)
-                .map(|i| by_index.get(&i).copied().unwrap_or(&[]))
-                .collect()
+            (0..state.parallelism).map(|i| by_index.get(&i).copied().unwrap_or(&[])).collect()
         };
-        for (i, lists) in redistribute_lists(&old, info.parallelism)
-            .into_iter()
-            .enumerate()
-        {
+        for (i, lists) in redistribute_lists(&old, info.parallelism).into_iter().enumerate() {
             subtasks[i].operator_lists = lists;
         }
         result.operators.insert(info.operator_id, subtasks);
@@ -177,11 +157,7 @@ pub fn assign(
 fn empty_subtasks(info: &OperatorInfo, max_p: u32) -> Vec<SubtaskAssignment> {
     (0..info.parallelism)
         .map(|i| SubtaskAssignment {
-            key_groups: key_group_range_for_subtask(
-                max_p.max(info.parallelism),
-                info.parallelism,
-                i,
-            ),
+            key_groups: key_group_range_for_subtask(max_p.max(info.parallelism), info.parallelism, i),
             ..Default::default()
         })
         .collect()
@@ -198,24 +174,17 @@ pub fn redistribute_lists(old: &[&[OperatorListState]], new_p: u32) -> Vec<Vec<O
     let old_p = old.len();
     let mut out: Vec<Vec<OperatorListState>> = vec![Vec::new(); new_p];
     // name -> (mode, per-old-subtask elements)
-    let mut by_name: BTreeMap<&str, (Redistribution, Vec<Vec<serde_bytes::ByteBuf>>)> =
-        BTreeMap::new();
+    let mut by_name: BTreeMap<&str, (Redistribution, Vec<Vec<serde_bytes::ByteBuf>>)> = BTreeMap::new();
     for (i, lists) in old.iter().enumerate() {
         for l in lists.iter() {
-            let entry = by_name
-                .entry(l.name.as_str())
-                .or_insert_with(|| (l.mode, vec![Vec::new(); old_p]));
+            let entry = by_name.entry(l.name.as_str()).or_insert_with(|| (l.mode, vec![Vec::new(); old_p]));
             entry.1[i].extend(l.elements.iter().cloned());
         }
     }
     let mut start = 0usize;
     for (name, (mode, per_old)) in by_name {
         let mut push = |target: usize, elements: Vec<serde_bytes::ByteBuf>| {
-            out[target].push(OperatorListState {
-                name: name.to_string(),
-                mode,
-                elements,
-            });
+            out[target].push(OperatorListState { name: name.to_string(), mode, elements });
         };
         match mode {
             Redistribution::Split if old_p == new_p => {
@@ -263,18 +232,12 @@ mod tests {
         OperatorListState {
             name: name.into(),
             mode,
-            elements: items
-                .iter()
-                .map(|s| ByteBuf::from(s.as_bytes().to_vec()))
-                .collect(),
+            elements: items.iter().map(|s| ByteBuf::from(s.as_bytes().to_vec())).collect(),
         }
     }
 
     fn texts(l: &OperatorListState) -> Vec<String> {
-        l.elements
-            .iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-            .collect()
+        l.elements.iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect()
     }
 
     #[test]
@@ -288,23 +251,14 @@ mod tests {
 
     #[test]
     fn union_and_broadcast_examples_from_the_digest() {
-        let old0 = [
-            list("u", Redistribution::Union, &["a", "b", "c"]),
-            list("b", Redistribution::Broadcast, &["x0"]),
-        ];
-        let old1 = [
-            list("u", Redistribution::Union, &["d", "e"]),
-            list("b", Redistribution::Broadcast, &["x1"]),
-        ];
+        let old0 = [list("u", Redistribution::Union, &["a", "b", "c"]), list("b", Redistribution::Broadcast, &["x0"])];
+        let old1 = [list("u", Redistribution::Union, &["d", "e"]), list("b", Redistribution::Broadcast, &["x1"])];
         let out = redistribute_lists(&[&old0, &old1], 3);
         for sub in &out {
             let u = sub.iter().find(|l| l.name == "u").unwrap();
             assert_eq!(texts(u), vec!["a", "b", "c", "d", "e"]);
         }
-        let b: Vec<_> = out
-            .iter()
-            .map(|s| texts(s.iter().find(|l| l.name == "b").unwrap()))
-            .collect();
+        let b: Vec<_> = out.iter().map(|s| texts(s.iter().find(|l| l.name == "b").unwrap())).collect();
         assert_eq!(b, vec![vec!["x0"], vec!["x1"], vec!["x0"]]);
     }
 
@@ -314,16 +268,14 @@ mod tests {
             for new_p in 1..7u32 {
                 let olds: Vec<Vec<OperatorListState>> = (0..old_p)
                     .map(|i| {
-                        let items: Vec<String> =
-                            (0..(i * 3 + 1)).map(|j| format!("{i}-{j}")).collect();
+                        let items: Vec<String> = (0..(i * 3 + 1)).map(|j| format!("{i}-{j}")).collect();
                         let refs: Vec<&str> = items.iter().map(String::as_str).collect();
                         vec![list("s", Redistribution::Split, &refs)]
                     })
                     .collect();
                 let refs: Vec<&[OperatorListState]> = olds.iter().map(|v| v.as_slice()).collect();
                 let out = redistribute_lists(&refs, new_p);
-                let mut got: Vec<String> =
-                    out.iter().flat_map(|v| v.iter().flat_map(texts)).collect();
+                let mut got: Vec<String> = out.iter().flat_map(|v| v.iter().flat_map(texts)).collect();
                 let mut want: Vec<String> = olds.iter().flat_map(|v| texts(&v[0])).collect();
                 got.sort();
                 want.sort();
@@ -356,10 +308,7 @@ mod tests {
                     SubtaskSnapshot {
                         subtask: i,
                         keyed: Some(KeyedStateHandle {
-                            file: StateFileRef {
-                                path: format!("f{i}"),
-                                size: 1,
-                            },
+                            file: StateFileRef { path: format!("f{i}"), size: 1 },
                             key_groups: r,
                             offsets: r.iter().map(u64::from).collect(),
                         }),
@@ -392,20 +341,9 @@ mod tests {
     #[test]
     fn unmapped_state_is_refused_unless_allowed_and_empty_state_never_blocks() {
         let snap = [keyed_snapshot("gone", 1, 128)];
-        let err = assign(
-            "/sp/savepoint-1",
-            &snap,
-            &[info("sum", 1, 128, false)],
-            false,
-        )
-        .unwrap_err();
+        let err = assign("/sp/savepoint-1", &snap, &[info("sum", 1, 128, false)], false).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("'gone'")
-                && msg.contains("GONE")
-                && msg.contains("--allow-non-restored-state"),
-            "{msg}"
-        );
+        assert!(msg.contains("'gone'") && msg.contains("GONE") && msg.contains("--allow-non-restored-state"), "{msg}");
         assert!(msg.contains(&OperatorId::from_uid("gone").to_hex()));
         let a = assign("sp", &snap, &[info("sum", 1, 128, false)], true).unwrap();
         assert_eq!(a.skipped.len(), 1);
@@ -418,29 +356,12 @@ mod tests {
     fn max_parallelism_rules() {
         let snap = [keyed_snapshot("sum", 2, 128)];
         let err = assign("sp", &snap, &[info("sum", 2, 256, true)], false).unwrap_err();
-        assert!(matches!(
-            err,
-            AssignmentError::MaxParallelismMismatch {
-                snapshot_max: 128,
-                job_max: 256,
-                ..
-            }
-        ));
+        assert!(matches!(err, AssignmentError::MaxParallelismMismatch { snapshot_max: 128, job_max: 256, .. }));
         let a = assign("sp", &snap, &[info("sum", 100, 256, false)], false).unwrap();
         assert_eq!(a.adopted_max_parallelism[&OperatorId::from_uid("sum")], 128);
         let snap = [keyed_snapshot("sum", 2, 4)];
         let err = assign("sp", &snap, &[info("sum", 5, 8, false)], false).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AssignmentError::ParallelismAboveMax {
-                    parallelism: 5,
-                    snapshot_max: 4,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, AssignmentError::ParallelismAboveMax { parallelism: 5, snapshot_max: 4, .. }), "{err}");
     }
 
     #[test]
@@ -448,8 +369,6 @@ mod tests {
         let a = assign("sp", &[], &[info("new", 2, 128, false)], false).unwrap();
         let subs = &a.operators[&OperatorId::from_uid("new")];
         assert_eq!(subs.len(), 2);
-        assert!(subs
-            .iter()
-            .all(|s| s.keyed.is_empty() && s.operator_lists.is_empty()));
+        assert!(subs.iter().all(|s| s.keyed.is_empty() && s.operator_lists.is_empty()));
     }
 }

@@ -35,15 +35,12 @@ pub mod keys {
     pub const CHECKPOINT_INTERVAL: &str = "execution.checkpointing.interval";
     pub const CHECKPOINT_MIN_PAUSE: &str = "execution.checkpointing.min-pause";
     pub const CHECKPOINT_TIMEOUT: &str = "execution.checkpointing.timeout";
-    pub const CHECKPOINT_MAX_CONCURRENT: &str =
-        "execution.checkpointing.max-concurrent-checkpoints";
-    pub const CHECKPOINT_TOLERABLE_FAILURES: &str =
-        "execution.checkpointing.tolerable-failed-checkpoints";
+    pub const CHECKPOINT_MAX_CONCURRENT: &str = "execution.checkpointing.max-concurrent-checkpoints";
+    pub const CHECKPOINT_TOLERABLE_FAILURES: &str = "execution.checkpointing.tolerable-failed-checkpoints";
     pub const CHECKPOINT_NUM_RETAINED: &str = "execution.checkpointing.num-retained";
     pub const CHECKPOINT_DIR: &str = "execution.checkpointing.dir";
     pub const SAVEPOINT_DIR: &str = "execution.checkpointing.savepoint-dir";
-    pub const CHECKPOINT_RETENTION: &str =
-        "execution.checkpointing.externalized-checkpoint-retention";
+    pub const CHECKPOINT_RETENTION: &str = "execution.checkpointing.externalized-checkpoint-retention";
     pub const CHECKPOINT_MODE: &str = "execution.checkpointing.mode";
     pub const CHECKPOINT_INCREMENTAL: &str = "execution.checkpointing.incremental";
     pub const RECOVERY_PATH: &str = "execution.state-recovery.path";
@@ -89,11 +86,7 @@ pub enum ConfigError {
     #[error("unknown configuration key '{key}'{hint}")]
     UnknownKey { key: String, hint: String },
     #[error("invalid value '{value}' for configuration key '{key}': {reason}")]
-    InvalidValue {
-        key: String,
-        value: String,
-        reason: String,
-    },
+    InvalidValue { key: String, value: String, reason: String },
 }
 
 /// A warning to log, produced when a deprecated key is used.
@@ -105,11 +98,7 @@ pub struct DeprecationWarning {
 
 impl std::fmt::Display for DeprecationWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Config uses deprecated configuration key '{}' instead of proper key '{}'",
-            self.used, self.proper
-        )
+        write!(f, "Config uses deprecated configuration key '{}' instead of proper key '{}'", self.used, self.proper)
     }
 }
 
@@ -139,17 +128,11 @@ impl Configuration {
     }
 
     /// Sets a key. Returns a warning when the key is a deprecated alias.
-    pub fn set(
-        &mut self,
-        key: &str,
-        value: &str,
-    ) -> Result<Option<DeprecationWarning>, ConfigError> {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<Option<DeprecationWarning>, ConfigError> {
         let key = key.trim();
         let value = value.trim();
-        let (def, deprecated) = find_key(key).ok_or_else(|| ConfigError::UnknownKey {
-            key: key.to_string(),
-            hint: suggest(key),
-        })?;
+        let (def, deprecated) =
+            find_key(key).ok_or_else(|| ConfigError::UnknownKey { key: key.to_string(), hint: suggest(key) })?;
         validate(def, value).map_err(|reason| ConfigError::InvalidValue {
             key: key.to_string(),
             value: value.to_string(),
@@ -161,10 +144,7 @@ impl Configuration {
             self.values.insert(def.name, value.to_string());
             self.via_deprecated.insert(def.name, deprecated);
         }
-        Ok(deprecated.then(|| DeprecationWarning {
-            used: key.to_string(),
-            proper: def.name,
-        }))
+        Ok(deprecated.then(|| DeprecationWarning { used: key.to_string(), proper: def.name }))
     }
 
     /// Parses a `key=value` pair, as given to `-D`.
@@ -183,8 +163,7 @@ impl Configuration {
     pub fn merge(&mut self, other: &Configuration) {
         for (k, v) in &other.values {
             self.values.insert(k, v.clone());
-            self.via_deprecated
-                .insert(k, other.via_deprecated.get(k).copied().unwrap_or(false));
+            self.via_deprecated.insert(k, other.via_deprecated.get(k).copied().unwrap_or(false));
         }
     }
 
@@ -194,10 +173,7 @@ impl Configuration {
 
     /// Raw value or the key's default.
     pub fn raw(&self, key: &str) -> Option<&str> {
-        self.values
-            .get(key)
-            .map(String::as_str)
-            .or_else(|| find_key(key).and_then(|(d, _)| d.default))
+        self.values.get(key).map(String::as_str).or_else(|| find_key(key).and_then(|(d, _)| d.default))
     }
 
     pub fn get_str(&self, key: &str) -> Option<String> {
@@ -222,10 +198,7 @@ impl Configuration {
         let (def, _) = find_key(key)?;
         let raw = self.raw(key)?;
         match def.ty {
-            ValueType::Enum(options) => options
-                .iter()
-                .copied()
-                .find(|o| o.eq_ignore_ascii_case(raw)),
+            ValueType::Enum(options) => options.iter().copied().find(|o| o.eq_ignore_ascii_case(raw)),
             _ => None,
         }
     }
@@ -237,13 +210,8 @@ impl Configuration {
 
 fn validate(def: &KeyDef, value: &str) -> Result<(), String> {
     match def.ty {
-        ValueType::Int => value
-            .parse::<i64>()
-            .map(|_| ())
-            .map_err(|_| "expected an integer".to_string()),
-        ValueType::Bool => parse_bool(value)
-            .map(|_| ())
-            .ok_or_else(|| "expected true or false".to_string()),
+        ValueType::Int => value.parse::<i64>().map(|_| ()).map_err(|_| "expected an integer".to_string()),
+        ValueType::Bool => parse_bool(value).map(|_| ()).ok_or_else(|| "expected true or false".to_string()),
         ValueType::Duration => parse_duration(value).map(|_| ()),
         ValueType::Text => {
             if value.is_empty() {
@@ -287,15 +255,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("expected a duration like '10 s', '500 ms' or '1 min', found '{text}'")
-    })?;
+    let n: u64 =
+        digits.parse().map_err(|_| format!("expected a duration like '10 s', '500 ms' or '1 min', found '{text}'"))?;
     let unit = unit.trim().to_ascii_lowercase();
     let d = match unit.as_str() {
         "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => Duration::from_millis(n),
-        "us" | "µs" | "micro" | "micros" | "microsecond" | "microseconds" => {
-            Duration::from_micros(n)
-        }
+        "us" | "µs" | "micro" | "micros" | "microsecond" | "microseconds" => Duration::from_micros(n),
         "ns" | "nano" | "nanos" | "nanosecond" | "nanoseconds" => Duration::from_nanos(n),
         "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
         "m" | "min" | "minute" | "minutes" => Duration::from_secs(n * 60),
@@ -324,20 +289,10 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_naming_it() {
         let mut c = Configuration::new();
-        let err = c
-            .set("execution.checkpointing.intervall", "1 s")
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("'execution.checkpointing.intervall'"),
-            "{err}"
-        );
+        let err = c.set("execution.checkpointing.intervall", "1 s").unwrap_err();
+        assert!(err.to_string().contains("'execution.checkpointing.intervall'"), "{err}");
         let err = c.set("state.checkpoints.interval", "1 s").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("did you mean 'execution.checkpointing.interval'"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("did you mean 'execution.checkpointing.interval'"), "{err}");
     }
 
     #[test]
@@ -355,26 +310,16 @@ mod tests {
     fn defaults_and_enums() {
         let mut c = Configuration::new();
         assert_eq!(c.get_int(keys::CHECKPOINT_NUM_RETAINED), Some(1));
-        assert_eq!(
-            c.get_duration(keys::CHECKPOINT_TIMEOUT),
-            Some(Duration::from_secs(600))
-        );
+        assert_eq!(c.get_duration(keys::CHECKPOINT_TIMEOUT), Some(Duration::from_secs(600)));
         assert_eq!(c.get_duration(keys::CHECKPOINT_INTERVAL), None);
-        c.set(keys::CHECKPOINT_RETENTION, "retain_on_cancellation")
-            .unwrap();
-        assert_eq!(
-            c.get_enum(keys::CHECKPOINT_RETENTION),
-            Some("RETAIN_ON_CANCELLATION")
-        );
+        c.set(keys::CHECKPOINT_RETENTION, "retain_on_cancellation").unwrap();
+        assert_eq!(c.get_enum(keys::CHECKPOINT_RETENTION), Some("RETAIN_ON_CANCELLATION"));
     }
 
     #[test]
     fn deprecated_key_warns_and_new_key_wins() {
         let mut c = Configuration::new();
-        let w = c
-            .set("state.checkpoints.num-retained", "3")
-            .unwrap()
-            .unwrap();
+        let w = c.set("state.checkpoints.num-retained", "3").unwrap().unwrap();
         assert_eq!(
             w.to_string(),
             "Config uses deprecated configuration key 'state.checkpoints.num-retained' instead of proper key 'execution.checkpointing.num-retained'"

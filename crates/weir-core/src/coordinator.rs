@@ -55,9 +55,7 @@ impl FailureReason {
             FailureReason::FinalizeFailure(why) => format!("Failure to finalize checkpoint: {why}"),
             FailureReason::TaskFailure => "Task has failed.".into(),
             FailureReason::CoordinatorShutdown => "CheckpointCoordinator shutdown.".into(),
-            FailureReason::TooManyRequests => {
-                "The maximum number of queued checkpoint requests exceeded".into()
-            }
+            FailureReason::TooManyRequests => "The maximum number of queued checkpoint requests exceeded".into(),
         }
     }
 
@@ -77,46 +75,20 @@ impl FailureReason {
 #[derive(Debug, PartialEq)]
 pub enum Action<S> {
     /// Inject barriers for snapshot `id` at the sources. `token` is the requester's, if any.
-    Trigger {
-        id: CheckpointId,
-        kind: SnapshotKind,
-        timestamp_ms: u64,
-        token: Option<u64>,
-    },
+    Trigger { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, token: Option<u64> },
     /// All tasks acknowledged: write `_metadata` from these acks, then call `finalized`.
-    Finalize {
-        id: CheckpointId,
-        kind: SnapshotKind,
-        timestamp_ms: u64,
-        acks: Vec<(TaskKey, S)>,
-    },
+    Finalize { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, acks: Vec<(TaskKey, S)> },
     /// The snapshot is complete (its `_metadata` is in place).
-    Completed {
-        id: CheckpointId,
-        kind: SnapshotKind,
-        token: Option<u64>,
-    },
+    Completed { id: CheckpointId, kind: SnapshotKind, token: Option<u64> },
     /// Tell every task the checkpoint is complete, so sinks commit. Never sent for an
     /// intermediate savepoint.
     NotifyComplete { id: CheckpointId },
     /// The snapshot failed; its files must be deleted and tasks told.
-    Aborted {
-        id: CheckpointId,
-        kind: SnapshotKind,
-        reason: FailureReason,
-        token: Option<u64>,
-    },
+    Aborted { id: CheckpointId, kind: SnapshotKind, reason: FailureReason, token: Option<u64> },
     /// A request that never got an id failed.
-    Rejected {
-        token: Option<u64>,
-        reason: FailureReason,
-    },
+    Rejected { token: Option<u64>, reason: FailureReason },
     /// An acknowledgement arrived for a snapshot no longer pending: delete what it wrote.
-    DiscardLate {
-        id: CheckpointId,
-        task: TaskKey,
-        state: S,
-    },
+    DiscardLate { id: CheckpointId, task: TaskKey, state: S },
     /// Too many consecutive failures: the job must fail with this message.
     FailJob { message: String },
 }
@@ -165,9 +137,7 @@ impl<S> Coordinator<S> {
         next_id: CheckpointId,
         now_ms: u64,
     ) -> Self {
-        let next_periodic_ms = settings
-            .interval_ms
-            .map(|i| now_ms + i.max(settings.min_pause_ms));
+        let next_periodic_ms = settings.interval_ms.map(|i| now_ms + i.max(settings.min_pause_ms));
         Coordinator {
             periodic_enabled: settings.interval_ms.is_some(),
             settings,
@@ -202,9 +172,7 @@ impl<S> Coordinator<S> {
         self.periodic_enabled = enabled && self.settings.interval_ms.is_some();
         self.queue.retain(|r| !r.periodic);
         self.next_periodic_ms = if self.periodic_enabled {
-            self.settings
-                .interval_ms
-                .map(|i| now_ms + i.max(self.settings.min_pause_ms))
+            self.settings.interval_ms.map(|i| now_ms + i.max(self.settings.min_pause_ms))
         } else {
             None
         };
@@ -212,12 +180,7 @@ impl<S> Coordinator<S> {
 
     /// The next time `tick` has something to do, if any.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        let expiry = self
-            .pending
-            .values()
-            .filter(|p| !p.finalizing)
-            .map(|p| p.deadline_ms)
-            .min();
+        let expiry = self.pending.values().filter(|p| !p.finalizing).map(|p| p.deadline_ms).min();
         match (expiry, self.next_periodic_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -227,23 +190,15 @@ impl<S> Coordinator<S> {
     /// Expires overdue snapshots, queues a due periodic checkpoint, and triggers what may start.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action<S>> {
         let mut actions = Vec::new();
-        let expired: Vec<_> = self
-            .pending
-            .values()
-            .filter(|p| !p.finalizing && p.deadline_ms <= now_ms)
-            .map(|p| p.id)
-            .collect();
+        let expired: Vec<_> =
+            self.pending.values().filter(|p| !p.finalizing && p.deadline_ms <= now_ms).map(|p| p.id).collect();
         for id in expired {
             self.abort(id, FailureReason::Expired, &mut actions);
         }
         if let Some(due) = self.next_periodic_ms {
             if self.periodic_enabled && now_ms >= due {
                 if !self.queue.iter().any(|r| r.periodic) {
-                    self.queue.push_back(Request {
-                        kind: SnapshotKind::Checkpoint,
-                        periodic: true,
-                        token: None,
-                    });
+                    self.queue.push_back(Request { kind: SnapshotKind::Checkpoint, periodic: true, token: None });
                 }
                 let interval = self.settings.interval_ms.unwrap_or(u64::MAX / 4);
                 self.next_periodic_ms = Some(now_ms + interval);
@@ -255,17 +210,8 @@ impl<S> Coordinator<S> {
 
     /// A user request (manual checkpoint, savepoint, or the final checkpoint at end of input).
     /// Ignores min pause. `token` comes back in the actions about this request.
-    pub fn request(
-        &mut self,
-        kind: SnapshotKind,
-        token: Option<u64>,
-        now_ms: u64,
-    ) -> Vec<Action<S>> {
-        let req = Request {
-            kind,
-            periodic: false,
-            token,
-        };
+    pub fn request(&mut self, kind: SnapshotKind, token: Option<u64>, now_ms: u64) -> Vec<Action<S>> {
+        let req = Request { kind, periodic: false, token };
         // Savepoints go before checkpoints, user requests before periodic ones.
         let pos = self
             .queue
@@ -312,12 +258,7 @@ impl<S> Coordinator<S> {
                     finalizing: false,
                 },
             );
-            actions.push(Action::Trigger {
-                id,
-                kind: req.kind,
-                timestamp_ms: now_ms,
-                token: req.token,
-            });
+            actions.push(Action::Trigger { id, kind: req.kind, timestamp_ms: now_ms, token: req.token });
             return;
         }
     }
@@ -332,12 +273,7 @@ impl<S> Coordinator<S> {
                 if p.waiting_for.is_empty() {
                     p.finalizing = true;
                     let acks = std::mem::take(&mut p.acks);
-                    actions.push(Action::Finalize {
-                        id,
-                        kind: p.kind,
-                        timestamp_ms: p.timestamp_ms,
-                        acks,
-                    });
+                    actions.push(Action::Finalize { id, kind: p.kind, timestamp_ms: p.timestamp_ms, acks });
                 }
             }
             Some(p) if p.acks.iter().any(|(t, _)| *t == task) => {
@@ -349,12 +285,7 @@ impl<S> Coordinator<S> {
     }
 
     /// A task declined snapshot `id`.
-    pub fn decline(
-        &mut self,
-        id: CheckpointId,
-        reason: FailureReason,
-        now_ms: u64,
-    ) -> Vec<Action<S>> {
+    pub fn decline(&mut self, id: CheckpointId, reason: FailureReason, now_ms: u64) -> Vec<Action<S>> {
         let mut actions = Vec::new();
         if self.pending.get(&id).is_some_and(|p| !p.finalizing) {
             self.abort(id, reason, &mut actions);
@@ -364,12 +295,7 @@ impl<S> Coordinator<S> {
     }
 
     /// The outcome of writing `_metadata` for snapshot `id`.
-    pub fn finalized(
-        &mut self,
-        id: CheckpointId,
-        outcome: Result<(), String>,
-        now_ms: u64,
-    ) -> Vec<Action<S>> {
+    pub fn finalized(&mut self, id: CheckpointId, outcome: Result<(), String>, now_ms: u64) -> Vec<Action<S>> {
         let mut actions = Vec::new();
         match outcome {
             Ok(()) => {
@@ -379,11 +305,7 @@ impl<S> Coordinator<S> {
                         self.last_success_id = self.last_success_id.max(id);
                         self.consecutive_failures = 0;
                     }
-                    actions.push(Action::Completed {
-                        id,
-                        kind: p.kind,
-                        token: p.token,
-                    });
+                    actions.push(Action::Completed { id, kind: p.kind, token: p.token });
                     if !p.kind.is_savepoint() {
                         actions.push(Action::NotifyComplete { id });
                     }
@@ -410,10 +332,7 @@ impl<S> Coordinator<S> {
         }
         for req in self.queue.drain(..) {
             if !req.periodic {
-                actions.push(Action::Rejected {
-                    token: req.token,
-                    reason: reason.clone(),
-                });
+                actions.push(Action::Rejected { token: req.token, reason: reason.clone() });
             }
         }
         actions
@@ -423,17 +342,10 @@ impl<S> Coordinator<S> {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
-        let count = !p.kind.is_savepoint()
-            && reason.counts()
-            && id > self.last_success_id
-            && self.counted_ids.insert(id);
+        let count =
+            !p.kind.is_savepoint() && reason.counts() && id > self.last_success_id && self.counted_ids.insert(id);
         let message = reason.message();
-        actions.push(Action::Aborted {
-            id,
-            kind: p.kind,
-            reason,
-            token: p.token,
-        });
+        actions.push(Action::Aborted { id, kind: p.kind, reason, token: p.token });
         if count {
             self.consecutive_failures += 1;
             if self.consecutive_failures > self.settings.tolerable_failures {
@@ -455,12 +367,7 @@ impl<S> Coordinator<S> {
 mod tests {
     use super::*;
 
-    fn settings(
-        interval: u64,
-        min_pause: u64,
-        timeout: u64,
-        tolerable: u32,
-    ) -> CoordinatorSettings {
+    fn settings(interval: u64, min_pause: u64, timeout: u64, tolerable: u32) -> CoordinatorSettings {
         CoordinatorSettings {
             interval_ms: Some(interval),
             min_pause_ms: min_pause,
@@ -470,12 +377,7 @@ mod tests {
     }
 
     fn tasks(n: u32) -> Vec<TaskKey> {
-        (0..n)
-            .map(|s| TaskKey {
-                vertex: 0,
-                subtask: s,
-            })
-            .collect()
+        (0..n).map(|s| TaskKey { vertex: 0, subtask: s }).collect()
     }
 
     fn triggered<S>(actions: &[Action<S>]) -> Option<CheckpointId> {
@@ -491,9 +393,7 @@ mod tests {
         for t in tasks(n) {
             all.extend(c.acknowledge(id, t, t.subtask));
         }
-        assert!(all
-            .iter()
-            .any(|a| matches!(a, Action::Finalize { id: i, .. } if *i == id)));
+        assert!(all.iter().any(|a| matches!(a, Action::Finalize { id: i, .. } if *i == id)));
         all.extend(c.finalized(id, Ok(()), now));
         all
     }
@@ -516,34 +416,9 @@ mod tests {
     fn finalize_carries_every_ack_and_duplicates_are_ignored() {
         let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 1000, 0), tasks(2), 1, 0);
         c.tick(10);
-        assert!(c
-            .acknowledge(
-                1,
-                TaskKey {
-                    vertex: 0,
-                    subtask: 0
-                },
-                7
-            )
-            .is_empty());
-        assert!(c
-            .acknowledge(
-                1,
-                TaskKey {
-                    vertex: 0,
-                    subtask: 0
-                },
-                8
-            )
-            .is_empty());
-        let a = c.acknowledge(
-            1,
-            TaskKey {
-                vertex: 0,
-                subtask: 1,
-            },
-            9,
-        );
+        assert!(c.acknowledge(1, TaskKey { vertex: 0, subtask: 0 }, 7).is_empty());
+        assert!(c.acknowledge(1, TaskKey { vertex: 0, subtask: 0 }, 8).is_empty());
+        let a = c.acknowledge(1, TaskKey { vertex: 0, subtask: 1 }, 9);
         match &a[..] {
             [Action::Finalize { id: 1, acks, .. }] => {
                 assert_eq!(acks.iter().map(|(_, s)| *s).collect::<Vec<_>>(), vec![7, 9]);
@@ -563,14 +438,7 @@ mod tests {
         assert_eq!(triggered(&c.tick(110)), Some(2));
         complete(&mut c, 2, 1, 111);
         let a = c.request(SnapshotKind::Checkpoint, Some(5), 112);
-        assert!(matches!(
-            a[..],
-            [Action::Trigger {
-                id: 3,
-                token: Some(5),
-                ..
-            }]
-        ));
+        assert!(matches!(a[..], [Action::Trigger { id: 3, token: Some(5), .. }]));
     }
 
     #[test]
@@ -578,14 +446,7 @@ mod tests {
         let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 100, 0), tasks(1), 1, 0);
         c.tick(10);
         let a = c.tick(110);
-        assert!(a.iter().any(|x| matches!(
-            x,
-            Action::Aborted {
-                id: 1,
-                reason: FailureReason::Expired,
-                ..
-            }
-        )));
+        assert!(a.iter().any(|x| matches!(x, Action::Aborted { id: 1, reason: FailureReason::Expired, .. })));
         let msg = a.iter().find_map(|x| match x {
             Action::FailJob { message } => Some(message.clone()),
             _ => None,
@@ -611,10 +472,7 @@ mod tests {
         now += 10;
         assert!(!decline(&mut c, &mut now));
         assert!(!decline(&mut c, &mut now));
-        assert!(
-            decline(&mut c, &mut now),
-            "third consecutive counted failure fails the job"
-        );
+        assert!(decline(&mut c, &mut now), "third consecutive counted failure fails the job");
     }
 
     #[test]
@@ -633,35 +491,17 @@ mod tests {
         let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 100, 5), tasks(2), 1, 0);
         c.tick(10);
         c.tick(200); // expired
-        let a = c.acknowledge(
-            1,
-            TaskKey {
-                vertex: 0,
-                subtask: 0,
-            },
-            3,
-        );
-        assert!(matches!(
-            a[..],
-            [Action::DiscardLate {
-                id: 1,
-                state: 3,
-                ..
-            }]
-        ));
+        let a = c.acknowledge(1, TaskKey { vertex: 0, subtask: 0 }, 3);
+        assert!(matches!(a[..], [Action::DiscardLate { id: 1, state: 3, .. }]));
     }
 
     #[test]
     fn savepoint_completes_without_notify_and_is_not_counted_on_failure() {
         let mut c: Coordinator<u32> = Coordinator::new(settings(1000, 0, 100, 0), tasks(1), 1, 0);
-        let kind = SnapshotKind::Savepoint {
-            format: crate::metadata::SavepointFormat::Canonical,
-        };
+        let kind = SnapshotKind::Savepoint { format: crate::metadata::SavepointFormat::Canonical };
         assert_eq!(triggered(&c.request(kind, Some(1), 0)), Some(1));
         let a = complete(&mut c, 1, 1, 5);
-        assert!(a
-            .iter()
-            .any(|x| matches!(x, Action::Completed { id: 1, .. })));
+        assert!(a.iter().any(|x| matches!(x, Action::Completed { id: 1, .. })));
         assert!(!a.iter().any(|x| matches!(x, Action::NotifyComplete { .. })));
         c.request(kind, Some(2), 10);
         let a = c.decline(2, FailureReason::Declined("x".into()), 11);
@@ -672,23 +512,11 @@ mod tests {
     fn finalize_failure_aborts_and_counts() {
         let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 1000, 0), tasks(1), 1, 0);
         c.tick(10);
-        c.acknowledge(
-            1,
-            TaskKey {
-                vertex: 0,
-                subtask: 0,
-            },
-            1,
-        );
+        c.acknowledge(1, TaskKey { vertex: 0, subtask: 0 }, 1);
         let a = c.finalized(1, Err("disk full".into()), 12);
-        assert!(a.iter().any(|x| matches!(
-            x,
-            Action::Aborted {
-                id: 1,
-                reason: FailureReason::FinalizeFailure(_),
-                ..
-            }
-        )));
+        assert!(a
+            .iter()
+            .any(|x| matches!(x, Action::Aborted { id: 1, reason: FailureReason::FinalizeFailure(_), .. })));
         assert!(a.iter().any(|x| matches!(x, Action::FailJob { .. })));
     }
 
@@ -701,21 +529,13 @@ mod tests {
     #[test]
     fn disabled_periodic_never_triggers_by_itself() {
         let mut c: Coordinator<u32> = Coordinator::new(
-            CoordinatorSettings {
-                interval_ms: None,
-                min_pause_ms: 0,
-                timeout_ms: 100,
-                tolerable_failures: 0,
-            },
+            CoordinatorSettings { interval_ms: None, min_pause_ms: 0, timeout_ms: 100, tolerable_failures: 0 },
             tasks(1),
             1,
             0,
         );
         assert_eq!(c.next_deadline_ms(), None);
         assert!(c.tick(1_000_000).is_empty());
-        assert_eq!(
-            triggered(&c.request(SnapshotKind::Checkpoint, None, 5)),
-            Some(1)
-        );
+        assert_eq!(triggered(&c.request(SnapshotKind::Checkpoint, None, 5)), Some(1));
     }
 }

@@ -60,12 +60,9 @@ impl KeyHash for str {
     fn key_hash(&self) -> i32 {
         if self.is_ascii() {
             // ASCII bytes are their own UTF-16 code units.
-            return self
-                .bytes()
-                .fold(0i32, |h, b| h.wrapping_mul(31).wrapping_add(b as i32));
+            return self.bytes().fold(0i32, |h, b| h.wrapping_mul(31).wrapping_add(b as i32));
         }
-        self.encode_utf16()
-            .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+        self.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
     }
 }
 
@@ -83,20 +80,13 @@ impl<T: KeyHash + ?Sized> KeyHash for &T {
 
 impl<A: KeyHash, B: KeyHash> KeyHash for (A, B) {
     fn key_hash(&self) -> i32 {
-        self.0
-            .key_hash()
-            .wrapping_mul(31)
-            .wrapping_add(self.1.key_hash())
+        self.0.key_hash().wrapping_mul(31).wrapping_add(self.1.key_hash())
     }
 }
 
 impl<A: KeyHash, B: KeyHash, C: KeyHash> KeyHash for (A, B, C) {
     fn key_hash(&self) -> i32 {
-        let h = self
-            .0
-            .key_hash()
-            .wrapping_mul(31)
-            .wrapping_add(self.1.key_hash());
+        let h = self.0.key_hash().wrapping_mul(31).wrapping_add(self.1.key_hash());
         h.wrapping_mul(31).wrapping_add(self.2.key_hash())
     }
 }
@@ -148,10 +138,7 @@ pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_
 pub fn default_max_parallelism(parallelism: u32) -> u32 {
     let wanted = (parallelism as u64) + (parallelism as u64) / 2;
     let rounded = wanted.max(1).next_power_of_two();
-    rounded.clamp(
-        DEFAULT_LOWER_BOUND_MAX_PARALLELISM as u64,
-        UPPER_BOUND_MAX_PARALLELISM as u64,
-    ) as u32
+    rounded.clamp(DEFAULT_LOWER_BOUND_MAX_PARALLELISM as u64, UPPER_BOUND_MAX_PARALLELISM as u64) as u32
 }
 
 /// An inclusive range of key groups `[start, end]`; empty when `end < start`.
@@ -170,10 +157,7 @@ impl KeyGroupRange {
         if end < start {
             Self::EMPTY
         } else {
-            KeyGroupRange {
-                start,
-                count: end - start + 1,
-            }
+            KeyGroupRange { start, count: end - start + 1 }
         }
     }
 
@@ -192,8 +176,7 @@ impl KeyGroupRange {
 
     /// Index of a key group inside this range.
     pub fn offset_of(&self, key_group: u32) -> Option<usize> {
-        self.contains(key_group)
-            .then(|| (key_group - self.start) as usize)
+        self.contains(key_group).then(|| (key_group - self.start) as usize)
     }
 
     pub fn intersection(&self, other: &KeyGroupRange) -> KeyGroupRange {
@@ -232,10 +215,7 @@ pub enum ParallelismError {
     #[error("max parallelism {0} is not in the valid bounds 1..={UPPER_BOUND_MAX_PARALLELISM}")]
     MaxParallelismOutOfBounds(u32),
     #[error("parallelism {parallelism} is larger than max parallelism {max_parallelism}; lower the parallelism or raise the max parallelism")]
-    ParallelismAboveMax {
-        parallelism: u32,
-        max_parallelism: u32,
-    },
+    ParallelismAboveMax { parallelism: u32, max_parallelism: u32 },
     #[error("parallelism must be at least 1")]
     ZeroParallelism,
 }
@@ -249,21 +229,14 @@ pub fn check_parallelism(parallelism: u32, max_parallelism: u32) -> Result<(), P
         return Err(ParallelismError::MaxParallelismOutOfBounds(max_parallelism));
     }
     if parallelism > max_parallelism {
-        return Err(ParallelismError::ParallelismAboveMax {
-            parallelism,
-            max_parallelism,
-        });
+        return Err(ParallelismError::ParallelismAboveMax { parallelism, max_parallelism });
     }
     Ok(())
 }
 
 /// The key groups owned by subtask `index` of `parallelism`:
 /// `[(i*maxP + p - 1) / p, ((i+1)*maxP - 1) / p]`.
-pub fn key_group_range_for_subtask(
-    max_parallelism: u32,
-    parallelism: u32,
-    index: u32,
-) -> KeyGroupRange {
+pub fn key_group_range_for_subtask(max_parallelism: u32, parallelism: u32, index: u32) -> KeyGroupRange {
     assert!(
         parallelism >= 1 && max_parallelism >= parallelism && index < parallelism,
         "invalid key-group assignment: index {index}, parallelism {parallelism}, max parallelism {max_parallelism}"
@@ -338,13 +311,7 @@ mod tests {
         assert_eq!("a".key_hash(), 97);
         assert_eq!("hello".key_hash(), 99162322);
         assert_eq!("user-42".key_hash(), -147182656);
-        let strings = [
-            ("a", 81, 2),
-            ("b", 22, 0),
-            ("hello", 35, 1),
-            ("user-42", 20, 0),
-            ("", 94, 2),
-        ];
+        let strings = [("a", 81, 2), ("b", 22, 0), ("hello", 35, 1), ("user-42", 20, 0), ("", 94, 2)];
         for (key, kg, sub) in strings {
             let g = assign_to_key_group(key, 128);
             assert_eq!(g, kg, "key {key:?}");
@@ -367,10 +334,7 @@ mod tests {
         assert_eq!(ranges(128, 4), vec![(0, 31), (32, 63), (64, 95), (96, 127)]);
         assert_eq!(ranges(13, 2), vec![(0, 6), (7, 12)]);
         assert_eq!(ranges(13, 4), vec![(0, 3), (4, 6), (7, 9), (10, 12)]);
-        assert_eq!(
-            ranges(13, 5),
-            vec![(0, 2), (3, 5), (6, 7), (8, 10), (11, 12)]
-        );
+        assert_eq!(ranges(13, 5), vec![(0, 2), (3, 5), (6, 7), (8, 10), (11, 12)]);
         assert_eq!(ranges(10, 3), vec![(0, 3), (4, 6), (7, 9)]);
         assert_eq!(
             ranges(32768, 7),
@@ -412,10 +376,7 @@ mod tests {
         assert!(check_parallelism(4, 128).is_ok());
         assert_eq!(
             check_parallelism(5, 4),
-            Err(ParallelismError::ParallelismAboveMax {
-                parallelism: 5,
-                max_parallelism: 4
-            })
+            Err(ParallelismError::ParallelismAboveMax { parallelism: 5, max_parallelism: 4 })
         );
         assert!(check_parallelism(1, 40000).is_err());
         assert!(check_parallelism(0, 10).is_err());

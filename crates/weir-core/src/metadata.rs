@@ -144,21 +144,11 @@ pub enum MetadataError {
     #[error("'{path}' is not a Weir snapshot metadata file (unexpected magic number); point -s at a checkpoint or savepoint directory or its _metadata file")]
     BadMagic { path: String },
     #[error("'{path}' has metadata format version {found}, but this Weir reads versions up to {supported}; restore it with the Weir version that wrote it or a newer one")]
-    UnsupportedVersion {
-        path: String,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedVersion { path: String, found: u32, supported: u32 },
     #[error("'{path}' is truncated ({len} bytes); the snapshot is incomplete or damaged")]
     Truncated { path: String, len: usize },
-    #[error(
-        "'{path}' is corrupted: checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-    )]
-    ChecksumMismatch {
-        path: String,
-        stored: u32,
-        computed: u32,
-    },
+    #[error("'{path}' is corrupted: checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    ChecksumMismatch { path: String, stored: u32, computed: u32 },
     #[error("'{path}' could not be decoded: {detail}")]
     Decode { path: String, detail: String },
     #[error("snapshot metadata could not be encoded: {0}")]
@@ -183,51 +173,30 @@ pub fn decode(bytes: &[u8], path: &str) -> Result<SnapshotMetadata, MetadataErro
     let path_s = || path.to_string();
     if bytes.len() < 8 || bytes[..8] != METADATA_MAGIC {
         if bytes.len() < 8 && METADATA_MAGIC.starts_with(bytes) {
-            return Err(MetadataError::Truncated {
-                path: path_s(),
-                len: bytes.len(),
-            });
+            return Err(MetadataError::Truncated { path: path_s(), len: bytes.len() });
         }
         return Err(MetadataError::BadMagic { path: path_s() });
     }
     if bytes.len() < HEADER_LEN {
-        return Err(MetadataError::Truncated {
-            path: path_s(),
-            len: bytes.len(),
-        });
+        return Err(MetadataError::Truncated { path: path_s(), len: bytes.len() });
     }
     let version = u32::from_be_bytes(bytes[8..12].try_into().unwrap_or_default());
     if version == 0 || version > METADATA_VERSION {
-        return Err(MetadataError::UnsupportedVersion {
-            path: path_s(),
-            found: version,
-            supported: METADATA_VERSION,
-        });
+        return Err(MetadataError::UnsupportedVersion { path: path_s(), found: version, supported: METADATA_VERSION });
     }
     let body_len = u64::from_be_bytes(bytes[12..20].try_into().unwrap_or_default());
-    let total = (HEADER_LEN as u64)
-        .saturating_add(body_len)
-        .saturating_add(4);
+    let total = (HEADER_LEN as u64).saturating_add(body_len).saturating_add(4);
     if (bytes.len() as u64) < total {
-        return Err(MetadataError::Truncated {
-            path: path_s(),
-            len: bytes.len(),
-        });
+        return Err(MetadataError::Truncated { path: path_s(), len: bytes.len() });
     }
     let end = HEADER_LEN + body_len as usize;
     let stored = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap_or_default());
     let computed = crc32c::crc32c(&bytes[..end]);
     if stored != computed || bytes.len() as u64 != total {
-        return Err(MetadataError::ChecksumMismatch {
-            path: path_s(),
-            stored,
-            computed,
-        });
+        return Err(MetadataError::ChecksumMismatch { path: path_s(), stored, computed });
     }
-    rmp_serde::from_slice(&bytes[HEADER_LEN..end]).map_err(|e| MetadataError::Decode {
-        path: path_s(),
-        detail: e.to_string(),
-    })
+    rmp_serde::from_slice(&bytes[HEADER_LEN..end])
+        .map_err(|e| MetadataError::Decode { path: path_s(), detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -250,10 +219,7 @@ mod tests {
                     subtasks: vec![SubtaskSnapshot {
                         subtask: 0,
                         keyed: Some(KeyedStateHandle {
-                            file: StateFileRef {
-                                path: "op-0".into(),
-                                size: 100,
-                            },
+                            file: StateFileRef { path: "op-0".into(), size: 100 },
                             key_groups: KeyGroupRange::inclusive(0, 3),
                             offsets: vec![10, 20, 30, 40],
                         }),
@@ -312,14 +278,7 @@ mod tests {
         let mut bytes = encode(&sample()).unwrap();
         bytes[11] = 9;
         let err = decode(&bytes, "/sp/_metadata").unwrap_err();
-        assert_eq!(
-            err,
-            MetadataError::UnsupportedVersion {
-                path: "/sp/_metadata".into(),
-                found: 9,
-                supported: 1
-            }
-        );
+        assert_eq!(err, MetadataError::UnsupportedVersion { path: "/sp/_metadata".into(), found: 9, supported: 1 });
         assert!(err.to_string().contains("version 9"));
         let err = decode(b"PK\x03\x04 not metadata at all", "/tmp/a.zip").unwrap_err();
         assert!(matches!(err, MetadataError::BadMagic { .. }));
@@ -328,10 +287,7 @@ mod tests {
     #[test]
     fn handle_intersection_keeps_offsets_of_the_common_range() {
         let h = KeyedStateHandle {
-            file: StateFileRef {
-                path: "f".into(),
-                size: 1,
-            },
+            file: StateFileRef { path: "f".into(), size: 1 },
             key_groups: KeyGroupRange::inclusive(4, 9),
             offsets: vec![0, 1, 2, 3, 4, 5],
         };

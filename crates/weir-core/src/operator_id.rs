@@ -41,11 +41,7 @@ fn murmur3_128(bytes: &[u8]) -> [u8; 16] {
 /// traversal from the sources and the number of its chainable outputs, and is then mixed with the
 /// ids of its inputs (`h[j] = h[j] * 37 ^ input[j]`). So it is stable across runs of an unchanged
 /// job, and changes when the operator moves in the graph: the reason to set a uid.
-pub fn generated(
-    traversal_position: u32,
-    chainable_outputs: u32,
-    inputs: &[OperatorId],
-) -> OperatorId {
+pub fn generated(traversal_position: u32, chainable_outputs: u32, inputs: &[OperatorId]) -> OperatorId {
     let mut material = Vec::with_capacity(8 + 4 * chainable_outputs as usize);
     material.extend_from_slice(&traversal_position.to_be_bytes());
     for _ in 0..chainable_outputs {
@@ -81,10 +77,8 @@ impl Serialize for OperatorId {
 impl<'de> Deserialize<'de> for OperatorId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        let arr: [u8; 16] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"16 bytes"))?;
+        let arr: [u8; 16] =
+            bytes.as_slice().try_into().map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"16 bytes"))?;
         Ok(OperatorId(arr))
     }
 }
@@ -111,10 +105,7 @@ mod tests {
 
     #[test]
     fn guava_sanity_vector() {
-        assert_eq!(
-            hex(&murmur3_128(b"hell")),
-            "67f8103e694299624753ebba820bdb92"
-        );
+        assert_eq!(hex(&murmur3_128(b"hell")), "67f8103e694299624753ebba820bdb92");
     }
 
     #[test]

@@ -58,10 +58,7 @@ pub struct CompletedCheckpointStore<C> {
 impl<C> CompletedCheckpointStore<C> {
     /// `num_retained` below 1 is treated as 1, as Flink does.
     pub fn new(num_retained: usize) -> Self {
-        CompletedCheckpointStore {
-            num_retained: num_retained.max(1),
-            entries: VecDeque::new(),
-        }
+        CompletedCheckpointStore { num_retained: num_retained.max(1), entries: VecDeque::new() }
     }
 
     pub fn latest(&self) -> Option<&Retained<C>> {
@@ -125,12 +122,7 @@ mod tests {
     use super::*;
 
     fn cp(id: u64) -> Retained<()> {
-        Retained {
-            id,
-            is_savepoint: false,
-            owned: true,
-            data: (),
-        }
+        Retained { id, is_savepoint: false, owned: true, data: () }
     }
 
     fn ids<C>(s: &CompletedCheckpointStore<C>) -> Vec<u64> {
@@ -159,12 +151,7 @@ mod tests {
     #[test]
     fn restored_unowned_snapshot_is_subsumed_but_never_discarded() {
         let mut s = CompletedCheckpointStore::new(1);
-        s.add(Retained {
-            id: 7,
-            is_savepoint: true,
-            owned: false,
-            data: (),
-        });
+        s.add(Retained { id: 7, is_savepoint: true, owned: false, data: () });
         assert!(s.add(cp(8)).is_empty());
         assert_eq!(ids(&s), vec![8]);
     }
@@ -172,12 +159,7 @@ mod tests {
     #[test]
     fn claimed_snapshot_is_discarded_once_subsumed() {
         let mut s = CompletedCheckpointStore::new(1);
-        s.add(Retained {
-            id: 7,
-            is_savepoint: false,
-            owned: true,
-            data: (),
-        });
+        s.add(Retained { id: 7, is_savepoint: false, owned: true, data: () });
         let gone: Vec<_> = s.add(cp(8)).into_iter().map(|e| e.id).collect();
         assert_eq!(gone, vec![7]);
     }
@@ -186,12 +168,7 @@ mod tests {
     fn latest_checkpoint_is_kept_behind_a_newer_savepoint() {
         let mut s = CompletedCheckpointStore::new(1);
         s.add(cp(1));
-        let gone = s.add(Retained {
-            id: 2,
-            is_savepoint: true,
-            owned: false,
-            data: (),
-        });
+        let gone = s.add(Retained { id: 2, is_savepoint: true, owned: false, data: () });
         assert!(gone.is_empty());
         assert_eq!(ids(&s), vec![1, 2]);
         let gone: Vec<_> = s.add(cp(3)).into_iter().map(|e| e.id).collect();
@@ -217,11 +194,7 @@ mod tests {
         for (policy, how, discarded) in cases {
             let mut s = CompletedCheckpointStore::new(1);
             s.add(cp(1));
-            assert_eq!(
-                !s.shutdown(policy, how).is_empty(),
-                discarded,
-                "{policy:?} {how:?}"
-            );
+            assert_eq!(!s.shutdown(policy, how).is_empty(), discarded, "{policy:?} {how:?}");
             assert!(s.is_empty());
         }
     }

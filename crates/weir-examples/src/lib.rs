@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod keyed_count;
+
 /// One word with a count, as read from JSON lines like `{"word":"a","frequency":1}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WordCount {
@@ -13,11 +15,7 @@ pub struct WordCount {
 impl fmt::Display for WordCount {
     /// Printed the way the seed's Flink job prints it: `WordCount{word='a', frequency=3}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "WordCount{{word='{}', frequency={}}}",
-            self.word, self.frequency
-        )
+        write!(f, "WordCount{{word='{}', frequency={}}}", self.word, self.frequency)
     }
 }
 

@@ -1,39 +1,12 @@
 //! kill -9 of the job process at random moments, then a restart with `-s` from the latest retained
 //! checkpoint, until the job finishes. The committed output must equal the ground truth.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::{committed_lines, keyed_count_truth, Rng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("part-") {
-            lines.extend(
-                std::fs::read_to_string(e.path())
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string),
-            );
-        }
-    }
-    lines.sort();
-    lines
-}
-
-fn truth(records: u64, keys: u64) -> Vec<String> {
-    let mut per_key: BTreeMap<u64, u64> = BTreeMap::new();
-    for i in 0..records {
-        *per_key.entry(i % keys).or_default() += 1;
-    }
-    let mut lines: Vec<String> = per_key
-        .iter()
-        .flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}")))
-        .collect();
-    lines.sort();
-    lines
-}
 
 /// The newest valid checkpoint under any job directory of `base` (ids grow across restores).
 fn latest_checkpoint(base: &Path) -> Option<(u64, PathBuf)> {
@@ -44,18 +17,9 @@ fn latest_checkpoint(base: &Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(id, _)| *id)
 }
 
-fn seeded(seed: u64) -> impl FnMut(u64) -> u64 {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    move |n| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    }
-}
-
 fn run_iteration(seed: u64) -> (u32, u32) {
-    let mut rand = seeded(seed);
+    let mut rng = Rng::new(seed);
+    let mut rand = |n| rng.below(n);
     let dir = tempfile::tempdir().unwrap();
     let (ck, out) = (dir.path().join("ck"), dir.path().join("out"));
     let (records, keys) = (10_000 + rand(4000), 1 + rand(30));
@@ -67,10 +31,7 @@ fn run_iteration(seed: u64) -> (u32, u32) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyed-count"));
         cmd.args(["-p", &parallelism.to_string()])
             .args(["-D", "execution.checkpointing.interval=40 ms"])
-            .args([
-                "-D",
-                &format!("execution.checkpointing.dir={}", ck.display()),
-            ])
+            .args(["-D", &format!("execution.checkpointing.dir={}", ck.display())])
             .args(["-D", "weir.network.batch-size=64"]);
         if let Some((_, path)) = latest_checkpoint(&ck) {
             cmd.args(["-s", path.to_str().unwrap()]);
@@ -86,18 +47,9 @@ fn run_iteration(seed: u64) -> (u32, u32) {
             "--rate",
             "8000",
         ]);
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         // Kill at a random moment in the first two runs, then let it finish.
-        let kill_after = if kills < 2 {
-            Some(Duration::from_millis(100 + rand(500)))
-        } else {
-            None
-        };
+        let kill_after = if kills < 2 { Some(Duration::from_millis(100 + rand(500))) } else { None };
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -118,29 +70,16 @@ fn run_iteration(seed: u64) -> (u32, u32) {
         }
     }
     let got = committed_lines(&out);
-    let want = truth(records, keys);
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "seed {seed}: {kills} kills, {restores} restores"
-    );
-    assert!(
-        got == want,
-        "seed {seed}: output differs from the ground truth"
-    );
-    assert!(
-        kills >= 1 && restores >= 1,
-        "seed {seed}: the job was never killed and restored"
-    );
+    let want = keyed_count_truth(records, keys);
+    assert_eq!(got.len(), want.len(), "seed {seed}: {kills} kills, {restores} restores");
+    assert!(got == want, "seed {seed}: output differs from the ground truth");
+    assert!(kills >= 1 && restores >= 1, "seed {seed}: the job was never killed and restored");
     (kills, restores)
 }
 
 #[test]
 fn kill_dash_nine_then_restore_from_latest_checkpoint() {
-    let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let (mut kills, mut restores) = (0, 0);
     for i in 0..iterations {
         let (k, r) = run_iteration(0xC0FFEE + i);

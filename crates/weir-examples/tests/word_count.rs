@@ -1,33 +1,16 @@
 //! The word-count example through its binary: bounded, and following a file across a kill -9 and a
 //! restore from the latest retained checkpoint.
 
+mod common;
+
+use common::committed_lines as committed;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("part-") {
-            lines.extend(
-                std::fs::read_to_string(e.path())
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string),
-            );
-        }
-    }
-    lines.sort();
-    lines
-}
-
 fn append(path: &Path, words: &[&str]) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     for w in words {
         writeln!(f, r#"{{"word":"{w}","frequency":1}}"#).unwrap();
     }
@@ -47,6 +30,15 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// What word-count prints for the input a, b, a, b, a.
+const TOTALS: [&str; 5] = [
+    "WordCount{word='a', frequency=1}",
+    "WordCount{word='b', frequency=1}",
+    "WordCount{word='a', frequency=2}",
+    "WordCount{word='b', frequency=2}",
+    "WordCount{word='a', frequency=3}",
+];
+
 fn sorted(lines: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
     v.sort();
@@ -58,12 +50,7 @@ fn bounded_word_count_prints_and_commits_running_totals() {
     let dir = tempfile::tempdir().unwrap();
     let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("out"));
     append(&input, &["a", "b", "a"]);
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&input)
-        .unwrap()
-        .write_all(b"not json\n")
-        .unwrap();
+    std::fs::OpenOptions::new().append(true).open(&input).unwrap().write_all(b"not json\n").unwrap();
     append(&input, &["b", "a"]);
     let ck = dir.path().join("ck");
     let output = word_count(&[
@@ -77,31 +64,16 @@ fn bounded_word_count_prints_and_commits_running_totals() {
     ])
     .output()
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed = String::from_utf8(output.stdout).unwrap();
-    let expected = [
-        "WordCount{word='a', frequency=1}",
-        "WordCount{word='b', frequency=1}",
-        "WordCount{word='a', frequency=2}",
-        "WordCount{word='b', frequency=2}",
-        "WordCount{word='a', frequency=3}",
-    ];
-    assert_eq!(printed.lines().collect::<Vec<_>>(), expected);
-    assert_eq!(committed(&out), sorted(&expected));
+    assert_eq!(printed.lines().collect::<Vec<_>>(), TOTALS);
+    assert_eq!(committed(&out), sorted(&TOTALS));
 }
 
 #[test]
 fn followed_file_survives_kill_and_restore_from_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, out, ck) = (
-        dir.path().join("in.jsonl"),
-        dir.path().join("out"),
-        dir.path().join("ck"),
-    );
+    let (input, out, ck) = (dir.path().join("in.jsonl"), dir.path().join("out"), dir.path().join("ck"));
     let args = [
         "--input",
         input.to_str().unwrap(),
@@ -113,12 +85,7 @@ fn followed_file_survives_kill_and_restore_from_checkpoint() {
     ];
     let spawn = |extra: &[&str]| -> Child {
         let mut c = word_count(&["-D", "execution.checkpointing.interval=50 ms"]);
-        c.args(extra)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        c.args(extra).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
     };
     let mut job = spawn(&[]);
     append(&input, &["a", "b", "a"]);
@@ -128,12 +95,7 @@ fn followed_file_survives_kill_and_restore_from_checkpoint() {
     job.kill().unwrap();
     job.wait().unwrap();
     append(&input, &["b", "a"]);
-    let job_dir = std::fs::read_dir(&ck)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let job_dir = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
     let (_, latest) = weir::latest_checkpoint(&job_dir).expect("a retained checkpoint");
     let mut job = spawn(&["-s", latest.to_str().unwrap()]);
     wait_for("all five totals", || committed(&out).len() >= 5);
@@ -147,9 +109,5 @@ fn followed_file_survives_kill_and_restore_from_checkpoint() {
         "WordCount{word='b', frequency=2}",
         "WordCount{word='a', frequency=3}",
     ];
-    assert_eq!(
-        committed(&out),
-        sorted(&expected),
-        "the lines after the checkpoint are read exactly once"
-    );
+    assert_eq!(committed(&out), sorted(&expected), "the lines after the checkpoint are read exactly once");
 }

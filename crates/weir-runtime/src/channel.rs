@@ -1,9 +1,7 @@
 //! Channels between tasks: batches of records and barriers on bounded queues, the partitioners that
 //! pick a channel, and the input side that aligns barriers across channels.
 
-use crate::operator::{
-    Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult,
-};
+use crate::operator::{Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult};
 use crossbeam_channel::{Receiver, Select, Sender};
 use std::any::Any;
 use std::marker::PhantomData;
@@ -31,10 +29,7 @@ pub enum Partitioner<T> {
     /// Round robin.
     Rebalance,
     /// By key group: `kg * p / max_p` (routing equals state ownership).
-    KeyGroup {
-        key_hash: KeyHashFn<T>,
-        max_parallelism: u32,
-    },
+    KeyGroup { key_hash: KeyHashFn<T>, max_parallelism: u32 },
     /// To every consumer.
     Broadcast,
 }
@@ -49,22 +44,9 @@ pub struct NetworkWriter<T> {
 }
 
 impl<T: Record> NetworkWriter<T> {
-    pub fn new(
-        senders: Vec<Sender<Message<T>>>,
-        partitioner: Partitioner<T>,
-        batch_size: usize,
-    ) -> Self {
-        let buffers = senders
-            .iter()
-            .map(|_| Vec::with_capacity(batch_size))
-            .collect();
-        NetworkWriter {
-            senders,
-            buffers,
-            partitioner,
-            batch_size: batch_size.max(1),
-            next: 0,
-        }
+    pub fn new(senders: Vec<Sender<Message<T>>>, partitioner: Partitioner<T>, batch_size: usize) -> Self {
+        let buffers = senders.iter().map(|_| Vec::with_capacity(batch_size)).collect();
+        NetworkWriter { senders, buffers, partitioner, batch_size: batch_size.max(1), next: 0 }
     }
 
     #[inline]
@@ -78,13 +60,8 @@ impl<T: Record> NetworkWriter<T> {
     }
 
     fn send_batch(&mut self, channel: usize) -> TaskResult {
-        let batch = std::mem::replace(
-            &mut self.buffers[channel],
-            Vec::with_capacity(self.batch_size),
-        );
-        self.senders[channel]
-            .send(Message::Records(batch))
-            .map_err(|_| TaskError::Disconnected)
+        let batch = std::mem::replace(&mut self.buffers[channel], Vec::with_capacity(self.batch_size));
+        self.senders[channel].send(Message::Records(batch)).map_err(|_| TaskError::Disconnected)
     }
 
     fn flush(&mut self) -> TaskResult {
@@ -115,14 +92,9 @@ impl<T: Record> Output<T> for NetworkWriter<T> {
                 self.next = (c + 1) % self.senders.len();
                 self.push(c, record)
             }
-            Partitioner::KeyGroup {
-                key_hash,
-                max_parallelism,
-            } => {
+            Partitioner::KeyGroup { key_hash, max_parallelism } => {
                 let kg = key_group_for_hash(key_hash(&record), *max_parallelism);
-                let c =
-                    operator_index_for_key_group(*max_parallelism, self.senders.len() as u32, kg)
-                        as usize;
+                let c = operator_index_for_key_group(*max_parallelism, self.senders.len() as u32, kg) as usize;
                 self.push(c, record)
             }
             Partitioner::Broadcast => {
@@ -205,13 +177,7 @@ enum Ready<T> {
 impl<T: Record> InputGate<T> {
     pub fn new(inputs: Vec<Receiver<Message<T>>>, head: Box<dyn Output<T>>) -> Self {
         let n = inputs.len();
-        InputGate {
-            inputs,
-            head,
-            blocked: vec![false; n],
-            ended: vec![false; n],
-            aligning: None,
-        }
+        InputGate { inputs, head, blocked: vec![false; n], ended: vec![false; n], aligning: None }
     }
 
     fn next(&self, env: &TaskEnv, block: bool) -> Option<Ready<T>> {
@@ -223,11 +189,7 @@ impl<T: Record> InputGate<T> {
                 channels.push((sel.recv(rx), i));
             }
         }
-        let op = if block {
-            sel.select()
-        } else {
-            sel.try_select().ok()?
-        };
+        let op = if block { sel.select() } else { sel.try_select().ok()? };
         let index = op.index();
         if index == control_index {
             return Some(match op.recv(&env.control) {
@@ -309,10 +271,7 @@ impl<T: Record> InputGate<T> {
         if !all {
             return Ok(());
         }
-        let mut capture = SnapshotCapture {
-            barrier: barrier.clone(),
-            operators: Vec::new(),
-        };
+        let mut capture = SnapshotCapture { barrier: barrier.clone(), operators: Vec::new() };
         self.release_alignment();
         self.head.event(&mut ChainEvent::Barrier(&mut capture))?;
         env.submit_snapshot(capture)
@@ -387,9 +346,7 @@ impl<T> Default for TypeOps<T> {
 }
 
 pub(crate) fn downcast<X: 'static>(b: Box<dyn Any + Send>, what: &str) -> TaskResult<X> {
-    b.downcast::<X>()
-        .map(|b| *b)
-        .map_err(|_| TaskError::Internal(format!("type mismatch while wiring {what}")))
+    b.downcast::<X>().map(|b| *b).map_err(|_| TaskError::Internal(format!("type mismatch while wiring {what}")))
 }
 
 /// Creates a `Box<dyn Output<T>>` erased for the graph.
@@ -422,34 +379,19 @@ impl<T: Record> StreamType for TypeOps<T> {
             ErasedPartitioner::Forward => Partitioner::Forward,
             ErasedPartitioner::Rebalance => Partitioner::Rebalance,
             ErasedPartitioner::Broadcast => Partitioner::Broadcast,
-            ErasedPartitioner::KeyGroup {
-                key_hash,
-                max_parallelism,
-            } => {
+            ErasedPartitioner::KeyGroup { key_hash, max_parallelism } => {
                 let key_hash = key_hash
                     .downcast_ref::<KeyHashFn<T>>()
                     .cloned()
-                    .ok_or_else(|| {
-                        TaskError::Internal("type mismatch in key partitioner".into())
-                    })?;
-                Partitioner::KeyGroup {
-                    key_hash,
-                    max_parallelism: *max_parallelism,
-                }
+                    .ok_or_else(|| TaskError::Internal("type mismatch in key partitioner".into()))?;
+                Partitioner::KeyGroup { key_hash, max_parallelism: *max_parallelism }
             }
         };
-        Ok(erase_output::<T>(Box::new(NetworkWriter::new(
-            senders,
-            partitioner,
-            batch_size,
-        ))))
+        Ok(erase_output::<T>(Box::new(NetworkWriter::new(senders, partitioner, batch_size))))
     }
 
     fn tee(&self, outputs: Vec<Box<dyn Any + Send>>) -> TaskResult<Box<dyn Any + Send>> {
-        let mut outputs = outputs
-            .into_iter()
-            .map(unerase_output::<T>)
-            .collect::<TaskResult<Vec<_>>>()?;
+        let mut outputs = outputs.into_iter().map(unerase_output::<T>).collect::<TaskResult<Vec<_>>>()?;
         if outputs.len() == 1 {
             return Ok(erase_output::<T>(outputs.remove(0)));
         }
@@ -469,9 +411,6 @@ impl<T: Record> StreamType for TypeOps<T> {
             .into_iter()
             .map(|r| downcast::<Receiver<Message<T>>>(r, "a channel"))
             .collect::<TaskResult<Vec<_>>>()?;
-        Ok(Box::new(InputGate::new(
-            receivers,
-            unerase_output::<T>(head)?,
-        )))
+        Ok(Box::new(InputGate::new(receivers, unerase_output::<T>(head)?)))
     }
 }

@@ -22,11 +22,7 @@ pub enum EdgeKind {
 /// An operator's implementation, able to instantiate it for one subtask.
 pub trait NodeSpec: Send + Sync {
     /// `downstream` is the erased `Box<dyn Output<O>>` the operator emits to (`()` for sinks).
-    fn instantiate(
-        &self,
-        ctx: OperatorContext,
-        downstream: Box<dyn Any + Send>,
-    ) -> TaskResult<Instance>;
+    fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance>;
 }
 
 /// An instantiated operator: a source drives its task; any other operator is an erased
@@ -103,11 +99,7 @@ pub struct JobGraph {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
     #[error("uid '{uid}' is used by two operators ('{first}' and '{second}'); every uid must be unique within a job")]
-    DuplicateUid {
-        uid: String,
-        first: String,
-        second: String,
-    },
+    DuplicateUid { uid: String, first: String, second: String },
     #[error("operator '{name}' keeps state but has no uid, and pipeline.auto-generate-uids is false; give it one with .uid(\"...\")")]
     MissingUid { name: String },
     #[error("operator '{name}': {reason}")]
@@ -126,28 +118,17 @@ impl JobGraph {
         if builders.is_empty() {
             return Err(GraphError::Empty);
         }
-        let default_p = config
-            .get_int(keys::PARALLELISM_DEFAULT)
-            .unwrap_or(1)
-            .max(1) as u32;
-        let config_max = config
-            .get_int(keys::MAX_PARALLELISM)
-            .filter(|m| *m > 0)
-            .map(|m| m as u32);
+        let default_p = config.get_int(keys::PARALLELISM_DEFAULT).unwrap_or(1).max(1) as u32;
+        let config_max = config.get_int(keys::MAX_PARALLELISM).filter(|m| *m > 0).map(|m| m as u32);
         let auto_uids = config.get_bool(keys::AUTO_GENERATE_UIDS).unwrap_or(true);
 
         let mut nodes: Vec<Node> = Vec::with_capacity(builders.len());
         for (index, b) in builders.into_iter().enumerate() {
             let parallelism = b.parallelism.unwrap_or(default_p);
             let explicit_max = b.max_parallelism.or(config_max);
-            let max_parallelism =
-                explicit_max.unwrap_or_else(|| default_max_parallelism(parallelism));
-            check_parallelism(parallelism, max_parallelism).map_err(|e| {
-                GraphError::Parallelism {
-                    name: b.name.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let max_parallelism = explicit_max.unwrap_or_else(|| default_max_parallelism(parallelism));
+            check_parallelism(parallelism, max_parallelism)
+                .map_err(|e| GraphError::Parallelism { name: b.name.clone(), reason: e.to_string() })?;
             nodes.push(Node {
                 index,
                 name: b.name,
@@ -170,21 +151,11 @@ impl JobGraph {
         for e in edges {
             let (pf, pt) = (nodes[e.from].parallelism, nodes[e.to].parallelism);
             // Like Flink's default partitioning: forward between different parallelisms rebalances.
-            let kind = if e.kind == EdgeKind::Forward && pf != pt {
-                EdgeKind::Rebalance
-            } else {
-                e.kind
-            };
+            let kind = if e.kind == EdgeKind::Forward && pf != pt { EdgeKind::Rebalance } else { e.kind };
             let idx = resolved_edges.len();
             nodes[e.from].outputs.push(idx);
             nodes[e.to].inputs.push(idx);
-            resolved_edges.push(Edge {
-                from: e.from,
-                to: e.to,
-                kind,
-                key_hash: e.key_hash,
-                chained: false,
-            });
+            resolved_edges.push(Edge { from: e.from, to: e.to, kind, key_hash: e.key_hash, chained: false });
         }
         for e in resolved_edges.iter_mut() {
             let (f, t) = (&nodes[e.from], &nodes[e.to]);
@@ -199,10 +170,7 @@ impl JobGraph {
 
         let mut chains = Vec::new();
         for head in 0..nodes.len() {
-            let is_head = !nodes[head]
-                .inputs
-                .iter()
-                .any(|&e| resolved_edges[e].chained);
+            let is_head = !nodes[head].inputs.iter().any(|&e| resolved_edges[e].chained);
             if !is_head {
                 continue;
             }
@@ -219,17 +187,9 @@ impl JobGraph {
                 }
                 i += 1;
             }
-            chains.push(Chain {
-                head,
-                nodes: members,
-                parallelism: nodes[head].parallelism,
-            });
+            chains.push(Chain { head, nodes: members, parallelism: nodes[head].parallelism });
         }
-        Ok(JobGraph {
-            nodes,
-            edges: resolved_edges,
-            chains,
-        })
+        Ok(JobGraph { nodes, edges: resolved_edges, chains })
     }
 
     /// The partitioner of a non-chained edge, with the consumer's max parallelism.
@@ -239,10 +199,9 @@ impl JobGraph {
             (EdgeKind::Forward, _) => ErasedPartitioner::Forward,
             (EdgeKind::Rebalance, _) => ErasedPartitioner::Rebalance,
             (EdgeKind::Broadcast, _) => ErasedPartitioner::Broadcast,
-            (EdgeKind::KeyGroup, Some(f)) => ErasedPartitioner::KeyGroup {
-                key_hash: f.clone(),
-                max_parallelism: consumer_max_parallelism,
-            },
+            (EdgeKind::KeyGroup, Some(f)) => {
+                ErasedPartitioner::KeyGroup { key_hash: f.clone(), max_parallelism: consumer_max_parallelism }
+            }
             (EdgeKind::KeyGroup, None) => ErasedPartitioner::Rebalance,
         }
     }
@@ -264,11 +223,7 @@ impl JobGraph {
 
 /// Operator ids: from the uid when set, else generated from the topology in breadth-first order
 /// from the sources (see `weir_core::operator_id::generated`).
-fn assign_operator_ids(
-    nodes: &mut [Node],
-    edges: &[Edge],
-    auto_uids: bool,
-) -> Result<(), GraphError> {
+fn assign_operator_ids(nodes: &mut [Node], edges: &[Edge], auto_uids: bool) -> Result<(), GraphError> {
     let mut by_uid: HashMap<&str, usize> = HashMap::new();
     for n in nodes.iter() {
         if let Some(uid) = &n.uid {
@@ -281,33 +236,19 @@ fn assign_operator_ids(
             }
             by_uid.insert(uid, n.index);
         } else if n.stateful && !auto_uids {
-            return Err(GraphError::MissingUid {
-                name: n.name.clone(),
-            });
+            return Err(GraphError::MissingUid { name: n.name.clone() });
         }
     }
     let mut hashed: Vec<Option<OperatorId>> = vec![None; nodes.len()];
-    let mut queue: VecDeque<usize> = nodes
-        .iter()
-        .filter(|n| n.inputs.is_empty())
-        .map(|n| n.index)
-        .collect();
+    let mut queue: VecDeque<usize> = nodes.iter().filter(|n| n.inputs.is_empty()).map(|n| n.index).collect();
     let mut position = 0u32;
     while let Some(i) = queue.pop_front() {
         if hashed[i].is_some() {
             continue;
         }
-        let inputs: Option<Vec<OperatorId>> = nodes[i]
-            .inputs
-            .iter()
-            .map(|&e| hashed[edges[e].from])
-            .collect();
+        let inputs: Option<Vec<OperatorId>> = nodes[i].inputs.iter().map(|&e| hashed[edges[e].from]).collect();
         let Some(inputs) = inputs else { continue }; // revisited once every input is hashed
-        let chainable = nodes[i]
-            .outputs
-            .iter()
-            .filter(|&&e| edges[e].chained)
-            .count() as u32;
+        let chainable = nodes[i].outputs.iter().filter(|&&e| edges[e].chained).count() as u32;
         let generated = operator_id::generated(position, chainable, &inputs);
         position += 1;
         let id = match &nodes[i].uid {

@@ -3,9 +3,7 @@
 
 use crate::graph::JobGraph;
 use crate::operator::{Barrier, Control};
-use crate::storage::{
-    self, load_snapshot, CheckpointStorage, FsCheckpointStorage, LoadError, LoadedSnapshot,
-};
+use crate::storage::{self, load_snapshot, CheckpointStorage, FsCheckpointStorage, LoadError, LoadedSnapshot};
 use crate::task::{self, AckedState, TaskPlan};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, HashSet};
@@ -35,10 +33,7 @@ pub enum JobStatus {
 
 impl JobStatus {
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            JobStatus::Finished | JobStatus::Failed | JobStatus::Canceled
-        )
+        matches!(self, JobStatus::Finished | JobStatus::Failed | JobStatus::Canceled)
     }
 }
 
@@ -73,10 +68,7 @@ pub enum JobError {
     #[error("checkpointing is enabled (execution.checkpointing.interval) but no checkpoint directory is set; set execution.checkpointing.dir")]
     NoCheckpointDir,
     #[error("cannot create checkpoint directory '{path}': {source}")]
-    Storage {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Storage { path: PathBuf, source: std::io::Error },
     #[error("{key}: {reason}")]
     Config { key: &'static str, reason: String },
     #[error("cannot start the job: {0}")]
@@ -154,18 +146,10 @@ impl JobHandle {
             Some(Err(panic)) => JobOutcome {
                 job_id: self.job_id,
                 status: JobStatus::Failed,
-                failure: Some(format!(
-                    "job master panicked: {}",
-                    task::panic_message(&panic)
-                )),
+                failure: Some(format!("job master panicked: {}", task::panic_message(&panic))),
                 restarts: 0,
             },
-            None => JobOutcome {
-                job_id: self.job_id,
-                status: self.status(),
-                failure: None,
-                restarts: 0,
-            },
+            None => JobOutcome { job_id: self.job_id, status: self.status(), failure: None, restarts: 0 },
         }
     }
 }
@@ -186,40 +170,13 @@ fn with<T>(m: &Mutex<T>, f: impl FnOnce(&mut T)) {
 
 /// Messages to the job master, from tasks and from the job handle.
 pub enum MasterMsg {
-    TaskInitialized {
-        attempt: u32,
-        task: TaskKey,
-    },
-    Ack {
-        attempt: u32,
-        id: CheckpointId,
-        task: TaskKey,
-        states: AckedState,
-    },
-    Decline {
-        attempt: u32,
-        id: CheckpointId,
-        task: TaskKey,
-        reason: String,
-    },
-    SourceExhausted {
-        attempt: u32,
-        task: TaskKey,
-    },
-    TaskFinished {
-        attempt: u32,
-        task: TaskKey,
-    },
-    TaskCanceled {
-        attempt: u32,
-        task: TaskKey,
-    },
-    TaskFailed {
-        attempt: u32,
-        task: TaskKey,
-        error: String,
-        restore: bool,
-    },
+    TaskInitialized { attempt: u32, task: TaskKey },
+    Ack { attempt: u32, id: CheckpointId, task: TaskKey, states: AckedState },
+    Decline { attempt: u32, id: CheckpointId, task: TaskKey, reason: String },
+    SourceExhausted { attempt: u32, task: TaskKey },
+    TaskFinished { attempt: u32, task: TaskKey },
+    TaskCanceled { attempt: u32, task: TaskKey },
+    TaskFailed { attempt: u32, task: TaskKey, error: String, restore: bool },
     Cancel,
 }
 
@@ -256,9 +213,7 @@ impl Settings {
                 });
             }
         }
-        let timeout = c
-            .get_duration(keys::CHECKPOINT_TIMEOUT)
-            .unwrap_or(Duration::from_secs(600));
+        let timeout = c.get_duration(keys::CHECKPOINT_TIMEOUT).unwrap_or(Duration::from_secs(600));
         if timeout < Duration::from_millis(10) {
             return Err(JobError::Config {
                 key: keys::CHECKPOINT_TIMEOUT,
@@ -267,7 +222,11 @@ impl Settings {
         }
         let tolerable = c.get_int(keys::CHECKPOINT_TOLERABLE_FAILURES).unwrap_or(0);
         if tolerable < 0 {
-            return Err(JobError::Config { key: keys::CHECKPOINT_TOLERABLE_FAILURES, reason: "The tolerable checkpoint failure number is illegal, it must be greater than or equal to 0.".into() });
+            return Err(JobError::Config {
+                key: keys::CHECKPOINT_TOLERABLE_FAILURES,
+                reason: "The tolerable checkpoint failure number is illegal, it must be greater than or equal to 0."
+                    .into(),
+            });
         }
         let max_concurrent = c.get_int(keys::CHECKPOINT_MAX_CONCURRENT).unwrap_or(1);
         if max_concurrent != 1 {
@@ -290,51 +249,29 @@ impl Settings {
             .unwrap_or(RetentionPolicy::NeverRetainAfterTermination);
         let strategy = c.get_enum(keys::RESTART_STRATEGY);
         let restart = match strategy {
-            Some("none") | Some("disable") | Some("off") => RestartStrategy {
-                max_attempts: 0,
-                delay: Duration::ZERO,
-            },
+            Some("none") | Some("disable") | Some("off") => RestartStrategy { max_attempts: 0, delay: Duration::ZERO },
             Some(_) => RestartStrategy {
                 max_attempts: c.get_int(keys::RESTART_ATTEMPTS).unwrap_or(1).max(0) as u32,
-                delay: c
-                    .get_duration(keys::RESTART_DELAY)
-                    .unwrap_or(Duration::from_secs(1)),
+                delay: c.get_duration(keys::RESTART_DELAY).unwrap_or(Duration::from_secs(1)),
             },
             None if interval.is_some() => RestartStrategy {
-                max_attempts: c
-                    .get_int(keys::RESTART_ATTEMPTS)
-                    .map(|a| a.max(0) as u32)
-                    .unwrap_or(u32::MAX),
-                delay: c
-                    .get_duration(keys::RESTART_DELAY)
-                    .unwrap_or(Duration::from_secs(1)),
+                max_attempts: c.get_int(keys::RESTART_ATTEMPTS).map(|a| a.max(0) as u32).unwrap_or(u32::MAX),
+                delay: c.get_duration(keys::RESTART_DELAY).unwrap_or(Duration::from_secs(1)),
             },
-            None => RestartStrategy {
-                max_attempts: 0,
-                delay: Duration::ZERO,
-            },
+            None => RestartStrategy { max_attempts: 0, delay: Duration::ZERO },
         };
         Ok(Settings {
             coordinator: CoordinatorSettings {
                 interval_ms: interval.map(|d| d.as_millis() as u64),
-                min_pause_ms: c
-                    .get_duration(keys::CHECKPOINT_MIN_PAUSE)
-                    .unwrap_or_default()
-                    .as_millis() as u64,
+                min_pause_ms: c.get_duration(keys::CHECKPOINT_MIN_PAUSE).unwrap_or_default().as_millis() as u64,
                 timeout_ms: timeout.as_millis() as u64,
                 tolerable_failures: tolerable as u32,
             },
             num_retained: retained.max(1) as usize,
             retention,
             restart,
-            batch_size: c
-                .get_int(keys::BATCH_SIZE)
-                .unwrap_or(1024)
-                .clamp(1, 1 << 20) as usize,
-            channel_capacity: c
-                .get_int(keys::CHANNEL_CAPACITY)
-                .unwrap_or(16)
-                .clamp(1, 1 << 16) as usize,
+            batch_size: c.get_int(keys::BATCH_SIZE).unwrap_or(1024).clamp(1, 1 << 20) as usize,
+            channel_capacity: c.get_int(keys::CHANNEL_CAPACITY).unwrap_or(16).clamp(1, 1 << 16) as usize,
         })
     }
 }
@@ -350,51 +287,32 @@ pub fn submit(
 ) -> Result<JobHandle, JobError> {
     let settings = Settings::from_config(config)?;
     let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-    let storage: Option<Arc<dyn CheckpointStorage>> =
-        match (storage, config.get_str(keys::CHECKPOINT_DIR)) {
-            (Some(s), _) => Some(s),
-            (None, Some(dir)) => Some(Arc::new(FsCheckpointStorage::new(dir))),
-            (None, None) if settings.coordinator.interval_ms.is_some() => {
-                return Err(JobError::NoCheckpointDir)
-            }
-            (None, None) => None,
-        };
+    let storage: Option<Arc<dyn CheckpointStorage>> = match (storage, config.get_str(keys::CHECKPOINT_DIR)) {
+        (Some(s), _) => Some(s),
+        (None, Some(dir)) => Some(Arc::new(FsCheckpointStorage::new(dir))),
+        (None, None) if settings.coordinator.interval_ms.is_some() => return Err(JobError::NoCheckpointDir),
+        (None, None) => None,
+    };
     if let Some(s) = &storage {
-        s.initialize(job_id).map_err(|source| JobError::Storage {
-            path: PathBuf::from(format!("{s:?}")),
-            source,
-        })?;
+        s.initialize(job_id).map_err(|source| JobError::Storage { path: PathBuf::from(format!("{s:?}")), source })?;
     }
     let mut graph = graph;
     let restore = match config.get_str(keys::RECOVERY_PATH) {
         Some(path) => {
-            let allow = config
-                .get_bool(keys::RECOVERY_IGNORE_UNCLAIMED)
-                .unwrap_or(false);
+            let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
             let loaded = load_snapshot(std::path::Path::new(&path))?;
             let plan = plan_restore(&mut graph, Arc::new(loaded), allow)?;
             tracing::info!(
                 "Starting job {job_id} from {} {} ({})",
-                if plan.snapshot.metadata.kind.is_savepoint() {
-                    "savepoint"
-                } else {
-                    "checkpoint"
-                },
+                if plan.snapshot.metadata.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
                 plan.snapshot.dir.display(),
-                if allow {
-                    "allowing non restored state"
-                } else {
-                    ""
-                }
+                if allow { "allowing non restored state" } else { "" }
             );
             Some(Arc::new(plan))
         }
         None => None,
     };
-    let next_id = restore
-        .as_ref()
-        .map(|r| r.snapshot.metadata.checkpoint_id + 1)
-        .unwrap_or(INITIAL_CHECKPOINT_ID);
+    let next_id = restore.as_ref().map(|r| r.snapshot.metadata.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
     let tasks = task_keys(&graph);
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared::default());
@@ -425,12 +343,7 @@ pub fn submit(
         .spawn(move || master.run())
         .map_err(|e| JobError::Spawn(e.to_string()))?;
     tracing::info!("Job '{name}' has been submitted with JobID {job_id}");
-    Ok(JobHandle {
-        job_id,
-        shared,
-        tx,
-        thread: Some(thread),
-    })
+    Ok(JobHandle { job_id, shared, tx, thread: Some(thread) })
 }
 
 fn task_keys(graph: &JobGraph) -> Vec<TaskKey> {
@@ -438,12 +351,7 @@ fn task_keys(graph: &JobGraph) -> Vec<TaskKey> {
         .chains
         .iter()
         .enumerate()
-        .flat_map(|(v, c)| {
-            (0..c.parallelism).map(move |s| TaskKey {
-                vertex: v as u32,
-                subtask: s,
-            })
-        })
+        .flat_map(|(v, c)| (0..c.parallelism).map(move |s| TaskKey { vertex: v as u32, subtask: s }))
         .collect()
 }
 
@@ -473,10 +381,7 @@ fn plan_restore(
             n.max_parallelism = max_p;
         }
     }
-    Ok(RestorePlan {
-        snapshot,
-        operators: a.operators,
-    })
+    Ok(RestorePlan { snapshot, operators: a.operators })
 }
 
 /// Sent as the request token of the final checkpoint taken when all sources are exhausted.
@@ -547,19 +452,14 @@ impl Master {
                     if restore && from_initial {
                         break (
                             JobStatus::Failed,
-                            Some(format!(
-                                "the job could not restore its state and was not started: {cause}"
-                            )),
+                            Some(format!("the job could not restore its state and was not started: {cause}")),
                         );
                     }
                     if self.restarts >= self.settings.restart.max_attempts {
                         let why = if self.settings.restart.max_attempts == 0 {
                             "no restart strategy is configured (set restart-strategy.type: fixed-delay, or enable checkpointing)".to_string()
                         } else {
-                            format!(
-                                "restart attempts exhausted ({})",
-                                self.settings.restart.max_attempts
-                            )
+                            format!("restart attempts exhausted ({})", self.settings.restart.max_attempts)
                         };
                         break (JobStatus::Failed, Some(format!("{cause} ({why})")));
                     }
@@ -581,10 +481,7 @@ impl Master {
         if let Some(s) = &self.storage {
             for gone in self.store.shutdown(self.settings.retention, how) {
                 if let Err(e) = s.discard(&gone.data.snapshot.dir) {
-                    tracing::warn!(
-                        "could not delete checkpoint {}: {e}",
-                        gone.data.snapshot.dir.display()
-                    );
+                    tracing::warn!("could not delete checkpoint {}: {e}", gone.data.snapshot.dir.display());
                 }
             }
         }
@@ -592,12 +489,7 @@ impl Master {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
         }
         self.set_status(status);
-        JobOutcome {
-            job_id: self.job_id,
-            status,
-            failure,
-            restarts: self.restarts,
-        }
+        JobOutcome { job_id: self.job_id, status, failure, restarts: self.restarts }
     }
 
     /// Waits out the restart delay; true if the job was cancelled meanwhile.
@@ -624,16 +516,11 @@ impl Master {
                     &self.graph.operator_infos(),
                     true,
                 ) {
-                    Ok(a) => Some(Arc::new(RestorePlan {
-                        snapshot,
-                        operators: a.operators,
-                    })),
+                    Ok(a) => Some(Arc::new(RestorePlan { snapshot, operators: a.operators })),
                     Err(e) => {
                         return Step::End(
                             JobStatus::Failed,
-                            Some(format!(
-                                "cannot map the latest checkpoint onto the job: {e}"
-                            )),
+                            Some(format!("cannot map the latest checkpoint onto the job: {e}")),
                         )
                     }
                 }
@@ -641,11 +528,7 @@ impl Master {
             None => self.initial_restore.clone(),
         };
         if let Some(r) = &restore {
-            tracing::info!(
-                "Restoring job {} from {}.",
-                self.job_id,
-                r.snapshot.dir.display()
-            );
+            tracing::info!("Restoring job {} from {}.", self.job_id, r.snapshot.dir.display());
         }
         if let Err(e) = self.deploy(restore) {
             return Step::End(JobStatus::Failed, Some(e));
@@ -657,25 +540,15 @@ impl Master {
                 Ok(MasterMsg::TaskInitialized { attempt, task }) if attempt == self.attempt => {
                     initialized.insert(task);
                 }
-                Ok(MasterMsg::TaskFailed {
-                    attempt,
-                    error,
-                    restore,
-                    ..
-                }) if attempt == self.attempt => {
-                    return Step::Failover {
-                        cause: error,
-                        restore,
-                    };
+                Ok(MasterMsg::TaskFailed { attempt, error, restore, .. }) if attempt == self.attempt => {
+                    return Step::Failover { cause: error, restore };
                 }
                 Ok(MasterMsg::Cancel) => {
                     self.stop_tasks();
                     return Step::End(JobStatus::Canceled, None);
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    return Step::End(JobStatus::Failed, Some("job master channel closed".into()))
-                }
+                Err(_) => return Step::End(JobStatus::Failed, Some("job master channel closed".into())),
             }
         }
         for t in &self.tasks {
@@ -717,43 +590,22 @@ impl Master {
         let current = self.attempt;
         match msg {
             MasterMsg::Cancel => {
-                let actions = self
-                    .coordinator
-                    .abort_all(FailureReason::CoordinatorShutdown);
+                let actions = self.coordinator.abort_all(FailureReason::CoordinatorShutdown);
                 self.execute_all(actions);
                 self.stop_tasks();
                 Step::End(JobStatus::Canceled, None)
             }
-            MasterMsg::Ack {
-                attempt,
-                id,
-                task,
-                states,
-            } => {
+            MasterMsg::Ack { attempt, id, task, states } => {
                 let actions = if attempt == current {
                     self.coordinator.acknowledge(id, task, states)
                 } else {
-                    vec![Action::DiscardLate {
-                        id,
-                        task,
-                        state: states,
-                    }]
+                    vec![Action::DiscardLate { id, task, state: states }]
                 };
                 self.execute_all(actions)
             }
-            MasterMsg::Decline {
-                attempt,
-                id,
-                reason,
-                task,
-            } if attempt == current => {
-                tracing::warn!(
-                    "Decline checkpoint {id} by task {task:?} of job {}: {reason}",
-                    self.job_id
-                );
-                let actions =
-                    self.coordinator
-                        .decline(id, FailureReason::AsyncException(reason), self.now());
+            MasterMsg::Decline { attempt, id, reason, task } if attempt == current => {
+                tracing::warn!("Decline checkpoint {id} by task {task:?} of job {}: {reason}", self.job_id);
+                let actions = self.coordinator.decline(id, FailureReason::AsyncException(reason), self.now());
                 self.execute_all(actions)
             }
             MasterMsg::SourceExhausted { attempt, task } if attempt == current => {
@@ -765,11 +617,8 @@ impl Master {
                             "All sources of job {} are exhausted; taking the final checkpoint.",
                             self.job_id
                         );
-                        let actions = self.coordinator.request(
-                            SnapshotKind::Checkpoint,
-                            Some(FINAL_CHECKPOINT),
-                            self.now(),
-                        );
+                        let actions =
+                            self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now());
                         return self.execute_all(actions);
                     }
                     self.finish_sources();
@@ -784,15 +633,9 @@ impl Master {
                 }
                 Step::Continue
             }
-            MasterMsg::TaskFailed {
-                attempt,
-                error,
-                restore,
-                ..
-            } if attempt == current => Step::Failover {
-                cause: error,
-                restore,
-            },
+            MasterMsg::TaskFailed { attempt, error, restore, .. } if attempt == current => {
+                Step::Failover { cause: error, restore }
+            }
             MasterMsg::TaskCanceled { .. } | MasterMsg::TaskInitialized { .. } => Step::Continue,
             _ => Step::Continue, // messages of an earlier attempt
         }
@@ -819,48 +662,28 @@ impl Master {
 
     fn execute(&mut self, action: Action<AckedState>) -> (Vec<Action<AckedState>>, Option<Step>) {
         match action {
-            Action::Trigger {
-                id,
-                kind,
-                timestamp_ms: _,
-                token: _,
-            } => {
+            Action::Trigger { id, kind, timestamp_ms: _, token: _ } => {
                 let location = match &self.storage {
                     Some(s) => s.checkpoint_location(self.job_id, id),
                     None => Err(std::io::Error::other("no checkpoint storage configured")),
                 };
                 match location {
                     Ok(loc) => {
-                        tracing::info!(
-                            "Triggering checkpoint {id} (type={kind:?}) for job {}.",
-                            self.job_id
-                        );
+                        tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
                         self.locations.insert(id, (loc.clone(), Instant::now()));
-                        let barrier = Barrier {
-                            id,
-                            kind,
-                            timestamp_ms: wall_clock_ms(),
-                            location: Arc::new(loc),
-                        };
+                        let barrier = Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc) };
                         for t in self.tasks.iter().filter(|t| t.is_source) {
                             let _ = t.control.send(Control::Trigger(barrier.clone()));
                         }
                         (Vec::new(), None)
                     }
                     Err(e) => {
-                        let reason = FailureReason::Declined(format!(
-                            "cannot create the checkpoint directory: {e}"
-                        ));
+                        let reason = FailureReason::Declined(format!("cannot create the checkpoint directory: {e}"));
                         (self.coordinator.decline(id, reason, self.now()), None)
                     }
                 }
             }
-            Action::Finalize {
-                id,
-                kind,
-                timestamp_ms: _,
-                acks,
-            } => {
+            Action::Finalize { id, kind, timestamp_ms: _, acks } => {
                 let outcome = self.write_metadata(id, kind, acks);
                 (self.coordinator.finalized(id, outcome, self.now()), None)
             }
@@ -871,7 +694,11 @@ impl Master {
                 match load_snapshot(&loc) {
                     Ok(snapshot) => {
                         let size = snapshot_size(&loc);
-                        tracing::info!("Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).", self.job_id, started.elapsed().as_millis());
+                        tracing::info!(
+                            "Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).",
+                            self.job_id,
+                            started.elapsed().as_millis()
+                        );
                         with(&self.shared.completed, |c| {
                             c.push(CheckpointStats {
                                 id,
@@ -888,9 +715,7 @@ impl Master {
                             id,
                             is_savepoint: kind.is_savepoint(),
                             owned: true,
-                            data: Completed {
-                                snapshot: Arc::new(snapshot),
-                            },
+                            data: Completed { snapshot: Arc::new(snapshot) },
                         });
                         for gone in subsumed {
                             self.discard(&gone.data.snapshot.dir);
@@ -914,17 +739,8 @@ impl Master {
                 }
                 (Vec::new(), None)
             }
-            Action::Aborted {
-                id,
-                kind: _,
-                reason,
-                token,
-            } => {
-                tracing::warn!(
-                    "Checkpoint {id} of job {} failed: {}",
-                    self.job_id,
-                    reason.message()
-                );
+            Action::Aborted { id, kind: _, reason, token } => {
+                tracing::warn!("Checkpoint {id} of job {} failed: {}", self.job_id, reason.message());
                 with(&self.shared.failed_checkpoints, |n| *n += 1);
                 if let Some((loc, _)) = self.locations.remove(&id) {
                     self.discard(&loc);
@@ -936,11 +752,7 @@ impl Master {
                     && reason != FailureReason::TaskFailure
                     && reason != FailureReason::CoordinatorShutdown;
                 let more = if retry {
-                    self.coordinator.request(
-                        SnapshotKind::Checkpoint,
-                        Some(FINAL_CHECKPOINT),
-                        self.now(),
-                    )
+                    self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now())
                 } else {
                     Vec::new()
                 };
@@ -958,13 +770,7 @@ impl Master {
                 }
                 (Vec::new(), None)
             }
-            Action::FailJob { message } => (
-                Vec::new(),
-                Some(Step::Failover {
-                    cause: message,
-                    restore: false,
-                }),
-            ),
+            Action::FailJob { message } => (Vec::new(), Some(Step::Failover { cause: message, restore: false })),
         }
     }
 
@@ -1016,12 +822,9 @@ impl Master {
             operators,
         };
         let bytes = metadata::encode(&meta).map_err(|e| e.to_string())?;
-        storage.write_metadata(loc, &bytes).map_err(|e| {
-            format!(
-                "writing {}: {e}",
-                loc.join(metadata::METADATA_FILE_NAME).display()
-            )
-        })
+        storage
+            .write_metadata(loc, &bytes)
+            .map_err(|e| format!("writing {}: {e}", loc.join(metadata::METADATA_FILE_NAME).display()))
     }
 
     fn deploy(&mut self, restore: Option<Arc<RestorePlan>>) -> Result<(), String> {
@@ -1034,14 +837,8 @@ impl Master {
             if edge.chained {
                 continue;
             }
-            let (pf, pt) = (
-                graph.nodes[edge.from].parallelism as usize,
-                graph.nodes[edge.to].parallelism as usize,
-            );
-            let ty = graph.nodes[edge.from]
-                .output
-                .clone()
-                .ok_or("an edge leaves an operator without output")?;
+            let (pf, pt) = (graph.nodes[edge.from].parallelism as usize, graph.nodes[edge.to].parallelism as usize);
+            let ty = graph.nodes[edge.from].output.clone().ok_or("an edge leaves an operator without output")?;
             let mut s: Vec<Vec<_>> = (0..pf).map(|_| Vec::new()).collect();
             let mut r: Vec<Vec<_>> = (0..pt).map(|_| Vec::new()).collect();
             for (i, si) in s.iter_mut().enumerate() {
@@ -1075,10 +872,7 @@ impl Master {
                     }
                 }
                 let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-                let key = TaskKey {
-                    vertex: v as u32,
-                    subtask: s as u32,
-                };
+                let key = TaskKey { vertex: v as u32, subtask: s as u32 };
                 let plan = TaskPlan {
                     key,
                     attempt: self.attempt,
@@ -1092,8 +886,7 @@ impl Master {
                     storage: self.storage.clone(),
                     batch_size: self.settings.batch_size,
                 };
-                let thread =
-                    task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;
+                let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;
                 self.tasks.push(DeployedTask {
                     key,
                     control: ctl_tx,
@@ -1118,20 +911,12 @@ impl Master {
 }
 
 fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn snapshot_size(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0)
 }
 

@@ -17,7 +17,5 @@ mod task;
 
 pub use graph::{EdgeKind, JobGraph, NodeBuilder, NodeSpec};
 pub use job::{JobHandle, JobOutcome, JobStatus, RestoreSettings};
-pub use operator::{
-    ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult,
-};
+pub use operator::{ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult};
 pub use storage::{CheckpointStorage, FsCheckpointStorage};

@@ -20,20 +20,11 @@ pub enum TaskError {
     User { operator: String, message: String },
     /// Restored state could not be read or decoded.
     #[error("restoring operator '{operator}': {source}")]
-    Restore {
-        operator: String,
-        source: StateError,
-    },
+    Restore { operator: String, source: StateError },
     #[error("operator '{operator}': {source}")]
-    State {
-        operator: String,
-        source: StateError,
-    },
+    State { operator: String, source: StateError },
     #[error("operator '{operator}': I/O error: {source}")]
-    Io {
-        operator: String,
-        source: std::io::Error,
-    },
+    Io { operator: String, source: std::io::Error },
     /// A channel to another task closed: that task is gone (cancellation or failure).
     #[error("a connected task has stopped")]
     Disconnected,
@@ -181,29 +172,20 @@ impl TaskEnv {
 
     /// Hands a capture to the snapshot writer, which writes it and acknowledges.
     pub fn submit_snapshot(&self, capture: SnapshotCapture) -> TaskResult {
-        self.snapshots
-            .send(capture)
-            .map_err(|_| TaskError::Internal("snapshot writer stopped".into()))
+        self.snapshots.send(capture).map_err(|_| TaskError::Internal("snapshot writer stopped".into()))
     }
 
     /// Tells the job master that this source has no more input.
     pub fn report_source_exhausted(&self) {
-        let _ = self.master.send(MasterMsg::SourceExhausted {
-            attempt: self.attempt,
-            task: self.key,
-        });
+        let _ = self.master.send(MasterMsg::SourceExhausted { attempt: self.attempt, task: self.key });
     }
 
     /// Applies a control message that every task handles the same way: completion and abort
     /// notifications go down the chain. Returns what the caller should do next.
     pub fn apply_common<T>(&self, control: Control, chain: &mut dyn Output<T>) -> TaskResult<Next> {
         match control {
-            Control::CheckpointComplete(id) => {
-                chain.event(&mut ChainEvent::CheckpointComplete(id))?
-            }
-            Control::CheckpointAborted(id) => {
-                chain.event(&mut ChainEvent::CheckpointAborted(id))?
-            }
+            Control::CheckpointComplete(id) => chain.event(&mut ChainEvent::CheckpointComplete(id))?,
+            Control::CheckpointAborted(id) => chain.event(&mut ChainEvent::CheckpointAborted(id))?,
             Control::FinishSource => return Ok(Next::Finish),
             Control::Cancel => return Ok(Next::Cancel),
             Control::Start | Control::Trigger(_) => {}

@@ -82,13 +82,8 @@ impl CheckpointStorage for FsCheckpointStorage {
     }
 
     fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>> {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(location.join(name))?;
-        Ok(Box::new(FsStateOutput {
-            file: io::BufWriter::with_capacity(1 << 20, file),
-        }))
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(location.join(name))?;
+        Ok(Box::new(FsStateOutput { file: io::BufWriter::with_capacity(1 << 20, file) }))
     }
 
     fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -130,9 +125,7 @@ pub fn discard_snapshot_dir(location: &Path) -> io::Result<()> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(
-        "Cannot find checkpoint or savepoint file/directory '{0}'. Check the path given to -s."
-    )]
+    #[error("Cannot find checkpoint or savepoint file/directory '{0}'. Check the path given to -s.")]
     NotFound(PathBuf),
     #[error("Cannot find meta data file '_metadata' in directory '{0}'. A checkpoint or savepoint directory holds a _metadata file; this directory does not (it may be an incomplete snapshot, or not a snapshot at all).")]
     NoMetadata(PathBuf),
@@ -173,15 +166,9 @@ pub fn load_snapshot(pointer: &Path) -> Result<LoadedSnapshot, LoadError> {
         }
         (pointer.to_path_buf(), file)
     } else {
-        (
-            pointer.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            pointer.to_path_buf(),
-        )
+        (pointer.parent().unwrap_or(Path::new(".")).to_path_buf(), pointer.to_path_buf())
     };
-    let bytes = fs::read(&file).map_err(|source| LoadError::Io {
-        path: file.clone(),
-        source,
-    })?;
+    let bytes = fs::read(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
     let metadata = metadata::decode(&bytes, &file.display().to_string())?;
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
     Ok(LoadedSnapshot { metadata, dir })
@@ -200,9 +187,7 @@ pub fn latest_checkpoint(job_dir: &Path) -> Option<(CheckpointId, PathBuf)> {
         })
         .collect();
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
-    found
-        .into_iter()
-        .find(|(_, dir)| load_snapshot(dir).is_ok())
+    found.into_iter().find(|(_, dir)| load_snapshot(dir).is_ok())
 }
 
 #[cfg(test)]
@@ -243,28 +228,12 @@ mod tests {
         assert_eq!(id, 3);
         assert_eq!(path, dir.join("chk-3"));
         let err = load_snapshot(&loc5).unwrap_err().to_string();
-        assert!(
-            err.contains(&loc5.join("_metadata").display().to_string())
-                && err.contains("corrupted"),
-            "{err}"
-        );
+        assert!(err.contains(&loc5.join("_metadata").display().to_string()) && err.contains("corrupted"), "{err}");
         let err = load_snapshot(&dir.join("chk-4")).unwrap_err().to_string();
-        assert!(
-            err.starts_with("Cannot find meta data file '_metadata' in directory"),
-            "{err}"
-        );
-        assert!(matches!(
-            load_snapshot(&dir.join("nope")),
-            Err(LoadError::NotFound(_))
-        ));
+        assert!(err.starts_with("Cannot find meta data file '_metadata' in directory"), "{err}");
+        assert!(matches!(load_snapshot(&dir.join("nope")), Err(LoadError::NotFound(_))));
         // The _metadata file itself is a valid pointer too.
-        assert_eq!(
-            load_snapshot(&dir.join("chk-2").join("_metadata"))
-                .unwrap()
-                .metadata
-                .checkpoint_id,
-            2
-        );
+        assert_eq!(load_snapshot(&dir.join("chk-2").join("_metadata")).unwrap().metadata.checkpoint_id, 2);
     }
 
     #[test]

@@ -8,9 +8,7 @@
 use crate::channel::InputEnd;
 use crate::graph::{Instance, JobGraph};
 use crate::job::{MasterMsg, RestorePlan};
-use crate::operator::{
-    Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult,
-};
+use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
 use crate::storage::CheckpointStorage;
 use crossbeam_channel::{Receiver, Sender};
 use std::any::Any;
@@ -44,38 +42,26 @@ pub type AckedState = Vec<(OperatorId, SubtaskSnapshot)>;
 
 pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
     let chain = &plan.graph.chains[plan.key.vertex as usize];
-    let name = format!(
-        "{} ({}/{})",
-        plan.graph.nodes[chain.head].name,
-        plan.key.subtask + 1,
-        chain.parallelism
-    );
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let (key, attempt, master) = (plan.key, plan.attempt, plan.master.clone());
-            let outcome = catch_unwind(AssertUnwindSafe(|| run(plan)));
-            let msg = match outcome {
-                Ok(Ok(InputEnd::Finished)) => MasterMsg::TaskFinished { attempt, task: key },
-                Ok(Ok(InputEnd::Canceled)) => MasterMsg::TaskCanceled { attempt, task: key },
-                Ok(Err(e)) => {
-                    let restore = matches!(e, TaskError::Restore { .. });
-                    MasterMsg::TaskFailed {
-                        attempt,
-                        task: key,
-                        error: format!("{name}: {e}"),
-                        restore,
-                    }
-                }
-                Err(panic) => MasterMsg::TaskFailed {
-                    attempt,
-                    task: key,
-                    error: format!("{name} panicked: {}", panic_message(&panic)),
-                    restore: false,
-                },
-            };
-            let _ = master.send(msg);
-        })
+    let name = format!("{} ({}/{})", plan.graph.nodes[chain.head].name, plan.key.subtask + 1, chain.parallelism);
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let (key, attempt, master) = (plan.key, plan.attempt, plan.master.clone());
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(plan)));
+        let msg = match outcome {
+            Ok(Ok(InputEnd::Finished)) => MasterMsg::TaskFinished { attempt, task: key },
+            Ok(Ok(InputEnd::Canceled)) => MasterMsg::TaskCanceled { attempt, task: key },
+            Ok(Err(e)) => {
+                let restore = matches!(e, TaskError::Restore { .. });
+                MasterMsg::TaskFailed { attempt, task: key, error: format!("{name}: {e}"), restore }
+            }
+            Err(panic) => MasterMsg::TaskFailed {
+                attempt,
+                task: key,
+                error: format!("{name} panicked: {}", panic_message(&panic)),
+                restore: false,
+            },
+        };
+        let _ = master.send(msg);
+    })
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn Any + Send>) -> String {
@@ -91,12 +77,7 @@ pub(crate) fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
     let (snap_tx, snap_rx) = crossbeam_channel::bounded::<SnapshotCapture>(4);
     {
-        let (storage, master, key, attempt) = (
-            plan.storage.clone(),
-            plan.master.clone(),
-            plan.key,
-            plan.attempt,
-        );
+        let (storage, master, key, attempt) = (plan.storage.clone(), plan.master.clone(), plan.key, plan.attempt);
         std::thread::Builder::new()
             .name(format!("snapshot-writer-{}-{}", key.vertex, key.subtask))
             .spawn(move || snapshot_writer(snap_rx, storage, master, key, attempt))
@@ -112,10 +93,7 @@ fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
     let graph = plan.graph.clone();
     let head = graph.chains[plan.key.vertex as usize].head;
     let instance = build_node(&mut plan, head)?;
-    let _ = plan.master.send(MasterMsg::TaskInitialized {
-        attempt: plan.attempt,
-        task: plan.key,
-    });
+    let _ = plan.master.send(MasterMsg::TaskInitialized { attempt: plan.attempt, task: plan.key });
     loop {
         match env.control.recv() {
             Ok(Control::Start) => break,
@@ -128,9 +106,10 @@ fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
         Instance::Source(mut runner) => runner.run(&mut env),
         Instance::Operator(head_output) => {
             let producer = graph.edges[graph.nodes[head].inputs[0]].from;
-            let ty = graph.nodes[producer].output.clone().ok_or_else(|| {
-                TaskError::Internal("input edge from an operator without output".into())
-            })?;
+            let ty = graph.nodes[producer]
+                .output
+                .clone()
+                .ok_or_else(|| TaskError::Internal("input edge from an operator without output".into()))?;
             let receivers = std::mem::take(&mut plan.receivers);
             let mut gate = ty.input_gate(receivers, head_output)?;
             gate.run(&env)
@@ -151,9 +130,7 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
                     match build_node(plan, edge.to)? {
                         Instance::Operator(o) => outputs.push(o),
                         Instance::Source(_) => {
-                            return Err(TaskError::Internal(
-                                "a source cannot be chained behind an operator".into(),
-                            ))
+                            return Err(TaskError::Internal("a source cannot be chained behind an operator".into()))
                         }
                     }
                 } else {
@@ -173,23 +150,12 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
         }
     };
     let subtask = plan.key.subtask;
-    let key_groups = weir_core::key_group::key_group_range_for_subtask(
-        n.max_parallelism,
-        n.parallelism,
-        subtask,
-    );
+    let key_groups = weir_core::key_group::key_group_range_for_subtask(n.max_parallelism, n.parallelism, subtask);
     let restored = plan.restore.as_ref().map(|r| {
-        let assigned = r
-            .operators
-            .get(&n.operator_id)
-            .and_then(|subs| subs.get(subtask as usize));
+        let assigned = r.operators.get(&n.operator_id).and_then(|subs| subs.get(subtask as usize));
         match assigned {
             Some(a) => RestoredState {
-                keyed: a
-                    .keyed
-                    .iter()
-                    .map(|h| (r.snapshot.resolve(&h.file.path), h.clone()))
-                    .collect(),
+                keyed: a.keyed.iter().map(|h| (r.snapshot.resolve(&h.file.path), h.clone())).collect(),
                 operator_lists: a.operator_lists.clone(),
             },
             None => RestoredState::default(),
@@ -220,22 +186,10 @@ fn snapshot_writer(
 ) {
     for capture in rx {
         let id = capture.barrier.id;
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            write_capture(&capture, storage.as_deref(), key.subtask)
-        }));
+        let outcome = catch_unwind(AssertUnwindSafe(|| write_capture(&capture, storage.as_deref(), key.subtask)));
         let msg = match outcome {
-            Ok(Ok(states)) => MasterMsg::Ack {
-                attempt,
-                id,
-                task: key,
-                states,
-            },
-            Ok(Err(reason)) => MasterMsg::Decline {
-                attempt,
-                id,
-                task: key,
-                reason,
-            },
+            Ok(Ok(states)) => MasterMsg::Ack { attempt, id, task: key, states },
+            Ok(Err(reason)) => MasterMsg::Decline { attempt, id, task: key, reason },
             Err(panic) => MasterMsg::Decline {
                 attempt,
                 id,
@@ -259,16 +213,10 @@ fn write_capture(
     for op in &capture.operators {
         let keyed = match &op.keyed {
             Some(snapshot) if !snapshot.is_empty() => {
-                let storage = storage.ok_or(
-                    "keyed state needs checkpoint storage; set execution.checkpointing.dir",
-                )?;
+                let storage = storage.ok_or("keyed state needs checkpoint storage; set execution.checkpointing.dir")?;
                 let name = format!("keyed-{}-{}", op.operator_id, subtask);
-                let what = |e: &dyn std::fmt::Display| {
-                    format!("writing {}: {e}", location.join(&name).display())
-                };
-                let out = storage
-                    .create_state_file(location, &name)
-                    .map_err(|e| what(&e))?;
+                let what = |e: &dyn std::fmt::Display| format!("writing {}: {e}", location.join(&name).display());
+                let out = storage.create_state_file(location, &name).map_err(|e| what(&e))?;
                 let (out, offsets, size) = snapshot.write(out).map_err(|e| what(&e))?;
                 out.finish().map_err(|e| what(&e))?;
                 Some(KeyedStateHandle {
@@ -281,11 +229,7 @@ fn write_capture(
         };
         states.push((
             op.operator_id,
-            SubtaskSnapshot {
-                subtask,
-                keyed,
-                operator_lists: op.operator_state.clone().into_lists(),
-            },
+            SubtaskSnapshot { subtask, keyed, operator_lists: op.operator_state.clone().into_lists() },
         ));
     }
     Ok(states)

@@ -3,43 +3,21 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state '{name}' was declared as {declared} state but the restored state is {stored} state; keep the kind of a state, or give the new state another name")]
-    KindMismatch {
-        name: String,
-        declared: &'static str,
-        stored: &'static str,
-    },
+    KindMismatch { name: String, declared: &'static str, stored: &'static str },
     #[error("state '{name}' is declared twice with different types in one operator")]
     DuplicateName { name: String },
     #[error("restored state '{name}' (key group {key_group}) cannot be decoded into the job's {what} type: {detail}. The job's state types changed in a way that is not compatible with the snapshot: add new fields with #[serde(default)], or restore with a job version whose types match")]
-    Decode {
-        name: String,
-        key_group: u32,
-        what: &'static str,
-        detail: String,
-    },
+    Decode { name: String, key_group: u32, what: &'static str, detail: String },
     #[error("restored operator state '{name}' cannot be decoded into the job's type: {detail}")]
     DecodeOperatorState { name: String, detail: String },
     #[error("state file '{path}': {detail}")]
     CorruptFile { path: PathBuf, detail: String },
-    #[error(
-        "state file '{path}' has format version {found}, but this Weir reads up to {supported}"
-    )]
-    UnsupportedVersion {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    #[error("state file '{path}' has format version {found}, but this Weir reads up to {supported}")]
+    UnsupportedVersion { path: PathBuf, found: u32, supported: u32 },
     #[error("key in restored state '{name}' belongs to key group {actual} but was stored under {stored}: key hashing changed, which would misroute records")]
-    KeyGroupMismatch {
-        name: String,
-        stored: u32,
-        actual: u32,
-    },
+    KeyGroupMismatch { name: String, stored: u32, actual: u32 },
     #[error("cannot encode state '{name}': {detail}")]
     Encode { name: String, detail: String },
     #[error("I/O error on state file '{path}': {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }

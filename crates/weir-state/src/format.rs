@@ -68,20 +68,14 @@ impl<W: Write> StateFileWriter<W> {
         inner.write_all(&head)?;
         inner.write_all(&crc32c::crc32c(&head).to_be_bytes())?;
         let written = 8 + 4 + 4 + head.len() as u64 + 4;
-        Ok(StateFileWriter {
-            inner,
-            written,
-            offsets: Vec::new(),
-        })
+        Ok(StateFileWriter { inner, written, offsets: Vec::new() })
     }
 
     /// Writes the next key group's payload (built with [`push_entries`]).
     pub fn write_key_group(&mut self, payload: &[u8]) -> io::Result<()> {
         self.offsets.push(self.written);
-        self.inner
-            .write_all(&(payload.len() as u32).to_be_bytes())?;
-        self.inner
-            .write_all(&crc32c::crc32c(payload).to_be_bytes())?;
+        self.inner.write_all(&(payload.len() as u32).to_be_bytes())?;
+        self.inner.write_all(&crc32c::crc32c(payload).to_be_bytes())?;
         self.inner.write_all(payload)?;
         self.written += 8 + payload.len() as u64;
         Ok(())
@@ -126,22 +120,13 @@ pub struct StateFileReader {
 
 impl StateFileReader {
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let io_err = |source| StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let corrupt = |detail: &str| StateError::CorruptFile {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        };
+        let io_err = |source| StateError::Io { path: path.to_path_buf(), source };
+        let corrupt = |detail: &str| StateError::CorruptFile { path: path.to_path_buf(), detail: detail.to_string() };
         let mut file = BufReader::new(File::open(path).map_err(io_err)?);
         let mut fixed = [0u8; 16];
-        file.read_exact(&mut fixed)
-            .map_err(|_| corrupt("truncated header"))?;
+        file.read_exact(&mut fixed).map_err(|_| corrupt("truncated header"))?;
         if fixed[..8] != KEYED_MAGIC {
-            return Err(corrupt(
-                "not a Weir keyed state file (unexpected magic number)",
-            ));
+            return Err(corrupt("not a Weir keyed state file (unexpected magic number)"));
         }
         let version = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
         if version == 0 || version > KEYED_VERSION {
@@ -156,19 +141,13 @@ impl StateFileReader {
             return Err(corrupt("header length is implausible"));
         }
         let mut head = vec![0u8; len + 4];
-        file.read_exact(&mut head)
-            .map_err(|_| corrupt("truncated header"))?;
+        file.read_exact(&mut head).map_err(|_| corrupt("truncated header"))?;
         let stored = u32::from_be_bytes([head[len], head[len + 1], head[len + 2], head[len + 3]]);
         if crc32c::crc32c(&head[..len]) != stored {
             return Err(corrupt("header checksum mismatch"));
         }
-        let header: FileHeader =
-            rmp_serde::from_slice(&head[..len]).map_err(|e| corrupt(&format!("header: {e}")))?;
-        Ok(StateFileReader {
-            file,
-            path: path.to_path_buf(),
-            header,
-        })
+        let header: FileHeader = rmp_serde::from_slice(&head[..len]).map_err(|e| corrupt(&format!("header: {e}")))?;
+        Ok(StateFileReader { file, path: path.to_path_buf(), header })
     }
 
     pub fn header(&self) -> &FileHeader {
@@ -176,46 +155,26 @@ impl StateFileReader {
     }
 
     /// Reads the block of `key_group` at `offset` and verifies its checksum.
-    pub fn read_key_group(
-        &mut self,
-        key_group: u32,
-        offset: u64,
-    ) -> Result<KeyGroupEntries, StateError> {
+    pub fn read_key_group(&mut self, key_group: u32, offset: u64) -> Result<KeyGroupEntries, StateError> {
         let path = self.path.clone();
-        let corrupt = |detail: String| StateError::CorruptFile {
-            path: path.clone(),
-            detail,
-        };
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .map_err(|source| StateError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let corrupt = |detail: String| StateError::CorruptFile { path: path.clone(), detail };
+        self.file.seek(SeekFrom::Start(offset)).map_err(|source| StateError::Io { path: path.clone(), source })?;
         let mut fixed = [0u8; 8];
-        self.file
-            .read_exact(&mut fixed)
-            .map_err(|_| corrupt(format!("truncated at key group {key_group}")))?;
+        self.file.read_exact(&mut fixed).map_err(|_| corrupt(format!("truncated at key group {key_group}")))?;
         let len = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
         let stored = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
         let mut payload = Vec::new();
         (&mut self.file)
             .take(len as u64)
             .read_to_end(&mut payload)
-            .map_err(|source| StateError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| StateError::Io { path: path.clone(), source })?;
         if payload.len() != len {
             return Err(corrupt(format!("truncated at key group {key_group}")));
         }
         if crc32c::crc32c(&payload) != stored {
-            return Err(corrupt(format!(
-                "checksum mismatch in key group {key_group}"
-            )));
+            return Err(corrupt(format!("checksum mismatch in key group {key_group}")));
         }
-        parse_payload(&payload)
-            .ok_or_else(|| corrupt(format!("malformed block of key group {key_group}")))
+        parse_payload(&payload).ok_or_else(|| corrupt(format!("malformed block of key group {key_group}")))
     }
 }
 
@@ -258,10 +217,7 @@ mod tests {
         let path = dir.path().join("f");
         let header = FileHeader {
             key_groups: KeyGroupRange::inclusive(3, 5),
-            states: vec![StateMeta {
-                name: "count".into(),
-                kind: StateKind::Value,
-            }],
+            states: vec![StateMeta { name: "count".into(), kind: StateKind::Value }],
         };
         let mut w = StateFileWriter::new(File::create(&path).unwrap(), &header).unwrap();
         for kg in 3..=5u32 {
@@ -276,10 +232,7 @@ mod tests {
         let mut r = StateFileReader::open(&path).unwrap();
         assert_eq!(r.header(), &header);
         let kg4 = r.read_key_group(4, offsets[1]).unwrap();
-        assert_eq!(
-            kg4,
-            vec![(0, vec![(4u32.to_be_bytes().to_vec(), vec![4, 4, 4])])]
-        );
+        assert_eq!(kg4, vec![(0, vec![(4u32.to_be_bytes().to_vec(), vec![4, 4, 4])])]);
 
         // A flipped byte in a block is caught by that block's checksum, naming the key group.
         let mut bytes = std::fs::read(&path).unwrap();
@@ -288,11 +241,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let mut r = StateFileReader::open(&path).unwrap();
         let err = r.read_key_group(5, offsets[2]).unwrap_err().to_string();
-        assert!(
-            err.contains("checksum mismatch in key group 5")
-                && err.contains(path.to_str().unwrap()),
-            "{err}"
-        );
+        assert!(err.contains("checksum mismatch in key group 5") && err.contains(path.to_str().unwrap()), "{err}");
     }
 
     #[test]
@@ -300,17 +249,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"hello world, not state").unwrap();
-        assert!(StateFileReader::open(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("unexpected magic"));
+        assert!(StateFileReader::open(&path).unwrap_err().to_string().contains("unexpected magic"));
         let mut bytes = KEYED_MAGIC.to_vec();
         bytes.extend_from_slice(&7u32.to_be_bytes());
         bytes.extend_from_slice(&[0; 8]);
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(
-            StateFileReader::open(&path),
-            Err(StateError::UnsupportedVersion { found: 7, .. })
-        ));
+        assert!(matches!(StateFileReader::open(&path), Err(StateError::UnsupportedVersion { found: 7, .. })));
     }
 }

@@ -8,9 +8,7 @@
 
 use crate::codec;
 use crate::error::StateError;
-use crate::format::{
-    push_entries, FileHeader, StateFileReader, StateFileWriter, StateKind, StateMeta,
-};
+use crate::format::{push_entries, FileHeader, StateFileReader, StateFileWriter, StateKind, StateMeta};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -28,15 +26,8 @@ use weir_core::{KeyGroupRange, KeyHash};
 
 /// What a key must be: stably hashable into a key group ([`KeyHash`]), serializable for
 /// snapshots, and usable in an in-memory hash map.
-pub trait Key:
-    KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static
-{
-}
-impl<
-        T: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static,
-    > Key for T
-{
-}
+pub trait Key: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static {}
+impl<T: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static> Key for T {}
 
 /// What a state value must be.
 pub trait StateData: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -96,14 +87,8 @@ pub struct ReducingStateDescriptor<T> {
 }
 
 impl<T> ReducingStateDescriptor<T> {
-    pub fn new(
-        name: impl Into<String>,
-        reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static,
-    ) -> Self {
-        ReducingStateDescriptor {
-            name: name.into(),
-            reduce: Arc::new(reduce),
-        }
+    pub fn new(name: impl Into<String>, reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static) -> Self {
+        ReducingStateDescriptor { name: name.into(), reduce: Arc::new(reduce) }
     }
     pub fn name(&self) -> &str {
         &self.name
@@ -153,10 +138,7 @@ impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
         &self.meta
     }
     fn snapshot(&self) -> Box<dyn TableSnapshot> {
-        Box::new(FrozenTable {
-            meta: self.meta.clone(),
-            groups: self.groups.clone(),
-        })
+        Box::new(FrozenTable { meta: self.meta.clone(), groups: self.groups.clone() })
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -179,16 +161,10 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         self.groups[index].len()
     }
     fn encode_group(&self, index: usize) -> Result<Entries, StateError> {
-        let enc_err = |detail| StateError::Encode {
-            name: self.meta.name.clone(),
-            detail,
-        };
+        let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
         let mut out = Vec::with_capacity(self.groups[index].len());
         for (k, v) in self.groups[index].iter() {
-            out.push((
-                codec::encode(k).map_err(enc_err)?,
-                codec::encode(v).map_err(enc_err)?,
-            ));
+            out.push((codec::encode(k).map_err(enc_err)?, codec::encode(v).map_err(enc_err)?));
         }
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -257,29 +233,17 @@ impl<K: Key> HeapKeyedBackend<K> {
                     continue;
                 };
                 for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i])? {
-                    let meta = states.get(state_index as usize).ok_or_else(|| {
-                        StateError::CorruptFile {
-                            path: path.clone(),
-                            detail: format!(
-                                "key group {kg} refers to undeclared state index {state_index}"
-                            ),
-                        }
+                    let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
+                        path: path.clone(),
+                        detail: format!("key group {kg} refers to undeclared state index {state_index}"),
                     })?;
-                    let slot = raw
-                        .entry(meta.name.clone())
-                        .or_insert_with(|| (meta.kind, vec![Vec::new(); n]));
+                    let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.kind, vec![Vec::new(); n]));
                     slot.1[local].extend(entries);
                 }
             }
         }
         for (name, (kind, groups)) in raw {
-            self.restored.insert(
-                name.clone(),
-                RawTable {
-                    meta: StateMeta { name, kind },
-                    groups: Arc::new(groups),
-                },
-            );
+            self.restored.insert(name.clone(), RawTable { meta: StateMeta { name, kind }, groups: Arc::new(groups) });
         }
         Ok(())
     }
@@ -298,9 +262,7 @@ impl<K: Key> HeapKeyedBackend<K> {
         if let Some(&slot) = self.by_name.get(name) {
             let table = &self.tables[slot];
             if table.meta().kind != kind || table.as_any().downcast_ref::<Table<K, V>>().is_none() {
-                return Err(StateError::DuplicateName {
-                    name: name.to_string(),
-                });
+                return Err(StateError::DuplicateName { name: name.to_string() });
             }
             return Ok(slot);
         }
@@ -310,29 +272,17 @@ impl<K: Key> HeapKeyedBackend<K> {
             if raw.meta.kind != kind {
                 let stored = raw.meta.kind.label();
                 self.restored.insert(name.to_string(), raw);
-                return Err(StateError::KindMismatch {
-                    name: name.to_string(),
-                    declared: kind.label(),
-                    stored,
-                });
+                return Err(StateError::KindMismatch { name: name.to_string(), declared: kind.label(), stored });
             }
             for (local, entries) in raw.groups.iter().enumerate() {
                 let kg = self.key_groups.start + local as u32;
                 for (kb, vb) in entries {
-                    let decode_err = |what, detail| StateError::Decode {
-                        name: name.to_string(),
-                        key_group: kg,
-                        what,
-                        detail,
-                    };
+                    let decode_err =
+                        |what, detail| StateError::Decode { name: name.to_string(), key_group: kg, what, detail };
                     let key: K = codec::decode(kb).map_err(|d| decode_err("key", d))?;
                     let actual = assign_to_key_group(&key, self.max_parallelism);
                     if actual != kg {
-                        return Err(StateError::KeyGroupMismatch {
-                            name: name.to_string(),
-                            stored: kg,
-                            actual,
-                        });
+                        return Err(StateError::KeyGroupMismatch { name: name.to_string(), stored: kg, actual });
                     }
                     let value: V = codec::decode(vb).map_err(|d| decode_err("value", d))?;
                     groups[local].insert(key, value);
@@ -340,10 +290,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             }
         }
         let table = Table::<K, V> {
-            meta: StateMeta {
-                name: name.to_string(),
-                kind,
-            },
+            meta: StateMeta { name: name.to_string(), kind },
             groups: groups.into_iter().map(Arc::new).collect(),
             reduce,
         };
@@ -352,41 +299,23 @@ impl<K: Key> HeapKeyedBackend<K> {
         Ok(self.tables.len() - 1)
     }
 
-    pub fn value_state<T: StateData>(
-        &mut self,
-        d: &ValueStateDescriptor<T>,
-    ) -> Result<ValueState<T>, StateError> {
+    pub fn value_state<T: StateData>(&mut self, d: &ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
         let slot = self.register::<T>(&d.name, StateKind::Value, None)?;
-        Ok(ValueState {
-            slot,
-            _types: PhantomData,
-        })
+        Ok(ValueState { slot, _types: PhantomData })
     }
 
-    pub fn list_state<T: StateData>(
-        &mut self,
-        d: &ListStateDescriptor<T>,
-    ) -> Result<ListState<T>, StateError> {
+    pub fn list_state<T: StateData>(&mut self, d: &ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
         let slot = self.register::<Vec<T>>(&d.name, StateKind::List, None)?;
-        Ok(ListState {
-            slot,
-            _types: PhantomData,
-        })
+        Ok(ListState { slot, _types: PhantomData })
     }
 
-    pub fn map_state<UK, UV>(
-        &mut self,
-        d: &MapStateDescriptor<UK, UV>,
-    ) -> Result<MapState<UK, UV>, StateError>
+    pub fn map_state<UK, UV>(&mut self, d: &MapStateDescriptor<UK, UV>) -> Result<MapState<UK, UV>, StateError>
     where
         UK: StateData + Ord,
         UV: StateData,
     {
         let slot = self.register::<BTreeMap<UK, UV>>(&d.name, StateKind::Map, None)?;
-        Ok(MapState {
-            slot,
-            _types: PhantomData,
-        })
+        Ok(MapState { slot, _types: PhantomData })
     }
 
     pub fn reducing_state<T: StateData>(
@@ -394,10 +323,7 @@ impl<K: Key> HeapKeyedBackend<K> {
         d: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<T>, StateError> {
         let slot = self.register::<T>(&d.name, StateKind::Reducing, Some(d.reduce.clone()))?;
-        Ok(ReducingState {
-            slot,
-            _types: PhantomData,
-        })
+        Ok(ReducingState { slot, _types: PhantomData })
     }
 
     /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
@@ -406,33 +332,19 @@ impl<K: Key> HeapKeyedBackend<K> {
     pub fn scope<'a>(&'a mut self, key: &'a K) -> Result<KeyScope<'a, K>, MisroutedKey> {
         let kg = assign_to_key_group(key, self.max_parallelism);
         match self.key_groups.offset_of(kg) {
-            Some(group) => Ok(KeyScope {
-                backend: self,
-                key,
-                group,
-            }),
-            None => Err(MisroutedKey {
-                key_group: kg,
-                owned: self.key_groups,
-            }),
+            Some(group) => Ok(KeyScope { backend: self, key, group }),
+            None => Err(MisroutedKey { key_group: kg, owned: self.key_groups }),
         }
     }
 
     /// The synchronous part of a snapshot: freezes every key group (pointer copies).
     pub fn snapshot(&self) -> KeyedSnapshot {
-        let mut tables: Vec<Box<dyn TableSnapshot>> =
-            self.tables.iter().map(|t| t.snapshot()).collect();
+        let mut tables: Vec<Box<dyn TableSnapshot>> = self.tables.iter().map(|t| t.snapshot()).collect();
         for raw in self.restored.values() {
-            tables.push(Box::new(RawTable {
-                meta: raw.meta.clone(),
-                groups: raw.groups.clone(),
-            }));
+            tables.push(Box::new(RawTable { meta: raw.meta.clone(), groups: raw.groups.clone() }));
         }
         tables.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
-        KeyedSnapshot {
-            key_groups: self.key_groups,
-            tables,
-        }
+        KeyedSnapshot { key_groups: self.key_groups, tables }
     }
 
     #[inline]
@@ -534,10 +446,7 @@ impl<T: StateData> ValueState<T> {
 
 impl<T: StateData> ListState<T> {
     pub fn get<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>) -> &'s [T] {
-        scope
-            .get::<Vec<T>>(self.slot)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        scope.get::<Vec<T>>(self.slot).map(Vec::as_slice).unwrap_or(&[])
     }
     pub fn add<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) {
         scope.entry::<Vec<T>>(self.slot, Vec::new).push(value)
@@ -556,17 +465,13 @@ impl<T: StateData> ListState<T> {
 
 impl<UK: StateData + Ord, UV: StateData> MapState<UK, UV> {
     pub fn get<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>, user_key: &UK) -> Option<&'s UV> {
-        scope
-            .get::<BTreeMap<UK, UV>>(self.slot)
-            .and_then(|m| m.get(user_key))
+        scope.get::<BTreeMap<UK, UV>>(self.slot).and_then(|m| m.get(user_key))
     }
     pub fn contains<K: Key>(&self, scope: &KeyScope<'_, K>, user_key: &UK) -> bool {
         self.get(scope, user_key).is_some()
     }
     pub fn put<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: UK, value: UV) {
-        scope
-            .entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new)
-            .insert(user_key, value);
+        scope.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new).insert(user_key, value);
     }
     pub fn remove<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Option<UV> {
         scope.get::<BTreeMap<UK, UV>>(self.slot)?.get(user_key)?;
@@ -577,14 +482,8 @@ impl<UK: StateData + Ord, UV: StateData> MapState<UK, UV> {
         }
         removed
     }
-    pub fn entries<'s, K: Key>(
-        &self,
-        scope: &'s KeyScope<'_, K>,
-    ) -> impl Iterator<Item = (&'s UK, &'s UV)> {
-        scope
-            .get::<BTreeMap<UK, UV>>(self.slot)
-            .into_iter()
-            .flat_map(|m| m.iter())
+    pub fn entries<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>) -> impl Iterator<Item = (&'s UK, &'s UV)> {
+        scope.get::<BTreeMap<UK, UV>>(self.slot).into_iter().flat_map(|m| m.iter())
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) {
         scope.remove::<BTreeMap<UK, UV>>(self.slot);
@@ -619,9 +518,7 @@ pub struct KeyedSnapshot {
 impl KeyedSnapshot {
     /// True when no state holds any entry: such a snapshot writes no file.
     pub fn is_empty(&self) -> bool {
-        self.tables
-            .iter()
-            .all(|t| (0..self.key_groups.count as usize).all(|i| t.group_len(i) == 0))
+        self.tables.iter().all(|t| (0..self.key_groups.count as usize).all(|i| t.group_len(i) == 0))
     }
 
     pub fn key_groups(&self) -> KeyGroupRange {
@@ -630,25 +527,16 @@ impl KeyedSnapshot {
 
     /// Writes the state file; returns the writer, the key-group offsets and the file size.
     pub fn write<W: Write>(&self, out: W) -> Result<(W, Vec<u64>, u64), StateError> {
-        let header = FileHeader {
-            key_groups: self.key_groups,
-            states: self.tables.iter().map(|t| t.meta().clone()).collect(),
-        };
-        let io = |source| StateError::Io {
-            path: PathBuf::from("<snapshot stream>"),
-            source,
-        };
+        let header =
+            FileHeader { key_groups: self.key_groups, states: self.tables.iter().map(|t| t.meta().clone()).collect() };
+        let io = |source| StateError::Io { path: PathBuf::from("<snapshot stream>"), source };
         let mut writer = StateFileWriter::new(out, &header).map_err(io)?;
         let mut payload = Vec::new();
         for local in 0..self.key_groups.count as usize {
             payload.clear();
             for (index, table) in self.tables.iter().enumerate() {
                 let entries = table.encode_group(local)?;
-                push_entries(
-                    &mut payload,
-                    index as u16,
-                    entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-                );
+                push_entries(&mut payload, index as u16, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
             }
             writer.write_key_group(&payload).map_err(io)?;
         }
@@ -670,10 +558,7 @@ mod tests {
         let snap = backend.snapshot();
         let (_, offsets, size) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
         let handle = KeyedStateHandle {
-            file: weir_core::metadata::StateFileRef {
-                path: name.into(),
-                size,
-            },
+            file: weir_core::metadata::StateFileRef { path: name.into(), size },
             key_groups: snap.key_groups(),
             offsets,
         };
@@ -683,23 +568,11 @@ mod tests {
     #[test]
     fn every_state_kind_round_trips_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        let count = b
-            .value_state(&ValueStateDescriptor::<u64>::new("count"))
-            .unwrap();
-        let seen = b
-            .list_state(&ListStateDescriptor::<String>::new("seen"))
-            .unwrap();
-        let attrs = b
-            .map_state(&MapStateDescriptor::<String, i32>::new("attrs"))
-            .unwrap();
-        let total = b
-            .reducing_state(&ReducingStateDescriptor::new(
-                "total",
-                |a: &i64, b: &i64| a + b,
-            ))
-            .unwrap();
+        let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let count = b.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+        let seen = b.list_state(&ListStateDescriptor::<String>::new("seen")).unwrap();
+        let attrs = b.map_state(&MapStateDescriptor::<String, i32>::new("attrs")).unwrap();
+        let total = b.reducing_state(&ReducingStateDescriptor::new("total", |a: &i64, b: &i64| a + b)).unwrap();
         for (i, key) in ["a", "b", "a", "c"].iter().enumerate() {
             let key = key.to_string();
             let mut s = b.scope(&key).unwrap();
@@ -711,24 +584,12 @@ mod tests {
         }
         let (path, handle) = write_snapshot(&b, dir.path(), "f");
 
-        let mut r: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut r: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
         r.restore(&[(path, handle)]).unwrap();
-        let count = r
-            .value_state(&ValueStateDescriptor::<u64>::new("count"))
-            .unwrap();
-        let seen = r
-            .list_state(&ListStateDescriptor::<String>::new("seen"))
-            .unwrap();
-        let attrs = r
-            .map_state(&MapStateDescriptor::<String, i32>::new("attrs"))
-            .unwrap();
-        let total = r
-            .reducing_state(&ReducingStateDescriptor::new(
-                "total",
-                |a: &i64, b: &i64| a + b,
-            ))
-            .unwrap();
+        let count = r.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+        let seen = r.list_state(&ListStateDescriptor::<String>::new("seen")).unwrap();
+        let attrs = r.map_state(&MapStateDescriptor::<String, i32>::new("attrs")).unwrap();
+        let total = r.reducing_state(&ReducingStateDescriptor::new("total", |a: &i64, b: &i64| a + b)).unwrap();
         let a = "a".to_string();
         let s = r.scope(&a).unwrap();
         assert_eq!(count.value(&s), Some(&2));
@@ -739,11 +600,8 @@ mod tests {
 
     #[test]
     fn snapshot_is_isolated_from_later_writes() {
-        let mut b: HeapKeyedBackend<u64> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        let v = b
-            .value_state(&ValueStateDescriptor::<u64>::new("v"))
-            .unwrap();
+        let mut b: HeapKeyedBackend<u64> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..1000u64 {
             v.update(&mut b.scope(&k).unwrap(), 1);
         }
@@ -755,19 +613,13 @@ mod tests {
         let path = dir.path().join("f");
         let (_, offsets, size) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
         let handle = KeyedStateHandle {
-            file: weir_core::metadata::StateFileRef {
-                path: "f".into(),
-                size,
-            },
+            file: weir_core::metadata::StateFileRef { path: "f".into(), size },
             key_groups: snap.key_groups(),
             offsets,
         };
-        let mut r: HeapKeyedBackend<u64> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut r: HeapKeyedBackend<u64> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
         r.restore(&[(path, handle)]).unwrap();
-        let v = r
-            .value_state(&ValueStateDescriptor::<u64>::new("v"))
-            .unwrap();
+        let v = r.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..1000u64 {
             assert_eq!(v.value(&r.scope(&k).unwrap()), Some(&1), "key {k}");
         }
@@ -781,9 +633,7 @@ mod tests {
         for i in 0..3 {
             let range = key_group_range_for_subtask(max_p, 3, i);
             let mut b: HeapKeyedBackend<u64> = HeapKeyedBackend::new(max_p, range);
-            let v = b
-                .value_state(&ValueStateDescriptor::<u64>::new("v"))
-                .unwrap();
+            let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
             for k in 0..500u64 {
                 if let Ok(mut s) = b.scope(&k) {
                     v.update(&mut s, k * 10);
@@ -794,15 +644,11 @@ mod tests {
         let mut found = vec![0; 500];
         for j in 0..2 {
             let range = key_group_range_for_subtask(max_p, 2, j);
-            let handles: Vec<_> = files
-                .iter()
-                .filter_map(|(p, h)| h.intersection(&range).map(|h| (p.clone(), h)))
-                .collect();
+            let handles: Vec<_> =
+                files.iter().filter_map(|(p, h)| h.intersection(&range).map(|h| (p.clone(), h))).collect();
             let mut b: HeapKeyedBackend<u64> = HeapKeyedBackend::new(max_p, range);
             b.restore(&handles).unwrap();
-            let v = b
-                .value_state(&ValueStateDescriptor::<u64>::new("v"))
-                .unwrap();
+            let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
             for k in 0..500u64 {
                 if let Ok(s) = b.scope(&k) {
                     assert_eq!(v.value(&s), Some(&(k * 10)));
@@ -816,70 +662,43 @@ mod tests {
     #[test]
     fn incompatible_types_and_kinds_are_refused_with_the_state_name() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        let v = b
-            .value_state(&ValueStateDescriptor::<String>::new("name"))
-            .unwrap();
+        let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let v = b.value_state(&ValueStateDescriptor::<String>::new("name")).unwrap();
         let k = "k".to_string();
         v.update(&mut b.scope(&k).unwrap(), "text".into());
         let file = write_snapshot(&b, dir.path(), "f");
 
-        let mut r: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut r: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
         r.restore(std::slice::from_ref(&file)).unwrap();
-        let err = r
-            .value_state(&ValueStateDescriptor::<u64>::new("name"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("'name'") && err.contains("value type"),
-            "{err}"
-        );
+        let err = r.value_state(&ValueStateDescriptor::<u64>::new("name")).err().unwrap().to_string();
+        assert!(err.contains("'name'") && err.contains("value type"), "{err}");
 
-        let mut r: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut r: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
         r.restore(&[file]).unwrap();
-        let err = r
-            .list_state(&ListStateDescriptor::<String>::new("name"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("declared as list state but the restored state is value state"),
-            "{err}"
-        );
+        let err = r.list_state(&ListStateDescriptor::<String>::new("name")).err().unwrap().to_string();
+        assert!(err.contains("declared as list state but the restored state is value state"), "{err}");
     }
 
     #[test]
     fn undeclared_restored_state_is_carried_into_the_next_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        let v = b
-            .value_state(&ValueStateDescriptor::<u64>::new("kept"))
-            .unwrap();
+        let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let v = b.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
         let k = "k".to_string();
         v.update(&mut b.scope(&k).unwrap(), 5);
         let file = write_snapshot(&b, dir.path(), "f1");
-        let mut mid: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut mid: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
         mid.restore(&[file]).unwrap();
         let file = write_snapshot(&mid, dir.path(), "f2");
-        let mut last: HeapKeyedBackend<String> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut last: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
         last.restore(&[file]).unwrap();
-        let v = last
-            .value_state(&ValueStateDescriptor::<u64>::new("kept"))
-            .unwrap();
+        let v = last.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
         assert_eq!(v.value(&last.scope(&k).unwrap()), Some(&5));
     }
 
     #[test]
     fn misrouted_keys_are_reported() {
-        let mut b: HeapKeyedBackend<i32> =
-            HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 31));
+        let mut b: HeapKeyedBackend<i32> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 31));
         // Integer 0 belongs to key group 94.
         assert_eq!(b.scope(&0).err().unwrap().key_group, 94);
     }

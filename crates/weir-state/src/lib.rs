@@ -16,8 +16,7 @@ pub mod operator;
 
 pub use error::StateError;
 pub use keyed::{
-    HeapKeyedBackend, Key, KeyScope, KeyedSnapshot, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateData, ValueState,
-    ValueStateDescriptor,
+    HeapKeyedBackend, Key, KeyScope, KeyedSnapshot, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    ReducingState, ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,
 };
 pub use operator::{OperatorStateSnapshot, OperatorStateStore};

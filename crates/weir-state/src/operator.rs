@@ -18,10 +18,7 @@ pub struct OperatorStateStore {
 
 impl OperatorStateStore {
     pub fn new(lists: Vec<OperatorListState>, was_restored: bool) -> Self {
-        OperatorStateStore {
-            restored: lists.into_iter().map(|l| (l.name.clone(), l)).collect(),
-            was_restored,
-        }
+        OperatorStateStore { restored: lists.into_iter().map(|l| (l.name.clone(), l)).collect(), was_restored }
     }
 
     /// True when the job started from a snapshot (even if this operator had no state in it).
@@ -37,10 +34,7 @@ impl OperatorStateStore {
         list.elements
             .iter()
             .map(|b| {
-                codec::decode(b).map_err(|detail| StateError::DecodeOperatorState {
-                    name: name.to_string(),
-                    detail,
-                })
+                codec::decode(b).map_err(|detail| StateError::DecodeOperatorState { name: name.to_string(), detail })
             })
             .collect()
     }
@@ -53,26 +47,14 @@ pub struct OperatorStateSnapshot {
 }
 
 impl OperatorStateSnapshot {
-    pub fn put_list<T: StateData>(
-        &mut self,
-        name: &str,
-        mode: Redistribution,
-        items: &[T],
-    ) -> Result<(), StateError> {
+    pub fn put_list<T: StateData>(&mut self, name: &str, mode: Redistribution, items: &[T]) -> Result<(), StateError> {
         let elements = items
             .iter()
             .map(|i| codec::encode(i).map(ByteBuf::from))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|detail| StateError::Encode {
-                name: name.to_string(),
-                detail,
-            })?;
+            .map_err(|detail| StateError::Encode { name: name.to_string(), detail })?;
         self.lists.retain(|l| l.name != name);
-        self.lists.push(OperatorListState {
-            name: name.to_string(),
-            mode,
-            elements,
-        });
+        self.lists.push(OperatorListState { name: name.to_string(), mode, elements });
         Ok(())
     }
 
@@ -88,8 +70,7 @@ mod tests {
     #[test]
     fn put_then_restore() {
         let mut s = OperatorStateSnapshot::default();
-        s.put_list("offset", Redistribution::Split, &[42u64])
-            .unwrap();
+        s.put_list("offset", Redistribution::Split, &[42u64]).unwrap();
         let store = OperatorStateStore::new(s.into_lists(), true);
         assert_eq!(store.list::<u64>("offset").unwrap(), vec![42]);
         assert!(store.list::<u64>("missing").unwrap().is_empty());

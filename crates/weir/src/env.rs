@@ -34,12 +34,7 @@ impl EnvInner {
         let index = self.nodes.len();
         self.nodes.push(node);
         if let Some(e) = input {
-            self.edges.push(EdgeBuilder {
-                from: e.from,
-                to: index,
-                kind: e.kind,
-                key_hash: e.key_hash,
-            });
+            self.edges.push(EdgeBuilder { from: e.from, to: index, kind: e.kind, key_hash: e.key_hash });
         }
         index
     }
@@ -54,11 +49,7 @@ struct JobArgs {
     #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint")]
     savepoint: Option<String>,
     /// Skip snapshot state that maps to no operator of this job.
-    #[arg(
-        short = 'n',
-        long = "allowNonRestoredState",
-        visible_alias = "allow-non-restored-state"
-    )]
+    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
     allow_non_restored_state: bool,
     /// Ownership of the restored snapshot's files: claim or no_claim.
     #[arg(long = "claim-mode", visible_alias = "claimMode")]
@@ -98,12 +89,7 @@ impl StreamEnv {
     pub fn with_config(config: Configuration) -> Self {
         init_logging();
         let pinned = config.iter().map(|(k, _)| k).collect();
-        StreamEnv {
-            inner: Rc::default(),
-            config,
-            pinned,
-            storage: None,
-        }
+        StreamEnv { inner: Rc::default(), config, pinned, storage: None }
     }
 
     /// Builds an environment from the process arguments; returns the job's own arguments.
@@ -112,9 +98,7 @@ impl StreamEnv {
     }
 
     /// Like [`from_args`](Self::from_args), from a given list (the first item is the program).
-    pub fn from_arg_list<I: IntoIterator<Item = String>>(
-        args: I,
-    ) -> Result<(StreamEnv, Vec<String>), Error> {
+    pub fn from_arg_list<I: IntoIterator<Item = String>>(args: I) -> Result<(StreamEnv, Vec<String>), Error> {
         let args = JobArgs::try_parse_from(args).map_err(|e| Error::Args(e.to_string()))?;
         let mut config = Configuration::new();
         for pair in &args.dynamic {
@@ -166,10 +150,7 @@ impl StreamEnv {
     }
 
     pub fn enable_checkpointing(&mut self, interval: Duration) -> &mut Self {
-        self.set_default(
-            keys::CHECKPOINT_INTERVAL,
-            format!("{} ms", interval.as_millis()),
-        );
+        self.set_default(keys::CHECKPOINT_INTERVAL, format!("{} ms", interval.as_millis()));
         self
     }
 
@@ -190,10 +171,7 @@ impl StreamEnv {
     }
 
     /// Adds a source.
-    pub fn source<T: Record, S: SourceFunction<T> + Clone + Sync>(
-        &self,
-        source: S,
-    ) -> DataStream<T> {
+    pub fn source<T: Record, S: SourceFunction<T> + Clone + Sync>(&self, source: S) -> DataStream<T> {
         let stateful = source.is_stateful();
         let node = NodeBuilder {
             name: "Source".to_string(),
@@ -202,19 +180,11 @@ impl StreamEnv {
             max_parallelism: None,
             stateful,
             is_source: true,
-            spec: Arc::new(SourceSpec::<T, S> {
-                source,
-                _types: PhantomData,
-            }),
+            spec: Arc::new(SourceSpec::<T, S> { source, _types: PhantomData }),
             output: Some(Arc::new(TypeOps::<T>::new())),
         };
         let index = self.inner.borrow_mut().add_node(node, None);
-        DataStream {
-            env: self.inner.clone(),
-            node: index,
-            edge: EdgeKind::Forward,
-            _types: PhantomData,
-        }
+        DataStream { env: self.inner.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
     }
 
     /// Starts the job and returns at once.
@@ -242,9 +212,6 @@ impl StreamEnv {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

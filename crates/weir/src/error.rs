@@ -12,9 +12,5 @@ pub enum Error {
     #[error("{0}")]
     Args(String),
     #[error("job {job_id} ended {status}: {cause}")]
-    JobFailed {
-        job_id: String,
-        status: JobStatus,
-        cause: String,
-    },
+    JobFailed { job_id: String, status: JobStatus, cause: String },
 }

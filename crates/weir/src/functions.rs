@@ -6,8 +6,8 @@ use weir_core::CheckpointId;
 use weir_runtime::{Output, TaskError, TaskResult};
 use weir_state::{
     HeapKeyedBackend, Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-    OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData,
-    ValueState, ValueStateDescriptor,
+    OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, ValueState,
+    ValueStateDescriptor,
 };
 
 /// The error type user functions return.
@@ -102,21 +102,12 @@ impl<K: Key> RuntimeContext<'_, K> {
         self.restored
     }
     fn state_err(&self, e: weir_state::StateError) -> BoxError {
-        Box::new(TaskError::Restore {
-            operator: self.operator.clone(),
-            source: e,
-        })
+        Box::new(TaskError::Restore { operator: self.operator.clone(), source: e })
     }
-    pub fn value_state<T: StateData>(
-        &mut self,
-        d: &ValueStateDescriptor<T>,
-    ) -> Result<ValueState<T>, BoxError> {
+    pub fn value_state<T: StateData>(&mut self, d: &ValueStateDescriptor<T>) -> Result<ValueState<T>, BoxError> {
         self.backend.value_state(d).map_err(|e| self.state_err(e))
     }
-    pub fn list_state<T: StateData>(
-        &mut self,
-        d: &ListStateDescriptor<T>,
-    ) -> Result<ListState<T>, BoxError> {
+    pub fn list_state<T: StateData>(&mut self, d: &ListStateDescriptor<T>) -> Result<ListState<T>, BoxError> {
         self.backend.list_state(d).map_err(|e| self.state_err(e))
     }
     pub fn map_state<UK: StateData + Ord, UV: StateData>(
@@ -129,9 +120,7 @@ impl<K: Key> RuntimeContext<'_, K> {
         &mut self,
         d: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<T>, BoxError> {
-        self.backend
-            .reducing_state(d)
-            .map_err(|e| self.state_err(e))
+        self.backend.reducing_state(d).map_err(|e| self.state_err(e))
     }
 }
 
@@ -141,12 +130,7 @@ pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
     fn open(&mut self, _ctx: &mut RuntimeContext<'_, K>) -> Result<(), BoxError> {
         Ok(())
     }
-    fn process(
-        &mut self,
-        value: I,
-        state: &mut KeyScope<'_, K>,
-        out: &mut Collector<'_, O>,
-    ) -> Result<(), BoxError>;
+    fn process(&mut self, value: I, state: &mut KeyScope<'_, K>, out: &mut Collector<'_, O>) -> Result<(), BoxError>;
 }
 
 /// What a sink subtask knows when it opens.
@@ -189,7 +173,5 @@ pub fn put_list<T: StateData>(
     mode: Redistribution,
     items: &[T],
 ) -> Result<(), BoxError> {
-    state
-        .put_list(name, mode, items)
-        .map_err(|e| Box::new(e) as BoxError)
+    state.put_list(name, mode, items).map_err(|e| Box::new(e) as BoxError)
 }

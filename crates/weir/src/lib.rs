@@ -29,8 +29,8 @@ mod stream;
 pub use env::StreamEnv;
 pub use error::Error;
 pub use functions::{
-    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction,
-    SourceContext, SourceFunction, SourcePoll,
+    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
+    SourceFunction, SourcePoll,
 };
 pub use stream::{DataStream, KeyedStream, SinkStream};
 
@@ -41,7 +41,6 @@ pub use weir_runtime::job::{latest_checkpoint, CheckpointStats, JobOutcome};
 pub use weir_runtime::storage::{CheckpointStorage, FsCheckpointStorage, StateOutput};
 pub use weir_runtime::{JobHandle, JobStatus};
 pub use weir_state::{
-    Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-    OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData,
-    ValueState, ValueStateDescriptor,
+    Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor, OperatorStateSnapshot,
+    OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,
 };

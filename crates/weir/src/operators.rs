@@ -1,8 +1,8 @@
 //! The operators behind the DataStream API, and their specs (how to instantiate one per subtask).
 
 use crate::functions::{
-    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction,
-    SourceContext, SourceFunction, SourcePoll,
+    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
+    SourceFunction, SourcePoll,
 };
 use std::any::Any;
 use std::marker::PhantomData;
@@ -12,18 +12,13 @@ use weir_core::OperatorId;
 use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record};
 use weir_runtime::graph::{Instance, NodeSpec};
 use weir_runtime::operator::{CapturedOperator, Next, OperatorContext};
-use weir_runtime::{
-    ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult,
-};
+use weir_runtime::{ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult};
 use weir_state::{HeapKeyedBackend, Key, OperatorStateSnapshot, OperatorStateStore};
 
 fn user_error(operator: &str, e: BoxError) -> TaskError {
     match e.downcast::<TaskError>() {
         Ok(task_error) => *task_error,
-        Err(e) => TaskError::User {
-            operator: operator.to_string(),
-            message: e.to_string(),
-        },
+        Err(e) => TaskError::User { operator: operator.to_string(), message: e.to_string() },
     }
 }
 
@@ -46,16 +41,9 @@ pub(crate) struct ChainedSpec<I, O, F> {
 }
 
 impl<I: Record, O: Record, F: Clone + Send + Sync + 'static> NodeSpec for ChainedSpec<I, O, F> {
-    fn instantiate(
-        &self,
-        _ctx: OperatorContext,
-        downstream: Box<dyn Any + Send>,
-    ) -> TaskResult<Instance> {
+    fn instantiate(&self, _ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
-        Ok(Instance::Operator(erase_output::<I>((self.build)(
-            self.f.clone(),
-            next,
-        ))))
+        Ok(Instance::Operator(erase_output::<I>((self.build)(self.f.clone(), next))))
     }
 }
 
@@ -124,20 +112,13 @@ pub(crate) struct KeyedProcessSpec<K, I, O, F> {
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sync> NodeSpec
     for KeyedProcessSpec<K, I, O, F>
 {
-    fn instantiate(
-        &self,
-        ctx: OperatorContext,
-        downstream: Box<dyn Any + Send>,
-    ) -> TaskResult<Instance> {
+    fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
         let mut backend = HeapKeyedBackend::new(ctx.max_parallelism, ctx.key_groups);
         if let Some(restored) = &ctx.restored {
             backend
                 .restore(&restored.keyed)
-                .map_err(|source| TaskError::Restore {
-                    operator: ctx.task_name(),
-                    source,
-                })?;
+                .map_err(|source| TaskError::Restore { operator: ctx.task_name(), source })?;
         }
         let mut f = self.f.clone();
         let mut rc = RuntimeContext {
@@ -147,8 +128,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
             restored: ctx.restored.is_some(),
             operator: ctx.task_name(),
         };
-        f.open(&mut rc)
-            .map_err(|e| user_error(&ctx.task_name(), e))?;
+        f.open(&mut rc).map_err(|e| user_error(&ctx.task_name(), e))?;
         let op = KeyedProcessOp {
             f,
             key: self.key.clone(),
@@ -172,16 +152,11 @@ struct KeyedProcessOp<K, I, O, F> {
     _types: PhantomData<fn(I)>,
 }
 
-impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I>
-    for KeyedProcessOp<K, I, O, F>
-{
+impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> for KeyedProcessOp<K, I, O, F> {
     #[inline]
     fn emit(&mut self, record: I) -> TaskResult {
         let key = (self.key)(&record);
-        let mut scope = self
-            .backend
-            .scope(&key)
-            .map_err(|e| TaskError::Internal(format!("{}: {e}", self.name)))?;
+        let mut scope = self.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", self.name)))?;
         let mut out = Collector::new(&mut *self.next);
         let result = self.f.process(record, &mut scope, &mut out);
         out.finish()?;
@@ -208,25 +183,12 @@ pub(crate) struct SinkSpec<T, S> {
 }
 
 impl<T: Record, S: SinkFunction<T> + Clone + Sync> NodeSpec for SinkSpec<T, S> {
-    fn instantiate(
-        &self,
-        ctx: OperatorContext,
-        _downstream: Box<dyn Any + Send>,
-    ) -> TaskResult<Instance> {
+    fn instantiate(&self, ctx: OperatorContext, _downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
         let mut sink = self.sink.clone();
         let state = operator_state(&ctx);
-        sink.open(&SinkContext {
-            subtask: ctx.subtask,
-            parallelism: ctx.parallelism,
-            state: &state,
-        })
-        .map_err(|e| user_error(&ctx.task_name(), e))?;
-        let op = SinkOp {
-            sink,
-            operator_id: ctx.operator_id,
-            name: ctx.task_name(),
-            _types: PhantomData,
-        };
+        sink.open(&SinkContext { subtask: ctx.subtask, parallelism: ctx.parallelism, state: &state })
+            .map_err(|e| user_error(&ctx.task_name(), e))?;
+        let op = SinkOp { sink, operator_id: ctx.operator_id, name: ctx.task_name(), _types: PhantomData };
         Ok(Instance::Operator(erase_output::<T>(Box::new(op))))
     }
 }
@@ -241,9 +203,7 @@ struct SinkOp<T, S> {
 impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
     #[inline]
     fn emit(&mut self, record: T) -> TaskResult {
-        self.sink
-            .invoke(record)
-            .map_err(|e| user_error(&self.name, e))
+        self.sink.invoke(record).map_err(|e| user_error(&self.name, e))
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
@@ -251,19 +211,16 @@ impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
         match event {
             ChainEvent::Barrier(capture) => {
                 let mut st = OperatorStateSnapshot::default();
-                self.sink
-                    .snapshot_state(capture.barrier.id, &mut st)
-                    .map_err(|e| user_error(name, e))?;
+                self.sink.snapshot_state(capture.barrier.id, &mut st).map_err(|e| user_error(name, e))?;
                 capture.operators.push(CapturedOperator {
                     operator_id: self.operator_id,
                     keyed: None,
                     operator_state: st,
                 });
             }
-            ChainEvent::CheckpointComplete(id) => self
-                .sink
-                .notify_checkpoint_complete(*id)
-                .map_err(|e| user_error(name, e))?,
+            ChainEvent::CheckpointComplete(id) => {
+                self.sink.notify_checkpoint_complete(*id).map_err(|e| user_error(name, e))?
+            }
             ChainEvent::EndOfInput => self.sink.finish().map_err(|e| user_error(name, e))?,
             ChainEvent::CheckpointAborted(_) | ChainEvent::Flush => {}
         }
@@ -279,20 +236,12 @@ pub(crate) struct SourceSpec<T, S> {
 }
 
 impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, S> {
-    fn instantiate(
-        &self,
-        ctx: OperatorContext,
-        downstream: Box<dyn Any + Send>,
-    ) -> TaskResult<Instance> {
+    fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
         let chain = unerase_output::<T>(downstream)?;
         let mut source = self.source.clone();
         let state = operator_state(&ctx);
         source
-            .open(&SourceContext {
-                subtask: ctx.subtask,
-                parallelism: ctx.parallelism,
-                state: &state,
-            })
+            .open(&SourceContext { subtask: ctx.subtask, parallelism: ctx.parallelism, state: &state })
             .map_err(|e| user_error(&ctx.task_name(), e))?;
         Ok(Instance::Source(Box::new(SourceTask {
             source,
@@ -317,9 +266,7 @@ impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
         match control {
             Control::Trigger(barrier) => {
                 let mut st = OperatorStateSnapshot::default();
-                self.source
-                    .snapshot_state(barrier.id, &mut st)
-                    .map_err(|e| user_error(&self.name, e))?;
+                self.source.snapshot_state(barrier.id, &mut st).map_err(|e| user_error(&self.name, e))?;
                 let mut capture = SnapshotCapture {
                     barrier,
                     operators: vec![CapturedOperator {
@@ -333,9 +280,7 @@ impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
                 Ok(None)
             }
             Control::CheckpointComplete(id) => {
-                self.source
-                    .notify_checkpoint_complete(id)
-                    .map_err(|e| user_error(&self.name, e))?;
+                self.source.notify_checkpoint_complete(id).map_err(|e| user_error(&self.name, e))?;
                 self.chain.event(&mut ChainEvent::CheckpointComplete(id))?;
                 Ok(None)
             }

@@ -2,9 +2,7 @@
 
 use crate::env::{EnvInner, PendingEdge};
 use crate::functions::{BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkFunction};
-use crate::operators::{
-    ChainedSpec, FilterOp, FlatMapOp, KeySelector, KeyedProcessSpec, MapOp, SinkSpec,
-};
+use crate::operators::{ChainedSpec, FilterOp, FlatMapOp, KeySelector, KeyedProcessSpec, MapOp, SinkSpec};
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::ops::AddAssign;
@@ -52,12 +50,7 @@ macro_rules! operator_settings {
 impl<T> Clone for DataStream<T> {
     /// Another handle to the same stream, to attach a second consumer (fan-out).
     fn clone(&self) -> Self {
-        DataStream {
-            env: self.env.clone(),
-            node: self.node,
-            edge: self.edge,
-            _types: PhantomData,
-        }
+        DataStream { env: self.env.clone(), node: self.node, edge: self.edge, _types: PhantomData }
     }
 }
 
@@ -81,62 +74,29 @@ impl<T: Record> DataStream<T> {
             spec,
             output: Some(Arc::new(TypeOps::<O>::new())),
         };
-        let index = self.env.borrow_mut().add_node(
-            node,
-            Some(PendingEdge {
-                from: self.node,
-                kind: self.edge,
-                key_hash,
-            }),
-        );
-        DataStream {
-            env: self.env.clone(),
-            node: index,
-            edge: EdgeKind::Forward,
-            _types: PhantomData,
-        }
+        let index =
+            self.env.borrow_mut().add_node(node, Some(PendingEdge { from: self.node, kind: self.edge, key_hash }));
+        DataStream { env: self.env.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
     }
 
-    pub fn map<O: Record, F: FnMut(T) -> O + Clone + Send + Sync + 'static>(
-        self,
-        f: F,
-    ) -> DataStream<O> {
+    pub fn map<O: Record, F: FnMut(T) -> O + Clone + Send + Sync + 'static>(self, f: F) -> DataStream<O> {
         fn build<T, O: Send + 'static, F: FnMut(T) -> O + Send + 'static>(
             f: F,
             next: Box<dyn Output<O>>,
         ) -> Box<dyn Output<T>> {
             Box::new(MapOp { f, next })
         }
-        self.add(
-            "Map",
-            false,
-            Arc::new(ChainedSpec::<T, O, F> {
-                f,
-                build: build::<T, O, F>,
-            }),
-            None,
-        )
+        self.add("Map", false, Arc::new(ChainedSpec::<T, O, F> { f, build: build::<T, O, F> }), None)
     }
 
-    pub fn filter<F: FnMut(&T) -> bool + Clone + Send + Sync + 'static>(
-        self,
-        f: F,
-    ) -> DataStream<T> {
+    pub fn filter<F: FnMut(&T) -> bool + Clone + Send + Sync + 'static>(self, f: F) -> DataStream<T> {
         fn build<T: Send + 'static, F: FnMut(&T) -> bool + Send + 'static>(
             f: F,
             next: Box<dyn Output<T>>,
         ) -> Box<dyn Output<T>> {
             Box::new(FilterOp { f, next })
         }
-        self.add(
-            "Filter",
-            false,
-            Arc::new(ChainedSpec::<T, T, F> {
-                f,
-                build: build::<T, F>,
-            }),
-            None,
-        )
+        self.add("Filter", false, Arc::new(ChainedSpec::<T, T, F> { f, build: build::<T, F> }), None)
     }
 
     pub fn flat_map<
@@ -147,26 +107,13 @@ impl<T: Record> DataStream<T> {
         self,
         f: F,
     ) -> DataStream<O> {
-        fn build<
-            T,
-            O: Send + 'static,
-            R: IntoIterator<Item = O>,
-            F: FnMut(T) -> R + Send + 'static,
-        >(
+        fn build<T, O: Send + 'static, R: IntoIterator<Item = O>, F: FnMut(T) -> R + Send + 'static>(
             f: F,
             next: Box<dyn Output<O>>,
         ) -> Box<dyn Output<T>> {
             Box::new(FlatMapOp { f, next })
         }
-        self.add(
-            "FlatMap",
-            false,
-            Arc::new(ChainedSpec::<T, O, F> {
-                f,
-                build: build::<T, O, R, F>,
-            }),
-            None,
-        )
+        self.add("FlatMap", false, Arc::new(ChainedSpec::<T, O, F> { f, build: build::<T, O, R, F> }), None)
     }
 
     /// Distributes records round robin to the next operator.
@@ -182,14 +129,8 @@ impl<T: Record> DataStream<T> {
     }
 
     /// Partitions the stream by key. `key` must be deterministic: it decides the key group.
-    pub fn key_by<K: Key, F: Fn(&T) -> K + Send + Sync + 'static>(
-        self,
-        key: F,
-    ) -> KeyedStream<K, T> {
-        KeyedStream {
-            stream: self,
-            key: Arc::new(key),
-        }
+    pub fn key_by<K: Key, F: Fn(&T) -> K + Send + Sync + 'static>(self, key: F) -> KeyedStream<K, T> {
+        KeyedStream { stream: self, key: Arc::new(key) }
     }
 
     pub fn sink<S: SinkFunction<T> + Clone + Sync>(self, sink: S) -> SinkStream {
@@ -201,24 +142,14 @@ impl<T: Record> DataStream<T> {
             max_parallelism: None,
             stateful,
             is_source: false,
-            spec: Arc::new(SinkSpec::<T, S> {
-                sink,
-                _types: PhantomData,
-            }),
+            spec: Arc::new(SinkSpec::<T, S> { sink, _types: PhantomData }),
             output: None,
         };
-        let index = self.env.borrow_mut().add_node(
-            node,
-            Some(PendingEdge {
-                from: self.node,
-                kind: self.edge,
-                key_hash: None,
-            }),
-        );
-        SinkStream {
-            env: self.env.clone(),
-            node: index,
-        }
+        let index = self
+            .env
+            .borrow_mut()
+            .add_node(node, Some(PendingEdge { from: self.node, kind: self.edge, key_hash: None }));
+        SinkStream { env: self.env.clone(), node: index }
     }
 }
 
@@ -241,17 +172,10 @@ pub struct KeyedStream<K, T> {
 
 impl<K: Key, T: Record> KeyedStream<K, T> {
     /// Processes each record with keyed state.
-    pub fn process<O: Record, F: KeyedProcessFunction<K, T, O> + Clone + Sync>(
-        self,
-        f: F,
-    ) -> DataStream<O> {
+    pub fn process<O: Record, F: KeyedProcessFunction<K, T, O> + Clone + Sync>(self, f: F) -> DataStream<O> {
         let key = self.key.clone();
         let hash: KeyHashFn<T> = Arc::new(move |t: &T| key(t).key_hash());
-        let spec = Arc::new(KeyedProcessSpec {
-            f,
-            key: self.key,
-            _types: PhantomData,
-        });
+        let spec = Arc::new(KeyedProcessSpec { f, key: self.key, _types: PhantomData });
         let mut stream = self.stream;
         stream.edge = EdgeKind::KeyGroup;
         stream.add("KeyedProcess", true, spec, Some(Arc::new(hash)))
@@ -262,16 +186,12 @@ impl<K: Key, T: Record> KeyedStream<K, T> {
     where
         T: StateData,
     {
-        self.process(ReduceFunction { f, state: None })
-            .name("Reduce")
+        self.process(ReduceFunction { f, state: None }).name("Reduce")
     }
 
     /// Sums the field `field` per key, keeping the other fields of the key's first record (like
     /// Flink's `sum`): `.sum(|wc: &mut WordCount| &mut wc.frequency)`.
-    pub fn sum<
-        N: AddAssign + Copy + 'static,
-        F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
-    >(
+    pub fn sum<N: AddAssign + Copy + 'static, F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static>(
         self,
         field: F,
     ) -> DataStream<T>
@@ -293,20 +213,15 @@ struct ReduceFunction<F, T> {
     state: Option<ValueState<T>>,
 }
 
-impl<K: Key, T: StateData + Record, F: Fn(T, T) -> T + Clone + Send + Sync + 'static>
-    KeyedProcessFunction<K, T, T> for ReduceFunction<F, T>
+impl<K: Key, T: StateData + Record, F: Fn(T, T) -> T + Clone + Send + Sync + 'static> KeyedProcessFunction<K, T, T>
+    for ReduceFunction<F, T>
 {
     fn open(&mut self, ctx: &mut RuntimeContext<'_, K>) -> Result<(), BoxError> {
         self.state = Some(ctx.value_state(&ValueStateDescriptor::new("reduce"))?);
         Ok(())
     }
 
-    fn process(
-        &mut self,
-        value: T,
-        state: &mut KeyScope<'_, K>,
-        out: &mut Collector<'_, T>,
-    ) -> Result<(), BoxError> {
+    fn process(&mut self, value: T, state: &mut KeyScope<'_, K>, out: &mut Collector<'_, T>) -> Result<(), BoxError> {
         let Some(handle) = self.state else {
             return Err("reduce state used before open".into());
         };

@@ -10,10 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use weir::connectors::{FileSink, GeneratorSource};
-use weir::{
-    BoxError, Collector, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState,
-    ValueStateDescriptor,
-};
+use weir::StreamEnv;
+use weir_examples::keyed_count::CountPerKey;
 
 #[derive(Parser)]
 struct Args {
@@ -26,31 +24,6 @@ struct Args {
     /// Records per second over all subtasks.
     #[arg(long)]
     rate: Option<f64>,
-}
-
-#[derive(Clone, Default)]
-struct CountPerKey {
-    count: Option<ValueState<u64>>,
-}
-
-impl KeyedProcessFunction<u64, (u64, u64), String> for CountPerKey {
-    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
-        self.count = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        (key, _): (u64, u64),
-        state: &mut KeyScope<'_, u64>,
-        out: &mut Collector<'_, String>,
-    ) -> Result<(), BoxError> {
-        let count = self.count.ok_or("not opened")?;
-        let n = count.value(state).copied().unwrap_or(0) + 1;
-        count.update(state, n);
-        out.collect(format!("{key} {n}"));
-        Ok(())
-    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -39,11 +39,7 @@ fn main() -> anyhow::Result<()> {
     env.enable_checkpointing(Duration::from_secs(1));
     env.set(weir::config_keys::CHECKPOINT_DIR, &args.checkpoints)?;
 
-    let source = if args.bounded {
-        FileSource::bounded(&args.input)
-    } else {
-        FileSource::follow(&args.input)
-    };
+    let source = if args.bounded { FileSource::bounded(&args.input) } else { FileSource::follow(&args.input) };
     let totals = env
         .source(source)
         .uid("source")
@@ -56,16 +52,9 @@ fn main() -> anyhow::Result<()> {
         .uid("sum")
         .name("Sum");
     if !args.quiet {
-        totals
-            .clone()
-            .sink(PrintSink::new())
-            .uid("print")
-            .name("Print");
+        totals.clone().sink(PrintSink::new()).uid("print").name("Print");
     }
-    totals
-        .sink(FileSink::new(&args.output))
-        .uid("sink")
-        .name("File Sink");
+    totals.sink(FileSink::new(&args.output)).uid("sink").name("File Sink");
     env.execute("word-count").context("word-count failed")?;
     Ok(())
 }

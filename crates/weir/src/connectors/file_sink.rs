@@ -64,14 +64,26 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl FileSink {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FileSink {
-            dir: dir.into(),
-            subtask: 0,
-            token: String::new(),
-            seq: 0,
-            current: None,
-            pending: Vec::new(),
+        FileSink { dir: dir.into(), subtask: 0, token: String::new(), seq: 0, current: None, pending: Vec::new() }
+    }
+
+    /// The lines of every committed file in `dir`, sorted: the sink's output as a reader sees it
+    /// (hidden in-progress and pending files are not output). A missing directory has no lines.
+    pub fn read_committed(dir: &Path) -> std::io::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(lines),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("part-") {
+                lines.extend(fs::read_to_string(entry.path())?.lines().map(str::to_string));
+            }
         }
+        lines.sort();
+        Ok(lines)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -85,15 +97,8 @@ impl FileSink {
         };
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        fs::rename(
-            self.path(&hidden(&base, "inprogress")),
-            self.path(&hidden(&base, "pending")),
-        )?;
-        self.pending.push(PendingFile {
-            checkpoint_id,
-            base,
-            writer: self.subtask,
-        });
+        fs::rename(self.path(&hidden(&base, "inprogress")), self.path(&hidden(&base, "pending")))?;
+        self.pending.push(PendingFile { checkpoint_id, base, writer: self.subtask });
         Ok(())
     }
 
@@ -114,9 +119,8 @@ impl FileSink {
     }
 
     fn commit_up_to(&mut self, checkpoint_id: CheckpointId) -> Result<(), BoxError> {
-        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.checkpoint_id <= checkpoint_id);
+        let (ready, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|p| p.checkpoint_id <= checkpoint_id);
         self.pending = later;
         for p in &ready {
             self.commit(p)?;
@@ -130,12 +134,8 @@ impl FileSink {
 
 impl<T: Display + Send + 'static> SinkFunction<T> for FileSink {
     fn open(&mut self, ctx: &SinkContext<'_>) -> Result<(), BoxError> {
-        fs::create_dir_all(&self.dir).map_err(|e| {
-            format!(
-                "cannot create output directory '{}': {e}",
-                self.dir.display()
-            )
-        })?;
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create output directory '{}': {e}", self.dir.display()))?;
         self.subtask = ctx.subtask;
         self.token = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         if !ctx.state.is_restored() {

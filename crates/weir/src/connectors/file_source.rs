@@ -42,31 +42,19 @@ impl Clone for FileSource {
 impl FileSource {
     /// Follows the file: reads it from the start, then every line appended later. Never ends.
     pub fn follow(path: impl Into<PathBuf>) -> Self {
-        FileSource {
-            path: path.into(),
-            follow: true,
-            active: false,
-            offset: 0,
-            reader: None,
-            partial: Vec::new(),
-        }
+        FileSource { path: path.into(), follow: true, active: false, offset: 0, reader: None, partial: Vec::new() }
     }
 
     /// Reads the file to its end, then finishes.
     pub fn bounded(path: impl Into<PathBuf>) -> Self {
-        FileSource {
-            follow: false,
-            ..Self::follow(path)
-        }
+        FileSource { follow: false, ..Self::follow(path) }
     }
 
     fn open_reader(&mut self) -> Result<bool, BoxError> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.follow => return Ok(false),
-            Err(e) => {
-                return Err(format!("cannot open input file '{}': {e}", self.path.display()).into())
-            }
+            Err(e) => return Err(format!("cannot open input file '{}': {e}", self.path.display()).into()),
         };
         let len = file.metadata()?.len();
         if len < self.offset {
@@ -125,11 +113,7 @@ impl SourceFunction<String> for FileSource {
         Ok(SourcePoll::More)
     }
 
-    fn snapshot_state(
-        &mut self,
-        _: CheckpointId,
-        state: &mut OperatorStateSnapshot,
-    ) -> Result<(), BoxError> {
+    fn snapshot_state(&mut self, _: CheckpointId, state: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
         if self.active {
             put_list(state, STATE, Redistribution::Split, &[self.offset])
         } else {

@@ -99,9 +99,7 @@ impl<T: Send + 'static> SourceFunction<T> for GeneratorSource<T> {
             let allowed = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
             let emitted = (next - emitted_at_start) / step;
             if emitted >= allowed {
-                return Ok(SourcePoll::Idle(Duration::from_secs_f64(
-                    (1.0 / rate).min(0.05),
-                )));
+                return Ok(SourcePoll::Idle(Duration::from_secs_f64((1.0 / rate).min(0.05))));
             }
             budget = budget.min(allowed - emitted);
         }
@@ -117,11 +115,7 @@ impl<T: Send + 'static> SourceFunction<T> for GeneratorSource<T> {
         Ok(SourcePoll::More)
     }
 
-    fn snapshot_state(
-        &mut self,
-        _: CheckpointId,
-        state: &mut OperatorStateSnapshot,
-    ) -> Result<(), BoxError> {
+    fn snapshot_state(&mut self, _: CheckpointId, state: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
         put_list(state, STATE, Redistribution::Split, &[self.position])
     }
 }

@@ -38,10 +38,8 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -52,20 +50,11 @@ fn run_five_checkpoints(base: &Path, retained: &str) -> (JobHandle, PathBuf) {
     let c = config(&[
         ("execution.checkpointing.interval", "20 ms"),
         ("execution.checkpointing.num-retained", retained),
-        (
-            "execution.checkpointing.tolerable-failed-checkpoints",
-            "1000",
-        ),
-        (
-            "execution.checkpointing.externalized-checkpoint-retention",
-            "RETAIN_ON_CANCELLATION",
-        ),
+        ("execution.checkpointing.tolerable-failed-checkpoints", "1000"),
+        ("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"),
     ]);
     let mut env = StreamEnv::with_config(c);
-    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(
-        &ck,
-        StorageFault::DeclineAbove(5),
-    )));
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&ck, StorageFault::DeclineAbove(5))));
     keyed_job(&env, &base.join("out"));
     let handle = env.execute_async("five-checkpoints").unwrap();
     wait_until("checkpoint 5 and a declined 6", || {
@@ -79,25 +68,15 @@ fn run_five_checkpoints(base: &Path, retained: &str) -> (JobHandle, PathBuf) {
 fn num_retained_two_keeps_chk_4_and_5() {
     let dir = tempfile::tempdir().unwrap();
     let (handle, job_dir) = run_five_checkpoints(dir.path(), "2");
-    let ids: Vec<u64> = handle
-        .completed_checkpoints()
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let ids: Vec<u64> = handle.completed_checkpoints().iter().map(|c| c.id).collect();
     assert_eq!(ids, vec![1, 2, 3, 4, 5]);
     handle.cancel();
     assert_eq!(handle.wait().status, weir::JobStatus::Canceled);
-    assert_eq!(
-        listing(&job_dir),
-        vec!["chk-4", "chk-5", "shared", "taskowned"]
-    );
+    assert_eq!(listing(&job_dir), vec!["chk-4", "chk-5", "shared", "taskowned"]);
     for chk in ["chk-4", "chk-5"] {
         let files = listing(&job_dir.join(chk));
         assert!(files.contains(&"_metadata".to_string()), "{chk}: {files:?}");
-        assert!(
-            files.iter().any(|f| f.starts_with("keyed-")),
-            "{chk} holds the keyed state file: {files:?}"
-        );
+        assert!(files.iter().any(|f| f.starts_with("keyed-")), "{chk} holds the keyed state file: {files:?}");
     }
 }
 
@@ -105,16 +84,12 @@ fn num_retained_two_keeps_chk_4_and_5() {
 fn default_retention_deletes_checkpoints_when_the_job_is_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("ck");
-    let c = config(&[
-        ("execution.checkpointing.interval", "20 ms"),
-        ("execution.checkpointing.dir", ck.to_str().unwrap()),
-    ]);
+    let c =
+        config(&[("execution.checkpointing.interval", "20 ms"), ("execution.checkpointing.dir", ck.to_str().unwrap())]);
     let env = StreamEnv::with_config(c);
     keyed_job(&env, &dir.path().join("out"));
     let handle = env.execute_async("default-retention").unwrap();
-    wait_until("two checkpoints", || {
-        handle.completed_checkpoints().len() >= 2
-    });
+    wait_until("two checkpoints", || handle.completed_checkpoints().len() >= 2);
     let job_dir = ck.join(handle.job_id().to_hex());
     handle.cancel();
     handle.wait();
@@ -128,10 +103,7 @@ fn restore_error(snapshot: &Path, out: &Path) -> String {
     match env.execute_async("restore") {
         Ok(h) => {
             h.cancel();
-            panic!(
-                "restore from {} should have been refused",
-                snapshot.display()
-            )
+            panic!("restore from {} should have been refused", snapshot.display())
         }
         Err(e) => e.to_string(),
     }
@@ -151,29 +123,16 @@ fn only_directories_with_valid_metadata_are_checkpoints() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
     std::fs::write(job_dir.join("chk-8").join("_metadata"), &bytes).unwrap();
-    assert_eq!(
-        weir::latest_checkpoint(&job_dir),
-        Some((5, job_dir.join("chk-5")))
-    );
+    assert_eq!(weir::latest_checkpoint(&job_dir), Some((5, job_dir.join("chk-5"))));
 
     let out = dir.path().join("out2");
     let err = restore_error(&job_dir.join("chk-7"), &out);
-    assert!(
-        err.contains("Cannot find meta data file '_metadata' in directory")
-            && err.contains("chk-7"),
-        "{err}"
-    );
+    assert!(err.contains("Cannot find meta data file '_metadata' in directory") && err.contains("chk-7"), "{err}");
     let err = restore_error(&job_dir.join("chk-8"), &out);
     let file = job_dir.join("chk-8").join("_metadata");
-    assert!(
-        err.contains(&file.display().to_string()) && err.contains("corrupted"),
-        "{err}"
-    );
+    assert!(err.contains(&file.display().to_string()) && err.contains("corrupted"), "{err}");
     let err = restore_error(&dir.path().join("no-such-checkpoint"), &out);
-    assert!(
-        err.contains("Cannot find checkpoint or savepoint") && err.contains("no-such-checkpoint"),
-        "{err}"
-    );
+    assert!(err.contains("Cannot find checkpoint or savepoint") && err.contains("no-such-checkpoint"), "{err}");
     // The refused snapshots are untouched.
     assert_eq!(std::fs::read(&file).unwrap(), bytes);
     assert!(!out.exists(), "a refused restore must not start the job");
@@ -189,54 +148,26 @@ fn restore_continues_the_checkpoint_counter_and_metadata_names_operators_by_uid_
     let bytes = std::fs::read(chk5.join("_metadata")).unwrap();
     let meta = weir_core::metadata::decode(&bytes, "chk-5").unwrap();
     assert_eq!(meta.checkpoint_id, 5);
-    let source = meta
-        .operators
-        .iter()
-        .find(|o| o.uid.as_deref() == Some("source-id"))
-        .unwrap();
-    assert_eq!(
-        source.operator_id.to_hex(),
-        "bd9c186e89cc37a76d776844dfa8ccba"
-    );
+    let source = meta.operators.iter().find(|o| o.uid.as_deref() == Some("source-id")).unwrap();
+    assert_eq!(source.operator_id.to_hex(), "bd9c186e89cc37a76d776844dfa8ccba");
 
     let ck2 = dir.path().join("ck2");
-    let args = [
-        "job",
-        "-s",
-        chk5.to_str().unwrap(),
-        "-D",
-        "execution.checkpointing.interval=20 ms",
-    ]
-    .map(String::from);
+    let args = ["job", "-s", chk5.to_str().unwrap(), "-D", "execution.checkpointing.interval=20 ms"].map(String::from);
     let (mut env, _) = StreamEnv::from_arg_list(args).unwrap();
-    env.set(weir::config_keys::CHECKPOINT_DIR, ck2.to_str().unwrap())
-        .unwrap();
+    env.set(weir::config_keys::CHECKPOINT_DIR, ck2.to_str().unwrap()).unwrap();
     keyed_job(&env, &dir.path().join("out"));
     let handle = env.execute_async("restored").unwrap();
-    wait_until("a checkpoint after restore", || {
-        !handle.completed_checkpoints().is_empty()
-    });
-    assert_eq!(
-        handle.completed_checkpoints()[0].id,
-        6,
-        "ids continue at snapshot id + 1"
-    );
+    wait_until("a checkpoint after restore", || !handle.completed_checkpoints().is_empty());
+    assert_eq!(handle.completed_checkpoints()[0].id, 6, "ids continue at snapshot id + 1");
     handle.cancel();
     handle.wait();
-    assert!(
-        chk5.join("_metadata").exists(),
-        "the restored checkpoint is not deleted by the new job"
-    );
+    assert!(chk5.join("_metadata").exists(), "the restored checkpoint is not deleted by the new job");
 }
 
 #[test]
 fn duplicate_uids_are_refused_naming_the_uid() {
     let env = StreamEnv::new();
-    env.source(GeneratorSource::counter().with_count(1))
-        .uid("same")
-        .map(|x: u64| x)
-        .uid("same")
-        .sink(PrintSink::new());
+    env.source(GeneratorSource::counter().with_count(1)).uid("same").map(|x: u64| x).uid("same").sink(PrintSink::new());
     let err = env.execute_async("dup").err().unwrap().to_string();
     assert!(err.contains("uid 'same' is used by two operators"), "{err}");
 }
@@ -252,18 +183,13 @@ fn disabled_auto_uids_refuse_a_stateful_operator_without_uid() {
         .name("Total")
         .sink(PrintSink::new());
     let err = env.execute_async("no-uid").err().unwrap().to_string();
-    assert!(
-        err.contains("operator 'Total' keeps state but has no uid"),
-        "{err}"
-    );
+    assert!(err.contains("operator 'Total' keeps state but has no uid"), "{err}");
 }
 
 #[test]
 fn checkpointing_without_a_directory_is_refused() {
     let env = StreamEnv::with_config(config(&[("execution.checkpointing.interval", "1 s")]));
-    env.source(GeneratorSource::counter().with_count(1))
-        .uid("s")
-        .sink(PrintSink::new());
+    env.source(GeneratorSource::counter().with_count(1)).uid("s").sink(PrintSink::new());
     let err = env.execute_async("no-dir").err().unwrap().to_string();
     assert!(err.contains("execution.checkpointing.dir"), "{err}");
 }

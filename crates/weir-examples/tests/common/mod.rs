@@ -8,36 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use weir::{CheckpointStorage, FsCheckpointStorage, JobId, StateOutput};
 
-/// Lines of the committed (visible) part files of an exactly-once file sink, sorted.
+/// The committed output of an exactly-once file sink, sorted.
 pub fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return lines;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("part-") {
-            let text = std::fs::read_to_string(e.path()).unwrap();
-            lines.extend(text.lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
+    weir::connectors::FileSink::read_committed(dir).expect("readable output directory")
 }
 
-/// The output a keyed running count must commit: `key n` for n in 1..=count of key, once each.
-pub fn keyed_count_truth(records: u64, keys: u64) -> Vec<String> {
-    let mut per_key: BTreeMap<u64, u64> = BTreeMap::new();
-    for i in 0..records {
-        *per_key.entry(i % keys).or_default() += 1;
-    }
-    let mut lines: Vec<String> = per_key
-        .iter()
-        .flat_map(|(k, n)| (1..=*n).map(move |c| format!("{k} {c}")))
-        .collect();
-    lines.sort();
-    lines
-}
+#[allow(unused_imports)]
+pub use weir_examples::keyed_count::expected_output as keyed_count_truth;
 
 /// Describes the first difference between two sorted line lists.
 pub fn diff(got: &[String], want: &[String]) -> String {
@@ -50,11 +27,7 @@ pub fn diff(got: &[String], want: &[String]) -> String {
     }
     let dup: Vec<_> = g.iter().filter(|(_, n)| **n > 0).take(5).collect();
     let lost: Vec<_> = g.iter().filter(|(_, n)| **n < 0).take(5).collect();
-    format!(
-        "{} lines vs {} expected; duplicated/extra: {dup:?}; lost: {lost:?}",
-        got.len(),
-        want.len()
-    )
+    format!("{} lines vs {} expected; duplicated/extra: {dup:?}; lost: {lost:?}", got.len(), want.len())
 }
 
 /// A small deterministic random generator (xorshift), so failures are reproducible from a seed.
@@ -155,10 +128,7 @@ impl CheckpointStorage for FaultyStorage {
         let n = self.state_files.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fault == StorageFault::StateFile(n) {
             self.fired.fetch_add(1, Ordering::SeqCst);
-            return Ok(Box::new(FailingOutput {
-                inner: out,
-                budget: 40,
-            }));
+            return Ok(Box::new(FailingOutput { inner: out, budget: 40 }));
         }
         Ok(out)
     }

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use weir::connectors::{FileSink, GeneratorSource};
 use weir::{
-    BoxError, CheckpointId, Collector, Configuration, KeyScope, KeyedProcessFunction,
-    OperatorStateSnapshot, RuntimeContext, SinkContext, SinkFunction, StreamEnv, ValueState,
-    ValueStateDescriptor,
+    BoxError, CheckpointId, Collector, Configuration, KeyScope, KeyedProcessFunction, OperatorStateSnapshot,
+    RuntimeContext, SinkContext, SinkFunction, StreamEnv,
 };
+use weir_examples::keyed_count::CountPerKey;
 
 /// A plan of failures for one run. Counters are shared by every subtask and survive restarts.
 #[derive(Clone, Default)]
@@ -37,37 +37,32 @@ impl Faults {
     }
 }
 
+/// The example's per-key count, with panics injected into processing and restore.
 #[derive(Clone)]
 struct Count {
-    state: Option<ValueState<u64>>,
+    inner: CountPerKey,
     faults: Faults,
 }
 
 impl KeyedProcessFunction<u64, (u64, u64), String> for Count {
     fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
-        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        self.inner.open(ctx)?;
         if ctx.is_restored() {
             let n = self.faults.restores.fetch_add(1, Ordering::SeqCst) + 1;
-            self.faults
-                .fire_once(n == self.faults.panic_at_restore, "panic while restoring");
+            self.faults.fire_once(n == self.faults.panic_at_restore, "panic while restoring");
         }
         Ok(())
     }
 
     fn process(
         &mut self,
-        (key, _): (u64, u64),
+        record: (u64, u64),
         state: &mut KeyScope<'_, u64>,
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let seen = self.faults.records.fetch_add(1, Ordering::SeqCst) + 1;
-        self.faults
-            .fire_once(seen == self.faults.panic_at_record, "panic in operator");
-        let h = self.state.ok_or("not opened")?;
-        let n = h.value(state).copied().unwrap_or(0) + 1;
-        h.update(state, n);
-        out.collect(format!("{key} {n}"));
-        Ok(())
+        self.faults.fire_once(seen == self.faults.panic_at_record, "panic in operator");
+        self.inner.process(record, state, out)
     }
 }
 
@@ -85,15 +80,8 @@ impl SinkFunction<String> for SinkWithFault {
     fn invoke(&mut self, value: String) -> Result<(), BoxError> {
         self.inner.invoke(value)
     }
-    fn snapshot_state(
-        &mut self,
-        id: CheckpointId,
-        state: &mut OperatorStateSnapshot,
-    ) -> Result<(), BoxError> {
-        self.faults.fire_once(
-            id == self.faults.panic_at_snapshot,
-            "panic in sink snapshot",
-        );
+    fn snapshot_state(&mut self, id: CheckpointId, state: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
+        self.faults.fire_once(id == self.faults.panic_at_snapshot, "panic in sink snapshot");
         SinkFunction::<String>::snapshot_state(&mut self.inner, id, state)
     }
     fn notify_checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), BoxError> {
@@ -139,10 +127,7 @@ fn run_once(seed: u64) -> RunStats {
     let mut config = Configuration::new();
     for (k, v) in [
         ("execution.checkpointing.interval", "15 ms"),
-        (
-            "execution.checkpointing.dir",
-            dir.path().join("ck").to_str().unwrap(),
-        ),
+        ("execution.checkpointing.dir", dir.path().join("ck").to_str().unwrap()),
         ("restart-strategy.type", "fixed-delay"),
         ("restart-strategy.fixed-delay.attempts", "50"),
         ("restart-strategy.fixed-delay.delay", "0 ms"),
@@ -150,38 +135,21 @@ fn run_once(seed: u64) -> RunStats {
     ] {
         config.set(k, v).unwrap();
     }
-    config
-        .set("parallelism.default", &parallelism.to_string())
-        .unwrap();
+    config.set("parallelism.default", &parallelism.to_string()).unwrap();
     let mut env = StreamEnv::with_config(config);
     if let Some(f) = storage_fault {
         env.set_checkpoint_storage(Arc::new(FaultyStorage::new(dir.path().join("ck"), f)));
     }
     let out = dir.path().join("out");
-    env.source(
-        GeneratorSource::keyed(keys)
-            .with_count(records)
-            .with_rate(40_000.0),
-    )
-    .uid("generator")
-    .key_by(|r: &(u64, u64)| r.0)
-    .process(Count {
-        state: None,
-        faults: faults.clone(),
-    })
-    .uid("count")
-    .sink(SinkWithFault {
-        inner: FileSink::new(&out),
-        faults: faults.clone(),
-    })
-    .uid("sink");
+    env.source(GeneratorSource::keyed(keys).with_count(records).with_rate(40_000.0))
+        .uid("generator")
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(Count { inner: CountPerKey::default(), faults: faults.clone() })
+        .uid("count")
+        .sink(SinkWithFault { inner: FileSink::new(&out), faults: faults.clone() })
+        .uid("sink");
     let outcome = env.execute_async("exactly-once").unwrap().wait();
-    assert_eq!(
-        outcome.status,
-        weir::JobStatus::Finished,
-        "seed {seed}: {:?}",
-        outcome.failure
-    );
+    assert_eq!(outcome.status, weir::JobStatus::Finished, "seed {seed}: {:?}", outcome.failure);
     let got = committed_lines(&out);
     let want = keyed_count_truth(records, keys);
     assert!(
@@ -199,14 +167,8 @@ fn run_once(seed: u64) -> RunStats {
 
 #[test]
 fn exactly_once_with_random_failures() {
-    let iterations: u64 = std::env::var("WEIR_EO_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let base: u64 = std::env::var("WEIR_EO_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed);
+    let iterations: u64 = std::env::var("WEIR_EO_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let base: u64 = std::env::var("WEIR_EO_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     let (mut restarts, mut restores, mut fired) = (0u64, 0u64, 0u64);
     for i in 0..iterations {
         let s = run_once(base + i);
@@ -216,16 +178,7 @@ fn exactly_once_with_random_failures() {
     }
     eprintln!("{iterations} runs: {restarts} restarts, {restores} operator restores from checkpoints, {fired} injected panics");
     // The failures must really have happened, and most restarts must have restored state.
-    assert!(
-        restarts >= iterations,
-        "only {restarts} restarts in {iterations} runs"
-    );
-    assert!(
-        restores >= iterations / 2,
-        "only {restores} restores from checkpoints in {iterations} runs"
-    );
-    assert!(
-        fired >= iterations / 2,
-        "only {fired} injected panics in {iterations} runs"
-    );
+    assert!(restarts >= iterations, "only {restarts} restarts in {iterations} runs");
+    assert!(restores >= iterations / 2, "only {restores} restores from checkpoints in {iterations} runs");
+    assert!(fired >= iterations / 2, "only {fired} injected panics in {iterations} runs");
 }

@@ -48,9 +48,7 @@ fn slow_sink_bounds_in_flight_records_and_checkpoints_complete() {
         .reduce(|a: (u64, u64), b: (u64, u64)| (a.0, a.1 + b.1))
         .uid("sum")
         .map(|(k, v): (u64, u64)| format!("{k} {v}"))
-        .sink(SlowSink {
-            received: received.clone(),
-        })
+        .sink(SlowSink { received: received.clone() })
         .uid("slow-sink");
     let handle = env.execute_async("backpressure").unwrap();
 
@@ -66,23 +64,11 @@ fn slow_sink_bounds_in_flight_records_and_checkpoints_complete() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let completed = handle.completed_checkpoints().len();
-    let (e, r) = (
-        emitted.load(Ordering::SeqCst),
-        received.load(Ordering::SeqCst),
-    );
+    let (e, r) = (emitted.load(Ordering::SeqCst), received.load(Ordering::SeqCst));
     handle.cancel();
     handle.wait();
-    assert!(
-        completed >= 3,
-        "checkpoints must complete under backpressure, got {completed}"
-    );
-    assert!(
-        max_in_flight <= bound,
-        "in flight {max_in_flight} exceeds the bound {bound}"
-    );
+    assert!(completed >= 3, "checkpoints must complete under backpressure, got {completed}");
+    assert!(max_in_flight <= bound, "in flight {max_in_flight} exceeds the bound {bound}");
     // Without backpressure the generator would have emitted millions in 3 s.
-    assert!(
-        e < r + bound && e < 100_000,
-        "source was not slowed: emitted {e}, received {r}"
-    );
+    assert!(e < r + bound && e < 100_000, "source was not slowed: emitted {e}, received {r}");
 }
