@@ -32,6 +32,9 @@ struct Args {
     /// Measurement window per configuration, in seconds.
     #[arg(long, default_value_t = 12)]
     seconds: u64,
+    /// Runs per configuration; the median (by throughput) is reported, with every run's rate.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results/engine.json")]
     out: String,
@@ -49,10 +52,13 @@ struct Result {
     seconds: f64,
     records_per_second: f64,
     checkpoints: usize,
-    checkpoint_duration_ms_avg: f64,
-    checkpoint_duration_ms_max: f64,
-    checkpoint_bytes_avg: f64,
+    checkpoint_duration_ms_avg: Option<f64>,
+    checkpoint_duration_ms_max: Option<f64>,
+    checkpoint_bytes_avg: Option<f64>,
     peak_rss_bytes: u64,
+    /// Throughput of every repetition (records/s), when repeated.
+    #[serde(default)]
+    runs_records_per_second: Vec<f64>,
 }
 
 /// Counts records per key; publishes the number processed to a shared counter in chunks.
@@ -161,7 +167,8 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     let checkpoints = handle.completed_checkpoints();
     handle.cancel();
     handle.wait();
-    let n = checkpoints.len().max(1) as f64;
+    let n = checkpoints.len() as f64;
+    let some = |v: f64| (n > 0.0).then_some(v);
     Ok(Result {
         shape: shape.to_string(),
         parallelism,
@@ -170,11 +177,29 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         seconds: elapsed,
         records_per_second: (c1 - c0) as f64 / elapsed,
         checkpoints: checkpoints.len(),
-        checkpoint_duration_ms_avg: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).sum::<f64>() / n,
-        checkpoint_duration_ms_max: checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).fold(0.0, f64::max),
-        checkpoint_bytes_avg: checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n,
+        checkpoint_duration_ms_avg: some(
+            checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).sum::<f64>() / n,
+        ),
+        checkpoint_duration_ms_max: some(
+            checkpoints.iter().map(|c| c.duration.as_secs_f64() * 1000.0).fold(0.0, f64::max),
+        ),
+        checkpoint_bytes_avg: some(checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n),
         peak_rss_bytes: peak_rss(),
+        runs_records_per_second: Vec::new(),
     })
+}
+
+/// Runs one configuration in a child process and parses its JSON line.
+fn run_child(exe: &std::path::Path, spec: &str, seconds: u64) -> anyhow::Result<Result> {
+    let out = Command::new(exe)
+        .args(["--single", spec, "--seconds", &seconds.to_string()])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!("{spec} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8(out.stdout)?;
+    serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -191,24 +216,23 @@ fn main() -> anyhow::Result<()> {
         for p in [1, 2] {
             for interval in [0, 10_000, 1_000] {
                 let spec = format!("{shape},{p},{interval}");
-                let out = Command::new(&exe)
-                    .args(["--single", &spec, "--seconds", &args.seconds.to_string()])
-                    .env("RUST_LOG", "warn")
-                    .output()?;
-                if !out.status.success() {
-                    bail!("{spec} failed: {}", String::from_utf8_lossy(&out.stderr));
+                let mut runs = Vec::new();
+                for _ in 0..args.repeat.max(1) {
+                    runs.push(run_child(&exe, &spec, args.seconds)?);
                 }
-                let line = String::from_utf8(out.stdout)?;
-                let r: Result = serde_json::from_str(line.trim()).with_context(|| format!("{spec}: {line}"))?;
+                runs.sort_by(|a, b| a.records_per_second.total_cmp(&b.records_per_second));
+                let rates: Vec<f64> = runs.iter().map(|r| r.records_per_second).collect();
+                let mut r = runs.swap_remove(runs.len() / 2);
+                r.runs_records_per_second = rates;
                 eprintln!(
-                    "{:<12} p={} checkpoints={:>6}: {:>6.2} M records/s, {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
+                    "{:<12} p={} checkpoints={:>6}: {:>6.2} M records/s (median), {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
                     r.shape,
                     r.parallelism,
                     if interval == 0 { "none".to_string() } else { format!("{} s", interval / 1000) },
                     r.records_per_second / 1e6,
                     r.checkpoints,
-                    r.checkpoint_duration_ms_avg,
-                    r.checkpoint_bytes_avg,
+                    r.checkpoint_duration_ms_avg.unwrap_or(0.0),
+                    r.checkpoint_bytes_avg.unwrap_or(0.0),
                     r.peak_rss_bytes as f64 / 1e6
                 );
                 results.push(r);

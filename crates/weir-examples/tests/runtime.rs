@@ -1,0 +1,206 @@
+//! The runtime through the public API: partitioners, keyed routing against state ownership, job
+//! status transitions and restart limits, and checkpoint expiry.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weir::connectors::GeneratorSource;
+use weir::{
+    BoxError, CheckpointId, Collector, Configuration, JobStatus, KeyScope, KeyedProcessFunction, OperatorStateSnapshot,
+    RuntimeContext, SinkContext, SinkFunction, StreamEnv,
+};
+
+fn config(pairs: &[(&str, &str)]) -> Configuration {
+    let mut c = Configuration::new();
+    for (k, v) in pairs {
+        c.set(k, v).unwrap();
+    }
+    c
+}
+
+/// Records which subtask received which value.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<(u32, u64)>>>,
+    subtask: u32,
+}
+
+impl SinkFunction<u64> for Recorder {
+    fn open(&mut self, ctx: &SinkContext<'_>) -> Result<(), BoxError> {
+        self.subtask = ctx.subtask;
+        Ok(())
+    }
+    fn invoke(&mut self, value: u64) -> Result<(), BoxError> {
+        self.seen.lock().unwrap().push((self.subtask, value));
+        Ok(())
+    }
+}
+
+fn per_subtask(seen: &[(u32, u64)]) -> BTreeMap<u32, Vec<u64>> {
+    let mut m: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (s, v) in seen {
+        m.entry(*s).or_default().push(*v);
+    }
+    m
+}
+
+#[test]
+fn rebalance_deals_round_robin_and_broadcast_reaches_every_subtask() {
+    let rebalanced = Recorder::default();
+    let broadcast = Recorder::default();
+    let env = StreamEnv::new();
+    let source = env.source(GeneratorSource::counter().with_count(1000)).uid("numbers");
+    source.clone().rebalance().sink(rebalanced.clone()).uid("rebalanced").set_parallelism(3);
+    source.broadcast().sink(broadcast.clone()).uid("broadcast").set_parallelism(3);
+    assert_eq!(env.execute("partitioners").unwrap().status, JobStatus::Finished);
+
+    let r = per_subtask(&rebalanced.seen.lock().unwrap());
+    let sizes: Vec<usize> = r.values().map(Vec::len).collect();
+    assert_eq!(sizes, vec![334, 333, 333]);
+    assert!(r[&0].iter().all(|v| v % 3 == 0), "one producer deals records in turn");
+    let b = per_subtask(&broadcast.seen.lock().unwrap());
+    assert_eq!(b.len(), 3);
+    for values in b.values() {
+        assert_eq!(values, &(0..1000).collect::<Vec<u64>>(), "every subtask sees every record, in order");
+    }
+}
+
+/// Remembers its subtask's key-group range and checks every key against it.
+#[derive(Clone)]
+struct OwnershipCheck {
+    subtask: u32,
+    seen: Arc<Mutex<Vec<(u32, u64)>>>,
+}
+
+impl KeyedProcessFunction<u64, u64, u64> for OwnershipCheck {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
+        self.subtask = ctx.subtask();
+        Ok(())
+    }
+    fn process(&mut self, v: u64, state: &mut KeyScope<'_, u64>, _: &mut Collector<'_, u64>) -> Result<(), BoxError> {
+        assert_eq!(*state.key(), v);
+        self.seen.lock().unwrap().push((self.subtask, v));
+        Ok(())
+    }
+}
+
+#[test]
+fn keyed_routing_matches_the_key_group_formula() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let env = StreamEnv::new();
+    env.source(GeneratorSource::counter().with_count(2000))
+        .uid("numbers")
+        .set_parallelism(2)
+        .key_by(|v: &u64| *v)
+        .process(OwnershipCheck { subtask: 0, seen: seen.clone() })
+        .uid("check")
+        .set_parallelism(3)
+        .set_max_parallelism(13);
+    env.execute("routing").unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2000);
+    for (subtask, key) in seen.iter() {
+        let kg = weir_core::key_group::assign_to_key_group(key, 13);
+        assert_eq!(*subtask, weir_core::key_group::operator_index_for_key_group(13, 3, kg), "key {key}");
+    }
+}
+
+#[derive(Clone)]
+struct AlwaysFails;
+
+impl SinkFunction<u64> for AlwaysFails {
+    fn invoke(&mut self, v: u64) -> Result<(), BoxError> {
+        if v == 50 {
+            return Err("injected: cannot write record 50".into());
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn restarts_until_attempts_are_exhausted_then_fails_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = StreamEnv::with_config(config(&[
+        ("execution.checkpointing.interval", "50 ms"),
+        ("execution.checkpointing.dir", dir.path().to_str().unwrap()),
+        ("restart-strategy.type", "fixed-delay"),
+        ("restart-strategy.fixed-delay.attempts", "2"),
+        ("restart-strategy.fixed-delay.delay", "150 ms"),
+    ]));
+    // About 50 ms of running per attempt, so every status is observable.
+    env.source(GeneratorSource::counter().with_count(100).with_rate(1000.0))
+        .uid("numbers")
+        .sink(AlwaysFails)
+        .uid("fails");
+    let handle = env.execute_async("failing").unwrap();
+    let mut statuses = vec![handle.status()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handle.status().is_terminal() && Instant::now() < deadline {
+        let s = handle.status();
+        if statuses.last() != Some(&s) {
+            statuses.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let outcome = handle.wait();
+    assert_eq!(outcome.status, JobStatus::Failed);
+    assert_eq!(outcome.restarts, 2);
+    let cause = outcome.failure.unwrap();
+    assert!(
+        cause.contains("injected: cannot write record 50") && cause.contains("restart attempts exhausted (2)"),
+        "{cause}"
+    );
+    assert!(statuses.contains(&JobStatus::Restarting), "observed {statuses:?}");
+    assert!(statuses.contains(&JobStatus::Running), "observed {statuses:?}");
+}
+
+/// A sink whose first snapshot takes longer than the checkpoint timeout.
+#[derive(Clone)]
+struct SlowFirstSnapshot {
+    slowed: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+}
+
+impl SinkFunction<u64> for SlowFirstSnapshot {
+    fn invoke(&mut self, _: u64) -> Result<(), BoxError> {
+        self.received.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn snapshot_state(&mut self, _: CheckpointId, _: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
+        if !self.slowed.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_expired_checkpoint_fails_over_at_tolerable_zero_and_the_job_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = StreamEnv::with_config(config(&[
+        ("execution.checkpointing.interval", "30 ms"),
+        ("execution.checkpointing.timeout", "100 ms"),
+        ("execution.checkpointing.dir", dir.path().to_str().unwrap()),
+        ("restart-strategy.type", "fixed-delay"),
+        ("restart-strategy.fixed-delay.attempts", "3"),
+        ("restart-strategy.fixed-delay.delay", "0 ms"),
+    ]));
+    let sink = SlowFirstSnapshot { slowed: Arc::default(), received: Arc::default() };
+    env.source(GeneratorSource::counter().with_count(2000).with_rate(10_000.0))
+        .uid("numbers")
+        .sink(sink.clone())
+        .uid("slow");
+    let handle = env.execute_async("expiry").unwrap();
+    let failed_checkpoints = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !handle.status().is_terminal() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.failed_checkpoints()
+    };
+    let outcome = handle.wait();
+    assert_eq!(outcome.status, JobStatus::Finished, "{:?}", outcome.failure);
+    assert!(failed_checkpoints >= 1, "the slow checkpoint must have expired");
+    assert_eq!(outcome.restarts, 1, "tolerable failures 0: the expiry fails the job over once");
+}
