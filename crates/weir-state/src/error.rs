@@ -20,4 +20,7 @@ pub enum StateError {
     Encode { name: String, detail: String },
     #[error("I/O error on state file '{path}': {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// Writing a snapshot stream failed; the caller names the file.
+    #[error("{0}")]
+    Write(std::io::Error),
 }

@@ -129,8 +129,38 @@ trait AnyTable<K>: Send {
 trait TableSnapshot: Send + Sync {
     fn meta(&self) -> &StateMeta;
     fn group_len(&self, index: usize) -> usize;
-    /// The entries of one key group (index within the range), encoded and sorted by key bytes.
-    fn encode_group(&self, index: usize) -> Result<Entries, StateError>;
+    /// Appends the entries of one key group (index within the range) to a block payload as state
+    /// `state_index`, sorted by key bytes. `buf` is reused across calls, so encoding allocates
+    /// nothing per entry.
+    fn write_group(
+        &self,
+        index: usize,
+        state_index: u16,
+        payload: &mut Vec<u8>,
+        buf: &mut EncodeBuffer,
+    ) -> Result<(), StateError>;
+}
+
+/// Scratch space for encoding one key group: all keys and values back to back, and where each
+/// entry's key and value lie (`key start`, `value start`, `value end`).
+#[derive(Default)]
+struct EncodeBuffer {
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl EncodeBuffer {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// Sorts the entries by key bytes and appends them to `payload`.
+    fn flush_sorted(&mut self, state_index: u16, payload: &mut Vec<u8>) {
+        let bytes = &self.bytes;
+        self.spans.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
+        push_entries(payload, state_index, self.spans.iter().map(|&(k, v, e)| (&bytes[k..v], &bytes[v..e])));
+    }
 }
 
 impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
@@ -160,14 +190,24 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
     fn group_len(&self, index: usize) -> usize {
         self.groups[index].len()
     }
-    fn encode_group(&self, index: usize) -> Result<Entries, StateError> {
+    fn write_group(
+        &self,
+        index: usize,
+        state_index: u16,
+        payload: &mut Vec<u8>,
+        buf: &mut EncodeBuffer,
+    ) -> Result<(), StateError> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
-        let mut out = Vec::with_capacity(self.groups[index].len());
+        buf.clear();
         for (k, v) in self.groups[index].iter() {
-            out.push((codec::encode(k).map_err(enc_err)?, codec::encode(v).map_err(enc_err)?));
+            let key_start = buf.bytes.len();
+            codec::encode_into(k, &mut buf.bytes).map_err(enc_err)?;
+            let value_start = buf.bytes.len();
+            codec::encode_into(v, &mut buf.bytes).map_err(enc_err)?;
+            buf.spans.push((key_start, value_start, buf.bytes.len()));
         }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        buf.flush_sorted(state_index, payload);
+        Ok(())
     }
 }
 
@@ -185,10 +225,23 @@ impl TableSnapshot for RawTable {
     fn group_len(&self, index: usize) -> usize {
         self.groups[index].len()
     }
-    fn encode_group(&self, index: usize) -> Result<Entries, StateError> {
-        let mut out = self.groups[index].clone();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+    fn write_group(
+        &self,
+        index: usize,
+        state_index: u16,
+        payload: &mut Vec<u8>,
+        buf: &mut EncodeBuffer,
+    ) -> Result<(), StateError> {
+        buf.clear();
+        for (k, v) in &self.groups[index] {
+            let key_start = buf.bytes.len();
+            buf.bytes.extend_from_slice(k);
+            let value_start = buf.bytes.len();
+            buf.bytes.extend_from_slice(v);
+            buf.spans.push((key_start, value_start, buf.bytes.len()));
+        }
+        buf.flush_sorted(state_index, payload);
+        Ok(())
     }
 }
 
@@ -529,14 +582,13 @@ impl KeyedSnapshot {
     pub fn write<W: Write>(&self, out: W) -> Result<(W, Vec<u64>, u64), StateError> {
         let header =
             FileHeader { key_groups: self.key_groups, states: self.tables.iter().map(|t| t.meta().clone()).collect() };
-        let io = |source| StateError::Io { path: PathBuf::from("<snapshot stream>"), source };
+        let io = StateError::Write;
         let mut writer = StateFileWriter::new(out, &header).map_err(io)?;
-        let mut payload = Vec::new();
+        let (mut payload, mut buf) = (Vec::new(), EncodeBuffer::default());
         for local in 0..self.key_groups.count as usize {
             payload.clear();
             for (index, table) in self.tables.iter().enumerate() {
-                let entries = table.encode_group(local)?;
-                push_entries(&mut payload, index as u16, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                table.write_group(local, index as u16, &mut payload, &mut buf)?;
             }
             writer.write_key_group(&payload).map_err(io)?;
         }
