@@ -36,6 +36,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let (mut env, job_args) = StreamEnv::from_args()?;
     let args = Args::try_parse_from(std::iter::once("word-count".to_string()).chain(job_args))?;
+    if args.bounded && !args.input.is_file() {
+        // A followed file may appear later; a bounded run over a missing file can only fail.
+        anyhow::bail!("input file '{}' does not exist", args.input.display());
+    }
     env.enable_checkpointing(Duration::from_secs(1));
     env.set(weir::config_keys::CHECKPOINT_DIR, &args.checkpoints)?;
 

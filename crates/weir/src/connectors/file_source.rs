@@ -1,7 +1,8 @@
 //! Reads lines from a file. In follow mode it keeps reading lines appended while it runs (a
 //! replayable log, like a Kafka partition without a broker); bounded mode ends at end of file.
 //! The byte offset after the last emitted line is operator state, so a restore resumes exactly
-//! after it. Only subtask 0 reads; the file is one partition.
+//! after it. Only subtask 0 reads; the file is one partition. The offset is union state, so it
+//! reaches subtask 0 whatever the parallelism at restore.
 
 use crate::functions::{put_list, BoxError, Collector, SourceContext, SourceFunction, SourcePoll};
 use std::fs::File;
@@ -115,7 +116,7 @@ impl SourceFunction<String> for FileSource {
 
     fn snapshot_state(&mut self, _: CheckpointId, state: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
         if self.active {
-            put_list(state, STATE, Redistribution::Split, &[self.offset])
+            put_list(state, STATE, Redistribution::Union, &[self.offset])
         } else {
             Ok(())
         }
