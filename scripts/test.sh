@@ -19,7 +19,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # Jobs started by tests log to stderr; keep CI output to errors unless RUST_LOG says otherwise.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Jobs started by tests register in their own registry of running jobs, not in ~/.weir.
+WEIR_HOME=$(mktemp -d)
+export WEIR_HOME
+trap 'rm -rf "$log" "$WEIR_HOME"' EXIT
 status=0
 RUST_LOG=${RUST_LOG:-error} cargo test --workspace --quiet 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite (cargo ends with per-binary lines, the last often doc tests).

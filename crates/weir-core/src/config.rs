@@ -49,6 +49,9 @@ pub mod keys {
     pub const RESTART_STRATEGY: &str = "restart-strategy.type";
     pub const RESTART_ATTEMPTS: &str = "restart-strategy.fixed-delay.attempts";
     pub const RESTART_DELAY: &str = "restart-strategy.fixed-delay.delay";
+    pub const REST_PORT: &str = "rest.port";
+    pub const REST_BIND_ADDRESS: &str = "rest.bind-address";
+    pub const REST_ENABLED: &str = "weir.rest.enabled";
     pub const BATCH_SIZE: &str = "weir.network.batch-size";
     pub const CHANNEL_CAPACITY: &str = "weir.network.channel-capacity";
 }
@@ -77,6 +80,9 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: RESTART_STRATEGY, deprecated: &["restart-strategy"], ty: ValueType::Enum(&["none", "disable", "off", "fixed-delay", "fixeddelay"]), default: None, doc: "Restart strategy; unset means fixed-delay when checkpointing is enabled and none otherwise." },
     KeyDef { name: RESTART_ATTEMPTS, deprecated: &[], ty: ValueType::Int, default: None, doc: "Restart attempts of fixed-delay; unset means unlimited when checkpointing is enabled (as Flink), 1 otherwise." },
     KeyDef { name: RESTART_DELAY, deprecated: &[], ty: ValueType::Duration, default: Some("1 s"), doc: "Delay between restart attempts." },
+    KeyDef { name: REST_PORT, deprecated: &[], ty: ValueType::Int, default: Some("0"), doc: "Port of the job's REST API; 0 picks a free port (the weir CLI finds it through the registry of running jobs)." },
+    KeyDef { name: REST_BIND_ADDRESS, deprecated: &[], ty: ValueType::Text, default: Some("127.0.0.1"), doc: "Address the REST API binds to; loopback by default." },
+    KeyDef { name: REST_ENABLED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Whether the job serves its REST API and registers in the local registry of running jobs (Weir-specific)." },
     KeyDef { name: BATCH_SIZE, deprecated: &[], ty: ValueType::Int, default: Some("1024"), doc: "Records per batch on a channel between tasks (Weir-specific)." },
     KeyDef { name: CHANNEL_CAPACITY, deprecated: &[], ty: ValueType::Int, default: Some("16"), doc: "Batches a channel holds before its producer blocks (Weir-specific; bounds memory)." },
 ];

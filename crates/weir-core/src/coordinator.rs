@@ -97,6 +97,8 @@ pub enum Action<S> {
 struct Request {
     kind: SnapshotKind,
     periodic: bool,
+    /// A stop-with-savepoint: completing it commits side effects like a checkpoint.
+    synchronous: bool,
     token: Option<u64>,
 }
 
@@ -105,6 +107,7 @@ struct Pending<S> {
     id: CheckpointId,
     kind: SnapshotKind,
     token: Option<u64>,
+    synchronous: bool,
     timestamp_ms: u64,
     deadline_ms: u64,
     waiting_for: BTreeSet<TaskKey>,
@@ -198,7 +201,12 @@ impl<S> Coordinator<S> {
         if let Some(due) = self.next_periodic_ms {
             if self.periodic_enabled && now_ms >= due {
                 if !self.queue.iter().any(|r| r.periodic) {
-                    self.queue.push_back(Request { kind: SnapshotKind::Checkpoint, periodic: true, token: None });
+                    self.queue.push_back(Request {
+                        kind: SnapshotKind::Checkpoint,
+                        periodic: true,
+                        synchronous: false,
+                        token: None,
+                    });
                 }
                 let interval = self.settings.interval_ms.unwrap_or(u64::MAX / 4);
                 self.next_periodic_ms = Some(now_ms + interval);
@@ -211,7 +219,17 @@ impl<S> Coordinator<S> {
     /// A user request (manual checkpoint, savepoint, or the final checkpoint at end of input).
     /// Ignores min pause. `token` comes back in the actions about this request.
     pub fn request(&mut self, kind: SnapshotKind, token: Option<u64>, now_ms: u64) -> Vec<Action<S>> {
-        let req = Request { kind, periodic: false, token };
+        self.enqueue(Request { kind, periodic: false, synchronous: false, token }, now_ms)
+    }
+
+    /// A stop-with-savepoint: a savepoint whose completion is notified to tasks, so sinks commit
+    /// (an intermediate savepoint commits nothing). Stop periodic checkpoints before calling this.
+    pub fn request_stop_savepoint(&mut self, kind: SnapshotKind, token: Option<u64>, now_ms: u64) -> Vec<Action<S>> {
+        self.enqueue(Request { kind, periodic: false, synchronous: true, token }, now_ms)
+    }
+
+    fn enqueue(&mut self, req: Request, now_ms: u64) -> Vec<Action<S>> {
+        let kind = req.kind;
         // Savepoints go before checkpoints, user requests before periodic ones.
         let pos = self
             .queue
@@ -251,6 +269,7 @@ impl<S> Coordinator<S> {
                     id,
                     kind: req.kind,
                     token: req.token,
+                    synchronous: req.synchronous,
                     timestamp_ms: now_ms,
                     deadline_ms: now_ms + self.settings.timeout_ms,
                     waiting_for: self.tasks.clone(),
@@ -306,7 +325,7 @@ impl<S> Coordinator<S> {
                         self.consecutive_failures = 0;
                     }
                     actions.push(Action::Completed { id, kind: p.kind, token: p.token });
-                    if !p.kind.is_savepoint() {
+                    if !p.kind.is_savepoint() || p.synchronous {
                         actions.push(Action::NotifyComplete { id });
                     }
                 }
@@ -506,6 +525,18 @@ mod tests {
         c.request(kind, Some(2), 10);
         let a = c.decline(2, FailureReason::Declined("x".into()), 11);
         assert!(!a.iter().any(|x| matches!(x, Action::FailJob { .. })));
+    }
+
+    #[test]
+    fn stop_with_savepoint_commits_like_a_checkpoint() {
+        let mut c: Coordinator<u32> = Coordinator::new(settings(1000, 0, 100, 0), tasks(1), 1, 0);
+        let kind = SnapshotKind::Savepoint { format: crate::metadata::SavepointFormat::Canonical };
+        c.set_periodic(false, 0);
+        assert_eq!(triggered(&c.request_stop_savepoint(kind, Some(9), 0)), Some(1));
+        let a = complete(&mut c, 1, 1, 5);
+        assert!(a.contains(&Action::NotifyComplete { id: 1 }));
+        assert!(a.iter().any(|x| matches!(x, Action::Completed { id: 1, token: Some(9), .. })));
+        assert_eq!(c.next_deadline_ms(), None, "periodic checkpoints stay stopped");
     }
 
     #[test]

@@ -16,6 +16,8 @@ impl<T: Clone + Send + 'static> Record for T {}
 pub enum Message<T> {
     Records(Vec<T>),
     Barrier(Barrier),
+    /// No more records on this channel; barriers may still follow (stop with drain).
+    EndOfData,
     EndOfInput,
 }
 
@@ -114,6 +116,7 @@ impl<T: Record> Output<T> for NetworkWriter<T> {
                 self.broadcast_message(|| Message::Barrier(barrier.clone()))
             }
             ChainEvent::Flush => self.flush(),
+            ChainEvent::EndOfData => self.broadcast_message(|| Message::EndOfData),
             ChainEvent::EndOfInput => self.broadcast_message(|| Message::EndOfInput),
             ChainEvent::CheckpointComplete(_) | ChainEvent::CheckpointAborted(_) => Ok(()),
         }
@@ -165,6 +168,9 @@ pub struct InputGate<T> {
     head: Box<dyn Output<T>>,
     blocked: Vec<bool>,
     ended: Vec<bool>,
+    /// Channels that delivered end-of-data.
+    drained: Vec<bool>,
+    end_of_data_sent: bool,
     aligning: Option<Barrier>,
 }
 
@@ -177,7 +183,15 @@ enum Ready<T> {
 impl<T: Record> InputGate<T> {
     pub fn new(inputs: Vec<Receiver<Message<T>>>, head: Box<dyn Output<T>>) -> Self {
         let n = inputs.len();
-        InputGate { inputs, head, blocked: vec![false; n], ended: vec![false; n], aligning: None }
+        InputGate {
+            inputs,
+            head,
+            blocked: vec![false; n],
+            ended: vec![false; n],
+            drained: vec![false; n],
+            end_of_data_sent: false,
+            aligning: None,
+        }
     }
 
     fn next(&self, env: &TaskEnv, block: bool) -> Option<Ready<T>> {
@@ -241,6 +255,13 @@ impl<T: Record> InputGate<T> {
                     }
                 }
                 Ready::Input(i, Message::Barrier(b)) => self.on_barrier(i, b, env)?,
+                Ready::Input(i, Message::EndOfData) => {
+                    self.drained[i] = true;
+                    if !self.end_of_data_sent && self.drained.iter().zip(&self.ended).all(|(d, e)| *d || *e) {
+                        self.end_of_data_sent = true;
+                        self.head.event(&mut ChainEvent::EndOfData)?;
+                    }
+                }
                 Ready::Input(i, Message::EndOfInput) => {
                     self.ended[i] = true;
                     self.maybe_aligned(env)?;

@@ -16,7 +16,7 @@ use weir_core::assignment::{self, AssignmentError, SubtaskAssignment};
 use weir_core::config::{keys, Configuration};
 use weir_core::coordinator::{Action, Coordinator, CoordinatorSettings, FailureReason, TaskKey};
 use weir_core::ids::INITIAL_CHECKPOINT_ID;
-use weir_core::metadata::{self, OperatorSnapshot, SnapshotKind, SnapshotMetadata};
+use weir_core::metadata::{self, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata};
 use weir_core::store::{CompletedCheckpointStore, Retained, RetentionPolicy, Termination};
 use weir_core::{CheckpointId, JobId, OperatorId};
 
@@ -50,11 +50,35 @@ impl fmt::Display for JobStatus {
     }
 }
 
-/// Where to restore from and how (`-s`, `-n`).
-#[derive(Debug, Clone)]
-pub struct RestoreSettings {
-    pub path: PathBuf,
-    pub allow_non_restored_state: bool,
+/// Ownership of a restored snapshot's files (`execution.state-recovery.claim-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMode {
+    /// Weir never deletes the snapshot nor depends on its files after the first checkpoint.
+    NoClaim,
+    /// Weir owns the snapshot: it becomes the job's first retained checkpoint and is deleted once
+    /// subsumed.
+    Claim,
+}
+
+/// The state of a savepoint or manual checkpoint request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    InProgress,
+    Completed { checkpoint_id: CheckpointId, location: PathBuf },
+    Failed { message: String },
+}
+
+/// Why a request to a running job was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("No savepoint directory configured. You can either specify a directory for the savepoint, or configure a default via key 'execution.checkpointing.savepoint-dir'.")]
+    NoSavepointDir,
+    #[error("job {job_id} is {status}, not RUNNING")]
+    NotRunning { job_id: String, status: JobStatus },
+    #[error("job {0} has no checkpoint directory; set execution.checkpointing.dir to take checkpoints")]
+    NoCheckpointDir(String),
+    #[error("job {0} has ended")]
+    Gone(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,25 +120,154 @@ pub struct CheckpointStats {
     pub state_size: u64,
 }
 
+/// The snapshot a job was started from.
+#[derive(Debug, Clone)]
+pub struct RestoredFrom {
+    pub checkpoint_id: CheckpointId,
+    pub path: PathBuf,
+    pub is_savepoint: bool,
+    pub claim_mode: ClaimMode,
+}
+
 #[derive(Default)]
 struct Shared {
+    name: String,
     status: Mutex<Option<JobStatus>>,
     completed: Mutex<Vec<CheckpointStats>>,
     failed_checkpoints: Mutex<u64>,
     restarts: Mutex<u32>,
+    operations: Mutex<HashMap<u64, Operation>>,
+    next_token: Mutex<u64>,
+    savepoint_dir: Option<PathBuf>,
+    job_dir: Option<PathBuf>,
+    restored: Option<RestoredFrom>,
 }
 
 /// A running job.
 pub struct JobHandle {
+    control: JobControl,
+    thread: Option<JoinHandle<JobOutcome>>,
+    /// Things that live as long as the job is waited on (its REST server, its registry entry).
+    attachments: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+/// A cloneable handle to a running job, for the REST server and tools: status, checkpoints,
+/// savepoints, stop and cancel.
+#[derive(Clone)]
+pub struct JobControl {
     job_id: JobId,
     shared: Arc<Shared>,
     tx: Sender<MasterMsg>,
-    thread: Option<JoinHandle<JobOutcome>>,
 }
 
-impl JobHandle {
+impl std::ops::Deref for JobHandle {
+    type Target = JobControl;
+    fn deref(&self) -> &JobControl {
+        &self.control
+    }
+}
+
+impl JobControl {
     pub fn job_id(&self) -> JobId {
         self.job_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// `<execution.checkpointing.dir>/<job-id>`, when checkpoints are configured.
+    pub fn checkpoint_job_dir(&self) -> Option<PathBuf> {
+        self.shared.job_dir.clone()
+    }
+
+    pub fn restored_from(&self) -> Option<RestoredFrom> {
+        self.shared.restored.clone()
+    }
+
+    fn running(&self) -> Result<(), ControlError> {
+        match self.status() {
+            JobStatus::Running => Ok(()),
+            status => Err(ControlError::NotRunning { job_id: self.job_id.to_hex(), status }),
+        }
+    }
+
+    fn new_operation(&self) -> u64 {
+        let mut token = 0;
+        with(&self.shared.next_token, |t| {
+            *t += 1;
+            token = *t;
+        });
+        with(&self.shared.operations, |ops| {
+            ops.insert(token, Operation::InProgress);
+        });
+        token
+    }
+
+    fn send(&self, msg: MasterMsg) -> Result<(), ControlError> {
+        self.tx.send(msg).map_err(|_| ControlError::Gone(self.job_id.to_hex()))
+    }
+
+    fn savepoint_target(&self, target: Option<&std::path::Path>) -> Result<PathBuf, ControlError> {
+        target.map(PathBuf::from).or_else(|| self.shared.savepoint_dir.clone()).ok_or(ControlError::NoSavepointDir)
+    }
+
+    /// Triggers a savepoint into `target` (or `execution.checkpointing.savepoint-dir`); returns the
+    /// operation's token. An intermediate savepoint commits nothing and is never used for recovery.
+    pub fn trigger_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+        format: SavepointFormat,
+    ) -> Result<u64, ControlError> {
+        let target = self.savepoint_target(target)?;
+        self.running()?;
+        let token = self.new_operation();
+        self.send(MasterMsg::TriggerSavepoint { token, target, format, stop: None })?;
+        Ok(token)
+    }
+
+    /// Stops the job with a savepoint: sources stop, the savepoint commits the sinks, and the job
+    /// ends FINISHED. With `drain`, the inputs end first (end-of-input hooks run) and a failed
+    /// savepoint fails the job over; without, a failed savepoint leaves the job running.
+    pub fn stop_with_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+        format: SavepointFormat,
+        drain: bool,
+    ) -> Result<u64, ControlError> {
+        let target = self.savepoint_target(target)?;
+        self.running()?;
+        let token = self.new_operation();
+        self.send(MasterMsg::TriggerSavepoint { token, target, format, stop: Some(drain) })?;
+        Ok(token)
+    }
+
+    /// Triggers a checkpoint now (every checkpoint of the heap backend is full).
+    pub fn trigger_checkpoint(&self) -> Result<u64, ControlError> {
+        if self.shared.job_dir.is_none() {
+            return Err(ControlError::NoCheckpointDir(self.job_id.to_hex()));
+        }
+        self.running()?;
+        let token = self.new_operation();
+        self.send(MasterMsg::TriggerCheckpoint { token })?;
+        Ok(token)
+    }
+
+    /// The state of a savepoint or checkpoint request, if the token is known.
+    pub fn operation(&self, token: u64) -> Option<Operation> {
+        lock(&self.shared.operations).get(&token).cloned()
+    }
+
+    /// Waits until the operation is no longer in progress, or `timeout` passes.
+    pub fn wait_operation(&self, token: u64, timeout: Duration) -> Option<Operation> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let op = self.operation(token);
+            if op != Some(Operation::InProgress) || Instant::now() >= deadline {
+                return op;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn status(&self) -> JobStatus {
@@ -138,10 +291,22 @@ impl JobHandle {
     pub fn restarts(&self) -> u32 {
         lock(&self.shared.restarts)
     }
+}
+
+impl JobHandle {
+    /// A cloneable handle to control the job while something else waits for it.
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
+    }
+
+    /// Keeps `thing` alive until the job has ended and `wait` returns.
+    pub fn attach(&mut self, thing: Box<dyn std::any::Any + Send>) {
+        self.attachments.push(thing);
+    }
 
     /// Waits until the job ends.
     pub fn wait(mut self) -> JobOutcome {
-        match self.thread.take().map(JoinHandle::join) {
+        let outcome = match self.thread.take().map(JoinHandle::join) {
             Some(Ok(outcome)) => outcome,
             Some(Err(panic)) => JobOutcome {
                 job_id: self.job_id,
@@ -150,7 +315,10 @@ impl JobHandle {
                 restarts: 0,
             },
             None => JobOutcome { job_id: self.job_id, status: self.status(), failure: None, restarts: 0 },
-        }
+        };
+        // The REST server outlives the job just long enough for clients to read final results.
+        self.attachments.clear();
+        outcome
     }
 }
 
@@ -170,13 +338,50 @@ fn with<T>(m: &Mutex<T>, f: impl FnOnce(&mut T)) {
 
 /// Messages to the job master, from tasks and from the job handle.
 pub enum MasterMsg {
-    TaskInitialized { attempt: u32, task: TaskKey },
-    Ack { attempt: u32, id: CheckpointId, task: TaskKey, states: AckedState },
-    Decline { attempt: u32, id: CheckpointId, task: TaskKey, reason: String },
-    SourceExhausted { attempt: u32, task: TaskKey },
-    TaskFinished { attempt: u32, task: TaskKey },
-    TaskCanceled { attempt: u32, task: TaskKey },
-    TaskFailed { attempt: u32, task: TaskKey, error: String, restore: bool },
+    TaskInitialized {
+        attempt: u32,
+        task: TaskKey,
+    },
+    Ack {
+        attempt: u32,
+        id: CheckpointId,
+        task: TaskKey,
+        states: AckedState,
+    },
+    Decline {
+        attempt: u32,
+        id: CheckpointId,
+        task: TaskKey,
+        reason: String,
+    },
+    SourceExhausted {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskFinished {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskCanceled {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskFailed {
+        attempt: u32,
+        task: TaskKey,
+        error: String,
+        restore: bool,
+    },
+    /// `stop`: `None` for an intermediate savepoint, `Some(drain)` for stop-with-savepoint.
+    TriggerSavepoint {
+        token: u64,
+        target: PathBuf,
+        format: SavepointFormat,
+        stop: Option<bool>,
+    },
+    TriggerCheckpoint {
+        token: u64,
+    },
     Cancel,
 }
 
@@ -287,44 +492,82 @@ pub fn submit(
 ) -> Result<JobHandle, JobError> {
     let settings = Settings::from_config(config)?;
     let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-    let storage: Option<Arc<dyn CheckpointStorage>> = match (storage, config.get_str(keys::CHECKPOINT_DIR)) {
-        (Some(s), _) => Some(s),
-        (None, Some(dir)) => Some(Arc::new(FsCheckpointStorage::new(dir))),
+    let checkpoint_dir = config.get_str(keys::CHECKPOINT_DIR).map(PathBuf::from);
+    let (storage, has_checkpoint_dir): (Arc<dyn CheckpointStorage>, bool) = match (storage, &checkpoint_dir) {
+        (Some(s), _) => (s, true),
+        (None, Some(dir)) => (Arc::new(FsCheckpointStorage::new(dir)), true),
         (None, None) if settings.coordinator.interval_ms.is_some() => return Err(JobError::NoCheckpointDir),
-        (None, None) => None,
+        // Savepoints still work: they go to their own directories.
+        (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir())), false),
     };
-    if let Some(s) = &storage {
-        s.initialize(job_id).map_err(|source| JobError::Storage { path: PathBuf::from(format!("{s:?}")), source })?;
-    }
+    let job_dir = if has_checkpoint_dir {
+        Some(
+            storage
+                .initialize(job_id)
+                .map_err(|source| JobError::Storage { path: checkpoint_dir.clone().unwrap_or_default(), source })?,
+        )
+    } else {
+        None
+    };
+    let claim_mode = match config.get_enum(keys::RECOVERY_CLAIM_MODE) {
+        Some("CLAIM") => ClaimMode::Claim,
+        _ => ClaimMode::NoClaim,
+    };
     let mut graph = graph;
-    let restore = match config.get_str(keys::RECOVERY_PATH) {
-        Some(path) => {
-            let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
-            let loaded = load_snapshot(std::path::Path::new(&path))?;
-            let plan = plan_restore(&mut graph, Arc::new(loaded), allow)?;
-            tracing::info!(
-                "Starting job {job_id} from {} {} ({})",
-                if plan.snapshot.metadata.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
-                plan.snapshot.dir.display(),
-                if allow { "allowing non restored state" } else { "" }
-            );
-            Some(Arc::new(plan))
-        }
-        None => None,
-    };
-    let next_id = restore.as_ref().map(|r| r.snapshot.metadata.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
+    let mut store = CompletedCheckpointStore::new(settings.num_retained);
+    let mut restored = None;
+    if let Some(path) = config.get_str(keys::RECOVERY_PATH) {
+        let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
+        let loaded = load_snapshot(std::path::Path::new(&path))?;
+        let plan = plan_restore(&mut graph, Arc::new(loaded), allow)?;
+        let meta = &plan.snapshot.metadata;
+        tracing::info!(
+            "Starting job {job_id} from {} {} ({:?}{})",
+            if meta.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
+            plan.snapshot.dir.display(),
+            claim_mode,
+            if allow { ", allowing non restored state" } else { "" }
+        );
+        restored = Some(RestoredFrom {
+            checkpoint_id: meta.checkpoint_id,
+            path: plan.snapshot.dir.clone(),
+            is_savepoint: meta.kind.is_savepoint(),
+            claim_mode,
+        });
+        // The restored snapshot is the first entry of the store, so a failover before the first
+        // checkpoint recovers from it. In CLAIM mode the job owns it and deletes it once subsumed;
+        // in NO_CLAIM mode it is never deleted.
+        let claimed = claim_mode == ClaimMode::Claim;
+        store.add(Retained {
+            id: meta.checkpoint_id,
+            is_savepoint: !claimed,
+            owned: claimed,
+            data: Completed { snapshot: plan.snapshot.clone() },
+        });
+    }
+    let next_id = restored.as_ref().map(|r| r.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
     let tasks = task_keys(&graph);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        name: name.to_string(),
+        savepoint_dir: config.get_str(keys::SAVEPOINT_DIR).map(PathBuf::from),
+        job_dir,
+        restored: restored.clone(),
+        ..Shared::default()
+    });
     let master = Master {
         job_id,
         name: name.to_string(),
         coordinator: Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0),
-        store: CompletedCheckpointStore::new(settings.num_retained),
+        store,
         settings,
         graph: Arc::new(graph),
         storage,
-        initial_restore: restore,
+        has_checkpoint_dir,
+        restored_from_snapshot: restored.is_some(),
+        completed_since_start: false,
+        stopping: None,
+        savepoint_targets: HashMap::new(),
         rx,
         tx: tx.clone(),
         shared: shared.clone(),
@@ -343,7 +586,7 @@ pub fn submit(
         .spawn(move || master.run())
         .map_err(|e| JobError::Spawn(e.to_string()))?;
     tracing::info!("Job '{name}' has been submitted with JobID {job_id}");
-    Ok(JobHandle { job_id, shared, tx, thread: Some(thread) })
+    Ok(JobHandle { control: JobControl { job_id, shared, tx }, thread: Some(thread), attachments: Vec::new() })
 }
 
 fn task_keys(graph: &JobGraph) -> Vec<TaskKey> {
@@ -404,10 +647,18 @@ struct Master {
     name: String,
     settings: Settings,
     graph: Arc<JobGraph>,
-    storage: Option<Arc<dyn CheckpointStorage>>,
+    storage: Arc<dyn CheckpointStorage>,
+    has_checkpoint_dir: bool,
     coordinator: Coordinator<AckedState>,
     store: CompletedCheckpointStore<Completed>,
-    initial_restore: Option<Arc<RestorePlan>>,
+    /// Started from a `-s` snapshot.
+    restored_from_snapshot: bool,
+    /// A checkpoint completed since the job started.
+    completed_since_start: bool,
+    /// Token of a stop-with-savepoint in progress, and whether it drains.
+    stopping: Option<(u64, bool)>,
+    /// Target directory of each savepoint request, by token.
+    savepoint_targets: HashMap<u64, PathBuf>,
     rx: Receiver<MasterMsg>,
     tx: Sender<MasterMsg>,
     shared: Arc<Shared>,
@@ -448,8 +699,7 @@ impl Master {
                     let actions = self.coordinator.abort_all(FailureReason::TaskFailure);
                     self.execute_all(actions);
                     self.stop_tasks();
-                    let from_initial = self.store.is_empty() && self.initial_restore.is_some();
-                    if restore && from_initial {
+                    if restore && self.restored_from_snapshot && !self.completed_since_start {
                         break (
                             JobStatus::Failed,
                             Some(format!("the job could not restore its state and was not started: {cause}")),
@@ -478,12 +728,8 @@ impl Master {
             JobStatus::Canceled => Termination::Canceled,
             _ => Termination::Failed,
         };
-        if let Some(s) = &self.storage {
-            for gone in self.store.shutdown(self.settings.retention, how) {
-                if let Err(e) = s.discard(&gone.data.snapshot.dir) {
-                    tracing::warn!("could not delete checkpoint {}: {e}", gone.data.snapshot.dir.display());
-                }
-            }
+        for gone in self.store.shutdown(self.settings.retention, how) {
+            self.discard(&gone.data.snapshot.dir);
         }
         if let Some(f) = &failure {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
@@ -525,7 +771,7 @@ impl Master {
                     }
                 }
             }
-            None => self.initial_restore.clone(),
+            None => None,
         };
         if let Some(r) = &restore {
             tracing::info!("Restoring job {} from {}.", self.job_id, r.snapshot.dir.display());
@@ -612,7 +858,7 @@ impl Master {
                 self.exhausted.insert(task);
                 let sources = self.tasks.iter().filter(|t| t.is_source).count();
                 if self.exhausted.len() == sources {
-                    if self.settings.coordinator.interval_ms.is_some() && self.storage.is_some() {
+                    if self.settings.coordinator.interval_ms.is_some() && self.has_checkpoint_dir {
                         tracing::info!(
                             "All sources of job {} are exhausted; taking the final checkpoint.",
                             self.job_id
@@ -635,6 +881,37 @@ impl Master {
             }
             MasterMsg::TaskFailed { attempt, error, restore, .. } if attempt == current => {
                 Step::Failover { cause: error, restore }
+            }
+            MasterMsg::TriggerSavepoint { token, target, format, stop } => {
+                let now = self.now();
+                let kind = SnapshotKind::Savepoint { format };
+                if stop.is_some() && self.stopping.is_some() {
+                    let message = "a stop-with-savepoint is already in progress".to_string();
+                    self.finish_operation(token, Operation::Failed { message });
+                    return Step::Continue;
+                }
+                self.savepoint_targets.insert(token, target);
+                let actions = match stop {
+                    Some(drain) => {
+                        let how = if drain { "Draining" } else { "Suspending" };
+                        tracing::info!("{how} job {} with a {format:?} savepoint.", self.job_id);
+                        self.stopping = Some((token, drain));
+                        // Only the final savepoint's data is committed from here on.
+                        self.coordinator.set_periodic(false, now);
+                        if drain {
+                            for t in self.tasks.iter().filter(|t| t.is_source) {
+                                let _ = t.control.send(Control::Drain);
+                            }
+                        }
+                        self.coordinator.request_stop_savepoint(kind, Some(token), now)
+                    }
+                    None => self.coordinator.request(kind, Some(token), now),
+                };
+                self.execute_all(actions)
+            }
+            MasterMsg::TriggerCheckpoint { token } => {
+                let actions = self.coordinator.request(SnapshotKind::Checkpoint, Some(token), self.now());
+                self.execute_all(actions)
             }
             MasterMsg::TaskCanceled { .. } | MasterMsg::TaskInitialized { .. } => Step::Continue,
             _ => Step::Continue, // messages of an earlier attempt
@@ -662,23 +939,26 @@ impl Master {
 
     fn execute(&mut self, action: Action<AckedState>) -> (Vec<Action<AckedState>>, Option<Step>) {
         match action {
-            Action::Trigger { id, kind, timestamp_ms: _, token: _ } => {
-                let location = match &self.storage {
-                    Some(s) => s.checkpoint_location(self.job_id, id),
-                    None => Err(std::io::Error::other("no checkpoint storage configured")),
+            Action::Trigger { id, kind, timestamp_ms: _, token } => {
+                let location = match token.and_then(|t| self.savepoint_targets.remove(&t)) {
+                    Some(target) if kind.is_savepoint() => self.storage.savepoint_location(&target, self.job_id),
+                    _ if self.has_checkpoint_dir => self.storage.checkpoint_location(self.job_id, id),
+                    _ => Err(std::io::Error::other("no checkpoint directory configured (execution.checkpointing.dir)")),
                 };
                 match location {
                     Ok(loc) => {
                         tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
                         self.locations.insert(id, (loc.clone(), Instant::now()));
-                        let barrier = Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc) };
+                        let stop = token.is_some() && self.stopping.map(|(t, _)| t) == token;
+                        let barrier =
+                            Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop };
                         for t in self.tasks.iter().filter(|t| t.is_source) {
                             let _ = t.control.send(Control::Trigger(barrier.clone()));
                         }
                         (Vec::new(), None)
                     }
                     Err(e) => {
-                        let reason = FailureReason::Declined(format!("cannot create the checkpoint directory: {e}"));
+                        let reason = FailureReason::Declined(format!("cannot create the snapshot directory: {e}"));
                         (self.coordinator.decline(id, reason, self.now()), None)
                     }
                 }
@@ -711,21 +991,33 @@ impl Master {
                                 c.remove(0);
                             }
                         });
-                        let subsumed = self.store.add(Retained {
-                            id,
-                            is_savepoint: kind.is_savepoint(),
-                            owned: true,
-                            data: Completed { snapshot: Arc::new(snapshot) },
-                        });
-                        for gone in subsumed {
-                            self.discard(&gone.data.snapshot.dir);
+                        if kind.is_savepoint() {
+                            // Savepoints never enter the store: they are the user's, never deleted.
+                            tracing::info!("Savepoint stored in {}.", loc.display());
+                        } else {
+                            self.completed_since_start = true;
+                            let subsumed = self.store.add(Retained {
+                                id,
+                                is_savepoint: false,
+                                owned: true,
+                                data: Completed { snapshot: Arc::new(snapshot) },
+                            });
+                            for gone in subsumed {
+                                self.discard(&gone.data.snapshot.dir);
+                            }
+                        }
+                        if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                            self.finish_operation(t, Operation::Completed { checkpoint_id: id, location: loc.clone() });
                         }
                     }
                     Err(e) => {
-                        tracing::error!("checkpoint {id} was written but cannot be read back: {e}")
+                        tracing::error!("snapshot {id} was written but cannot be read back: {e}");
+                        if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                            self.finish_operation(t, Operation::Failed { message: e.to_string() });
+                        }
                     }
                 }
-                if token == Some(FINAL_CHECKPOINT) {
+                if token == Some(FINAL_CHECKPOINT) || (token.is_some() && token == self.stopping.map(|(t, _)| t)) {
                     self.finish_after_notify = true;
                 }
                 (Vec::new(), None)
@@ -739,14 +1031,33 @@ impl Master {
                 }
                 (Vec::new(), None)
             }
-            Action::Aborted { id, kind: _, reason, token } => {
-                tracing::warn!("Checkpoint {id} of job {} failed: {}", self.job_id, reason.message());
+            Action::Aborted { id, kind, reason, token } => {
+                let what = if kind.is_savepoint() { "Savepoint" } else { "Checkpoint" };
+                tracing::warn!("{what} {id} of job {} failed: {}", self.job_id, reason.message());
                 with(&self.shared.failed_checkpoints, |n| *n += 1);
+                // A failed snapshot leaves nothing that looks like one.
                 if let Some((loc, _)) = self.locations.remove(&id) {
                     self.discard(&loc);
                 }
                 for t in &self.tasks {
                     let _ = t.control.send(Control::CheckpointAborted(id));
+                }
+                let mut step = None;
+                if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                    let message = format!("{what} {id} failed: {}", reason.message());
+                    self.finish_operation(t, Operation::Failed { message });
+                    if let Some((_, drain)) = self.stopping.filter(|(s, _)| *s == t) {
+                        self.stopping = None;
+                        if drain {
+                            // The inputs already ended: the job cannot simply resume.
+                            let cause = format!("stop with --drain failed: {}", reason.message());
+                            step = Some(Step::Failover { cause, restore: false });
+                        } else {
+                            // The stop failed: the job keeps running, with periodic checkpoints.
+                            let now = self.now();
+                            self.coordinator.set_periodic(true, now);
+                        }
+                    }
                 }
                 let retry = token == Some(FINAL_CHECKPOINT)
                     && reason != FailureReason::TaskFailure
@@ -756,16 +1067,23 @@ impl Master {
                 } else {
                     Vec::new()
                 };
-                (more, None)
+                (more, step)
             }
-            Action::Rejected { .. } => (Vec::new(), None),
+            Action::Rejected { token, reason } => {
+                if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                    self.savepoint_targets.remove(&t);
+                    if self.stopping.is_some_and(|(s, _)| s == t) {
+                        self.stopping = None;
+                    }
+                    self.finish_operation(t, Operation::Failed { message: reason.message() });
+                }
+                (Vec::new(), None)
+            }
             Action::DiscardLate { id, .. } => {
                 let retained = self.store.iter().any(|e| e.id == id);
-                if !retained && !self.locations.contains_key(&id) {
-                    if let Some(s) = &self.storage {
-                        if let Ok(dir) = s.checkpoint_location(self.job_id, id) {
-                            self.discard(&dir);
-                        }
+                if !retained && !self.locations.contains_key(&id) && self.has_checkpoint_dir {
+                    if let Some(dir) = &self.shared.job_dir {
+                        self.discard(&dir.join(format!("chk-{id}")));
                     }
                 }
                 (Vec::new(), None)
@@ -775,11 +1093,15 @@ impl Master {
     }
 
     fn discard(&self, dir: &std::path::Path) {
-        if let Some(s) = &self.storage {
-            if let Err(e) = s.discard(dir) {
-                tracing::warn!("could not delete {}: {e}", dir.display());
-            }
+        if let Err(e) = self.storage.discard(dir) {
+            tracing::warn!("could not delete {}: {e}", dir.display());
         }
+    }
+
+    fn finish_operation(&self, token: u64, outcome: Operation) {
+        with(&self.shared.operations, |ops| {
+            ops.insert(token, outcome);
+        });
     }
 
     fn write_metadata(
@@ -788,7 +1110,7 @@ impl Master {
         kind: SnapshotKind,
         acks: Vec<(TaskKey, AckedState)>,
     ) -> Result<(), String> {
-        let (Some(storage), Some((loc, _))) = (&self.storage, self.locations.get(&id)) else {
+        let (storage, Some((loc, _))) = (&self.storage, self.locations.get(&id)) else {
             return Err("no checkpoint location".into());
         };
         let mut by_op: HashMap<OperatorId, Vec<metadata::SubtaskSnapshot>> = HashMap::new();
@@ -883,7 +1205,7 @@ impl Master {
                     receivers: task_receivers,
                     control: ctl_rx,
                     master: self.tx.clone(),
-                    storage: self.storage.clone(),
+                    storage: Some(self.storage.clone()),
                     batch_size: self.settings.batch_size,
                 };
                 let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;

@@ -16,6 +16,6 @@ pub mod storage;
 mod task;
 
 pub use graph::{EdgeKind, JobGraph, NodeBuilder, NodeSpec};
-pub use job::{JobHandle, JobOutcome, JobStatus, RestoreSettings};
+pub use job::{ClaimMode, ControlError, JobControl, JobHandle, JobOutcome, JobStatus, Operation};
 pub use operator::{ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult};
 pub use storage::{CheckpointStorage, FsCheckpointStorage};

@@ -58,7 +58,10 @@ pub enum ChainEvent<'a> {
     CheckpointAborted(CheckpointId),
     /// The input has no data right now: send partial batches downstream.
     Flush,
-    /// No more records will come (bounded input ended, or stop with drain).
+    /// No more records will come, but the stream stays open for a final barrier (stop with
+    /// `--drain`): operators run their end-of-input hooks.
+    EndOfData,
+    /// The stream ends: no more records and no more barriers; tasks finish after this.
     EndOfInput,
 }
 
@@ -70,6 +73,8 @@ pub struct Barrier {
     pub timestamp_ms: u64,
     /// Directory the snapshot's files go to (`chk-<id>` or the savepoint directory).
     pub location: Arc<PathBuf>,
+    /// A stop-with-savepoint barrier: sources emit nothing after it unless it is aborted.
+    pub stop: bool,
 }
 
 /// One operator's state captured at a barrier.
@@ -96,6 +101,8 @@ pub enum Control {
     CheckpointAborted(CheckpointId),
     /// Sources only: the input is over (after the final checkpoint): end the stream.
     FinishSource,
+    /// Sources only: stop reading and send end-of-data downstream (stop with `--drain`).
+    Drain,
     Cancel,
 }
 
@@ -188,7 +195,7 @@ impl TaskEnv {
             Control::CheckpointAborted(id) => chain.event(&mut ChainEvent::CheckpointAborted(id))?,
             Control::FinishSource => return Ok(Next::Finish),
             Control::Cancel => return Ok(Next::Cancel),
-            Control::Start | Control::Trigger(_) => {}
+            Control::Start | Control::Trigger(_) | Control::Drain => {}
         }
         Ok(Next::Continue)
     }

@@ -30,6 +30,55 @@ pub trait CheckpointStorage: Send + Sync + Debug {
     fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Deletes a snapshot: `_metadata` first, so a half-deleted snapshot is never mistaken for one.
     fn discard(&self, location: &Path) -> io::Result<()>;
+
+    /// Creates a new savepoint directory `savepoint-<first 6 hex of the job id>-<12 hex>` in `target`.
+    fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf> {
+        create_savepoint_dir(target, job)
+    }
+}
+
+/// Creates `savepoint-<job id prefix>-<12 random hex>` under `target` (Flink's naming), retrying on
+/// the unlikely collision.
+pub fn create_savepoint_dir(target: &Path, job: JobId) -> io::Result<PathBuf> {
+    fs::create_dir_all(target)?;
+    let prefix = &job.to_hex()[..6];
+    let mut last = None;
+    for _ in 0..10 {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let dir = target.join(format!("savepoint-{prefix}-{}", &random[..12]));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(fs::canonicalize(&dir).unwrap_or(dir)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::other(format!("Failed to create savepoint directory at {}", target.display()))))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DisposeError {
+    #[error("'{0}' is not a savepoint: {1}. Only a directory with a valid _metadata (or that file) can be disposed.")]
+    NotASnapshot(PathBuf, LoadError),
+    #[error("'{path}' is a retained checkpoint of job {job_id}, which is still running; it owns that checkpoint. Cancel or stop the job first.")]
+    OwnedByRunningJob { path: PathBuf, job_id: String },
+    #[error("Failed to dispose the savepoint '{0}': {1}")]
+    Io(PathBuf, io::Error),
+}
+
+/// Disposes a savepoint (or retained checkpoint): `_metadata` first, so it is no longer addressable
+/// even if deleting the data fails half-way; then the rest of its directory.
+/// `running_job_dirs` are the checkpoint directories of running jobs, which own their checkpoints.
+pub fn dispose_snapshot(pointer: &Path, running_job_dirs: &[(String, PathBuf)]) -> Result<PathBuf, DisposeError> {
+    let loaded = load_snapshot(pointer).map_err(|e| DisposeError::NotASnapshot(pointer.to_path_buf(), e))?;
+    let dir = loaded.dir.clone();
+    for (job_id, job_dir) in running_job_dirs {
+        let job_dir = fs::canonicalize(job_dir).unwrap_or_else(|_| job_dir.clone());
+        if dir.starts_with(&job_dir) {
+            return Err(DisposeError::OwnedByRunningJob { path: dir, job_id: job_id.clone() });
+        }
+    }
+    discard_snapshot_dir(&dir).map_err(|e| DisposeError::Io(dir.clone(), e))?;
+    Ok(dir)
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +283,35 @@ mod tests {
         assert!(matches!(load_snapshot(&dir.join("nope")), Err(LoadError::NotFound(_))));
         // The _metadata file itself is a valid pointer too.
         assert_eq!(load_snapshot(&dir.join("chk-2").join("_metadata")).unwrap().metadata.checkpoint_id, 2);
+    }
+
+    #[test]
+    fn savepoint_directories_are_named_like_flinks() {
+        let base = tempfile::tempdir().unwrap();
+        let job = JobId::parse("cca7bc1061d61cf15238e92312c2fc20").unwrap();
+        let a = create_savepoint_dir(&base.path().join("sp"), job).unwrap();
+        let b = create_savepoint_dir(&base.path().join("sp"), job).unwrap();
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.starts_with("savepoint-cca7bc-") && name.len() == "savepoint-cca7bc-".len() + 12, "{name}");
+        assert!(name["savepoint-cca7bc-".len()..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn dispose_refuses_non_snapshots_and_running_jobs_checkpoints() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path());
+        let job = JobId([3; 16]);
+        let loc = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&loc, &meta(1)).unwrap();
+        let err = dispose_snapshot(base.path(), &[]).unwrap_err().to_string();
+        assert!(err.contains("is not a savepoint"), "{err}");
+        let running = [(job.to_hex(), s.job_dir(job))];
+        let err = dispose_snapshot(&loc, &running).unwrap_err().to_string();
+        assert!(err.contains("still running") && err.contains(&job.to_hex()), "{err}");
+        assert!(loc.join("_metadata").exists());
+        dispose_snapshot(&loc.join("_metadata"), &[]).unwrap();
+        assert!(!loc.exists());
     }
 
     #[test]

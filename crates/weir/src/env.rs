@@ -187,11 +187,29 @@ impl StreamEnv {
         DataStream { env: self.inner.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
     }
 
-    /// Starts the job and returns at once.
+    /// Starts the job and returns at once. Unless `weir.rest.enabled` is false, the job serves its
+    /// REST API (`rest.bind-address`, `rest.port`) and registers in the local registry of running
+    /// jobs, through which the `weir` CLI finds it.
     pub fn execute_async(self, name: &str) -> Result<JobHandle, Error> {
         let inner = std::mem::take(&mut *self.inner.borrow_mut());
         let graph = JobGraph::build(inner.nodes, inner.edges, &self.config)?;
-        Ok(job::submit(name, graph, &self.config, self.storage)?)
+        let mut handle = job::submit(name, graph, &self.config, self.storage)?;
+        if self.config.get_bool(keys::REST_ENABLED).unwrap_or(true) {
+            let bind = self.config.get_str(keys::REST_BIND_ADDRESS).unwrap_or_else(|| "127.0.0.1".into());
+            let port = self.config.get_int(keys::REST_PORT).unwrap_or(0);
+            let port =
+                u16::try_from(port).map_err(|_| Error::Args(format!("rest.port {port} is not a port number")))?;
+            match weir_rest::serve(handle.control(), &bind, port) {
+                Ok(server) => handle.attach(Box::new(Registered::new(name, &handle, server))),
+                Err(e) => {
+                    handle.cancel();
+                    return Err(Error::Args(format!(
+                        "cannot serve the REST API on {bind}:{port}: {e}; set rest.port to a free port, or 0"
+                    )));
+                }
+            }
+        }
+        Ok(handle)
     }
 
     /// Runs the job to its end. A job that ends FAILED is an error carrying the cause.
@@ -214,4 +232,42 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// A job's REST server and its registry entry; the entry goes first when the job ends.
+struct Registered {
+    registry: weir_rest::Registry,
+    id: String,
+    _server: weir_rest::RestServer,
+}
+
+impl Registered {
+    fn new(name: &str, handle: &JobHandle, server: weir_rest::RestServer) -> Registered {
+        let registry = weir_rest::Registry::default_location();
+        let id = handle.job_id().to_hex();
+        let entry = weir_rest::RegistryEntry {
+            id: id.clone(),
+            name: name.to_string(),
+            pid: std::process::id(),
+            address: server.address().to_string(),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            checkpoint_dir: handle.checkpoint_job_dir().map(|d| d.display().to_string()),
+        };
+        if let Err(e) = registry.register(&entry) {
+            tracing::warn!(
+                "cannot register job {id} in {}: {e}; the weir CLI will not find it by id",
+                registry.dir().display()
+            );
+        }
+        Registered { registry, id, _server: server }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.id);
+    }
 }

@@ -157,7 +157,12 @@ pub trait SinkFunction<T>: Send + 'static {
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: CheckpointId) -> Result<(), BoxError> {
         Ok(())
     }
-    /// The input ended: flush and commit what remains.
+    /// No more records will come, but a final savepoint follows (stop with `--drain`): flush
+    /// anything buffered. Do not commit: the savepoint's completion does.
+    fn end_of_input(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    /// The stream ended: flush and commit what remains.
     fn finish(&mut self) -> Result<(), BoxError> {
         Ok(())
     }

@@ -221,6 +221,7 @@ impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
             ChainEvent::CheckpointComplete(id) => {
                 self.sink.notify_checkpoint_complete(*id).map_err(|e| user_error(name, e))?
             }
+            ChainEvent::EndOfData => self.sink.end_of_input().map_err(|e| user_error(name, e))?,
             ChainEvent::EndOfInput => self.sink.finish().map_err(|e| user_error(name, e))?,
             ChainEvent::CheckpointAborted(_) | ChainEvent::Flush => {}
         }
@@ -249,6 +250,8 @@ impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, 
             operator_id: ctx.operator_id,
             name: ctx.task_name(),
             exhausted: false,
+            suspended_for: None,
+            drained: false,
         })))
     }
 }
@@ -259,9 +262,18 @@ struct SourceTask<T, S> {
     operator_id: OperatorId,
     name: String,
     exhausted: bool,
+    /// The stop-with-savepoint this source stopped for; it resumes if that savepoint is aborted.
+    suspended_for: Option<weir_core::CheckpointId>,
+    /// Drained (stop with `--drain`): it never reads again.
+    drained: bool,
 }
 
 impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
+    /// Whether the source may read: not exhausted, not stopped for a savepoint, not drained.
+    fn reading(&self) -> bool {
+        !self.exhausted && self.suspended_for.is_none() && !self.drained
+    }
+
     fn on_control(&mut self, control: Control, env: &TaskEnv) -> TaskResult<Option<InputEnd>> {
         match control {
             Control::Trigger(barrier) => {
@@ -275,8 +287,29 @@ impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
                         operator_state: st,
                     }],
                 };
+                let (id, stop) = (capture.barrier.id, capture.barrier.stop);
                 self.chain.event(&mut ChainEvent::Barrier(&mut capture))?;
                 env.submit_snapshot(capture)?;
+                if stop {
+                    // Nothing after a stop-with-savepoint barrier: it would be committed at the
+                    // end but also replayed by a restore from that savepoint.
+                    self.suspended_for = Some(id);
+                    self.chain.event(&mut ChainEvent::Flush)?;
+                }
+                Ok(None)
+            }
+            Control::CheckpointAborted(id) => {
+                if self.suspended_for == Some(id) {
+                    self.suspended_for = None;
+                }
+                self.chain.event(&mut ChainEvent::CheckpointAborted(id))?;
+                Ok(None)
+            }
+            Control::Drain => {
+                if !self.drained {
+                    self.drained = true;
+                    self.chain.event(&mut ChainEvent::EndOfData)?;
+                }
                 Ok(None)
             }
             Control::CheckpointComplete(id) => {
@@ -304,7 +337,7 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                     return Ok(end);
                 }
             }
-            if self.exhausted {
+            if !self.reading() {
                 if let Some(c) = env.wait_control(Duration::from_millis(200)) {
                     if let Some(end) = self.on_control(c, env)? {
                         return Ok(end);

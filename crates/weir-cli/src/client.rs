@@ -1,0 +1,160 @@
+//! A blocking client of one job's REST API.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use ureq::Agent;
+
+pub struct Client {
+    agent: Agent,
+    base: String,
+    job_id: String,
+}
+
+/// How long to wait for a savepoint or checkpoint to complete.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Client {
+    pub fn new(address: &str, job_id: &str) -> Client {
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client { agent, base: format!("http://{address}"), job_id: job_id.to_string() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error carrying the server's message.
+    fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = self.url(path);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("PATCH", _) => self.agent.patch(&url).send_empty(),
+            (_, Some(b)) => self.agent.post(&url).send_json(b),
+            (_, None) => self.agent.post(&url).send_empty(),
+        };
+        let mut response = response.with_context(|| format!("cannot reach the job's REST API at {}", self.base))?;
+        let status = response.status();
+        let value: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message =
+                value["errors"].as_array().and_then(|e| e.first()).and_then(Value::as_str).unwrap_or("no message");
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+
+    pub fn status(&self) -> Result<String> {
+        let v = self.json("GET", &format!("/jobs/{}", self.job_id), None)?;
+        v["state"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no state in the answer"))
+    }
+
+    pub fn cancel(&self) -> Result<()> {
+        self.json("PATCH", &format!("/jobs/{}?mode=cancel", self.job_id), None).map(|_| ())
+    }
+
+    /// Waits until the job's REST API stops answering (the job ended), at most `timeout`.
+    pub fn wait_gone(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.status() {
+                Ok(s) if s == "CANCELED" || s == "FINISHED" || s == "FAILED" => return,
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => return,
+            }
+        }
+    }
+
+    pub fn trigger_savepoint(&self, target: Option<&Path>, format: &str) -> Result<String> {
+        let mut body = json!({ "formatType": format });
+        if let Some(t) = target {
+            body["target-directory"] = json!(absolute(t));
+        }
+        let v = self.json("POST", &format!("/jobs/{}/savepoints", self.job_id), Some(body))?;
+        request_id(&v)
+    }
+
+    pub fn stop(&self, target: Option<&Path>, drain: bool, format: &str) -> Result<String> {
+        let mut body = json!({ "drain": drain, "formatType": format });
+        if let Some(t) = target {
+            body["targetDirectory"] = json!(absolute(t));
+        }
+        let v = self.json("POST", &format!("/jobs/{}/stop", self.job_id), Some(body))?;
+        request_id(&v)
+    }
+
+    /// Polls a savepoint until it completes; returns its location (`file:<dir>`).
+    pub fn wait_savepoint(&self, trigger: &str) -> Result<String> {
+        let v = self.wait_operation(&format!("/jobs/{}/savepoints/{trigger}", self.job_id))?;
+        if let Some(cause) = v["operation"]["failure-cause"]["stack-trace"].as_str() {
+            bail!("{cause}");
+        }
+        v["operation"]["location"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no location in {v}"))
+    }
+
+    /// Triggers a checkpoint and waits for it; returns its id.
+    pub fn checkpoint(&self, kind: &str) -> Result<u64> {
+        let v =
+            self.json("POST", &format!("/jobs/{}/checkpoints", self.job_id), Some(json!({ "checkpointType": kind })))?;
+        let trigger = request_id(&v)?;
+        let v = self.wait_operation(&format!("/jobs/{}/checkpoints/{trigger}", self.job_id))?;
+        if let Some(cause) = v["operation"]["failureCause"]["stack-trace"].as_str() {
+            bail!("{cause}");
+        }
+        v["operation"]["checkpointId"].as_u64().ok_or_else(|| anyhow!("no checkpoint id in {v}"))
+    }
+
+    fn wait_operation(&self, path: &str) -> Result<Value> {
+        let deadline = Instant::now() + OPERATION_TIMEOUT;
+        loop {
+            let v = self.json("GET", path, None)?;
+            if v["status"]["id"] == "COMPLETED" {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {} s waiting for the operation", OPERATION_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn request_id(v: &Value) -> Result<String> {
+    v["request-id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no request-id in {v}"))
+}
+
+/// The job may run in another directory: send absolute paths.
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+/// `dd.MM.yyyy HH:mm:ss` (UTC) from milliseconds since the epoch, as `flink list` prints times.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{day:02}.{month:02}.{year} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times_like_flink_list() {
+        assert_eq!(super::format_time(0), "01.01.1970 00:00:00");
+        assert_eq!(super::format_time(1_606_752_149_000), "30.11.2020 16:02:29");
+    }
+}

@@ -1,0 +1,218 @@
+//! `weir`: the operator's command line, shaped like Flink's (`flink run`, `list`, `cancel`,
+//! `checkpoint`, `savepoint`, `stop`). It finds a running job by id through the local registry of
+//! running jobs (`$WEIR_HOME/jobs`), or talks to `--address host:port` directly.
+
+mod client;
+mod run;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use client::Client;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use weir_rest::Registry;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Run and operate Weir jobs: checkpoints, savepoints, stop and restore.")]
+struct Cli {
+    /// REST address (host:port) of the job, instead of finding it in the registry of running jobs.
+    #[arg(long, global = true)]
+    address: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a job binary or a bundled example (word-count, keyed-count).
+    Run(run::RunArgs),
+    /// Lists running jobs.
+    List {
+        /// Also list jobs whose process has ended but which are still registered.
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+    },
+    /// Cancels a job (no savepoint).
+    Cancel { job_id: String },
+    /// Triggers a checkpoint of a running job.
+    Checkpoint {
+        job_id: String,
+        /// A full checkpoint (every checkpoint of the heap backend is full).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Triggers a savepoint of a running job, or disposes of one with --dispose.
+    Savepoint {
+        job_id: Option<String>,
+        /// Target directory (default: execution.checkpointing.savepoint-dir of the job).
+        target_directory: Option<PathBuf>,
+        /// Deletes the savepoint at this path.
+        #[arg(short = 'd', long, conflicts_with_all = ["job_id", "target_directory"])]
+        dispose: Option<PathBuf>,
+        /// canonical (backend-independent) or native.
+        #[arg(short = 't', long = "type", default_value = "canonical")]
+        format: String,
+        /// Returns once the savepoint is triggered, printing the trigger id.
+        #[arg(long)]
+        detached: bool,
+    },
+    /// Stops a job with a savepoint: sources stop, the savepoint commits the sinks, the job finishes.
+    Stop {
+        job_id: String,
+        /// Target directory (default: execution.checkpointing.savepoint-dir of the job).
+        #[arg(short = 'p', long = "savepoint-path", visible_alias = "savepointPath")]
+        savepoint_path: Option<PathBuf>,
+        /// End the inputs first (end-of-input hooks run), then take the savepoint; for a job that
+        /// will not be resumed.
+        #[arg(short = 'd', long)]
+        drain: bool,
+        #[arg(short = 't', long = "type", default_value = "canonical")]
+        format: String,
+        #[arg(long)]
+        detached: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("\n------------------------------------------------------------");
+            eprintln!(" The program finished with the following exception:\n");
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_format(format: &str) -> Result<&'static str> {
+    match format.to_ascii_uppercase().as_str() {
+        "CANONICAL" => Ok("CANONICAL"),
+        "NATIVE" => Ok("NATIVE"),
+        other => bail!("Could not parse value '{other}' for --type. Expected one of: [canonical, native]"),
+    }
+}
+
+fn client_for(address: &Option<String>, job_id: &str) -> Result<Client> {
+    weir_core::JobId::parse(job_id).with_context(|| format!("'{job_id}' is not a job id (32 hex characters)"))?;
+    let address = match address {
+        Some(a) => a.clone(),
+        None => Registry::default_location()
+            .find(job_id)
+            .map(|e| e.address)
+            .with_context(|| format!("No running job {job_id} in the registry of running jobs ({}); is it running on this machine? Use --address host:port to reach its REST API directly.", Registry::default_location().dir().display()))?,
+    };
+    Ok(Client::new(&address, job_id))
+}
+
+fn execute(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::List { all } => {
+            list(all);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { job_id } => {
+            let client = client_for(&cli.address, &job_id)?;
+            println!("Cancelling job {job_id}.");
+            client.cancel().with_context(|| format!("Could not cancel job {job_id}."))?;
+            client.wait_gone(Duration::from_secs(60));
+            println!("Cancelled job {job_id}.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoint { job_id, full } => {
+            let client = client_for(&cli.address, &job_id)?;
+            println!("Triggering checkpoint for job {job_id}.");
+            println!("Waiting for response...");
+            let id = client
+                .checkpoint(if full { "FULL" } else { "CONFIGURED" })
+                .with_context(|| format!("Failed to trigger a checkpoint for the job {job_id}."))?;
+            let label = if full { "Checkpoint(FULL)" } else { "Checkpoint" };
+            println!("{label} {id} for job {job_id} completed.");
+            println!("You can resume your program from this checkpoint with the run command.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Savepoint { dispose: Some(path), .. } => {
+            println!("Disposing savepoint '{}'.", path.display());
+            let running: Vec<(String, PathBuf)> = Registry::default_location()
+                .list()
+                .into_iter()
+                .filter_map(|e| Some((e.id, PathBuf::from(e.checkpoint_dir?))))
+                .collect();
+            weir_runtime::storage::dispose_snapshot(&path, &running)
+                .with_context(|| format!("Failed to dispose the savepoint '{}'.", path.display()))?;
+            println!("Savepoint '{}' disposed.", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Savepoint { job_id, target_directory, format, detached, .. } => {
+            let job_id = job_id.context("Missing JobID. Specify a Job ID to trigger a savepoint.")?;
+            let format = parse_format(&format)?;
+            let client = client_for(&cli.address, &job_id)?;
+            let failed = || format!("Failed to trigger a savepoint for the job {job_id}.");
+            if detached {
+                println!("Triggering savepoint in detached mode for job {job_id}.");
+                let trigger = client.trigger_savepoint(target_directory.as_deref(), format).with_context(failed)?;
+                println!("Successfully trigger manual savepoint, triggerId: {trigger}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("Triggering savepoint for job {job_id}.");
+            println!("Waiting for response...");
+            let trigger = client.trigger_savepoint(target_directory.as_deref(), format).with_context(failed)?;
+            let location = client.wait_savepoint(&trigger).with_context(failed)?;
+            println!("Savepoint completed. Path: {location}");
+            println!("You can resume your program from this savepoint with the run command.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { job_id, savepoint_path, drain, format, detached } => {
+            let format = parse_format(&format)?;
+            let client = client_for(&cli.address, &job_id)?;
+            let failed = || format!("Could not stop with a savepoint job \"{job_id}\".");
+            if detached {
+                println!("Triggering stop-with-savepoint in detached mode for job {job_id}.");
+                let trigger = client.stop(savepoint_path.as_deref(), drain, format).with_context(failed)?;
+                println!("Successfully trigger stop-with-savepoint in detached mode, triggerId: {trigger}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{} job \"{job_id}\" with a {format} savepoint.", if drain { "Draining" } else { "Suspending" });
+            println!("Triggering stop-with-savepoint for job {job_id}.");
+            println!("Waiting for response...");
+            let trigger = client.stop(savepoint_path.as_deref(), drain, format).with_context(failed)?;
+            let location = client.wait_savepoint(&trigger).with_context(failed)?;
+            println!("Savepoint completed. Path: {location}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn list(all: bool) {
+    let registry = Registry::default_location();
+    let mut running = Vec::new();
+    let mut scheduled = Vec::new();
+    let mut ended = Vec::new();
+    for entry in registry.list() {
+        let status = Client::new(&entry.address, &entry.id).status().unwrap_or_else(|_| "UNREACHABLE".into());
+        let line = format!("{} : {} : {} ({status})", client::format_time(entry.started_ms), entry.id, entry.name);
+        match status.as_str() {
+            "CREATED" | "INITIALIZING" => scheduled.push(line),
+            "FINISHED" | "FAILED" | "CANCELED" => ended.push(line),
+            _ => running.push(line),
+        }
+    }
+    let section = |title: &str, lines: &[String], empty: &str| {
+        if lines.is_empty() {
+            println!("{empty}");
+        } else {
+            println!("{title}");
+            lines.iter().for_each(|l| println!("{l}"));
+            println!("--------------------------------------------------------------");
+        }
+    };
+    println!("Waiting for response...");
+    section("------------------ Running/Restarting Jobs -------------------", &running, "No running jobs.");
+    section("----------------------- Scheduled Jobs -----------------------", &scheduled, "No scheduled jobs.");
+    if all {
+        section("---------------------- Terminated Jobs -----------------------", &ended, "No terminated jobs.");
+    }
+}

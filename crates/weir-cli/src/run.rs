@@ -1,0 +1,113 @@
+//! `weir run`: starts a job binary (or a bundled example) with restore and configuration flags,
+//! and reports its job id once the job has registered.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use weir_rest::Registry;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Returns once the job is running, leaving it in the background (output goes to a log file).
+    #[arg(short = 'd', long)]
+    detached: bool,
+    /// Restores from this savepoint or retained checkpoint (directory or its _metadata file).
+    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint")]
+    savepoint: Option<String>,
+    /// Skips snapshot state that maps to no operator of the job.
+    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
+    allow_non_restored_state: bool,
+    /// claim or no_claim (default): who owns the restored snapshot's files.
+    #[arg(long = "claim-mode", visible_alias = "claimMode")]
+    claim_mode: Option<String>,
+    /// Default parallelism.
+    #[arg(short = 'p', long)]
+    parallelism: Option<u32>,
+    /// A configuration value, key=value (repeatable).
+    #[arg(short = 'D', value_name = "key=value")]
+    dynamic: Vec<String>,
+    /// The job binary, or the name of a bundled example (word-count, keyed-count).
+    job: String,
+    /// Arguments of the job.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// A path to a job binary, or a bundled example that sits beside the `weir` binary.
+fn resolve_job(job: &str) -> Result<PathBuf> {
+    let as_path = Path::new(job);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    if !job.contains('/') {
+        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+            let bundled = dir.join(job);
+            if bundled.is_file() {
+                return Ok(bundled);
+            }
+        }
+    }
+    bail!("'{job}' is neither a job binary nor a bundled example (word-count, keyed-count); build the examples with `cargo build --release -p weir-examples`, or give the path of a job binary")
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let binary = resolve_job(&args.job)?;
+    let mut cmd = Command::new(&binary);
+    if let Some(s) = &args.savepoint {
+        cmd.args(["-s", s]);
+    }
+    if args.allow_non_restored_state {
+        cmd.arg("-n");
+    }
+    if let Some(m) = &args.claim_mode {
+        cmd.args(["--claim-mode", m]);
+    }
+    if let Some(p) = args.parallelism {
+        cmd.args(["-p", &p.to_string()]);
+    }
+    for d in &args.dynamic {
+        cmd.args(["-D", d]);
+    }
+    cmd.args(&args.args);
+    let registry = Registry::default_location();
+    let log = if args.detached {
+        let dir = registry.dir().parent().map(|h| h.join("log")).unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let path = dir.join(format!("{}-{stamp}.log", args.job.rsplit('/').next().unwrap_or("job")));
+        let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        cmd.stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file)).stdin(Stdio::null());
+        // A job of its own process group: a Ctrl-C in this terminal does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        Some(path)
+    } else {
+        None
+    };
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let entry = loop {
+        if let Some(e) = registry.list().into_iter().find(|e| e.pid == pid) {
+            break e;
+        }
+        if let Some(status) = child.try_wait()? {
+            let output = log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+            let tail: Vec<&str> = output.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the job exited ({status}) before it was running:\n{}", tail.join("\n"));
+        }
+        if Instant::now() > deadline {
+            bail!("the job (pid {pid}) did not register within 60 s in {}", registry.dir().display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("Job has been submitted with JobID {}", entry.id);
+    if let Some(path) = log {
+        println!("Job output: {}", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait()?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,8 @@
+//! The REST API a running job serves, with Flink's paths and JSON shapes (digest §5.2), and the
+//! registry through which the `weir` CLI finds running jobs by id.
+
+pub mod registry;
+mod server;
+
+pub use registry::{Registry, RegistryEntry};
+pub use server::{serve, RestServer};
