@@ -786,8 +786,10 @@ impl Master {
                 Ok(MasterMsg::TaskInitialized { attempt, task }) if attempt == self.attempt => {
                     initialized.insert(task);
                 }
-                Ok(MasterMsg::TaskFailed { attempt, error, restore, .. }) if attempt == self.attempt => {
-                    return Step::Failover { cause: error, restore };
+                // Any failure while tasks restore and open counts as a failed restore: retrying reads
+                // the same snapshot again.
+                Ok(MasterMsg::TaskFailed { attempt, error, .. }) if attempt == self.attempt => {
+                    return Step::Failover { cause: error, restore: true };
                 }
                 Ok(MasterMsg::Cancel) => {
                     self.stop_tasks();

@@ -110,7 +110,8 @@ impl FileSink {
             Ok(()) => Ok(()),
             Err(_) if target.exists() => Ok(()),
             Err(e) => Err(format!(
-                "cannot commit '{}' (checkpoint {}): {e}; the pending file of a completed checkpoint is missing",
+                "cannot commit '{}' (checkpoint {}): {e}; the pending output of a completed snapshot is missing. \
+                 If the sink's output directory changed since the snapshot, restore with the original one",
                 pending.display(),
                 file.checkpoint_id
             )

@@ -1,0 +1,386 @@
+//! The `weir` CLI and the job REST API, end to end with the bundled example jobs. Each test has its
+//! own registry of running jobs (`WEIR_HOME`), so tests never see each other's jobs.
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Weir {
+    home: tempfile::TempDir,
+}
+
+impl Weir {
+    fn new() -> Weir {
+        let weir = Weir { home: tempfile::tempdir().unwrap() };
+        let examples = Path::new(env!("CARGO_BIN_EXE_weir")).with_file_name("word-count");
+        assert!(
+            examples.exists(),
+            "the bundled examples are built by `cargo test --workspace` (or `cargo build -p weir-examples`)"
+        );
+        weir
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .env("WEIR_HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "weir {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail; returns stdout and stderr together.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(!out.status.success(), "weir {args:?} should have failed");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    fn run_detached(&self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        let id = out.lines().find_map(|l| l.strip_prefix("Job has been submitted with JobID ")).expect("job id line");
+        assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        id.to_string()
+    }
+
+    fn address(&self, job: &str) -> String {
+        let entry = self.home.path().join("jobs").join(format!("{job}.json"));
+        let v: Value = serde_json::from_slice(&std::fs::read(entry).unwrap()).unwrap();
+        v["address"].as_str().unwrap().to_string()
+    }
+
+    fn wait_gone(&self, job: &str) {
+        let entry = self.home.path().join("jobs").join(format!("{job}.json"));
+        wait_for("the job to end", || !entry.exists());
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn append(path: &Path, words: &[&str]) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    for w in words {
+        writeln!(f, r#"{{"word":"{w}","frequency":1}}"#).unwrap();
+    }
+}
+
+fn committed(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("part-") {
+            lines.extend(std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn totals(pairs: &[(&str, u64)]) -> Vec<String> {
+    let mut v: Vec<String> = pairs.iter().map(|(w, n)| format!("WordCount{{word='{w}', frequency={n}}}")).collect();
+    v.sort();
+    v
+}
+
+fn savepoint_path(stdout: &str) -> PathBuf {
+    let path =
+        stdout.lines().find_map(|l| l.strip_prefix("Savepoint completed. Path: file:")).expect("savepoint path line");
+    PathBuf::from(path)
+}
+
+#[test]
+fn seed_scenario_savepoint_stop_and_restore_through_the_cli() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, ck, sp) = (dir.path().join("words.jsonl"), dir.path().join("ck"), dir.path().join("savepoints"));
+    std::fs::write(&input, "").unwrap();
+    let out1 = dir.path().join("out1");
+    let common = ["--input", input.to_str().unwrap(), "--checkpoints", ck.to_str().unwrap(), "--quiet"];
+    let mut args = vec!["word-count", "--output", out1.to_str().unwrap()];
+    args.extend_from_slice(&common);
+    let job = weir.run_detached(&args);
+    assert!(weir.ok(&["list"]).contains(&format!("{job} : word-count (RUNNING)")));
+
+    append(&input, &["a", "b", "a"]);
+    wait_for("a=1 b=1 a=2 committed", || committed(&out1).len() == 3);
+    let stdout = weir.ok(&["savepoint", &job, sp.to_str().unwrap()]);
+    assert!(
+        stdout.starts_with(&format!(
+            "Triggering savepoint for job {job}.\nWaiting for response...\nSavepoint completed. Path: file:"
+        )),
+        "{stdout}"
+    );
+    let savepoint = savepoint_path(&stdout);
+    let name = savepoint.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with(&format!("savepoint-{}-", &job[..6])) && name.len() == 29, "{name}");
+    assert!(savepoint.join("_metadata").is_file());
+
+    append(&input, &["b", "a"]);
+    wait_for("all five totals committed", || committed(&out1).len() == 5);
+    let stdout = weir.ok(&["stop", &job, "--savepoint-path", sp.to_str().unwrap()]);
+    assert!(stdout.starts_with(&format!("Suspending job \"{job}\" with a CANONICAL savepoint.\nTriggering stop-with-savepoint for job {job}.\nWaiting for response...\nSavepoint completed. Path: file:")), "{stdout}");
+    weir.wait_gone(&job);
+    assert_eq!(committed(&out1), totals(&[("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]));
+
+    // Resume from the first savepoint: exactly the two lines appended after it are read again.
+    let out2 = dir.path().join("out2");
+    let mut args = vec!["-s", savepoint.to_str().unwrap(), "word-count", "--output", out2.to_str().unwrap()];
+    args.extend_from_slice(&common);
+    let job2 = weir.run_detached(&args);
+    wait_for("the replayed totals", || committed(&out2).len() == 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let stdout = weir.ok(&["cancel", &job2]);
+    assert_eq!(stdout, format!("Cancelling job {job2}.\nCancelled job {job2}.\n"));
+    assert_eq!(committed(&out2), totals(&[("b", 2), ("a", 3)]));
+    assert!(savepoint.join("_metadata").is_file(), "NO_CLAIM never deletes the savepoint");
+}
+
+fn http(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        (_, Some(b)) => agent.post(url).send_json(b),
+        (_, None) => agent.post(url).send_empty(),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn rest_savepoint_lifecycle_disposal_and_stop() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, sp, out) = (dir.path().join("ck"), dir.path().join("sp"), dir.path().join("out"));
+    let job = weir.run_detached(&[
+        "-D",
+        "execution.checkpointing.interval=100 ms",
+        "-D",
+        &format!("execution.checkpointing.dir={}", ck.display()),
+        "keyed-count",
+        "--output",
+        out.to_str().unwrap(),
+        "--count",
+        "100000000",
+        "--keys",
+        "10",
+        "--rate",
+        "2000",
+    ]);
+    let base = format!("http://{}", weir.address(&job));
+    let (status, v) = http("GET", &format!("{base}/jobs"), None);
+    assert_eq!((status, v["jobs"][0]["id"].as_str()), (200, Some(job.as_str())));
+
+    // No target and no default directory: 400 with Flink's message.
+    let (status, v) = http("POST", &format!("{base}/jobs/{job}/savepoints"), Some(json!({})));
+    assert_eq!(status, 400);
+    assert_eq!(
+        v["errors"][0],
+        "Config key [execution.checkpointing.savepoint-dir] is not set. Property [target-directory] must be provided."
+    );
+
+    // Trigger twice with the same triggerId: one savepoint.
+    let body = json!({ "target-directory": sp, "triggerId": "0123456789abcdef0123456789abcdef" });
+    let (status, v) = http("POST", &format!("{base}/jobs/{job}/savepoints"), Some(body.clone()));
+    assert_eq!((status, v["request-id"].as_str()), (202, Some("0123456789abcdef0123456789abcdef")));
+    let (status, _) = http("POST", &format!("{base}/jobs/{job}/savepoints"), Some(body));
+    assert_eq!(status, 202);
+    let mut location = String::new();
+    wait_for("savepoint completed", || {
+        let (_, v) = http("GET", &format!("{base}/jobs/{job}/savepoints/0123456789abcdef0123456789abcdef"), None);
+        if v["status"]["id"] == "COMPLETED" {
+            location = v["operation"]["location"].as_str().unwrap().to_string();
+            true
+        } else {
+            assert_eq!(v["status"]["id"], "IN_PROGRESS");
+            false
+        }
+    });
+    assert_eq!(std::fs::read_dir(&sp).unwrap().count(), 1, "an idempotent retry triggers no second savepoint");
+    let savepoint = PathBuf::from(location.strip_prefix("file:").unwrap());
+    assert!(savepoint.join("_metadata").is_file());
+    let (status, v) = http("GET", &format!("{base}/jobs/{job}/savepoints/ffffffffffffffffffffffffffffffff"), None);
+    assert_eq!(status, 404);
+    assert_eq!(
+        v["errors"][0],
+        format!("There is no savepoint operation with triggerId=ffffffffffffffffffffffffffffffff for job {job}.")
+    );
+
+    // Checkpoint statistics: the savepoint is the latest savepoint, not the latest checkpoint.
+    let (_, stats) = http("GET", &format!("{base}/jobs/{job}/checkpoints"), None);
+    assert_eq!(stats["latest"]["savepoint"]["external_path"], location.as_str());
+    assert_eq!(stats["latest"]["savepoint"]["is_savepoint"], true);
+    assert!(stats["counts"]["completed"].as_u64().unwrap() >= 1);
+    assert_eq!(stats["latest"]["restored"], Value::Null);
+
+    // A manual checkpoint through the CLI.
+    let stdout = weir.ok(&["checkpoint", &job]);
+    assert!(stdout.contains(&format!(" for job {job} completed.")), "{stdout}");
+
+    // Disposal: a running job's checkpoint is refused; the savepoint goes.
+    let (_, stats) = http("GET", &format!("{base}/jobs/{job}/checkpoints"), None);
+    let checkpoint = stats["latest"]["completed"]["external_path"].as_str().unwrap().to_string();
+    let (status, v) =
+        http("POST", &format!("{base}/savepoint-disposal"), Some(json!({ "savepoint-path": checkpoint })));
+    assert_eq!(status, 200);
+    let (_, v) = http("GET", &format!("{base}/savepoint-disposal/{}", v["request-id"].as_str().unwrap()), None);
+    assert!(v["operation"]["failure-cause"]["stack-trace"].as_str().unwrap().contains("still running"), "{v}");
+    let (status, v) = http("POST", &format!("{base}/savepoint-disposal"), Some(json!({})));
+    assert_eq!((status, v["errors"][0].as_str()), (400, Some("Field savepoint-path must not be omitted or be null.")));
+    let (_, v) = http("POST", &format!("{base}/savepoint-disposal"), Some(json!({ "savepoint-path": location })));
+    let (_, v) = http("GET", &format!("{base}/savepoint-disposal/{}", v["request-id"].as_str().unwrap()), None);
+    assert_eq!(v, json!({ "status": { "id": "COMPLETED" }, "operation": {} }));
+    assert!(!savepoint.exists());
+
+    // Stop with a savepoint over REST: the job finishes.
+    let (status, v) = http("POST", &format!("{base}/jobs/{job}/stop"), Some(json!({ "targetDirectory": sp })));
+    assert_eq!(status, 202);
+    let trigger = v["request-id"].as_str().unwrap().to_string();
+    wait_for("stop completed", || {
+        http("GET", &format!("{base}/jobs/{job}/savepoints/{trigger}"), None).1["status"]["id"] == "COMPLETED"
+    });
+    weir.wait_gone(&job);
+    assert!(weir.fails(&["savepoint", &job, sp.to_str().unwrap()]).contains(&format!("No running job {job}")));
+}
+
+#[test]
+fn bad_snapshots_are_refused_before_the_job_starts() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("out"));
+    append(&input, &["a"]);
+    let run = |snapshot: &Path| {
+        let out = out.to_str().unwrap();
+        weir.fails(&[
+            "run",
+            "-s",
+            snapshot.to_str().unwrap(),
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out,
+            "--bounded",
+            "--quiet",
+        ])
+    };
+    let missing = dir.path().join("nope");
+    assert!(
+        run(&missing).contains(&format!("Cannot find checkpoint or savepoint file/directory '{}'", missing.display()))
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(run(&empty).contains("Cannot find meta data file '_metadata' in directory"));
+
+    // A real savepoint, then damaged copies of it.
+    let sp = dir.path().join("sp");
+    let follow_in = dir.path().join("follow.jsonl");
+    append(&follow_in, &["a", "b"]);
+    let job = weir.run_detached(&[
+        "word-count",
+        "--input",
+        follow_in.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--checkpoints",
+        dir.path().join("ck").to_str().unwrap(),
+        "--quiet",
+    ]);
+    wait_for("the first totals", || committed(&out).len() == 2);
+    let savepoint = savepoint_path(&weir.ok(&["stop", &job, "-p", sp.to_str().unwrap()]));
+    weir.wait_gone(&job);
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir(&to).unwrap();
+        for e in std::fs::read_dir(&savepoint).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+        to
+    };
+    let truncated = copy("truncated");
+    let meta = std::fs::read(truncated.join("_metadata")).unwrap();
+    std::fs::write(truncated.join("_metadata"), &meta[..meta.len() / 2]).unwrap();
+    assert!(run(&truncated).contains("is truncated"));
+    let newer = copy("newer");
+    let mut bytes = meta.clone();
+    bytes[11] = 99;
+    std::fs::write(newer.join("_metadata"), &bytes).unwrap();
+    assert!(run(&newer).contains("has metadata format version 99, but this Weir reads versions up to 1"));
+    let damaged = copy("damaged");
+    let state = std::fs::read_dir(&damaged)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("keyed-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0xff;
+    std::fs::write(&state, &bytes).unwrap();
+    let err = run(&damaged);
+    assert!(
+        err.contains("could not restore its state and was not started") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+    assert_eq!(committed(&out).len(), 2, "the refused restore wrote nothing");
+    // The damaged snapshot is left as it was.
+    assert_eq!(std::fs::read(&state).unwrap(), bytes);
+}
+
+#[test]
+fn dispose_through_the_cli() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    append(&input, &["x"]);
+    let job = weir.run_detached(&[
+        "word-count",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.path().join("o").to_str().unwrap(),
+        "--checkpoints",
+        dir.path().join("ck").to_str().unwrap(),
+        "--quiet",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let savepoint = savepoint_path(&weir.ok(&["savepoint", &job, dir.path().join("sp").to_str().unwrap()]));
+    weir.ok(&["cancel", &job]);
+    let err = weir.fails(&["savepoint", "--dispose", dir.path().to_str().unwrap()]);
+    assert!(err.contains("is not a savepoint"), "{err}");
+    let out = weir.ok(&["savepoint", "--dispose", savepoint.to_str().unwrap()]);
+    assert_eq!(out, format!("Disposing savepoint '{0}'.\nSavepoint '{0}' disposed.\n", savepoint.display()));
+    assert!(!savepoint.exists());
+    let err = weir.fails(&[
+        "run",
+        "--claim-mode",
+        "legacy",
+        "word-count",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "o",
+    ]);
+    assert!(err.contains("claim mode LEGACY is not supported"), "{err}");
+}
