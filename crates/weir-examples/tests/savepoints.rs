@@ -1,0 +1,394 @@
+//! Savepoints and restores through the API, modelled on Flink's SavepointITCase, RescalingITCase
+//! and ResumeCheckpointManuallyITCase: rescaling keyed state, relocation, claim modes, removed and
+//! added operators, incompatible state types, what an intermediate savepoint commits, and what a
+//! failed savepoint leaves behind.
+
+mod common;
+
+use common::{FaultyStorage, StorageFault};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir::connectors::{FileSink, FileSource};
+use weir::{
+    BoxError, Collector, JobHandle, KeyScope, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
+    StreamEnv, ValueState, ValueStateDescriptor,
+};
+
+const MAX_P: u32 = 13;
+
+/// Counts per key and reports the subtask that holds the key: `key count subtask`.
+#[derive(Clone, Default)]
+struct CountWhere {
+    state: Option<ValueState<u64>>,
+    subtask: u32,
+}
+
+impl KeyedProcessFunction<u64, u64, String> for CountWhere {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        self.subtask = ctx.subtask();
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        key: u64,
+        state: &mut KeyScope<'_, u64>,
+        out: &mut Collector<'_, String>,
+    ) -> Result<(), BoxError> {
+        let h = self.state.ok_or("not opened")?;
+        let n = h.value(state).copied().unwrap_or(0) + 1;
+        h.update(state, n);
+        out.collect(format!("{key} {n} {}", self.subtask));
+        Ok(())
+    }
+}
+
+/// The same state name with another type.
+#[derive(Clone, Default)]
+struct CountAsText {
+    state: Option<ValueState<String>>,
+}
+
+impl KeyedProcessFunction<u64, u64, String> for CountAsText {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        key: u64,
+        _: &mut KeyScope<'_, u64>,
+        out: &mut Collector<'_, String>,
+    ) -> Result<(), BoxError> {
+        out.collect(key.to_string());
+        Ok(())
+    }
+}
+
+struct Paths {
+    _dir: tempfile::TempDir,
+    input: PathBuf,
+    out: PathBuf,
+    ck: PathBuf,
+    sp: PathBuf,
+}
+
+fn paths() -> Paths {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let paths = Paths { input: p("keys.txt"), out: p("out"), ck: p("ck"), sp: p("sp"), _dir: dir };
+    std::fs::write(&paths.input, "").unwrap();
+    paths
+}
+
+fn append_keys(input: &Path, keys: impl IntoIterator<Item = u64>) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(input).unwrap();
+    for k in keys {
+        writeln!(f, "{k}").unwrap();
+    }
+}
+
+fn job_env(paths: &Paths, args: &[&str]) -> StreamEnv {
+    let mut all = vec!["job", "-D", "execution.checkpointing.interval=40 ms"];
+    all.extend_from_slice(args);
+    let (mut env, _) = StreamEnv::from_arg_list(all.iter().map(|s| s.to_string())).unwrap();
+    env.set(weir::config_keys::CHECKPOINT_DIR, paths.ck.to_str().unwrap()).unwrap();
+    env
+}
+
+/// file of keys → parse → key_by → count (parallelism `p`, max parallelism 13) → file sink.
+fn counting_job(env: &StreamEnv, paths: &Paths, p: u32) {
+    env.source(FileSource::follow(&paths.input))
+        .uid("source")
+        .set_parallelism(1)
+        .map(|line: String| line.trim().parse::<u64>().unwrap_or(0))
+        .uid("parse")
+        .set_parallelism(1)
+        .key_by(|k: &u64| *k)
+        .process(CountWhere::default())
+        .uid("count")
+        .set_parallelism(p)
+        .set_max_parallelism(MAX_P)
+        .sink(FileSink::new(&paths.out))
+        .uid("sink")
+        .set_parallelism(1);
+}
+
+fn committed(out: &Path) -> Vec<String> {
+    FileSink::read_committed(out).unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn savepoint(handle: &JobHandle, target: &Path) -> PathBuf {
+    wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
+    let token = handle.trigger_savepoint(Some(target), SavepointFormat::Canonical).unwrap();
+    match handle.wait_operation(token, Duration::from_secs(30)) {
+        Some(Operation::Completed { location, .. }) => location,
+        other => panic!("savepoint did not complete: {other:?}"),
+    }
+}
+
+fn finish(handle: JobHandle) {
+    handle.cancel();
+    handle.wait();
+}
+
+#[test]
+fn keyed_rescale_1_to_3_to_2_keeps_every_key_once_on_its_subtask() {
+    let paths = paths();
+    let keys = 0..40u64;
+    let mut snapshot: Option<PathBuf> = None;
+    for (round, p) in [1u32, 3, 2].into_iter().enumerate() {
+        let restore = snapshot.as_ref().map(|s| s.to_str().unwrap().to_string());
+        let args: Vec<&str> = restore.as_deref().map(|s| vec!["-s", s]).unwrap_or_default();
+        let env = job_env(&paths, &args);
+        counting_job(&env, &paths, p);
+        let handle = env.execute_async("rescale").unwrap();
+        append_keys(&paths.input, keys.clone());
+        let want = 40 * (round + 1);
+        wait_for("this round's counts", || committed(&paths.out).len() == want);
+        snapshot = Some(savepoint(&handle, &paths.sp));
+        finish(handle);
+    }
+    let lines = committed(&paths.out);
+    for key in keys {
+        let mut mine: Vec<(u64, u32)> = lines
+            .iter()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|f| f[0] == key.to_string())
+            .map(|f| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+            .collect();
+        mine.sort();
+        let counts: Vec<u64> = mine.iter().map(|m| m.0).collect();
+        assert_eq!(counts, vec![1, 2, 3], "key {key}: state survived both rescales exactly once");
+        let kg = weir_core::key_group::assign_to_key_group(&key, MAX_P);
+        for ((_, subtask), p) in mine.iter().zip([1u32, 3, 2]) {
+            assert_eq!(
+                *subtask,
+                weir_core::key_group::operator_index_for_key_group(MAX_P, p, kg),
+                "key {key} at p={p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_moved_savepoint_restores_from_its_new_place() {
+    let paths = paths();
+    let env1 = job_env(&paths, &[]);
+    counting_job(&env1, &paths, 2);
+    let handle = env1.execute_async("relocate").unwrap();
+    append_keys(&paths.input, 0..10);
+    wait_for("first counts", || committed(&paths.out).len() == 10);
+    let original = savepoint(&handle, &paths.sp);
+    finish(handle);
+    let moved = paths.sp.parent().unwrap().join("elsewhere").join("moved-savepoint");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(&original, &moved).unwrap();
+    let env2 = job_env(&paths, &["-s", moved.to_str().unwrap()]);
+    counting_job(&env2, &paths, 2);
+    let handle = env2.execute_async("relocated").unwrap();
+    append_keys(&paths.input, 0..10);
+    wait_for("second counts", || committed(&paths.out).len() == 20);
+    finish(handle);
+    let second: Vec<String> = committed(&paths.out).into_iter().filter(|l| l.split(' ').nth(1) == Some("2")).collect();
+    assert_eq!(second.len(), 10, "every key continued from its restored count");
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Runs a job until it retained a checkpoint, cancels it, and returns that checkpoint.
+fn retained_checkpoint(paths: &Paths) -> PathBuf {
+    let env =
+        job_env(paths, &["-D", "execution.checkpointing.externalized-checkpoint-retention=RETAIN_ON_CANCELLATION"]);
+    counting_job(&env, paths, 1);
+    let handle = env.execute_async("retained").unwrap();
+    append_keys(&paths.input, 0..5);
+    wait_for("a committed checkpoint", || committed(&paths.out).len() == 5);
+    let job_dir = handle.checkpoint_job_dir().unwrap();
+    finish(handle);
+    weir::latest_checkpoint(&job_dir).unwrap().1
+}
+
+#[test]
+fn no_claim_never_touches_the_snapshot_and_claim_deletes_it_once_subsumed() {
+    let paths = paths();
+    let checkpoint = retained_checkpoint(&paths);
+    let before = listing(&checkpoint);
+
+    let env = job_env(&paths, &["-s", checkpoint.to_str().unwrap()]);
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("no-claim").unwrap();
+    wait_for("two checkpoints of the new job", || handle.completed_checkpoints().len() >= 2);
+    assert_eq!(handle.restored_from().unwrap().checkpoint_id + 1, handle.completed_checkpoints()[0].id);
+    finish(handle);
+    assert_eq!(listing(&checkpoint), before, "NO_CLAIM leaves every file of the snapshot in place");
+
+    let env = job_env(&paths, &["-s", checkpoint.to_str().unwrap(), "--claim-mode", "claim"]);
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("claim").unwrap();
+    wait_for("the claimed checkpoint to be subsumed", || !checkpoint.exists());
+    finish(handle);
+}
+
+#[test]
+fn removed_stateful_operator_needs_allow_non_restored_state() {
+    let paths = paths();
+    let env1 = job_env(&paths, &[]);
+    counting_job(&env1, &paths, 1);
+    let handle = env1.execute_async("before").unwrap();
+    append_keys(&paths.input, 0..3);
+    wait_for("counts", || committed(&paths.out).len() == 3);
+    let sp = savepoint(&handle, &paths.sp);
+    finish(handle);
+
+    // The new job has no "count" operator; its "parse" operator has another uid (its old state
+    // is empty, so that alone never blocks a restore).
+    let without_count = |env: &StreamEnv| {
+        env.source(FileSource::follow(&paths.input))
+            .uid("source")
+            .map(|line: String| line)
+            .uid("parse-v2")
+            .sink(FileSink::new(paths.out.join("v2")))
+            .uid("sink");
+    };
+    let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
+    without_count(&env2);
+    let err = env2.execute_async("after").err().expect("refused").to_string();
+    assert!(err.contains("uid 'count'") && err.contains("--allow-non-restored-state (-n)"), "{err}");
+    assert!(err.contains(&weir::OperatorId::from_uid("count").to_hex()), "{err}");
+
+    let env3 = job_env(&paths, &["-s", sp.to_str().unwrap(), "-n"]);
+    without_count(&env3);
+    let handle = env3.execute_async("after").unwrap();
+    append_keys(&paths.input, [7]);
+    wait_for("the restored source to continue after its offset", || {
+        committed(&paths.out.join("v2")) == vec!["7".to_string()]
+    });
+    finish(handle);
+}
+
+#[test]
+fn an_added_operator_starts_empty() {
+    let paths = paths();
+    let env1 = job_env(&paths, &[]);
+    counting_job(&env1, &paths, 1);
+    let handle = env1.execute_async("before").unwrap();
+    append_keys(&paths.input, [1, 1]);
+    wait_for("counts", || committed(&paths.out).len() == 2);
+    let sp = savepoint(&handle, &paths.sp);
+    finish(handle);
+
+    let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
+    let counts = env2
+        .source(FileSource::follow(&paths.input))
+        .uid("source")
+        .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
+        .uid("parse");
+    counts
+        .clone()
+        .key_by(|k: &u64| *k)
+        .process(CountWhere::default())
+        .uid("count")
+        .set_max_parallelism(MAX_P)
+        .sink(FileSink::new(&paths.out))
+        .uid("sink");
+    counts
+        .key_by(|k: &u64| *k)
+        .process(CountWhere::default())
+        .uid("count-added")
+        .sink(FileSink::new(paths.out.join("added")))
+        .uid("sink-added");
+    let handle = env2.execute_async("after").unwrap();
+    append_keys(&paths.input, [1]);
+    wait_for("both counts", || committed(&paths.out).len() == 3 && committed(&paths.out.join("added")).len() == 1);
+    finish(handle);
+    assert!(committed(&paths.out).contains(&"1 3 0".to_string()), "the restored operator continues");
+    assert_eq!(committed(&paths.out.join("added")), vec!["1 1 0"], "the added operator starts empty");
+}
+
+#[test]
+fn state_that_cannot_decode_into_the_new_type_fails_the_restore_naming_the_state() {
+    let paths = paths();
+    let env1 = job_env(&paths, &[]);
+    counting_job(&env1, &paths, 1);
+    let handle = env1.execute_async("before").unwrap();
+    append_keys(&paths.input, [5]);
+    wait_for("counts", || committed(&paths.out).len() == 1);
+    let sp = savepoint(&handle, &paths.sp);
+    finish(handle);
+
+    let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
+    env2.source(FileSource::follow(&paths.input))
+        .uid("source")
+        .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
+        .uid("parse")
+        .key_by(|k: &u64| *k)
+        .process(CountAsText::default())
+        .uid("count")
+        .set_max_parallelism(MAX_P)
+        .sink(FileSink::new(&paths.out))
+        .uid("sink");
+    let outcome = env2.execute_async("after").unwrap().wait();
+    assert_eq!(outcome.status, weir::JobStatus::Failed);
+    assert_eq!(outcome.restarts, 0, "a restore that cannot succeed is not retried");
+    let cause = outcome.failure.unwrap();
+    assert!(cause.contains("restored state 'count'") && cause.contains("value type"), "{cause}");
+}
+
+#[test]
+fn an_intermediate_savepoint_commits_nothing_and_stop_commits() {
+    let paths = paths();
+    // No periodic checkpoints: only the stop can commit.
+    let (env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("savepoints-only").unwrap();
+    append_keys(&paths.input, 0..5);
+    let sp = savepoint(&handle, &paths.sp);
+    assert!(sp.join("_metadata").is_file());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(committed(&paths.out).is_empty(), "an intermediate savepoint commits no output");
+    let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, false).unwrap();
+    assert!(matches!(handle.wait_operation(token, Duration::from_secs(30)), Some(Operation::Completed { .. })));
+    let outcome = handle.wait();
+    assert_eq!(outcome.status, weir::JobStatus::Finished);
+    assert_eq!(committed(&paths.out).len(), 5, "stop-with-savepoint commits");
+}
+
+#[test]
+fn a_failed_savepoint_leaves_no_savepoint_directory() {
+    let paths = paths();
+    let (mut env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("failing-savepoint").unwrap();
+    append_keys(&paths.input, 0..3);
+    wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
+    let token = handle.trigger_savepoint(Some(&paths.sp), SavepointFormat::Canonical).unwrap();
+    match handle.wait_operation(token, Duration::from_secs(30)) {
+        Some(Operation::Failed { message }) => assert!(message.contains("metadata write failed"), "{message}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(handle.status(), weir::JobStatus::Running, "a failed savepoint does not fail the job");
+    assert!(listing(&paths.sp).is_empty(), "nothing that looks like a savepoint is left: {:?}", listing(&paths.sp));
+    // Without a savepoint directory configured or given, the request is refused up front.
+    assert_eq!(
+        handle.trigger_savepoint(None, SavepointFormat::Canonical).unwrap_err(),
+        weir::ControlError::NoSavepointDir
+    );
+    finish(handle);
+}
