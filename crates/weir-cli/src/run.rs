@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// A configuration value, key=value (repeatable).
     #[arg(short = 'D', value_name = "key=value")]
     dynamic: Vec<String>,
+    /// A YAML configuration file for the job.
+    #[arg(long = "config")]
+    config: Option<PathBuf>,
     /// The job binary, or the name of a bundled example (word-count, keyed-count).
     job: String,
     /// Arguments of the job.
@@ -69,6 +72,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     for d in &args.dynamic {
         cmd.args(["-D", d]);
+    }
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(std::path::absolute(c).unwrap_or_else(|_| c.clone()));
     }
     cmd.args(&args.args);
     let registry = Registry::default_location();

@@ -247,6 +247,70 @@ fn suggest(key: &str) -> String {
     }
 }
 
+/// Reads a YAML configuration file's text (Flink's `config.yaml` style): nested maps are flattened
+/// into dotted keys, so `execution: {checkpointing: {interval: 10 s}}` and
+/// `execution.checkpointing.interval: 10 s` mean the same. `source` names the file in errors.
+pub fn parse_yaml(text: &str, source: &str) -> Result<(Configuration, Vec<DeprecationWarning>), ConfigError> {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let invalid = |key: &str, reason: String| ConfigError::InvalidValue {
+        key: key.to_string(),
+        value: String::new(),
+        reason: format!("{reason} (in {source})"),
+    };
+    let docs = YamlLoader::load_from_str(text).map_err(|e| invalid("<file>", format!("not valid YAML: {e}")))?;
+    let mut flat: Vec<(String, String)> = Vec::new();
+    fn walk(prefix: &str, node: &Yaml, out: &mut Vec<(String, String)>) -> Result<(), String> {
+        let key = |k: &Yaml| -> Result<String, String> {
+            let name = match k {
+                Yaml::String(s) => s.clone(),
+                Yaml::Integer(i) => i.to_string(),
+                Yaml::Boolean(b) => b.to_string(),
+                other => return Err(format!("unsupported key {other:?}")),
+            };
+            Ok(if prefix.is_empty() { name } else { format!("{prefix}.{name}") })
+        };
+        match node {
+            Yaml::Hash(map) => {
+                for (k, v) in map {
+                    walk(&key(k)?, v, out)?;
+                }
+                Ok(())
+            }
+            Yaml::String(s) | Yaml::Real(s) => {
+                out.push((prefix.to_string(), s.clone()));
+                Ok(())
+            }
+            Yaml::Integer(i) => {
+                out.push((prefix.to_string(), i.to_string()));
+                Ok(())
+            }
+            Yaml::Boolean(b) => {
+                out.push((prefix.to_string(), b.to_string()));
+                Ok(())
+            }
+            Yaml::Null | Yaml::BadValue => Ok(()),
+            other => Err(format!("key '{prefix}': a value must be a scalar, found {other:?}")),
+        }
+    }
+    for doc in &docs {
+        walk("", doc, &mut flat).map_err(|e| invalid("<file>", e))?;
+    }
+    let mut config = Configuration::new();
+    let mut warnings = Vec::new();
+    for (k, v) in flat {
+        match config.set(&k, &v) {
+            Ok(w) => warnings.extend(w),
+            Err(ConfigError::UnknownKey { key, hint }) => {
+                return Err(ConfigError::UnknownKey { key, hint: format!("{hint} (in {source})") })
+            }
+            Err(ConfigError::InvalidValue { key, value, reason }) => {
+                return Err(ConfigError::InvalidValue { key, value, reason: format!("{reason} (in {source})") })
+            }
+        }
+    }
+    Ok((config, warnings))
+}
+
 pub fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "true" => Some(true),
@@ -334,6 +398,23 @@ mod tests {
         c.set(keys::CHECKPOINT_NUM_RETAINED, "5").unwrap();
         c.set("state.checkpoints.num-retained", "7").unwrap();
         assert_eq!(c.get_int(keys::CHECKPOINT_NUM_RETAINED), Some(5));
+    }
+
+    #[test]
+    fn yaml_nested_and_flat_keys() {
+        let text = "execution:\n  checkpointing:\n    interval: 10 s\n    num-retained: 3\nparallelism.default: 2\nstate.checkpoints.dir: /tmp/ck\n";
+        let (c, warnings) = parse_yaml(text, "conf.yaml").unwrap();
+        assert_eq!(c.get_duration(keys::CHECKPOINT_INTERVAL), Some(Duration::from_secs(10)));
+        assert_eq!(c.get_int(keys::CHECKPOINT_NUM_RETAINED), Some(3));
+        assert_eq!(c.get_int(keys::PARALLELISM_DEFAULT), Some(2));
+        assert_eq!(c.get_str(keys::CHECKPOINT_DIR).as_deref(), Some("/tmp/ck"));
+        assert_eq!(warnings.len(), 1);
+        let err =
+            parse_yaml("execution:\n  checkpointing:\n    intervall: 1 s\n", "/etc/weir.yaml").unwrap_err().to_string();
+        assert!(err.contains("'execution.checkpointing.intervall'") && err.contains("/etc/weir.yaml"), "{err}");
+        let err = parse_yaml("parallelism.default: [1, 2]\n", "f").unwrap_err().to_string();
+        assert!(err.contains("parallelism.default") && err.contains("scalar"), "{err}");
+        assert!(parse_yaml("a: [", "f").is_err());
     }
 
     #[test]

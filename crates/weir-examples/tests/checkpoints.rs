@@ -193,3 +193,29 @@ fn checkpointing_without_a_directory_is_refused() {
     let err = env.execute_async("no-dir").err().unwrap().to_string();
     assert!(err.contains("execution.checkpointing.dir"), "{err}");
 }
+
+#[test]
+fn yaml_file_then_code_then_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "execution:\n  checkpointing:\n    interval: 5 min\n    num-retained: 4\nparallelism.default: 3\npipeline.max-parallelism: 64\n",
+    )
+    .unwrap();
+    let args = ["job", "--config", file.to_str().unwrap(), "-D", "parallelism.default=2"].map(String::from);
+    let (mut env, rest) = StreamEnv::from_arg_list(args).unwrap();
+    assert!(rest.is_empty());
+    env.enable_checkpointing(Duration::from_millis(250)); // code beats the file
+    env.set_parallelism(7); // the command line beats the code
+    let c = env.config();
+    assert_eq!(c.get_duration("execution.checkpointing.interval"), Some(Duration::from_millis(250)));
+    assert_eq!(c.get_int("execution.checkpointing.num-retained"), Some(4));
+    assert_eq!(c.get_int("parallelism.default"), Some(2));
+    assert_eq!(c.get_int("pipeline.max-parallelism"), Some(64));
+
+    std::fs::write(&file, "execution.checkpointing.intervall: 1 s\n").unwrap();
+    let args = ["job", "--config", file.to_str().unwrap()].map(String::from);
+    let err = StreamEnv::from_arg_list(args).err().unwrap().to_string();
+    assert!(err.contains("'execution.checkpointing.intervall'") && err.contains("config.yaml"), "{err}");
+}

@@ -60,13 +60,17 @@ struct JobArgs {
     /// A configuration value, key=value (repeatable).
     #[arg(short = 'D', value_name = "key=value")]
     dynamic: Vec<String>,
+    /// A YAML configuration file (default: `$WEIR_CONF_DIR/config.yaml` when that exists).
+    #[arg(long = "config")]
+    config_file: Option<std::path::PathBuf>,
     /// The job's own arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     job_args: Vec<String>,
 }
 
-/// Where a job is built. Configuration precedence, lowest first: defaults, the job's code
-/// (`enable_checkpointing`, `set_parallelism`, `set`), command-line flags (`-D`, `-s`, `-p`).
+/// Where a job is built. Configuration precedence, lowest first: defaults, the YAML file
+/// (`--config`), the job's code (`enable_checkpointing`, `set_parallelism`, `set`), command-line
+/// flags (`-D`, `-s`, `-p`).
 pub struct StreamEnv {
     inner: Rc<RefCell<EnvInner>>,
     config: Configuration,
@@ -100,6 +104,20 @@ impl StreamEnv {
     /// Like [`from_args`](Self::from_args), from a given list (the first item is the program).
     pub fn from_arg_list<I: IntoIterator<Item = String>>(args: I) -> Result<(StreamEnv, Vec<String>), Error> {
         let args = JobArgs::try_parse_from(args).map_err(|e| Error::Args(e.to_string()))?;
+        let file = args.config_file.clone().or_else(|| {
+            let default = std::path::PathBuf::from(std::env::var_os("WEIR_CONF_DIR")?).join("config.yaml");
+            default.is_file().then_some(default)
+        });
+        let file_config = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Args(format!("cannot read configuration file '{}': {e}", path.display())))?;
+                let (c, warnings) = weir_core::config::parse_yaml(&text, &path.display().to_string())?;
+                warnings.iter().for_each(|w| tracing::warn!("{w}"));
+                c
+            }
+            None => Configuration::new(),
+        };
         let mut config = Configuration::new();
         for pair in &args.dynamic {
             if let Some(w) = config.set_pair(pair)? {
@@ -123,7 +141,12 @@ impl StreamEnv {
             }
             config.set(keys::RECOVERY_CLAIM_MODE, mode)?;
         }
-        Ok((Self::with_config(config), args.job_args))
+        let pinned = config.iter().map(|(k, _)| k).collect();
+        let mut merged = file_config;
+        merged.merge(&config);
+        let mut env = Self::with_config(merged);
+        env.pinned = pinned;
+        Ok((env, args.job_args))
     }
 
     pub fn config(&self) -> &Configuration {
