@@ -1,4 +1,5 @@
-//! `cargo run --release -p weir-bench -- [--seconds S] [--out FILE]`
+//! `cargo run --release -p weir-bench -- [--seconds S] [--out FILE]` (the engine suite), and
+//! `cargo run --release -p weir-bench -- --suite savepoints` (savepoint and restore times).
 //!
 //! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
@@ -27,17 +28,22 @@ use weir::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod savepoints;
+
 #[derive(Parser)]
 struct Args {
+    /// engine (throughput, checkpoints, memory) or savepoints (savepoint and restore times).
+    #[arg(long, default_value = "engine")]
+    suite: String,
     /// Measurement window per configuration, in seconds.
     #[arg(long, default_value_t = 12)]
     seconds: u64,
     /// Runs per configuration; the median (by throughput) is reported, with every run's rate.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Where to write the JSON results.
-    #[arg(long, default_value = "bench-results/engine.json")]
-    out: String,
+    /// Where to write the JSON results (default: bench-results/<suite>.json).
+    #[arg(long)]
+    out: Option<String>,
     /// Run one configuration in this process: SHAPE,PARALLELISM,CHECKPOINT_MS (0 = none).
     #[arg(long)]
     single: Option<String>,
@@ -210,6 +216,24 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    let out = args.out.clone().unwrap_or_else(|| format!("bench-results/{}.json", args.suite));
+    if let Some(parent) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match args.suite.as_str() {
+        "engine" => {}
+        "savepoints" => {
+            std::env::set_var("RUST_LOG", "warn");
+            let report = savepoints::run(&[1_000_000, 10_000_000])?;
+            std::fs::write(
+                &out,
+                serde_json::to_string_pretty(&serde_json::json!({ "benchmark": "savepoints", "report": report }))?,
+            )?;
+            eprintln!("wrote {out}");
+            return Ok(());
+        }
+        other => bail!("unknown suite '{other}': engine or savepoints"),
+    }
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     for shape in ["reference", "large-state"] {
@@ -239,16 +263,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(parent) = std::path::Path::new(&args.out).parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
     std::fs::write(
-        &args.out,
+        &out,
         serde_json::to_string_pretty(
             &serde_json::json!({ "benchmark": "engine", "machine": machine, "results": results }),
         )?,
     )?;
-    eprintln!("wrote {}", args.out);
+    eprintln!("wrote {out}");
     Ok(())
 }
