@@ -392,3 +392,96 @@ fn a_failed_savepoint_leaves_no_savepoint_directory() {
     );
     finish(handle);
 }
+
+/// Records the calls a sink receives, in order.
+#[derive(Clone, Default)]
+struct EventSink {
+    events: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EventSink {
+    fn push(&self, e: String) {
+        self.events.lock().unwrap().push(e);
+    }
+    fn after_records(&self) -> Vec<String> {
+        self.events.lock().unwrap().iter().filter(|e| *e != "record").cloned().collect()
+    }
+}
+
+impl weir::SinkFunction<String> for EventSink {
+    fn invoke(&mut self, _: String) -> Result<(), BoxError> {
+        self.push("record".into());
+        Ok(())
+    }
+    fn end_of_input(&mut self) -> Result<(), BoxError> {
+        self.push("end-of-input".into());
+        Ok(())
+    }
+    fn snapshot_state(&mut self, id: weir::CheckpointId, _: &mut weir::OperatorStateSnapshot) -> Result<(), BoxError> {
+        self.push(format!("snapshot {id}"));
+        Ok(())
+    }
+    fn notify_checkpoint_complete(&mut self, id: weir::CheckpointId) -> Result<(), BoxError> {
+        self.push(format!("complete {id}"));
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), BoxError> {
+        self.push("finish".into());
+        Ok(())
+    }
+}
+
+fn stop_and_record(drain: bool) -> Vec<String> {
+    let paths = paths();
+    let (env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
+    let sink = EventSink::default();
+    env.source(FileSource::follow(&paths.input)).uid("source").sink(sink.clone()).uid("events");
+    let handle = env.execute_async("stop").unwrap();
+    append_keys(&paths.input, 0..3);
+    wait_for("three records", || sink.events.lock().unwrap().len() == 3);
+    let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, drain).unwrap();
+    let Some(Operation::Completed { checkpoint_id, location }) = handle.wait_operation(token, Duration::from_secs(30))
+    else {
+        panic!("stop did not complete");
+    };
+    assert!(location.join("_metadata").is_file());
+    assert_eq!(handle.wait().status, weir::JobStatus::Finished);
+    let id = checkpoint_id;
+    let events = sink.after_records();
+    assert!(events.contains(&format!("snapshot {id}")) && events.contains(&format!("complete {id}")), "{events:?}");
+    events
+}
+
+#[test]
+fn stop_with_drain_runs_end_of_input_hooks_before_the_final_savepoint() {
+    let events = stop_and_record(true);
+    assert_eq!(events, vec!["end-of-input", "snapshot 1", "complete 1", "finish"]);
+}
+
+#[test]
+fn stop_without_drain_takes_the_savepoint_without_ending_the_input() {
+    let events = stop_and_record(false);
+    assert_eq!(events, vec!["snapshot 1", "complete 1", "finish"]);
+}
+
+#[test]
+fn a_failed_stop_leaves_the_job_running_and_reading() {
+    let paths = paths();
+    let (mut env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
+    let sink = EventSink::default();
+    env.source(FileSource::follow(&paths.input)).uid("source").sink(sink.clone()).uid("events");
+    let handle = env.execute_async("failed-stop").unwrap();
+    append_keys(&paths.input, 0..2);
+    wait_for("two records", || sink.events.lock().unwrap().len() == 2);
+    let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, false).unwrap();
+    assert!(matches!(handle.wait_operation(token, Duration::from_secs(30)), Some(Operation::Failed { .. })));
+    assert_eq!(handle.status(), weir::JobStatus::Running);
+    // The sources stopped at the stop's barrier; they read again once it failed.
+    append_keys(&paths.input, 2..4);
+    wait_for("records after the failed stop", || {
+        sink.events.lock().unwrap().iter().filter(|e| *e == "record").count() == 4
+    });
+    assert!(listing(&paths.sp).is_empty());
+    finish(handle);
+}
