@@ -13,24 +13,8 @@ pub struct RunArgs {
     /// Returns once the job is running, leaving it in the background (output goes to a log file).
     #[arg(short = 'd', long)]
     detached: bool,
-    /// Restores from this savepoint or retained checkpoint (directory or its _metadata file).
-    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint")]
-    savepoint: Option<String>,
-    /// Skips snapshot state that maps to no operator of the job.
-    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
-    allow_non_restored_state: bool,
-    /// claim or no_claim (default): who owns the restored snapshot's files.
-    #[arg(long = "claim-mode", visible_alias = "claimMode")]
-    claim_mode: Option<String>,
-    /// Default parallelism.
-    #[arg(short = 'p', long)]
-    parallelism: Option<u32>,
-    /// A configuration value, key=value (repeatable).
-    #[arg(short = 'D', value_name = "key=value")]
-    dynamic: Vec<String>,
-    /// A YAML configuration file for the job.
-    #[arg(long = "config")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: weir::JobFlags,
     /// The job binary, or the name of a bundled example (word-count, keyed-count).
     job: String,
     /// Arguments of the job.
@@ -58,24 +42,7 @@ fn resolve_job(job: &str) -> Result<PathBuf> {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let binary = resolve_job(&args.job)?;
     let mut cmd = Command::new(&binary);
-    if let Some(s) = &args.savepoint {
-        cmd.args(["-s", s]);
-    }
-    if args.allow_non_restored_state {
-        cmd.arg("-n");
-    }
-    if let Some(m) = &args.claim_mode {
-        cmd.args(["--claim-mode", m]);
-    }
-    if let Some(p) = args.parallelism {
-        cmd.args(["-p", &p.to_string()]);
-    }
-    for d in &args.dynamic {
-        cmd.args(["-D", d]);
-    }
-    if let Some(c) = &args.config {
-        cmd.arg("--config").arg(std::path::absolute(c).unwrap_or_else(|_| c.clone()));
-    }
+    cmd.args(args.flags.to_args());
     cmd.args(&args.args);
     let registry = Registry::default_location();
     let log = if args.detached {

@@ -155,6 +155,20 @@ impl EncodeBuffer {
         self.spans.clear();
     }
 
+    /// Appends one entry, its key and value written by the two functions.
+    fn push<E>(
+        &mut self,
+        key: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let key_start = self.bytes.len();
+        key(&mut self.bytes)?;
+        let value_start = self.bytes.len();
+        value(&mut self.bytes)?;
+        self.spans.push((key_start, value_start, self.bytes.len()));
+        Ok(())
+    }
+
     /// Sorts the entries by key bytes and appends them to `payload`.
     fn flush_sorted(&mut self, state_index: u16, payload: &mut Vec<u8>) {
         let bytes = &self.bytes;
@@ -200,11 +214,7 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
         buf.clear();
         for (k, v) in self.groups[index].iter() {
-            let key_start = buf.bytes.len();
-            codec::encode_into(k, &mut buf.bytes).map_err(enc_err)?;
-            let value_start = buf.bytes.len();
-            codec::encode_into(v, &mut buf.bytes).map_err(enc_err)?;
-            buf.spans.push((key_start, value_start, buf.bytes.len()));
+            buf.push(|b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)?;
         }
         buf.flush_sorted(state_index, payload);
         Ok(())
@@ -234,11 +244,11 @@ impl TableSnapshot for RawTable {
     ) -> Result<(), StateError> {
         buf.clear();
         for (k, v) in &self.groups[index] {
-            let key_start = buf.bytes.len();
-            buf.bytes.extend_from_slice(k);
-            let value_start = buf.bytes.len();
-            buf.bytes.extend_from_slice(v);
-            buf.spans.push((key_start, value_start, buf.bytes.len()));
+            let copy = |bytes: &[u8], b: &mut Vec<u8>| -> Result<(), std::convert::Infallible> {
+                b.extend_from_slice(bytes);
+                Ok(())
+            };
+            let Ok(()) = buf.push(|b| copy(k, b), |b| copy(v, b));
         }
         buf.flush_sorted(state_index, payload);
         Ok(())

@@ -40,29 +40,62 @@ impl EnvInner {
     }
 }
 
-/// The command-line flags every job binary understands (like `flink run`'s), followed by the
-/// job's own arguments.
+/// The flags every job binary understands, like `flink run`'s. `weir run` takes the same flags and
+/// forwards them to the job binary ([`JobFlags::to_args`]).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct JobFlags {
+    /// Restore from this savepoint or retained checkpoint (directory or its _metadata file).
+    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint")]
+    pub savepoint: Option<String>,
+    /// Skip snapshot state that maps to no operator of the job.
+    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
+    pub allow_non_restored_state: bool,
+    /// Ownership of the restored snapshot's files: claim or no_claim (default).
+    #[arg(long = "claim-mode", visible_alias = "claimMode")]
+    pub claim_mode: Option<String>,
+    /// Default parallelism.
+    #[arg(short = 'p', long = "parallelism")]
+    pub parallelism: Option<u32>,
+    /// A configuration value, key=value (repeatable).
+    #[arg(short = 'D', value_name = "key=value")]
+    pub dynamic: Vec<String>,
+    /// A YAML configuration file (default: `$WEIR_CONF_DIR/config.yaml` when that exists).
+    #[arg(long = "config")]
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+impl JobFlags {
+    /// The flags as command-line arguments, to start a job binary with them.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(s) = &self.savepoint {
+            args.extend(["-s".to_string(), s.clone()]);
+        }
+        if self.allow_non_restored_state {
+            args.push("-n".to_string());
+        }
+        if let Some(m) = &self.claim_mode {
+            args.extend(["--claim-mode".to_string(), m.clone()]);
+        }
+        if let Some(p) = self.parallelism {
+            args.extend(["-p".to_string(), p.to_string()]);
+        }
+        for d in &self.dynamic {
+            args.extend(["-D".to_string(), d.clone()]);
+        }
+        if let Some(c) = &self.config_file {
+            let c = std::path::absolute(c).unwrap_or_else(|_| c.clone());
+            args.extend(["--config".to_string(), c.display().to_string()]);
+        }
+        args
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(disable_help_subcommand = true)]
 struct JobArgs {
-    /// Restore from this savepoint or retained checkpoint (directory or its _metadata file).
-    #[arg(short = 's', long = "fromSavepoint", visible_alias = "from-savepoint")]
-    savepoint: Option<String>,
-    /// Skip snapshot state that maps to no operator of this job.
-    #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
-    allow_non_restored_state: bool,
-    /// Ownership of the restored snapshot's files: claim or no_claim.
-    #[arg(long = "claim-mode", visible_alias = "claimMode")]
-    claim_mode: Option<String>,
-    /// Default parallelism.
-    #[arg(short = 'p', long = "parallelism")]
-    parallelism: Option<u32>,
-    /// A configuration value, key=value (repeatable).
-    #[arg(short = 'D', value_name = "key=value")]
-    dynamic: Vec<String>,
-    /// A YAML configuration file (default: `$WEIR_CONF_DIR/config.yaml` when that exists).
-    #[arg(long = "config")]
-    config_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    flags: JobFlags,
     /// The job's own arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     job_args: Vec<String>,
@@ -103,7 +136,8 @@ impl StreamEnv {
 
     /// Like [`from_args`](Self::from_args), from a given list (the first item is the program).
     pub fn from_arg_list<I: IntoIterator<Item = String>>(args: I) -> Result<(StreamEnv, Vec<String>), Error> {
-        let args = JobArgs::try_parse_from(args).map_err(|e| Error::Args(e.to_string()))?;
+        let JobArgs { flags: args, job_args } =
+            JobArgs::try_parse_from(args).map_err(|e| Error::Args(e.to_string()))?;
         let file = args.config_file.clone().or_else(|| {
             let default = std::path::PathBuf::from(std::env::var_os("WEIR_CONF_DIR")?).join("config.yaml");
             default.is_file().then_some(default)
@@ -146,7 +180,7 @@ impl StreamEnv {
         merged.merge(&config);
         let mut env = Self::with_config(merged);
         env.pinned = pinned;
-        Ok((env, args.job_args))
+        Ok((env, job_args))
     }
 
     pub fn config(&self) -> &Configuration {

@@ -26,7 +26,7 @@ mod functions;
 mod operators;
 mod stream;
 
-pub use env::StreamEnv;
+pub use env::{JobFlags, StreamEnv};
 pub use error::Error;
 pub use functions::{
     BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
