@@ -146,7 +146,9 @@ trait TableSnapshot: Send + Sync {
 #[derive(Default)]
 struct EncodeBuffer {
     bytes: Vec<u8>,
-    spans: Vec<(usize, usize, usize)>,
+    /// `(first 8 key bytes as a big-endian number, key start, value start, value end)`: the
+    /// prefix orders most entries without comparing byte slices.
+    spans: Vec<(u64, usize, usize, usize)>,
 }
 
 impl EncodeBuffer {
@@ -165,15 +167,20 @@ impl EncodeBuffer {
         key(&mut self.bytes)?;
         let value_start = self.bytes.len();
         value(&mut self.bytes)?;
-        self.spans.push((key_start, value_start, self.bytes.len()));
+        let mut prefix = [0u8; 8];
+        let key_bytes = &self.bytes[key_start..value_start];
+        let n = key_bytes.len().min(8);
+        prefix[..n].copy_from_slice(&key_bytes[..n]);
+        self.spans.push((u64::from_be_bytes(prefix), key_start, value_start, self.bytes.len()));
         Ok(())
     }
 
     /// Sorts the entries by key bytes and appends them to `payload`.
     fn flush_sorted(&mut self, state_index: u16, payload: &mut Vec<u8>) {
         let bytes = &self.bytes;
-        self.spans.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
-        push_entries(payload, state_index, self.spans.iter().map(|&(k, v, e)| (&bytes[k..v], &bytes[v..e])));
+        // Same order as comparing the key bytes: a zero-padded prefix sorts like the bytes it holds.
+        self.spans.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| bytes[a.1..a.2].cmp(&bytes[b.1..b.2])));
+        push_entries(payload, state_index, self.spans.iter().map(|&(_, k, v, e)| (&bytes[k..v], &bytes[v..e])));
     }
 }
 
@@ -756,6 +763,25 @@ mod tests {
         last.restore(&[file]).unwrap();
         let v = last.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
         assert_eq!(v.value(&last.scope(&k).unwrap()), Some(&5));
+    }
+
+    #[test]
+    fn the_same_state_always_writes_the_same_bytes() {
+        let write = |keys: Vec<String>| {
+            let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+            let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+            for k in keys {
+                let n = k.len() as u64;
+                v.update(&mut b.scope(&k).unwrap(), n);
+            }
+            b.snapshot().write(Vec::new()).unwrap().0
+        };
+        // Keys sharing 8-byte prefixes, of different lengths, inserted in opposite orders.
+        let keys: Vec<String> =
+            (0..2000).map(|i| format!("common-prefix-{}", "x".repeat(i % 13)) + &i.to_string()).collect();
+        let mut reversed = keys.clone();
+        reversed.reverse();
+        assert_eq!(write(keys), write(reversed));
     }
 
     #[test]
