@@ -150,6 +150,12 @@ fn run_once(seed: u64) -> RunStats {
         .uid("sink");
     let outcome = env.execute_async("exactly-once").unwrap().wait();
     assert_eq!(outcome.status, weir::JobStatus::Finished, "seed {seed}: {:?}", outcome.failure);
+    let leftovers: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "seed {seed}: a finished job leaves no hidden part files: {leftovers:?}");
     let got = committed_lines(&out);
     let want = keyed_count_truth(records, keys);
     assert!(

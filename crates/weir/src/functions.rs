@@ -138,6 +138,8 @@ pub struct SinkContext<'a> {
     pub subtask: u32,
     pub parallelism: u32,
     pub state: &'a OperatorStateStore,
+    /// 0 on the job's first deployment, +1 after every restart.
+    pub attempt: u32,
 }
 
 /// A sink. One instance per subtask. Exactly-once sinks pre-commit in `snapshot_state` and commit

@@ -186,8 +186,13 @@ impl<T: Record, S: SinkFunction<T> + Clone + Sync> NodeSpec for SinkSpec<T, S> {
     fn instantiate(&self, ctx: OperatorContext, _downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
         let mut sink = self.sink.clone();
         let state = operator_state(&ctx);
-        sink.open(&SinkContext { subtask: ctx.subtask, parallelism: ctx.parallelism, state: &state })
-            .map_err(|e| user_error(&ctx.task_name(), e))?;
+        sink.open(&SinkContext {
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+            state: &state,
+            attempt: ctx.attempt,
+        })
+        .map_err(|e| user_error(&ctx.task_name(), e))?;
         let op = SinkOp { sink, operator_id: ctx.operator_id, name: ctx.task_name(), _types: PhantomData };
         Ok(Instance::Operator(erase_output::<T>(Box::new(op))))
     }

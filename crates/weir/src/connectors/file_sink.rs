@@ -139,7 +139,9 @@ impl<T: Display + Send + 'static> SinkFunction<T> for FileSink {
             .map_err(|e| format!("cannot create output directory '{}': {e}", self.dir.display()))?;
         self.subtask = ctx.subtask;
         self.token = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        if !ctx.state.is_restored() {
+        // On a fresh start the directory's hidden files are none of this job's business; after a
+        // restore or a restart, this subtask's writers left them.
+        if !ctx.state.is_restored() && ctx.attempt == 0 {
             return Ok(());
         }
         let p = ctx.parallelism;
