@@ -14,21 +14,20 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Serialize;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use weir::connectors::GeneratorSource;
-use weir::{
-    BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState,
-    ValueStateDescriptor,
-};
+use weir::{Configuration, StreamEnv};
 
 /// A job binary picks its allocator; like most high-throughput Rust services, this one uses
 /// mimalloc (records are small, short-lived allocations).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod count;
 mod savepoints;
+
+use count::{Count, Progress};
 
 #[derive(Parser)]
 struct Args {
@@ -65,42 +64,6 @@ struct Result {
     /// Throughput of every repetition (records/s), when repeated.
     #[serde(default)]
     runs_records_per_second: Vec<f64>,
-}
-
-/// Counts records per key; publishes the number processed to a shared counter in chunks.
-#[derive(Clone)]
-struct Count<K> {
-    state: Option<ValueState<u64>>,
-    local: u64,
-    processed: Arc<AtomicU64>,
-    _key: std::marker::PhantomData<fn(K)>,
-}
-
-impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K> {
-    fn open(&mut self, ctx: &mut RuntimeContext<'_, K>) -> std::result::Result<(), BoxError> {
-        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
-        Ok(())
-    }
-
-    #[inline]
-    fn process(
-        &mut self,
-        _: T,
-        state: &mut KeyScope<'_, K>,
-        _: &mut Collector<'_, ()>,
-    ) -> std::result::Result<(), BoxError> {
-        let h = self.state.ok_or("not opened")?;
-        match h.value_mut(state) {
-            Some(n) => *n += 1,
-            None => h.update(state, 1),
-        }
-        self.local += 1;
-        if self.local == 1 << 16 {
-            self.processed.fetch_add(self.local, Ordering::Relaxed);
-            self.local = 0;
-        }
-        Ok(())
-    }
 }
 
 /// `"w" + n`, built with one allocation (what `format!` does with several).
@@ -145,12 +108,11 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         config.set("execution.checkpointing.interval", &format!("{interval_ms} ms"))?;
     }
     let env = StreamEnv::with_config(config);
-    let processed = Arc::new(AtomicU64::new(0));
+    let progress = Progress::new();
     let source = env.source(GeneratorSource::counter()).uid("source");
     match shape {
         "reference" => {
-            let counter =
-                Count::<String> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            let counter = Count::<String>::new(progress.clone());
             source
                 .map(|i: u64| word(i % 1000))
                 .uid("map")
@@ -159,17 +121,16 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
                 .uid("count");
         }
         "large-state" => {
-            let counter =
-                Count::<u64> { state: None, local: 0, processed: processed.clone(), _key: Default::default() };
+            let counter = Count::<u64>::new(progress.clone());
             source.map(|i: u64| i % 1_000_000).uid("map").key_by(|k: &u64| *k).process::<(), _>(counter).uid("count");
         }
         other => bail!("unknown shape {other}"),
     }
     let handle = env.execute_async("bench")?;
     std::thread::sleep(Duration::from_secs(1));
-    let (c0, t0) = (processed.load(Ordering::Relaxed), Instant::now());
+    let (c0, t0) = (progress.processed.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (c1, elapsed) = (processed.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    let (c1, elapsed) = (progress.processed.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
     let checkpoints = handle.completed_checkpoints();
     handle.cancel();
     handle.wait();

@@ -3,18 +3,16 @@
 //! parallelism 1 and 2 from a parallelism-1 savepoint. Also measures the disk's sequential write
 //! bandwidth, the yardstick for savepoint writing.
 
+use crate::count::{Count, Progress};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::GeneratorSource;
-use weir::{
-    BoxError, Collector, Configuration, KeyScope, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
-    StreamEnv, ValueState, ValueStateDescriptor,
-};
+use weir::{Configuration, Operation, SavepointFormat, StreamEnv};
 
 #[derive(Serialize)]
 pub struct SavepointResult {
@@ -32,34 +30,7 @@ pub struct Report {
     results: Vec<SavepointResult>,
 }
 
-/// Counts per key; records how many records it saw and when it saw the first one.
-#[derive(Clone)]
-struct Count {
-    state: Option<ValueState<u64>>,
-    processed: Arc<AtomicU64>,
-    first_record_at: Arc<AtomicU64>,
-    clock: Instant,
-}
-
-impl KeyedProcessFunction<u64, u64, ()> for Count {
-    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
-        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
-        Ok(())
-    }
-    fn process(&mut self, _: u64, state: &mut KeyScope<'_, u64>, _: &mut Collector<'_, ()>) -> Result<(), BoxError> {
-        let h = self.state.ok_or("not opened")?;
-        match h.value_mut(state) {
-            Some(n) => *n += 1,
-            None => h.update(state, 1),
-        }
-        if self.processed.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.first_record_at.store(self.clock.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-fn start(keys: u64, parallelism: u32, restore: Option<&Path>, count: &Count) -> Result<weir::JobHandle> {
+fn start(keys: u64, parallelism: u32, restore: Option<&Path>, progress: &Arc<Progress>) -> Result<weir::JobHandle> {
     let mut config = Configuration::new();
     config.set("parallelism.default", &parallelism.to_string())?;
     config.set("weir.rest.enabled", "false")?;
@@ -72,7 +43,7 @@ fn start(keys: u64, parallelism: u32, restore: Option<&Path>, count: &Count) -> 
         .uid("source")
         .set_parallelism(1)
         .key_by(|k: &u64| *k)
-        .process::<(), _>(count.clone())
+        .process::<(), _>(Count::<u64>::new(progress.clone()))
         .uid("count")
         .set_max_parallelism(128);
     Ok(env.execute_async("savepoint-bench")?)
@@ -94,17 +65,11 @@ fn wait_while_running(handle: &weir::JobHandle, what: &str, mut cond: impl FnMut
 }
 
 fn one(keys: u64, work: &Path) -> Result<SavepointResult> {
-    let new_count = || Count {
-        state: None,
-        processed: Arc::default(),
-        first_record_at: Arc::new(AtomicU64::new(0)),
-        clock: Instant::now(),
-    };
-    let count = new_count();
-    let handle = start(keys, 1, None, &count)?;
+    let progress = Progress::new();
+    let handle = start(keys, 1, None, &progress)?;
     // Every key has state once the generator has gone round once.
     wait_while_running(&handle, "every key to have state", || {
-        count.processed.load(Ordering::Relaxed) >= keys + keys / 10
+        progress.processed.load(Ordering::Relaxed) >= keys + keys / 10
     })?;
     let t = Instant::now();
     let token = handle.trigger_savepoint(Some(&work.join("sp")), SavepointFormat::Canonical)?;
@@ -119,10 +84,10 @@ fn one(keys: u64, work: &Path) -> Result<SavepointResult> {
 
     let mut restore = [0.0; 2];
     for (i, p) in [1u32, 2].into_iter().enumerate() {
-        let count = new_count();
-        let handle = start(keys, p, Some(&location), &count)?;
-        wait_while_running(&handle, "the first record", || count.processed.load(Ordering::Relaxed) > 0)?;
-        restore[i] = count.first_record_at.load(Ordering::Relaxed) as f64 / 1e6;
+        let progress = Progress::new();
+        let handle = start(keys, p, Some(&location), &progress)?;
+        wait_while_running(&handle, "the first record", || progress.first_record_us.load(Ordering::Relaxed) > 0)?;
+        restore[i] = progress.first_record_us.load(Ordering::Relaxed) as f64 / 1e6;
         handle.cancel();
         handle.wait();
     }

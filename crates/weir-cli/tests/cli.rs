@@ -87,14 +87,7 @@ fn append(path: &Path, words: &[&str]) {
 }
 
 fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
+    weir::connectors::FileSink::read_committed(dir).unwrap()
 }
 
 fn totals(pairs: &[(&str, u64)]) -> Vec<String> {

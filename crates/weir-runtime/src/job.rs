@@ -73,7 +73,7 @@ pub enum Operation {
 pub enum ControlError {
     #[error("No savepoint directory configured. You can either specify a directory for the savepoint, or configure a default via key 'execution.checkpointing.savepoint-dir'.")]
     NoSavepointDir,
-    #[error("job {job_id} is {status}, not RUNNING")]
+    #[error("job {job_id} is {status}, not RUNNING; savepoints, stops and checkpoints need a running job (retry once it runs)")]
     NotRunning { job_id: String, status: JobStatus },
     #[error("job {0} has no checkpoint directory; set execution.checkpointing.dir to take checkpoints")]
     NoCheckpointDir(String),
@@ -91,8 +91,8 @@ pub enum JobError {
     Assignment(#[from] AssignmentError),
     #[error("checkpointing is enabled (execution.checkpointing.interval) but no checkpoint directory is set; set execution.checkpointing.dir")]
     NoCheckpointDir,
-    #[error("cannot create checkpoint directory '{path}': {source}")]
-    Storage { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the checkpoint directory {location}: {source}; check execution.checkpointing.dir and its permissions")]
+    Storage { location: String, source: std::io::Error },
     #[error("{key}: {reason}")]
     Config { key: &'static str, reason: String },
     #[error("cannot start the job: {0}")]
@@ -504,7 +504,7 @@ pub fn submit(
         Some(
             storage
                 .initialize(job_id)
-                .map_err(|source| JobError::Storage { path: checkpoint_dir.clone().unwrap_or_default(), source })?,
+                .map_err(|source| JobError::Storage { location: format!("for job {job_id} in {storage:?}"), source })?,
         )
     } else {
         None
@@ -518,19 +518,19 @@ pub fn submit(
     let mut restored = None;
     if let Some(path) = config.get_str(keys::RECOVERY_PATH) {
         let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
-        let loaded = load_snapshot(std::path::Path::new(&path))?;
-        let plan = plan_restore(&mut graph, Arc::new(loaded), allow)?;
-        let meta = &plan.snapshot.metadata;
+        let snapshot = Arc::new(load_snapshot(std::path::Path::new(&path))?);
+        validate_restore(&mut graph, &snapshot, allow)?;
+        let meta = &snapshot.metadata;
         tracing::info!(
             "Starting job {job_id} from {} {} ({:?}{})",
             if meta.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
-            plan.snapshot.dir.display(),
+            snapshot.dir.display(),
             claim_mode,
             if allow { ", allowing non restored state" } else { "" }
         );
         restored = Some(RestoredFrom {
             checkpoint_id: meta.checkpoint_id,
-            path: plan.snapshot.dir.clone(),
+            path: snapshot.dir.clone(),
             is_savepoint: meta.kind.is_savepoint(),
             claim_mode,
         });
@@ -542,7 +542,7 @@ pub fn submit(
             id: meta.checkpoint_id,
             is_savepoint: !claimed,
             owned: claimed,
-            data: Completed { snapshot: plan.snapshot.clone() },
+            data: Completed { snapshot: snapshot.clone() },
         });
     }
     let next_id = restored.as_ref().map(|r| r.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
@@ -598,12 +598,13 @@ fn task_keys(graph: &JobGraph) -> Vec<TaskKey> {
         .collect()
 }
 
-/// Maps a snapshot's state onto the job, adopting max parallelism where the rules allow.
-fn plan_restore(
+/// Checks that a snapshot's state maps onto the job (before any task starts), and adopts the
+/// snapshot's max parallelism where the rules allow. Each deployment computes its own assignment.
+fn validate_restore(
     graph: &mut JobGraph,
-    snapshot: Arc<LoadedSnapshot>,
+    snapshot: &LoadedSnapshot,
     allow_non_restored: bool,
-) -> Result<RestorePlan, AssignmentError> {
+) -> Result<(), AssignmentError> {
     let a = assignment::assign(
         &snapshot.dir.display().to_string(),
         &snapshot.metadata.operators,
@@ -624,7 +625,7 @@ fn plan_restore(
             n.max_parallelism = max_p;
         }
     }
-    Ok(RestorePlan { snapshot, operators: a.operators })
+    Ok(())
 }
 
 /// Sent as the request token of the final checkpoint taken when all sources are exhausted.

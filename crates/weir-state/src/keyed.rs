@@ -318,11 +318,6 @@ impl<K: Key> HeapKeyedBackend<K> {
         Ok(())
     }
 
-    /// Whether anything was restored for a state of this name.
-    pub fn is_restored(&self, name: &str) -> bool {
-        self.restored.contains_key(name)
-    }
-
     fn register<V: StateData>(
         &mut self,
         name: &str,
