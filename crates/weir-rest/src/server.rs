@@ -160,6 +160,11 @@ fn parse_format(format: Option<&str>) -> Result<SavepointFormat, ApiError> {
     }
 }
 
+/// A path as clients give it: plain, or a `file:` URI as Weir reports locations.
+fn local_path(path: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(path.strip_prefix("file:").unwrap_or(path))
+}
+
 fn new_trigger_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -246,7 +251,7 @@ async fn trigger_savepoint(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let target = req.target_directory.map(|t| std::path::PathBuf::from(t.strip_prefix("file:").unwrap_or(&t)));
+    let target = req.target_directory.as_deref().map(local_path);
     let control = state.control.clone();
     trigger(
         &state,
@@ -282,7 +287,7 @@ async fn stop(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let target = req.target_directory.map(|t| std::path::PathBuf::from(t.strip_prefix("file:").unwrap_or(&t)));
+    let target = req.target_directory.as_deref().map(local_path);
     let control = state.control.clone();
     let drain = req.drain;
     trigger(
@@ -449,7 +454,7 @@ async fn dispose(State(state): State<Arc<AppState>>, body: Option<Json<DisposalR
     let Some(path) = body.and_then(|Json(b)| b.savepoint_path) else {
         return error(StatusCode::BAD_REQUEST, "Field savepoint-path must not be omitted or be null.");
     };
-    let path = std::path::PathBuf::from(path.strip_prefix("file:").unwrap_or(&path));
+    let path = local_path(&path);
     let owned: Vec<(String, std::path::PathBuf)> = state
         .control
         .checkpoint_job_dir()
