@@ -12,6 +12,7 @@ for w in a b a c b a; do
   printf '{"word":"%s","frequency":1}\n' "$w" >> "$input"
 done
 
+./scripts/deps.sh
 cargo build --release --quiet -p weir-examples --bin word-count
 echo "== word-count over $input"
 ./target/release/word-count --input "$input" --output "$work/out" --checkpoints "$work/checkpoints" --bounded

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Weir's whole test suite on a fresh machine: formatting, lints, and every test.
-# Needs only the Rust toolchain (cargo, rustfmt, clippy), which the machine image provides;
-# Weir has no system library or service dependency yet.
+# Needs the Rust toolchain (cargo, rustfmt, clippy), which the machine image provides; installs
+# the system packages the rocksdb backend links (scripts/deps.sh) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
   exit 1
 fi
+
+./scripts/deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

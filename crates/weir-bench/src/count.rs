@@ -47,10 +47,8 @@ impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K
     #[inline]
     fn process(&mut self, _: T, state: &mut KeyScope<'_, K>, _: &mut Collector<'_, ()>) -> Result<(), BoxError> {
         let h = self.state.ok_or("not opened")?;
-        match h.value_mut(state) {
-            Some(n) => *n += 1,
-            None => h.update(state, 1),
-        }
+        let n = h.value(state)?.unwrap_or(0);
+        h.update(state, n + 1)?;
         if !self.seen_any {
             self.seen_any = true;
             let at = self.progress.clock.elapsed().as_micros().max(1) as u64;

@@ -320,7 +320,7 @@ fn bad_snapshots_are_refused_before_the_job_starts() {
     let mut bytes = meta.clone();
     bytes[11] = 99;
     std::fs::write(newer.join("_metadata"), &bytes).unwrap();
-    assert!(run(&newer).contains("has metadata format version 99, but this Weir reads versions up to 1"));
+    assert!(run(&newer).contains("has metadata format version 99, but this Weir reads versions up to 2"));
     let damaged = copy("damaged");
     let state = std::fs::read_dir(&damaged)
         .unwrap()

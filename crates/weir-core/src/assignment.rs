@@ -6,7 +6,7 @@
 //! `StateAssignmentOperation` and `RoundRobinOperatorStateRepartitioner` (digest §3).
 
 use crate::key_group::{key_group_range_for_subtask, KeyGroupRange};
-use crate::metadata::{KeyedStateHandle, OperatorListState, OperatorSnapshot, Redistribution};
+use crate::metadata::{KeyedStateHandle, NativeStateHandle, OperatorListState, OperatorSnapshot, Redistribution};
 use crate::operator_id::OperatorId;
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,6 +28,8 @@ pub struct SubtaskAssignment {
     pub key_groups: KeyGroupRange,
     /// Keyed state handles (already intersected with `key_groups`).
     pub keyed: Vec<KeyedStateHandle>,
+    /// Native keyed state handles overlapping `key_groups`, whole: the backend clips them.
+    pub native: Vec<NativeStateHandle>,
     /// Operator list states by name, after redistribution.
     pub operator_lists: Vec<OperatorListState>,
 }
@@ -137,6 +139,13 @@ pub fn assign(
                 .iter()
                 .filter_map(|s| s.keyed.as_ref())
                 .filter_map(|h| h.intersection(&sub.key_groups))
+                .collect();
+            sub.native = state
+                .subtasks
+                .iter()
+                .filter_map(|s| s.native.as_ref())
+                .filter(|h| !h.key_groups.intersection(&sub.key_groups).is_empty())
+                .cloned()
                 .collect();
         }
         let old: Vec<&[OperatorListState]> = {
@@ -313,6 +322,7 @@ mod tests {
                             offsets: r.iter().map(u64::from).collect(),
                         }),
                         operator_lists: vec![],
+                        native: None,
                     }
                 })
                 .collect(),

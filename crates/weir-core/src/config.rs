@@ -14,6 +14,10 @@ pub enum ValueType {
     Bool,
     Duration,
     Text,
+    /// Bytes, with Flink's units: `64 mb`, `1gb`, `512 kb`, `4096`.
+    MemorySize,
+    /// A number between 0 and 1.
+    Fraction,
     Enum(&'static [&'static str]),
 }
 
@@ -43,6 +47,10 @@ pub mod keys {
     pub const CHECKPOINT_RETENTION: &str = "execution.checkpointing.externalized-checkpoint-retention";
     pub const CHECKPOINT_MODE: &str = "execution.checkpointing.mode";
     pub const CHECKPOINT_INCREMENTAL: &str = "execution.checkpointing.incremental";
+    pub const ROCKSDB_LOCAL_DIR: &str = "state.backend.rocksdb.localdir";
+    pub const ROCKSDB_MEMORY_MANAGED: &str = "state.backend.rocksdb.memory.managed";
+    pub const ROCKSDB_MEMORY_FIXED: &str = "state.backend.rocksdb.memory.fixed-per-slot";
+    pub const ROCKSDB_WRITE_BUFFER_RATIO: &str = "state.backend.rocksdb.memory.write-buffer-ratio";
     pub const RECOVERY_PATH: &str = "execution.state-recovery.path";
     pub const RECOVERY_CLAIM_MODE: &str = "execution.state-recovery.claim-mode";
     pub const RECOVERY_IGNORE_UNCLAIMED: &str = "execution.state-recovery.ignore-unclaimed-state";
@@ -62,7 +70,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: PARALLELISM_DEFAULT, deprecated: &[], ty: ValueType::Int, default: Some("1"), doc: "Parallelism of operators that do not set one." },
     KeyDef { name: MAX_PARALLELISM, deprecated: &[], ty: ValueType::Int, default: None, doc: "Max parallelism (number of key groups) of operators that do not set one; unset derives it from the parallelism like Flink." },
     KeyDef { name: AUTO_GENERATE_UIDS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "When false, a stateful operator without uid is refused when the job graph is built." },
-    KeyDef { name: STATE_BACKEND, deprecated: &["state.backend"], ty: ValueType::Enum(&["hashmap"]), default: Some("hashmap"), doc: "Keyed state backend." },
+    KeyDef { name: STATE_BACKEND, deprecated: &["state.backend"], ty: ValueType::Enum(&["hashmap", "rocksdb"]), default: Some("hashmap"), doc: "Keyed state backend: hashmap (state on the heap) or rocksdb (embedded RocksDB on local disk, larger than memory)." },
     KeyDef { name: CHECKPOINT_INTERVAL, deprecated: &[], ty: ValueType::Duration, default: None, doc: "Interval of periodic checkpoints; unset disables them." },
     KeyDef { name: CHECKPOINT_MIN_PAUSE, deprecated: &[], ty: ValueType::Duration, default: Some("0 ms"), doc: "Minimal pause between the end of one checkpoint and the start of the next." },
     KeyDef { name: CHECKPOINT_TIMEOUT, deprecated: &[], ty: ValueType::Duration, default: Some("10 min"), doc: "A checkpoint not complete after this long expires." },
@@ -73,7 +81,11 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: SAVEPOINT_DIR, deprecated: &["state.savepoints.dir"], ty: ValueType::Text, default: None, doc: "Default target directory of savepoints." },
     KeyDef { name: CHECKPOINT_RETENTION, deprecated: &[], ty: ValueType::Enum(&["NO_EXTERNALIZED_CHECKPOINTS", "DELETE_ON_CANCELLATION", "RETAIN_ON_CANCELLATION"]), default: Some("NO_EXTERNALIZED_CHECKPOINTS"), doc: "What happens to retained checkpoints when the job ends." },
     KeyDef { name: CHECKPOINT_MODE, deprecated: &[], ty: ValueType::Enum(&["EXACTLY_ONCE"]), default: Some("EXACTLY_ONCE"), doc: "Checkpointing mode; Weir aligns barriers, so only EXACTLY_ONCE." },
-    KeyDef { name: CHECKPOINT_INCREMENTAL, deprecated: &["state.backend.incremental"], ty: ValueType::Bool, default: Some("false"), doc: "Incremental checkpoints (used by the rocksdb backend)." },
+    KeyDef { name: CHECKPOINT_INCREMENTAL, deprecated: &["state.backend.incremental"], ty: ValueType::Bool, default: Some("false"), doc: "Incremental checkpoints (rocksdb backend): a checkpoint uploads only the data files the previous one lacks and references the rest." },
+    KeyDef { name: ROCKSDB_LOCAL_DIR, deprecated: &[], ty: ValueType::Text, default: None, doc: "Directory of the rocksdb backend's working files; unset uses the system temp directory." },
+    KeyDef { name: ROCKSDB_MEMORY_MANAGED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Bound the memory of each RocksDB instance by the fixed-per-slot budget; false leaves RocksDB's own defaults (unbounded)." },
+    KeyDef { name: ROCKSDB_MEMORY_FIXED, deprecated: &[], ty: ValueType::MemorySize, default: Some("128 mb"), doc: "Memory budget of the RocksDB instance of each keyed operator subtask: write buffers plus block cache (Weir applies it per subtask)." },
+    KeyDef { name: ROCKSDB_WRITE_BUFFER_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.5"), doc: "Share of the RocksDB memory budget given to write buffers (memtables); the rest is block cache." },
     KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Text, default: None, doc: "Snapshot to restore from (`-s`)." },
     KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },
     KeyDef { name: RECOVERY_IGNORE_UNCLAIMED, deprecated: &["execution.savepoint.ignore-unclaimed-state"], ty: ValueType::Bool, default: Some("false"), doc: "Skip snapshot state that maps to no operator (`-n`)." },
@@ -194,6 +206,14 @@ impl Configuration {
         self.raw(key).and_then(parse_bool)
     }
 
+    pub fn get_memory_size(&self, key: &str) -> Option<u64> {
+        self.raw(key).and_then(|v| parse_memory_size(v).ok())
+    }
+
+    pub fn get_fraction(&self, key: &str) -> Option<f64> {
+        self.raw(key).and_then(|v| parse_fraction(v).ok())
+    }
+
     pub fn get_duration(&self, key: &str) -> Option<Duration> {
         self.raw(key).and_then(|v| parse_duration(v).ok())
     }
@@ -219,6 +239,8 @@ fn validate(def: &KeyDef, value: &str) -> Result<(), String> {
         ValueType::Int => value.parse::<i64>().map(|_| ()).map_err(|_| "expected an integer".to_string()),
         ValueType::Bool => parse_bool(value).map(|_| ()).ok_or_else(|| "expected true or false".to_string()),
         ValueType::Duration => parse_duration(value).map(|_| ()),
+        ValueType::MemorySize => parse_memory_size(value).map(|_| ()),
+        ValueType::Fraction => parse_fraction(value).map(|_| ()),
         ValueType::Text => {
             if value.is_empty() {
                 Err("expected a non-empty value".to_string())
@@ -341,9 +363,48 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a memory size with Flink's units (`b`, `kb`, `mb`, `gb`, `tb`, and their long forms;
+/// powers of 1024). A bare number is bytes.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 =
+        digits.parse().map_err(|_| format!("expected a memory size like '64 mb' or '1 gb', found '{text}'"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "bytes" => 0,
+        "k" | "kb" | "kibibytes" => 10,
+        "m" | "mb" | "mebibytes" => 20,
+        "g" | "gb" | "gibibytes" => 30,
+        "t" | "tb" | "tebibytes" => 40,
+        other => return Err(format!("unknown memory unit '{other}' in '{text}'")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("memory size '{text}' is too large"))
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("expected a number between 0 and 1, found '{text}'")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_sizes_and_fractions() {
+        assert_eq!(parse_memory_size("64 mb"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("1gb"), Ok(1 << 30));
+        assert_eq!(parse_memory_size("4096"), Ok(4096));
+        assert!(parse_memory_size("12 parsecs").unwrap_err().contains("parsecs"));
+        let mut c = Configuration::new();
+        assert!(c.set(keys::ROCKSDB_WRITE_BUFFER_RATIO, "1.5").is_err());
+        c.set(keys::ROCKSDB_MEMORY_FIXED, "8 mb").unwrap();
+        assert_eq!(c.get_memory_size(keys::ROCKSDB_MEMORY_FIXED), Some(8 << 20));
+        assert_eq!(c.get_fraction(keys::ROCKSDB_WRITE_BUFFER_RATIO), Some(0.5));
+    }
 
     #[test]
     fn durations() {

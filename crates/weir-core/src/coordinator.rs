@@ -75,7 +75,9 @@ impl FailureReason {
 #[derive(Debug, PartialEq)]
 pub enum Action<S> {
     /// Inject barriers for snapshot `id` at the sources. `token` is the requester's, if any.
-    Trigger { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, token: Option<u64> },
+    /// `full`: a checkpoint that must reference no file of an earlier snapshot (the first
+    /// checkpoint after a NO_CLAIM restore).
+    Trigger { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, token: Option<u64>, full: bool },
     /// All tasks acknowledged: write `_metadata` from these acks, then call `finalized`.
     Finalize { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, acks: Vec<(TaskKey, S)> },
     /// The snapshot is complete (its `_metadata` is in place).
@@ -128,6 +130,7 @@ pub struct Coordinator<S> {
     last_success_id: CheckpointId,
     consecutive_failures: u32,
     counted_ids: BTreeSet<CheckpointId>,
+    force_full: bool,
 }
 
 impl<S> Coordinator<S> {
@@ -153,7 +156,15 @@ impl<S> Coordinator<S> {
             last_success_id: 0,
             consecutive_failures: 0,
             counted_ids: BTreeSet::new(),
+            force_full: false,
         }
+    }
+
+    /// Checkpoints are triggered full until one completes: after a NO_CLAIM restore, no
+    /// checkpoint may depend on the restored snapshot's files (digest §4.1). Savepoints neither
+    /// honour nor clear this.
+    pub fn force_full_checkpoints(&mut self) {
+        self.force_full = true;
     }
 
     pub fn next_checkpoint_id(&self) -> CheckpointId {
@@ -277,7 +288,8 @@ impl<S> Coordinator<S> {
                     finalizing: false,
                 },
             );
-            actions.push(Action::Trigger { id, kind: req.kind, timestamp_ms: now_ms, token: req.token });
+            let full = self.force_full && !req.kind.is_savepoint();
+            actions.push(Action::Trigger { id, kind: req.kind, timestamp_ms: now_ms, token: req.token, full });
             return;
         }
     }
@@ -323,6 +335,7 @@ impl<S> Coordinator<S> {
                     if !p.kind.is_savepoint() {
                         self.last_success_id = self.last_success_id.max(id);
                         self.consecutive_failures = 0;
+                        self.force_full = false;
                     }
                     actions.push(Action::Completed { id, kind: p.kind, token: p.token });
                     if !p.kind.is_savepoint() || p.synchronous {
@@ -568,5 +581,30 @@ mod tests {
         assert_eq!(c.next_deadline_ms(), None);
         assert!(c.tick(1_000_000).is_empty());
         assert_eq!(triggered(&c.request(SnapshotKind::Checkpoint, None, 5)), Some(1));
+    }
+
+    #[test]
+    fn checkpoints_are_full_until_one_completes_after_a_no_claim_restore() {
+        let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 1000, 0), tasks(1), 5, 0);
+        c.force_full_checkpoints();
+        let full = |a: &[Action<u32>]| {
+            a.iter().find_map(|x| match x {
+                Action::Trigger { full, .. } => Some(*full),
+                _ => None,
+            })
+        };
+        // A savepoint right after the restore is unaffected and does not clear the flag.
+        let a = c.request(SnapshotKind::Savepoint { format: crate::metadata::SavepointFormat::Native }, Some(1), 1);
+        assert_eq!(full(&a), Some(false));
+        complete(&mut c, 5, 1, 2);
+        let a = c.tick(20);
+        assert_eq!(full(&a), Some(true));
+        // An aborted full checkpoint leaves the next one full too.
+        c.decline(6, FailureReason::Declined("x".into()), 21);
+        let a = c.tick(40);
+        assert_eq!(full(&a), Some(true));
+        complete(&mut c, 7, 1, 41);
+        let a = c.tick(60);
+        assert_eq!(full(&a), Some(false));
     }
 }

@@ -179,6 +179,11 @@ impl KeyGroupRange {
         self.contains(key_group).then(|| (key_group - self.start) as usize)
     }
 
+    /// Whether every key group of `other` is in this range.
+    pub fn contains_range(&self, other: &KeyGroupRange) -> bool {
+        other.is_empty() || (other.start >= self.start && other.start + other.count <= self.start + self.count)
+    }
+
     pub fn intersection(&self, other: &KeyGroupRange) -> KeyGroupRange {
         if self.is_empty() || other.is_empty() {
             return Self::EMPTY;

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod key_group;
 pub mod metadata;
 pub mod operator_id;
+pub mod shared_state;
 pub mod store;
 
 pub use ids::{CheckpointId, JobId};

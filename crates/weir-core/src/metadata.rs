@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 pub const METADATA_FILE_NAME: &str = "_metadata";
 pub const METADATA_MAGIC: [u8; 8] = *b"WEIRMETA";
-pub const METADATA_VERSION: u32 = 1;
+/// Version 2 added native keyed state handles (`SubtaskSnapshot::native`); version 1 files are
+/// still read.
+pub const METADATA_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8;
 
 /// What kind of snapshot this is.
@@ -91,12 +93,68 @@ pub struct SubtaskSnapshot {
     /// Operator (non-keyed) list states, stored inline: they are small (offsets, pending files).
     #[serde(default)]
     pub operator_lists: Vec<OperatorListState>,
+    /// Keyed state in a backend's own (native) format, if the subtask's backend wrote one
+    /// instead of a key-group-indexed file.
+    #[serde(default)]
+    pub native: Option<NativeStateHandle>,
 }
 
 impl SubtaskSnapshot {
     pub fn is_empty(&self) -> bool {
-        self.keyed.is_none() && self.operator_lists.iter().all(|l| l.elements.is_empty())
+        self.keyed.is_none() && self.native.is_none() && self.operator_lists.iter().all(|l| l.elements.is_empty())
     }
+}
+
+/// What a keyed state holds per key; fixes how its values are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateKind {
+    Value,
+    List,
+    Map,
+    Reducing,
+}
+
+impl StateKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StateKind::Value => "value",
+            StateKind::List => "list",
+            StateKind::Map => "map",
+            StateKind::Reducing => "reducing",
+        }
+    }
+}
+
+/// A declared keyed state: its name and kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMeta {
+    pub name: String,
+    pub kind: StateKind,
+}
+
+/// Keyed state of one subtask in a backend's native format (for `rocksdb`: the database's own
+/// files). Only the backend that wrote it can read it; restoring it elsewhere is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeStateHandle {
+    /// The backend that wrote the files (`rocksdb`).
+    pub backend: String,
+    /// Key groups held by the files (they may hold no other keys).
+    pub key_groups: KeyGroupRange,
+    /// The declared states, by name.
+    pub states: Vec<StateMeta>,
+    pub files: Vec<NativeFile>,
+}
+
+/// One file of a native snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeFile {
+    /// The file's name inside the backend's own directory.
+    pub name: String,
+    /// Where the snapshot keeps it.
+    pub file: StateFileRef,
+    /// True for an immutable data file that later incremental checkpoints may reference instead
+    /// of uploading it again (tracked by the shared-state registry).
+    pub reusable: bool,
 }
 
 /// A key-group-indexed state file: `offsets[i]` is where key group `key_groups.start + i` begins,
@@ -124,8 +182,10 @@ impl KeyedStateHandle {
     }
 }
 
-/// A state file. `path` is relative to the directory holding `_metadata` (so a savepoint can be
-/// moved), or absolute for files shared between checkpoints.
+/// A state file. `path` is relative to the directory holding `_metadata` (so a savepoint, or a
+/// job's whole checkpoint directory, can be moved; shared files of incremental checkpoints are
+/// `../shared/<name>`), or absolute for a file of another job's snapshot that a CLAIM restore
+/// adopted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateFileRef {
     pub path: String,
@@ -224,6 +284,7 @@ mod tests {
                             offsets: vec![10, 20, 30, 40],
                         }),
                         operator_lists: vec![],
+                        native: None,
                     }],
                 },
                 OperatorSnapshot {
@@ -240,6 +301,16 @@ mod tests {
                             mode: Redistribution::Split,
                             elements: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
                         }],
+                        native: Some(NativeStateHandle {
+                            backend: "rocksdb".into(),
+                            key_groups: KeyGroupRange::inclusive(0, 127),
+                            states: vec![StateMeta { name: "count".into(), kind: StateKind::Value }],
+                            files: vec![NativeFile {
+                                name: "000009.sst".into(),
+                                file: StateFileRef { path: "../shared/abc".into(), size: 4096 },
+                                reusable: true,
+                            }],
+                        }),
                     }],
                 },
             ],
@@ -278,7 +349,7 @@ mod tests {
         let mut bytes = encode(&sample()).unwrap();
         bytes[11] = 9;
         let err = decode(&bytes, "/sp/_metadata").unwrap_err();
-        assert_eq!(err, MetadataError::UnsupportedVersion { path: "/sp/_metadata".into(), found: 9, supported: 1 });
+        assert_eq!(err, MetadataError::UnsupportedVersion { path: "/sp/_metadata".into(), found: 9, supported: 2 });
         assert!(err.to_string().contains("version 9"));
         let err = decode(b"PK\x03\x04 not metadata at all", "/tmp/a.zip").unwrap_err();
         assert!(matches!(err, MetadataError::BadMagic { .. }));

@@ -22,8 +22,8 @@ impl KeyedProcessFunction<u64, (u64, u64), String> for CountPerKey {
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let count = self.count.ok_or("count state used before open")?;
-        let n = count.value(state).copied().unwrap_or(0) + 1;
-        count.update(state, n);
+        let n = count.value(state)?.unwrap_or(0) + 1;
+        count.update(state, n)?;
         out.collect(format!("{key} {n}"));
         Ok(())
     }

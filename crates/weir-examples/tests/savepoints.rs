@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{FaultyStorage, StorageFault};
+use common::{Backend, FaultyStorage, StorageFault};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,8 +38,8 @@ impl KeyedProcessFunction<u64, u64, String> for CountWhere {
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let h = self.state.ok_or("not opened")?;
-        let n = h.value(state).copied().unwrap_or(0) + 1;
-        h.update(state, n);
+        let n = h.value(state)?.unwrap_or(0) + 1;
+        h.update(state, n)?;
         out.collect(format!("{key} {n} {}", self.subtask));
         Ok(())
     }
@@ -68,6 +68,8 @@ impl KeyedProcessFunction<u64, u64, String> for CountAsText {
 }
 
 struct Paths {
+    backend: Backend,
+    local: PathBuf,
     _dir: tempfile::TempDir,
     input: PathBuf,
     out: PathBuf,
@@ -75,10 +77,18 @@ struct Paths {
     sp: PathBuf,
 }
 
-fn paths() -> Paths {
+fn paths(backend: Backend) -> Paths {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    let paths = Paths { input: p("keys.txt"), out: p("out"), ck: p("ck"), sp: p("sp"), _dir: dir };
+    let paths = Paths {
+        backend,
+        local: p("rocksdb"),
+        input: p("keys.txt"),
+        out: p("out"),
+        ck: p("ck"),
+        sp: p("sp"),
+        _dir: dir,
+    };
     std::fs::write(&paths.input, "").unwrap();
     paths
 }
@@ -91,9 +101,10 @@ fn append_keys(input: &Path, keys: impl IntoIterator<Item = u64>) {
 }
 
 fn job_env(paths: &Paths, args: &[&str]) -> StreamEnv {
-    let mut all = vec!["job", "-D", "execution.checkpointing.interval=40 ms"];
-    all.extend_from_slice(args);
-    let (mut env, _) = StreamEnv::from_arg_list(all.iter().map(|s| s.to_string())).unwrap();
+    let mut all: Vec<String> = ["job", "-D", "execution.checkpointing.interval=40 ms"].map(String::from).to_vec();
+    all.extend(paths.backend.args(&paths.local));
+    all.extend(args.iter().map(|s| s.to_string()));
+    let (mut env, _) = StreamEnv::from_arg_list(all).unwrap();
     env.set(weir::config_keys::CHECKPOINT_DIR, paths.ck.to_str().unwrap()).unwrap();
     env
 }
@@ -128,9 +139,10 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn savepoint(handle: &JobHandle, target: &Path) -> PathBuf {
+/// Takes a savepoint in `paths.sp`, in the format the backend under test exercises.
+fn savepoint(handle: &JobHandle, paths: &Paths) -> PathBuf {
     wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
-    let token = handle.trigger_savepoint(Some(target), SavepointFormat::Canonical).unwrap();
+    let token = handle.trigger_savepoint(Some(&paths.sp), paths.backend.savepoint_format()).unwrap();
     match handle.wait_operation(token, Duration::from_secs(30)) {
         Some(Operation::Completed { location, .. }) => location,
         other => panic!("savepoint did not complete: {other:?}"),
@@ -142,66 +154,68 @@ fn finish(handle: JobHandle) {
     handle.wait();
 }
 
-#[test]
-fn keyed_rescale_1_to_3_to_2_keeps_every_key_once_on_its_subtask() {
-    let paths = paths();
-    let keys = 0..40u64;
-    let mut snapshot: Option<PathBuf> = None;
-    for (round, p) in [1u32, 3, 2].into_iter().enumerate() {
-        let restore = snapshot.as_ref().map(|s| s.to_str().unwrap().to_string());
-        let args: Vec<&str> = restore.as_deref().map(|s| vec!["-s", s]).unwrap_or_default();
-        let env = job_env(&paths, &args);
-        counting_job(&env, &paths, p);
-        let handle = env.execute_async("rescale").unwrap();
-        append_keys(&paths.input, keys.clone());
-        let want = 40 * (round + 1);
-        wait_for("this round's counts", || committed(&paths.out).len() == want);
-        snapshot = Some(savepoint(&handle, &paths.sp));
-        finish(handle);
-    }
-    let lines = committed(&paths.out);
-    for key in keys {
-        let mut mine: Vec<(u64, u32)> = lines
-            .iter()
-            .map(|l| l.split(' ').collect::<Vec<_>>())
-            .filter(|f| f[0] == key.to_string())
-            .map(|f| (f[1].parse().unwrap(), f[2].parse().unwrap()))
-            .collect();
-        mine.sort();
-        let counts: Vec<u64> = mine.iter().map(|m| m.0).collect();
-        assert_eq!(counts, vec![1, 2, 3], "key {key}: state survived both rescales exactly once");
-        let kg = weir_core::key_group::assign_to_key_group(&key, MAX_P);
-        for ((_, subtask), p) in mine.iter().zip([1u32, 3, 2]) {
-            assert_eq!(
-                *subtask,
-                weir_core::key_group::operator_index_for_key_group(MAX_P, p, kg),
-                "key {key} at p={p}"
-            );
+backend_tests! {
+    fn keyed_rescale_1_to_3_to_2_keeps_every_key_once_on_its_subtask(backend) {
+        let paths = paths(backend);
+        let keys = 0..40u64;
+        let mut snapshot: Option<PathBuf> = None;
+        for (round, p) in [1u32, 3, 2].into_iter().enumerate() {
+            let restore = snapshot.as_ref().map(|s| s.to_str().unwrap().to_string());
+            let args: Vec<&str> = restore.as_deref().map(|s| vec!["-s", s]).unwrap_or_default();
+            let env = job_env(&paths, &args);
+            counting_job(&env, &paths, p);
+            let handle = env.execute_async("rescale").unwrap();
+            append_keys(&paths.input, keys.clone());
+            let want = 40 * (round + 1);
+            wait_for("this round's counts", || committed(&paths.out).len() == want);
+            snapshot = Some(savepoint(&handle, &paths));
+            finish(handle);
+        }
+        let lines = committed(&paths.out);
+        for key in keys {
+            let mut mine: Vec<(u64, u32)> = lines
+                .iter()
+                .map(|l| l.split(' ').collect::<Vec<_>>())
+                .filter(|f| f[0] == key.to_string())
+                .map(|f| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+                .collect();
+            mine.sort();
+            let counts: Vec<u64> = mine.iter().map(|m| m.0).collect();
+            assert_eq!(counts, vec![1, 2, 3], "key {key}: state survived both rescales exactly once");
+            let kg = weir_core::key_group::assign_to_key_group(&key, MAX_P);
+            for ((_, subtask), p) in mine.iter().zip([1u32, 3, 2]) {
+                assert_eq!(
+                    *subtask,
+                    weir_core::key_group::operator_index_for_key_group(MAX_P, p, kg),
+                    "key {key} at p={p}"
+                );
+            }
         }
     }
 }
 
-#[test]
-fn a_moved_savepoint_restores_from_its_new_place() {
-    let paths = paths();
-    let env1 = job_env(&paths, &[]);
-    counting_job(&env1, &paths, 2);
-    let handle = env1.execute_async("relocate").unwrap();
-    append_keys(&paths.input, 0..10);
-    wait_for("first counts", || committed(&paths.out).len() == 10);
-    let original = savepoint(&handle, &paths.sp);
-    finish(handle);
-    let moved = paths.sp.parent().unwrap().join("elsewhere").join("moved-savepoint");
-    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
-    std::fs::rename(&original, &moved).unwrap();
-    let env2 = job_env(&paths, &["-s", moved.to_str().unwrap()]);
-    counting_job(&env2, &paths, 2);
-    let handle = env2.execute_async("relocated").unwrap();
-    append_keys(&paths.input, 0..10);
-    wait_for("second counts", || committed(&paths.out).len() == 20);
-    finish(handle);
-    let second: Vec<String> = committed(&paths.out).into_iter().filter(|l| l.split(' ').nth(1) == Some("2")).collect();
-    assert_eq!(second.len(), 10, "every key continued from its restored count");
+backend_tests! {
+    fn a_moved_savepoint_restores_from_its_new_place(backend) {
+        let paths = paths(backend);
+        let env1 = job_env(&paths, &[]);
+        counting_job(&env1, &paths, 2);
+        let handle = env1.execute_async("relocate").unwrap();
+        append_keys(&paths.input, 0..10);
+        wait_for("first counts", || committed(&paths.out).len() == 10);
+        let original = savepoint(&handle, &paths);
+        finish(handle);
+        let moved = paths.sp.parent().unwrap().join("elsewhere").join("moved-savepoint");
+        std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+        std::fs::rename(&original, &moved).unwrap();
+        let env2 = job_env(&paths, &["-s", moved.to_str().unwrap()]);
+        counting_job(&env2, &paths, 2);
+        let handle = env2.execute_async("relocated").unwrap();
+        append_keys(&paths.input, 0..10);
+        wait_for("second counts", || committed(&paths.out).len() == 20);
+        finish(handle);
+        let second: Vec<String> = committed(&paths.out).into_iter().filter(|l| l.split(' ').nth(1) == Some("2")).collect();
+        assert_eq!(second.len(), 10, "every key continued from its restored count");
+    }
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -224,173 +238,183 @@ fn retained_checkpoint(paths: &Paths) -> PathBuf {
     weir::latest_checkpoint(&job_dir).unwrap().1
 }
 
-#[test]
-fn no_claim_never_touches_the_snapshot_and_claim_deletes_it_once_subsumed() {
-    let paths = paths();
-    let checkpoint = retained_checkpoint(&paths);
-    let before = listing(&checkpoint);
+backend_tests! {
+    fn no_claim_never_touches_the_snapshot_and_claim_deletes_it_once_subsumed(backend) {
+        let paths = paths(backend);
+        let checkpoint = retained_checkpoint(&paths);
+        let before = listing(&checkpoint);
 
-    let env = job_env(&paths, &["-s", checkpoint.to_str().unwrap()]);
-    counting_job(&env, &paths, 1);
-    let handle = env.execute_async("no-claim").unwrap();
-    wait_for("two checkpoints of the new job", || handle.completed_checkpoints().len() >= 2);
-    assert_eq!(handle.restored_from().unwrap().checkpoint_id + 1, handle.completed_checkpoints()[0].id);
-    finish(handle);
-    assert_eq!(listing(&checkpoint), before, "NO_CLAIM leaves every file of the snapshot in place");
+        let env = job_env(&paths, &["-s", checkpoint.to_str().unwrap()]);
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("no-claim").unwrap();
+        wait_for("two checkpoints of the new job", || handle.completed_checkpoints().len() >= 2);
+        assert_eq!(handle.restored_from().unwrap().checkpoint_id + 1, handle.completed_checkpoints()[0].id);
+        finish(handle);
+        assert_eq!(listing(&checkpoint), before, "NO_CLAIM leaves every file of the snapshot in place");
 
-    let env = job_env(&paths, &["-s", checkpoint.to_str().unwrap(), "--claim-mode", "claim"]);
-    counting_job(&env, &paths, 1);
-    let handle = env.execute_async("claim").unwrap();
-    wait_for("the claimed checkpoint to be subsumed", || !checkpoint.exists());
-    finish(handle);
-}
-
-#[test]
-fn removed_stateful_operator_needs_allow_non_restored_state() {
-    let paths = paths();
-    let env1 = job_env(&paths, &[]);
-    counting_job(&env1, &paths, 1);
-    let handle = env1.execute_async("before").unwrap();
-    append_keys(&paths.input, 0..3);
-    wait_for("counts", || committed(&paths.out).len() == 3);
-    let sp = savepoint(&handle, &paths.sp);
-    finish(handle);
-
-    // The new job has no "count" operator; its "parse" operator has another uid (its old state
-    // is empty, so that alone never blocks a restore).
-    let without_count = |env: &StreamEnv| {
-        env.source(FileSource::follow(&paths.input))
-            .uid("source")
-            .map(|line: String| line)
-            .uid("parse-v2")
-            .sink(FileSink::new(paths.out.join("v2")))
-            .uid("sink");
-    };
-    let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
-    without_count(&env2);
-    let err = env2.execute_async("after").err().expect("refused").to_string();
-    assert!(err.contains("uid 'count'") && err.contains("--allow-non-restored-state (-n)"), "{err}");
-    assert!(err.contains(&weir::OperatorId::from_uid("count").to_hex()), "{err}");
-
-    let env3 = job_env(&paths, &["-s", sp.to_str().unwrap(), "-n"]);
-    without_count(&env3);
-    let handle = env3.execute_async("after").unwrap();
-    append_keys(&paths.input, [7]);
-    wait_for("the restored source to continue after its offset", || {
-        committed(&paths.out.join("v2")) == vec!["7".to_string()]
-    });
-    finish(handle);
-}
-
-#[test]
-fn an_added_operator_starts_empty() {
-    let paths = paths();
-    let env1 = job_env(&paths, &[]);
-    counting_job(&env1, &paths, 1);
-    let handle = env1.execute_async("before").unwrap();
-    append_keys(&paths.input, [1, 1]);
-    wait_for("counts", || committed(&paths.out).len() == 2);
-    let sp = savepoint(&handle, &paths.sp);
-    finish(handle);
-
-    let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
-    let counts = env2
-        .source(FileSource::follow(&paths.input))
-        .uid("source")
-        .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
-        .uid("parse");
-    counts
-        .clone()
-        .key_by(|k: &u64| *k)
-        .process(CountWhere::default())
-        .uid("count")
-        .set_max_parallelism(MAX_P)
-        .sink(FileSink::new(&paths.out))
-        .uid("sink");
-    counts
-        .key_by(|k: &u64| *k)
-        .process(CountWhere::default())
-        .uid("count-added")
-        .sink(FileSink::new(paths.out.join("added")))
-        .uid("sink-added");
-    let handle = env2.execute_async("after").unwrap();
-    append_keys(&paths.input, [1]);
-    wait_for("both counts", || committed(&paths.out).len() == 3 && committed(&paths.out.join("added")).len() == 1);
-    finish(handle);
-    assert!(committed(&paths.out).contains(&"1 3 0".to_string()), "the restored operator continues");
-    assert_eq!(committed(&paths.out.join("added")), vec!["1 1 0"], "the added operator starts empty");
-}
-
-#[test]
-fn state_that_cannot_decode_into_the_new_type_fails_the_restore_naming_the_state() {
-    let paths = paths();
-    let env1 = job_env(&paths, &[]);
-    counting_job(&env1, &paths, 1);
-    let handle = env1.execute_async("before").unwrap();
-    append_keys(&paths.input, [5]);
-    wait_for("counts", || committed(&paths.out).len() == 1);
-    let sp = savepoint(&handle, &paths.sp);
-    finish(handle);
-
-    let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
-    env2.source(FileSource::follow(&paths.input))
-        .uid("source")
-        .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
-        .uid("parse")
-        .key_by(|k: &u64| *k)
-        .process(CountAsText::default())
-        .uid("count")
-        .set_max_parallelism(MAX_P)
-        .sink(FileSink::new(&paths.out))
-        .uid("sink");
-    let outcome = env2.execute_async("after").unwrap().wait();
-    assert_eq!(outcome.status, weir::JobStatus::Failed);
-    assert_eq!(outcome.restarts, 0, "a restore that cannot succeed is not retried");
-    let cause = outcome.failure.unwrap();
-    assert!(cause.contains("restored state 'count'") && cause.contains("value type"), "{cause}");
-}
-
-#[test]
-fn an_intermediate_savepoint_commits_nothing_and_stop_commits() {
-    let paths = paths();
-    // No periodic checkpoints: only the stop can commit.
-    let (env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
-    counting_job(&env, &paths, 1);
-    let handle = env.execute_async("savepoints-only").unwrap();
-    append_keys(&paths.input, 0..5);
-    let sp = savepoint(&handle, &paths.sp);
-    assert!(sp.join("_metadata").is_file());
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(committed(&paths.out).is_empty(), "an intermediate savepoint commits no output");
-    let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, false).unwrap();
-    assert!(matches!(handle.wait_operation(token, Duration::from_secs(30)), Some(Operation::Completed { .. })));
-    let outcome = handle.wait();
-    assert_eq!(outcome.status, weir::JobStatus::Finished);
-    assert_eq!(committed(&paths.out).len(), 5, "stop-with-savepoint commits");
-}
-
-#[test]
-fn a_failed_savepoint_leaves_no_savepoint_directory() {
-    let paths = paths();
-    let (mut env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
-    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
-    counting_job(&env, &paths, 1);
-    let handle = env.execute_async("failing-savepoint").unwrap();
-    append_keys(&paths.input, 0..3);
-    wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
-    let token = handle.trigger_savepoint(Some(&paths.sp), SavepointFormat::Canonical).unwrap();
-    match handle.wait_operation(token, Duration::from_secs(30)) {
-        Some(Operation::Failed { message }) => assert!(message.contains("metadata write failed"), "{message}"),
-        other => panic!("expected a failure, got {other:?}"),
+        let env = job_env(&paths, &["-s", checkpoint.to_str().unwrap(), "--claim-mode", "claim"]);
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("claim").unwrap();
+        wait_for("the claimed checkpoint to be subsumed", || !checkpoint.exists());
+        finish(handle);
     }
-    assert_eq!(handle.status(), weir::JobStatus::Running, "a failed savepoint does not fail the job");
-    assert!(listing(&paths.sp).is_empty(), "nothing that looks like a savepoint is left: {:?}", listing(&paths.sp));
-    // Without a savepoint directory configured or given, the request is refused up front.
-    assert_eq!(
-        handle.trigger_savepoint(None, SavepointFormat::Canonical).unwrap_err(),
-        weir::ControlError::NoSavepointDir
-    );
-    finish(handle);
+}
+
+backend_tests! {
+    fn removed_stateful_operator_needs_allow_non_restored_state(backend) {
+        let paths = paths(backend);
+        let env1 = job_env(&paths, &[]);
+        counting_job(&env1, &paths, 1);
+        let handle = env1.execute_async("before").unwrap();
+        append_keys(&paths.input, 0..3);
+        wait_for("counts", || committed(&paths.out).len() == 3);
+        let sp = savepoint(&handle, &paths);
+        finish(handle);
+
+        // The new job has no "count" operator; its "parse" operator has another uid (its old state
+        // is empty, so that alone never blocks a restore).
+        let without_count = |env: &StreamEnv| {
+            env.source(FileSource::follow(&paths.input))
+                .uid("source")
+                .map(|line: String| line)
+                .uid("parse-v2")
+                .sink(FileSink::new(paths.out.join("v2")))
+                .uid("sink");
+        };
+        let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
+        without_count(&env2);
+        let err = env2.execute_async("after").err().expect("refused").to_string();
+        assert!(err.contains("uid 'count'") && err.contains("--allow-non-restored-state (-n)"), "{err}");
+        assert!(err.contains(&weir::OperatorId::from_uid("count").to_hex()), "{err}");
+
+        let env3 = job_env(&paths, &["-s", sp.to_str().unwrap(), "-n"]);
+        without_count(&env3);
+        let handle = env3.execute_async("after").unwrap();
+        append_keys(&paths.input, [7]);
+        wait_for("the restored source to continue after its offset", || {
+            committed(&paths.out.join("v2")) == vec!["7".to_string()]
+        });
+        finish(handle);
+    }
+}
+
+backend_tests! {
+    fn an_added_operator_starts_empty(backend) {
+        let paths = paths(backend);
+        let env1 = job_env(&paths, &[]);
+        counting_job(&env1, &paths, 1);
+        let handle = env1.execute_async("before").unwrap();
+        append_keys(&paths.input, [1, 1]);
+        wait_for("counts", || committed(&paths.out).len() == 2);
+        let sp = savepoint(&handle, &paths);
+        finish(handle);
+
+        let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
+        let counts = env2
+            .source(FileSource::follow(&paths.input))
+            .uid("source")
+            .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
+            .uid("parse");
+        counts
+            .clone()
+            .key_by(|k: &u64| *k)
+            .process(CountWhere::default())
+            .uid("count")
+            .set_max_parallelism(MAX_P)
+            .sink(FileSink::new(&paths.out))
+            .uid("sink");
+        counts
+            .key_by(|k: &u64| *k)
+            .process(CountWhere::default())
+            .uid("count-added")
+            .sink(FileSink::new(paths.out.join("added")))
+            .uid("sink-added");
+        let handle = env2.execute_async("after").unwrap();
+        append_keys(&paths.input, [1]);
+        wait_for("both counts", || committed(&paths.out).len() == 3 && committed(&paths.out.join("added")).len() == 1);
+        finish(handle);
+        assert!(committed(&paths.out).contains(&"1 3 0".to_string()), "the restored operator continues");
+        assert_eq!(committed(&paths.out.join("added")), vec!["1 1 0"], "the added operator starts empty");
+    }
+}
+
+backend_tests! {
+    fn state_that_cannot_decode_into_the_new_type_fails_the_restore_naming_the_state(backend) {
+        let paths = paths(backend);
+        let env1 = job_env(&paths, &[]);
+        counting_job(&env1, &paths, 1);
+        let handle = env1.execute_async("before").unwrap();
+        append_keys(&paths.input, [5]);
+        wait_for("counts", || committed(&paths.out).len() == 1);
+        let sp = savepoint(&handle, &paths);
+        finish(handle);
+
+        let env2 = job_env(&paths, &["-s", sp.to_str().unwrap()]);
+        env2.source(FileSource::follow(&paths.input))
+            .uid("source")
+            .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
+            .uid("parse")
+            .key_by(|k: &u64| *k)
+            .process(CountAsText::default())
+            .uid("count")
+            .set_max_parallelism(MAX_P)
+            .sink(FileSink::new(&paths.out))
+            .uid("sink");
+        let outcome = env2.execute_async("after").unwrap().wait();
+        assert_eq!(outcome.status, weir::JobStatus::Failed);
+        assert_eq!(outcome.restarts, 0, "a restore that cannot succeed is not retried");
+        let cause = outcome.failure.unwrap();
+        assert!(cause.contains("restored state 'count'") && cause.contains("value type"), "{cause}");
+    }
+}
+
+backend_tests! {
+    fn an_intermediate_savepoint_commits_nothing_and_stop_commits(backend) {
+        let paths = paths(backend);
+        // No periodic checkpoints: only the stop can commit.
+        let mut all = vec!["job".to_string()];
+        all.extend(backend.args(&paths.local));
+        let (env, _) = StreamEnv::from_arg_list(all).unwrap();
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("savepoints-only").unwrap();
+        append_keys(&paths.input, 0..5);
+        let sp = savepoint(&handle, &paths);
+        assert!(sp.join("_metadata").is_file());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(committed(&paths.out).is_empty(), "an intermediate savepoint commits no output");
+        let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, false).unwrap();
+        assert!(matches!(handle.wait_operation(token, Duration::from_secs(30)), Some(Operation::Completed { .. })));
+        let outcome = handle.wait();
+        assert_eq!(outcome.status, weir::JobStatus::Finished);
+        assert_eq!(committed(&paths.out).len(), 5, "stop-with-savepoint commits");
+    }
+}
+
+backend_tests! {
+    fn a_failed_savepoint_leaves_no_savepoint_directory(backend) {
+        let paths = paths(backend);
+        let mut all = vec!["job".to_string()];
+        all.extend(backend.args(&paths.local));
+        let (mut env, _) = StreamEnv::from_arg_list(all).unwrap();
+        env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("failing-savepoint").unwrap();
+        append_keys(&paths.input, 0..3);
+        wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
+        let token = handle.trigger_savepoint(Some(&paths.sp), backend.savepoint_format()).unwrap();
+        match handle.wait_operation(token, Duration::from_secs(30)) {
+            Some(Operation::Failed { message }) => assert!(message.contains("metadata write failed"), "{message}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(handle.status(), weir::JobStatus::Running, "a failed savepoint does not fail the job");
+        assert!(listing(&paths.sp).is_empty(), "nothing that looks like a savepoint is left: {:?}", listing(&paths.sp));
+        // Without a savepoint directory configured or given, the request is refused up front.
+        assert_eq!(
+            handle.trigger_savepoint(None, SavepointFormat::Canonical).unwrap_err(),
+            weir::ControlError::NoSavepointDir
+        );
+        finish(handle);
+    }
 }
 
 /// Records the calls a sink receives, in order.
@@ -432,7 +456,7 @@ impl weir::SinkFunction<String> for EventSink {
 }
 
 fn stop_and_record(drain: bool) -> Vec<String> {
-    let paths = paths();
+    let paths = paths(Backend::HashMap);
     let (env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
     let sink = EventSink::default();
     env.source(FileSource::follow(&paths.input)).uid("source").sink(sink.clone()).uid("events");
@@ -466,7 +490,7 @@ fn stop_without_drain_takes_the_savepoint_without_ending_the_input() {
 
 #[test]
 fn a_failed_stop_leaves_the_job_running_and_reading() {
-    let paths = paths();
+    let paths = paths(Backend::HashMap);
     let (mut env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
     env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
     let sink = EventSink::default();

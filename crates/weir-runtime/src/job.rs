@@ -17,6 +17,7 @@ use weir_core::config::{keys, Configuration};
 use weir_core::coordinator::{Action, Coordinator, CoordinatorSettings, FailureReason, TaskKey};
 use weir_core::ids::INITIAL_CHECKPOINT_ID;
 use weir_core::metadata::{self, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata};
+use weir_core::shared_state::SharedStateRegistry;
 use weir_core::store::{CompletedCheckpointStore, Retained, RetentionPolicy, Termination};
 use weir_core::{CheckpointId, JobId, OperatorId};
 
@@ -116,8 +117,11 @@ pub struct CheckpointStats {
     pub kind: SnapshotKind,
     pub location: PathBuf,
     pub duration: Duration,
-    /// Bytes of state files plus `_metadata`.
+    /// Bytes of everything the snapshot references (its full size), `_metadata` included.
     pub state_size: u64,
+    /// Bytes this snapshot wrote: less than `state_size` for an incremental checkpoint, which
+    /// references files earlier checkpoints uploaded.
+    pub checkpointed_size: u64,
 }
 
 /// The snapshot a job was started from.
@@ -489,6 +493,7 @@ pub fn submit(
     graph: JobGraph,
     config: &Configuration,
     storage: Option<Arc<dyn CheckpointStorage>>,
+    state_backend: weir_state::StateBackend,
 ) -> Result<JobHandle, JobError> {
     let settings = Settings::from_config(config)?;
     let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
@@ -516,6 +521,8 @@ pub fn submit(
     let mut graph = graph;
     let mut store = CompletedCheckpointStore::new(settings.num_retained);
     let mut restored = None;
+    let mut registry = SharedStateRegistry::default();
+    let mut force_full = false;
     if let Some(path) = config.get_str(keys::RECOVERY_PATH) {
         let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
         let snapshot = Arc::new(load_snapshot(std::path::Path::new(&path))?);
@@ -538,6 +545,10 @@ pub fn submit(
         // checkpoint recovers from it. In CLAIM mode the job owns it and deletes it once subsumed;
         // in NO_CLAIM mode it is never deleted.
         let claimed = claim_mode == ClaimMode::Claim;
+        // CLAIM: later checkpoints may reference the snapshot's data files, deleted once unused.
+        // NO_CLAIM: the first checkpoint is full and the files are never deleted.
+        registry.register(meta.checkpoint_id, reusable_files(&snapshot), claimed);
+        force_full = !claimed;
         store.add(Retained {
             id: meta.checkpoint_id,
             is_savepoint: !claimed,
@@ -555,11 +566,17 @@ pub fn submit(
         restored: restored.clone(),
         ..Shared::default()
     });
+    let mut coordinator = Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0);
+    if force_full {
+        coordinator.force_full_checkpoints();
+    }
     let master = Master {
         job_id,
         name: name.to_string(),
-        coordinator: Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0),
+        coordinator,
         store,
+        registry,
+        state_backend,
         settings,
         graph: Arc::new(graph),
         storage,
@@ -652,6 +669,9 @@ struct Master {
     has_checkpoint_dir: bool,
     coordinator: Coordinator<AckedState>,
     store: CompletedCheckpointStore<Completed>,
+    /// Which retained snapshots reference each reusable data file (incremental checkpoints).
+    registry: SharedStateRegistry<PathBuf>,
+    state_backend: weir_state::StateBackend,
     /// Started from a `-s` snapshot.
     restored_from_snapshot: bool,
     /// A checkpoint completed since the job started.
@@ -730,7 +750,7 @@ impl Master {
             _ => Termination::Failed,
         };
         for gone in self.store.shutdown(self.settings.retention, how) {
-            self.discard(&gone.data.snapshot.dir);
+            self.discard_retained(&gone);
         }
         if let Some(f) = &failure {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
@@ -942,7 +962,7 @@ impl Master {
 
     fn execute(&mut self, action: Action<AckedState>) -> (Vec<Action<AckedState>>, Option<Step>) {
         match action {
-            Action::Trigger { id, kind, timestamp_ms: _, token } => {
+            Action::Trigger { id, kind, timestamp_ms: _, token, full } => {
                 let location = match token.and_then(|t| self.savepoint_targets.remove(&t)) {
                     Some(target) if kind.is_savepoint() => self.storage.savepoint_location(&target, self.job_id),
                     _ if self.has_checkpoint_dir => self.storage.checkpoint_location(self.job_id, id),
@@ -954,7 +974,7 @@ impl Master {
                         self.locations.insert(id, (loc.clone(), Instant::now()));
                         let stop = token.is_some() && self.stopping.map(|(t, _)| t) == token;
                         let barrier =
-                            Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop };
+                            Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop, full };
                         for t in self.tasks.iter().filter(|t| t.is_source) {
                             let _ = t.control.send(Control::Trigger(barrier.clone()));
                         }
@@ -976,7 +996,7 @@ impl Master {
                 };
                 match load_snapshot(&loc) {
                     Ok(snapshot) => {
-                        let size = snapshot_size(&loc);
+                        let (size, written) = self.snapshot_sizes(&snapshot);
                         tracing::info!(
                             "Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).",
                             self.job_id,
@@ -989,6 +1009,7 @@ impl Master {
                                 location: loc.clone(),
                                 duration: started.elapsed(),
                                 state_size: size,
+                                checkpointed_size: written,
                             });
                             if c.len() > 100 {
                                 c.remove(0);
@@ -999,6 +1020,7 @@ impl Master {
                             tracing::info!("Savepoint stored in {}.", loc.display());
                         } else {
                             self.completed_since_start = true;
+                            self.registry.register(id, reusable_files(&snapshot), true);
                             let subsumed = self.store.add(Retained {
                                 id,
                                 is_savepoint: false,
@@ -1006,7 +1028,7 @@ impl Master {
                                 data: Completed { snapshot: Arc::new(snapshot) },
                             });
                             for gone in subsumed {
-                                self.discard(&gone.data.snapshot.dir);
+                                self.discard_retained(&gone);
                             }
                         }
                         if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
@@ -1041,6 +1063,9 @@ impl Master {
                 // A failed snapshot leaves nothing that looks like one.
                 if let Some((loc, _)) = self.locations.remove(&id) {
                     self.discard(&loc);
+                }
+                if !kind.is_savepoint() {
+                    self.delete_unreferenced_shared_files();
                 }
                 for t in &self.tasks {
                     let _ = t.control.send(Control::CheckpointAborted(id));
@@ -1082,17 +1107,80 @@ impl Master {
                 }
                 (Vec::new(), None)
             }
-            Action::DiscardLate { id, .. } => {
+            Action::DiscardLate { id, state, .. } => {
                 let retained = self.store.iter().any(|e| e.id == id);
                 if !retained && !self.locations.contains_key(&id) && self.has_checkpoint_dir {
                     if let Some(dir) = &self.shared.job_dir {
-                        self.discard(&dir.join(format!("chk-{id}")));
+                        let loc = dir.join(format!("chk-{id}"));
+                        // Data files the late task uploaded to shared/ that nothing references.
+                        for (_, sub) in &state {
+                            for f in sub.native.iter().flat_map(|n| &n.files) {
+                                let path = storage::normalize(&loc.join(&f.file.path));
+                                if !self.registry.files().any(|r| *r == path) {
+                                    storage::delete_file_and_empty_dir(&path);
+                                }
+                            }
+                        }
+                        self.discard(&loc);
                     }
                 }
                 (Vec::new(), None)
             }
             Action::FailJob { message } => (Vec::new(), Some(Step::Failover { cause: message, restore: false })),
         }
+    }
+
+    /// Deletes a retained snapshot the job owns: the data files only it referenced, then its
+    /// directory, except files a later checkpoint still references (a CLAIM-restored snapshot
+    /// whose files later checkpoints reuse); those go when their last reference does.
+    fn discard_retained(&mut self, gone: &Retained<Completed>) {
+        for file in self.registry.release(gone.id) {
+            storage::delete_file_and_empty_dir(&file);
+        }
+        let dir = &gone.data.snapshot.dir;
+        let keep: HashSet<PathBuf> = self.registry.files().filter(|f| f.starts_with(dir)).cloned().collect();
+        if keep.is_empty() {
+            self.discard(dir);
+        } else if let Err(e) = storage::discard_snapshot_dir_except(dir, &keep) {
+            tracing::warn!("could not delete {}: {e}", dir.display());
+        }
+    }
+
+    /// After a failed checkpoint: deletes files in `shared/` that no retained snapshot references
+    /// (what the failed checkpoint uploaded). No other checkpoint is in flight at that moment.
+    fn delete_unreferenced_shared_files(&self) {
+        let Some(job_dir) = &self.shared.job_dir else {
+            return;
+        };
+        let shared_dir = storage::normalize(&std::fs::canonicalize(job_dir).unwrap_or(job_dir.clone()).join("shared"));
+        let Ok(entries) = std::fs::read_dir(&shared_dir) else {
+            return;
+        };
+        let registered: HashSet<&PathBuf> = self.registry.files().collect();
+        for e in entries.filter_map(|e| e.ok()) {
+            let path = e.path();
+            if !registered.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// The snapshot's full size and the bytes it wrote itself (files in its directory, plus data
+    /// files outside it that no earlier snapshot registered).
+    fn snapshot_sizes(&self, snapshot: &LoadedSnapshot) -> (u64, u64) {
+        let own = snapshot_size(&snapshot.dir);
+        let (mut full, mut written) = (own, own);
+        let mut seen = HashSet::new();
+        for (path, size) in native_files(snapshot) {
+            if path.starts_with(&snapshot.dir) || !seen.insert(path.clone()) {
+                continue;
+            }
+            full += size;
+            if !self.registry.files().any(|r| *r == path) {
+                written += size;
+            }
+        }
+        (full, written)
     }
 
     fn discard(&self, dir: &std::path::Path) {
@@ -1210,6 +1298,7 @@ impl Master {
                     master: self.tx.clone(),
                     storage: Some(self.storage.clone()),
                     batch_size: self.settings.batch_size,
+                    state_backend: self.state_backend.clone(),
                 };
                 let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;
                 self.tasks.push(DeployedTask {
@@ -1237,6 +1326,33 @@ impl Master {
 
 fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Every file of the snapshot's native handles, resolved and normalized, with its size.
+fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64)> + '_ {
+    snapshot
+        .metadata
+        .operators
+        .iter()
+        .flat_map(|op| &op.subtasks)
+        .filter_map(|s| s.native.as_ref())
+        .flat_map(|n| &n.files)
+        .map(|f| (storage::normalize(&snapshot.resolve(&f.file.path)), f.file.size))
+}
+
+/// The data files of a snapshot that later incremental checkpoints may reference.
+fn reusable_files(snapshot: &LoadedSnapshot) -> Vec<PathBuf> {
+    let reusable: HashSet<&str> = snapshot
+        .metadata
+        .operators
+        .iter()
+        .flat_map(|op| &op.subtasks)
+        .filter_map(|s| s.native.as_ref())
+        .flat_map(|n| &n.files)
+        .filter(|f| f.reusable)
+        .map(|f| f.file.path.as_str())
+        .collect();
+    reusable.into_iter().map(|p| storage::normalize(&snapshot.resolve(p))).collect()
 }
 
 fn snapshot_size(dir: &std::path::Path) -> u64 {

@@ -75,6 +75,15 @@ pub struct Barrier {
     pub location: Arc<PathBuf>,
     /// A stop-with-savepoint barrier: sources emit nothing after it unless it is aborted.
     pub stop: bool,
+    /// A checkpoint that must not reference files of earlier snapshots (after a NO_CLAIM restore).
+    pub full: bool,
+}
+
+impl Barrier {
+    /// What this barrier asks of a keyed backend.
+    pub fn snapshot_request(&self) -> weir_state::SnapshotRequest {
+        weir_state::SnapshotRequest { id: self.id, kind: self.kind, full: self.full }
+    }
 }
 
 /// One operator's state captured at a barrier.
@@ -109,7 +118,7 @@ pub enum Control {
 /// Restored state for one operator subtask, with state file paths resolved.
 #[derive(Debug, Clone, Default)]
 pub struct RestoredState {
-    pub keyed: Vec<(PathBuf, weir_core::metadata::KeyedStateHandle)>,
+    pub keyed: weir_state::RestoredKeyedState,
     pub operator_lists: Vec<OperatorListState>,
 }
 
@@ -128,6 +137,8 @@ pub struct OperatorContext {
     /// 0 for the first deployment, +1 for every restart.
     pub attempt: u32,
     pub job_id: weir_core::JobId,
+    /// The keyed state backend (`state.backend.type`).
+    pub state_backend: weir_state::StateBackend,
 }
 
 impl OperatorContext {

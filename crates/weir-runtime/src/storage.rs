@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use weir_core::metadata::{self, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
 use weir_core::{CheckpointId, JobId};
 
-/// A state file being written. `finish` makes it durable.
-pub trait StateOutput: Write + Send {
-    fn finish(self: Box<Self>) -> io::Result<()>;
-}
+pub use weir_state::StateOutput;
 
 /// Where checkpoints live. The filesystem is the first implementation; object stores come later.
 pub trait CheckpointStorage: Send + Sync + Debug {
@@ -170,6 +167,46 @@ pub fn discard_snapshot_dir(location: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+pub use weir_state::snapshot::normalize_path as normalize;
+
+/// Deletes a file no snapshot references any more, and its directory when that is left empty and
+/// is not a job's `shared/` directory (a CLAIM-restored snapshot directory whose last kept file
+/// this was).
+pub fn delete_file_and_empty_dir(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!("could not delete {}: {e}", path.display());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        if dir.file_name().is_some_and(|n| n != "shared") && !dir.join(METADATA_FILE_NAME).exists() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Deletes a snapshot directory's `_metadata` first, then every other file but `keep` (files later
+/// snapshots still reference); the directory goes with its last kept file.
+pub fn discard_snapshot_dir_except(location: &Path, keep: &std::collections::HashSet<PathBuf>) -> io::Result<()> {
+    match fs::remove_file(location.join(METADATA_FILE_NAME)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    for entry in fs::read_dir(location)? {
+        let path = entry?.path();
+        if keep.contains(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

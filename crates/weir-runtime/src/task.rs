@@ -14,11 +14,13 @@ use crossbeam_channel::{Receiver, Sender};
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use weir_core::coordinator::TaskKey;
-use weir_core::metadata::{KeyedStateHandle, StateFileRef, SubtaskSnapshot};
+use weir_core::metadata::SubtaskSnapshot;
 use weir_core::{JobId, OperatorId};
+use weir_state::{NewFile, ResolvedNativeHandle, RestoredKeyedState, SnapshotFiles, WrittenKeyedState};
 
 /// Everything a task needs, moved into its thread.
 pub(crate) struct TaskPlan {
@@ -35,6 +37,7 @@ pub(crate) struct TaskPlan {
     pub master: Sender<MasterMsg>,
     pub storage: Option<Arc<dyn CheckpointStorage>>,
     pub batch_size: usize,
+    pub state_backend: weir_state::StateBackend,
 }
 
 /// The state written for one operator subtask, as acknowledged to the master.
@@ -155,7 +158,17 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
         let assigned = r.operators.get(&n.operator_id).and_then(|subs| subs.get(subtask as usize));
         match assigned {
             Some(a) => RestoredState {
-                keyed: a.keyed.iter().map(|h| (r.snapshot.resolve(&h.file.path), h.clone())).collect(),
+                keyed: RestoredKeyedState {
+                    files: a.keyed.iter().map(|h| (r.snapshot.resolve(&h.file.path), h.clone())).collect(),
+                    native: a
+                        .native
+                        .iter()
+                        .map(|h| ResolvedNativeHandle {
+                            paths: h.files.iter().map(|f| r.snapshot.resolve(&f.file.path)).collect(),
+                            handle: h.clone(),
+                        })
+                        .collect(),
+                },
                 operator_lists: a.operator_lists.clone(),
             },
             None => RestoredState::default(),
@@ -172,6 +185,7 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
         restored,
         attempt: plan.attempt,
         job_id: plan.job_id,
+        state_backend: plan.state_backend.clone(),
     };
     n.spec.instantiate(ctx, downstream)
 }
@@ -211,26 +225,75 @@ fn write_capture(
     let location = capture.barrier.location.as_path();
     let mut states = Vec::with_capacity(capture.operators.len());
     for op in &capture.operators {
-        let keyed = match &op.keyed {
-            Some(snapshot) if !snapshot.is_empty() => {
-                let storage = storage.ok_or("keyed state needs checkpoint storage; set execution.checkpointing.dir")?;
-                let name = format!("keyed-{}-{}", op.operator_id, subtask);
-                let what = |e: &dyn std::fmt::Display| format!("writing {}: {e}", location.join(&name).display());
-                let out = storage.create_state_file(location, &name).map_err(|e| what(&e))?;
-                let (out, offsets, size) = snapshot.write(out).map_err(|e| what(&e))?;
-                out.finish().map_err(|e| what(&e))?;
-                Some(KeyedStateHandle {
-                    file: StateFileRef { path: name, size },
-                    key_groups: snapshot.key_groups(),
-                    offsets,
-                })
-            }
-            _ => None,
-        };
+        let mut written = WrittenKeyedState::default();
+        if let Some(snapshot) = &op.keyed {
+            let name = format!("keyed-{}-{}", op.operator_id, subtask);
+            let what = |e: &dyn std::fmt::Display| format!("writing {}: {e}", location.join(&name).display());
+            let shared = (!capture.barrier.kind.is_savepoint()).then(|| shared_dir(location));
+            let storage = storage.ok_or("keyed state needs checkpoint storage; set execution.checkpointing.dir")?;
+            let files = StorageFiles { storage, location, shared };
+            written = snapshot.write(&files, &name).map_err(|e| what(&e))?;
+        }
         states.push((
             op.operator_id,
-            SubtaskSnapshot { subtask, keyed, operator_lists: op.operator_state.clone().into_lists() },
+            SubtaskSnapshot {
+                subtask,
+                keyed: written.keyed,
+                operator_lists: op.operator_state.clone().into_lists(),
+                native: written.native,
+            },
         ));
     }
     Ok(states)
+}
+
+/// The `shared/` directory of the job a checkpoint directory `chk-<n>` belongs to.
+pub(crate) fn shared_dir(location: &Path) -> PathBuf {
+    location.parent().unwrap_or(location).join("shared")
+}
+
+/// One snapshot's files on a [`CheckpointStorage`]: exclusive files in the snapshot's directory,
+/// shared files in the job's `shared/` (checkpoints) or with the others (savepoints).
+struct StorageFiles<'a> {
+    storage: &'a dyn CheckpointStorage,
+    location: &'a Path,
+    shared: Option<PathBuf>,
+}
+
+impl SnapshotFiles for StorageFiles<'_> {
+    fn create_exclusive(&self, name: &str) -> std::io::Result<NewFile> {
+        let out = self.storage.create_state_file(self.location, name)?;
+        Ok(NewFile { out, reference: name.to_string(), path: self.location.join(name) })
+    }
+
+    fn create_shared(&self, name: &str) -> std::io::Result<NewFile> {
+        match &self.shared {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let out = self.storage.create_state_file(dir, name)?;
+                let path = dir.join(name);
+                Ok(NewFile { out, reference: self.reference(&path), path })
+            }
+            None => self.create_exclusive(name),
+        }
+    }
+
+    fn reference(&self, path: &Path) -> String {
+        file_reference(self.location, path)
+    }
+}
+
+/// The reference `_metadata` in `location` records for `path`: relative when `path` lies in the
+/// snapshot's directory or its job's directory (so the job's directory can move as a whole),
+/// absolute otherwise.
+pub(crate) fn file_reference(location: &Path, path: &Path) -> String {
+    if let Ok(rel) = path.strip_prefix(location) {
+        return rel.display().to_string();
+    }
+    if let Some(job_dir) = location.parent() {
+        if let Ok(rel) = path.strip_prefix(job_dir) {
+            return Path::new("..").join(rel).display().to_string();
+        }
+    }
+    path.display().to_string()
 }

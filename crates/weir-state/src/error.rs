@@ -23,4 +23,11 @@ pub enum StateError {
     /// Writing a snapshot stream failed; the caller names the file.
     #[error("{0}")]
     Write(std::io::Error),
+    #[error("record with key group {key_group} reached a subtask owning key groups {owned}")]
+    MisroutedKey { key_group: u32, owned: weir_core::KeyGroupRange },
+    #[error("{operator}: the snapshot holds keyed state in the {written_by} backend's native format, which the {backend} backend cannot read. Restore it with state.backend.type: {written_by}, or take a canonical savepoint of the job (weir savepoint --type canonical, the default) and restore from that: canonical savepoints restore into any backend")]
+    ForeignNativeSnapshot { operator: String, written_by: String, backend: &'static str },
+    /// The storage engine of a store backend failed.
+    #[error("state backend error: {0}")]
+    Backend(String),
 }

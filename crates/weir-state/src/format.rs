@@ -21,30 +21,7 @@ use weir_core::KeyGroupRange;
 pub const KEYED_MAGIC: [u8; 8] = *b"WEIRKEYS";
 pub const KEYED_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StateKind {
-    Value,
-    List,
-    Map,
-    Reducing,
-}
-
-impl StateKind {
-    pub fn label(&self) -> &'static str {
-        match self {
-            StateKind::Value => "value",
-            StateKind::List => "list",
-            StateKind::Map => "map",
-            StateKind::Reducing => "reducing",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateMeta {
-    pub name: String,
-    pub kind: StateKind,
-}
+pub use weir_core::metadata::{StateKind, StateMeta};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileHeader {

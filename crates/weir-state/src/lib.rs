@@ -1,22 +1,37 @@
 //! Weir's state: what operators keep between records, and how it is captured and restored.
 //!
-//! * [`keyed`]: the heap (`hashmap`) keyed backend with value, list, map and reducing state,
-//!   declared by name through descriptors. Each key group's map is shared copy-on-write with the
-//!   snapshot, so the synchronous part of a checkpoint costs one pointer copy per key group and
-//!   only the key groups written during the asynchronous upload are ever copied.
+//! * [`descriptors`]: how operators declare keyed state (value, list, map, reducing) and use it
+//!   through handles and the current key's [`KeyScope`], the same on every backend.
+//! * [`backend`]: the backend a subtask uses (`state.backend.type`).
+//! * [`heap`]: the `hashmap` backend. Each key group's map is shared copy-on-write with the
+//!   snapshot, so the synchronous part of a checkpoint costs one pointer copy per key group.
+//! * [`serialized`]: keyed state over a byte-oriented store ([`KvStore`], implemented by the
+//!   `weir-rocksdb` crate), its row layout, and conversion to and from the canonical format.
+//! * [`snapshot`]: the seam with checkpoint storage (files, requests, restored handles).
 //! * [`format`]: the key-group-indexed state file (canonical: backend independent, self-describing
 //!   MessagePack values, a CRC32C per key group).
 //! * [`operator`]: operator (non-keyed) list state for sources and sinks.
 
+pub mod backend;
 pub mod codec;
+pub mod descriptors;
 pub mod error;
 pub mod format;
-pub mod keyed;
+pub mod heap;
 pub mod operator;
+pub mod serialized;
+pub mod snapshot;
 
-pub use error::StateError;
-pub use keyed::{
-    HeapKeyedBackend, Key, KeyScope, KeyedSnapshot, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-    ReducingState, ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,
+pub use backend::{KeyScope, KeyedStateBackend, StateBackend, StoreContext};
+pub use descriptors::{
+    Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    StateData, ValueState, ValueStateDescriptor,
 };
+pub use error::StateError;
+pub use heap::{HeapKeyedBackend, HeapSnapshot};
 pub use operator::{OperatorStateSnapshot, OperatorStateStore};
+pub use serialized::{KvStore, StoreFactory};
+pub use snapshot::{
+    KeyedSnapshot, NewFile, ResolvedNativeHandle, RestoredKeyedState, SnapshotFiles, SnapshotRequest, StateOutput,
+    StoreSnapshot, WrittenKeyedState,
+};

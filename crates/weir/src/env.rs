@@ -250,7 +250,8 @@ impl StreamEnv {
     pub fn execute_async(self, name: &str) -> Result<JobHandle, Error> {
         let inner = std::mem::take(&mut *self.inner.borrow_mut());
         let graph = JobGraph::build(inner.nodes, inner.edges, &self.config)?;
-        let mut handle = job::submit(name, graph, &self.config, self.storage)?;
+        let backend = crate::backends::from_config(&self.config)?;
+        let mut handle = job::submit(name, graph, &self.config, self.storage, backend)?;
         if self.config.get_bool(keys::REST_ENABLED).unwrap_or(true) {
             let bind = self.config.get_str(keys::REST_BIND_ADDRESS).unwrap_or_else(|| "127.0.0.1".into());
             let port = self.config.get_int(keys::REST_PORT).unwrap_or(0);

@@ -5,7 +5,7 @@ use weir_core::metadata::Redistribution;
 use weir_core::CheckpointId;
 use weir_runtime::{Output, TaskError, TaskResult};
 use weir_state::{
-    HeapKeyedBackend, Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    Key, KeyScope, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
     OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, ValueState,
     ValueStateDescriptor,
 };
@@ -83,7 +83,7 @@ pub trait SourceFunction<T>: Send + 'static {
 
 /// What a keyed function gets when it opens: state registration and where it runs.
 pub struct RuntimeContext<'a, K> {
-    pub(crate) backend: &'a mut HeapKeyedBackend<K>,
+    pub(crate) backend: &'a mut KeyedStateBackend<K>,
     pub(crate) subtask: u32,
     pub(crate) parallelism: u32,
     pub(crate) restored: bool,

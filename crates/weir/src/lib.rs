@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod backends;
 pub mod connectors;
 mod env;
 mod error;
@@ -43,5 +44,6 @@ pub use weir_runtime::storage::{CheckpointStorage, FsCheckpointStorage, StateOut
 pub use weir_runtime::{ClaimMode, ControlError, JobControl, JobHandle, JobStatus, Operation};
 pub use weir_state::{
     Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor, OperatorStateSnapshot,
-    OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,
+    OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, StateError, ValueState,
+    ValueStateDescriptor,
 };

@@ -13,7 +13,7 @@ use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record};
 use weir_runtime::graph::{Instance, NodeSpec};
 use weir_runtime::operator::{CapturedOperator, Next, OperatorContext};
 use weir_runtime::{ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult};
-use weir_state::{HeapKeyedBackend, Key, OperatorStateSnapshot, OperatorStateStore};
+use weir_state::{Key, KeyedStateBackend, OperatorStateSnapshot, OperatorStateStore, StoreContext};
 
 fn user_error(operator: &str, e: BoxError) -> TaskError {
     match e.downcast::<TaskError>() {
@@ -114,12 +114,17 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
 {
     fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
-        let mut backend = HeapKeyedBackend::new(ctx.max_parallelism, ctx.key_groups);
-        if let Some(restored) = &ctx.restored {
-            backend
-                .restore(&restored.keyed)
-                .map_err(|source| TaskError::Restore { operator: ctx.task_name(), source })?;
-        }
+        let store_ctx = StoreContext {
+            job_id: ctx.job_id,
+            operator_id: ctx.operator_id,
+            operator: ctx.task_name(),
+            subtask: ctx.subtask,
+            max_parallelism: ctx.max_parallelism,
+            key_groups: ctx.key_groups,
+        };
+        let restored = ctx.restored.as_ref().map(|r| r.keyed.clone()).unwrap_or_default();
+        let mut backend = KeyedStateBackend::create(&ctx.state_backend, &store_ctx, &restored)
+            .map_err(|source| TaskError::Restore { operator: ctx.task_name(), source })?;
         let mut f = self.f.clone();
         let mut rc = RuntimeContext {
             backend: &mut backend,
@@ -145,7 +150,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
 struct KeyedProcessOp<K, I, O, F> {
     f: F,
     key: KeySelector<K, I>,
-    backend: HeapKeyedBackend<K>,
+    backend: KeyedStateBackend<K>,
     next: Box<dyn Output<O>>,
     operator_id: OperatorId,
     name: String,
@@ -164,12 +169,20 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> f
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
-        if let ChainEvent::Barrier(capture) = event {
-            capture.operators.push(CapturedOperator {
-                operator_id: self.operator_id,
-                keyed: Some(self.backend.snapshot()),
-                operator_state: OperatorStateSnapshot::default(),
-            });
+        match event {
+            ChainEvent::Barrier(capture) => {
+                let keyed = self
+                    .backend
+                    .snapshot(&capture.barrier.snapshot_request())
+                    .map_err(|e| TaskError::Internal(format!("{}: snapshot of keyed state failed: {e}", self.name)))?;
+                capture.operators.push(CapturedOperator {
+                    operator_id: self.operator_id,
+                    keyed: Some(keyed),
+                    operator_state: OperatorStateSnapshot::default(),
+                });
+            }
+            ChainEvent::CheckpointComplete(id) => self.backend.checkpoint_complete(*id),
+            _ => {}
         }
         self.next.event(event)
     }

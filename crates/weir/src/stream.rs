@@ -225,17 +225,11 @@ impl<K: Key, T: StateData + Record, F: Fn(T, T) -> T + Clone + Send + Sync + 'st
         let Some(handle) = self.state else {
             return Err("reduce state used before open".into());
         };
-        let result = match handle.value_mut(state) {
-            Some(acc) => {
-                let combined = (self.f)(acc.clone(), value);
-                *acc = combined.clone();
-                combined
-            }
-            None => {
-                handle.update(state, value.clone());
-                value
-            }
+        let result = match handle.value(state)? {
+            Some(acc) => (self.f)(acc, value),
+            None => value,
         };
+        handle.update(state, result.clone())?;
         out.collect(result);
         Ok(())
     }

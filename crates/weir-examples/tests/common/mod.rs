@@ -144,3 +144,68 @@ impl CheckpointStorage for FaultyStorage {
         self.inner.discard(location)
     }
 }
+
+/// The keyed state backends the state tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    HashMap,
+    /// rocksdb with incremental checkpoints, native savepoints and a small memory budget.
+    RocksDb,
+}
+
+impl Backend {
+    /// Configuration entries selecting this backend; rocksdb keeps its working files in `local`.
+    pub fn settings(self, local: &Path) -> Vec<(&'static str, String)> {
+        match self {
+            Backend::HashMap => vec![("state.backend.type", "hashmap".into())],
+            Backend::RocksDb => vec![
+                ("state.backend.type", "rocksdb".into()),
+                ("execution.checkpointing.incremental", "true".into()),
+                ("state.backend.rocksdb.memory.fixed-per-slot", "16 mb".into()),
+                ("state.backend.rocksdb.localdir", local.display().to_string()),
+            ],
+        }
+    }
+
+    /// The same as `-D key=value` arguments.
+    pub fn args(self, local: &Path) -> Vec<String> {
+        self.settings(local).into_iter().flat_map(|(k, v)| ["-D".to_string(), format!("{k}={v}")]).collect()
+    }
+
+    pub fn configure(self, config: &mut weir::Configuration, local: &Path) {
+        for (k, v) in self.settings(local) {
+            config.set(k, &v).unwrap();
+        }
+    }
+
+    /// The savepoint format tests take: rocksdb's own (native) files, to test them end to end;
+    /// canonical savepoints of rocksdb are tested by switching backends.
+    pub fn savepoint_format(self) -> weir::SavepointFormat {
+        match self {
+            Backend::HashMap => weir::SavepointFormat::Canonical,
+            Backend::RocksDb => weir::SavepointFormat::Native,
+        }
+    }
+}
+
+/// Declares tests that run once per backend: each `fn name(backend) { ... }` becomes the tests
+/// `name::hashmap` and `name::rocksdb`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$meta])*
+            fn run($backend: $crate::common::Backend) $body
+            #[test]
+            fn hashmap() {
+                run($crate::common::Backend::HashMap)
+            }
+            #[test]
+            fn rocksdb() {
+                run($crate::common::Backend::RocksDb)
+            }
+        }
+    )*};
+}

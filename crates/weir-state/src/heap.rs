@@ -10,101 +10,16 @@ use crate::codec;
 use crate::error::StateError;
 use crate::format::{push_entries, FileHeader, StateFileReader, StateFileWriter, StateKind, StateMeta};
 use rustc_hash::FxHashMap;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::io::Write;
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use weir_core::key_group::assign_to_key_group;
 use weir_core::metadata::KeyedStateHandle;
-use weir_core::{KeyGroupRange, KeyHash};
+use weir_core::KeyGroupRange;
 
-/// What a key must be: stably hashable into a key group ([`KeyHash`]), serializable for
-/// snapshots, and usable in an in-memory hash map.
-pub trait Key: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static {}
-impl<T: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static> Key for T {}
-
-/// What a state value must be.
-pub trait StateData: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> StateData for T {}
-
-type ReduceFn<T> = Arc<dyn Fn(&T, &T) -> T + Send + Sync>;
-
-macro_rules! descriptor {
-    ($(#[$doc:meta])* $desc:ident, $handle:ident, [$($g:ident),+]) => {
-        $(#[$doc])*
-        pub struct $desc<$($g),+> {
-            name: String,
-            _types: PhantomData<fn() -> ($($g,)+)>,
-        }
-
-        impl<$($g),+> $desc<$($g),+> {
-            pub fn new(name: impl Into<String>) -> Self {
-                $desc { name: name.into(), _types: PhantomData }
-            }
-            pub fn name(&self) -> &str {
-                &self.name
-            }
-        }
-
-        /// Handle to a registered state; use it with the current key's [`KeyScope`].
-        pub struct $handle<$($g),+> {
-            slot: usize,
-            _types: PhantomData<fn() -> ($($g,)+)>,
-        }
-
-        impl<$($g),+> Clone for $handle<$($g),+> {
-            fn clone(&self) -> Self {
-                *self
-            }
-        }
-        impl<$($g),+> Copy for $handle<$($g),+> {}
-    };
-}
-
-descriptor!(
-    /// Declares a keyed value state: one `T` per key.
-    ValueStateDescriptor, ValueState, [T]
-);
-descriptor!(
-    /// Declares a keyed list state: a list of `T` per key.
-    ListStateDescriptor, ListState, [T]
-);
-descriptor!(
-    /// Declares a keyed map state: a map `UK → UV` per key (ordered, so snapshots are deterministic).
-    MapStateDescriptor, MapState, [UK, UV]
-);
-
-/// Declares a keyed reducing state: one `T` per key, combined with `reduce` on every `add`.
-pub struct ReducingStateDescriptor<T> {
-    name: String,
-    reduce: ReduceFn<T>,
-}
-
-impl<T> ReducingStateDescriptor<T> {
-    pub fn new(name: impl Into<String>, reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static) -> Self {
-        ReducingStateDescriptor { name: name.into(), reduce: Arc::new(reduce) }
-    }
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-pub struct ReducingState<T> {
-    slot: usize,
-    _types: PhantomData<fn() -> T>,
-}
-impl<T> Clone for ReducingState<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for ReducingState<T> {}
+use crate::descriptors::{Key, ReduceFn, StateData};
 
 type Group<K, V> = Arc<FxHashMap<K, V>>;
 
@@ -364,52 +279,35 @@ impl<K: Key> HeapKeyedBackend<K> {
         Ok(self.tables.len() - 1)
     }
 
-    pub fn value_state<T: StateData>(&mut self, d: &ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
-        let slot = self.register::<T>(&d.name, StateKind::Value, None)?;
-        Ok(ValueState { slot, _types: PhantomData })
-    }
-
-    pub fn list_state<T: StateData>(&mut self, d: &ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
-        let slot = self.register::<Vec<T>>(&d.name, StateKind::List, None)?;
-        Ok(ListState { slot, _types: PhantomData })
-    }
-
-    pub fn map_state<UK, UV>(&mut self, d: &MapStateDescriptor<UK, UV>) -> Result<MapState<UK, UV>, StateError>
-    where
-        UK: StateData + Ord,
-        UV: StateData,
-    {
-        let slot = self.register::<BTreeMap<UK, UV>>(&d.name, StateKind::Map, None)?;
-        Ok(MapState { slot, _types: PhantomData })
-    }
-
-    pub fn reducing_state<T: StateData>(
+    /// Declares a state holding `V` per key; returns its slot.
+    pub(crate) fn declare<V: StateData>(
         &mut self,
-        d: &ReducingStateDescriptor<T>,
-    ) -> Result<ReducingState<T>, StateError> {
-        let slot = self.register::<T>(&d.name, StateKind::Reducing, Some(d.reduce.clone()))?;
-        Ok(ReducingState { slot, _types: PhantomData })
+        name: &str,
+        kind: StateKind,
+        reduce: Option<ReduceFn<V>>,
+    ) -> Result<usize, StateError> {
+        self.register::<V>(name, kind, reduce)
     }
 
     /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
     /// would mean a routing bug.
     #[inline]
-    pub fn scope<'a>(&'a mut self, key: &'a K) -> Result<KeyScope<'a, K>, MisroutedKey> {
+    pub(crate) fn scope<'a>(&'a mut self, key: &'a K) -> Result<HeapScope<'a, K>, StateError> {
         let kg = assign_to_key_group(key, self.max_parallelism);
         match self.key_groups.offset_of(kg) {
-            Some(group) => Ok(KeyScope { backend: self, key, group }),
-            None => Err(MisroutedKey { key_group: kg, owned: self.key_groups }),
+            Some(group) => Ok(HeapScope { backend: self, key, group }),
+            None => Err(StateError::MisroutedKey { key_group: kg, owned: self.key_groups }),
         }
     }
 
     /// The synchronous part of a snapshot: freezes every key group (pointer copies).
-    pub fn snapshot(&self) -> KeyedSnapshot {
+    pub fn snapshot(&self) -> HeapSnapshot {
         let mut tables: Vec<Box<dyn TableSnapshot>> = self.tables.iter().map(|t| t.snapshot()).collect();
         for raw in self.restored.values() {
             tables.push(Box::new(RawTable { meta: raw.meta.clone(), groups: raw.groups.clone() }));
         }
         tables.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
-        KeyedSnapshot { key_groups: self.key_groups, tables }
+        HeapSnapshot { key_groups: self.key_groups, tables }
     }
 
     #[inline]
@@ -429,32 +327,25 @@ impl<K: Key> HeapKeyedBackend<K> {
     }
 }
 
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("record with key group {key_group} reached a subtask owning key groups {owned}")]
-pub struct MisroutedKey {
-    pub key_group: u32,
-    pub owned: KeyGroupRange,
-}
-
-/// Keyed state access for the current key.
-pub struct KeyScope<'a, K> {
+/// Heap state access for the current key.
+pub(crate) struct HeapScope<'a, K> {
     backend: &'a mut HeapKeyedBackend<K>,
     key: &'a K,
     group: usize,
 }
 
-impl<K: Key> KeyScope<'_, K> {
-    pub fn key(&self) -> &K {
+impl<K: Key> HeapScope<'_, K> {
+    pub(crate) fn key(&self) -> &K {
         self.key
     }
 
     #[inline]
-    fn get<V: StateData>(&self, slot: usize) -> Option<&V> {
+    pub(crate) fn get<V: StateData>(&self, slot: usize) -> Option<&V> {
         self.backend.table::<V>(slot).groups[self.group].get(self.key)
     }
 
     #[inline]
-    fn entry<V: StateData>(&mut self, slot: usize, init: impl FnOnce() -> V) -> &mut V {
+    pub(crate) fn entry<V: StateData>(&mut self, slot: usize, init: impl FnOnce() -> V) -> &mut V {
         let (key, group) = (self.key, self.group);
         let map = Arc::make_mut(&mut self.backend.table_mut::<V>(slot).groups[group]);
         if !map.contains_key(key) {
@@ -467,7 +358,7 @@ impl<K: Key> KeyScope<'_, K> {
     }
 
     #[inline]
-    fn put<V: StateData>(&mut self, slot: usize, value: V) {
+    pub(crate) fn put<V: StateData>(&mut self, slot: usize, value: V) {
         let (key, group) = (self.key, self.group);
         let map = Arc::make_mut(&mut self.backend.table_mut::<V>(slot).groups[group]);
         match map.get_mut(key) {
@@ -478,7 +369,7 @@ impl<K: Key> KeyScope<'_, K> {
         }
     }
 
-    fn remove<V: StateData>(&mut self, slot: usize) -> Option<V> {
+    pub(crate) fn remove<V: StateData>(&mut self, slot: usize) -> Option<V> {
         let (key, group) = (self.key, self.group);
         let table = self.backend.table_mut::<V>(slot);
         if !table.groups[group].contains_key(key) {
@@ -486,101 +377,19 @@ impl<K: Key> KeyScope<'_, K> {
         }
         Arc::make_mut(&mut table.groups[group]).remove(key)
     }
-}
 
-impl<T: StateData> ValueState<T> {
-    pub fn value<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>) -> Option<&'s T> {
-        scope.get::<T>(self.slot)
-    }
-    pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) {
-        scope.put(self.slot, value)
-    }
-    /// The value for in-place change; copies the key group first if a snapshot still holds it.
-    pub fn value_mut<'s, K: Key>(&self, scope: &'s mut KeyScope<'_, K>) -> Option<&'s mut T> {
-        let (key, group) = (scope.key, scope.group);
-        let map = &mut scope.backend.table_mut::<T>(self.slot).groups[group];
-        if Arc::get_mut(map).is_none() && !map.contains_key(key) {
-            return None; // shared with a snapshot and nothing to change: do not copy
-        }
-        Arc::make_mut(map).get_mut(key)
-    }
-    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) {
-        scope.remove::<T>(self.slot);
-    }
-}
-
-impl<T: StateData> ListState<T> {
-    pub fn get<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>) -> &'s [T] {
-        scope.get::<Vec<T>>(self.slot).map(Vec::as_slice).unwrap_or(&[])
-    }
-    pub fn add<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) {
-        scope.entry::<Vec<T>>(self.slot, Vec::new).push(value)
-    }
-    pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, values: Vec<T>) {
-        if values.is_empty() {
-            self.clear(scope)
-        } else {
-            scope.put(self.slot, values)
-        }
-    }
-    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) {
-        scope.remove::<Vec<T>>(self.slot);
-    }
-}
-
-impl<UK: StateData + Ord, UV: StateData> MapState<UK, UV> {
-    pub fn get<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>, user_key: &UK) -> Option<&'s UV> {
-        scope.get::<BTreeMap<UK, UV>>(self.slot).and_then(|m| m.get(user_key))
-    }
-    pub fn contains<K: Key>(&self, scope: &KeyScope<'_, K>, user_key: &UK) -> bool {
-        self.get(scope, user_key).is_some()
-    }
-    pub fn put<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: UK, value: UV) {
-        scope.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new).insert(user_key, value);
-    }
-    pub fn remove<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Option<UV> {
-        scope.get::<BTreeMap<UK, UV>>(self.slot)?.get(user_key)?;
-        let map = scope.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new);
-        let removed = map.remove(user_key);
-        if map.is_empty() {
-            scope.remove::<BTreeMap<UK, UV>>(self.slot);
-        }
-        removed
-    }
-    pub fn entries<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>) -> impl Iterator<Item = (&'s UK, &'s UV)> {
-        scope.get::<BTreeMap<UK, UV>>(self.slot).into_iter().flat_map(|m| m.iter())
-    }
-    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) {
-        scope.remove::<BTreeMap<UK, UV>>(self.slot);
-    }
-}
-
-impl<T: StateData> ReducingState<T> {
-    pub fn get<'s, K: Key>(&self, scope: &'s KeyScope<'_, K>) -> Option<&'s T> {
-        scope.get::<T>(self.slot)
-    }
-    /// Combines `value` into the state with the descriptor's reduce function; returns the result.
-    pub fn add<'s, K: Key>(&self, scope: &'s mut KeyScope<'_, K>, value: T) -> &'s T {
-        let reduce = scope.backend.table::<T>(self.slot).reduce.clone();
-        let mut value = Some(value);
-        let slot = scope.entry::<T>(self.slot, || value.take().unwrap_or_else(|| unreachable!()));
-        if let (Some(v), Some(reduce)) = (value, reduce) {
-            *slot = reduce(slot, &v);
-        }
-        slot
-    }
-    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) {
-        scope.remove::<T>(self.slot);
+    pub(crate) fn reduce_fn<V: StateData>(&self, slot: usize) -> Option<ReduceFn<V>> {
+        self.backend.table::<V>(slot).reduce.clone()
     }
 }
 
 /// A frozen snapshot of a keyed backend, written to a state file off the task thread.
-pub struct KeyedSnapshot {
+pub struct HeapSnapshot {
     key_groups: KeyGroupRange,
     tables: Vec<Box<dyn TableSnapshot>>,
 }
 
-impl KeyedSnapshot {
+impl HeapSnapshot {
     /// True when no state holds any entry: such a snapshot writes no file.
     pub fn is_empty(&self) -> bool {
         self.tables.iter().all(|t| (0..self.key_groups.count as usize).all(|i| t.group_len(i) == 0))
@@ -611,15 +420,38 @@ impl KeyedSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::KeyedStateBackend;
+    use crate::descriptors::*;
     use weir_core::key_group::key_group_range_for_subtask;
 
+    fn heap<K: Key>(max_p: u32, range: KeyGroupRange) -> KeyedStateBackend<K> {
+        KeyedStateBackend::Heap(HeapKeyedBackend::new(max_p, range))
+    }
+
+    fn restored<K: Key>(
+        max_p: u32,
+        range: KeyGroupRange,
+        files: &[(PathBuf, KeyedStateHandle)],
+    ) -> KeyedStateBackend<K> {
+        let mut b = HeapKeyedBackend::new(max_p, range);
+        b.restore(files).unwrap();
+        KeyedStateBackend::Heap(b)
+    }
+
+    fn frozen<K: Key>(backend: &KeyedStateBackend<K>) -> HeapSnapshot {
+        match backend {
+            KeyedStateBackend::Heap(h) => h.snapshot(),
+            KeyedStateBackend::Serialized(_) => unreachable!("heap tests"),
+        }
+    }
+
     fn write_snapshot<K: Key>(
-        backend: &HeapKeyedBackend<K>,
+        backend: &KeyedStateBackend<K>,
         dir: &std::path::Path,
         name: &str,
     ) -> (PathBuf, KeyedStateHandle) {
         let path = dir.join(name);
-        let snap = backend.snapshot();
+        let snap = frozen(backend);
         let (_, offsets, size) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
         let handle = KeyedStateHandle {
             file: weir_core::metadata::StateFileRef { path: name.into(), size },
@@ -632,7 +464,7 @@ mod tests {
     #[test]
     fn every_state_kind_round_trips_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut b: KeyedStateBackend<String> = heap(128, KeyGroupRange::inclusive(0, 127));
         let count = b.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
         let seen = b.list_state(&ListStateDescriptor::<String>::new("seen")).unwrap();
         let attrs = b.map_state(&MapStateDescriptor::<String, i32>::new("attrs")).unwrap();
@@ -640,38 +472,37 @@ mod tests {
         for (i, key) in ["a", "b", "a", "c"].iter().enumerate() {
             let key = key.to_string();
             let mut s = b.scope(&key).unwrap();
-            let n = count.value(&s).copied().unwrap_or(0);
-            count.update(&mut s, n + 1);
-            seen.add(&mut s, format!("r{i}"));
-            attrs.put(&mut s, "i".into(), i as i32);
-            total.add(&mut s, 10);
+            let n = count.value(&mut s).unwrap().unwrap_or(0);
+            count.update(&mut s, n + 1).unwrap();
+            seen.add(&mut s, format!("r{i}")).unwrap();
+            attrs.put(&mut s, "i".into(), i as i32).unwrap();
+            total.add(&mut s, 10).unwrap();
         }
         let (path, handle) = write_snapshot(&b, dir.path(), "f");
 
-        let mut r: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        r.restore(&[(path, handle)]).unwrap();
+        let mut r: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
         let count = r.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
         let seen = r.list_state(&ListStateDescriptor::<String>::new("seen")).unwrap();
         let attrs = r.map_state(&MapStateDescriptor::<String, i32>::new("attrs")).unwrap();
         let total = r.reducing_state(&ReducingStateDescriptor::new("total", |a: &i64, b: &i64| a + b)).unwrap();
         let a = "a".to_string();
-        let s = r.scope(&a).unwrap();
-        assert_eq!(count.value(&s), Some(&2));
-        assert_eq!(seen.get(&s), &["r0".to_string(), "r2".to_string()]);
-        assert_eq!(attrs.get(&s, &"i".to_string()), Some(&2));
-        assert_eq!(total.get(&s), Some(&20));
+        let mut s = r.scope(&a).unwrap();
+        assert_eq!(count.value(&mut s).unwrap(), Some(2));
+        assert_eq!(seen.get(&mut s).unwrap(), vec!["r0".to_string(), "r2".to_string()]);
+        assert_eq!(attrs.get(&mut s, &"i".to_string()).unwrap(), Some(2));
+        assert_eq!(total.get(&mut s).unwrap(), Some(20));
     }
 
     #[test]
     fn snapshot_is_isolated_from_later_writes() {
-        let mut b: HeapKeyedBackend<u64> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut b: KeyedStateBackend<u64> = heap(128, KeyGroupRange::inclusive(0, 127));
         let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..1000u64 {
-            v.update(&mut b.scope(&k).unwrap(), 1);
+            v.update(&mut b.scope(&k).unwrap(), 1).unwrap();
         }
-        let snap = b.snapshot();
+        let snap = frozen(&b);
         for k in 0..1000u64 {
-            v.update(&mut b.scope(&k).unwrap(), 2);
+            v.update(&mut b.scope(&k).unwrap(), 2).unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
@@ -681,11 +512,10 @@ mod tests {
             key_groups: snap.key_groups(),
             offsets,
         };
-        let mut r: HeapKeyedBackend<u64> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        r.restore(&[(path, handle)]).unwrap();
+        let mut r: KeyedStateBackend<u64> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
         let v = r.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..1000u64 {
-            assert_eq!(v.value(&r.scope(&k).unwrap()), Some(&1), "key {k}");
+            assert_eq!(v.value(&mut r.scope(&k).unwrap()).unwrap(), Some(1), "key {k}");
         }
     }
 
@@ -696,11 +526,11 @@ mod tests {
         let mut files = vec![];
         for i in 0..3 {
             let range = key_group_range_for_subtask(max_p, 3, i);
-            let mut b: HeapKeyedBackend<u64> = HeapKeyedBackend::new(max_p, range);
+            let mut b: KeyedStateBackend<u64> = heap(max_p, range);
             let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
             for k in 0..500u64 {
                 if let Ok(mut s) = b.scope(&k) {
-                    v.update(&mut s, k * 10);
+                    v.update(&mut s, k * 10).unwrap();
                 }
             }
             files.push(write_snapshot(&b, dir.path(), &format!("f{i}")));
@@ -710,12 +540,11 @@ mod tests {
             let range = key_group_range_for_subtask(max_p, 2, j);
             let handles: Vec<_> =
                 files.iter().filter_map(|(p, h)| h.intersection(&range).map(|h| (p.clone(), h))).collect();
-            let mut b: HeapKeyedBackend<u64> = HeapKeyedBackend::new(max_p, range);
-            b.restore(&handles).unwrap();
+            let mut b: KeyedStateBackend<u64> = restored(max_p, range, &handles);
             let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
             for k in 0..500u64 {
-                if let Ok(s) = b.scope(&k) {
-                    assert_eq!(v.value(&s), Some(&(k * 10)));
+                if let Ok(mut s) = b.scope(&k) {
+                    assert_eq!(v.value(&mut s).unwrap(), Some(k * 10));
                     found[k as usize] += 1;
                 }
             }
@@ -726,19 +555,18 @@ mod tests {
     #[test]
     fn incompatible_types_and_kinds_are_refused_with_the_state_name() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut b: KeyedStateBackend<String> = heap(128, KeyGroupRange::inclusive(0, 127));
         let v = b.value_state(&ValueStateDescriptor::<String>::new("name")).unwrap();
         let k = "k".to_string();
-        v.update(&mut b.scope(&k).unwrap(), "text".into());
+        v.update(&mut b.scope(&k).unwrap(), "text".into()).unwrap();
         let file = write_snapshot(&b, dir.path(), "f");
 
-        let mut r: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        r.restore(std::slice::from_ref(&file)).unwrap();
+        let mut r: KeyedStateBackend<String> =
+            restored(128, KeyGroupRange::inclusive(0, 127), std::slice::from_ref(&file));
         let err = r.value_state(&ValueStateDescriptor::<u64>::new("name")).err().unwrap().to_string();
         assert!(err.contains("'name'") && err.contains("value type"), "{err}");
 
-        let mut r: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        r.restore(&[file]).unwrap();
+        let mut r: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
         let err = r.list_state(&ListStateDescriptor::<String>::new("name")).err().unwrap().to_string();
         assert!(err.contains("declared as list state but the restored state is value state"), "{err}");
     }
@@ -746,30 +574,28 @@ mod tests {
     #[test]
     fn undeclared_restored_state_is_carried_into_the_next_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+        let mut b: KeyedStateBackend<String> = heap(128, KeyGroupRange::inclusive(0, 127));
         let v = b.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
         let k = "k".to_string();
-        v.update(&mut b.scope(&k).unwrap(), 5);
+        v.update(&mut b.scope(&k).unwrap(), 5).unwrap();
         let file = write_snapshot(&b, dir.path(), "f1");
-        let mut mid: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        mid.restore(&[file]).unwrap();
+        let mid: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
         let file = write_snapshot(&mid, dir.path(), "f2");
-        let mut last: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
-        last.restore(&[file]).unwrap();
+        let mut last: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
         let v = last.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
-        assert_eq!(v.value(&last.scope(&k).unwrap()), Some(&5));
+        assert_eq!(v.value(&mut last.scope(&k).unwrap()).unwrap(), Some(5));
     }
 
     #[test]
     fn the_same_state_always_writes_the_same_bytes() {
         let write = |keys: Vec<String>| {
-            let mut b: HeapKeyedBackend<String> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 127));
+            let mut b: KeyedStateBackend<String> = heap(128, KeyGroupRange::inclusive(0, 127));
             let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
             for k in keys {
                 let n = k.len() as u64;
-                v.update(&mut b.scope(&k).unwrap(), n);
+                v.update(&mut b.scope(&k).unwrap(), n).unwrap();
             }
-            b.snapshot().write(Vec::new()).unwrap().0
+            frozen(&b).write(Vec::new()).unwrap().0
         };
         // Keys sharing 8-byte prefixes, of different lengths, inserted in opposite orders.
         let keys: Vec<String> =
@@ -781,8 +607,8 @@ mod tests {
 
     #[test]
     fn misrouted_keys_are_reported() {
-        let mut b: HeapKeyedBackend<i32> = HeapKeyedBackend::new(128, KeyGroupRange::inclusive(0, 31));
+        let mut b: KeyedStateBackend<i32> = heap(128, KeyGroupRange::inclusive(0, 31));
         // Integer 0 belongs to key group 94.
-        assert_eq!(b.scope(&0).err().unwrap().key_group, 94);
+        assert!(matches!(b.scope(&0).err(), Some(StateError::MisroutedKey { key_group: 94, .. })));
     }
 }

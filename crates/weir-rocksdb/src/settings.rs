@@ -1,0 +1,104 @@
+//! Configuration of the rocksdb backend and the RocksDB options it implies.
+
+use rocksdb::{BlockBasedOptions, Cache, MergeOperands, Options};
+use std::path::PathBuf;
+use weir_core::config::{keys, Configuration};
+
+/// A bound on one instance's memory: write buffers (memtables) get `write_buffer_ratio` of it,
+/// the block cache (data, index and filter blocks) the rest. Like Flink's managed memory for
+/// RocksDB, it bounds what RocksDB allocates, not the process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryBudget {
+    pub bytes: u64,
+    pub write_buffer_ratio: f64,
+}
+
+impl MemoryBudget {
+    pub fn write_buffer_bytes(&self) -> usize {
+        (self.bytes as f64 * self.write_buffer_ratio) as usize
+    }
+
+    pub fn cache_bytes(&self) -> usize {
+        (self.bytes as usize).saturating_sub(self.write_buffer_bytes()).max(1 << 20)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RocksDbSettings {
+    /// Parent directory of instances' working directories.
+    pub local_dir: PathBuf,
+    /// `None`: RocksDB's defaults (unbounded).
+    pub memory: Option<MemoryBudget>,
+    /// Checkpoints reference SST files earlier checkpoints uploaded.
+    pub incremental: bool,
+}
+
+impl RocksDbSettings {
+    pub fn from_config(config: &Configuration) -> Self {
+        let local_dir = config
+            .get_str(keys::ROCKSDB_LOCAL_DIR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("weir-rocksdb"));
+        let memory = config.get_bool(keys::ROCKSDB_MEMORY_MANAGED).unwrap_or(true).then(|| MemoryBudget {
+            bytes: config.get_memory_size(keys::ROCKSDB_MEMORY_FIXED).unwrap_or(128 << 20),
+            write_buffer_ratio: config.get_fraction(keys::ROCKSDB_WRITE_BUFFER_RATIO).unwrap_or(0.5),
+        });
+        RocksDbSettings {
+            local_dir,
+            memory,
+            incremental: config.get_bool(keys::CHECKPOINT_INCREMENTAL).unwrap_or(false),
+        }
+    }
+
+    /// Options for the database and every column family. `cache` must outlive the database.
+    pub(crate) fn options(&self, cache: Option<&Cache>) -> Options {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        o.set_merge_operator_associative(APPEND_OPERATOR, append);
+        // One instance per subtask, each on its task's thread: a couple of background threads
+        // for flushes and compactions are plenty.
+        o.set_max_background_jobs(2);
+        if let (Some(m), Some(cache)) = (self.memory, cache) {
+            let write_buffers = m.write_buffer_bytes().max(2 << 20);
+            // The sum of all column families' memtables; reaching it flushes the largest.
+            o.set_db_write_buffer_size(write_buffers);
+            o.set_write_buffer_size((write_buffers / 2).max(1 << 20));
+            o.set_max_write_buffer_number(2);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(cache);
+            // Index and filter blocks count against the cache instead of growing with the data.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            o.set_block_based_table_factory(&table);
+        }
+        o
+    }
+
+    /// Options to open a snapshot's files read-only: what reading merged rows needs.
+    pub(crate) fn reader_options() -> Options {
+        let mut o = Options::default();
+        o.set_merge_operator_associative(APPEND_OPERATOR, append);
+        o
+    }
+
+    pub(crate) fn cache(&self) -> Result<Option<Cache>, rocksdb::Error> {
+        self.memory.map(|m| Cache::new_lru_cache(m.cache_bytes())).transpose()
+    }
+}
+
+/// Name of the merge operator list state uses; recorded in RocksDB's OPTIONS files.
+pub const APPEND_OPERATOR: &str = "weir-append";
+
+/// List append: MessagePack elements are self-delimiting, so appending is concatenation.
+fn append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let len = existing.map_or(0, <[u8]>::len) + operands.iter().map(<[u8]>::len).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    if let Some(e) = existing {
+        out.extend_from_slice(e);
+    }
+    for op in operands.iter() {
+        out.extend_from_slice(op);
+    }
+    Some(out)
+}

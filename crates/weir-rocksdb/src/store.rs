@@ -1,0 +1,245 @@
+//! A RocksDB instance holding one operator subtask's keyed state.
+
+use crate::restore;
+use crate::settings::RocksDbSettings;
+use crate::snapshot::{RocksDbSnapshot, Uploads};
+use crate::{db_err, io_err};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteOptions, DB};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use weir_core::metadata::{StateKind, StateMeta};
+use weir_core::{CheckpointId, KeyGroupRange};
+use weir_state::{KvStore, RestoredKeyedState, SnapshotRequest, StateError, StoreContext, StoreSnapshot};
+
+/// Column family of a state: prefixed, so no state name collides with RocksDB's `default`.
+pub(crate) fn cf_name(state: &str) -> String {
+    format!("state:{state}")
+}
+
+/// The smallest key above every key starting with `prefix` (`None`: no such key).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+pub struct RocksDbStore {
+    /// `Option` only so `Drop` can close the database before deleting its directory.
+    db: Option<DB>,
+    instance_dir: PathBuf,
+    key_groups: KeyGroupRange,
+    settings: Arc<RocksDbSettings>,
+    /// Every state in the database (declared or restored), by name.
+    known: BTreeMap<String, StateKind>,
+    /// Column family names of declared states, by state index.
+    declared: Vec<String>,
+    write: WriteOptions,
+    uploads: Arc<Mutex<Uploads>>,
+    _cache: Option<Cache>,
+}
+
+impl RocksDbStore {
+    /// Creates the instance in a fresh working directory and restores `restored` into it.
+    pub fn open(
+        settings: Arc<RocksDbSettings>,
+        ctx: &StoreContext,
+        restored: &RestoredKeyedState,
+    ) -> Result<Self, StateError> {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let instance_dir = settings.local_dir.join(format!(
+            "job-{}-op-{}-{}-{}",
+            ctx.job_id.to_hex(),
+            ctx.operator_id,
+            ctx.subtask,
+            &unique[..8]
+        ));
+        std::fs::create_dir_all(&instance_dir).map_err(io_err(&instance_dir))?;
+        let cache = settings.cache().map_err(db_err("creating the block cache"))?;
+        let options = settings.options(cache.as_ref());
+        let opened = restore::open_instance(&instance_dir, &options, ctx, restored, settings.incremental);
+        let (db, known, baseline) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&instance_dir);
+                return Err(e);
+            }
+        };
+        let mut write = WriteOptions::default();
+        // Checkpoints, not a write-ahead log, make state durable.
+        write.disable_wal(true);
+        Ok(RocksDbStore {
+            db: Some(db),
+            instance_dir,
+            key_groups: ctx.key_groups,
+            settings,
+            known,
+            declared: Vec::new(),
+            write,
+            uploads: Arc::new(Mutex::new(Uploads { baseline, pending: BTreeMap::new() })),
+            _cache: cache,
+        })
+    }
+
+    fn db(&self) -> &DB {
+        match &self.db {
+            Some(db) => db,
+            None => unreachable!("the database is open until drop"),
+        }
+    }
+
+    fn cf(&self, state: usize) -> Result<&ColumnFamily, StateError> {
+        let name = self.declared.get(state).ok_or_else(|| StateError::Backend(format!("no state {state}")))?;
+        self.db().cf_handle(name).ok_or_else(|| StateError::Backend(format!("column family {name} missing")))
+    }
+
+    /// The working directory (database and local checkpoints).
+    pub fn instance_dir(&self) -> &Path {
+        &self.instance_dir
+    }
+}
+
+impl Drop for RocksDbStore {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        if let Err(e) = std::fs::remove_dir_all(&self.instance_dir) {
+            tracing::warn!("could not delete RocksDB working directory {}: {e}", self.instance_dir.display());
+        }
+    }
+}
+
+impl KvStore for RocksDbStore {
+    fn declare(&mut self, meta: &StateMeta) -> Result<usize, StateError> {
+        let name = cf_name(&meta.name);
+        match self.known.get(&meta.name) {
+            Some(kind) if *kind != meta.kind => {
+                return Err(StateError::KindMismatch {
+                    name: meta.name.clone(),
+                    declared: meta.kind.label(),
+                    stored: kind.label(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                let options = self.settings.options(self._cache.as_ref());
+                let db = self.db.as_mut().ok_or_else(|| StateError::Backend("database closed".into()))?;
+                db.create_cf(&name, &options).map_err(db_err("creating a column family"))?;
+                self.known.insert(meta.name.clone(), meta.kind);
+            }
+        }
+        self.declared.push(name);
+        Ok(self.declared.len() - 1)
+    }
+
+    fn get(&self, state: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let cf = self.cf(state)?;
+        Ok(self.db().get_pinned_cf(cf, key).map_err(db_err("reading state"))?.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(state)?;
+        self.db().put_cf_opt(cf, key, value, &self.write).map_err(db_err("writing state"))
+    }
+
+    fn append(&mut self, state: usize, key: &[u8], operand: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(state)?;
+        self.db().merge_cf_opt(cf, key, operand, &self.write).map_err(db_err("appending to list state"))
+    }
+
+    fn delete(&mut self, state: usize, key: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(state)?;
+        self.db().delete_cf_opt(cf, key, &self.write).map_err(db_err("deleting state"))
+    }
+
+    fn scan_prefix(
+        &self,
+        state: usize,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let cf = self.cf(state)?;
+        scan(self.db(), cf, prefix, f)
+    }
+
+    fn delete_prefix(&mut self, state: usize, prefix: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(state)?;
+        match prefix_end(prefix) {
+            Some(end) => {
+                self.db().delete_range_cf_opt(cf, prefix, end.as_slice(), &self.write).map_err(db_err("deleting state"))
+            }
+            None => Err(StateError::Backend("cannot delete an unbounded prefix".into())),
+        }
+    }
+
+    fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError> {
+        let dir = self.instance_dir.join(format!("chk-{}", request.id));
+        if dir.exists() {
+            // Left by an earlier attempt at this id that failed before its writer ran.
+            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        // Flushes the memtables and hard-links the live files: the only synchronous work.
+        Checkpoint::new(self.db())
+            .and_then(|c| c.create_checkpoint(&dir))
+            .map_err(db_err("creating a local RocksDB checkpoint"))?;
+        let states = self.known.iter().map(|(name, kind)| StateMeta { name: name.clone(), kind: *kind }).collect();
+        Ok(Box::new(RocksDbSnapshot::new(
+            dir,
+            *request,
+            states,
+            self.key_groups,
+            self.settings.incremental,
+            self.uploads.clone(),
+        )))
+    }
+
+    fn checkpoint_complete(&mut self, id: CheckpointId) {
+        if let Ok(mut u) = self.uploads.lock() {
+            u.complete(id);
+        }
+    }
+}
+
+/// Calls `f` for each row of `cf` starting with `prefix`, in key order, until it returns false.
+pub(crate) fn scan(
+    db: &DB,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StateError> {
+    let mut opts = ReadOptions::default();
+    if !prefix.is_empty() {
+        opts.set_iterate_lower_bound(prefix.to_vec());
+        if let Some(end) = prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+    }
+    let mut it = db.raw_iterator_cf_opt(cf, opts);
+    it.seek_to_first();
+    while it.valid() {
+        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !f(k, v) {
+                return Ok(());
+            }
+        }
+        it.next();
+    }
+    it.status().map_err(db_err("scanning state"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}

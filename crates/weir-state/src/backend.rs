@@ -1,0 +1,172 @@
+//! The keyed state backend an operator subtask uses, chosen by `state.backend.type`.
+//!
+//! Two kinds: the heap backend (typed values in hash maps, no serialization on access) and store
+//! backends (serialized rows in a [`KvStore`], e.g. rocksdb). They are an enum rather than a
+//! trait object so the heap path stays a direct, inlinable call.
+
+use crate::descriptors::{
+    Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    StateData, ValueState, ValueStateDescriptor,
+};
+use crate::error::StateError;
+use crate::format::StateKind;
+use crate::heap::{HeapKeyedBackend, HeapScope};
+use crate::serialized::{SerializedKeyedBackend, SerializedScope, StoreFactory};
+use crate::snapshot::{KeyedSnapshot, RestoredKeyedState, SnapshotRequest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use weir_core::{CheckpointId, JobId, KeyGroupRange, OperatorId};
+
+/// Which keyed backend operators use.
+#[derive(Debug, Clone, Default)]
+pub enum StateBackend {
+    /// `hashmap`: state on the heap.
+    #[default]
+    HashMap,
+    /// A store backend, e.g. `rocksdb`.
+    Store(Arc<dyn StoreFactory>),
+}
+
+impl StateBackend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StateBackend::HashMap => "hashmap",
+            StateBackend::Store(f) => f.name(),
+        }
+    }
+}
+
+/// Which operator subtask a backend serves.
+#[derive(Debug, Clone)]
+pub struct StoreContext {
+    pub job_id: JobId,
+    pub operator_id: OperatorId,
+    /// Display name with the subtask, for errors.
+    pub operator: String,
+    pub subtask: u32,
+    pub max_parallelism: u32,
+    pub key_groups: KeyGroupRange,
+}
+
+/// Keyed state of one operator subtask.
+pub enum KeyedStateBackend<K> {
+    Heap(HeapKeyedBackend<K>),
+    Serialized(SerializedKeyedBackend<K>),
+}
+
+impl<K: Key> KeyedStateBackend<K> {
+    /// Creates the backend and restores `restored` into it. A native snapshot of another backend
+    /// is refused, naming the backend that wrote it and the way out (a canonical savepoint).
+    pub fn create(
+        choice: &StateBackend,
+        ctx: &StoreContext,
+        restored: &RestoredKeyedState,
+    ) -> Result<Self, StateError> {
+        if let Some(foreign) = restored.native.iter().find(|n| n.handle.backend != choice.name()) {
+            return Err(StateError::ForeignNativeSnapshot {
+                operator: ctx.operator.clone(),
+                written_by: foreign.handle.backend.clone(),
+                backend: choice.name(),
+            });
+        }
+        match choice {
+            StateBackend::HashMap => {
+                let mut heap = HeapKeyedBackend::new(ctx.max_parallelism, ctx.key_groups);
+                heap.restore(&restored.files)?;
+                Ok(KeyedStateBackend::Heap(heap))
+            }
+            StateBackend::Store(factory) => {
+                let store = factory.create(ctx, restored)?;
+                Ok(KeyedStateBackend::Serialized(SerializedKeyedBackend::new(
+                    store,
+                    ctx.max_parallelism,
+                    ctx.key_groups,
+                )))
+            }
+        }
+    }
+
+    pub fn value_state<T: StateData>(&mut self, d: &ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
+        let slot = match self {
+            KeyedStateBackend::Heap(h) => h.declare::<T>(&d.name, StateKind::Value, None)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<T>(&d.name, StateKind::Value, None)?,
+        };
+        Ok(ValueState::at(slot))
+    }
+
+    pub fn list_state<T: StateData>(&mut self, d: &ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
+        let slot = match self {
+            KeyedStateBackend::Heap(h) => h.declare::<Vec<T>>(&d.name, StateKind::List, None)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<T>(&d.name, StateKind::List, None)?,
+        };
+        Ok(ListState::at(slot))
+    }
+
+    pub fn map_state<UK, UV>(&mut self, d: &MapStateDescriptor<UK, UV>) -> Result<MapState<UK, UV>, StateError>
+    where
+        UK: StateData + Ord,
+        UV: StateData,
+    {
+        let slot = match self {
+            KeyedStateBackend::Heap(h) => h.declare::<BTreeMap<UK, UV>>(&d.name, StateKind::Map, None)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<UV>(&d.name, StateKind::Map, None)?,
+        };
+        Ok(MapState::at(slot))
+    }
+
+    pub fn reducing_state<T: StateData>(
+        &mut self,
+        d: &ReducingStateDescriptor<T>,
+    ) -> Result<ReducingState<T>, StateError> {
+        let reduce = Some(d.reduce.clone());
+        let slot = match self {
+            KeyedStateBackend::Heap(h) => h.declare::<T>(&d.name, StateKind::Reducing, reduce)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<T>(&d.name, StateKind::Reducing, reduce)?,
+        };
+        Ok(ReducingState::at(slot))
+    }
+
+    /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
+    /// would mean a routing bug.
+    #[inline]
+    pub fn scope<'a>(&'a mut self, key: &'a K) -> Result<KeyScope<'a, K>, StateError> {
+        let inner = match self {
+            KeyedStateBackend::Heap(h) => Scope::Heap(h.scope(key)?),
+            KeyedStateBackend::Serialized(s) => Scope::Serialized(s.scope(key)?),
+        };
+        Ok(KeyScope { inner })
+    }
+
+    /// The synchronous part of a snapshot.
+    pub fn snapshot(&mut self, request: &SnapshotRequest) -> Result<KeyedSnapshot, StateError> {
+        match self {
+            KeyedStateBackend::Heap(h) => Ok(KeyedSnapshot::Heap(h.snapshot())),
+            KeyedStateBackend::Serialized(s) => s.snapshot(request).map(KeyedSnapshot::Store),
+        }
+    }
+
+    pub fn checkpoint_complete(&mut self, id: CheckpointId) {
+        if let KeyedStateBackend::Serialized(s) = self {
+            s.checkpoint_complete(id)
+        }
+    }
+}
+
+/// Keyed state access for the current key.
+pub struct KeyScope<'a, K> {
+    pub(crate) inner: Scope<'a, K>,
+}
+
+pub(crate) enum Scope<'a, K> {
+    Heap(HeapScope<'a, K>),
+    Serialized(SerializedScope<'a, K>),
+}
+
+impl<K: Key> KeyScope<'_, K> {
+    pub fn key(&self) -> &K {
+        match &self.inner {
+            Scope::Heap(h) => h.key(),
+            Scope::Serialized(s) => s.key(),
+        }
+    }
+}

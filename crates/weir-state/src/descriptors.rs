@@ -1,0 +1,275 @@
+//! How operators declare keyed state (descriptors) and use it (handles), whatever the backend.
+//!
+//! A handle is a plain slot number, so it is `Copy` and costs nothing to keep in a function. Its
+//! methods take the current key's [`KeyScope`] and return owned values, as Flink's state
+//! interfaces do: the heap backend clones, the rocksdb backend decodes. Every method returns a
+//! `Result`, because a backend on disk can fail where a hash map cannot.
+
+use crate::backend::{KeyScope, Scope};
+use crate::error::StateError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use weir_core::KeyHash;
+
+/// What a key must be: stably hashable into a key group ([`KeyHash`]), serializable for
+/// snapshots, and usable in an in-memory hash map.
+pub trait Key: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static {}
+impl<T: KeyHash + Serialize + DeserializeOwned + Eq + Hash + Clone + Send + Sync + Debug + 'static> Key for T {}
+
+/// What a state value must be.
+pub trait StateData: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> StateData for T {}
+
+pub(crate) type ReduceFn<T> = Arc<dyn Fn(&T, &T) -> T + Send + Sync>;
+
+macro_rules! descriptor {
+    ($(#[$doc:meta])* $desc:ident, $handle:ident, [$($g:ident),+]) => {
+        $(#[$doc])*
+        pub struct $desc<$($g),+> {
+            pub(crate) name: String,
+            _types: PhantomData<fn() -> ($($g,)+)>,
+        }
+
+        impl<$($g),+> $desc<$($g),+> {
+            pub fn new(name: impl Into<String>) -> Self {
+                $desc { name: name.into(), _types: PhantomData }
+            }
+            pub fn name(&self) -> &str {
+                &self.name
+            }
+        }
+
+        /// Handle to a declared state; use it with the current key's [`KeyScope`].
+        pub struct $handle<$($g),+> {
+            pub(crate) slot: usize,
+            _types: PhantomData<fn() -> ($($g,)+)>,
+        }
+
+        impl<$($g),+> $handle<$($g),+> {
+            pub(crate) fn at(slot: usize) -> Self {
+                $handle { slot, _types: PhantomData }
+            }
+        }
+
+        impl<$($g),+> Clone for $handle<$($g),+> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<$($g),+> Copy for $handle<$($g),+> {}
+    };
+}
+
+descriptor!(
+    /// Declares a keyed value state: one `T` per key.
+    ValueStateDescriptor, ValueState, [T]
+);
+descriptor!(
+    /// Declares a keyed list state: a list of `T` per key.
+    ListStateDescriptor, ListState, [T]
+);
+descriptor!(
+    /// Declares a keyed map state: a map `UK → UV` per key.
+    MapStateDescriptor, MapState, [UK, UV]
+);
+
+/// Handle to a declared reducing state.
+pub struct ReducingState<T> {
+    pub(crate) slot: usize,
+    _types: PhantomData<fn() -> T>,
+}
+
+impl<T> ReducingState<T> {
+    pub(crate) fn at(slot: usize) -> Self {
+        ReducingState { slot, _types: PhantomData }
+    }
+}
+
+impl<T> Clone for ReducingState<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ReducingState<T> {}
+
+/// Declares a keyed reducing state: one `T` per key, combined with `reduce` on every `add`.
+pub struct ReducingStateDescriptor<T> {
+    pub(crate) name: String,
+    pub(crate) reduce: ReduceFn<T>,
+}
+
+impl<T> ReducingStateDescriptor<T> {
+    pub fn new(name: impl Into<String>, reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static) -> Self {
+        ReducingStateDescriptor { name: name.into(), reduce: Arc::new(reduce) }
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<T: StateData> ValueState<T> {
+    /// The current key's value.
+    pub fn value<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Option<T>, StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => Ok(h.get::<T>(self.slot).cloned()),
+            Scope::Serialized(s) => s.get(self.slot),
+        }
+    }
+    pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.put(self.slot, value);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.put(self.slot, &value),
+        }
+    }
+    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.remove::<T>(self.slot);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.delete(self.slot),
+        }
+    }
+}
+
+impl<T: StateData> ListState<T> {
+    /// The current key's list (empty when it has none).
+    pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Vec<T>, StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => Ok(h.get::<Vec<T>>(self.slot).cloned().unwrap_or_default()),
+            Scope::Serialized(s) => s.list_get(self.slot),
+        }
+    }
+    /// Appends to the list. The rocksdb backend appends without reading the list.
+    pub fn add<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.entry::<Vec<T>>(self.slot, Vec::new).push(value);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.list_add(self.slot, &value),
+        }
+    }
+    /// Replaces the list; an empty list clears it.
+    pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, values: Vec<T>) -> Result<(), StateError> {
+        if values.is_empty() {
+            return self.clear(scope);
+        }
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.put(self.slot, values);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.list_update(self.slot, &values),
+        }
+    }
+    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.remove::<Vec<T>>(self.slot);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.delete(self.slot),
+        }
+    }
+}
+
+impl<UK: StateData + Ord, UV: StateData> MapState<UK, UV> {
+    pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Result<Option<UV>, StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => Ok(h.get::<BTreeMap<UK, UV>>(self.slot).and_then(|m| m.get(user_key)).cloned()),
+            Scope::Serialized(s) => s.map_get(self.slot, user_key),
+        }
+    }
+    pub fn contains<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Result<bool, StateError> {
+        Ok(self.get(scope, user_key)?.is_some())
+    }
+    pub fn put<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: UK, value: UV) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new).insert(user_key, value);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.map_put(self.slot, &user_key, &value),
+        }
+    }
+    pub fn remove<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                if h.get::<BTreeMap<UK, UV>>(self.slot).is_some_and(|m| m.contains_key(user_key)) {
+                    let map = h.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new);
+                    map.remove(user_key);
+                    if map.is_empty() {
+                        h.remove::<BTreeMap<UK, UV>>(self.slot);
+                    }
+                }
+                Ok(())
+            }
+            Scope::Serialized(s) => s.map_remove(self.slot, user_key),
+        }
+    }
+    /// All entries of the current key's map, ordered by user key.
+    pub fn entries<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Vec<(UK, UV)>, StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => Ok(h
+                .get::<BTreeMap<UK, UV>>(self.slot)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()),
+            Scope::Serialized(s) => {
+                let mut entries = s.map_entries::<UK, UV>(self.slot)?;
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(entries)
+            }
+        }
+    }
+    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.remove::<BTreeMap<UK, UV>>(self.slot);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.map_clear(self.slot),
+        }
+    }
+}
+
+impl<T: StateData> ReducingState<T> {
+    pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Option<T>, StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => Ok(h.get::<T>(self.slot).cloned()),
+            Scope::Serialized(s) => s.get(self.slot),
+        }
+    }
+    /// Combines `value` into the state with the descriptor's reduce function; returns the result.
+    pub fn add<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<T, StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                let reduce = h.reduce_fn::<T>(self.slot);
+                let mut value = Some(value);
+                let slot = h.entry::<T>(self.slot, || value.take().unwrap_or_else(|| unreachable!()));
+                if let (Some(v), Some(reduce)) = (value, reduce) {
+                    *slot = reduce(slot, &v);
+                }
+                Ok(slot.clone())
+            }
+            Scope::Serialized(s) => s.reducing_add(self.slot, value),
+        }
+    }
+    pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
+        match &mut scope.inner {
+            Scope::Heap(h) => {
+                h.remove::<T>(self.slot);
+                Ok(())
+            }
+            Scope::Serialized(s) => s.delete(self.slot),
+        }
+    }
+}

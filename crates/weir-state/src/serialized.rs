@@ -1,0 +1,503 @@
+//! Keyed state over a byte-oriented key-value store (the `rocksdb` backend implements
+//! [`KvStore`]): the typed layer, the row layout, and conversion to and from the canonical
+//! key-group file, so a canonical savepoint means the same on every backend.
+//!
+//! Row layout (documented in `docs/formats.md`), one column family per state:
+//!
+//! ```text
+//! row key   = key group (u16, big-endian) ++ key (MessagePack) [++ user key (MessagePack), map state]
+//! row value = value / reducing: MessagePack of the value
+//!             list: MessagePack of each element, back to back (so an append is a merge, no read)
+//!             map: MessagePack of the user value
+//! ```
+//!
+//! The key-group prefix makes a key-group range a contiguous key range (restores clip and
+//! snapshots scan by range). MessagePack values are self-delimiting, so no key is a prefix of
+//! another key's rows.
+
+use crate::backend::StoreContext;
+use crate::codec;
+use crate::descriptors::{Key, ReduceFn, StateData};
+use crate::error::StateError;
+use crate::format::{push_entries, FileHeader, StateFileReader, StateFileWriter, StateKind, StateMeta};
+use crate::snapshot::{RestoredKeyedState, SnapshotRequest, StoreSnapshot};
+use std::any::Any;
+use std::io::Write;
+use std::marker::PhantomData;
+use weir_core::key_group::assign_to_key_group;
+use weir_core::{CheckpointId, KeyGroupRange};
+
+/// Receives a row: (key, value).
+pub type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+/// Receives a row of a state: (state, key, value).
+pub type StateRowSink<'a> = dyn FnMut(&StateMeta, &[u8], &[u8]) -> Result<(), StateError> + 'a;
+/// Map rows of one key gathered into one canonical entry: (key, [(user key, value)]).
+type MapEntry = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Bytes of the key-group prefix of every row key.
+pub const KEY_GROUP_PREFIX_LEN: usize = 2;
+
+pub fn key_group_prefix(key_group: u32) -> [u8; KEY_GROUP_PREFIX_LEN] {
+    (key_group as u16).to_be_bytes()
+}
+
+/// A byte-oriented store of keyed state, one table (column family) per declared state.
+pub trait KvStore: Send {
+    /// Declares a state; returns its index. Fails when a restored state of that name has
+    /// another kind.
+    fn declare(&mut self, meta: &StateMeta) -> Result<usize, StateError>;
+    fn get(&self, state: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError>;
+    /// Appends `operand` to the row's value (list state).
+    fn append(&mut self, state: usize, key: &[u8], operand: &[u8]) -> Result<(), StateError>;
+    fn delete(&mut self, state: usize, key: &[u8]) -> Result<(), StateError>;
+    /// Calls `f` with each row whose key starts with `prefix`, in key order, until it returns
+    /// false.
+    fn scan_prefix(
+        &self,
+        state: usize,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError>;
+    fn delete_prefix(&mut self, state: usize, prefix: &[u8]) -> Result<(), StateError>;
+    /// The synchronous part of a snapshot.
+    fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError>;
+    /// Checkpoint `id` completed: its files may be referenced by later incremental checkpoints.
+    fn checkpoint_complete(&mut self, id: CheckpointId);
+}
+
+/// Creates a store for one operator subtask, restoring its state.
+pub trait StoreFactory: Send + Sync + std::fmt::Debug {
+    /// The `state.backend.type` value.
+    fn name(&self) -> &'static str;
+    fn create(&self, ctx: &StoreContext, restored: &RestoredKeyedState) -> Result<Box<dyn KvStore>, StateError>;
+}
+
+struct Declared {
+    meta: StateMeta,
+    reduce: Option<Box<dyn Any + Send>>,
+}
+
+/// Typed keyed state over a [`KvStore`].
+pub struct SerializedKeyedBackend<K> {
+    store: Box<dyn KvStore>,
+    max_parallelism: u32,
+    key_groups: KeyGroupRange,
+    declared: Vec<Declared>,
+    /// Row key prefix of the current key: key group ++ key.
+    key_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    value_buf: Vec<u8>,
+    _key: PhantomData<fn(K)>,
+}
+
+impl<K: Key> SerializedKeyedBackend<K> {
+    pub fn new(store: Box<dyn KvStore>, max_parallelism: u32, key_groups: KeyGroupRange) -> Self {
+        SerializedKeyedBackend {
+            store,
+            max_parallelism,
+            key_groups,
+            declared: Vec::new(),
+            key_buf: Vec::new(),
+            scratch: Vec::new(),
+            value_buf: Vec::new(),
+            _key: PhantomData,
+        }
+    }
+
+    /// Declares a state holding `V` per key (for a list, `V` is the element; for a map, the user
+    /// value). The first restored row is decoded right away, so a snapshot whose types no longer
+    /// match fails the restore instead of the first record that touches it.
+    pub(crate) fn declare<V: StateData>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        reduce: Option<ReduceFn<V>>,
+    ) -> Result<usize, StateError> {
+        if let Some(i) = self.declared.iter().position(|d| d.meta.name == name) {
+            if self.declared[i].meta.kind != kind {
+                return Err(StateError::DuplicateName { name: name.to_string() });
+            }
+            return Ok(i);
+        }
+        let meta = StateMeta { name: name.to_string(), kind };
+        let index = self.store.declare(&meta)?;
+        if index != self.declared.len() {
+            return Err(StateError::Backend(format!("store returned index {index} for state '{name}'")));
+        }
+        self.declared.push(Declared { meta, reduce: reduce.map(|r| Box::new(r) as Box<dyn Any + Send>) });
+        self.check_first_row::<V>(index)?;
+        Ok(index)
+    }
+
+    fn check_first_row<V: StateData>(&self, state: usize) -> Result<(), StateError> {
+        let mut first: Option<(Vec<u8>, Vec<u8>)> = None;
+        self.store.scan_prefix(state, &[], &mut |k, v| {
+            first = Some((k.to_vec(), v.to_vec()));
+            false
+        })?;
+        let Some((row_key, value)) = first else {
+            return Ok(());
+        };
+        let meta = &self.declared[state].meta;
+        let stored_kg = row_key.get(..KEY_GROUP_PREFIX_LEN).map(|p| u16::from_be_bytes([p[0], p[1]]) as u32);
+        let key_bytes = &row_key[KEY_GROUP_PREFIX_LEN.min(row_key.len())..];
+        let err = |what, detail| StateError::Decode {
+            name: meta.name.clone(),
+            key_group: stored_kg.unwrap_or(0),
+            what,
+            detail,
+        };
+        let key_len = codec::value_len(key_bytes).map_err(|d| err("key", d))?;
+        let key: K = codec::decode(&key_bytes[..key_len]).map_err(|d| err("key", d))?;
+        let actual = assign_to_key_group(&key, self.max_parallelism);
+        if Some(actual) != stored_kg {
+            return Err(StateError::KeyGroupMismatch {
+                name: meta.name.clone(),
+                stored: stored_kg.unwrap_or(0),
+                actual,
+            });
+        }
+        match meta.kind {
+            StateKind::Value | StateKind::Reducing => {
+                codec::decode::<V>(&value).map_err(|d| err("value", d))?;
+            }
+            StateKind::List => {
+                if let Some(first) = codec::split_values(&value).next() {
+                    codec::decode::<V>(first.map_err(|d| err("value", d))?).map_err(|d| err("value", d))?;
+                }
+            }
+            StateKind::Map => {
+                codec::decode::<V>(&value).map_err(|d| err("value", d))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn scope<'a>(&'a mut self, key: &'a K) -> Result<SerializedScope<'a, K>, StateError> {
+        let kg = assign_to_key_group(key, self.max_parallelism);
+        if self.key_groups.offset_of(kg).is_none() {
+            return Err(StateError::MisroutedKey { key_group: kg, owned: self.key_groups });
+        }
+        self.key_buf.clear();
+        self.key_buf.extend_from_slice(&key_group_prefix(kg));
+        codec::encode_into(key, &mut self.key_buf)
+            .map_err(|detail| StateError::Encode { name: "<key>".into(), detail })?;
+        Ok(SerializedScope { backend: self, key, key_group: kg })
+    }
+
+    pub fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError> {
+        self.store.snapshot(request)
+    }
+
+    pub fn checkpoint_complete(&mut self, id: CheckpointId) {
+        self.store.checkpoint_complete(id)
+    }
+}
+
+/// Serialized state access for the current key.
+pub(crate) struct SerializedScope<'a, K> {
+    backend: &'a mut SerializedKeyedBackend<K>,
+    key: &'a K,
+    key_group: u32,
+}
+
+impl<K: Key> SerializedScope<'_, K> {
+    pub(crate) fn key(&self) -> &K {
+        self.key
+    }
+
+    fn name(&self, state: usize) -> String {
+        self.backend.declared.get(state).map(|d| d.meta.name.clone()).unwrap_or_default()
+    }
+
+    fn decode<T: StateData>(&self, state: usize, what: &'static str, bytes: &[u8]) -> Result<T, StateError> {
+        codec::decode(bytes).map_err(|detail| StateError::Decode {
+            name: self.name(state),
+            key_group: self.key_group,
+            what,
+            detail,
+        })
+    }
+
+    fn encode_value<T: StateData>(&mut self, state: usize, value: &T) -> Result<(), StateError> {
+        self.backend.value_buf.clear();
+        codec::encode_into(value, &mut self.backend.value_buf)
+            .map_err(|detail| StateError::Encode { name: self.name(state), detail })
+    }
+
+    /// `scratch` = current key prefix ++ user key.
+    fn compose_user_key<UK: StateData>(&mut self, state: usize, user_key: &UK) -> Result<(), StateError> {
+        let b = &mut *self.backend;
+        b.scratch.clear();
+        b.scratch.extend_from_slice(&b.key_buf);
+        codec::encode_into(user_key, &mut b.scratch)
+            .map_err(|detail| StateError::Encode { name: self.name(state), detail })
+    }
+
+    pub(crate) fn get<T: StateData>(&mut self, state: usize) -> Result<Option<T>, StateError> {
+        match self.backend.store.get(state, &self.backend.key_buf)? {
+            Some(bytes) => self.decode(state, "value", &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn put<T: StateData>(&mut self, state: usize, value: &T) -> Result<(), StateError> {
+        self.encode_value(state, value)?;
+        let b = &mut *self.backend;
+        b.store.put(state, &b.key_buf, &b.value_buf)
+    }
+
+    pub(crate) fn delete(&mut self, state: usize) -> Result<(), StateError> {
+        let b = &mut *self.backend;
+        b.store.delete(state, &b.key_buf)
+    }
+
+    pub(crate) fn list_get<T: StateData>(&mut self, state: usize) -> Result<Vec<T>, StateError> {
+        let Some(bytes) = self.backend.store.get(state, &self.backend.key_buf)? else {
+            return Ok(Vec::new());
+        };
+        codec::split_values(&bytes)
+            .map(|v| {
+                let v = v.map_err(|detail| StateError::Decode {
+                    name: self.name(state),
+                    key_group: self.key_group,
+                    what: "value",
+                    detail,
+                })?;
+                self.decode(state, "value", v)
+            })
+            .collect()
+    }
+
+    pub(crate) fn list_add<T: StateData>(&mut self, state: usize, value: &T) -> Result<(), StateError> {
+        self.encode_value(state, value)?;
+        let b = &mut *self.backend;
+        b.store.append(state, &b.key_buf, &b.value_buf)
+    }
+
+    pub(crate) fn list_update<T: StateData>(&mut self, state: usize, values: &[T]) -> Result<(), StateError> {
+        self.backend.value_buf.clear();
+        for v in values {
+            codec::encode_into(v, &mut self.backend.value_buf)
+                .map_err(|detail| StateError::Encode { name: self.name(state), detail })?;
+        }
+        let b = &mut *self.backend;
+        b.store.put(state, &b.key_buf, &b.value_buf)
+    }
+
+    pub(crate) fn map_get<UK: StateData, UV: StateData>(
+        &mut self,
+        state: usize,
+        user_key: &UK,
+    ) -> Result<Option<UV>, StateError> {
+        self.compose_user_key(state, user_key)?;
+        match self.backend.store.get(state, &self.backend.scratch)? {
+            Some(bytes) => self.decode(state, "value", &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn map_put<UK: StateData, UV: StateData>(
+        &mut self,
+        state: usize,
+        user_key: &UK,
+        value: &UV,
+    ) -> Result<(), StateError> {
+        self.compose_user_key(state, user_key)?;
+        self.encode_value(state, value)?;
+        let b = &mut *self.backend;
+        b.store.put(state, &b.scratch, &b.value_buf)
+    }
+
+    pub(crate) fn map_remove<UK: StateData>(&mut self, state: usize, user_key: &UK) -> Result<(), StateError> {
+        self.compose_user_key(state, user_key)?;
+        let b = &mut *self.backend;
+        b.store.delete(state, &b.scratch)
+    }
+
+    pub(crate) fn map_entries<UK: StateData, UV: StateData>(
+        &mut self,
+        state: usize,
+    ) -> Result<Vec<(UK, UV)>, StateError> {
+        let prefix_len = self.backend.key_buf.len();
+        let mut raw = Vec::new();
+        self.backend.store.scan_prefix(state, &self.backend.key_buf, &mut |k, v| {
+            raw.push((k[prefix_len..].to_vec(), v.to_vec()));
+            true
+        })?;
+        raw.iter().map(|(k, v)| Ok((self.decode(state, "key", k)?, self.decode(state, "value", v)?))).collect()
+    }
+
+    pub(crate) fn map_clear(&mut self, state: usize) -> Result<(), StateError> {
+        let b = &mut *self.backend;
+        b.store.delete_prefix(state, &b.key_buf)
+    }
+
+    pub(crate) fn reducing_add<T: StateData>(&mut self, state: usize, value: T) -> Result<T, StateError> {
+        let reduce =
+            self.backend.declared[state].reduce.as_ref().and_then(|r| r.downcast_ref::<ReduceFn<T>>()).cloned();
+        let result = match (self.get::<T>(state)?, reduce) {
+            (Some(old), Some(reduce)) => reduce(&old, &value),
+            _ => value,
+        };
+        self.put(state, &result)?;
+        Ok(result)
+    }
+}
+
+// ---- canonical conversion ----------------------------------------------------------------------
+
+/// Turns one canonical entry (key bytes, value bytes in the heap's encoding) into rows, each given
+/// to `row` as (row key suffix after the key group prefix, value).
+pub fn canonical_to_rows(
+    kind: StateKind,
+    key: &[u8],
+    value: &[u8],
+    row: &mut RowSink<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    match kind {
+        StateKind::Value | StateKind::Reducing => row(key, value).map_err(|e| e.to_string()),
+        StateKind::List => {
+            let (_, elements) = codec::read_array_header(value)?;
+            if elements.is_empty() {
+                return Ok(());
+            }
+            row(key, elements).map_err(|e| e.to_string())
+        }
+        StateKind::Map => {
+            let (n, mut rest) = codec::read_map_header(value)?;
+            for _ in 0..n {
+                let uk_len = codec::value_len(rest)?;
+                let (uk, after) = rest.split_at(uk_len);
+                let uv_len = codec::value_len(after)?;
+                let (uv, after) = after.split_at(uv_len);
+                rest = after;
+                scratch.clear();
+                scratch.extend_from_slice(key);
+                scratch.extend_from_slice(uk);
+                row(scratch, uv).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads the key groups `range` of canonical state files and hands each row to `row` as
+/// (state, row key with key-group prefix, value).
+pub fn read_canonical_rows(
+    restored: &RestoredKeyedState,
+    range: KeyGroupRange,
+    row: &mut StateRowSink<'_>,
+) -> Result<(), StateError> {
+    let (mut row_key, mut scratch) = (Vec::new(), Vec::new());
+    for (path, handle) in &restored.files {
+        let mut reader = StateFileReader::open(path)?;
+        let states = reader.header().states.clone();
+        for (i, kg) in handle.key_groups.iter().enumerate() {
+            if range.offset_of(kg).is_none() {
+                continue;
+            }
+            for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i])? {
+                let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
+                    path: path.clone(),
+                    detail: format!("key group {kg} refers to undeclared state index {state_index}"),
+                })?;
+                for (k, v) in entries {
+                    let mut emit = |suffix: &[u8], value: &[u8]| {
+                        row_key.clear();
+                        row_key.extend_from_slice(&key_group_prefix(kg));
+                        row_key.extend_from_slice(suffix);
+                        row(meta, &row_key, value)
+                    };
+                    canonical_to_rows(meta.kind, &k, &v, &mut emit, &mut scratch).map_err(|detail| {
+                        StateError::CorruptFile {
+                            path: path.clone(),
+                            detail: format!("state '{}': {detail}", meta.name),
+                        }
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows of one key group of one state, in key order: (row key without the key-group prefix, value).
+pub trait RowSource {
+    fn scan_key_group(&mut self, state: usize, key_group: u32, f: &mut RowSink<'_>) -> Result<(), StateError>;
+}
+
+/// Writes rows as a canonical key-group file, in the format the heap backend writes, so either
+/// backend restores it. `states` must be sorted by name, as the heap backend orders them.
+pub fn write_canonical<W: Write>(
+    out: W,
+    key_groups: KeyGroupRange,
+    states: &[StateMeta],
+    rows: &mut dyn RowSource,
+) -> Result<(W, Vec<u64>, u64), StateError> {
+    let header = FileHeader { key_groups, states: states.to_vec() };
+    let mut writer = StateFileWriter::new(out, &header).map_err(StateError::Write)?;
+    let mut payload = Vec::new();
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for kg in key_groups.iter() {
+        payload.clear();
+        for (index, meta) in states.iter().enumerate() {
+            entries.clear();
+            let mut current: Option<MapEntry> = None;
+            let mut bad = None;
+            rows.scan_key_group(index, kg, &mut |row_key, value| {
+                match meta.kind {
+                    StateKind::Value | StateKind::Reducing => entries.push((row_key.to_vec(), value.to_vec())),
+                    StateKind::List => {
+                        let count = codec::split_values(value).count();
+                        let mut v = Vec::with_capacity(value.len() + 5);
+                        codec::write_array_header(count, &mut v);
+                        v.extend_from_slice(value);
+                        entries.push((row_key.to_vec(), v));
+                    }
+                    StateKind::Map => {
+                        let key_len = match codec::value_len(row_key) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                bad = Some(e);
+                                return Ok(());
+                            }
+                        };
+                        let (key, user_key) = row_key.split_at(key_len);
+                        match &mut current {
+                            Some((k, list)) if k.as_slice() == key => list.push((user_key.to_vec(), value.to_vec())),
+                            _ => {
+                                if let Some(done) = current.take() {
+                                    entries.push(encode_map(done));
+                                }
+                                current = Some((key.to_vec(), vec![(user_key.to_vec(), value.to_vec())]));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            if let Some(detail) = bad {
+                return Err(StateError::Encode { name: meta.name.clone(), detail });
+            }
+            if let Some(done) = current.take() {
+                entries.push(encode_map(done));
+            }
+            push_entries(&mut payload, index as u16, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        }
+        writer.write_key_group(&payload).map_err(StateError::Write)?;
+    }
+    writer.finish().map_err(StateError::Write)
+}
+
+fn encode_map((key, entries): MapEntry) -> (Vec<u8>, Vec<u8>) {
+    let mut v = Vec::new();
+    codec::write_map_header(entries.len(), &mut v);
+    for (uk, uv) in entries {
+        v.extend_from_slice(&uk);
+        v.extend_from_slice(&uv);
+    }
+    (key, v)
+}

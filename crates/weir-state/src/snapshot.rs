@@ -1,0 +1,132 @@
+//! The seam between keyed backends and checkpoint storage: what a backend captures at a barrier,
+//! where the snapshot writer puts its files, and what a restore hands back.
+//!
+//! A backend's synchronous part (on the task thread) returns a [`KeyedSnapshot`]; the snapshot
+//! writer thread then calls [`KeyedSnapshot::write`] with the storage's [`SnapshotFiles`], and the
+//! result goes into `_metadata`.
+
+use crate::error::StateError;
+use crate::heap::HeapSnapshot;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use weir_core::metadata::{KeyedStateHandle, NativeStateHandle, SnapshotKind, StateFileRef};
+use weir_core::CheckpointId;
+
+/// A state file being written. `finish` makes it durable.
+pub trait StateOutput: Write + Send {
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// A file created for a snapshot: where to write, what `_metadata` records, where it lives.
+pub struct NewFile {
+    pub out: Box<dyn StateOutput>,
+    /// The path recorded in `_metadata` (relative to the snapshot's directory when possible).
+    pub reference: String,
+    /// The file's path on the storage.
+    pub path: PathBuf,
+}
+
+/// Where one snapshot's files go.
+pub trait SnapshotFiles: Sync {
+    /// A file private to this snapshot, deleted with it.
+    fn create_exclusive(&self, name: &str) -> io::Result<NewFile>;
+    /// A file later checkpoints may reference (a checkpoint's `shared/` directory). A savepoint
+    /// keeps these with its other files, so it stays self-contained.
+    fn create_shared(&self, name: &str) -> io::Result<NewFile>;
+    /// The reference this snapshot records for a file an earlier snapshot uploaded.
+    fn reference(&self, path: &Path) -> String;
+}
+
+/// What a barrier asks a backend for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub id: CheckpointId,
+    pub kind: SnapshotKind,
+    /// Reference no file of an earlier snapshot (the first checkpoint after a NO_CLAIM restore).
+    pub full: bool,
+}
+
+/// The handles a written keyed snapshot adds to `_metadata`: one of them, or none when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WrittenKeyedState {
+    pub keyed: Option<KeyedStateHandle>,
+    pub native: Option<NativeStateHandle>,
+}
+
+/// The asynchronous part of a store backend's snapshot.
+pub trait StoreSnapshot: Send {
+    /// Writes the snapshot's files; `name` is unique to the operator subtask within the snapshot
+    /// (`keyed-<operator id>-<subtask>`). On failure, files it created are removed.
+    fn write(&self, files: &dyn SnapshotFiles, name: &str) -> Result<WrittenKeyedState, StateError>;
+}
+
+/// A keyed backend's capture at a barrier.
+pub enum KeyedSnapshot {
+    Heap(HeapSnapshot),
+    Store(Box<dyn StoreSnapshot>),
+}
+
+impl KeyedSnapshot {
+    pub fn write(&self, files: &dyn SnapshotFiles, name: &str) -> Result<WrittenKeyedState, StateError> {
+        match self {
+            KeyedSnapshot::Heap(snapshot) => {
+                if snapshot.is_empty() {
+                    return Ok(WrittenKeyedState::default());
+                }
+                let NewFile { out, reference, path } = files.create_exclusive(name).map_err(StateError::Write)?;
+                let io = |source| StateError::Io { path: path.clone(), source };
+                let (out, offsets, size) = snapshot.write(out)?;
+                out.finish().map_err(io)?;
+                Ok(WrittenKeyedState {
+                    keyed: Some(KeyedStateHandle {
+                        file: StateFileRef { path: reference, size },
+                        key_groups: snapshot.key_groups(),
+                        offsets,
+                    }),
+                    native: None,
+                })
+            }
+            KeyedSnapshot::Store(snapshot) => snapshot.write(files, name),
+        }
+    }
+}
+
+/// Keyed state a subtask restores: key-group files (canonical) and native handles, with their
+/// files' resolved paths.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredKeyedState {
+    pub files: Vec<(PathBuf, KeyedStateHandle)>,
+    pub native: Vec<ResolvedNativeHandle>,
+}
+
+impl RestoredKeyedState {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.native.is_empty()
+    }
+}
+
+/// A native handle and the resolved path of each of its files (`paths[i]` is `handle.files[i]`).
+#[derive(Debug, Clone)]
+pub struct ResolvedNativeHandle {
+    pub handle: NativeStateHandle,
+    pub paths: Vec<PathBuf>,
+}
+
+/// Resolves `.` and `..` in a path without touching the file system (the file may be gone).
+/// Snapshot references like `../shared/<file>` resolve through it to one canonical path.
+pub fn normalize_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
