@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{committed_lines, diff, keyed_count_truth, FaultyStorage, Rng, StorageFault};
+use common::{committed_lines, diff, keyed_count_truth, Backend, FaultyStorage, Rng, StorageFault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use weir::connectors::{FileSink, GeneratorSource};
@@ -102,7 +102,7 @@ struct RunStats {
     fired: u64,
 }
 
-fn run_once(seed: u64) -> RunStats {
+fn run_once(seed: u64, backend: Backend) -> RunStats {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let (records, keys) = (3000 + rng.below(3000), 1 + rng.below(40));
@@ -136,6 +136,10 @@ fn run_once(seed: u64) -> RunStats {
         config.set(k, v).unwrap();
     }
     config.set("parallelism.default", &parallelism.to_string()).unwrap();
+    backend.configure(&mut config, &dir.path().join("rocksdb"));
+    if backend == Backend::RocksDb && rng.below(2) == 0 {
+        config.set("execution.checkpointing.incremental", "false").unwrap();
+    }
     let mut env = StreamEnv::with_config(config);
     if let Some(f) = storage_fault {
         env.set_checkpoint_storage(Arc::new(FaultyStorage::new(dir.path().join("ck"), f)));
@@ -171,18 +175,23 @@ fn run_once(seed: u64) -> RunStats {
     }
 }
 
-#[test]
-fn exactly_once_with_random_failures() {
+backend_tests! {
+    fn exactly_once_with_random_failures(backend) {
+        exactly_once_runs(backend)
+    }
+}
+
+fn exactly_once_runs(backend: Backend) {
     let iterations: u64 = std::env::var("WEIR_EO_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let base: u64 = std::env::var("WEIR_EO_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     let (mut restarts, mut restores, mut fired) = (0u64, 0u64, 0u64);
     for i in 0..iterations {
-        let s = run_once(base + i);
+        let s = run_once(base + i, backend);
         restarts += s.restarts as u64;
         restores += s.restores;
         fired += s.fired;
     }
-    eprintln!("{iterations} runs: {restarts} restarts, {restores} operator restores from checkpoints, {fired} injected panics");
+    eprintln!("{backend:?}: {iterations} runs: {restarts} restarts, {restores} operator restores from checkpoints, {fired} injected panics");
     // The failures must really have happened, and most restarts must have restored state.
     assert!(restarts >= iterations, "only {restarts} restarts in {iterations} runs");
     assert!(restores >= iterations / 2, "only {restores} restores from checkpoints in {iterations} runs");
