@@ -1,5 +1,7 @@
 //! `cargo run --release -p weir-bench -- [--seconds S] [--out FILE]` (the engine suite), and
-//! `cargo run --release -p weir-bench -- --suite savepoints` (savepoint and restore times).
+//! `cargo run --release -p weir-bench -- --suite savepoints` (savepoint and restore times), and
+//! `cargo run --release -p weir-bench -- --suite rocksdb` (the rocksdb backend: throughput of the
+//! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores).
 //!
 //! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
@@ -25,6 +27,7 @@ use weir::{Configuration, StreamEnv};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod count;
+mod rocksdb;
 mod savepoints;
 
 use count::{Count, Progress};
@@ -43,7 +46,7 @@ struct Args {
     /// Where to write the JSON results (default: bench-results/<suite>.json).
     #[arg(long)]
     out: Option<String>,
-    /// Run one configuration in this process: SHAPE,PARALLELISM,CHECKPOINT_MS (0 = none).
+    /// Run one configuration in this process: SHAPE,PARALLELISM,CHECKPOINT_MS[,BACKEND] (0 = none).
     #[arg(long)]
     single: Option<String>,
 }
@@ -51,6 +54,8 @@ struct Args {
 #[derive(Serialize, serde::Deserialize, Debug)]
 struct Result {
     shape: String,
+    #[serde(default)]
+    backend: String,
     parallelism: u32,
     checkpoint_interval_ms: u64,
     records: u64,
@@ -97,7 +102,11 @@ fn peak_rss() -> u64 {
 
 fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     let parts: Vec<&str> = spec.split(',').collect();
-    let [shape, p, interval] = parts[..] else { bail!("--single SHAPE,P,INTERVAL_MS") };
+    let (shape, p, interval, backend) = match parts[..] {
+        [shape, p, interval] => (shape, p, interval, "hashmap"),
+        [shape, p, interval, backend] => (shape, p, interval, backend),
+        _ => bail!("--single SHAPE,P,INTERVAL_MS[,BACKEND]"),
+    };
     let parallelism: u32 = p.parse()?;
     let interval_ms: u64 = interval.parse()?;
     let dir = tempfile::tempdir()?;
@@ -107,6 +116,9 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     if interval_ms > 0 {
         config.set("execution.checkpointing.interval", &format!("{interval_ms} ms"))?;
     }
+    config.set("state.backend.type", backend)?;
+    config.set("state.backend.rocksdb.localdir", dir.path().join("rocksdb").to_str().context("temp dir")?)?;
+    config.set("execution.checkpointing.incremental", "true")?;
     let env = StreamEnv::with_config(config);
     let progress = Progress::new();
     let source = env.source(GeneratorSource::counter()).uid("source");
@@ -138,6 +150,7 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     let some = |v: f64| (n > 0.0).then_some(v);
     Ok(Result {
         shape: shape.to_string(),
+        backend: backend.to_string(),
         parallelism,
         checkpoint_interval_ms: interval_ms,
         records: c1 - c0,
@@ -193,14 +206,21 @@ fn main() -> anyhow::Result<()> {
             eprintln!("wrote {out}");
             return Ok(());
         }
-        other => bail!("unknown suite '{other}': engine or savepoints"),
+        "rocksdb" => {}
+        other => bail!("unknown suite '{other}': engine, savepoints or rocksdb"),
     }
+    let rocks = args.suite == "rocksdb";
+    let (shapes, intervals, backend): (&[&str], &[u64], &str) = if rocks {
+        (&["reference"], &[0, 10_000], "rocksdb")
+    } else {
+        (&["reference", "large-state"], &[0, 10_000, 1_000], "hashmap")
+    };
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
-    for shape in ["reference", "large-state"] {
+    for &shape in shapes {
         for p in [1, 2] {
-            for interval in [0, 10_000, 1_000] {
-                let spec = format!("{shape},{p},{interval}");
+            for &interval in intervals {
+                let spec = format!("{shape},{p},{interval},{backend}");
                 let mut runs = Vec::new();
                 for _ in 0..args.repeat.max(1) {
                     runs.push(run_child(&exe, &spec, args.seconds)?);
@@ -225,6 +245,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
+    if rocks {
+        std::env::set_var("RUST_LOG", "warn");
+        let report = rocksdb::run(10_000_000)?;
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&serde_json::json!({
+                "benchmark": "rocksdb", "machine": machine, "throughput": results, "snapshots": report
+            }))?,
+        )?;
+        eprintln!("wrote {out}");
+        return Ok(());
+    }
     std::fs::write(
         &out,
         serde_json::to_string_pretty(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{committed_lines, keyed_count_truth, Rng};
+use common::{committed_lines, keyed_count_truth, Backend, Rng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ fn latest_checkpoint(base: &Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(id, _)| *id)
 }
 
-fn run_iteration(seed: u64) -> (u32, u32) {
+fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
     let mut rng = Rng::new(seed);
     let mut rand = |n| rng.below(n);
     let dir = tempfile::tempdir().unwrap();
@@ -32,7 +32,8 @@ fn run_iteration(seed: u64) -> (u32, u32) {
         cmd.args(["-p", &parallelism.to_string()])
             .args(["-D", "execution.checkpointing.interval=40 ms"])
             .args(["-D", &format!("execution.checkpointing.dir={}", ck.display())])
-            .args(["-D", "weir.network.batch-size=64"]);
+            .args(["-D", "weir.network.batch-size=64"])
+            .args(backend.args(&dir.path().join("rocksdb")));
         if let Some((_, path)) = latest_checkpoint(&ck) {
             cmd.args(["-s", path.to_str().unwrap()]);
             restores += 1;
@@ -77,15 +78,20 @@ fn run_iteration(seed: u64) -> (u32, u32) {
     (kills, restores)
 }
 
-#[test]
-fn kill_dash_nine_then_restore_from_latest_checkpoint() {
+backend_tests! {
+    fn kill_dash_nine_then_restore_from_latest_checkpoint(backend) {
+        kill_runs(backend)
+    }
+}
+
+fn kill_runs(backend: Backend) {
     let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let (mut kills, mut restores) = (0, 0);
     for i in 0..iterations {
-        let (k, r) = run_iteration(0xC0FFEE + i);
+        let (k, r) = run_iteration(0xC0FFEE + i, backend);
         kills += k;
         restores += r;
     }
-    eprintln!("{iterations} runs: {kills} kill -9, {restores} restores with -s");
+    eprintln!("{backend:?}: {iterations} runs: {kills} kill -9, {restores} restores with -s");
     assert!(kills as u64 >= iterations && restores as u64 >= iterations);
 }

@@ -63,7 +63,7 @@ impl RocksDbSettings {
             let write_buffers = m.write_buffer_bytes().max(2 << 20);
             // The sum of all column families' memtables; reaching it flushes the largest.
             o.set_db_write_buffer_size(write_buffers);
-            o.set_write_buffer_size((write_buffers / 2).max(1 << 20));
+            o.set_write_buffer_size((write_buffers / 2).clamp(1 << 20, MAX_MEMTABLE_BYTES));
             o.set_max_write_buffer_number(2);
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(cache);
@@ -86,6 +86,11 @@ impl RocksDbSettings {
         self.memory.map(|m| Cache::new_lru_cache(m.cache_bytes())).transpose()
     }
 }
+
+/// Largest memtable. Counters overwrite the same keys: every write is a new memtable entry, so a
+/// large memtable makes each lookup walk a skip list of millions of versions. Small memtables
+/// flush often and keep lookups short (measured: 4 MB is several times faster than 32 MB).
+const MAX_MEMTABLE_BYTES: usize = 4 << 20;
 
 /// Name of the merge operator list state uses; recorded in RocksDB's OPTIONS files.
 pub const APPEND_OPERATOR: &str = "weir-append";
