@@ -11,6 +11,7 @@
 //! (`--suite rocksdb` runs it too, with `state.backend.type: rocksdb`).
 
 use crate::count::{Count, Progress};
+use crate::savepoints::{dir_size, wait_while_running as wait};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -95,16 +96,6 @@ fn config(work: &Path, parallelism: u32, incremental: bool) -> Result<Configurat
     Ok(c)
 }
 
-fn wait(handle: &weir::JobHandle, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
-    while !cond() {
-        if handle.status().is_terminal() {
-            bail!("the job ended ({}) while waiting for {what}", handle.status());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
-}
-
 fn operation(handle: &weir::JobHandle, token: u64) -> Result<(CheckpointId, PathBuf)> {
     match handle.wait_operation(token, Duration::from_secs(900)) {
         Some(Operation::Completed { checkpoint_id, location }) => Ok((checkpoint_id, location)),
@@ -118,10 +109,6 @@ fn checkpoint(handle: &weir::JobHandle) -> Result<(f64, u64, u64)> {
     let secs = t.elapsed().as_secs_f64();
     let stats = handle.completed_checkpoints().into_iter().find(|c| c.id == id).context("checkpoint stats")?;
     Ok((secs, stats.checkpointed_size, stats.state_size))
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 fn restore_time(work: &Path, keys: u64, p: u32, from: &Path) -> Result<f64> {

@@ -49,12 +49,12 @@ fn start(keys: u64, parallelism: u32, restore: Option<&Path>, progress: &Arc<Pro
     Ok(env.execute_async("savepoint-bench")?)
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 /// Waits until `cond`, or fails if the job ends first.
-fn wait_while_running(handle: &weir::JobHandle, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_while_running(handle: &weir::JobHandle, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     while !cond() {
         if handle.status().is_terminal() {
             bail!("the job ended ({}) while waiting for {what}", handle.status());

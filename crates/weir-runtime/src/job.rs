@@ -1171,7 +1171,7 @@ impl Master {
         let own = snapshot_size(&snapshot.dir);
         let (mut full, mut written) = (own, own);
         let mut seen = HashSet::new();
-        for (path, size) in native_files(snapshot) {
+        for (path, size, _) in native_files(snapshot) {
             if path.starts_with(&snapshot.dir) || !seen.insert(path.clone()) {
                 continue;
             }
@@ -1328,8 +1328,8 @@ fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Every file of the snapshot's native handles, resolved and normalized, with its size.
-fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64)> + '_ {
+/// Every file of the snapshot's native handles: resolved and normalized path, size, reusable.
+fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64, bool)> + '_ {
     snapshot
         .metadata
         .operators
@@ -1337,22 +1337,13 @@ fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64
         .flat_map(|op| &op.subtasks)
         .filter_map(|s| s.native.as_ref())
         .flat_map(|n| &n.files)
-        .map(|f| (storage::normalize(&snapshot.resolve(&f.file.path)), f.file.size))
+        .map(|f| (storage::normalize(&snapshot.resolve(&f.file.path)), f.file.size, f.reusable))
 }
 
 /// The data files of a snapshot that later incremental checkpoints may reference.
 fn reusable_files(snapshot: &LoadedSnapshot) -> Vec<PathBuf> {
-    let reusable: HashSet<&str> = snapshot
-        .metadata
-        .operators
-        .iter()
-        .flat_map(|op| &op.subtasks)
-        .filter_map(|s| s.native.as_ref())
-        .flat_map(|n| &n.files)
-        .filter(|f| f.reusable)
-        .map(|f| f.file.path.as_str())
-        .collect();
-    reusable.into_iter().map(|p| storage::normalize(&snapshot.resolve(p))).collect()
+    let files: HashSet<PathBuf> = native_files(snapshot).filter(|f| f.2).map(|f| f.0).collect();
+    files.into_iter().collect()
 }
 
 fn snapshot_size(dir: &std::path::Path) -> u64 {
