@@ -155,6 +155,35 @@ impl StateFileReader {
     }
 }
 
+/// Receives one state's entries of one key group: (file, state, key group, entries).
+pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StateError> + 'a;
+
+/// Reads the key groups of `range` from key-group files and hands each state's entries of a key
+/// group to `f` as (path of the file, state, key group, entries). Both backends restore through it.
+pub fn read_key_groups(
+    files: &[(PathBuf, weir_core::metadata::KeyedStateHandle)],
+    range: KeyGroupRange,
+    f: &mut KeyGroupSink<'_>,
+) -> Result<(), StateError> {
+    for (path, handle) in files {
+        let mut reader = StateFileReader::open(path)?;
+        let states = reader.header().states.clone();
+        for (i, kg) in handle.key_groups.iter().enumerate() {
+            if range.offset_of(kg).is_none() {
+                continue;
+            }
+            for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i])? {
+                let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
+                    path: path.clone(),
+                    detail: format!("key group {kg} refers to undeclared state index {state_index}"),
+                })?;
+                f(path, meta, kg, entries)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries> {
     fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if p.len() < n {

@@ -8,7 +8,7 @@
 
 use crate::codec;
 use crate::error::StateError;
-use crate::format::{push_entries, FileHeader, StateFileReader, StateFileWriter, StateKind, StateMeta};
+use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
 use rustc_hash::FxHashMap;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -210,23 +210,12 @@ impl<K: Key> HeapKeyedBackend<K> {
     pub fn restore(&mut self, handles: &[(PathBuf, KeyedStateHandle)]) -> Result<(), StateError> {
         let n = self.key_groups.count as usize;
         let mut raw: BTreeMap<String, (StateKind, Vec<Entries>)> = BTreeMap::new();
-        for (path, handle) in handles {
-            let mut reader = StateFileReader::open(path)?;
-            let states = reader.header().states.clone();
-            for (i, kg) in handle.key_groups.iter().enumerate() {
-                let Some(local) = self.key_groups.offset_of(kg) else {
-                    continue;
-                };
-                for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i])? {
-                    let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
-                        path: path.clone(),
-                        detail: format!("key group {kg} refers to undeclared state index {state_index}"),
-                    })?;
-                    let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.kind, vec![Vec::new(); n]));
-                    slot.1[local].extend(entries);
-                }
-            }
-        }
+        let range = self.key_groups;
+        read_key_groups(handles, range, &mut |_, meta, kg, entries| {
+            let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.kind, vec![Vec::new(); n]));
+            slot.1[(kg - range.start) as usize].extend(entries);
+            Ok(())
+        })?;
         for (name, (kind, groups)) in raw {
             self.restored.insert(name.clone(), RawTable { meta: StateMeta { name, kind }, groups: Arc::new(groups) });
         }

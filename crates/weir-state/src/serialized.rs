@@ -19,7 +19,7 @@ use crate::backend::StoreContext;
 use crate::codec;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::error::StateError;
-use crate::format::{push_entries, FileHeader, StateFileReader, StateFileWriter, StateKind, StateMeta};
+use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
 use crate::snapshot::{RestoredKeyedState, SnapshotRequest, StoreSnapshot};
 use std::any::Any;
 use std::io::Write;
@@ -392,36 +392,20 @@ pub fn read_canonical_rows(
     row: &mut StateRowSink<'_>,
 ) -> Result<(), StateError> {
     let (mut row_key, mut scratch) = (Vec::new(), Vec::new());
-    for (path, handle) in &restored.files {
-        let mut reader = StateFileReader::open(path)?;
-        let states = reader.header().states.clone();
-        for (i, kg) in handle.key_groups.iter().enumerate() {
-            if range.offset_of(kg).is_none() {
-                continue;
-            }
-            for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i])? {
-                let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
-                    path: path.clone(),
-                    detail: format!("key group {kg} refers to undeclared state index {state_index}"),
-                })?;
-                for (k, v) in entries {
-                    let mut emit = |suffix: &[u8], value: &[u8]| {
-                        row_key.clear();
-                        row_key.extend_from_slice(&key_group_prefix(kg));
-                        row_key.extend_from_slice(suffix);
-                        row(meta, &row_key, value)
-                    };
-                    canonical_to_rows(meta.kind, &k, &v, &mut emit, &mut scratch).map_err(|detail| {
-                        StateError::CorruptFile {
-                            path: path.clone(),
-                            detail: format!("state '{}': {detail}", meta.name),
-                        }
-                    })?;
-                }
-            }
+    read_key_groups(&restored.files, range, &mut |path, meta, kg, entries| {
+        for (k, v) in entries {
+            let mut emit = |suffix: &[u8], value: &[u8]| {
+                row_key.clear();
+                row_key.extend_from_slice(&key_group_prefix(kg));
+                row_key.extend_from_slice(suffix);
+                row(meta, &row_key, value)
+            };
+            canonical_to_rows(meta.kind, &k, &v, &mut emit, &mut scratch).map_err(|detail| {
+                StateError::CorruptFile { path: path.to_path_buf(), detail: format!("state '{}': {detail}", meta.name) }
+            })?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Rows of one key group of one state, in key order: (row key without the key-group prefix, value).
