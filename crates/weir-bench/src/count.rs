@@ -62,3 +62,25 @@ impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K
         Ok(())
     }
 }
+
+/// Starts the savepoint benchmarks' job: `source` (parallelism 1) → key_by → [`Count`] (max
+/// parallelism 128, so restores can rescale it).
+pub fn start_keyed_count<S>(
+    config: weir::Configuration,
+    source: S,
+    progress: &Arc<Progress>,
+    name: &str,
+) -> anyhow::Result<weir::JobHandle>
+where
+    S: weir::SourceFunction<u64> + Clone + Sync,
+{
+    let env = weir::StreamEnv::with_config(config);
+    env.source(source)
+        .uid("source")
+        .set_parallelism(1)
+        .key_by(|k: &u64| *k)
+        .process::<(), _>(Count::<u64>::new(progress.clone()))
+        .uid("count")
+        .set_max_parallelism(128);
+    Ok(env.execute_async(name)?)
+}

@@ -10,7 +10,7 @@
 //! Throughput of the reference shape with rocksdb is measured by the engine harness
 //! (`--suite rocksdb` runs it too, with `state.backend.type: rocksdb`).
 
-use crate::count::{Count, Progress};
+use crate::count::{start_keyed_count, Progress};
 use crate::savepoints::{dir_size, wait_while_running as wait};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::{
     BoxError, CheckpointId, Collector, Configuration, Operation, OperatorStateSnapshot, SavepointFormat, SourceContext,
-    SourceFunction, SourcePoll, StreamEnv,
+    SourceFunction, SourcePoll,
 };
 
 /// Emits keys `0..keys` once, then `updates` spread over the key space, up to a budget the
@@ -114,17 +114,9 @@ fn checkpoint(handle: &weir::JobHandle) -> Result<(f64, u64, u64)> {
 fn restore_time(work: &Path, keys: u64, p: u32, from: &Path) -> Result<f64> {
     let mut c = config(work, p, false)?;
     c.set("execution.state-recovery.path", from.to_str().context("path")?)?;
-    let env = StreamEnv::with_config(c);
     let progress = Progress::new();
     let source = Budgeted { keys, budget: Arc::new(AtomicU64::new(u64::MAX)), emitted: Arc::new(AtomicU64::new(keys)) };
-    env.source(source)
-        .uid("source")
-        .set_parallelism(1)
-        .key_by(|k: &u64| *k)
-        .process::<(), _>(Count::<u64>::new(progress.clone()))
-        .uid("count")
-        .set_max_parallelism(128);
-    let handle = env.execute_async("rocksdb-restore")?;
+    let handle = start_keyed_count(c, source, &progress, "rocksdb-restore")?;
     wait(&handle, "the first record", || progress.first_record_us.load(Ordering::Relaxed) > 0)?;
     let secs = progress.first_record_us.load(Ordering::Relaxed) as f64 / 1e6;
     handle.cancel();
@@ -140,16 +132,9 @@ pub fn run(keys: u64) -> Result<Report> {
     for incremental in [false, true] {
         let budget = Arc::new(AtomicU64::new(keys));
         let emitted = Arc::new(AtomicU64::new(0));
-        let env = StreamEnv::with_config(config(work.path(), 1, incremental)?);
-        let progress = Progress::new();
-        env.source(Budgeted { keys, budget: budget.clone(), emitted: emitted.clone() })
-            .uid("source")
-            .set_parallelism(1)
-            .key_by(|k: &u64| *k)
-            .process::<(), _>(Count::<u64>::new(progress.clone()))
-            .uid("count")
-            .set_max_parallelism(128);
-        let handle = env.execute_async("rocksdb-bench")?;
+        let source = Budgeted { keys, budget: budget.clone(), emitted: emitted.clone() };
+        let handle =
+            start_keyed_count(config(work.path(), 1, incremental)?, source, &Progress::new(), "rocksdb-bench")?;
         let t = Instant::now();
         wait(&handle, "the fill", || emitted.load(Ordering::Acquire) >= keys)?;
         let (first_s, first_bytes, _) = checkpoint(&handle)?;

@@ -3,7 +3,7 @@
 //! parallelism 1 and 2 from a parallelism-1 savepoint. Also measures the disk's sequential write
 //! bandwidth, the yardstick for savepoint writing.
 
-use crate::count::{Count, Progress};
+use crate::count::{start_keyed_count, Progress};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::Write;
@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::GeneratorSource;
-use weir::{Configuration, Operation, SavepointFormat, StreamEnv};
+use weir::{Configuration, Operation, SavepointFormat};
 
 #[derive(Serialize)]
 pub struct SavepointResult {
@@ -37,16 +37,8 @@ fn start(keys: u64, parallelism: u32, restore: Option<&Path>, progress: &Arc<Pro
     if let Some(r) = restore {
         config.set("execution.state-recovery.path", r.to_str().context("path")?)?;
     }
-    let env = StreamEnv::with_config(config);
     // The generator's position cannot be rescaled; the keyed state, the subject here, can.
-    env.source(GeneratorSource::new(move |i| i % keys))
-        .uid("source")
-        .set_parallelism(1)
-        .key_by(|k: &u64| *k)
-        .process::<(), _>(Count::<u64>::new(progress.clone()))
-        .uid("count")
-        .set_max_parallelism(128);
-    Ok(env.execute_async("savepoint-bench")?)
+    start_keyed_count(config, GeneratorSource::new(move |i| i % keys), progress, "savepoint-bench")
 }
 
 pub(crate) fn dir_size(dir: &Path) -> u64 {

@@ -60,6 +60,11 @@ impl<F: Ord + Clone> SharedStateRegistry<F> {
         self.files.get(file).is_some_and(|e| e.refs.iter().any(|&id| id != except))
     }
 
+    /// Whether any retained snapshot references `file`.
+    pub fn contains(&self, file: &F) -> bool {
+        self.files.contains_key(file)
+    }
+
     /// Every registered file.
     pub fn files(&self) -> impl Iterator<Item = &F> {
         self.files.keys()

@@ -36,7 +36,7 @@ pub(crate) fn open_instance(
     let db_dir = instance_dir.join("db");
     if !restored.native.is_empty() && !restored.files.is_empty() {
         return Err(StateError::Backend(format!(
-            "{}: the snapshot mixes native and canonical keyed state for one operator",
+            "{}: the snapshot mixes native and canonical keyed state for one operator, which Weir never writes; restore from another checkpoint or savepoint of the job",
             ctx.operator
         )));
     }
@@ -146,7 +146,10 @@ fn link_files(native: &ResolvedNativeHandle, dir: &Path) -> Result<(), StateErro
         if file.name.contains('/') || file.name.contains("..") {
             return Err(StateError::CorruptFile {
                 path: source.clone(),
-                detail: format!("invalid RocksDB file name '{}'", file.name),
+                detail: format!(
+                    "invalid RocksDB file name '{}' in the snapshot's _metadata; the snapshot is damaged",
+                    file.name
+                ),
             });
         }
         let target = dir.join(&file.name);

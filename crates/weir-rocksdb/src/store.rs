@@ -7,7 +7,7 @@ use crate::{db_err, io_err};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteOptions, DB};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use weir_core::metadata::{StateKind, StateMeta};
 use weir_core::{CheckpointId, KeyGroupRange};
@@ -98,11 +98,6 @@ impl RocksDbStore {
         let name = self.declared.get(state).ok_or_else(|| StateError::Backend(format!("no state {state}")))?;
         self.db().cf_handle(name).ok_or_else(|| StateError::Backend(format!("column family {name} missing")))
     }
-
-    /// The working directory (database and local checkpoints).
-    pub fn instance_dir(&self) -> &Path {
-        &self.instance_dir
-    }
 }
 
 impl Drop for RocksDbStore {
@@ -137,9 +132,16 @@ impl KvStore for RocksDbStore {
         Ok(self.declared.len() - 1)
     }
 
-    fn get(&self, state: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+    fn get(&self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         let cf = self.cf(state)?;
-        Ok(self.db().get_pinned_cf(cf, key).map_err(db_err("reading state"))?.map(|v| v.to_vec()))
+        match self.db().get_pinned_cf(cf, key).map_err(db_err("reading state"))? {
+            Some(v) => {
+                out.clear();
+                out.extend_from_slice(&v);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError> {

@@ -166,7 +166,7 @@ fn every_state_kind_round_trips_between_any_two_backends_through_a_canonical_sav
 }
 
 #[test]
-fn canonical_savepoints_of_both_backends_have_the_same_format_and_size() {
+fn canonical_savepoints_of_value_state_are_the_same_bytes_on_both_backends() {
     let tmp = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::inclusive(0, 127);
     let mut sizes = Vec::new();

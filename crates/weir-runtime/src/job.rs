@@ -1116,7 +1116,7 @@ impl Master {
                         for (_, sub) in &state {
                             for f in sub.native.iter().flat_map(|n| &n.files) {
                                 let path = storage::normalize(&loc.join(&f.file.path));
-                                if !self.registry.files().any(|r| *r == path) {
+                                if !self.registry.contains(&path) {
                                     storage::delete_file_and_empty_dir(&path);
                                 }
                             }
@@ -1156,10 +1156,9 @@ impl Master {
         let Ok(entries) = std::fs::read_dir(&shared_dir) else {
             return;
         };
-        let registered: HashSet<&PathBuf> = self.registry.files().collect();
         for e in entries.filter_map(|e| e.ok()) {
             let path = e.path();
-            if !registered.contains(&path) {
+            if !self.registry.contains(&path) {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -1176,7 +1175,7 @@ impl Master {
                 continue;
             }
             full += size;
-            if !self.registry.files().any(|r| *r == path) {
+            if !self.registry.contains(&path) {
                 written += size;
             }
         }

@@ -46,7 +46,9 @@ pub trait KvStore: Send {
     /// Declares a state; returns its index. Fails when a restored state of that name has
     /// another kind.
     fn declare(&mut self, meta: &StateMeta) -> Result<usize, StateError>;
-    fn get(&self, state: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    /// Reads a row's value into `out` (replacing its content, reusing its allocation); false when
+    /// the row does not exist.
+    fn get(&self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError>;
     fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError>;
     /// Appends `operand` to the row's value (list state).
     fn append(&mut self, state: usize, key: &[u8], operand: &[u8]) -> Result<(), StateError>;
@@ -88,6 +90,8 @@ pub struct SerializedKeyedBackend<K> {
     key_buf: Vec<u8>,
     scratch: Vec<u8>,
     value_buf: Vec<u8>,
+    /// The last row read: values are decoded from here, so a read allocates nothing.
+    read_buf: Vec<u8>,
     _key: PhantomData<fn(K)>,
 }
 
@@ -101,6 +105,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
             key_buf: Vec::new(),
             scratch: Vec::new(),
             value_buf: Vec::new(),
+            read_buf: Vec::new(),
             _key: PhantomData,
         }
     }
@@ -235,11 +240,19 @@ impl<K: Key> SerializedScope<'_, K> {
             .map_err(|detail| StateError::Encode { name: self.name(state), detail })
     }
 
+    /// Reads the current key's row (or, with `user_key_row`, the row composed in `scratch`) into
+    /// `read_buf`.
+    fn read(&mut self, state: usize, user_key_row: bool) -> Result<bool, StateError> {
+        let b = &mut *self.backend;
+        let key = if user_key_row { &b.scratch } else { &b.key_buf };
+        b.store.get(state, key, &mut b.read_buf)
+    }
+
     pub(crate) fn get<T: StateData>(&mut self, state: usize) -> Result<Option<T>, StateError> {
-        match self.backend.store.get(state, &self.backend.key_buf)? {
-            Some(bytes) => self.decode(state, "value", &bytes).map(Some),
-            None => Ok(None),
+        if !self.read(state, false)? {
+            return Ok(None);
         }
+        self.decode(state, "value", &self.backend.read_buf).map(Some)
     }
 
     pub(crate) fn put<T: StateData>(&mut self, state: usize, value: &T) -> Result<(), StateError> {
@@ -254,10 +267,10 @@ impl<K: Key> SerializedScope<'_, K> {
     }
 
     pub(crate) fn list_get<T: StateData>(&mut self, state: usize) -> Result<Vec<T>, StateError> {
-        let Some(bytes) = self.backend.store.get(state, &self.backend.key_buf)? else {
+        if !self.read(state, false)? {
             return Ok(Vec::new());
-        };
-        codec::split_values(&bytes)
+        }
+        codec::split_values(&self.backend.read_buf)
             .map(|v| {
                 let v = v.map_err(|detail| StateError::Decode {
                     name: self.name(state),
@@ -292,10 +305,10 @@ impl<K: Key> SerializedScope<'_, K> {
         user_key: &UK,
     ) -> Result<Option<UV>, StateError> {
         self.compose_user_key(state, user_key)?;
-        match self.backend.store.get(state, &self.backend.scratch)? {
-            Some(bytes) => self.decode(state, "value", &bytes).map(Some),
-            None => Ok(None),
+        if !self.read(state, true)? {
+            return Ok(None);
         }
+        self.decode(state, "value", &self.backend.read_buf).map(Some)
     }
 
     pub(crate) fn map_put<UK: StateData, UV: StateData>(
