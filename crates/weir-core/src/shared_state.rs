@@ -5,7 +5,8 @@
 //! Incremental checkpoints reference data files uploaded by earlier checkpoints instead of
 //! uploading them again, so deleting a subsumed checkpoint's directory is not enough and not
 //! safe: its files may still be needed. Files registered by a snapshot the job does not own (a
-//! NO_CLAIM restore) are never deleted, whoever else references them.
+//! NO_CLAIM restore) are never deleted, whoever else references them; nor are protected files
+//! (those of snapshots next to a CLAIMed one, which the claim does not take over).
 
 use crate::CheckpointId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,11 +20,12 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct SharedStateRegistry<F: Ord + Clone> {
     files: BTreeMap<F, Entry>,
+    protected: BTreeSet<F>,
 }
 
 impl<F: Ord + Clone> Default for SharedStateRegistry<F> {
     fn default() -> Self {
-        SharedStateRegistry { files: BTreeMap::new() }
+        SharedStateRegistry { files: BTreeMap::new(), protected: BTreeSet::new() }
     }
 }
 
@@ -38,6 +40,11 @@ impl<F: Ord + Clone> SharedStateRegistry<F> {
         }
     }
 
+    /// `files` belong to snapshots the job does not own: never deleted, whoever references them.
+    pub fn protect(&mut self, files: impl IntoIterator<Item = F>) {
+        self.protected.extend(files);
+    }
+
     /// Snapshot `id` is gone (subsumed, aborted or discarded): returns the files nothing references
     /// any more and that may be deleted.
     pub fn release(&mut self, id: CheckpointId) -> Vec<F> {
@@ -47,7 +54,7 @@ impl<F: Ord + Clone> SharedStateRegistry<F> {
             if !e.refs.is_empty() {
                 return true;
             }
-            if e.deletable {
+            if e.deletable && !self.protected.contains(f) {
                 unused.push(f.clone());
             }
             false
@@ -60,14 +67,14 @@ impl<F: Ord + Clone> SharedStateRegistry<F> {
         self.files.get(file).is_some_and(|e| e.refs.iter().any(|&id| id != except))
     }
 
-    /// Whether any retained snapshot references `file`.
+    /// Whether any retained snapshot references `file`, or it is protected.
     pub fn contains(&self, file: &F) -> bool {
-        self.files.contains_key(file)
+        self.files.contains_key(file) || self.protected.contains(file)
     }
 
-    /// Every registered file.
+    /// Every registered or protected file.
     pub fn files(&self) -> impl Iterator<Item = &F> {
-        self.files.keys()
+        self.files.keys().chain(self.protected.iter())
     }
 }
 
@@ -95,6 +102,19 @@ mod tests {
         r.register(6, ["restored", "new"], true);
         assert!(r.release(5).is_empty());
         assert_eq!(r.release(6), vec!["new"]);
+    }
+
+    #[test]
+    fn protected_files_outlive_every_reference() {
+        let mut r = SharedStateRegistry::default();
+        r.protect(["sibling"]);
+        r.register(5, ["sibling", "claimed"], true);
+        r.register(6, ["sibling"], true);
+        assert_eq!(r.release(5), vec!["claimed"]);
+        assert!(r.release(6).is_empty());
+        assert!(r.contains(&"sibling"), "still known, so no directory cleanup takes it");
+        r.register(7, ["sibling"], true);
+        assert!(r.release(7).is_empty(), "a later reference does not make it deletable");
     }
 
     #[test]

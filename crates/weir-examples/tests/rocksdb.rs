@@ -198,13 +198,24 @@ fn rocksdb(dir: &Path, incremental: bool) -> Vec<(&'static str, String)> {
     s
 }
 
+/// Checkpoints of the checkpoint-sharing tests: memtables large enough that the initial state
+/// flushes as one SST file, so the only compactions are the ones the test provokes (RocksDB
+/// compacts level 0 once it holds 4 files; a compaction rewrites what it merges, so an incremental
+/// checkpoint right after one uploads the rewritten files, whatever the change was).
+fn sharing(dir: &Path) -> Vec<(&'static str, String)> {
+    let mut s = rocksdb(dir, true);
+    s.push(("state.backend.rocksdb.memory.fixed-per-slot", "128 mb".into()));
+    s.push(("state.backend.rocksdb.writebuffer.size", "64 mb".into()));
+    s
+}
+
 #[test]
 fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_files() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("keys.txt");
     let keys = 200_000u64;
     append(&input, 0..keys);
-    let job = start(dir.path(), &input, &rocksdb(dir.path(), true), 32);
+    let job = start(dir.path(), &input, &sharing(dir.path()), 32);
     wait_records(&job, keys);
     let full = checkpoint(&job);
     assert_eq!(full.state_size, full.checkpointed_size, "the first checkpoint uploads everything");
@@ -222,16 +233,8 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     );
     assert!(ratio < 0.03, "a checkpoint after a 1% change uploads {:.2}% of a full one", ratio * 100.0);
     assert!(delta.state_size > full.state_size * 9 / 10, "it still references the whole state");
-
-    // Many checkpoints with changes: subsumed ones go, shared files go with their last reference.
     let job_dir = job.handle.checkpoint_job_dir().unwrap();
-    for round in 0..6u64 {
-        append(&input, (round * 7919 % keys)..(round * 7919 % keys + 2000));
-        wait_records(&job, keys + keys / 100 + (round + 1) * 2000);
-        checkpoint(&job);
-        assert_only_referenced_files(std::slice::from_ref(&job_dir), &format!("after checkpoint round {round}"));
-    }
-    assert_eq!(retained(&job_dir).len(), 2);
+    assert_only_referenced_files(std::slice::from_ref(&job_dir), "after the first incremental checkpoint");
     job.handle.cancel();
     job.handle.wait();
     let first_job_files = on_disk(std::slice::from_ref(&job_dir));
@@ -239,7 +242,7 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
 
     // NO_CLAIM: the first checkpoint is full and references nothing of the restored snapshot,
     // whose files all stay.
-    let mut args = rocksdb(dir.path(), true);
+    let mut args = sharing(dir.path());
     args.push(("execution.state-recovery.path", latest.display().to_string()));
     let job2 = start(dir.path(), &input, &args, 32);
     wait_for("the restored job", || job2.handle.status() == weir::JobStatus::Running);
@@ -252,6 +255,7 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     );
     assert_eq!(first.state_size, first.checkpointed_size, "NO_CLAIM: the first checkpoint is full");
     append(&input, 0..500);
+    wait_records(&job2, 500);
     checkpoint(&job2);
     let second = checkpoint(&job2);
     assert!(second.checkpointed_size < second.state_size / 10, "later checkpoints are incremental again");
@@ -263,7 +267,7 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     // CLAIM: checkpoints reference the claimed snapshot's files; once it is subsumed, only the
     // files still referenced remain, wherever they live.
     let claimed = retained(&job2_dir).pop().unwrap();
-    let mut args = rocksdb(dir.path(), true);
+    let mut args = sharing(dir.path());
     args.push(("execution.state-recovery.path", claimed.display().to_string()));
     args.push(("execution.state-recovery.claim-mode", "CLAIM".into()));
     let job3 = start(dir.path(), &input, &args, 32);
@@ -278,9 +282,40 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     checkpoint(&job3);
     assert!(!claimed.exists(), "the claimed checkpoint is deleted once subsumed");
     // job2's other retained checkpoint is not claimed: it stays, with the files it references.
-    assert_only_referenced_files(&[job2_dir.clone(), job3_dir.clone()], "CLAIM job");
+    let both = [job2_dir.clone(), job3_dir.clone()];
+    assert_only_referenced_files(&both, "CLAIM job");
+
+    // Many checkpoints with changes, so RocksDB compacts: subsumed checkpoints go, and files
+    // (the claimed ones included) go with their last reference. Files job2's other checkpoint
+    // shares with the claimed one stay: the claim covers the named snapshot only.
+    for round in 0..6u64 {
+        let from = round * 7919 % keys;
+        append(&input, from..from + 2000);
+        wait_records(&job3, (round + 1) * 2000);
+        checkpoint(&job3);
+        assert_only_referenced_files(&both, &format!("after checkpoint round {round}"));
+    }
+    // Compaction runs in the background: once it has rewritten the claimed files, checkpoints
+    // stop referencing them.
+    wait_for("checkpoints to stop referencing job2's files", || {
+        let stats = checkpoint(&job3);
+        !referenced(&stats.location).iter().any(|f| f.starts_with(&job2_dir))
+    });
+    assert_only_referenced_files(&both, "after the claimed files were compacted away");
+    assert_eq!(retained(&job3_dir).len(), 2);
+    let unclaimed = retained(&job2_dir).pop().unwrap();
     job3.handle.cancel();
     job3.handle.wait();
+    assert_only_referenced_files(std::slice::from_ref(&job2_dir), "job2 after the claim");
+
+    // That other checkpoint still restores.
+    let mut args = sharing(dir.path());
+    args.push(("execution.state-recovery.path", unclaimed.display().to_string()));
+    let job4 = start(dir.path(), &input, &args, 32);
+    wait_for("the job restored from the unclaimed checkpoint", || job4.handle.status() == weir::JobStatus::Running);
+    checkpoint(&job4);
+    job4.handle.cancel();
+    job4.handle.wait();
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub struct RocksDbSettings {
     pub memory: Option<MemoryBudget>,
     /// Checkpoints reference SST files earlier checkpoints uploaded.
     pub incremental: bool,
+    /// Size of one memtable; `None` derives it from the budget (see [`MAX_MEMTABLE_BYTES`]).
+    pub write_buffer_size: Option<usize>,
 }
 
 impl RocksDbSettings {
@@ -47,12 +49,16 @@ impl RocksDbSettings {
             local_dir,
             memory,
             incremental: config.get_bool(keys::CHECKPOINT_INCREMENTAL).unwrap_or(false),
+            write_buffer_size: config.get_memory_size(keys::ROCKSDB_WRITE_BUFFER_SIZE).map(|b| b as usize),
         }
     }
 
     /// Options for the database and every column family. `cache` must outlive the database.
     pub(crate) fn options(&self, cache: Option<&Cache>) -> Options {
         let mut o = Options::default();
+        if let (None, Some(size)) = (self.memory, self.write_buffer_size) {
+            o.set_write_buffer_size(size);
+        }
         o.create_if_missing(true);
         o.create_missing_column_families(true);
         o.set_merge_operator_associative(APPEND_OPERATOR, append);
@@ -63,7 +69,8 @@ impl RocksDbSettings {
             let write_buffers = m.write_buffer_bytes().max(2 << 20);
             // The sum of all column families' memtables; reaching it flushes the largest.
             o.set_db_write_buffer_size(write_buffers);
-            o.set_write_buffer_size((write_buffers / 2).clamp(1 << 20, MAX_MEMTABLE_BYTES));
+            let memtable = self.write_buffer_size.unwrap_or((write_buffers / 2).clamp(1 << 20, MAX_MEMTABLE_BYTES));
+            o.set_write_buffer_size(memtable);
             o.set_max_write_buffer_number(2);
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(cache);

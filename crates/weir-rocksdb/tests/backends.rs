@@ -50,6 +50,7 @@ fn backends(tmp: &Path) -> Vec<StateBackend> {
         local_dir: tmp.join("local"),
         memory: Some(MemoryBudget { bytes: 8 << 20, write_buffer_ratio: 0.5 }),
         incremental: false,
+        write_buffer_size: None,
     };
     vec![StateBackend::HashMap, StateBackend::Store(Arc::new(RocksDbStateBackend::new(settings)))]
 }

@@ -548,6 +548,12 @@ pub fn submit(
         // CLAIM: later checkpoints may reference the snapshot's data files, deleted once unused.
         // NO_CLAIM: the first checkpoint is full and the files are never deleted.
         registry.register(meta.checkpoint_id, reusable_files(&snapshot), claimed);
+        if claimed {
+            // The claim covers the named snapshot only: files that other snapshots beside it
+            // (the old job's other retained checkpoints) share with it stay, so those remain
+            // restorable. Flink deletes them once unused (only the claimed one stays valid).
+            registry.protect(sibling_snapshots(&snapshot.dir).iter().flat_map(reusable_files));
+        }
         force_full = !claimed;
         store.add(Retained {
             id: meta.checkpoint_id,
@@ -1343,6 +1349,32 @@ fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64
 fn reusable_files(snapshot: &LoadedSnapshot) -> Vec<PathBuf> {
     let files: HashSet<PathBuf> = native_files(snapshot).filter(|f| f.2).map(|f| f.0).collect();
     files.into_iter().collect()
+}
+
+/// The snapshots in the same directory as `dir` (a job's other retained checkpoints). One that
+/// cannot be read is skipped with a warning: it could not be restored either.
+fn sibling_snapshots(dir: &std::path::Path) -> Vec<LoadedSnapshot> {
+    let Some(parent) = dir.parent() else {
+        return Vec::new();
+    };
+    let entries = match std::fs::read_dir(parent) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("could not list {} for snapshots beside the claimed one: {e}", parent.display());
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if path == dir || !path.join(weir_core::metadata::METADATA_FILE_NAME).is_file() {
+            continue;
+        }
+        match load_snapshot(&path) {
+            Ok(s) => out.push(s),
+            Err(e) => tracing::warn!("snapshot {} beside the claimed one is unreadable: {e}", path.display()),
+        }
+    }
+    out
 }
 
 fn snapshot_size(dir: &std::path::Path) -> u64 {
