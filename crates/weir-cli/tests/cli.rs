@@ -258,17 +258,57 @@ fn rest_savepoint_lifecycle_disposal_and_stop() {
 }
 
 #[test]
-fn bad_snapshots_are_refused_before_the_job_starts() {
+fn bad_snapshots_are_refused_before_the_job_starts_hashmap() {
+    bad_snapshots_are_refused_before_the_job_starts(Backend::HashMap);
+}
+
+/// The same with rocksdb and a native savepoint: damaged RocksDB files are caught by their
+/// recorded sizes and checksums before RocksDB opens them.
+#[test]
+fn bad_snapshots_are_refused_before_the_job_starts_rocksdb() {
+    bad_snapshots_are_refused_before_the_job_starts(Backend::RocksDb);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    HashMap,
+    RocksDb,
+}
+
+impl Backend {
+    /// `weir run` flags selecting the backend (working files under `dir`).
+    fn flags(self, dir: &Path) -> Vec<String> {
+        match self {
+            Backend::HashMap => vec!["-D".into(), "state.backend.type=hashmap".into()],
+            Backend::RocksDb => vec![
+                "-D".into(),
+                "state.backend.type=rocksdb".into(),
+                "-D".into(),
+                format!("state.backend.rocksdb.localdir={}", dir.join("rocksdb").display()),
+            ],
+        }
+    }
+
+    fn savepoint_type(self) -> &'static str {
+        match self {
+            Backend::HashMap => "canonical",
+            Backend::RocksDb => "native",
+        }
+    }
+}
+
+fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
+    let flags = backend.flags(dir.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("out"));
     append(&input, &["a"]);
     let run = |snapshot: &Path| {
         let out = out.to_str().unwrap();
-        weir.fails(&[
-            "run",
-            "-s",
-            snapshot.to_str().unwrap(),
+        let mut args = vec!["run", "-s", snapshot.to_str().unwrap()];
+        args.extend_from_slice(&flags);
+        args.extend_from_slice(&[
             "word-count",
             "--input",
             input.to_str().unwrap(),
@@ -276,7 +316,8 @@ fn bad_snapshots_are_refused_before_the_job_starts() {
             out,
             "--bounded",
             "--quiet",
-        ])
+        ]);
+        weir.fails(&args)
     };
     let missing = dir.path().join("nope");
     assert!(
@@ -290,18 +331,22 @@ fn bad_snapshots_are_refused_before_the_job_starts() {
     let sp = dir.path().join("sp");
     let follow_in = dir.path().join("follow.jsonl");
     append(&follow_in, &["a", "b"]);
-    let job = weir.run_detached(&[
+    let checkpoints = dir.path().join("ck");
+    let mut args = flags.clone();
+    args.extend_from_slice(&[
         "word-count",
         "--input",
         follow_in.to_str().unwrap(),
         "--output",
         out.to_str().unwrap(),
         "--checkpoints",
-        dir.path().join("ck").to_str().unwrap(),
+        checkpoints.to_str().unwrap(),
         "--quiet",
     ]);
+    let job = weir.run_detached(&args);
     wait_for("the first totals", || committed(&out).len() == 2);
-    let savepoint = savepoint_path(&weir.ok(&["stop", &job, "-p", sp.to_str().unwrap()]));
+    let stopped = weir.ok(&["stop", &job, "-p", sp.to_str().unwrap(), "--type", backend.savepoint_type()]);
+    let savepoint = savepoint_path(&stopped);
     weir.wait_gone(&job);
     let copy = |name: &str| {
         let to = dir.path().join(name);
@@ -321,24 +366,46 @@ fn bad_snapshots_are_refused_before_the_job_starts() {
     bytes[11] = 99;
     std::fs::write(newer.join("_metadata"), &bytes).unwrap();
     assert!(run(&newer).contains("has metadata format version 99, but this Weir reads versions up to 2"));
+
+    // Damaged keyed state: the canonical file's key-group checksums, RocksDB files' recorded
+    // CRC32C and sizes.
+    let state_file = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("keyed-"))
+            .max_by_key(|p| p.extension().is_some_and(|e| e == "sst"))
+            .unwrap()
+    };
     let damaged = copy("damaged");
-    let state = std::fs::read_dir(&damaged)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("keyed-"))
-        .unwrap();
+    let state = state_file(&damaged);
     let mut bytes = std::fs::read(&state).unwrap();
-    let last = bytes.len() - 2;
-    bytes[last] ^= 0xff;
+    // In an SST file, a byte of the first data block: RocksDB itself reads it only on a lookup.
+    let at = if backend == Backend::RocksDb { 5 } else { bytes.len() - 2 };
+    bytes[at] ^= 0xff;
     std::fs::write(&state, &bytes).unwrap();
     let err = run(&damaged);
     assert!(
         err.contains("could not restore its state and was not started") && err.contains("checksum mismatch"),
         "{err}"
     );
+    assert!(err.contains(&state.display().to_string()), "the error names the damaged file: {err}");
     assert_eq!(committed(&out).len(), 2, "the refused restore wrote nothing");
     // The damaged snapshot is left as it was.
     assert_eq!(std::fs::read(&state).unwrap(), bytes);
+    if backend == Backend::RocksDb {
+        let short = copy("short");
+        let state = state_file(&short);
+        let bytes = std::fs::read(&state).unwrap();
+        std::fs::write(&state, &bytes[..bytes.len() - 100]).unwrap();
+        let err = run(&short);
+        assert!(err.contains("could not restore its state and was not started"), "{err}");
+        assert!(err.contains(&format!("bytes, the snapshot recorded {}", bytes.len())), "{err}");
+        assert!(
+            std::fs::read_dir(dir.path().join("rocksdb")).map_or(true, |mut d| d.next().is_none()),
+            "a refused restore leaves no RocksDB working directory behind"
+        );
+    }
 }
 
 #[test]

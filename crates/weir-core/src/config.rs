@@ -51,6 +51,7 @@ pub mod keys {
     pub const ROCKSDB_MEMORY_MANAGED: &str = "state.backend.rocksdb.memory.managed";
     pub const ROCKSDB_MEMORY_FIXED: &str = "state.backend.rocksdb.memory.fixed-per-slot";
     pub const ROCKSDB_WRITE_BUFFER_RATIO: &str = "state.backend.rocksdb.memory.write-buffer-ratio";
+    pub const ROCKSDB_WRITE_BACK_CACHE_RATIO: &str = "state.backend.rocksdb.memory.write-back-cache-ratio";
     pub const ROCKSDB_WRITE_BUFFER_SIZE: &str = "state.backend.rocksdb.writebuffer.size";
     pub const RECOVERY_PATH: &str = "execution.state-recovery.path";
     pub const RECOVERY_CLAIM_MODE: &str = "execution.state-recovery.claim-mode";
@@ -86,7 +87,8 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: ROCKSDB_LOCAL_DIR, deprecated: &[], ty: ValueType::Text, default: None, doc: "Directory of the rocksdb backend's working files; unset uses the system temp directory." },
     KeyDef { name: ROCKSDB_MEMORY_MANAGED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Bound the memory of each RocksDB instance by the fixed-per-slot budget; false leaves RocksDB's own defaults (unbounded)." },
     KeyDef { name: ROCKSDB_MEMORY_FIXED, deprecated: &[], ty: ValueType::MemorySize, default: Some("128 mb"), doc: "Memory budget of the RocksDB instance of each keyed operator subtask: write buffers plus block cache (Weir applies it per subtask)." },
-    KeyDef { name: ROCKSDB_WRITE_BUFFER_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.5"), doc: "Share of the RocksDB memory budget given to write buffers (memtables); the rest is block cache." },
+    KeyDef { name: ROCKSDB_WRITE_BUFFER_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.5"), doc: "Share of RocksDB's part of the memory budget given to write buffers (memtables); the rest is block cache." },
+    KeyDef { name: ROCKSDB_WRITE_BACK_CACHE_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.25"), doc: "Share of the fixed-per-slot budget given to the write-back cache of value and reducing state in front of RocksDB (Weir-specific); 0 disables it." },
     KeyDef { name: ROCKSDB_WRITE_BUFFER_SIZE, deprecated: &[], ty: ValueType::MemorySize, default: None, doc: "Size of one memtable; unset derives it from the write-buffer budget, at most 4 mb. Larger memtables flush less often (fewer, larger SST files: fewer compactions between incremental checkpoints)." },
     KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Text, default: None, doc: "Snapshot to restore from (`-s`)." },
     KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },

@@ -155,6 +155,10 @@ pub struct NativeFile {
     /// True for an immutable data file that later incremental checkpoints may reference instead
     /// of uploading it again (tracked by the shared-state registry).
     pub reusable: bool,
+    /// CRC32C of the file's bytes, checked on restore before the backend opens it. Absent in
+    /// snapshots written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
 }
 
 /// A key-group-indexed state file: `offsets[i]` is where key group `key_groups.start + i` begins,
@@ -309,6 +313,7 @@ mod tests {
                                 name: "000009.sst".into(),
                                 file: StateFileRef { path: "../shared/abc".into(), size: 4096 },
                                 reusable: true,
+                                crc32c: Some(0xdead_beef),
                             }],
                         }),
                     }],

@@ -140,6 +140,12 @@ fn run_once(seed: u64, backend: Backend) -> RunStats {
     if backend == Backend::RocksDb && rng.below(2) == 0 {
         config.set("execution.checkpointing.incremental", "false").unwrap();
     }
+    if backend == Backend::RocksDb {
+        // The write-back cache: none, room for about a dozen rows (so rows are evicted between
+        // checkpoints and failures), or the default.
+        let ratio = ["0", "0.0001", "0.25"][rng.below(3) as usize];
+        config.set("state.backend.rocksdb.memory.write-back-cache-ratio", ratio).unwrap();
+    }
     let mut env = StreamEnv::with_config(config);
     if let Some(f) = storage_fault {
         env.set_checkpoint_storage(Arc::new(FaultyStorage::new(dir.path().join("ck"), f)));

@@ -2,7 +2,8 @@
 //!
 //! State lives in a RocksDB instance per keyed operator subtask, on local disk, in the row layout
 //! of [`weir_state::serialized`] (key-group prefix, one column family per state), so it can be
-//! many times larger than memory: a memory budget bounds write buffers and block cache.
+//! many times larger than memory: a memory budget bounds write buffers and block cache, and a
+//! write-back cache of hot value rows ([`weir_state::WriteBackCache`]) in front of RocksDB.
 //!
 //! Snapshots start with a RocksDB checkpoint of the instance (a flush and hard links, on the task
 //! thread); the snapshot writer thread then either copies those files (native: checkpoints and
@@ -25,7 +26,7 @@ pub use settings::{MemoryBudget, RocksDbSettings};
 pub use store::RocksDbStore;
 
 use std::sync::Arc;
-use weir_state::{KvStore, RestoredKeyedState, StateError, StoreContext, StoreFactory};
+use weir_state::{KvStore, RestoredKeyedState, StateError, StoreContext, StoreFactory, WriteBackCache};
 
 /// The factory operators get their store from.
 #[derive(Debug, Clone)]
@@ -49,7 +50,11 @@ impl StoreFactory for RocksDbStateBackend {
     }
 
     fn create(&self, ctx: &StoreContext, restored: &RestoredKeyedState) -> Result<Box<dyn KvStore>, StateError> {
-        Ok(Box::new(RocksDbStore::open(self.settings.clone(), ctx, restored)?))
+        let store = Box::new(RocksDbStore::open(self.settings.clone(), ctx, restored)?);
+        Ok(match self.settings.write_back_cache {
+            0 => store,
+            bytes => Box::new(WriteBackCache::new(store, bytes)),
+        })
     }
 }
 

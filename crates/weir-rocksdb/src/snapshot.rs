@@ -14,6 +14,7 @@ use crate::{db_err, io_err, BACKEND_NAME};
 use rocksdb::DB;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use weir_core::metadata::{
@@ -23,11 +24,12 @@ use weir_core::{CheckpointId, KeyGroupRange};
 use weir_state::serialized::{key_group_prefix, write_canonical, RowSource};
 use weir_state::{NewFile, SnapshotFiles, SnapshotRequest, StateError, StoreSnapshot, WrittenKeyedState};
 
-/// An SST file a checkpoint uploaded: where it is and its size.
+/// An SST file a checkpoint uploaded: where it is, its size and checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Uploaded {
     pub path: PathBuf,
     pub size: u64,
+    pub crc32c: Option<u32>,
 }
 
 /// What incremental checkpoints may reference: the SST files of the last completed checkpoint
@@ -106,7 +108,7 @@ impl RocksDbSnapshot {
             if sst && share {
                 if let Some(up) = reusable.get(&file_name) {
                     let reference = files.reference(&up.path);
-                    handle_files.push(native_file(&file_name, reference, up.size, true));
+                    handle_files.push(native_file(&file_name, reference, up.size, up.crc32c, true));
                     uploaded.insert(file_name, up.clone());
                     continue;
                 }
@@ -119,11 +121,11 @@ impl RocksDbSnapshot {
             };
             let NewFile { out, reference, path: target } = new.map_err(StateError::Write)?;
             created.push(target.clone());
-            let size = copy_into(&path, out, &target)?;
+            let (size, crc) = copy_into(&path, out, &target)?;
             if sst && share {
-                uploaded.insert(file_name.clone(), Uploaded { path: target, size });
+                uploaded.insert(file_name.clone(), Uploaded { path: target, size, crc32c: Some(crc) });
             }
-            handle_files.push(native_file(&file_name, reference, size, sst));
+            handle_files.push(native_file(&file_name, reference, size, Some(crc), sst));
         }
         if share {
             if let Ok(mut u) = self.uploads.lock() {
@@ -204,15 +206,37 @@ fn is_sst(file_name: &str) -> bool {
     file_name.ends_with(".sst")
 }
 
-fn native_file(name: &str, reference: String, size: u64, reusable: bool) -> NativeFile {
-    NativeFile { name: name.to_string(), file: StateFileRef { path: reference, size }, reusable }
+fn native_file(name: &str, reference: String, size: u64, crc32c: Option<u32>, reusable: bool) -> NativeFile {
+    NativeFile { name: name.to_string(), file: StateFileRef { path: reference, size }, reusable, crc32c }
 }
 
-fn copy_into(from: &Path, mut out: Box<dyn weir_state::StateOutput>, target: &Path) -> Result<u64, StateError> {
-    let mut input = File::open(from).map_err(io_err(from))?;
-    let size = std::io::copy(&mut input, &mut out).map_err(io_err(target))?;
+/// Copies `from` into `out`; returns the size and CRC32C of what was copied.
+fn copy_into(from: &Path, mut out: Box<dyn weir_state::StateOutput>, target: &Path) -> Result<(u64, u32), StateError> {
+    let input = File::open(from).map_err(io_err(from))?;
+    let (size, crc) = for_each_chunk(input, from, &mut |chunk| out.write_all(chunk).map_err(io_err(target)))?;
     out.finish().map_err(io_err(target))?;
-    Ok(size)
+    Ok((size, crc))
+}
+
+/// Reads `input` (at `path`) to its end, giving each chunk to `f`; returns the size and CRC32C.
+pub(crate) fn for_each_chunk(
+    mut input: impl Read,
+    path: &Path,
+    f: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+) -> Result<(u64, u32), StateError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut size, mut crc) = (0u64, 0u32);
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok((size, crc)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        size += n as u64;
+        f(&buf[..n])?;
+    }
 }
 
 /// Rows of a read-only local checkpoint, by state (in `names` order) and key group.

@@ -132,7 +132,7 @@ impl KvStore for RocksDbStore {
         Ok(self.declared.len() - 1)
     }
 
-    fn get(&self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
+    fn get(&mut self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         let cf = self.cf(state)?;
         match self.db().get_pinned_cf(cf, key).map_err(db_err("reading state"))? {
             Some(v) => {
@@ -160,7 +160,7 @@ impl KvStore for RocksDbStore {
     }
 
     fn scan_prefix(
-        &self,
+        &mut self,
         state: usize,
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,

@@ -51,6 +51,7 @@ fn backends(tmp: &Path) -> Vec<StateBackend> {
         memory: Some(MemoryBudget { bytes: 8 << 20, write_buffer_ratio: 0.5 }),
         incremental: false,
         write_buffer_size: None,
+        write_back_cache: 1 << 20,
     };
     vec![StateBackend::HashMap, StateBackend::Store(Arc::new(RocksDbStateBackend::new(settings)))]
 }

@@ -7,6 +7,7 @@
 //!   snapshot, so the synchronous part of a checkpoint costs one pointer copy per key group.
 //! * [`serialized`]: keyed state over a byte-oriented store ([`KvStore`], implemented by the
 //!   `weir-rocksdb` crate), its row layout, and conversion to and from the canonical format.
+//! * [`write_back`]: a write-back cache of hot rows in front of a [`KvStore`].
 //! * [`snapshot`]: the seam with checkpoint storage (files, requests, restored handles).
 //! * [`format`]: the key-group-indexed state file (canonical: backend independent, self-describing
 //!   MessagePack values, a CRC32C per key group).
@@ -21,6 +22,7 @@ pub mod heap;
 pub mod operator;
 pub mod serialized;
 pub mod snapshot;
+pub mod write_back;
 
 pub use backend::{KeyScope, KeyedStateBackend, StateBackend, StoreContext};
 pub use descriptors::{
@@ -35,3 +37,4 @@ pub use snapshot::{
     KeyedSnapshot, NewFile, ResolvedNativeHandle, RestoredKeyedState, SnapshotFiles, SnapshotRequest, StateOutput,
     StoreSnapshot, WrittenKeyedState,
 };
+pub use write_back::WriteBackCache;

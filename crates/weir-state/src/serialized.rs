@@ -48,7 +48,7 @@ pub trait KvStore: Send {
     fn declare(&mut self, meta: &StateMeta) -> Result<usize, StateError>;
     /// Reads a row's value into `out` (replacing its content, reusing its allocation); false when
     /// the row does not exist.
-    fn get(&self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError>;
+    fn get(&mut self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError>;
     fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError>;
     /// Appends `operand` to the row's value (list state).
     fn append(&mut self, state: usize, key: &[u8], operand: &[u8]) -> Result<(), StateError>;
@@ -56,7 +56,7 @@ pub trait KvStore: Send {
     /// Calls `f` with each row whose key starts with `prefix`, in key order, until it returns
     /// false.
     fn scan_prefix(
-        &self,
+        &mut self,
         state: usize,
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
@@ -135,7 +135,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
         Ok(index)
     }
 
-    fn check_first_row<V: StateData>(&self, state: usize) -> Result<(), StateError> {
+    fn check_first_row<V: StateData>(&mut self, state: usize) -> Result<(), StateError> {
         let mut first: Option<(Vec<u8>, Vec<u8>)> = None;
         self.store.scan_prefix(state, &[], &mut |k, v| {
             first = Some((k.to_vec(), v.to_vec()));
@@ -333,9 +333,10 @@ impl<K: Key> SerializedScope<'_, K> {
         &mut self,
         state: usize,
     ) -> Result<Vec<(UK, UV)>, StateError> {
-        let prefix_len = self.backend.key_buf.len();
+        let b = &mut *self.backend;
+        let prefix_len = b.key_buf.len();
         let mut raw = Vec::new();
-        self.backend.store.scan_prefix(state, &self.backend.key_buf, &mut |k, v| {
+        b.store.scan_prefix(state, &b.key_buf, &mut |k, v| {
             raw.push((k[prefix_len..].to_vec(), v.to_vec()));
             true
         })?;
