@@ -75,6 +75,12 @@ fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
     assert_eq!(got.len(), want.len(), "seed {seed}: {kills} kills, {restores} restores");
     assert!(got == want, "seed {seed}: output differs from the ground truth");
     assert!(kills >= 1 && restores >= 1, "seed {seed}: the job was never killed and restored");
+    // The killed processes' RocksDB working directories were deleted by the next start, and the
+    // last process deleted its own.
+    let local = dir.path().join("rocksdb");
+    let left: Vec<_> =
+        std::fs::read_dir(&local).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "seed {seed}: left in {}: {left:?}", local.display());
     (kills, restores)
 }
 

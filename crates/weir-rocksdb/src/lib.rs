@@ -16,11 +16,13 @@
 //! * [`restore`]: building an instance from native or canonical snapshots, clipping or merging
 //!   key-group ranges when parallelism changes.
 //! * [`snapshot`]: the asynchronous part of snapshots.
+//! * `workdir`: locked working directories, and deleting those a killed process left.
 
 pub mod restore;
 pub mod settings;
 pub mod snapshot;
 pub mod store;
+mod workdir;
 
 pub use settings::{MemoryBudget, RocksDbSettings};
 pub use store::RocksDbStore;

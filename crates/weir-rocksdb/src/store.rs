@@ -3,6 +3,7 @@
 use crate::restore;
 use crate::settings::RocksDbSettings;
 use crate::snapshot::{RocksDbSnapshot, Uploads};
+use crate::workdir::{self, WorkingDir};
 use crate::{db_err, io_err};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteOptions, DB};
@@ -34,6 +35,8 @@ pub struct RocksDbStore {
     /// `Option` only so `Drop` can close the database before deleting its directory.
     db: Option<DB>,
     instance_dir: PathBuf,
+    /// Holds the working directory's lock, so no other process's sweep deletes it.
+    _workdir: WorkingDir,
     key_groups: KeyGroupRange,
     settings: Arc<RocksDbSettings>,
     /// Every state in the database (declared or restored), by name.
@@ -52,15 +55,17 @@ impl RocksDbStore {
         ctx: &StoreContext,
         restored: &RestoredKeyedState,
     ) -> Result<Self, StateError> {
+        workdir::sweep_stale(&settings.local_dir);
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        let instance_dir = settings.local_dir.join(format!(
-            "job-{}-op-{}-{}-{}",
+        let workdir = workdir::create(settings.local_dir.join(format!(
+            "{}{}-op-{}-{}-{}",
+            workdir::INSTANCE_PREFIX,
             ctx.job_id.to_hex(),
             ctx.operator_id,
             ctx.subtask,
             &unique[..8]
-        ));
-        std::fs::create_dir_all(&instance_dir).map_err(io_err(&instance_dir))?;
+        )))?;
+        let instance_dir = workdir.path.clone();
         let cache = settings.cache().map_err(db_err("creating the block cache"))?;
         let options = settings.options(cache.as_ref());
         let opened = restore::open_instance(&instance_dir, &options, ctx, restored, settings.incremental);
@@ -77,6 +82,7 @@ impl RocksDbStore {
         Ok(RocksDbStore {
             db: Some(db),
             instance_dir,
+            _workdir: workdir,
             key_groups: ctx.key_groups,
             settings,
             known,
