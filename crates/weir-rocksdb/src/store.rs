@@ -8,7 +8,6 @@ use crate::{db_err, io_err};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteOptions, DB};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use weir_core::metadata::{StateKind, StateMeta};
 use weir_core::{CheckpointId, KeyGroupRange};
@@ -34,9 +33,8 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub struct RocksDbStore {
     /// `Option` only so `Drop` can close the database before deleting its directory.
     db: Option<DB>,
-    instance_dir: PathBuf,
-    /// Holds the working directory's lock, so no other process's sweep deletes it.
-    _workdir: WorkingDir,
+    /// The working directory, locked so no other process's sweep deletes it.
+    workdir: WorkingDir,
     key_groups: KeyGroupRange,
     settings: Arc<RocksDbSettings>,
     /// Every state in the database (declared or restored), by name.
@@ -65,14 +63,13 @@ impl RocksDbStore {
             ctx.subtask,
             &unique[..8]
         )))?;
-        let instance_dir = workdir.path.clone();
         let cache = settings.cache().map_err(db_err("creating the block cache"))?;
         let options = settings.options(cache.as_ref());
-        let opened = restore::open_instance(&instance_dir, &options, ctx, restored, settings.incremental);
+        let opened = restore::open_instance(&workdir.path, &options, ctx, restored, settings.incremental);
         let (db, known, baseline) = match opened {
             Ok(o) => o,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&instance_dir);
+                let _ = std::fs::remove_dir_all(&workdir.path);
                 return Err(e);
             }
         };
@@ -81,8 +78,7 @@ impl RocksDbStore {
         write.disable_wal(true);
         Ok(RocksDbStore {
             db: Some(db),
-            instance_dir,
-            _workdir: workdir,
+            workdir,
             key_groups: ctx.key_groups,
             settings,
             known,
@@ -109,8 +105,9 @@ impl RocksDbStore {
 impl Drop for RocksDbStore {
     fn drop(&mut self) {
         drop(self.db.take());
-        if let Err(e) = std::fs::remove_dir_all(&self.instance_dir) {
-            tracing::warn!("could not delete RocksDB working directory {}: {e}", self.instance_dir.display());
+        let dir = &self.workdir.path;
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!("could not delete RocksDB working directory {}: {e}", dir.display());
         }
     }
 }
@@ -186,7 +183,7 @@ impl KvStore for RocksDbStore {
     }
 
     fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError> {
-        let dir = self.instance_dir.join(format!("chk-{}", request.id));
+        let dir = self.workdir.path.join(format!("chk-{}", request.id));
         if dir.exists() {
             // Left by an earlier attempt at this id that failed before its writer ran.
             std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;

@@ -52,7 +52,12 @@ pub(crate) fn create(path: PathBuf) -> Result<WorkingDir, StateError> {
     pending.push(PENDING_SUFFIX);
     let pending = PathBuf::from(pending);
     let lock = File::create(&pending).map_err(io_err(&pending))?;
-    lock.try_lock().map_err(|e| StateError::Backend(format!("locking {}: {e}", pending.display())))?;
+    lock.try_lock().map_err(|e| {
+        StateError::Backend(format!(
+            "could not lock {}: {e}; state.backend.rocksdb.localdir must be a local file system that supports file locks",
+            pending.display()
+        ))
+    })?;
     std::fs::rename(&pending, &lock_path).map_err(io_err(&lock_path))?;
     let dir = WorkingDir { path, lock_path, _lock: lock };
     std::fs::create_dir_all(&dir.path).map_err(io_err(&dir.path))?;
