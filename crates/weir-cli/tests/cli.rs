@@ -1,106 +1,12 @@
 //! The `weir` CLI and the job REST API, end to end with the bundled example jobs. Each test has its
 //! own registry of running jobs (`WEIR_HOME`), so tests never see each other's jobs.
 
+mod support;
+
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
-struct Weir {
-    home: tempfile::TempDir,
-}
-
-impl Weir {
-    fn new() -> Weir {
-        let weir = Weir { home: tempfile::tempdir().unwrap() };
-        let examples = Path::new(env!("CARGO_BIN_EXE_weir")).with_file_name("word-count");
-        assert!(
-            examples.exists(),
-            "the bundled examples are built by `cargo test --workspace` (or `cargo build -p weir-examples`)"
-        );
-        weir
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(args)
-            .env("WEIR_HOME", self.home.path())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(
-            out.status.success(),
-            "weir {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs a command that must fail; returns stdout and stderr together.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(!out.status.success(), "weir {args:?} should have failed");
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    }
-
-    fn run_detached(&self, args: &[&str]) -> String {
-        let mut all = vec!["run", "-d"];
-        all.extend_from_slice(args);
-        let out = self.ok(&all);
-        let id = out.lines().find_map(|l| l.strip_prefix("Job has been submitted with JobID ")).expect("job id line");
-        assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
-        id.to_string()
-    }
-
-    fn address(&self, job: &str) -> String {
-        let entry = self.home.path().join("jobs").join(format!("{job}.json"));
-        let v: Value = serde_json::from_slice(&std::fs::read(entry).unwrap()).unwrap();
-        v["address"].as_str().unwrap().to_string()
-    }
-
-    fn wait_gone(&self, job: &str) {
-        let entry = self.home.path().join("jobs").join(format!("{job}.json"));
-        wait_for("the job to end", || !entry.exists());
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn append(path: &Path, words: &[&str]) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-    for w in words {
-        writeln!(f, r#"{{"word":"{w}","frequency":1}}"#).unwrap();
-    }
-}
-
-fn committed(dir: &Path) -> Vec<String> {
-    weir::connectors::FileSink::read_committed(dir).unwrap()
-}
-
-fn totals(pairs: &[(&str, u64)]) -> Vec<String> {
-    let mut v: Vec<String> = pairs.iter().map(|(w, n)| format!("WordCount{{word='{w}', frequency={n}}}")).collect();
-    v.sort();
-    v
-}
-
-fn savepoint_path(stdout: &str) -> PathBuf {
-    let path =
-        stdout.lines().find_map(|l| l.strip_prefix("Savepoint completed. Path: file:")).expect("savepoint path line");
-    PathBuf::from(path)
-}
+use std::time::Duration;
+use support::*;
 
 #[test]
 fn seed_scenario_savepoint_stop_and_restore_through_the_cli() {
@@ -147,18 +53,6 @@ fn seed_scenario_savepoint_stop_and_restore_through_the_cli() {
     assert_eq!(stdout, format!("Cancelling job {job2}.\nCancelled job {job2}.\n"));
     assert_eq!(committed(&out2), totals(&[("b", 2), ("a", 3)]));
     assert!(savepoint.join("_metadata").is_file(), "NO_CLAIM never deletes the savepoint");
-}
-
-fn http(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        (_, Some(b)) => agent.post(url).send_json(b),
-        (_, None) => agent.post(url).send_empty(),
-    }
-    .unwrap();
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_json().unwrap_or(Value::Null))
 }
 
 #[test]
@@ -267,34 +161,6 @@ fn bad_snapshots_are_refused_before_the_job_starts_hashmap() {
 #[test]
 fn bad_snapshots_are_refused_before_the_job_starts_rocksdb() {
     bad_snapshots_are_refused_before_the_job_starts(Backend::RocksDb);
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Backend {
-    HashMap,
-    RocksDb,
-}
-
-impl Backend {
-    /// `weir run` flags selecting the backend (working files under `dir`).
-    fn flags(self, dir: &Path) -> Vec<String> {
-        match self {
-            Backend::HashMap => vec!["-D".into(), "state.backend.type=hashmap".into()],
-            Backend::RocksDb => vec![
-                "-D".into(),
-                "state.backend.type=rocksdb".into(),
-                "-D".into(),
-                format!("state.backend.rocksdb.localdir={}", dir.join("rocksdb").display()),
-            ],
-        }
-    }
-
-    fn savepoint_type(self) -> &'static str {
-        match self {
-            Backend::HashMap => "canonical",
-            Backend::RocksDb => "native",
-        }
-    }
 }
 
 fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {

@@ -3,7 +3,10 @@
 //! Pure bookkeeping over Flink's rules (digest §1.7, `CheckpointSubsumeHelper`): keep
 //! `num_retained` entries, never subsume the latest entry, never subsume the latest regular
 //! checkpoint while a newer savepoint sits after it, and never delete the files of an entry that
-//! does not own them (a snapshot restored in NO_CLAIM mode). The caller deletes what `add` returns.
+//! does not own them (a snapshot restored in NO_CLAIM mode). A snapshot restored in CLAIM mode is
+//! deleted only once a later checkpoint of the new job has completed: a job that fails or ends
+//! before that leaves it untouched, whatever the retention policy. The caller deletes what `add`
+//! and `shutdown` return.
 
 use crate::CheckpointId;
 use std::collections::VecDeque;
@@ -39,13 +42,25 @@ pub enum Termination {
     Failed,
 }
 
-/// One retained snapshot. `owned` says whether the store may delete its files.
+/// Who owns a retained snapshot's files, and so when the store may hand them out for deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// A checkpoint this job wrote: deleted once subsumed, and per the retention policy at the end.
+    Job,
+    /// A snapshot restored in CLAIM mode: deleted once a later checkpoint of this job exists (it is
+    /// subsumed, or the job ends with a newer checkpoint retained), never before.
+    Claimed,
+    /// The user's (a snapshot restored in NO_CLAIM mode): never deleted.
+    User,
+}
+
+/// One retained snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retained<C> {
     pub id: CheckpointId,
     /// True for a savepoint (including a snapshot restored in NO_CLAIM mode).
     pub is_savepoint: bool,
-    pub owned: bool,
+    pub ownership: Ownership,
     pub data: C,
 }
 
@@ -88,7 +103,7 @@ impl<C> CompletedCheckpointStore<C> {
             let newer_checkpoint_exists = self.entries.iter().skip(i + 1).any(|n| !n.is_savepoint);
             if e.is_savepoint || newer_checkpoint_exists {
                 if let Some(removed) = self.entries.remove(i) {
-                    if removed.owned {
+                    if removed.ownership != Ownership::User {
                         to_discard.push(removed);
                     }
                 }
@@ -108,12 +123,19 @@ impl<C> CompletedCheckpointStore<C> {
             (RetentionPolicy::RetainOnFailure, Termination::Failed) => false,
             (RetentionPolicy::RetainOnCancellation, _) => false,
         };
+        // A claimed snapshot goes only when a checkpoint of this job was taken after it.
+        let last_own_checkpoint = self.entries.iter().filter(|e| e.ownership == Ownership::Job).map(|e| e.id).max();
         let all: Vec<_> = self.entries.drain(..).collect();
-        if discard {
-            all.into_iter().filter(|e| e.owned).collect()
-        } else {
-            Vec::new()
+        if !discard {
+            return Vec::new();
         }
+        all.into_iter()
+            .filter(|e| match e.ownership {
+                Ownership::Job => true,
+                Ownership::Claimed => last_own_checkpoint.is_some_and(|newest| newest > e.id),
+                Ownership::User => false,
+            })
+            .collect()
     }
 }
 
@@ -122,7 +144,7 @@ mod tests {
     use super::*;
 
     fn cp(id: u64) -> Retained<()> {
-        Retained { id, is_savepoint: false, owned: true, data: () }
+        Retained { id, is_savepoint: false, ownership: Ownership::Job, data: () }
     }
 
     fn ids<C>(s: &CompletedCheckpointStore<C>) -> Vec<u64> {
@@ -151,7 +173,7 @@ mod tests {
     #[test]
     fn restored_unowned_snapshot_is_subsumed_but_never_discarded() {
         let mut s = CompletedCheckpointStore::new(1);
-        s.add(Retained { id: 7, is_savepoint: true, owned: false, data: () });
+        s.add(Retained { id: 7, is_savepoint: true, ownership: Ownership::User, data: () });
         assert!(s.add(cp(8)).is_empty());
         assert_eq!(ids(&s), vec![8]);
     }
@@ -159,16 +181,39 @@ mod tests {
     #[test]
     fn claimed_snapshot_is_discarded_once_subsumed() {
         let mut s = CompletedCheckpointStore::new(1);
-        s.add(Retained { id: 7, is_savepoint: false, owned: true, data: () });
+        s.add(claimed(7));
         let gone: Vec<_> = s.add(cp(8)).into_iter().map(|e| e.id).collect();
         assert_eq!(gone, vec![7]);
+    }
+
+    fn claimed(id: u64) -> Retained<()> {
+        Retained { id, is_savepoint: false, ownership: Ownership::Claimed, data: () }
+    }
+
+    #[test]
+    fn claimed_snapshot_survives_a_job_that_ends_before_its_first_checkpoint() {
+        use RetentionPolicy::*;
+        use Termination::*;
+        for policy in [NeverRetainAfterTermination, RetainOnFailure, RetainOnCancellation] {
+            for how in [Finished, Canceled, Failed] {
+                let mut s = CompletedCheckpointStore::new(2);
+                s.add(claimed(7));
+                assert!(s.shutdown(policy, how).is_empty(), "{policy:?} {how:?}");
+            }
+        }
+        // With a later checkpoint retained beside it, the claim has been exercised.
+        let mut s = CompletedCheckpointStore::new(2);
+        s.add(claimed(7));
+        assert!(s.add(cp(8)).is_empty());
+        let gone: Vec<_> = s.shutdown(NeverRetainAfterTermination, Failed).into_iter().map(|e| e.id).collect();
+        assert_eq!(gone, vec![7, 8]);
     }
 
     #[test]
     fn latest_checkpoint_is_kept_behind_a_newer_savepoint() {
         let mut s = CompletedCheckpointStore::new(1);
         s.add(cp(1));
-        let gone = s.add(Retained { id: 2, is_savepoint: true, owned: false, data: () });
+        let gone = s.add(Retained { id: 2, is_savepoint: true, ownership: Ownership::User, data: () });
         assert!(gone.is_empty());
         assert_eq!(ids(&s), vec![1, 2]);
         let gone: Vec<_> = s.add(cp(3)).into_iter().map(|e| e.id).collect();

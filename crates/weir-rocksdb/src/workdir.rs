@@ -51,14 +51,28 @@ pub(crate) fn create(path: PathBuf) -> Result<WorkingDir, StateError> {
     let mut pending = path.clone().into_os_string();
     pending.push(PENDING_SUFFIX);
     let pending = PathBuf::from(pending);
-    let lock = File::create(&pending).map_err(io_err(&pending))?;
-    lock.try_lock().map_err(|e| {
-        StateError::Backend(format!(
-            "could not lock {}: {e}; state.backend.rocksdb.localdir must be a local file system that supports file locks",
-            pending.display()
-        ))
-    })?;
-    std::fs::rename(&pending, &lock_path).map_err(io_err(&lock_path))?;
+    // A sweep in another subtask may take and delete the pending lock file between its creation
+    // and our lock: then the lock or the rename fails, and we start over with a new file.
+    let mut attempts = 0;
+    let lock = loop {
+        attempts += 1;
+        let lock = File::create(&pending).map_err(io_err(&pending))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) if attempts < 100 => continue,
+            Err(e) => {
+                return Err(StateError::Backend(format!(
+                    "could not lock {}: {e}; state.backend.rocksdb.localdir must be a local file system that supports file locks",
+                    pending.display()
+                )))
+            }
+        }
+        match std::fs::rename(&pending, &lock_path) {
+            Ok(()) => break lock,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 100 => continue,
+            Err(e) => return Err(io_err(&lock_path)(e)),
+        }
+    };
     let dir = WorkingDir { path, lock_path, _lock: lock };
     std::fs::create_dir_all(&dir.path).map_err(io_err(&dir.path))?;
     Ok(dir)
@@ -80,7 +94,7 @@ pub(crate) fn sweep_stale(local_dir: &Path) -> Vec<PathBuf> {
         let lock_file = entry.path();
         if name.ends_with(PENDING_SUFFIX) {
             // A process killed while creating its lock (no directory yet). Should its creator be
-            // alive, between creating and locking it, its rename fails and the subtask restarts.
+            // alive, between creating and locking it, its lock or rename fails and it retries.
             if File::open(&lock_file).is_ok_and(|f| f.try_lock().is_ok()) {
                 let _ = std::fs::remove_file(&lock_file);
             }
@@ -146,5 +160,23 @@ mod tests {
         std::fs::remove_dir_all(&live.path).unwrap();
         drop(live);
         assert!(!local.path().join("job-live.lock").exists(), "a dropped directory takes its lock file along");
+    }
+
+    #[test]
+    fn concurrent_sweeps_never_break_a_directory_being_created() {
+        let local = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let local = local.path();
+                scope.spawn(move || {
+                    for i in 0..300 {
+                        let dir = create(local.join(format!("job-{t}-{i}"))).expect("create while others sweep");
+                        sweep_stale(local);
+                        assert!(dir.path.is_dir(), "a sweep deleted a live directory");
+                        std::fs::remove_dir_all(&dir.path).unwrap();
+                    }
+                });
+            }
+        });
     }
 }

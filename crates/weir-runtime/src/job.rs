@@ -18,7 +18,7 @@ use weir_core::coordinator::{Action, Coordinator, CoordinatorSettings, FailureRe
 use weir_core::ids::INITIAL_CHECKPOINT_ID;
 use weir_core::metadata::{self, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata};
 use weir_core::shared_state::SharedStateRegistry;
-use weir_core::store::{CompletedCheckpointStore, Retained, RetentionPolicy, Termination};
+use weir_core::store::{CompletedCheckpointStore, Ownership, Retained, RetentionPolicy, Termination};
 use weir_core::{CheckpointId, JobId, OperatorId};
 
 /// Job status, as Flink names it.
@@ -542,8 +542,8 @@ pub fn submit(
             claim_mode,
         });
         // The restored snapshot is the first entry of the store, so a failover before the first
-        // checkpoint recovers from it. In CLAIM mode the job owns it and deletes it once subsumed;
-        // in NO_CLAIM mode it is never deleted.
+        // checkpoint recovers from it. In CLAIM mode the job owns it and deletes it once a later
+        // checkpoint subsumes it (never when the job fails before that); in NO_CLAIM mode never.
         let claimed = claim_mode == ClaimMode::Claim;
         // CLAIM: later checkpoints may reference the snapshot's data files, deleted once unused.
         // NO_CLAIM: the first checkpoint is full and the files are never deleted.
@@ -558,7 +558,7 @@ pub fn submit(
         store.add(Retained {
             id: meta.checkpoint_id,
             is_savepoint: !claimed,
-            owned: claimed,
+            ownership: if claimed { Ownership::Claimed } else { Ownership::User },
             data: Completed { snapshot: snapshot.clone() },
         });
     }
@@ -1030,7 +1030,7 @@ impl Master {
                             let subsumed = self.store.add(Retained {
                                 id,
                                 is_savepoint: false,
-                                owned: true,
+                                ownership: Ownership::Job,
                                 data: Completed { snapshot: Arc::new(snapshot) },
                             });
                             for gone in subsumed {

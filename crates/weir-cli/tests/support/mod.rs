@@ -1,0 +1,201 @@
+//! Helpers shared by the CLI integration tests: the `weir` command with a registry of its own,
+//! the bundled example jobs, waiting, committed output and REST calls.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Weir {
+    pub home: tempfile::TempDir,
+}
+
+impl Weir {
+    pub fn new() -> Weir {
+        let weir = Weir { home: tempfile::tempdir().unwrap() };
+        let examples = Path::new(env!("CARGO_BIN_EXE_weir")).with_file_name("word-count");
+        assert!(
+            examples.exists(),
+            "the bundled examples are built by `cargo test --workspace` (or `cargo build -p weir-examples`)"
+        );
+        weir
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .env("WEIR_HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "weir {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail; returns stdout and stderr together.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(!out.status.success(), "weir {args:?} should have failed");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    pub fn run_detached(&self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        let id = out.lines().find_map(|l| l.strip_prefix("Job has been submitted with JobID ")).expect("job id line");
+        assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        id.to_string()
+    }
+
+    pub fn address(&self, job: &str) -> String {
+        let entry = self.home.path().join("jobs").join(format!("{job}.json"));
+        let v: Value = serde_json::from_slice(&std::fs::read(entry).unwrap()).unwrap();
+        v["address"].as_str().unwrap().to_string()
+    }
+
+    pub fn wait_gone(&self, job: &str) {
+        let entry = self.home.path().join("jobs").join(format!("{job}.json"));
+        wait_for("the job to end", || !entry.exists());
+    }
+}
+
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn append(path: &Path, words: &[&str]) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    for w in words {
+        writeln!(f, r#"{{"word":"{w}","frequency":1}}"#).unwrap();
+    }
+}
+
+pub fn committed(dir: &Path) -> Vec<String> {
+    weir::connectors::FileSink::read_committed(dir).unwrap()
+}
+
+pub fn totals(pairs: &[(&str, u64)]) -> Vec<String> {
+    let mut v: Vec<String> = pairs.iter().map(|(w, n)| format!("WordCount{{word='{w}', frequency={n}}}")).collect();
+    v.sort();
+    v
+}
+
+pub fn savepoint_path(stdout: &str) -> PathBuf {
+    let path =
+        stdout.lines().find_map(|l| l.strip_prefix("Savepoint completed. Path: file:")).expect("savepoint path line");
+    PathBuf::from(path)
+}
+
+pub fn http(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        (_, Some(b)) => agent.post(url).send_json(b),
+        (_, None) => agent.post(url).send_empty(),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Backend {
+    HashMap,
+    RocksDb,
+}
+
+impl Backend {
+    /// `weir run` flags selecting the backend (working files under `dir`).
+    pub fn flags(self, dir: &Path) -> Vec<String> {
+        match self {
+            Backend::HashMap => vec!["-D".into(), "state.backend.type=hashmap".into()],
+            Backend::RocksDb => vec![
+                "-D".into(),
+                "state.backend.type=rocksdb".into(),
+                "-D".into(),
+                format!("state.backend.rocksdb.localdir={}", dir.join("rocksdb").display()),
+            ],
+        }
+    }
+
+    pub fn savepoint_type(self) -> &'static str {
+        match self {
+            Backend::HashMap => "canonical",
+            Backend::RocksDb => "native",
+        }
+    }
+}
+
+/// A bundled example job binary (built beside `weir`).
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_weir")).with_file_name(name)
+}
+
+/// Every file under `dir` with its bytes, to check that something was left exactly as it was.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, &mut out);
+    out
+}
+
+impl Weir {
+    /// Runs keyed-count (10 keys, 2000 records/s) detached with checkpoints under `dir/ck`, lets it
+    /// commit some output, and stops it with a savepoint under `dir/sp`; returns the savepoint.
+    pub fn keyed_count_savepoint(&self, dir: &Path, backend: Backend) -> PathBuf {
+        let out = dir.join("keyed-out");
+        let mut args: Vec<String> = backend.flags(dir);
+        args.extend(
+            [
+                "-D",
+                "execution.checkpointing.interval=100 ms",
+                "-D",
+                &format!("execution.checkpointing.dir={}", dir.join("ck").display()),
+                "keyed-count",
+                "--output",
+                out.to_str().unwrap(),
+                "--count",
+                "100000000",
+                "--keys",
+                "10",
+                "--rate",
+                "2000",
+            ]
+            .map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let job = self.run_detached(&args);
+        wait_for("keyed-count to commit output", || committed(&out).len() >= 50);
+        let sp = dir.join("sp");
+        let stopped =
+            self.ok(&["stop", &job, "--savepoint-path", sp.to_str().unwrap(), "--type", backend.savepoint_type()]);
+        self.wait_gone(&job);
+        savepoint_path(&stopped)
+    }
+}
