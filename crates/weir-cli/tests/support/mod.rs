@@ -199,3 +199,5 @@ impl Weir {
         savepoint_path(&stopped)
     }
 }
+
+pub use weir_examples::keyed_count::expected_output as keyed_count_truth;
