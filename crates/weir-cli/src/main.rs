@@ -136,14 +136,16 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Savepoint { dispose: Some(path), .. } => {
             println!("Disposing savepoint '{}'.", path.display());
-            let running: Vec<(String, PathBuf)> = Registry::default_location()
-                .list()
-                .into_iter()
-                .filter_map(|e| Some((e.id, PathBuf::from(e.checkpoint_dir?))))
-                .collect();
-            weir_runtime::storage::dispose_snapshot(&path, &running)
+            let owned = Registry::default_location().owned_dirs();
+            let disposed = weir_runtime::storage::dispose_snapshot(&path, &owned)
                 .with_context(|| format!("Failed to dispose the savepoint '{}'.", path.display()))?;
             println!("Savepoint '{}' disposed.", path.display());
+            if !disposed.dir_removed {
+                println!(
+                    "Kept the directory '{}': it holds files that are not part of the savepoint.",
+                    disposed.dir.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Savepoint { job_id, target_directory, format, detached, .. } => {

@@ -1,10 +1,13 @@
-//! Nothing Weir does deletes what it does not own: failed restores, claim modes, disposal and the
-//! registry of running jobs, through the job binaries, the CLI and REST.
+//! Nothing Weir does deletes what it does not own, and a snapshot is bound to its files: failed
+//! restores, claim modes, disposal, crafted and mixed-up snapshots, through the job binaries, the
+//! CLI and REST.
 
 mod support;
 
-use std::process::Command;
+use serde_json::json;
+use std::path::{Path, PathBuf};
 use support::*;
+use weir_core::metadata;
 
 /// A CLAIM restore that fails before the new job's first checkpoint leaves the snapshot as it was,
 /// whatever the retention policy.
@@ -17,16 +20,10 @@ fn failed_claim_restore_keeps_the_snapshot(backend: Backend) {
     let unusable = dir.path().join("not-a-directory");
     std::fs::write(&unusable, "x").unwrap();
     for retention in ["NO_EXTERNALIZED_CHECKPOINTS", "DELETE_ON_CANCELLATION", "RETAIN_ON_CANCELLATION"] {
-        let out = Command::new(example("keyed-count"))
-            .args(["-s", savepoint.to_str().unwrap(), "--claim-mode", "claim"])
-            .args(backend.flags(dir.path()))
-            .args(["-D", &format!("execution.checkpointing.externalized-checkpoint-retention={retention}")])
-            .args(["-D", "execution.checkpointing.interval=100 ms"])
-            .args(["-D", &format!("execution.checkpointing.dir={}", dir.path().join("ck2").display())])
-            .args(["--output", unusable.to_str().unwrap(), "--count", "10", "--keys", "2"])
-            .env("WEIR_HOME", weir.home.path())
-            .output()
-            .unwrap();
+        let retention_flag = format!("execution.checkpointing.externalized-checkpoint-retention={retention}");
+        let ck = format!("execution.checkpointing.dir={}", dir.path().join("ck2").display());
+        let extra = ["-D", &retention_flag, "-D", "execution.checkpointing.interval=100 ms", "-D", &ck];
+        let out = weir.keyed_count(dir.path(), backend, Some((&savepoint, "claim")), &extra, &unusable);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{retention}: the job should fail: {stderr}");
         assert!(stderr.contains("could not restore its state and was not started"), "{retention}: {stderr}");
@@ -42,4 +39,132 @@ fn failed_claim_restore_keeps_the_snapshot_hashmap() {
 #[test]
 fn failed_claim_restore_keeps_the_snapshot_rocksdb() {
     failed_claim_restore_keeps_the_snapshot(Backend::RocksDb);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Disposal takes only a snapshot directory or its own `_metadata`, never a symbolic link, and
+/// deletes only `_metadata` and the files it references; a CLAIM restore is held to the same.
+#[test]
+fn disposal_deletes_only_the_snapshot_it_is_given() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (job, _) = weir.start_keyed_count(dir.path(), Backend::HashMap);
+    let savepoint = weir.savepoint(&job, &dir.path().join("sp"), Backend::HashMap);
+    let other = weir.savepoint(&job, &dir.path().join("sp"), Backend::HashMap);
+
+    // A directory of the user's with a copy of _metadata and other files in it.
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    std::fs::copy(savepoint.join("_metadata"), backups.join("backup.meta")).unwrap();
+    std::fs::write(backups.join("notes.txt"), "mine").unwrap();
+    // A directory holding a link to the other savepoint's _metadata.
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(other.join("_metadata"), linked.join("_metadata")).unwrap();
+    std::fs::write(linked.join("notes.txt"), "mine too").unwrap();
+    let untouched = || (tree(&backups), tree(&linked), tree(&other), tree(&savepoint));
+    let before = untouched();
+
+    let err = weir.fails(&["savepoint", "-d", backups.join("backup.meta").to_str().unwrap()]);
+    assert!(err.contains("is not a snapshot's _metadata file"), "{err}");
+    let err = weir.fails(&["savepoint", "-d", linked.join("_metadata").to_str().unwrap()]);
+    assert!(err.contains("symbolic link"), "{err}");
+    let err = weir.fails(&["savepoint", "-d", linked.to_str().unwrap()]);
+    assert!(err.contains("symbolic link"), "{err}");
+    // The same over REST.
+    let base = format!("http://{}", weir.address(&job));
+    for path in [backups.join("backup.meta"), linked.join("_metadata")] {
+        let (status, v) = http("POST", &format!("{base}/savepoint-disposal"), Some(json!({ "savepoint-path": path })));
+        assert_eq!(status, 200);
+        let trigger = v["request-id"].as_str().unwrap();
+        let (_, v) = http("GET", &format!("{base}/savepoint-disposal/{trigger}"), None);
+        assert!(v["operation"]["failure-cause"]["stack-trace"].is_string(), "{v}");
+    }
+    // A CLAIM restore from a file that is not a snapshot's _metadata is refused before start.
+    let out = dir.path().join("claim-out");
+    let claim =
+        weir.keyed_count(dir.path(), Backend::HashMap, Some((&backups.join("backup.meta"), "claim")), &[], &out);
+    let stderr = String::from_utf8_lossy(&claim.stderr);
+    assert!(!claim.status.success() && stderr.contains("is not a snapshot's _metadata file"), "{stderr}");
+    assert_eq!(untouched(), before, "refused disposals and restores delete nothing");
+
+    // A savepoint directory with a file of the user's in it: the savepoint goes, the file stays.
+    std::fs::write(savepoint.join("README"), "written by hand").unwrap();
+    let stdout = weir.ok(&["savepoint", "-d", savepoint.to_str().unwrap()]);
+    assert!(stdout.contains("disposed"), "{stdout}");
+    let left: Vec<PathBuf> = tree(&savepoint).into_keys().collect();
+    assert_eq!(left, vec![savepoint.join("README")]);
+    weir.ok(&["cancel", &job]);
+}
+
+/// Metadata of a snapshot, edited and written back with a valid checksum (as an attacker could).
+fn rewrite_metadata(snapshot: &Path, edit: impl FnOnce(&mut metadata::SnapshotMetadata)) {
+    let file = snapshot.join("_metadata");
+    let mut meta = metadata::decode(&std::fs::read(&file).unwrap(), "m").unwrap();
+    edit(&mut meta);
+    std::fs::write(&file, metadata::encode(&meta).unwrap()).unwrap();
+}
+
+/// A `_metadata` that references a file outside the snapshot (an absolute path, with the right
+/// size and checksum) is refused at load, naming the entry; a CLAIM restore deletes nothing.
+#[test]
+fn a_crafted_reference_outside_the_snapshot_is_refused() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let savepoint = weir.keyed_count_savepoint(dir.path(), Backend::RocksDb);
+    let crafted = dir.path().join("crafted");
+    copy_dir(&savepoint, &crafted);
+    let victim = dir.path().join("victim.sst");
+    let mut entry = String::new();
+    rewrite_metadata(&crafted, |m| {
+        let native = m.operators.iter_mut().flat_map(|o| &mut o.subtasks).find_map(|s| s.native.as_mut()).unwrap();
+        let file = native.files.iter_mut().find(|f| f.name.ends_with(".sst")).unwrap();
+        std::fs::copy(crafted.join(&file.file.path), &victim).unwrap();
+        file.file.path = victim.display().to_string();
+        entry = file.file.path.clone();
+    });
+    let out = dir.path().join("out");
+    let run = weir.keyed_count(dir.path(), Backend::RocksDb, Some((&crafted, "claim")), &[], &out);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("references the file '{entry}' (operator uid 'count'")), "{stderr}");
+    assert!(stderr.contains("outside the snapshot's directory"), "{stderr}");
+    assert!(victim.is_file(), "the file outside the snapshot is untouched");
+    assert!(crafted.join("_metadata").is_file(), "the refused snapshot is untouched");
+}
+
+/// A heap state file copied in from another savepoint of the same job is refused before start,
+/// naming it (its size or checksum differs from what `_metadata` recorded).
+#[test]
+fn a_state_file_from_another_snapshot_is_refused() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (job, out) = weir.start_keyed_count(dir.path(), Backend::HashMap);
+    let first = weir.savepoint(&job, &dir.path().join("sp"), Backend::HashMap);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = weir.savepoint(&job, &dir.path().join("sp"), Backend::HashMap);
+    weir.ok(&["cancel", &job]);
+    let mixed = dir.path().join("mixed");
+    copy_dir(&second, &mixed);
+    let state = std::fs::read_dir(&first)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("keyed-"))
+        .unwrap();
+    let swapped = mixed.join(state.file_name().unwrap());
+    std::fs::copy(&state, &swapped).unwrap();
+    // Restored with the job's own output directory, which the file sink's state refers to.
+    let run = weir.keyed_count(dir.path(), Backend::HashMap, Some((&mixed, "no_claim")), &[], &out);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "a mixed-up snapshot must not restore: {stderr}");
+    assert!(stderr.contains("could not restore its state and was not started"), "{stderr}");
+    assert!(stderr.contains(&swapped.display().to_string()), "the error names the file: {stderr}");
+    assert!(stderr.contains("belongs to another snapshot"), "{stderr}");
 }

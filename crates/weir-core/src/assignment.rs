@@ -317,7 +317,7 @@ mod tests {
                     SubtaskSnapshot {
                         subtask: i,
                         keyed: Some(KeyedStateHandle {
-                            file: StateFileRef { path: format!("f{i}"), size: 1 },
+                            file: StateFileRef { path: format!("f{i}"), size: 1, crc32c: None },
                             key_groups: r,
                             offsets: r.iter().map(u64::from).collect(),
                         }),

@@ -187,13 +187,90 @@ impl KeyedStateHandle {
 }
 
 /// A state file. `path` is relative to the directory holding `_metadata` (so a savepoint, or a
-/// job's whole checkpoint directory, can be moved; shared files of incremental checkpoints are
-/// `../shared/<name>`), or absolute for a file of another job's snapshot that a CLAIM restore
-/// adopted.
+/// job's whole checkpoint directory, can be moved): a file of the snapshot's own directory, or
+/// `../shared/<name>` for a shared file of incremental checkpoints. Nothing else is accepted (see
+/// [`file_scope`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateFileRef {
     pub path: String,
     pub size: u64,
+    /// CRC32C of the whole file, so a file swapped in from another snapshot is refused. Key-group
+    /// files carry it since metadata written by Weir 0.2; native files record theirs in
+    /// [`NativeFile::crc32c`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
+}
+
+/// Where a file a snapshot references lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileScope {
+    /// In the snapshot's own directory (deleted with the snapshot).
+    Snapshot,
+    /// In the `shared/` directory of the job the snapshot belongs to (`../shared/<name>`).
+    JobShared,
+}
+
+/// Which directory a reference points into, or `None` for anything else: absolute paths, `..`
+/// that leaves the snapshot's directory other than into `../shared/`, empty names. A snapshot
+/// whose `_metadata` references such a path is refused, so a crafted `_metadata` can neither read
+/// nor (through CLAIM) delete files outside the snapshot.
+pub fn file_scope(reference: &str) -> Option<FileScope> {
+    if reference.is_empty() || reference.starts_with('/') || reference.contains('\\') || reference.contains('\0') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    let mut ups = 0;
+    for part in reference.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.pop().is_none() => ups += 1,
+            ".." => {}
+            p => parts.push(p),
+        }
+    }
+    match (ups, parts.as_slice()) {
+        (0, [_, ..]) => Some(FileScope::Snapshot),
+        (1, ["shared", _]) => Some(FileScope::JobShared),
+        _ => None,
+    }
+}
+
+impl SnapshotMetadata {
+    /// Every file the snapshot references, with the operator and subtask that references it.
+    pub fn file_references(&self) -> impl Iterator<Item = (&OperatorSnapshot, u32, &StateFileRef)> {
+        self.operators.iter().flat_map(|op| {
+            op.subtasks.iter().flat_map(move |s| {
+                let keyed = s.keyed.iter().map(|k| &k.file);
+                let native = s.native.iter().flat_map(|n| n.files.iter().map(|f| &f.file));
+                keyed.chain(native).map(move |f| (op, s.subtask, f))
+            })
+        })
+    }
+
+    /// Refuses a reference outside the snapshot's directory and its job's `shared/` directory.
+    pub fn check_file_references(&self, path: &str) -> Result<(), MetadataError> {
+        for (op, subtask, file) in self.file_references() {
+            if file_scope(&file.path).is_none() {
+                return Err(MetadataError::ForeignFile {
+                    path: path.to_string(),
+                    operator: op.describe(),
+                    subtask,
+                    file: file.path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OperatorSnapshot {
+    /// `uid 'count' (id …)` or `'Name' (id …)` for messages.
+    pub fn describe(&self) -> String {
+        match &self.uid {
+            Some(uid) => format!("uid '{uid}' (id {})", self.operator_id),
+            None => format!("'{}' (id {})", self.name, self.operator_id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +294,8 @@ pub enum MetadataError {
     Decode { path: String, detail: String },
     #[error("snapshot metadata could not be encoded: {0}")]
     Encode(String),
+    #[error("'{path}' references the file '{file}' (operator {operator}, subtask {subtask}), which is outside the snapshot's directory and its job's shared/ directory; a snapshot references only its own files. The _metadata is damaged or was not written by Weir: restore from another snapshot")]
+    ForeignFile { path: String, operator: String, subtask: u32, file: String },
 }
 
 /// Encodes metadata into the bytes of a `_metadata` file.
@@ -259,8 +338,10 @@ pub fn decode(bytes: &[u8], path: &str) -> Result<SnapshotMetadata, MetadataErro
     if stored != computed || bytes.len() as u64 != total {
         return Err(MetadataError::ChecksumMismatch { path: path_s(), stored, computed });
     }
-    rmp_serde::from_slice(&bytes[HEADER_LEN..end])
-        .map_err(|e| MetadataError::Decode { path: path_s(), detail: e.to_string() })
+    let meta: SnapshotMetadata = rmp_serde::from_slice(&bytes[HEADER_LEN..end])
+        .map_err(|e| MetadataError::Decode { path: path_s(), detail: e.to_string() })?;
+    meta.check_file_references(path)?;
+    Ok(meta)
 }
 
 #[cfg(test)]
@@ -283,7 +364,7 @@ mod tests {
                     subtasks: vec![SubtaskSnapshot {
                         subtask: 0,
                         keyed: Some(KeyedStateHandle {
-                            file: StateFileRef { path: "op-0".into(), size: 100 },
+                            file: StateFileRef { path: "op-0".into(), size: 100, crc32c: Some(7) },
                             key_groups: KeyGroupRange::inclusive(0, 3),
                             offsets: vec![10, 20, 30, 40],
                         }),
@@ -311,7 +392,7 @@ mod tests {
                             states: vec![StateMeta { name: "count".into(), kind: StateKind::Value }],
                             files: vec![NativeFile {
                                 name: "000009.sst".into(),
-                                file: StateFileRef { path: "../shared/abc".into(), size: 4096 },
+                                file: StateFileRef { path: "../shared/abc".into(), size: 4096, crc32c: None },
                                 reusable: true,
                                 crc32c: Some(0xdead_beef),
                             }],
@@ -363,7 +444,7 @@ mod tests {
     #[test]
     fn handle_intersection_keeps_offsets_of_the_common_range() {
         let h = KeyedStateHandle {
-            file: StateFileRef { path: "f".into(), size: 1 },
+            file: StateFileRef { path: "f".into(), size: 1, crc32c: None },
             key_groups: KeyGroupRange::inclusive(4, 9),
             offsets: vec![0, 1, 2, 3, 4, 5],
         };
@@ -371,5 +452,30 @@ mod tests {
         assert_eq!(i.key_groups, KeyGroupRange::inclusive(7, 9));
         assert_eq!(i.offsets, vec![3, 4, 5]);
         assert!(h.intersection(&KeyGroupRange::inclusive(10, 12)).is_none());
+    }
+
+    #[test]
+    fn references_must_stay_in_the_snapshot_or_its_jobs_shared_directory() {
+        use FileScope::*;
+        for (reference, scope) in [
+            ("keyed-1-0", Some(Snapshot)),
+            ("./sub/../keyed", Some(Snapshot)),
+            ("../shared/abc-000009.sst", Some(JobShared)),
+            ("../chk-3/../shared/x", Some(JobShared)),
+            ("/etc/passwd", None),
+            ("../other-savepoint/keyed-1-0", None),
+            ("../shared", None),
+            ("../shared/x/y", None),
+            ("../../shared/x", None),
+            ("..", None),
+            ("", None),
+            ("sub/..", None),
+        ] {
+            assert_eq!(file_scope(reference), scope, "{reference}");
+        }
+        let mut m = sample();
+        m.operators[0].subtasks[0].keyed.as_mut().unwrap().file.path = "/home/user/precious".into();
+        let err = decode(&encode(&m).unwrap(), "/sp/_metadata").unwrap_err().to_string();
+        assert!(err.contains("'/sp/_metadata' references the file '/home/user/precious' (operator uid 'sum'"), "{err}");
     }
 }

@@ -147,6 +147,10 @@ fn referenced(snapshot: &Path) -> BTreeSet<PathBuf> {
     files
 }
 
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
 /// Every file under `dirs` (recursively).
 fn on_disk(dirs: &[PathBuf]) -> BTreeSet<PathBuf> {
     fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -264,8 +268,9 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     job2.handle.wait();
     assert_eq!(on_disk(std::slice::from_ref(&job_dir)), first_job_files, "NO_CLAIM never touches the snapshot");
 
-    // CLAIM: checkpoints reference the claimed snapshot's files; once it is subsumed, only the
-    // files still referenced remain, wherever they live.
+    // CLAIM: the first checkpoint adopts the claimed snapshot's files (hard links into the new
+    // job's shared/ directory, no bytes copied), so every checkpoint references only its own job's
+    // files; once the claimed snapshot is subsumed, only the files still referenced remain.
     let claimed = retained(&job2_dir).pop().unwrap();
     let mut args = sharing(dir.path());
     args.push(("execution.state-recovery.path", claimed.display().to_string()));
@@ -274,9 +279,12 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     wait_for("the claimed job", || job3.handle.status() == weir::JobStatus::Running);
     let first = checkpoint(&job3);
     let job3_dir = job3.handle.checkpoint_job_dir().unwrap().canonicalize().unwrap();
+    let claimed_inodes: BTreeSet<u64> = referenced(&claimed).iter().map(|f| inode(f)).collect();
+    let refs = referenced(&first.location);
+    assert!(refs.iter().all(|f| f.starts_with(&job3_dir)), "CLAIM: checkpoints reference only their job's files");
     assert!(
-        referenced(&first.location).iter().any(|f| f.starts_with(&job2_dir)),
-        "CLAIM: the first checkpoint reuses the claimed snapshot's files"
+        refs.iter().any(|f| claimed_inodes.contains(&inode(f))),
+        "CLAIM: the first checkpoint reuses the claimed snapshot's files (as links)"
     );
     checkpoint(&job3);
     checkpoint(&job3);
@@ -295,12 +303,6 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
         checkpoint(&job3);
         assert_only_referenced_files(&both, &format!("after checkpoint round {round}"));
     }
-    // Compaction runs in the background: once it has rewritten the claimed files, checkpoints
-    // stop referencing them.
-    wait_for("checkpoints to stop referencing job2's files", || {
-        let stats = checkpoint(&job3);
-        !referenced(&stats.location).iter().any(|f| f.starts_with(&job2_dir))
-    });
     assert_only_referenced_files(&both, "after the claimed files were compacted away");
     assert_eq!(retained(&job3_dir).len(), 2);
     let unclaimed = retained(&job2_dir).pop().unwrap();

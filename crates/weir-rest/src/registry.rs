@@ -79,6 +79,12 @@ impl Registry {
         entries
     }
 
+    /// The directories running jobs own, by job id: each one's checkpoint directory. Disposal
+    /// refuses anything inside them.
+    pub fn owned_dirs(&self) -> Vec<(String, PathBuf)> {
+        self.list().into_iter().filter_map(|e| Some((e.id, PathBuf::from(e.checkpoint_dir?)))).collect()
+    }
+
     pub fn find(&self, id: &str) -> Option<RegistryEntry> {
         self.list().into_iter().find(|e| e.id == id)
     }

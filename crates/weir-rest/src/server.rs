@@ -455,13 +455,15 @@ async fn dispose(State(state): State<Arc<AppState>>, body: Option<Json<DisposalR
         return error(StatusCode::BAD_REQUEST, "Field savepoint-path must not be omitted or be null.");
     };
     let path = local_path(&path);
-    let owned: Vec<(String, std::path::PathBuf)> = state
+    // This job's checkpoints, and those of every other running job this machine knows of.
+    let mut owned: Vec<(String, std::path::PathBuf)> = state
         .control
         .checkpoint_job_dir()
         .filter(|_| !state.control.status().is_terminal())
         .map(|d| (state.control.job_id().to_hex(), d))
         .into_iter()
         .collect();
+    owned.extend(crate::Registry::default_location().owned_dirs());
     let outcome = dispose_snapshot(&path, &owned).map(|_| ()).map_err(|e| e.to_string());
     let id = new_trigger_id();
     state.disposals.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), outcome);

@@ -9,7 +9,7 @@
 //! * Canonical: the key groups of the subtask are read from the key-group files into a fresh
 //!   database.
 
-use crate::snapshot::{for_each_chunk, open_read_only, Uploaded};
+use crate::snapshot::{open_read_only, Uploaded};
 use crate::store::{cf_name, prefix_end, scan};
 use crate::{db_err, io_err, BACKEND_NAME};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -152,33 +152,14 @@ fn link_files(native: &ResolvedNativeHandle, dir: &Path) -> Result<(), StateErro
                 ),
             });
         }
+        // RocksDB checks block checksums only when it reads a block, so a damaged file would
+        // fail the job later, half-restored in effect: check every byte before opening.
+        let what = format!("RocksDB file '{}'", file.name);
+        weir_state::checksum::verify_file(source, file.file.size, file.crc32c, &what)?;
         let target = dir.join(&file.name);
         let linked = file.name.ends_with(".sst") && std::fs::hard_link(source, &target).is_ok();
         if !linked {
             std::fs::copy(source, &target).map_err(io_err(source))?;
-        }
-        let damaged = |detail: String| StateError::CorruptFile {
-            path: source.clone(),
-            detail: format!("{detail}; the snapshot is damaged: restore from another checkpoint or savepoint"),
-        };
-        let size = std::fs::metadata(&target).map_err(io_err(&target))?.len();
-        if size != file.file.size {
-            return Err(damaged(format!(
-                "RocksDB file '{}' has {size} bytes, the snapshot recorded {}",
-                file.name, file.file.size
-            )));
-        }
-        // RocksDB checks block checksums only when it reads a block, so a damaged file would
-        // fail the job later, half-restored in effect: check every byte before opening.
-        if let Some(recorded) = file.crc32c {
-            let input = std::fs::File::open(&target).map_err(io_err(&target))?;
-            let (_, computed) = for_each_chunk(input, &target, &mut |_| Ok(()))?;
-            if computed != recorded {
-                return Err(damaged(format!(
-                    "RocksDB file '{}': checksum mismatch (recorded {recorded:08x}, computed {computed:08x})",
-                    file.name
-                )));
-            }
         }
     }
     Ok(())

@@ -14,12 +14,10 @@ use crate::{db_err, io_err, BACKEND_NAME};
 use rocksdb::DB;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use weir_core::metadata::{
-    KeyedStateHandle, NativeFile, NativeStateHandle, SavepointFormat, SnapshotKind, StateFileRef, StateMeta,
-};
+use weir_core::metadata::{NativeFile, NativeStateHandle, SavepointFormat, SnapshotKind, StateFileRef, StateMeta};
 use weir_core::{CheckpointId, KeyGroupRange};
 use weir_state::serialized::{key_group_prefix, write_canonical, RowSource};
 use weir_state::{NewFile, SnapshotFiles, SnapshotRequest, StateError, StoreSnapshot, WrittenKeyedState};
@@ -107,9 +105,12 @@ impl RocksDbSnapshot {
             let sst = is_sst(&file_name);
             if sst && share {
                 if let Some(up) = reusable.get(&file_name) {
-                    let reference = files.reference(&up.path);
+                    let (reference, path) = files.reuse(&up.path).map_err(io_err(&up.path))?;
+                    if path != up.path {
+                        created.push(path.clone());
+                    }
                     handle_files.push(native_file(&file_name, reference, up.size, up.crc32c, true));
-                    uploaded.insert(file_name, up.clone());
+                    uploaded.insert(file_name, Uploaded { path, ..up.clone() });
                     continue;
                 }
             }
@@ -159,16 +160,9 @@ impl RocksDbSnapshot {
         states.sort_by(|a, b| a.name.cmp(&b.name));
         let NewFile { out, reference, path } = files.create_exclusive(name).map_err(StateError::Write)?;
         created.push(path.clone());
-        let (out, offsets, size) = write_canonical(out, self.key_groups, &states, &mut rows)?;
+        let (out, written) = write_canonical(out, self.key_groups, &states, &mut rows)?;
         out.finish().map_err(io_err(&path))?;
-        Ok(WrittenKeyedState {
-            keyed: Some(KeyedStateHandle {
-                file: StateFileRef { path: reference, size },
-                key_groups: self.key_groups,
-                offsets,
-            }),
-            native: None,
-        })
+        Ok(WrittenKeyedState { keyed: Some(written.into_handle(reference, self.key_groups)), native: None })
     }
 }
 
@@ -207,36 +201,16 @@ fn is_sst(file_name: &str) -> bool {
 }
 
 fn native_file(name: &str, reference: String, size: u64, crc32c: Option<u32>, reusable: bool) -> NativeFile {
-    NativeFile { name: name.to_string(), file: StateFileRef { path: reference, size }, reusable, crc32c }
+    NativeFile { name: name.to_string(), file: StateFileRef { path: reference, size, crc32c: None }, reusable, crc32c }
 }
 
 /// Copies `from` into `out`; returns the size and CRC32C of what was copied.
 fn copy_into(from: &Path, mut out: Box<dyn weir_state::StateOutput>, target: &Path) -> Result<(u64, u32), StateError> {
     let input = File::open(from).map_err(io_err(from))?;
-    let (size, crc) = for_each_chunk(input, from, &mut |chunk| out.write_all(chunk).map_err(io_err(target)))?;
+    let (size, crc) =
+        weir_state::checksum::for_each_chunk(input, from, &mut |chunk| out.write_all(chunk).map_err(io_err(target)))?;
     out.finish().map_err(io_err(target))?;
     Ok((size, crc))
-}
-
-/// Reads `input` (at `path`) to its end, giving each chunk to `f`; returns the size and CRC32C.
-pub(crate) fn for_each_chunk(
-    mut input: impl Read,
-    path: &Path,
-    f: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
-) -> Result<(u64, u32), StateError> {
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut size, mut crc) = (0u64, 0u32);
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => return Ok((size, crc)),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(path)(e)),
-        };
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        size += n as u64;
-        f(&buf[..n])?;
-    }
 }
 
 /// Rows of a read-only local checkpoint, by state (in `names` order) and key group.

@@ -40,8 +40,8 @@ impl SnapshotFiles for DirFiles {
     fn create_shared(&self, name: &str) -> io::Result<NewFile> {
         self.create_exclusive(name)
     }
-    fn reference(&self, path: &Path) -> String {
-        path.display().to_string()
+    fn reuse(&self, path: &Path) -> io::Result<(String, std::path::PathBuf)> {
+        Ok((path.display().to_string(), path.to_path_buf()))
     }
 }
 

@@ -552,7 +552,7 @@ pub fn submit(
             // The claim covers the named snapshot only: files that other snapshots beside it
             // (the old job's other retained checkpoints) share with it stay, so those remain
             // restorable. Flink deletes them once unused (only the claimed one stays valid).
-            registry.protect(sibling_snapshots(&snapshot.dir).iter().flat_map(reusable_files));
+            registry.protect(storage::sibling_snapshots(&snapshot.dir).iter().flat_map(reusable_files));
         }
         force_full = !claimed;
         store.add(Retained {
@@ -1068,7 +1068,7 @@ impl Master {
                 with(&self.shared.failed_checkpoints, |n| *n += 1);
                 // A failed snapshot leaves nothing that looks like one.
                 if let Some((loc, _)) = self.locations.remove(&id) {
-                    self.discard(&loc);
+                    self.discard_incomplete(&loc);
                 }
                 if !kind.is_savepoint() {
                     self.delete_unreferenced_shared_files();
@@ -1127,7 +1127,7 @@ impl Master {
                                 }
                             }
                         }
-                        self.discard(&loc);
+                        self.discard_incomplete(&loc);
                     }
                 }
                 (Vec::new(), None)
@@ -1145,9 +1145,7 @@ impl Master {
         }
         let dir = &gone.data.snapshot.dir;
         let keep: HashSet<PathBuf> = self.registry.files().filter(|f| f.starts_with(dir)).cloned().collect();
-        if keep.is_empty() {
-            self.discard(dir);
-        } else if let Err(e) = storage::discard_snapshot_dir_except(dir, &keep) {
+        if let Err(e) = self.storage.discard(&gone.data.snapshot, &keep) {
             tracing::warn!("could not delete {}: {e}", dir.display());
         }
     }
@@ -1188,8 +1186,8 @@ impl Master {
         (full, written)
     }
 
-    fn discard(&self, dir: &std::path::Path) {
-        if let Err(e) = self.storage.discard(dir) {
+    fn discard_incomplete(&self, dir: &std::path::Path) {
+        if let Err(e) = self.storage.discard_incomplete(dir) {
             tracing::warn!("could not delete {}: {e}", dir.display());
         }
     }
@@ -1349,32 +1347,6 @@ fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64
 fn reusable_files(snapshot: &LoadedSnapshot) -> Vec<PathBuf> {
     let files: HashSet<PathBuf> = native_files(snapshot).filter(|f| f.2).map(|f| f.0).collect();
     files.into_iter().collect()
-}
-
-/// The snapshots in the same directory as `dir` (a job's other retained checkpoints). One that
-/// cannot be read is skipped with a warning: it could not be restored either.
-fn sibling_snapshots(dir: &std::path::Path) -> Vec<LoadedSnapshot> {
-    let Some(parent) = dir.parent() else {
-        return Vec::new();
-    };
-    let entries = match std::fs::read_dir(parent) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!("could not list {} for snapshots beside the claimed one: {e}", parent.display());
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-        if path == dir || !path.join(weir_core::metadata::METADATA_FILE_NAME).is_file() {
-            continue;
-        }
-        match load_snapshot(&path) {
-            Ok(s) => out.push(s),
-            Err(e) => tracing::warn!("snapshot {} beside the claimed one is unreadable: {e}", path.display()),
-        }
-    }
-    out
 }
 
 fn snapshot_size(dir: &std::path::Path) -> u64 {

@@ -6,11 +6,12 @@
 //! last through a temporary file, fsync, rename and directory fsync, so a directory without a valid
 //! `_metadata` is never a snapshot.
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use weir_core::metadata::{self, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
+use weir_core::metadata::{self, FileScope, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
 use weir_core::{CheckpointId, JobId};
 
 pub use weir_state::StateOutput;
@@ -25,8 +26,14 @@ pub trait CheckpointStorage: Send + Sync + Debug {
     fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>>;
     /// Atomically writes `_metadata` into `location`.
     fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()>;
-    /// Deletes a snapshot: `_metadata` first, so a half-deleted snapshot is never mistaken for one.
-    fn discard(&self, location: &Path) -> io::Result<()>;
+    /// Deletes a completed snapshot: `_metadata` first, so a half-deleted snapshot is never
+    /// mistaken for one, then the files of its directory that it references, except `keep`
+    /// (files later snapshots still reference), then the directory if that left it empty.
+    /// Nothing it does not reference is touched.
+    fn discard(&self, snapshot: &LoadedSnapshot, keep: &HashSet<PathBuf>) -> io::Result<()>;
+    /// Deletes the directory of a snapshot this job started and that never completed (no
+    /// `_metadata`): everything in it is the job's own partial output.
+    fn discard_incomplete(&self, location: &Path) -> io::Result<()>;
 
     /// Creates a new savepoint directory `savepoint-<first 6 hex of the job id>-<12 hex>` in `target`.
     fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf> {
@@ -56,26 +63,111 @@ pub fn create_savepoint_dir(target: &Path, job: JobId) -> io::Result<PathBuf> {
 pub enum DisposeError {
     #[error("'{0}' is not a savepoint: {1}. Only a directory with a valid _metadata (or that file) can be disposed.")]
     NotASnapshot(PathBuf, LoadError),
-    #[error("'{path}' is a retained checkpoint of job {job_id}, which is still running; it owns that checkpoint. Cancel or stop the job first.")]
+    #[error("'{0}' is a symbolic link; dispose the snapshot at the path it points to, so the snapshot deleted is the one named")]
+    Symlink(PathBuf),
+    #[error("'{path}' belongs to job {job_id}, which is still running and owns it (a retained checkpoint, or a snapshot it restored in CLAIM mode). Cancel or stop the job first.")]
     OwnedByRunningJob { path: PathBuf, job_id: String },
     #[error("Failed to dispose the savepoint '{0}': {1}")]
     Io(PathBuf, io::Error),
 }
 
-/// Disposes a savepoint (or retained checkpoint): `_metadata` first, so it is no longer addressable
-/// even if deleting the data fails half-way; then the rest of its directory.
-/// `running_job_dirs` are the checkpoint directories of running jobs, which own their checkpoints.
-pub fn dispose_snapshot(pointer: &Path, running_job_dirs: &[(String, PathBuf)]) -> Result<PathBuf, DisposeError> {
-    let loaded = load_snapshot(pointer).map_err(|e| DisposeError::NotASnapshot(pointer.to_path_buf(), e))?;
+/// What a disposal deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disposed {
+    pub dir: PathBuf,
+    /// False when the directory holds files the snapshot does not reference: they and the
+    /// directory stay.
+    pub dir_removed: bool,
+}
+
+/// Disposes a savepoint (or retained checkpoint) named by its directory or its `_metadata`:
+/// `_metadata` first, so it is no longer addressable even if deleting the data fails half-way;
+/// then the files it references (a shared file of an incremental checkpoint only when no other
+/// snapshot of its job references it); then its directory, if nothing else is in it.
+/// `owned` are directories that running jobs own (their checkpoint directories, snapshots they
+/// claimed): anything inside them is refused.
+pub fn dispose_snapshot(pointer: &Path, owned: &[(String, PathBuf)]) -> Result<Disposed, DisposeError> {
+    let not_a_snapshot = |e| DisposeError::NotASnapshot(pointer.to_path_buf(), e);
+    if fs::symlink_metadata(pointer).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(DisposeError::Symlink(pointer.to_path_buf()));
+    }
+    let loaded = load_snapshot(pointer).map_err(not_a_snapshot)?;
     let dir = loaded.dir.clone();
-    for (job_id, job_dir) in running_job_dirs {
+    for (job_id, job_dir) in owned {
         let job_dir = fs::canonicalize(job_dir).unwrap_or_else(|_| job_dir.clone());
         if dir.starts_with(&job_dir) {
             return Err(DisposeError::OwnedByRunningJob { path: dir, job_id: job_id.clone() });
         }
     }
-    discard_snapshot_dir(&dir).map_err(|e| DisposeError::Io(dir.clone(), e))?;
-    Ok(dir)
+    let io = |e| DisposeError::Io(dir.clone(), e);
+    let shared: Vec<PathBuf> =
+        loaded.files().filter(|(_, scope)| *scope == FileScope::JobShared).map(|f| f.0).collect();
+    discard_snapshot(&loaded, &HashSet::new()).map_err(io)?;
+    if !shared.is_empty() {
+        let still_used: HashSet<PathBuf> =
+            sibling_snapshots(&dir).iter().flat_map(|s| s.files().map(|f| f.0).collect::<Vec<_>>()).collect();
+        for file in shared.iter().filter(|f| !still_used.contains(*f)) {
+            remove_if_present(file).map_err(io)?;
+        }
+    }
+    Ok(Disposed { dir_removed: !dir.exists(), dir })
+}
+
+/// The snapshots in the same directory as `dir` (a job's other retained checkpoints). One that
+/// cannot be read is skipped with a warning: it could not be restored either.
+pub fn sibling_snapshots(dir: &Path) -> Vec<LoadedSnapshot> {
+    let Some(parent) = dir.parent() else {
+        return Vec::new();
+    };
+    let entries = match fs::read_dir(parent) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("could not list {} for snapshots beside {}: {e}", parent.display(), dir.display());
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if path == dir || !path.join(METADATA_FILE_NAME).is_file() {
+            continue;
+        }
+        match load_snapshot(&path) {
+            Ok(s) => out.push(s),
+            Err(e) => tracing::warn!("snapshot {} beside {} is unreadable: {e}", path.display(), dir.display()),
+        }
+    }
+    out
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// See [`CheckpointStorage::discard`].
+pub fn discard_snapshot(snapshot: &LoadedSnapshot, keep: &HashSet<PathBuf>) -> io::Result<()> {
+    remove_if_present(&snapshot.dir.join(METADATA_FILE_NAME))?;
+    for (file, scope) in snapshot.files() {
+        if scope == FileScope::Snapshot && !keep.contains(&file) {
+            remove_if_present(&file)?;
+        }
+    }
+    match fs::remove_dir(&snapshot.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) if fs::read_dir(&snapshot.dir).is_ok_and(|mut d| d.next().is_some()) => {
+            if keep.is_empty() {
+                tracing::info!(
+                    "kept the directory {}: it holds files the snapshot does not reference",
+                    snapshot.dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,8 +180,10 @@ impl FsCheckpointStorage {
         FsCheckpointStorage { base: base.into() }
     }
 
+    /// `<base>/<job id>`, absolute and without symbolic links once the base exists, so the paths
+    /// of one job's files compare equal however the base was spelled.
     pub fn job_dir(&self, job: JobId) -> PathBuf {
-        self.base.join(job.to_hex())
+        fs::canonicalize(&self.base).unwrap_or_else(|_| self.base.clone()).join(job.to_hex())
     }
 }
 
@@ -115,6 +209,7 @@ impl StateOutput for FsStateOutput {
 
 impl CheckpointStorage for FsCheckpointStorage {
     fn initialize(&self, job: JobId) -> io::Result<PathBuf> {
+        fs::create_dir_all(&self.base)?;
         let dir = self.job_dir(job);
         fs::create_dir_all(dir.join("shared"))?;
         fs::create_dir_all(dir.join("taskowned"))?;
@@ -136,8 +231,15 @@ impl CheckpointStorage for FsCheckpointStorage {
         write_atomically(&location.join(METADATA_FILE_NAME), bytes)
     }
 
-    fn discard(&self, location: &Path) -> io::Result<()> {
-        discard_snapshot_dir(location)
+    fn discard(&self, snapshot: &LoadedSnapshot, keep: &HashSet<PathBuf>) -> io::Result<()> {
+        discard_snapshot(snapshot, keep)
+    }
+
+    fn discard_incomplete(&self, location: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(location) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -153,20 +255,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
-}
-
-/// Deletes `_metadata` first, then the rest of the directory.
-pub fn discard_snapshot_dir(location: &Path) -> io::Result<()> {
-    match fs::remove_file(location.join(METADATA_FILE_NAME)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    match fs::remove_dir_all(location) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 pub use weir_state::snapshot::normalize_path as normalize;
@@ -187,28 +275,6 @@ pub fn delete_file_and_empty_dir(path: &Path) {
     }
 }
 
-/// Deletes a snapshot directory's `_metadata` first, then every other file but `keep` (files later
-/// snapshots still reference); the directory goes with its last kept file.
-pub fn discard_snapshot_dir_except(location: &Path, keep: &std::collections::HashSet<PathBuf>) -> io::Result<()> {
-    match fs::remove_file(location.join(METADATA_FILE_NAME)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    for entry in fs::read_dir(location)? {
-        let path = entry?.path();
-        if keep.contains(&path) {
-            continue;
-        }
-        if path.is_dir() {
-            fs::remove_dir_all(&path)?;
-        } else {
-            fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("Cannot find checkpoint or savepoint file/directory '{0}'. Check the path given to -s.")]
@@ -219,6 +285,10 @@ pub enum LoadError {
     Metadata(#[from] MetadataError),
     #[error("cannot read '{path}': {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("'{0}' is not a snapshot's _metadata file: point at a checkpoint or savepoint directory, or at the _metadata file in it")]
+    NotMetadataFile(PathBuf),
+    #[error("'{0}' is a symbolic link: a snapshot's _metadata must be a regular file in the snapshot's directory; point at the directory the link leads to")]
+    MetadataSymlink(PathBuf),
 }
 
 /// A snapshot loaded from disk: its metadata and the directory relative paths resolve against.
@@ -229,14 +299,17 @@ pub struct LoadedSnapshot {
 }
 
 impl LoadedSnapshot {
-    /// The path of a state file referenced by this snapshot.
+    /// The path of a state file referenced by this snapshot (references are relative and stay in
+    /// the snapshot's directory or its job's `shared/`: `load_snapshot` checked them).
     pub fn resolve(&self, file: &str) -> PathBuf {
-        let p = Path::new(file);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.dir.join(p)
-        }
+        normalize(&self.dir.join(file))
+    }
+
+    /// Every file the snapshot references, resolved, with where it lives.
+    pub fn files(&self) -> impl Iterator<Item = (PathBuf, FileScope)> + '_ {
+        self.metadata
+            .file_references()
+            .filter_map(|(_, _, f)| metadata::file_scope(&f.path).map(|scope| (self.resolve(&f.path), scope)))
     }
 }
 
@@ -251,9 +324,15 @@ pub fn load_snapshot(pointer: &Path) -> Result<LoadedSnapshot, LoadError> {
             return Err(LoadError::NoMetadata(pointer.to_path_buf()));
         }
         (pointer.to_path_buf(), file)
-    } else {
+    } else if pointer.file_name().is_some_and(|n| n == METADATA_FILE_NAME) {
         (pointer.parent().unwrap_or(Path::new(".")).to_path_buf(), pointer.to_path_buf())
+    } else {
+        return Err(LoadError::NotMetadataFile(pointer.to_path_buf()));
     };
+    // A linked _metadata would make the link's directory stand for another snapshot's files.
+    if fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LoadError::MetadataSymlink(file));
+    }
     let bytes = fs::read(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
     let metadata = metadata::decode(&bytes, &file.display().to_string())?;
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
@@ -351,18 +430,107 @@ mod tests {
         assert!(!loc.exists());
     }
 
+    /// Metadata of checkpoint `id` whose one operator references `files` (keyed state handles).
+    fn meta_referencing(id: u64, files: &[&str]) -> Vec<u8> {
+        use weir_core::metadata::{KeyedStateHandle, OperatorSnapshot, StateFileRef, SubtaskSnapshot};
+        let subtasks = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| SubtaskSnapshot {
+                subtask: i as u32,
+                keyed: Some(KeyedStateHandle {
+                    file: StateFileRef { path: f.to_string(), size: 1, crc32c: None },
+                    key_groups: weir_core::KeyGroupRange::inclusive(0, 0),
+                    offsets: vec![0],
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let mut m = SnapshotMetadata {
+            checkpoint_id: id,
+            job_id: "00".repeat(16),
+            kind: SnapshotKind::Checkpoint,
+            timestamp_ms: 0,
+            operators: vec![],
+        };
+        m.operators.push(OperatorSnapshot {
+            operator_id: weir_core::OperatorId::from_uid("op"),
+            uid: Some("op".into()),
+            name: "op".into(),
+            parallelism: files.len() as u32,
+            max_parallelism: 1,
+            subtasks,
+        });
+        metadata::encode(&m).unwrap()
+    }
+
     #[test]
-    fn discard_removes_metadata_and_directory() {
+    fn discard_deletes_only_what_the_snapshot_references() {
         let base = tempfile::tempdir().unwrap();
         let s = FsCheckpointStorage::new(base.path());
         let job = JobId([1; 16]);
         let loc = s.checkpoint_location(job, 1).unwrap();
-        s.write_metadata(&loc, &meta(1)).unwrap();
-        let mut f = s.create_state_file(&loc, "state").unwrap();
-        f.write_all(b"x").unwrap();
-        f.finish().unwrap();
-        s.discard(&loc).unwrap();
-        assert!(!loc.exists());
-        s.discard(&loc).unwrap();
+        s.write_metadata(&loc, &meta_referencing(1, &["state", "kept"])).unwrap();
+        for name in ["state", "kept", "notes.txt"] {
+            fs::write(loc.join(name), b"x").unwrap();
+        }
+        let snapshot = load_snapshot(&loc).unwrap();
+        let keep: HashSet<PathBuf> = [snapshot.resolve("kept")].into();
+        s.discard(&snapshot, &keep).unwrap();
+        let mut left: Vec<_> = fs::read_dir(&loc).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["kept", "notes.txt"], "_metadata and the referenced file go; the rest stays");
+        fs::remove_file(loc.join("notes.txt")).unwrap();
+        s.discard(&snapshot, &HashSet::new()).unwrap();
+        assert!(!loc.exists(), "an emptied directory goes");
+        s.discard(&snapshot, &HashSet::new()).unwrap();
+    }
+
+    #[test]
+    fn dispose_accepts_only_a_snapshot_directory_or_its_own_metadata() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("sp");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("_metadata"), meta_referencing(1, &["state"])).unwrap();
+        fs::write(dir.join("state"), b"x").unwrap();
+        // A copy of _metadata under another name, and a link to it, beside unrelated files.
+        let other = base.path().join("backups");
+        fs::create_dir(&other).unwrap();
+        fs::copy(dir.join("_metadata"), other.join("backup.meta")).unwrap();
+        fs::write(other.join("state"), b"precious").unwrap();
+        let err = dispose_snapshot(&other.join("backup.meta"), &[]).unwrap_err().to_string();
+        assert!(err.contains("is not a snapshot's _metadata file"), "{err}");
+        let linked = base.path().join("linked");
+        fs::create_dir(&linked).unwrap();
+        std::os::unix::fs::symlink(dir.join("_metadata"), linked.join("_metadata")).unwrap();
+        let err = dispose_snapshot(&linked, &[]).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::os::unix::fs::symlink(&dir, base.path().join("dir-link")).unwrap();
+        let err = dispose_snapshot(&base.path().join("dir-link"), &[]).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(other.join("state")).unwrap(), b"precious");
+        assert!(dir.join("_metadata").is_file() && dir.join("state").is_file());
+        let disposed = dispose_snapshot(&dir, &[]).unwrap();
+        assert!(disposed.dir_removed && !dir.exists());
+    }
+
+    #[test]
+    fn disposing_incremental_checkpoints_deletes_shared_files_with_their_last_reference() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path());
+        let job = JobId([5; 16]);
+        let job_dir = s.initialize(job).unwrap();
+        for name in ["a", "b"] {
+            fs::write(job_dir.join("shared").join(name), b"sst").unwrap();
+        }
+        let one = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&one, &meta_referencing(1, &["../shared/a", "../shared/b"])).unwrap();
+        let two = s.checkpoint_location(job, 2).unwrap();
+        s.write_metadata(&two, &meta_referencing(2, &["../shared/b"])).unwrap();
+        dispose_snapshot(&one, &[]).unwrap();
+        assert!(!job_dir.join("shared/a").exists(), "only chk-1 referenced a");
+        assert!(job_dir.join("shared/b").exists(), "chk-2 still references b");
+        dispose_snapshot(&two, &[]).unwrap();
+        assert!(!job_dir.join("shared/b").exists(), "the last reference went");
     }
 }

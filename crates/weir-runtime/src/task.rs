@@ -272,28 +272,41 @@ impl SnapshotFiles for StorageFiles<'_> {
                 std::fs::create_dir_all(dir)?;
                 let out = self.storage.create_state_file(dir, name)?;
                 let path = dir.join(name);
-                Ok(NewFile { out, reference: self.reference(&path), path })
+                let reference = file_reference(self.location, &path)
+                    .ok_or_else(|| std::io::Error::other(format!("{} is outside the job", path.display())))?;
+                Ok(NewFile { out, reference, path })
             }
             None => self.create_exclusive(name),
         }
     }
 
-    fn reference(&self, path: &Path) -> String {
-        file_reference(self.location, path)
+    fn reuse(&self, path: &Path) -> std::io::Result<(String, PathBuf)> {
+        if let Some(reference) = file_reference(self.location, path) {
+            return Ok((reference, path.to_path_buf()));
+        }
+        let Some(shared) = &self.shared else {
+            return Err(std::io::Error::other("a savepoint references no file of another snapshot"));
+        };
+        std::fs::create_dir_all(shared)?;
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let adopted = shared.join(format!("{}-{name}", &unique[..16]));
+        if std::fs::hard_link(path, &adopted).is_err() {
+            std::fs::copy(path, &adopted)?;
+        }
+        let reference = file_reference(self.location, &adopted)
+            .ok_or_else(|| std::io::Error::other(format!("{} is outside the job", adopted.display())))?;
+        Ok((reference, adopted))
     }
 }
 
-/// The reference `_metadata` in `location` records for `path`: relative when `path` lies in the
-/// snapshot's directory or its job's directory (so the job's directory can move as a whole),
-/// absolute otherwise.
-pub(crate) fn file_reference(location: &Path, path: &Path) -> String {
+/// The reference `_metadata` in `location` records for `path`, when `path` lies in the snapshot's
+/// directory or in its job's `shared/` directory: relative, so the job's directory can move as
+/// a whole.
+pub(crate) fn file_reference(location: &Path, path: &Path) -> Option<String> {
     if let Ok(rel) = path.strip_prefix(location) {
-        return rel.display().to_string();
+        return Some(rel.display().to_string());
     }
-    if let Some(job_dir) = location.parent() {
-        if let Ok(rel) = path.strip_prefix(job_dir) {
-            return Path::new("..").join(rel).display().to_string();
-        }
-    }
-    path.display().to_string()
+    let rel = path.strip_prefix(shared_dir(location)).ok()?;
+    Some(Path::new("..").join("shared").join(rel).display().to_string())
 }

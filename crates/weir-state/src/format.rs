@@ -29,39 +29,64 @@ pub struct FileHeader {
     pub states: Vec<StateMeta>,
 }
 
-/// Writes a state file block by block, recording each key group's offset.
+/// Writes a state file block by block, recording each key group's offset and the file's CRC32C.
 pub struct StateFileWriter<W: Write> {
     inner: W,
     written: u64,
     offsets: Vec<u64>,
+    crc: u32,
+}
+
+/// A finished key-group file: where each key group starts, its size and its CRC32C.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    pub offsets: Vec<u64>,
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+impl WrittenFile {
+    /// The `_metadata` handle of this file, recorded as `reference`.
+    pub fn into_handle(self, reference: String, key_groups: KeyGroupRange) -> weir_core::metadata::KeyedStateHandle {
+        weir_core::metadata::KeyedStateHandle {
+            file: weir_core::metadata::StateFileRef { path: reference, size: self.size, crc32c: Some(self.crc32c) },
+            key_groups,
+            offsets: self.offsets,
+        }
+    }
 }
 
 impl<W: Write> StateFileWriter<W> {
-    pub fn new(mut inner: W, header: &FileHeader) -> io::Result<Self> {
+    pub fn new(inner: W, header: &FileHeader) -> io::Result<Self> {
         let head = rmp_serde::to_vec_named(header).map_err(io::Error::other)?;
-        inner.write_all(&KEYED_MAGIC)?;
-        inner.write_all(&KEYED_VERSION.to_be_bytes())?;
-        inner.write_all(&(head.len() as u32).to_be_bytes())?;
-        inner.write_all(&head)?;
-        inner.write_all(&crc32c::crc32c(&head).to_be_bytes())?;
-        let written = 8 + 4 + 4 + head.len() as u64 + 4;
-        Ok(StateFileWriter { inner, written, offsets: Vec::new() })
+        let mut writer = StateFileWriter { inner, written: 0, offsets: Vec::new(), crc: 0 };
+        writer.put(&KEYED_MAGIC)?;
+        writer.put(&KEYED_VERSION.to_be_bytes())?;
+        writer.put(&(head.len() as u32).to_be_bytes())?;
+        writer.put(&head)?;
+        writer.put(&crc32c::crc32c(&head).to_be_bytes())?;
+        Ok(writer)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
     }
 
     /// Writes the next key group's payload (built with [`push_entries`]).
     pub fn write_key_group(&mut self, payload: &[u8]) -> io::Result<()> {
         self.offsets.push(self.written);
-        self.inner.write_all(&(payload.len() as u32).to_be_bytes())?;
-        self.inner.write_all(&crc32c::crc32c(payload).to_be_bytes())?;
-        self.inner.write_all(payload)?;
-        self.written += 8 + payload.len() as u64;
-        Ok(())
+        self.put(&(payload.len() as u32).to_be_bytes())?;
+        self.put(&crc32c::crc32c(payload).to_be_bytes())?;
+        self.put(payload)
     }
 
-    /// Returns the writer, the key-group offsets and the file size.
-    pub fn finish(mut self) -> io::Result<(W, Vec<u64>, u64)> {
+    /// Returns the writer and what was written.
+    pub fn finish(mut self) -> io::Result<(W, WrittenFile)> {
         self.inner.flush()?;
-        Ok((self.inner, self.offsets, self.written))
+        Ok((self.inner, WrittenFile { offsets: self.offsets, size: self.written, crc32c: self.crc }))
     }
 }
 
@@ -166,6 +191,7 @@ pub fn read_key_groups(
     f: &mut KeyGroupSink<'_>,
 ) -> Result<(), StateError> {
     for (path, handle) in files {
+        crate::checksum::verify_file(path, handle.file.size, handle.file.crc32c, "state file")?;
         let mut reader = StateFileReader::open(path)?;
         let states = reader.header().states.clone();
         for (i, kg) in handle.key_groups.iter().enumerate() {
@@ -233,8 +259,10 @@ mod tests {
             push_entries(&mut payload, 0, [(k.as_slice(), v.as_slice())].into_iter());
             w.write_key_group(&payload).unwrap();
         }
-        let (_, offsets, size) = w.finish().unwrap();
-        assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+        let (_, written) = w.finish().unwrap();
+        let offsets = written.offsets;
+        assert_eq!(written.size, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(written.crc32c, crc32c::crc32c(&std::fs::read(&path).unwrap()), "the whole file's checksum");
         let mut r = StateFileReader::open(&path).unwrap();
         assert_eq!(r.header(), &header);
         let kg4 = r.read_key_group(4, offsets[1]).unwrap();

@@ -388,8 +388,8 @@ impl HeapSnapshot {
         self.key_groups
     }
 
-    /// Writes the state file; returns the writer, the key-group offsets and the file size.
-    pub fn write<W: Write>(&self, out: W) -> Result<(W, Vec<u64>, u64), StateError> {
+    /// Writes the state file; returns the writer and what was written.
+    pub fn write<W: Write>(&self, out: W) -> Result<(W, crate::format::WrittenFile), StateError> {
         let header =
             FileHeader { key_groups: self.key_groups, states: self.tables.iter().map(|t| t.meta().clone()).collect() };
         let io = StateError::Write;
@@ -441,13 +441,8 @@ mod tests {
     ) -> (PathBuf, KeyedStateHandle) {
         let path = dir.join(name);
         let snap = frozen(backend);
-        let (_, offsets, size) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
-        let handle = KeyedStateHandle {
-            file: weir_core::metadata::StateFileRef { path: name.into(), size },
-            key_groups: snap.key_groups(),
-            offsets,
-        };
-        (path, handle)
+        let (_, written) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
+        (path, written.into_handle(name.into(), snap.key_groups()))
     }
 
     #[test]
@@ -495,12 +490,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let (_, offsets, size) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
-        let handle = KeyedStateHandle {
-            file: weir_core::metadata::StateFileRef { path: "f".into(), size },
-            key_groups: snap.key_groups(),
-            offsets,
-        };
+        let (_, written) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
+        let handle = written.into_handle("f".into(), snap.key_groups());
         let mut r: KeyedStateBackend<u64> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
         let v = r.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..1000u64 {

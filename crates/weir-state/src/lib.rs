@@ -9,11 +9,13 @@
 //!   `weir-rocksdb` crate), its row layout, and conversion to and from the canonical format.
 //! * [`write_back`]: a write-back cache of hot rows in front of a [`KvStore`].
 //! * [`snapshot`]: the seam with checkpoint storage (files, requests, restored handles).
+//! * [`checksum`]: whole-file sizes and CRC32C, checked before a restore reads a file.
 //! * [`format`]: the key-group-indexed state file (canonical: backend independent, self-describing
 //!   MessagePack values, a CRC32C per key group).
 //! * [`operator`]: operator (non-keyed) list state for sources and sinks.
 
 pub mod backend;
+pub mod checksum;
 pub mod codec;
 pub mod descriptors;
 pub mod error;

@@ -434,7 +434,7 @@ pub fn write_canonical<W: Write>(
     key_groups: KeyGroupRange,
     states: &[StateMeta],
     rows: &mut dyn RowSource,
-) -> Result<(W, Vec<u64>, u64), StateError> {
+) -> Result<(W, crate::format::WrittenFile), StateError> {
     let header = FileHeader { key_groups, states: states.to_vec() };
     let mut writer = StateFileWriter::new(out, &header).map_err(StateError::Write)?;
     let mut payload = Vec::new();

@@ -9,7 +9,7 @@ use crate::error::StateError;
 use crate::heap::HeapSnapshot;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use weir_core::metadata::{KeyedStateHandle, NativeStateHandle, SnapshotKind, StateFileRef};
+use weir_core::metadata::{KeyedStateHandle, NativeStateHandle, SnapshotKind};
 use weir_core::CheckpointId;
 
 /// A state file being written. `finish` makes it durable.
@@ -33,8 +33,12 @@ pub trait SnapshotFiles: Sync {
     /// A file later checkpoints may reference (a checkpoint's `shared/` directory). A savepoint
     /// keeps these with its other files, so it stays self-contained.
     fn create_shared(&self, name: &str) -> io::Result<NewFile>;
-    /// The reference this snapshot records for a file an earlier snapshot uploaded.
-    fn reference(&self, path: &Path) -> String;
+    /// References a file an earlier snapshot uploaded: returns what `_metadata` records and the
+    /// file's path. A file outside the job's own directory (one of a snapshot restored in CLAIM
+    /// mode) is first linked into the job's `shared/` directory (copied where linking is
+    /// impossible), so a snapshot only ever references files of its own directory and its job's
+    /// `shared/` directory.
+    fn reuse(&self, path: &Path) -> io::Result<(String, PathBuf)>;
 }
 
 /// What a barrier asks a backend for.
@@ -75,14 +79,10 @@ impl KeyedSnapshot {
                 }
                 let NewFile { out, reference, path } = files.create_exclusive(name).map_err(StateError::Write)?;
                 let io = |source| StateError::Io { path: path.clone(), source };
-                let (out, offsets, size) = snapshot.write(out)?;
+                let (out, written) = snapshot.write(out)?;
                 out.finish().map_err(io)?;
                 Ok(WrittenKeyedState {
-                    keyed: Some(KeyedStateHandle {
-                        file: StateFileRef { path: reference, size },
-                        key_groups: snapshot.key_groups(),
-                        offsets,
-                    }),
+                    keyed: Some(written.into_handle(reference, snapshot.key_groups())),
                     native: None,
                 })
             }

@@ -166,9 +166,9 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
 }
 
 impl Weir {
-    /// Runs keyed-count (10 keys, 2000 records/s) detached with checkpoints under `dir/ck`, lets it
-    /// commit some output, and stops it with a savepoint under `dir/sp`; returns the savepoint.
-    pub fn keyed_count_savepoint(&self, dir: &Path, backend: Backend) -> PathBuf {
+    /// Starts keyed-count (10 keys, 2000 records/s, checkpoints every 100 ms under `dir/ck`)
+    /// detached, and waits until it has committed output; returns its job id and output directory.
+    pub fn start_keyed_count(&self, dir: &Path, backend: Backend) -> (String, PathBuf) {
         let out = dir.join("keyed-out");
         let mut args: Vec<String> = backend.flags(dir);
         args.extend(
@@ -192,12 +192,48 @@ impl Weir {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let job = self.run_detached(&args);
         wait_for("keyed-count to commit output", || committed(&out).len() >= 50);
+        (job, out)
+    }
+
+    /// Takes a savepoint of a running job into `dir`; returns its path.
+    pub fn savepoint(&self, job: &str, dir: &Path, backend: Backend) -> PathBuf {
+        savepoint_path(&self.ok(&["savepoint", job, dir.to_str().unwrap(), "--type", backend.savepoint_type()]))
+    }
+
+    /// Runs keyed-count as [`Weir::start_keyed_count`] does, and stops it with a savepoint under
+    /// `dir/sp`; returns the savepoint.
+    pub fn keyed_count_savepoint(&self, dir: &Path, backend: Backend) -> PathBuf {
+        let (job, _) = self.start_keyed_count(dir, backend);
         let sp = dir.join("sp");
         let stopped =
             self.ok(&["stop", &job, "--savepoint-path", sp.to_str().unwrap(), "--type", backend.savepoint_type()]);
         self.wait_gone(&job);
         savepoint_path(&stopped)
     }
+
+    /// Runs the keyed-count binary directly (not through `weir run`) to completion: `-s` and
+    /// `--claim-mode` when given, the backend's flags, `extra` flags, then the job's own arguments.
+    pub fn keyed_count(
+        &self,
+        dir: &Path,
+        backend: Backend,
+        restore: Option<(&Path, &str)>,
+        extra: &[&str],
+        out: &Path,
+    ) -> Output {
+        let mut cmd = Command::new(example("keyed-count"));
+        if let Some((snapshot, claim_mode)) = restore {
+            cmd.args(["-s", snapshot.to_str().unwrap(), "--claim-mode", claim_mode]);
+        }
+        cmd.args(backend.flags(dir))
+            .args(extra)
+            .args(["--output", out.to_str().unwrap(), "--count", "10", "--keys", "2"])
+            .env("WEIR_HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
 }
 
+#[allow(unused_imports)]
 pub use weir_examples::keyed_count::expected_output as keyed_count_truth;

@@ -140,8 +140,11 @@ impl CheckpointStorage for FaultyStorage {
         }
         self.inner.write_metadata(location, bytes)
     }
-    fn discard(&self, location: &Path) -> io::Result<()> {
-        self.inner.discard(location)
+    fn discard(&self, snapshot: &weir::LoadedSnapshot, keep: &std::collections::HashSet<PathBuf>) -> io::Result<()> {
+        self.inner.discard(snapshot, keep)
+    }
+    fn discard_incomplete(&self, location: &Path) -> io::Result<()> {
+        self.inner.discard_incomplete(location)
     }
 }
 

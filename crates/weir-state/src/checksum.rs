@@ -1,0 +1,55 @@
+//! Whole-file sizes and CRC32C checksums: `_metadata` records them for every state file, and a
+//! restore checks them before it reads a byte of state, so a damaged file, or one swapped in from
+//! another snapshot, is refused before the job starts.
+
+use crate::error::StateError;
+use std::io::Read;
+use std::path::Path;
+
+/// Reads `input` (at `path`) to its end, giving each chunk to `f`; returns the size and CRC32C.
+pub fn for_each_chunk(
+    mut input: impl Read,
+    path: &Path,
+    f: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+) -> Result<(u64, u32), StateError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut size, mut crc) = (0u64, 0u32);
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok((size, crc)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StateError::Io { path: path.to_path_buf(), source: e }),
+        };
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        size += n as u64;
+        f(&buf[..n])?;
+    }
+}
+
+/// Checks that the file at `path` has the size and (when recorded) the CRC32C that `_metadata`
+/// recorded; `what` names the file in the error ("state file", "RocksDB file '000012.sst'").
+pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> Result<(), StateError> {
+    let io = |source| StateError::Io { path: path.to_path_buf(), source };
+    let damaged = |detail: String| {
+        StateError::CorruptFile {
+        path: path.to_path_buf(),
+        detail: format!(
+            "{detail}; the snapshot is damaged or the file belongs to another snapshot: restore from another checkpoint or savepoint"
+        ),
+    }
+    };
+    let found = std::fs::metadata(path).map_err(io)?.len();
+    if found != size {
+        return Err(damaged(format!("{what} has {found} bytes, the snapshot recorded {size}")));
+    }
+    if let Some(recorded) = crc32c {
+        let (_, computed) = for_each_chunk(std::fs::File::open(path).map_err(io)?, path, &mut |_| Ok(()))?;
+        if computed != recorded {
+            return Err(damaged(format!(
+                "{what}: checksum mismatch (recorded {recorded:08x}, computed {computed:08x})"
+            )));
+        }
+    }
+    Ok(())
+}
