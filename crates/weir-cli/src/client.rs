@@ -49,6 +49,24 @@ impl Client {
         Ok(value)
     }
 
+    /// Checks that the REST API at this address is the job's own: it answers for the job id. A
+    /// stale or forged registry entry can point at another job or another program entirely.
+    pub fn verify(&self) -> Result<()> {
+        let answer = self.json("GET", &format!("/jobs/{}", self.job_id), None);
+        match answer.as_ref().ok().and_then(|v| v["jid"].as_str()) {
+            Some(jid) if jid == self.job_id => Ok(()),
+            _ => bail!(
+                "the REST API at {} does not answer as job {} ({}); the job has ended, or the registry entry or --address is wrong",
+                self.base.trim_start_matches("http://"),
+                self.job_id,
+                match answer {
+                    Ok(v) => format!("it answered {v}"),
+                    Err(e) => e.to_string(),
+                }
+            ),
+        }
+    }
+
     pub fn status(&self) -> Result<String> {
         let v = self.json("GET", &format!("/jobs/{}", self.job_id), None)?;
         v["state"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no state in the answer"))

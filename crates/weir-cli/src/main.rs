@@ -104,7 +104,9 @@ fn client_for(address: &Option<String>, job_id: &str) -> Result<Client> {
             .map(|e| e.address)
             .with_context(|| format!("No running job {job_id} in the registry of running jobs ({}); is it running on this machine? Use --address host:port to reach its REST API directly.", Registry::default_location().dir().display()))?,
     };
-    Ok(Client::new(&address, job_id))
+    let client = Client::new(&address, job_id);
+    client.verify()?;
+    Ok(client)
 }
 
 fn execute(cli: Cli) -> Result<ExitCode> {
@@ -194,7 +196,8 @@ fn list(all: bool) {
     let mut scheduled = Vec::new();
     let mut ended = Vec::new();
     for entry in registry.list() {
-        let status = Client::new(&entry.address, &entry.id).status().unwrap_or_else(|_| "UNREACHABLE".into());
+        let client = Client::new(&entry.address, &entry.id);
+        let status = client.verify().and_then(|_| client.status()).unwrap_or_else(|_| "UNREACHABLE".into());
         let line = format!("{} : {} : {} ({status})", client::format_time(entry.started_ms), entry.id, entry.name);
         match status.as_str() {
             "CREATED" | "INITIALIZING" => scheduled.push(line),

@@ -168,3 +168,75 @@ fn a_state_file_from_another_snapshot_is_refused() {
     assert!(stderr.contains(&swapped.display().to_string()), "the error names the file: {stderr}");
     assert!(stderr.contains("belongs to another snapshot"), "{stderr}");
 }
+
+/// The registry of running jobs is not trusted as written: checkpoint directories are stored
+/// absolute, every running job is checked before a disposal (from the CLI and from any job's
+/// REST API), forged entries are never acted on, and the CLI talks only to a REST API that
+/// answers as the job it asked for.
+#[test]
+fn running_jobs_keep_their_checkpoints_and_forged_registry_entries_are_ignored() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Job B, started from its own directory with a relative checkpoint directory.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir(&b_dir).unwrap();
+    let job_b = weir.run_detached_in(
+        &b_dir,
+        &[
+            "-D",
+            "execution.checkpointing.interval=1 h",
+            "-D",
+            "execution.checkpointing.dir=ck",
+            "keyed-count",
+            "--output",
+            "out",
+            "--count",
+            "100000000",
+            "--keys",
+            "10",
+            "--rate",
+            "2000",
+        ],
+    );
+    // A checkpoint that stays the latest (and only) retained one while the job runs.
+    let stdout = weir.ok(&["checkpoint", &job_b]);
+    let id = stdout.lines().find_map(|l| l.strip_prefix("Checkpoint ")).and_then(|l| l.split(' ').next()).unwrap();
+    let b_checkpoint = b_dir.join("ck").join(&job_b).join(format!("chk-{id}"));
+    assert!(b_checkpoint.join("_metadata").is_file(), "{stdout}");
+    // From another working directory, through the CLI.
+    let err = String::from_utf8_lossy(
+        &weir.cmd_in(dir.path(), &["savepoint", "--dispose", b_checkpoint.to_str().unwrap()]).stderr,
+    )
+    .to_string();
+    assert!(err.contains(&format!("belongs to job {job_b}, which is still running")), "{err}");
+    // Through another job's REST API.
+    let (job_a, _) = weir.start_keyed_count(dir.path(), Backend::HashMap);
+    let base_a = format!("http://{}", weir.address(&job_a));
+    let (_, v) = http("POST", &format!("{base_a}/savepoint-disposal"), Some(json!({ "savepoint-path": b_checkpoint })));
+    let (_, v) = http("GET", &format!("{base_a}/savepoint-disposal/{}", v["request-id"].as_str().unwrap()), None);
+    let cause = v["operation"]["failure-cause"]["stack-trace"].as_str().unwrap_or_default().to_string();
+    assert!(cause.contains(&format!("belongs to job {job_b}")), "{v}");
+    assert!(b_checkpoint.join("_metadata").is_file(), "job B's checkpoint is untouched");
+
+    // A forged entry whose id walks out of the registry, with a dead pid.
+    let jobs = weir.home.path().join("jobs");
+    std::fs::write(weir.home.path().join("victim.json"), "mine").unwrap();
+    let forged =
+        json!({ "id": "../victim", "name": "x", "pid": 999_999_999u32, "address": "127.0.0.1:1", "started_ms": 0 });
+    std::fs::write(jobs.join("forged.json"), forged.to_string()).unwrap();
+    let listed = weir.ok(&["list"]);
+    assert!(listed.contains(&job_a) && listed.contains(&job_b), "{listed}");
+    assert!(weir.home.path().join("victim.json").exists(), "weir list deletes nothing outside the registry");
+    // A well-formed entry of a job that does not exist, pointing at job A's live process and REST.
+    let phantom = "0123456789abcdef0123456789abcdef";
+    let entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(jobs.join(format!("{job_a}.json"))).unwrap()).unwrap();
+    let mut impostor = entry.clone();
+    impostor["id"] = json!(phantom);
+    std::fs::write(jobs.join(format!("{phantom}.json")), impostor.to_string()).unwrap();
+    let err = weir.fails(&["savepoint", phantom, dir.path().join("sp").to_str().unwrap()]);
+    assert!(err.contains(&format!("does not answer as job {phantom}")), "{err}");
+    assert!(!dir.path().join("sp").exists(), "no savepoint was taken of another job");
+    weir.ok(&["cancel", &job_a]);
+    weir.ok(&["cancel", &job_b]);
+}

@@ -1,6 +1,12 @@
 //! The local registry of running jobs: one JSON file per job in `$WEIR_HOME/jobs/` (default
 //! `~/.weir/jobs/`), written when a job's REST server is up and removed when it ends. Entries of
 //! processes that no longer exist (a killed job) are ignored and pruned.
+//!
+//! The registry is a directory anyone with access can write to, so nothing in it is trusted: an
+//! entry counts only when its file is `<id>.json` for a well-formed job id, its paths are absolute
+//! and its address is a socket address; pruning deletes only the entry file that was read; and
+//! the CLI checks that the REST API at a registered address answers as the registered job before
+//! it uses it.
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -15,9 +21,26 @@ pub struct RegistryEntry {
     pub address: String,
     /// Milliseconds since the Unix epoch.
     pub started_ms: u64,
-    /// `<execution.checkpointing.dir>/<job-id>`: the job owns the checkpoints in it while running.
+    /// `<execution.checkpointing.dir>/<job-id>`, absolute: the job owns the checkpoints in it
+    /// while running.
     #[serde(default)]
     pub checkpoint_dir: Option<String>,
+}
+
+impl RegistryEntry {
+    /// Why the entry cannot be trusted, if it cannot.
+    fn defect(&self) -> Option<String> {
+        if weir_core::JobId::parse(&self.id).is_none() || self.id != self.id.to_ascii_lowercase() {
+            return Some(format!("job id '{}' is not 32 lowercase hex characters", self.id));
+        }
+        if self.address.parse::<std::net::SocketAddr>().is_err() {
+            return Some(format!("address '{}' is not host:port", self.address));
+        }
+        if let Some(dir) = self.checkpoint_dir.as_deref().filter(|d| !Path::new(d).is_absolute()) {
+            return Some(format!("checkpoint directory '{dir}' is not an absolute path"));
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -55,26 +78,40 @@ impl Registry {
     }
 
     pub fn unregister(&self, id: &str) {
-        let _ = std::fs::remove_file(self.path(id));
+        if weir_core::JobId::parse(id).is_some() {
+            let _ = std::fs::remove_file(self.path(id));
+        }
     }
 
-    /// Entries of live processes, oldest first; entries of dead processes are removed.
+    /// Entries of live processes, oldest first; entries of dead processes are removed. Entries
+    /// that are not well-formed are skipped (and logged), never acted on.
     pub fn list(&self) -> Vec<RegistryEntry> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut entries: Vec<RegistryEntry> = rd
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name().to_string_lossy().ends_with(".json") && !e.file_name().to_string_lossy().starts_with('.')
-            })
-            .filter_map(|e| serde_json::from_slice::<RegistryEntry>(&std::fs::read(e.path()).ok()?).ok())
-            .filter(|entry| {
-                let alive = process_alive(entry.pid);
-                if !alive {
-                    self.unregister(&entry.id);
-                }
-                alive
-            })
-            .collect();
+        let mut entries = Vec::new();
+        for file in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let Some(stem) = file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if stem.starts_with('.') {
+                continue; // being written
+            }
+            let Some(entry) = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<RegistryEntry>(&b).ok())
+            else {
+                tracing::warn!("ignoring {}: not a registry entry", file.display());
+                continue;
+            };
+            if let Some(defect) =
+                entry.defect().or_else(|| (entry.id != stem).then(|| "file name differs from job id".into()))
+            {
+                tracing::warn!("ignoring the registry entry {}: {defect}", file.display());
+                continue;
+            }
+            if process_alive(entry.pid) {
+                entries.push(entry);
+            } else {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
         entries.sort_by_key(|e| e.started_ms);
         entries
     }
@@ -90,12 +127,13 @@ impl Registry {
     }
 }
 
+/// Whether a process with this id exists (`kill(pid, 0)`: it exists unless the answer is "no
+/// such process"). An entry whose process is alive is still verified through its REST API.
 fn process_alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped) is not alive either.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+        return false;
+    };
+    !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
 #[cfg(test)]
@@ -122,5 +160,29 @@ mod tests {
         assert_eq!(r.find(&me.id), Some(me.clone()));
         r.unregister(&me.id);
         assert!(r.list().is_empty());
+    }
+
+    #[test]
+    fn malformed_entries_are_ignored_and_never_acted_on() {
+        let home = tempfile::tempdir().unwrap();
+        let r = Registry::at(home.path().join("jobs"));
+        std::fs::create_dir_all(r.dir()).unwrap();
+        std::fs::write(home.path().join("victim.json"), "mine").unwrap();
+        let dead = |id: &str| RegistryEntry {
+            id: id.into(),
+            name: "forged".into(),
+            pid: u32::MAX - 1,
+            address: "127.0.0.1:1".into(),
+            started_ms: 0,
+            checkpoint_dir: None,
+        };
+        // An id that walks out of the registry, under a file name of its own.
+        std::fs::write(r.dir().join("forged.json"), serde_json::to_vec(&dead("../victim")).unwrap()).unwrap();
+        let relative = RegistryEntry { checkpoint_dir: Some("ck/abc".into()), ..dead(&"c".repeat(32)) };
+        std::fs::write(r.dir().join(format!("{}.json", relative.id)), serde_json::to_vec(&relative).unwrap()).unwrap();
+        assert!(r.list().is_empty());
+        r.unregister("../victim");
+        assert!(home.path().join("victim.json").exists(), "nothing outside the registry is deleted");
+        assert!(r.dir().join("forged.json").exists(), "a malformed entry is left for a human to look at");
     }
 }

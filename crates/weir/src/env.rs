@@ -312,7 +312,9 @@ impl Registered {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            checkpoint_dir: handle.checkpoint_job_dir().map(|d| d.display().to_string()),
+            checkpoint_dir: handle
+                .checkpoint_job_dir()
+                .map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string()),
         };
         if let Err(e) = registry.register(&entry) {
             tracing::warn!(

@@ -24,8 +24,14 @@ impl Weir {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Output {
+        self.cmd_in(Path::new("."), args)
+    }
+
+    /// Runs `weir` with `cwd` as its working directory.
+    pub fn cmd_in(&self, cwd: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(args)
+            .current_dir(cwd)
             .env("WEIR_HOME", self.home.path())
             .env("RUST_LOG", "warn")
             .output()
@@ -52,9 +58,16 @@ impl Weir {
     }
 
     pub fn run_detached(&self, args: &[&str]) -> String {
+        self.run_detached_in(Path::new("."), args)
+    }
+
+    /// `weir run -d ARGS` in `cwd`; returns the job id.
+    pub fn run_detached_in(&self, cwd: &Path, args: &[&str]) -> String {
         let mut all = vec!["run", "-d"];
         all.extend_from_slice(args);
-        let out = self.ok(&all);
+        let out = self.cmd_in(cwd, &all);
+        assert!(out.status.success(), "weir {all:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = String::from_utf8(out.stdout).unwrap();
         let id = out.lines().find_map(|l| l.strip_prefix("Job has been submitted with JobID ")).expect("job id line");
         assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
         id.to_string()
