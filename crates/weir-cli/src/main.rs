@@ -45,10 +45,12 @@ enum Command {
     /// Triggers a savepoint of a running job, or disposes of one with --dispose.
     Savepoint {
         job_id: Option<String>,
-        /// Target directory (default: execution.checkpointing.savepoint-dir of the job).
+        /// Target directory, a path or file: URI (default: execution.checkpointing.savepoint-dir
+        /// of the job).
+        #[arg(value_parser = parse_location)]
         target_directory: Option<PathBuf>,
-        /// Deletes the savepoint at this path.
-        #[arg(short = 'd', long, conflicts_with_all = ["job_id", "target_directory"])]
+        /// Deletes the savepoint at this path or file: URI.
+        #[arg(short = 'd', long, conflicts_with_all = ["job_id", "target_directory"], value_parser = parse_location)]
         dispose: Option<PathBuf>,
         /// canonical (backend-independent) or native.
         #[arg(short = 't', long = "type", default_value = "canonical")]
@@ -60,8 +62,9 @@ enum Command {
     /// Stops a job with a savepoint: sources stop, the savepoint commits the sinks, the job finishes.
     Stop {
         job_id: String,
-        /// Target directory (default: execution.checkpointing.savepoint-dir of the job).
-        #[arg(short = 'p', long = "savepoint-path", visible_alias = "savepointPath")]
+        /// Target directory, a path or file: URI (default: execution.checkpointing.savepoint-dir
+        /// of the job).
+        #[arg(short = 'p', long = "savepoint-path", visible_alias = "savepointPath", value_parser = parse_location)]
         savepoint_path: Option<PathBuf>,
         /// End the inputs first (end-of-input hooks run), then take the savepoint; for a job that
         /// will not be resumed.
@@ -85,6 +88,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A path or a `file:` URI, as Weir prints locations.
+fn parse_location(value: &str) -> Result<PathBuf, String> {
+    weir_core::location::parse(value).map_err(|e| e.to_string())
 }
 
 fn parse_format(format: &str) -> Result<&'static str> {

@@ -67,9 +67,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             break e;
         }
         if let Some(status) = child.try_wait()? {
-            let output = log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+            let Some(log) = &log else {
+                // Attached: the job wrote its error to this terminal (stderr is shared).
+                bail!("the job exited ({status}) before it was running; its error is printed above");
+            };
+            let output = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = output.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("the job exited ({status}) before it was running:\n{}", tail.join("\n"));
+            bail!("the job exited ({status}) before it was running (log: {}):\n{}", log.display(), tail.join("\n"));
         }
         if Instant::now() > deadline {
             bail!("the job (pid {pid}) did not register within 60 s in {}", registry.dir().display());

@@ -310,3 +310,60 @@ fn dispose_through_the_cli() {
     ]);
     assert!(err.contains("claim mode LEGACY is not supported"), "{err}");
 }
+
+/// What Weir prints, Weir accepts: the `file:` paths `weir savepoint` prints paste into `run -s`,
+/// `--dispose` and savepoint targets, in every spelling of a local `file:` URI.
+#[test]
+fn printed_paths_paste_back() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (job, out) = weir.start_keyed_count(dir.path(), Backend::HashMap);
+    let target = dir.path().join("sp");
+    // A file:/// target is the directory it names, not a directory called "file:".
+    let stdout = weir.ok(&["savepoint", &job, &format!("file://{}", target.display())]);
+    let printed = stdout.lines().find_map(|l| l.strip_prefix("Savepoint completed. Path: ")).unwrap().to_string();
+    assert!(printed.starts_with(&format!("file:{}/savepoint-", target.display())), "{printed}");
+    assert!(!Path::new("file:").exists() && !dir.path().join("file:").exists());
+    let stdout = weir.ok(&["stop", &job, "-p", &format!("file:{}", target.display())]);
+    let stopped = stdout.lines().find_map(|l| l.strip_prefix("Savepoint completed. Path: ")).unwrap().to_string();
+    weir.wait_gone(&job);
+
+    // Restore from the printed path, attached and detached.
+    let job2 = weir.run_detached(&[
+        "-s",
+        &stopped,
+        "keyed-count",
+        "--output",
+        out.to_str().unwrap(),
+        "--count",
+        "100000000",
+        "--keys",
+        "10",
+        "--rate",
+        "2000",
+    ]);
+    weir.ok(&["cancel", &job2]);
+    let refused = weir.fails(&[
+        "run",
+        "-s",
+        "file://elsewhere/sp",
+        "keyed-count",
+        "--output",
+        "o",
+        "--count",
+        "1",
+        "--keys",
+        "1",
+    ]);
+    assert!(refused.contains("names the host 'elsewhere'"), "{refused}");
+    assert!(refused.contains("its error is printed above"), "{refused}");
+
+    // Dispose by the printed path, and by the file:/// spelling.
+    let stdout = weir.ok(&["savepoint", "--dispose", &printed]);
+    assert!(stdout.contains("disposed"), "{stdout}");
+    let path = stopped.strip_prefix("file:").unwrap();
+    weir.ok(&["savepoint", "--dispose", &format!("file://{path}")]);
+    assert!(!Path::new(path).exists());
+    let err = weir.fails(&["savepoint", "--dispose", "s3://bucket/savepoint-1"]);
+    assert!(err.contains("uses the s3: scheme"), "{err}");
+}

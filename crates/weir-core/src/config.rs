@@ -14,6 +14,8 @@ pub enum ValueType {
     Bool,
     Duration,
     Text,
+    /// A local directory or file: a path or a `file:` URI (see [`crate::location`]).
+    Location,
     /// Bytes, with Flink's units: `64 mb`, `1gb`, `512 kb`, `4096`.
     MemorySize,
     /// A number between 0 and 1.
@@ -79,8 +81,8 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: CHECKPOINT_MAX_CONCURRENT, deprecated: &[], ty: ValueType::Int, default: Some("1"), doc: "Checkpoints in flight at once; Weir supports 1." },
     KeyDef { name: CHECKPOINT_TOLERABLE_FAILURES, deprecated: &[], ty: ValueType::Int, default: Some("0"), doc: "Consecutive counted checkpoint failures tolerated before the job fails." },
     KeyDef { name: CHECKPOINT_NUM_RETAINED, deprecated: &["state.checkpoints.num-retained"], ty: ValueType::Int, default: Some("1"), doc: "Completed checkpoints kept; older ones are subsumed and deleted." },
-    KeyDef { name: CHECKPOINT_DIR, deprecated: &["state.checkpoints.dir", "state.backend.fs.checkpointdir"], ty: ValueType::Text, default: None, doc: "Directory for checkpoints: <dir>/<job-id>/{chk-<n>,shared,taskowned}." },
-    KeyDef { name: SAVEPOINT_DIR, deprecated: &["state.savepoints.dir"], ty: ValueType::Text, default: None, doc: "Default target directory of savepoints." },
+    KeyDef { name: CHECKPOINT_DIR, deprecated: &["state.checkpoints.dir", "state.backend.fs.checkpointdir"], ty: ValueType::Location, default: None, doc: "Directory for checkpoints: <dir>/<job-id>/{chk-<n>,shared,taskowned}." },
+    KeyDef { name: SAVEPOINT_DIR, deprecated: &["state.savepoints.dir"], ty: ValueType::Location, default: None, doc: "Default target directory of savepoints." },
     KeyDef { name: CHECKPOINT_RETENTION, deprecated: &[], ty: ValueType::Enum(&["NO_EXTERNALIZED_CHECKPOINTS", "DELETE_ON_CANCELLATION", "RETAIN_ON_CANCELLATION"]), default: Some("NO_EXTERNALIZED_CHECKPOINTS"), doc: "What happens to retained checkpoints when the job ends." },
     KeyDef { name: CHECKPOINT_MODE, deprecated: &[], ty: ValueType::Enum(&["EXACTLY_ONCE"]), default: Some("EXACTLY_ONCE"), doc: "Checkpointing mode; Weir aligns barriers, so only EXACTLY_ONCE." },
     KeyDef { name: CHECKPOINT_INCREMENTAL, deprecated: &["state.backend.incremental"], ty: ValueType::Bool, default: Some("false"), doc: "Incremental checkpoints (rocksdb backend): a checkpoint uploads only the data files the previous one lacks and references the rest." },
@@ -90,7 +92,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: ROCKSDB_WRITE_BUFFER_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.5"), doc: "Share of RocksDB's part of the memory budget given to write buffers (memtables); the rest is block cache." },
     KeyDef { name: ROCKSDB_WRITE_BACK_CACHE_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.25"), doc: "Share of the fixed-per-slot budget given to the write-back cache of value and reducing state in front of RocksDB (Weir-specific); 0 disables it." },
     KeyDef { name: ROCKSDB_WRITE_BUFFER_SIZE, deprecated: &[], ty: ValueType::MemorySize, default: None, doc: "Size of one memtable; unset derives it from the write-buffer budget, at most 4 mb. Larger memtables flush less often (fewer, larger SST files: fewer compactions between incremental checkpoints)." },
-    KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Text, default: None, doc: "Snapshot to restore from (`-s`)." },
+    KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Location, default: None, doc: "Snapshot to restore from (`-s`)." },
     KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },
     KeyDef { name: RECOVERY_IGNORE_UNCLAIMED, deprecated: &["execution.savepoint.ignore-unclaimed-state"], ty: ValueType::Bool, default: Some("false"), doc: "Skip snapshot state that maps to no operator (`-n`)." },
     KeyDef { name: RESTART_STRATEGY, deprecated: &["restart-strategy"], ty: ValueType::Enum(&["none", "disable", "off", "fixed-delay", "fixeddelay"]), default: None, doc: "Restart strategy; unset means fixed-delay when checkpointing is enabled and none otherwise." },
@@ -198,6 +200,11 @@ impl Configuration {
         self.values.get(key).map(String::as_str).or_else(|| find_key(key).and_then(|(d, _)| d.default))
     }
 
+    /// A location key's local path (`file:` URIs resolved); values were checked when set.
+    pub fn get_location(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.get_str(key).and_then(|v| crate::location::parse(&v).ok())
+    }
+
     pub fn get_str(&self, key: &str) -> Option<String> {
         self.raw(key).map(str::to_string)
     }
@@ -245,6 +252,7 @@ fn validate(def: &KeyDef, value: &str) -> Result<(), String> {
         ValueType::Duration => parse_duration(value).map(|_| ()),
         ValueType::MemorySize => parse_memory_size(value).map(|_| ()),
         ValueType::Fraction => parse_fraction(value).map(|_| ()),
+        ValueType::Location => crate::location::parse(value).map(|_| ()).map_err(|e| e.to_string()),
         ValueType::Text => {
             if value.is_empty() {
                 Err("expected a non-empty value".to_string())

@@ -2,7 +2,7 @@
 //!
 //! Everything in this crate is a plain function or data structure: key-group arithmetic, operator-id
 //! hashing, configuration parsing, the `_metadata` codec, the checkpoint coordinator's decisions, the
-//! completed-checkpoint store and state assignment on restore. None of it starts a thread, reads a
+//! completed-checkpoint store, state assignment on restore, and the locations users type. None of it starts a thread, reads a
 //! clock or touches a file, so all of it is unit- and property-tested directly. The runtime calls it
 //! and performs the I/O the decisions ask for.
 
@@ -11,6 +11,7 @@ pub mod config;
 pub mod coordinator;
 pub mod ids;
 pub mod key_group;
+pub mod location;
 pub mod metadata;
 pub mod operator_id;
 pub mod shared_state;

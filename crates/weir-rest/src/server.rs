@@ -161,8 +161,8 @@ fn parse_format(format: Option<&str>) -> Result<SavepointFormat, ApiError> {
 }
 
 /// A path as clients give it: plain, or a `file:` URI as Weir reports locations.
-fn local_path(path: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(path.strip_prefix("file:").unwrap_or(path))
+fn local_path(path: &str) -> Result<std::path::PathBuf, weir_core::location::LocationError> {
+    weir_core::location::parse(path)
 }
 
 fn new_trigger_id() -> String {
@@ -251,7 +251,10 @@ async fn trigger_savepoint(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let target = req.target_directory.as_deref().map(local_path);
+    let target = match req.target_directory.as_deref().map(local_path).transpose() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let control = state.control.clone();
     trigger(
         &state,
@@ -287,7 +290,10 @@ async fn stop(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let target = req.target_directory.as_deref().map(local_path);
+    let target = match req.target_directory.as_deref().map(local_path).transpose() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let control = state.control.clone();
     let drain = req.drain;
     trigger(
@@ -324,7 +330,7 @@ fn operation_status(state: &AppState, job: &str, trigger: &str, kind: TriggerKin
         Operation::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
         Operation::Completed { checkpoint_id, location } => match kind {
             TriggerKind::Savepoint => {
-                json!({ "status": { "id": "COMPLETED" }, "operation": { "location": format!("file:{}", location.display()) } })
+                json!({ "status": { "id": "COMPLETED" }, "operation": { "location": weir_core::location::to_uri(&location) } })
             }
             TriggerKind::Checkpoint => {
                 json!({ "status": { "id": "COMPLETED" }, "operation": { "checkpointId": checkpoint_id } })
@@ -413,7 +419,7 @@ fn stats_json(s: &CheckpointStats) -> Value {
         "state_size": s.state_size,
         "checkpointed_size": s.state_size,
         "end_to_end_duration": s.duration.as_millis() as u64,
-        "external_path": format!("file:{}", s.location.display()),
+        "external_path": weir_core::location::to_uri(&s.location),
     })
 }
 
@@ -427,7 +433,7 @@ async fn checkpoint_statistics(State(state): State<Arc<AppState>>, Path(job): Pa
     let latest_checkpoint = completed.iter().rev().find(|s| !s.kind.is_savepoint()).map(stats_json);
     let latest_savepoint = completed.iter().rev().find(|s| s.kind.is_savepoint()).map(stats_json);
     let restored = c.restored_from().map(|r| {
-        json!({ "id": r.checkpoint_id, "is_savepoint": r.is_savepoint, "external_path": format!("file:{}", r.path.display()) })
+        json!({ "id": r.checkpoint_id, "is_savepoint": r.is_savepoint, "external_path": weir_core::location::to_uri(&r.path) })
     });
     let history: Vec<Value> = completed.iter().rev().take(10).map(stats_json).collect();
     Json(json!({
@@ -454,7 +460,10 @@ async fn dispose(State(state): State<Arc<AppState>>, body: Option<Json<DisposalR
     let Some(path) = body.and_then(|Json(b)| b.savepoint_path) else {
         return error(StatusCode::BAD_REQUEST, "Field savepoint-path must not be omitted or be null.");
     };
-    let path = local_path(&path);
+    let path = match local_path(&path) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     // This job's checkpoints, and those of every other running job this machine knows of.
     let mut owned: Vec<(String, std::path::PathBuf)> = state
         .control

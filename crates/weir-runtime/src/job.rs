@@ -497,7 +497,7 @@ pub fn submit(
 ) -> Result<JobHandle, JobError> {
     let settings = Settings::from_config(config)?;
     let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-    let checkpoint_dir = config.get_str(keys::CHECKPOINT_DIR).map(PathBuf::from);
+    let checkpoint_dir = config.get_location(keys::CHECKPOINT_DIR);
     let (storage, has_checkpoint_dir): (Arc<dyn CheckpointStorage>, bool) = match (storage, &checkpoint_dir) {
         (Some(s), _) => (s, true),
         (None, Some(dir)) => (Arc::new(FsCheckpointStorage::new(dir)), true),
@@ -523,9 +523,9 @@ pub fn submit(
     let mut restored = None;
     let mut registry = SharedStateRegistry::default();
     let mut force_full = false;
-    if let Some(path) = config.get_str(keys::RECOVERY_PATH) {
+    if let Some(path) = config.get_location(keys::RECOVERY_PATH) {
         let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
-        let snapshot = Arc::new(load_snapshot(std::path::Path::new(&path))?);
+        let snapshot = Arc::new(load_snapshot(&path)?);
         validate_restore(&mut graph, &snapshot, allow)?;
         let meta = &snapshot.metadata;
         tracing::info!(
@@ -567,7 +567,7 @@ pub fn submit(
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         name: name.to_string(),
-        savepoint_dir: config.get_str(keys::SAVEPOINT_DIR).map(PathBuf::from),
+        savepoint_dir: config.get_location(keys::SAVEPOINT_DIR),
         job_dir,
         restored: restored.clone(),
         ..Shared::default()
