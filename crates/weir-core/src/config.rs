@@ -20,6 +20,8 @@ pub enum ValueType {
     MemorySize,
     /// A number between 0 and 1.
     Fraction,
+    /// A number of at least 1 (a growth factor).
+    Multiplier,
     Enum(&'static [&'static str]),
 }
 
@@ -61,6 +63,12 @@ pub mod keys {
     pub const RESTART_STRATEGY: &str = "restart-strategy.type";
     pub const RESTART_ATTEMPTS: &str = "restart-strategy.fixed-delay.attempts";
     pub const RESTART_DELAY: &str = "restart-strategy.fixed-delay.delay";
+    pub const RESTART_INITIAL_BACKOFF: &str = "restart-strategy.exponential-delay.initial-backoff";
+    pub const RESTART_MAX_BACKOFF: &str = "restart-strategy.exponential-delay.max-backoff";
+    pub const RESTART_BACKOFF_MULTIPLIER: &str = "restart-strategy.exponential-delay.backoff-multiplier";
+    pub const RESTART_RESET_THRESHOLD: &str = "restart-strategy.exponential-delay.reset-backoff-threshold";
+    pub const RESTART_JITTER: &str = "restart-strategy.exponential-delay.jitter-factor";
+    pub const RESTART_ATTEMPTS_BEFORE_RESET: &str = "restart-strategy.exponential-delay.attempts-before-reset-backoff";
     pub const REST_PORT: &str = "rest.port";
     pub const REST_BIND_ADDRESS: &str = "rest.bind-address";
     pub const REST_ENABLED: &str = "weir.rest.enabled";
@@ -95,9 +103,15 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Location, default: None, doc: "Snapshot to restore from (`-s`)." },
     KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },
     KeyDef { name: RECOVERY_IGNORE_UNCLAIMED, deprecated: &["execution.savepoint.ignore-unclaimed-state"], ty: ValueType::Bool, default: Some("false"), doc: "Skip snapshot state that maps to no operator (`-n`)." },
-    KeyDef { name: RESTART_STRATEGY, deprecated: &["restart-strategy"], ty: ValueType::Enum(&["none", "disable", "off", "fixed-delay", "fixeddelay"]), default: None, doc: "Restart strategy; unset means fixed-delay when checkpointing is enabled and none otherwise." },
-    KeyDef { name: RESTART_ATTEMPTS, deprecated: &[], ty: ValueType::Int, default: None, doc: "Restart attempts of fixed-delay; unset means unlimited when checkpointing is enabled (as Flink), 1 otherwise." },
-    KeyDef { name: RESTART_DELAY, deprecated: &[], ty: ValueType::Duration, default: Some("1 s"), doc: "Delay between restart attempts." },
+    KeyDef { name: RESTART_STRATEGY, deprecated: &["restart-strategy"], ty: ValueType::Enum(&["none", "disable", "off", "fixed-delay", "fixeddelay", "exponential-delay", "exponentialdelay"]), default: None, doc: "Restart strategy; unset means exponential-delay when checkpointing is enabled and none otherwise (as Flink 2.x). Failures a restart cannot fix fail the job at once whatever the strategy." },
+    KeyDef { name: RESTART_ATTEMPTS, deprecated: &[], ty: ValueType::Int, default: Some("1"), doc: "Restart attempts of fixed-delay." },
+    KeyDef { name: RESTART_DELAY, deprecated: &[], ty: ValueType::Duration, default: Some("1 s"), doc: "Delay between restart attempts of fixed-delay." },
+    KeyDef { name: RESTART_INITIAL_BACKOFF, deprecated: &[], ty: ValueType::Duration, default: Some("1 s"), doc: "exponential-delay: delay before the first restart (and after a reset)." },
+    KeyDef { name: RESTART_MAX_BACKOFF, deprecated: &[], ty: ValueType::Duration, default: Some("1 min"), doc: "exponential-delay: the longest delay between restarts." },
+    KeyDef { name: RESTART_BACKOFF_MULTIPLIER, deprecated: &[], ty: ValueType::Multiplier, default: Some("1.5"), doc: "exponential-delay: factor by which the delay grows after each failure." },
+    KeyDef { name: RESTART_RESET_THRESHOLD, deprecated: &[], ty: ValueType::Duration, default: Some("1 h"), doc: "exponential-delay: a failure this long after the previous one starts again from the initial backoff." },
+    KeyDef { name: RESTART_JITTER, deprecated: &[], ty: ValueType::Fraction, default: Some("0.1"), doc: "exponential-delay: each delay varies randomly by up to this fraction of itself." },
+    KeyDef { name: RESTART_ATTEMPTS_BEFORE_RESET, deprecated: &[], ty: ValueType::Int, default: None, doc: "exponential-delay: restarts allowed between two resets; unset means unlimited." },
     KeyDef { name: REST_PORT, deprecated: &[], ty: ValueType::Int, default: Some("0"), doc: "Port of the job's REST API; 0 picks a free port (the weir CLI finds it through the registry of running jobs)." },
     KeyDef { name: REST_BIND_ADDRESS, deprecated: &[], ty: ValueType::Text, default: Some("127.0.0.1"), doc: "Address the REST API binds to; loopback by default." },
     KeyDef { name: REST_ENABLED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Whether the job serves its REST API and registers in the local registry of running jobs (Weir-specific)." },
@@ -225,6 +239,10 @@ impl Configuration {
         self.raw(key).and_then(|v| parse_fraction(v).ok())
     }
 
+    pub fn get_multiplier(&self, key: &str) -> Option<f64> {
+        self.raw(key).and_then(|v| parse_multiplier(v).ok())
+    }
+
     pub fn get_duration(&self, key: &str) -> Option<Duration> {
         self.raw(key).and_then(|v| parse_duration(v).ok())
     }
@@ -252,6 +270,7 @@ fn validate(def: &KeyDef, value: &str) -> Result<(), String> {
         ValueType::Duration => parse_duration(value).map(|_| ()),
         ValueType::MemorySize => parse_memory_size(value).map(|_| ()),
         ValueType::Fraction => parse_fraction(value).map(|_| ()),
+        ValueType::Multiplier => parse_multiplier(value).map(|_| ()),
         ValueType::Location => crate::location::parse(value).map(|_| ()).map_err(|e| e.to_string()),
         ValueType::Text => {
             if value.is_empty() {
@@ -392,6 +411,13 @@ pub fn parse_memory_size(text: &str) -> Result<u64, String> {
         other => return Err(format!("unknown memory unit '{other}' in '{text}'")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("memory size '{text}' is too large"))
+}
+
+fn parse_multiplier(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 1.0 => Ok(f),
+        _ => Err(format!("expected a number of at least 1, found '{text}'")),
+    }
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {

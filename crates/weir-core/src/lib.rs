@@ -14,6 +14,7 @@ pub mod key_group;
 pub mod location;
 pub mod metadata;
 pub mod operator_id;
+pub mod restart;
 pub mod shared_state;
 pub mod store;
 

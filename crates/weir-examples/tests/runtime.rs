@@ -204,3 +204,65 @@ fn an_expired_checkpoint_fails_over_at_tolerable_zero_and_the_job_recovers() {
     assert!(failed_checkpoints >= 1, "the slow checkpoint must have expired");
     assert_eq!(outcome.restarts, 1, "tolerable failures 0: the expiry fails the job over once");
 }
+
+/// Fails once, at the first record after `armed` is set.
+#[derive(Clone)]
+struct FailOnceArmed {
+    armed: Arc<AtomicBool>,
+    fired: Arc<AtomicBool>,
+}
+
+impl SinkFunction<u64> for FailOnceArmed {
+    fn invoke(&mut self, _: u64) -> Result<(), BoxError> {
+        if self.armed.load(Ordering::SeqCst) && !self.fired.swap(true, Ordering::SeqCst) {
+            return Err("injected: one failure".into());
+        }
+        Ok(())
+    }
+}
+
+/// Committed output a consumer moved away cannot be committed again after a failover: the job
+/// fails at once with the file named, instead of failing over again and again (with the default
+/// restart strategy, which would otherwise back off and retry forever).
+#[test]
+fn a_failure_a_restart_cannot_fix_fails_the_job_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, moved) = (dir.path().join("out"), dir.path().join("consumed"));
+    std::fs::create_dir(&moved).unwrap();
+    let env = StreamEnv::with_config(config(&[
+        ("execution.checkpointing.interval", "50 ms"),
+        ("execution.checkpointing.dir", dir.path().join("ck").to_str().unwrap()),
+    ]));
+    let fail = FailOnceArmed { armed: Arc::default(), fired: Arc::default() };
+    let numbers = env.source(GeneratorSource::counter().with_rate(2000.0)).uid("numbers");
+    numbers.clone().sink(fail.clone()).uid("maybe-fail");
+    numbers.sink(weir::connectors::FileSink::new(&out)).uid("sink");
+    let handle = env.execute_async("consumer-moves-output").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let part_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&out)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("part-"))
+            .collect()
+    };
+    while part_files().len() < 3 {
+        assert!(Instant::now() < deadline, "no committed output");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A consumer takes every committed file, then the job fails over.
+    for f in part_files() {
+        std::fs::rename(&f, moved.join(f.file_name().unwrap())).unwrap();
+    }
+    fail.armed.store(true, Ordering::SeqCst);
+    while !handle.status().is_terminal() {
+        assert!(Instant::now() < deadline, "the job keeps restarting ({} restarts)", handle.restarts());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let outcome = handle.wait();
+    assert_eq!(outcome.status, JobStatus::Failed);
+    let cause = outcome.failure.unwrap();
+    assert!(cause.contains("a restart cannot fix this") && cause.contains("committed file"), "{cause}");
+    assert_eq!(outcome.restarts, 1, "one restart for the injected failure, none for the missing file");
+}

@@ -1,5 +1,5 @@
-//! The word-count example through its binary: bounded, and following a file across a kill -9 and a
-//! restore from the latest retained checkpoint.
+//! The word-count example through its binary: bounded, following a file across a kill -9 and a
+//! restore from the latest retained checkpoint, and failures a restart cannot fix.
 
 mod common;
 
@@ -110,4 +110,70 @@ fn followed_file_survives_kill_and_restore_from_checkpoint() {
         "WordCount{word='a', frequency=3}",
     ];
     assert_eq!(committed(&out), sorted(&expected), "the lines after the checkpoint are read exactly once");
+}
+
+/// Waits for a process at most `secs` seconds; kills it and fails the test if it is still running
+/// (a job that restarts forever).
+fn wait_at_most(mut child: Child, secs: u64, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{what}: still running after {secs} s (restarting over and over?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A restored read offset beyond the end of a bounded input cannot heal by restarting: the job
+/// fails at once and says why, instead of restarting every second forever.
+#[test]
+fn a_bounded_input_shorter_than_the_restored_offset_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out, ck) = (dir.path().join("in.jsonl"), dir.path().join("out"), dir.path().join("ck"));
+    append(&input, &["a", "b", "a", "b", "a"]);
+    let mut job = word_count(&[
+        "-D",
+        "execution.checkpointing.interval=50 ms",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--checkpoints",
+        ck.to_str().unwrap(),
+        "--quiet",
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for("all five totals", || committed(&out).len() == 5);
+    std::thread::sleep(Duration::from_millis(200));
+    job.kill().unwrap();
+    job.wait().unwrap();
+    let job_dir = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
+    let (_, latest) = weir::latest_checkpoint(&job_dir).expect("a retained checkpoint");
+    let short = dir.path().join("short.jsonl");
+    append(&short, &["a"]);
+    let child = word_count(&[
+        "-s",
+        latest.to_str().unwrap(),
+        "--input",
+        short.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--bounded",
+        "--checkpoints",
+        ck.to_str().unwrap(),
+        "--quiet",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let output = wait_at_most(child, 60, "word-count over a shorter input");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("is shorter") && stderr.contains("restored read offset"), "{stderr}");
+    assert!(stderr.contains("a restart cannot fix this"), "{stderr}");
 }

@@ -17,6 +17,7 @@ use weir_core::config::{keys, Configuration};
 use weir_core::coordinator::{Action, Coordinator, CoordinatorSettings, FailureReason, TaskKey};
 use weir_core::ids::INITIAL_CHECKPOINT_ID;
 use weir_core::metadata::{self, OperatorSnapshot, SavepointFormat, SnapshotKind, SnapshotMetadata};
+use weir_core::restart::{ExponentialDelay, RestartBackoff, RestartDecision, RestartStrategy};
 use weir_core::shared_state::SharedStateRegistry;
 use weir_core::store::{CompletedCheckpointStore, Ownership, Retained, RetentionPolicy, Termination};
 use weir_core::{CheckpointId, JobId, OperatorId};
@@ -374,7 +375,7 @@ pub enum MasterMsg {
         attempt: u32,
         task: TaskKey,
         error: String,
-        restore: bool,
+        kind: FailureKind,
     },
     /// `stop`: `None` for an intermediate savepoint, `Some(drain)` for stop-with-savepoint.
     TriggerSavepoint {
@@ -389,16 +390,21 @@ pub enum MasterMsg {
     Cancel,
 }
 
+/// What a task failure means for the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A restart may fix it: the restart strategy decides.
+    Recoverable,
+    /// Restoring state failed; restarting reads the same snapshot again.
+    Restore,
+    /// A restart cannot fix it (the input or the environment must change): the job fails at once.
+    Unrecoverable,
+}
+
 /// The state every operator subtask restores, computed once per deployment.
 pub struct RestorePlan {
     pub snapshot: Arc<LoadedSnapshot>,
     pub operators: HashMap<OperatorId, Vec<SubtaskAssignment>>,
-}
-
-#[derive(Debug, Clone)]
-struct RestartStrategy {
-    max_attempts: u32,
-    delay: Duration,
 }
 
 /// The job's settings, read from configuration once.
@@ -456,18 +462,15 @@ impl Settings {
             .get_enum(keys::CHECKPOINT_RETENTION)
             .and_then(RetentionPolicy::from_config_value)
             .unwrap_or(RetentionPolicy::NeverRetainAfterTermination);
-        let strategy = c.get_enum(keys::RESTART_STRATEGY);
-        let restart = match strategy {
-            Some("none") | Some("disable") | Some("off") => RestartStrategy { max_attempts: 0, delay: Duration::ZERO },
-            Some(_) => RestartStrategy {
-                max_attempts: c.get_int(keys::RESTART_ATTEMPTS).unwrap_or(1).max(0) as u32,
+        let restart = match c.get_enum(keys::RESTART_STRATEGY) {
+            Some("none" | "disable" | "off") => RestartStrategy::None,
+            Some("fixed-delay" | "fixeddelay") => RestartStrategy::FixedDelay {
+                attempts: c.get_int(keys::RESTART_ATTEMPTS).unwrap_or(1).clamp(0, u32::MAX as i64) as u32,
                 delay: c.get_duration(keys::RESTART_DELAY).unwrap_or(Duration::from_secs(1)),
             },
-            None if interval.is_some() => RestartStrategy {
-                max_attempts: c.get_int(keys::RESTART_ATTEMPTS).map(|a| a.max(0) as u32).unwrap_or(u32::MAX),
-                delay: c.get_duration(keys::RESTART_DELAY).unwrap_or(Duration::from_secs(1)),
-            },
-            None => RestartStrategy { max_attempts: 0, delay: Duration::ZERO },
+            Some(_) => RestartStrategy::ExponentialDelay(exponential_delay(c)),
+            None if interval.is_some() => RestartStrategy::ExponentialDelay(exponential_delay(c)),
+            None => RestartStrategy::None,
         };
         Ok(Settings {
             coordinator: CoordinatorSettings {
@@ -482,6 +485,21 @@ impl Settings {
             batch_size: c.get_int(keys::BATCH_SIZE).unwrap_or(1024).clamp(1, 1 << 20) as usize,
             channel_capacity: c.get_int(keys::CHANNEL_CAPACITY).unwrap_or(16).clamp(1, 1 << 16) as usize,
         })
+    }
+}
+
+fn exponential_delay(c: &Configuration) -> ExponentialDelay {
+    let d = ExponentialDelay::default();
+    ExponentialDelay {
+        initial_backoff: c.get_duration(keys::RESTART_INITIAL_BACKOFF).unwrap_or(d.initial_backoff),
+        max_backoff: c.get_duration(keys::RESTART_MAX_BACKOFF).unwrap_or(d.max_backoff),
+        multiplier: c.get_multiplier(keys::RESTART_BACKOFF_MULTIPLIER).unwrap_or(d.multiplier),
+        reset_backoff_threshold: c.get_duration(keys::RESTART_RESET_THRESHOLD).unwrap_or(d.reset_backoff_threshold),
+        jitter_factor: c.get_fraction(keys::RESTART_JITTER).unwrap_or(d.jitter_factor),
+        attempts_before_reset: c
+            .get_int(keys::RESTART_ATTEMPTS_BEFORE_RESET)
+            .map(|a| a.clamp(0, u32::MAX as i64) as u32)
+            .unwrap_or(d.attempts_before_reset),
     }
 }
 
@@ -576,6 +594,7 @@ pub fn submit(
     if force_full {
         coordinator.force_full_checkpoints();
     }
+    let restart = RestartBackoff::new(settings.restart.clone());
     let master = Master {
         job_id,
         name: name.to_string(),
@@ -597,6 +616,7 @@ pub fn submit(
         clock: Instant::now(),
         attempt: 0,
         restarts: 0,
+        restart,
         tasks: Vec::new(),
         locations: HashMap::new(),
         exhausted: HashSet::new(),
@@ -692,6 +712,7 @@ struct Master {
     clock: Instant,
     attempt: u32,
     restarts: u32,
+    restart: RestartBackoff,
     tasks: Vec<DeployedTask>,
     /// Directory and trigger time of each pending snapshot.
     locations: HashMap<CheckpointId, (PathBuf, Instant)>,
@@ -702,7 +723,7 @@ struct Master {
 
 enum Step {
     Continue,
-    Failover { cause: String, restore: bool },
+    Failover { cause: String, kind: FailureKind },
     End(JobStatus, Option<String>),
 }
 
@@ -721,27 +742,29 @@ impl Master {
             match self.deploy_and_run() {
                 Step::End(status, failure) => break (status, failure),
                 Step::Continue => continue,
-                Step::Failover { cause, restore } => {
+                Step::Failover { cause, kind } => {
                     tracing::warn!("Job {} ({}) failed: {cause}", self.name, self.job_id);
                     let actions = self.coordinator.abort_all(FailureReason::TaskFailure);
                     self.execute_all(actions);
                     self.stop_tasks();
-                    if restore && self.restored_from_snapshot && !self.completed_since_start {
+                    if kind == FailureKind::Restore && self.restored_from_snapshot && !self.completed_since_start {
                         break (
                             JobStatus::Failed,
                             Some(format!("the job could not restore its state and was not started: {cause}")),
                         );
                     }
-                    if self.restarts >= self.settings.restart.max_attempts {
-                        let why = if self.settings.restart.max_attempts == 0 {
-                            "no restart strategy is configured (set restart-strategy.type: fixed-delay, or enable checkpointing)".to_string()
-                        } else {
-                            format!("restart attempts exhausted ({})", self.settings.restart.max_attempts)
-                        };
-                        break (JobStatus::Failed, Some(format!("{cause} ({why})")));
+                    if kind == FailureKind::Unrecoverable {
+                        break (JobStatus::Failed, Some(format!("{cause} (a restart cannot fix this; not restarted)")));
                     }
+                    // Jitter only needs to differ between jobs and failures; uuid's generator is at hand.
+                    let random = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
+                    let delay = match self.restart.on_failure(wall_clock_ms(), random) {
+                        RestartDecision::RestartAfter(delay) => delay,
+                        RestartDecision::GiveUp(why) => break (JobStatus::Failed, Some(format!("{cause} ({why})"))),
+                    };
                     self.set_status(JobStatus::Restarting);
-                    if self.wait_or_cancel(self.settings.restart.delay) {
+                    tracing::info!("Restarting job {} in {} ms.", self.job_id, delay.as_millis());
+                    if self.wait_or_cancel(delay) {
                         break (JobStatus::Canceled, None);
                     }
                     self.restarts += 1;
@@ -815,8 +838,10 @@ impl Master {
                 }
                 // Any failure while tasks restore and open counts as a failed restore: retrying reads
                 // the same snapshot again.
-                Ok(MasterMsg::TaskFailed { attempt, error, .. }) if attempt == self.attempt => {
-                    return Step::Failover { cause: error, restore: true };
+                Ok(MasterMsg::TaskFailed { attempt, error, kind, .. }) if attempt == self.attempt => {
+                    // Unless it says a restart cannot fix it, it is a failed restore.
+                    let kind = if kind == FailureKind::Unrecoverable { kind } else { FailureKind::Restore };
+                    return Step::Failover { cause: error, kind };
                 }
                 Ok(MasterMsg::Cancel) => {
                     self.stop_tasks();
@@ -908,8 +933,8 @@ impl Master {
                 }
                 Step::Continue
             }
-            MasterMsg::TaskFailed { attempt, error, restore, .. } if attempt == current => {
-                Step::Failover { cause: error, restore }
+            MasterMsg::TaskFailed { attempt, error, kind, .. } if attempt == current => {
+                Step::Failover { cause: error, kind }
             }
             MasterMsg::TriggerSavepoint { token, target, format, stop } => {
                 let now = self.now();
@@ -1085,7 +1110,7 @@ impl Master {
                         if drain {
                             // The inputs already ended: the job cannot simply resume.
                             let cause = format!("stop with --drain failed: {}", reason.message());
-                            step = Some(Step::Failover { cause, restore: false });
+                            step = Some(Step::Failover { cause, kind: FailureKind::Recoverable });
                         } else {
                             // The stop failed: the job keeps running, with periodic checkpoints.
                             let now = self.now();
@@ -1132,7 +1157,9 @@ impl Master {
                 }
                 (Vec::new(), None)
             }
-            Action::FailJob { message } => (Vec::new(), Some(Step::Failover { cause: message, restore: false })),
+            Action::FailJob { message } => {
+                (Vec::new(), Some(Step::Failover { cause: message, kind: FailureKind::Recoverable }))
+            }
         }
     }
 

@@ -18,6 +18,10 @@ pub enum TaskError {
     /// An error returned by user code, with the operator that raised it.
     #[error("operator '{operator}': {message}")]
     User { operator: String, message: String },
+    /// A failure that restarting cannot fix (bad input, a missing committed file): the job fails
+    /// at once instead of restarting.
+    #[error("operator '{operator}': {message}")]
+    Unrecoverable { operator: String, message: String },
     /// Restored state could not be read or decoded.
     #[error("restoring operator '{operator}': {source}")]
     Restore { operator: String, source: StateError },

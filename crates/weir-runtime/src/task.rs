@@ -7,7 +7,7 @@
 
 use crate::channel::InputEnd;
 use crate::graph::{Instance, JobGraph};
-use crate::job::{MasterMsg, RestorePlan};
+use crate::job::{FailureKind, MasterMsg, RestorePlan};
 use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
 use crate::storage::CheckpointStorage;
 use crossbeam_channel::{Receiver, Sender};
@@ -53,14 +53,18 @@ pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
             Ok(Ok(InputEnd::Finished)) => MasterMsg::TaskFinished { attempt, task: key },
             Ok(Ok(InputEnd::Canceled)) => MasterMsg::TaskCanceled { attempt, task: key },
             Ok(Err(e)) => {
-                let restore = matches!(e, TaskError::Restore { .. });
-                MasterMsg::TaskFailed { attempt, task: key, error: format!("{name}: {e}"), restore }
+                let kind = match e {
+                    TaskError::Restore { .. } => FailureKind::Restore,
+                    TaskError::Unrecoverable { .. } => FailureKind::Unrecoverable,
+                    _ => FailureKind::Recoverable,
+                };
+                MasterMsg::TaskFailed { attempt, task: key, error: format!("{name}: {e}"), kind }
             }
             Err(panic) => MasterMsg::TaskFailed {
                 attempt,
                 task: key,
                 error: format!("{name} panicked: {}", panic_message(&panic)),
-                restore: false,
+                kind: FailureKind::Recoverable,
             },
         };
         let _ = master.send(msg);

@@ -13,6 +13,19 @@ use weir_state::{
 /// The error type user functions return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A failure that restarting the job cannot fix (bad input, a file that is gone): returned by a
+/// function, it fails the job at once, whatever the restart strategy, instead of restarting it
+/// again and again. Flink's equivalent is `SuppressRestartsException`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrecoverable(pub String);
+
+impl Unrecoverable {
+    pub fn boxed(message: impl Into<String>) -> BoxError {
+        Box::new(Unrecoverable(message.into()))
+    }
+}
+
 /// Where a function emits records. Errors from downstream are kept and raised once the function
 /// returns, so `collect` needs no `?`.
 pub struct Collector<'a, T> {

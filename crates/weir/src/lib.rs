@@ -31,7 +31,7 @@ pub use env::{JobFlags, StreamEnv};
 pub use error::Error;
 pub use functions::{
     BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
-    SourceFunction, SourcePoll,
+    SourceFunction, SourcePoll, Unrecoverable,
 };
 pub use stream::{DataStream, KeyedStream, SinkStream};
 

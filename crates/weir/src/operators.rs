@@ -16,8 +16,12 @@ use weir_runtime::{ChainEvent, Control, Output, SnapshotCapture, SourceRunner, T
 use weir_state::{Key, KeyedStateBackend, OperatorStateSnapshot, OperatorStateStore, StoreContext};
 
 fn user_error(operator: &str, e: BoxError) -> TaskError {
-    match e.downcast::<TaskError>() {
-        Ok(task_error) => *task_error,
+    let e = match e.downcast::<TaskError>() {
+        Ok(task_error) => return *task_error,
+        Err(e) => e,
+    };
+    match e.downcast::<crate::functions::Unrecoverable>() {
+        Ok(u) => TaskError::Unrecoverable { operator: operator.to_string(), message: u.0 },
         Err(e) => TaskError::User { operator: operator.to_string(), message: e.to_string() },
     }
 }

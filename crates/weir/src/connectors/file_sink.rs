@@ -9,7 +9,7 @@
 //! The pending list is union state: after a rescale every subtask sees all of it and commits the
 //! files whose writer index maps to it.
 
-use crate::functions::{put_list, BoxError, SinkContext, SinkFunction};
+use crate::functions::{put_list, BoxError, SinkContext, SinkFunction, Unrecoverable};
 use serde::{Deserialize, Serialize};
 use std::fmt::Display;
 use std::fs::{self, File};
@@ -109,13 +109,14 @@ impl FileSink {
         match fs::rename(&pending, &target) {
             Ok(()) => Ok(()),
             Err(_) if target.exists() => Ok(()),
-            Err(e) => Err(format!(
-                "cannot commit '{}' (checkpoint {}): {e}; the pending output of a completed snapshot is missing. \
-                 If the sink's output directory changed since the snapshot, restore with the original one",
+            Err(e) => Err(Unrecoverable::boxed(format!(
+                "cannot commit '{}' (checkpoint {}): {e}; neither it nor the committed file '{}' exists, so output of a completed snapshot is missing. \
+                 If the sink's output directory changed since the snapshot, restore with the original one; \
+                 a consumer that moves committed files away must leave them until the next checkpoint completes",
                 pending.display(),
-                file.checkpoint_id
-            )
-            .into()),
+                file.checkpoint_id,
+                target.display()
+            ))),
         }
     }
 

@@ -4,7 +4,7 @@
 //! after it. Only subtask 0 reads; the file is one partition. The offset is union state, so it
 //! reaches subtask 0 whatever the parallelism at restore.
 
-use crate::functions::{put_list, BoxError, Collector, SourceContext, SourceFunction, SourcePoll};
+use crate::functions::{put_list, BoxError, Collector, SourceContext, SourceFunction, SourcePoll, Unrecoverable};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -59,12 +59,11 @@ impl FileSource {
         };
         let len = file.metadata()?.len();
         if len < self.offset {
-            return Err(format!(
-                "input file '{}' is shorter ({len} bytes) than the restored read offset {}; the file source needs an append-only file",
+            return Err(Unrecoverable::boxed(format!(
+                "input file '{}' is shorter ({len} bytes) than the restored read offset {}: it was truncated or replaced since the snapshot. The file source reads an append-only file; restore with the file the snapshot read, or start without -s",
                 self.path.display(),
                 self.offset
-            )
-            .into());
+            )));
         }
         let mut reader = BufReader::with_capacity(1 << 16, file);
         reader.seek(SeekFrom::Start(self.offset))?;
