@@ -10,19 +10,21 @@ pub struct Client {
     agent: Agent,
     base: String,
     job_id: String,
+    /// Bearer token for jobs that require one (`rest.auth.token`).
+    token: Option<String>,
 }
 
 /// How long to wait for a savepoint or checkpoint to complete.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Client {
-    pub fn new(address: &str, job_id: &str) -> Client {
+    pub fn new(address: &str, job_id: &str, token: Option<String>) -> Client {
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        Client { agent, base: format!("http://{address}"), job_id: job_id.to_string() }
+        Client { agent, base: format!("http://{address}"), job_id: job_id.to_string(), token }
     }
 
     fn url(&self, path: &str) -> String {
@@ -32,11 +34,13 @@ impl Client {
     /// Sends a request; a non-2xx answer becomes an error carrying the server's message.
     fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
         let url = self.url(path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let auth = auth.as_deref();
         let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("PATCH", _) => self.agent.patch(&url).send_empty(),
-            (_, Some(b)) => self.agent.post(&url).send_json(b),
-            (_, None) => self.agent.post(&url).send_empty(),
+            ("GET", _) => with_auth(self.agent.get(&url), auth).call(),
+            ("PATCH", _) => with_auth(self.agent.patch(&url), auth).send_empty(),
+            (_, Some(b)) => with_auth(self.agent.post(&url), auth).send_json(b),
+            (_, None) => with_auth(self.agent.post(&url), auth).send_empty(),
         };
         let mut response = response.with_context(|| format!("cannot reach the job's REST API at {}", self.base))?;
         let status = response.status();
@@ -147,6 +151,13 @@ fn request_id(v: &Value) -> Result<String> {
 }
 
 /// The job may run in another directory: send absolute paths.
+fn with_auth<B>(request: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    }
+}
+
 fn absolute(p: &Path) -> String {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }

@@ -19,6 +19,10 @@ struct Cli {
     /// REST address (host:port) of the job, instead of finding it in the registry of running jobs.
     #[arg(long, global = true)]
     address: Option<String>,
+    /// File whose first line is the bearer token of jobs that require one (rest.auth.token);
+    /// the WEIR_REST_TOKEN environment variable gives it too.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,7 +107,24 @@ fn parse_format(format: &str) -> Result<&'static str> {
     }
 }
 
-fn client_for(address: &Option<String>, job_id: &str) -> Result<Client> {
+/// The REST bearer token: `--token-file`, else `WEIR_REST_TOKEN`.
+fn rest_token(file: &Option<PathBuf>) -> Result<Option<String>> {
+    if let Some(file) = file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read --token-file {}", file.display()))?;
+        return Ok(text.lines().next().map(|l| l.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    Ok(std::env::var("WEIR_REST_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+/// How to reach a job: `--address` or the registry, and the token.
+struct Target {
+    address: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+fn client_for(target: &Target, job_id: &str) -> Result<Client> {
+    let address = &target.address;
     weir_core::JobId::parse(job_id).with_context(|| format!("'{job_id}' is not a job id (32 hex characters)"))?;
     let address = match address {
         Some(a) => a.clone(),
@@ -112,20 +133,21 @@ fn client_for(address: &Option<String>, job_id: &str) -> Result<Client> {
             .map(|e| e.address)
             .with_context(|| format!("No running job {job_id} in the registry of running jobs ({}); is it running on this machine? Use --address host:port to reach its REST API directly.", Registry::default_location().dir().display()))?,
     };
-    let client = Client::new(&address, job_id);
+    let client = Client::new(&address, job_id, rest_token(&target.token_file)?);
     client.verify()?;
     Ok(client)
 }
 
 fn execute(cli: Cli) -> Result<ExitCode> {
+    let target = Target { address: cli.address, token_file: cli.token_file };
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::List { all } => {
-            list(all);
+            list(all, rest_token(&target.token_file)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { job_id } => {
-            let client = client_for(&cli.address, &job_id)?;
+            let client = client_for(&target, &job_id)?;
             println!("Cancelling job {job_id}.");
             client.cancel().with_context(|| format!("Could not cancel job {job_id}."))?;
             client.wait_gone(Duration::from_secs(60));
@@ -133,7 +155,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoint { job_id, full } => {
-            let client = client_for(&cli.address, &job_id)?;
+            let client = client_for(&target, &job_id)?;
             println!("Triggering checkpoint for job {job_id}.");
             println!("Waiting for response...");
             let id = client
@@ -161,7 +183,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         Command::Savepoint { job_id, target_directory, format, detached, .. } => {
             let job_id = job_id.context("Missing JobID. Specify a Job ID to trigger a savepoint.")?;
             let format = parse_format(&format)?;
-            let client = client_for(&cli.address, &job_id)?;
+            let client = client_for(&target, &job_id)?;
             let failed = || format!("Failed to trigger a savepoint for the job {job_id}.");
             if detached {
                 println!("Triggering savepoint in detached mode for job {job_id}.");
@@ -179,7 +201,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Stop { job_id, savepoint_path, drain, format, detached } => {
             let format = parse_format(&format)?;
-            let client = client_for(&cli.address, &job_id)?;
+            let client = client_for(&target, &job_id)?;
             let failed = || format!("Could not stop with a savepoint job \"{job_id}\".");
             if detached {
                 println!("Triggering stop-with-savepoint in detached mode for job {job_id}.");
@@ -198,15 +220,22 @@ fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn list(all: bool) {
+fn list(all: bool, token: Option<String>) {
     let registry = Registry::default_location();
     let mut running = Vec::new();
     let mut scheduled = Vec::new();
     let mut ended = Vec::new();
     for entry in registry.list() {
-        let client = Client::new(&entry.address, &entry.id);
+        let client = Client::new(&entry.address, &entry.id, token.clone());
         let status = client.verify().and_then(|_| client.status()).unwrap_or_else(|_| "UNREACHABLE".into());
-        let line = format!("{} : {} : {} ({status})", client::format_time(entry.started_ms), entry.id, entry.name);
+        // Flink's line, then the REST address (where --address and HTTP clients reach the job).
+        let line = format!(
+            "{} : {} : {} ({status}) at http://{}",
+            client::format_time(entry.started_ms),
+            entry.id,
+            entry.name,
+            entry.address
+        );
         match status.as_str() {
             "CREATED" | "INITIALIZING" => scheduled.push(line),
             "FINISHED" | "FAILED" | "CANCELED" => ended.push(line),

@@ -367,3 +367,159 @@ fn printed_paths_paste_back() {
     let err = weir.fails(&["savepoint", "--dispose", "s3://bucket/savepoint-1"]);
     assert!(err.contains("uses the s3: scheme"), "{err}");
 }
+
+/// Every REST error is `{"errors": [...]}`, including those of malformed requests; checkpoint
+/// statistics report what each incremental checkpoint uploaded, not the whole state.
+#[test]
+fn rest_errors_are_json_and_statistics_are_real() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = Backend::RocksDb.flags(dir.path());
+    backend.extend(["-D".to_string(), "execution.checkpointing.incremental=true".to_string()]);
+    let mut args: Vec<&str> = backend.iter().map(String::as_str).collect();
+    let ck = format!("execution.checkpointing.dir={}", dir.path().join("ck").display());
+    let out = dir.path().join("out");
+    args.extend([
+        "-D",
+        "execution.checkpointing.interval=100 ms",
+        "-D",
+        &ck,
+        "keyed-count",
+        "--output",
+        out.to_str().unwrap(),
+        "--count",
+        "100000000",
+        "--keys",
+        "10",
+        "--rate",
+        "2000",
+    ]);
+    let job = weir.run_detached(&args);
+    let base = format!("http://{}", weir.address(&job));
+    // A fresh connection per request: a server may close one after refusing a large body.
+    let agent = || -> ureq::Agent { ureq::Agent::config_builder().http_status_as_error(false).build().into() };
+    let answer = |mut r: ureq::http::Response<ureq::Body>| {
+        let status = r.status().as_u16();
+        let body: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+        (status, body)
+    };
+    let cases = [
+        (
+            "malformed JSON",
+            answer(
+                agent()
+                    .post(format!("{base}/savepoint-disposal"))
+                    .content_type("application/json")
+                    .send("{not json")
+                    .unwrap(),
+            ),
+            400,
+        ),
+        (
+            "wrong type",
+            answer(
+                agent().post(format!("{base}/savepoint-disposal")).send_json(json!({ "savepoint-path": 7 })).unwrap(),
+            ),
+            422,
+        ),
+        (
+            "not JSON",
+            answer(agent().post(format!("{base}/savepoint-disposal")).content_type("text/plain").send("x").unwrap()),
+            415,
+        ),
+        (
+            "too large",
+            answer(
+                agent()
+                    .post(format!("{base}/savepoint-disposal"))
+                    .content_type("application/json")
+                    .send(vec![b' '; 3 << 20])
+                    .unwrap(),
+            ),
+            413,
+        ),
+        ("wrong method", answer(agent().delete(format!("{base}/jobs")).call().unwrap()), 405),
+        ("unknown path", answer(agent().get(format!("{base}/nope")).call().unwrap()), 404),
+    ];
+    for (what, (status, body), want) in cases {
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body["errors"][0].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+    }
+
+    wait_for("a few checkpoints", || {
+        http("GET", &format!("{base}/jobs/{job}/checkpoints"), None).1["counts"]["completed"].as_u64() >= Some(5)
+    });
+    let (_, stats) = http("GET", &format!("{base}/jobs/{job}/checkpoints"), None);
+    let history = stats["history"].as_array().unwrap();
+    assert!(
+        history.iter().any(|c| c["checkpointed_size"].as_u64() < c["state_size"].as_u64()),
+        "an incremental checkpoint uploads less than the state it references: {history:?}"
+    );
+    assert!(stats["counts"]["in_progress"].as_u64().is_some());
+    weir.ok(&["cancel", &job]);
+}
+
+/// With `rest.auth.token`, every REST request needs the bearer token, and the CLI sends it from
+/// WEIR_REST_TOKEN or --token-file; a non-loopback bind address without a token is refused before
+/// the job starts.
+#[test]
+fn rest_access_needs_the_token_when_one_is_set() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "keyed-count",
+                "--output",
+                dir.path().join("out").to_str().unwrap(),
+                "--count",
+                "100000000",
+                "--keys",
+                "3",
+                "--rate",
+                "500",
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let refused = keyed(&["-D", "rest.bind-address=0.0.0.0"]);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    let mut run = vec!["run"];
+    run.extend(&refused);
+    let err = weir.fails(&run);
+    assert!(err.contains("0.0.0.0 is not a loopback address") && err.contains("rest.auth.token"), "{err}");
+
+    let args = keyed(&["-D", "rest.auth.token=s3cret"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let job = weir.run_detached(&args);
+    let base = format!("http://{}", weir.address(&job));
+    let (status, v) = http("GET", &format!("{base}/jobs"), None);
+    assert_eq!(status, 401);
+    assert!(v["errors"][0].as_str().unwrap().contains("bearer token"), "{v}");
+    let err = weir.fails(&["savepoint", &job, dir.path().join("sp").to_str().unwrap()]);
+    assert!(err.contains("requires a bearer token"), "{err}");
+    let listed = weir.ok(&["list"]);
+    assert!(listed.contains(&format!("{job} : keyed-count (UNREACHABLE) at {}", base)), "{listed}");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let out = weir.ok(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "savepoint",
+        &job,
+        dir.path().join("sp").to_str().unwrap(),
+    ]);
+    assert!(out.contains("Savepoint completed."), "{out}");
+    let listed = weir.ok(&["list", "--token-file", token_file.to_str().unwrap()]);
+    assert!(listed.contains(&format!("{job} : keyed-count (RUNNING) at {}", base)), "{listed}");
+    let cancel = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cancel", &job])
+        .env("WEIR_HOME", weir.home.path())
+        .env("WEIR_REST_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+}

@@ -240,3 +240,26 @@ fn running_jobs_keep_their_checkpoints_and_forged_registry_entries_are_ignored()
     weir.ok(&["cancel", &job_a]);
     weir.ok(&["cancel", &job_b]);
 }
+
+/// A savepoint directory a killed process left half-written (marked in progress, no `_metadata`,
+/// no live writer) is deleted when a job next writes a savepoint there; completed savepoints and
+/// directories Weir did not mark stay.
+#[test]
+fn partial_savepoints_of_killed_processes_are_cleaned_up() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("sp");
+    let (job, _) = weir.start_keyed_count(dir.path(), Backend::HashMap);
+    let complete = weir.savepoint(&job, &target, Backend::HashMap);
+    assert!(!complete.join("_inprogress").exists(), "a complete savepoint holds no in-progress mark");
+    let partial = target.join("savepoint-000000-deadbeef0000");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("_inprogress"), "").unwrap();
+    std::fs::write(partial.join("keyed-x-0"), "half written").unwrap();
+    let foreign = target.join("savepoint-by-hand");
+    std::fs::create_dir(&foreign).unwrap();
+    let next = weir.savepoint(&job, &target, Backend::HashMap);
+    assert!(!partial.exists(), "the partial savepoint is gone");
+    assert!(complete.join("_metadata").is_file() && next.join("_metadata").is_file() && foreign.is_dir());
+    weir.ok(&["cancel", &job]);
+}

@@ -71,7 +71,11 @@ pub mod keys {
     pub const RESTART_ATTEMPTS_BEFORE_RESET: &str = "restart-strategy.exponential-delay.attempts-before-reset-backoff";
     pub const REST_PORT: &str = "rest.port";
     pub const REST_BIND_ADDRESS: &str = "rest.bind-address";
+    pub const REST_AUTH_TOKEN: &str = "rest.auth.token";
+    pub const REST_AUTH_TOKEN_FILE: &str = "rest.auth.token-file";
+    pub const REST_AUTH_ALLOW_UNAUTHENTICATED: &str = "rest.auth.allow-unauthenticated";
     pub const REST_ENABLED: &str = "weir.rest.enabled";
+    pub const PRIVATE_FILES: &str = "weir.checkpointing.private-files";
     pub const BATCH_SIZE: &str = "weir.network.batch-size";
     pub const CHANNEL_CAPACITY: &str = "weir.network.channel-capacity";
 }
@@ -112,9 +116,13 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: RESTART_RESET_THRESHOLD, deprecated: &[], ty: ValueType::Duration, default: Some("1 h"), doc: "exponential-delay: a failure this long after the previous one starts again from the initial backoff." },
     KeyDef { name: RESTART_JITTER, deprecated: &[], ty: ValueType::Fraction, default: Some("0.1"), doc: "exponential-delay: each delay varies randomly by up to this fraction of itself." },
     KeyDef { name: RESTART_ATTEMPTS_BEFORE_RESET, deprecated: &[], ty: ValueType::Int, default: None, doc: "exponential-delay: restarts allowed between two resets; unset means unlimited." },
+    KeyDef { name: REST_AUTH_TOKEN, deprecated: &[], ty: ValueType::Text, default: None, doc: "Bearer token every REST request must carry (Authorization: Bearer <token>); the weir CLI reads it from WEIR_REST_TOKEN or --token-file (Weir-specific)." },
+    KeyDef { name: REST_AUTH_TOKEN_FILE, deprecated: &[], ty: ValueType::Location, default: None, doc: "File holding the REST bearer token (first line), instead of rest.auth.token (Weir-specific)." },
+    KeyDef { name: REST_AUTH_ALLOW_UNAUTHENTICATED, deprecated: &[], ty: ValueType::Bool, default: Some("false"), doc: "Serve the REST API on a non-loopback rest.bind-address without a token; anyone who can reach it can then stop, savepoint or dispose (Weir-specific)." },
     KeyDef { name: REST_PORT, deprecated: &[], ty: ValueType::Int, default: Some("0"), doc: "Port of the job's REST API; 0 picks a free port (the weir CLI finds it through the registry of running jobs)." },
     KeyDef { name: REST_BIND_ADDRESS, deprecated: &[], ty: ValueType::Text, default: Some("127.0.0.1"), doc: "Address the REST API binds to; loopback by default." },
     KeyDef { name: REST_ENABLED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Whether the job serves its REST API and registers in the local registry of running jobs (Weir-specific)." },
+    KeyDef { name: PRIVATE_FILES, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Checkpoint and savepoint files are readable by their owner only (0600, directories 0700); false leaves permissions to the umask (Weir-specific)." },
     KeyDef { name: BATCH_SIZE, deprecated: &[], ty: ValueType::Int, default: Some("1024"), doc: "Records per batch on a channel between tasks (Weir-specific)." },
     KeyDef { name: CHANNEL_CAPACITY, deprecated: &[], ty: ValueType::Int, default: Some("16"), doc: "Batches a channel holds before its producer blocks (Weir-specific; bounds memory)." },
 ];

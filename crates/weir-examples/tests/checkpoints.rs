@@ -93,7 +93,51 @@ fn default_retention_deletes_checkpoints_when_the_job_is_cancelled() {
     let job_dir = ck.join(handle.job_id().to_hex());
     handle.cancel();
     handle.wait();
-    assert_eq!(listing(&job_dir), vec!["shared", "taskowned"]);
+    assert!(!job_dir.exists(), "nothing retained: the job's directory goes, empty shared/ and taskowned/ with it");
+    assert!(ck.is_dir(), "the configured checkpoint directory is the user's and stays");
+}
+
+/// Jobs that finish while checkpoints are in flight leave nothing behind: no `chk-N` directory of
+/// a checkpoint that never completed, no empty job directory.
+#[test]
+fn finished_jobs_leave_no_directories_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    for run in 0..10 {
+        let c = config(&[
+            ("execution.checkpointing.interval", "10 ms"),
+            ("execution.checkpointing.dir", ck.to_str().unwrap()),
+        ]);
+        let env = StreamEnv::with_config(c);
+        env.source(GeneratorSource::keyed(10).with_count(3000).with_rate(50_000.0))
+            .uid("source-id")
+            .key_by(|r: &(u64, u64)| r.0)
+            .reduce(|a: (u64, u64), b: (u64, u64)| (a.0, a.1 + b.1))
+            .uid("sum")
+            .map(|(k, v): (u64, u64)| format!("{k} {v}"))
+            .sink(FileSink::new(dir.path().join(format!("out-{run}"))))
+            .uid("sink");
+        let outcome = env.execute_async("finishes").unwrap().wait();
+        assert_eq!(outcome.status, weir::JobStatus::Finished);
+        assert!(listing(&ck).is_empty(), "run {run} left {:?}", listing(&ck));
+    }
+}
+
+/// Snapshot files hold the job's data: only their owner may read them.
+#[test]
+fn checkpoint_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (handle, job_dir) = run_five_checkpoints(dir.path(), "1");
+    handle.cancel();
+    handle.wait();
+    let chk = job_dir.join("chk-5");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&job_dir), 0o700);
+    assert_eq!(mode(&chk), 0o700);
+    for f in listing(&chk) {
+        assert_eq!(mode(&chk.join(&f)), 0o600, "{f}");
+    }
 }
 
 fn restore_error(snapshot: &Path, out: &Path) -> String {

@@ -266,3 +266,30 @@ fn a_failure_a_restart_cannot_fix_fails_the_job_at_once() {
     assert!(cause.contains("a restart cannot fix this") && cause.contains("committed file"), "{cause}");
     assert_eq!(outcome.restarts, 1, "one restart for the injected failure, none for the missing file");
 }
+
+/// A checkpoint in flight is counted as in progress until it completes.
+#[test]
+fn checkpoints_in_flight_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = StreamEnv::with_config(config(&[
+        ("execution.checkpointing.interval", "1 h"),
+        ("execution.checkpointing.dir", dir.path().to_str().unwrap()),
+    ]));
+    let sink = SlowFirstSnapshot { slowed: Arc::default(), received: Arc::default() };
+    env.source(GeneratorSource::counter().with_rate(1000.0)).uid("numbers").sink(sink).uid("slow");
+    let handle = env.execute_async("in-flight").unwrap();
+    while handle.status() != JobStatus::Running {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(handle.checkpoints_in_progress(), 0);
+    let token = handle.trigger_checkpoint().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.checkpoints_in_progress() == 0 {
+        assert!(Instant::now() < deadline && handle.completed_checkpoints().is_empty(), "never seen in flight");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(matches!(handle.wait_operation(token, Duration::from_secs(20)), Some(weir::Operation::Completed { .. })));
+    assert_eq!(handle.checkpoints_in_progress(), 0);
+    handle.cancel();
+    handle.wait();
+}

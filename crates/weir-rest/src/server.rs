@@ -74,8 +74,9 @@ impl Drop for RestServer {
     }
 }
 
-/// Starts serving `control`'s job on `bind:port` (port 0 picks a free port).
-pub fn serve(control: JobControl, bind: &str, port: u16) -> std::io::Result<RestServer> {
+/// Starts serving `control`'s job on `bind:port` (port 0 picks a free port). With a `token`,
+/// every request must carry `Authorization: Bearer <token>`.
+pub fn serve(control: JobControl, bind: &str, port: u16, token: Option<String>) -> std::io::Result<RestServer> {
     let listener = std::net::TcpListener::bind((bind, port))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -90,6 +91,9 @@ pub fn serve(control: JobControl, bind: &str, port: u16) -> std::io::Result<Rest
         .route("/jobs/{job}/checkpoints/{trigger}", get(checkpoint_status))
         .route("/savepoint-disposal", post(dispose))
         .route("/savepoint-disposal/{trigger}", get(disposal_status))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(move |request, next| authenticate(token.clone(), request, next)))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
@@ -121,6 +125,61 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "errors": [self.message] }))).into_response()
     }
+}
+
+/// Lets a request through when no token is configured or it carries the token.
+async fn authenticate(
+    token: Option<String>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "This job's REST API requires a bearer token: send Authorization: Bearer <token> (the weir CLI reads it from WEIR_REST_TOKEN or --token-file).",
+    );
+    response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(StatusCode::NOT_FOUND, format!("Not found: {}", uri.path()))
+}
+
+/// Every error answers `{"errors": [...]}`, also those axum writes itself (a malformed or
+/// oversized body, a wrong content type or method), so clients parse one shape.
+async fn json_errors(response: Response) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let status = response.status();
+    let is_json = response.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_string();
+    }
+    let body = json!({ "errors": [message] }).to_string();
+    parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    parts.headers.remove(CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -417,7 +476,7 @@ fn stats_json(s: &CheckpointStats) -> Value {
         "savepointFormat": match s.kind { SnapshotKind::Savepoint { format: SavepointFormat::Native } => Some("NATIVE"), SnapshotKind::Savepoint { .. } => Some("CANONICAL"), SnapshotKind::Checkpoint => None },
         "checkpoint_type": if is_savepoint { "SAVEPOINT" } else { "CHECKPOINT" },
         "state_size": s.state_size,
-        "checkpointed_size": s.state_size,
+        "checkpointed_size": s.checkpointed_size,
         "end_to_end_duration": s.duration.as_millis() as u64,
         "external_path": weir_core::location::to_uri(&s.location),
     })
@@ -439,8 +498,8 @@ async fn checkpoint_statistics(State(state): State<Arc<AppState>>, Path(job): Pa
     Json(json!({
         "counts": {
             "restored": u64::from(restored.is_some()),
-            "total": completed.len() as u64 + failed,
-            "in_progress": 0,
+            "total": completed.len() as u64 + failed + c.checkpoints_in_progress(),
+            "in_progress": c.checkpoints_in_progress(),
             "completed": completed.len(),
             "failed": failed,
         },

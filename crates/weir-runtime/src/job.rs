@@ -140,6 +140,8 @@ struct Shared {
     status: Mutex<Option<JobStatus>>,
     completed: Mutex<Vec<CheckpointStats>>,
     failed_checkpoints: Mutex<u64>,
+    /// Checkpoints and savepoints triggered and not yet completed or failed.
+    in_progress: Mutex<u64>,
     restarts: Mutex<u32>,
     operations: Mutex<HashMap<u64, Operation>>,
     next_token: Mutex<u64>,
@@ -291,6 +293,11 @@ impl JobControl {
 
     pub fn failed_checkpoints(&self) -> u64 {
         lock(&self.shared.failed_checkpoints)
+    }
+
+    /// Checkpoints and savepoints in flight right now.
+    pub fn checkpoints_in_progress(&self) -> u64 {
+        lock(&self.shared.in_progress)
     }
 
     pub fn restarts(&self) -> u32 {
@@ -516,12 +523,17 @@ pub fn submit(
     let settings = Settings::from_config(config)?;
     let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
     let checkpoint_dir = config.get_location(keys::CHECKPOINT_DIR);
+    let modes = if config.get_bool(keys::PRIVATE_FILES).unwrap_or(true) {
+        storage::FileModes::PRIVATE
+    } else {
+        storage::FileModes::UMASK
+    };
     let (storage, has_checkpoint_dir): (Arc<dyn CheckpointStorage>, bool) = match (storage, &checkpoint_dir) {
         (Some(s), _) => (s, true),
-        (None, Some(dir)) => (Arc::new(FsCheckpointStorage::new(dir)), true),
+        (None, Some(dir)) => (Arc::new(FsCheckpointStorage::new(dir).with_modes(modes)), true),
         (None, None) if settings.coordinator.interval_ms.is_some() => return Err(JobError::NoCheckpointDir),
         // Savepoints still work: they go to their own directories.
-        (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir())), false),
+        (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir()).with_modes(modes)), false),
     };
     let job_dir = if has_checkpoint_dir {
         Some(
@@ -778,8 +790,19 @@ impl Master {
             JobStatus::Canceled => Termination::Canceled,
             _ => Termination::Failed,
         };
-        for gone in self.store.shutdown(self.settings.retention, how) {
+        let retained = self.store.len();
+        let gone = self.store.shutdown(self.settings.retention, how);
+        let kept_any = gone.len() < retained;
+        for gone in gone {
             self.discard_retained(&gone);
+        }
+        // Snapshots still in flight never complete: their directories go.
+        for (_, (loc, _)) in std::mem::take(&mut self.locations) {
+            self.discard_incomplete(&loc);
+        }
+        with(&self.shared.in_progress, |n| *n = 0);
+        if !kept_any {
+            self.remove_empty_job_dir();
         }
         if let Some(f) = &failure {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
@@ -988,6 +1011,7 @@ impl Master {
                 step = s;
             }
         }
+        with(&self.shared.in_progress, |n| *n = self.locations.len() as u64);
         step
     }
 
@@ -1175,6 +1199,18 @@ impl Master {
         if let Err(e) = self.storage.discard(&gone.data.snapshot, &keep) {
             tracing::warn!("could not delete {}: {e}", dir.display());
         }
+    }
+
+    /// Once a job that retains nothing has ended: its `shared/` and `taskowned/` directories and
+    /// its job directory, if they are empty (nothing else is touched).
+    fn remove_empty_job_dir(&self) {
+        let Some(job_dir) = &self.shared.job_dir else {
+            return;
+        };
+        for sub in ["shared", "taskowned"] {
+            let _ = std::fs::remove_dir(job_dir.join(sub));
+        }
+        let _ = std::fs::remove_dir(job_dir);
     }
 
     /// After a failed checkpoint: deletes files in `shared/` that no retained snapshot references

@@ -36,22 +36,111 @@ pub trait CheckpointStorage: Send + Sync + Debug {
     fn discard_incomplete(&self, location: &Path) -> io::Result<()>;
 
     /// Creates a new savepoint directory `savepoint-<first 6 hex of the job id>-<12 hex>` in `target`.
-    fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf> {
-        create_savepoint_dir(target, job)
+    fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf>;
+}
+
+/// Who may read what the filesystem storage creates: by default only the job's user (state
+/// holds the job's data), `weir.checkpointing.private-files: false` leaves it to the umask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileModes {
+    pub file: u32,
+    pub dir: u32,
+}
+
+impl FileModes {
+    pub const PRIVATE: FileModes = FileModes { file: 0o600, dir: 0o700 };
+    pub const UMASK: FileModes = FileModes { file: 0o666, dir: 0o777 };
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().recursive(true).mode(self.dir).create(dir)
+    }
+
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(self.dir).create(dir)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new().write(true).create_new(true).mode(self.file).open(path)
     }
 }
 
+/// Marks a savepoint directory being written: the writing process holds a lock on it until
+/// `_metadata` is in place, so a directory with this file, no `_metadata` and no lock holder is
+/// what a killed process left, and Weir owns it.
+const IN_PROGRESS_MARKER: &str = "_inprogress";
+
+/// A savepoint directory being written, and the lock that says so.
+#[derive(Debug)]
+pub struct SavepointInProgress {
+    pub dir: PathBuf,
+    lock: File,
+}
+
+impl SavepointInProgress {
+    /// The savepoint is complete (or abandoned): the marker goes and the lock is released.
+    pub fn finish(self) {
+        let _ = fs::remove_file(self.dir.join(IN_PROGRESS_MARKER));
+        drop(self.lock);
+    }
+}
+
+/// Deletes the savepoint directories under `target` that a killed process left half-written:
+/// marked in progress, without `_metadata`, and with nobody holding the marker's lock. Anything
+/// else (complete savepoints, directories Weir did not mark, those of live writers) stays.
+pub fn sweep_partial_savepoints(target: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(target) else {
+        return Vec::new();
+    };
+    let mut deleted = Vec::new();
+    for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let named = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("savepoint-"));
+        let marker = dir.join(IN_PROGRESS_MARKER);
+        if !named || fs::symlink_metadata(&dir).map_or(true, |m| !m.is_dir()) || !marker.is_file() {
+            continue;
+        }
+        let Ok(lock) = File::open(&marker) else { continue };
+        if lock.try_lock().is_err() {
+            continue; // a live process is writing it
+        }
+        if dir.join(METADATA_FILE_NAME).exists() {
+            let _ = fs::remove_file(&marker); // complete; the writer died before tidying up
+            continue;
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(
+                    "deleted the partial savepoint {} left by a process that ended while writing it",
+                    dir.display()
+                );
+                deleted.push(dir);
+            }
+            Err(e) => tracing::warn!("could not delete the partial savepoint {}: {e}", dir.display()),
+        }
+    }
+    deleted
+}
+
 /// Creates `savepoint-<job id prefix>-<12 random hex>` under `target` (Flink's naming), retrying on
-/// the unlikely collision.
-pub fn create_savepoint_dir(target: &Path, job: JobId) -> io::Result<PathBuf> {
-    fs::create_dir_all(target)?;
+/// the unlikely collision, marked and locked as in progress. Partial savepoints that killed
+/// processes left in `target` are deleted first.
+pub fn create_savepoint_dir(target: &Path, job: JobId, modes: FileModes) -> io::Result<SavepointInProgress> {
+    modes.create_dir_all(target)?;
+    sweep_partial_savepoints(target);
     let prefix = &job.to_hex()[..6];
     let mut last = None;
     for _ in 0..10 {
         let random = uuid::Uuid::new_v4().simple().to_string();
         let dir = target.join(format!("savepoint-{prefix}-{}", &random[..12]));
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok(fs::canonicalize(&dir).unwrap_or(dir)),
+        match modes.create_dir(&dir) {
+            Ok(()) => {
+                let dir = fs::canonicalize(&dir).unwrap_or(dir);
+                let lock = modes.create_new(&dir.join(IN_PROGRESS_MARKER))?;
+                lock.try_lock().map_err(|e| io::Error::other(format!("cannot lock {}: {e}", dir.display())))?;
+                return Ok(SavepointInProgress { dir, lock });
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -173,11 +262,26 @@ pub fn discard_snapshot(snapshot: &LoadedSnapshot, keep: &HashSet<PathBuf>) -> i
 #[derive(Debug, Clone)]
 pub struct FsCheckpointStorage {
     base: PathBuf,
+    modes: FileModes,
+    /// Savepoints being written, by directory (their locks are held until they complete or go).
+    in_progress: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, SavepointInProgress>>>,
 }
 
 impl FsCheckpointStorage {
+    /// Storage under `base`; files and directories it creates are private to the user.
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        FsCheckpointStorage { base: base.into() }
+        FsCheckpointStorage { base: base.into(), modes: FileModes::PRIVATE, in_progress: Default::default() }
+    }
+
+    pub fn with_modes(self, modes: FileModes) -> Self {
+        FsCheckpointStorage { modes, ..self }
+    }
+
+    /// A savepoint at `location` is complete or abandoned: its in-progress mark goes.
+    fn release(&self, location: &Path) {
+        if let Some(savepoint) = self.in_progress.lock().unwrap_or_else(|p| p.into_inner()).remove(location) {
+            savepoint.finish();
+        }
     }
 
     /// `<base>/<job id>`, absolute and without symbolic links once the base exists, so the paths
@@ -209,26 +313,35 @@ impl StateOutput for FsStateOutput {
 
 impl CheckpointStorage for FsCheckpointStorage {
     fn initialize(&self, job: JobId) -> io::Result<PathBuf> {
-        fs::create_dir_all(&self.base)?;
+        self.modes.create_dir_all(&self.base)?;
         let dir = self.job_dir(job);
-        fs::create_dir_all(dir.join("shared"))?;
-        fs::create_dir_all(dir.join("taskowned"))?;
+        self.modes.create_dir_all(&dir.join("shared"))?;
+        self.modes.create_dir_all(&dir.join("taskowned"))?;
         Ok(dir)
     }
 
     fn checkpoint_location(&self, job: JobId, id: CheckpointId) -> io::Result<PathBuf> {
         let dir = self.job_dir(job).join(format!("chk-{id}"));
-        fs::create_dir_all(&dir)?;
+        self.modes.create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf> {
+        let savepoint = create_savepoint_dir(target, job, self.modes)?;
+        let dir = savepoint.dir.clone();
+        self.in_progress.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone(), savepoint);
         Ok(dir)
     }
 
     fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>> {
-        let file = fs::OpenOptions::new().write(true).create_new(true).open(location.join(name))?;
+        let file = self.modes.create_new(&location.join(name))?;
         Ok(Box::new(FsStateOutput { file: io::BufWriter::with_capacity(1 << 20, file) }))
     }
 
     fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()> {
-        write_atomically(&location.join(METADATA_FILE_NAME), bytes)
+        write_atomically(&location.join(METADATA_FILE_NAME), bytes, self.modes)?;
+        self.release(location);
+        Ok(())
     }
 
     fn discard(&self, snapshot: &LoadedSnapshot, keep: &HashSet<PathBuf>) -> io::Result<()> {
@@ -236,6 +349,7 @@ impl CheckpointStorage for FsCheckpointStorage {
     }
 
     fn discard_incomplete(&self, location: &Path) -> io::Result<()> {
+        self.release(location);
         match fs::remove_dir_all(location) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -244,12 +358,13 @@ impl CheckpointStorage for FsCheckpointStorage {
 }
 
 /// Writes `path` so that it is either absent or complete: temp file, fsync, rename, fsync dir.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8], modes: FileModes) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.inprogress"));
+    remove_if_present(&tmp)?;
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = modes.create_new(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -405,8 +520,8 @@ mod tests {
     fn savepoint_directories_are_named_like_flinks() {
         let base = tempfile::tempdir().unwrap();
         let job = JobId::parse("cca7bc1061d61cf15238e92312c2fc20").unwrap();
-        let a = create_savepoint_dir(&base.path().join("sp"), job).unwrap();
-        let b = create_savepoint_dir(&base.path().join("sp"), job).unwrap();
+        let a = create_savepoint_dir(&base.path().join("sp"), job, FileModes::PRIVATE).unwrap().dir;
+        let b = create_savepoint_dir(&base.path().join("sp"), job, FileModes::PRIVATE).unwrap().dir;
         assert_ne!(a, b);
         let name = a.file_name().unwrap().to_str().unwrap().to_string();
         assert!(name.starts_with("savepoint-cca7bc-") && name.len() == "savepoint-cca7bc-".len() + 12, "{name}");
@@ -532,5 +647,31 @@ mod tests {
         assert!(job_dir.join("shared/b").exists(), "chk-2 still references b");
         dispose_snapshot(&two, &[]).unwrap();
         assert!(!job_dir.join("shared/b").exists(), "the last reference went");
+    }
+
+    #[test]
+    fn partial_savepoints_of_ended_writers_are_swept_and_nothing_else() {
+        let base = tempfile::tempdir().unwrap();
+        let target = base.path().join("sp");
+        let job = JobId([9; 16]);
+        let live = create_savepoint_dir(&target, job, FileModes::PRIVATE).unwrap();
+        // What a writer killed mid-savepoint leaves: the marker, no lock holder, no _metadata.
+        let killed = target.join("savepoint-090909-000000000001");
+        fs::create_dir(&killed).unwrap();
+        fs::write(killed.join(IN_PROGRESS_MARKER), b"").unwrap();
+        fs::write(killed.join("keyed-1-0"), b"half").unwrap();
+        // Complete, but its writer died before removing the marker.
+        let complete = target.join("savepoint-090909-000000000002");
+        fs::create_dir(&complete).unwrap();
+        fs::write(complete.join(IN_PROGRESS_MARKER), b"").unwrap();
+        fs::write(complete.join(METADATA_FILE_NAME), meta(1)).unwrap();
+        // Not marked by Weir: never touched.
+        let unmarked = target.join("savepoint-090909-000000000003");
+        fs::create_dir(&unmarked).unwrap();
+        assert_eq!(sweep_partial_savepoints(&target), vec![killed.clone()]);
+        assert!(live.dir.join(IN_PROGRESS_MARKER).exists(), "a live writer's savepoint stays");
+        assert!(!complete.join(IN_PROGRESS_MARKER).exists() && complete.join(METADATA_FILE_NAME).exists());
+        assert!(unmarked.exists());
+        live.finish();
     }
 }

@@ -251,13 +251,16 @@ impl StreamEnv {
         let inner = std::mem::take(&mut *self.inner.borrow_mut());
         let graph = JobGraph::build(inner.nodes, inner.edges, &self.config)?;
         let backend = crate::backends::from_config(&self.config)?;
+        let rest = self.config.get_bool(keys::REST_ENABLED).unwrap_or(true);
+        // Everything about REST access is checked before the job starts.
+        let token = if rest { crate::rest_access::token(&self.config)? } else { None };
         let mut handle = job::submit(name, graph, &self.config, self.storage, backend)?;
-        if self.config.get_bool(keys::REST_ENABLED).unwrap_or(true) {
+        if rest {
             let bind = self.config.get_str(keys::REST_BIND_ADDRESS).unwrap_or_else(|| "127.0.0.1".into());
             let port = self.config.get_int(keys::REST_PORT).unwrap_or(0);
             let port =
                 u16::try_from(port).map_err(|_| Error::Args(format!("rest.port {port} is not a port number")))?;
-            match weir_rest::serve(handle.control(), &bind, port) {
+            match weir_rest::serve(handle.control(), &bind, port, token) {
                 Ok(server) => handle.attach(Box::new(Registered::new(name, &handle, server))),
                 Err(e) => {
                     handle.cancel();

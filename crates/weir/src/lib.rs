@@ -25,6 +25,7 @@ mod env;
 mod error;
 mod functions;
 mod operators;
+mod rest_access;
 mod stream;
 
 pub use env::{JobFlags, StreamEnv};

@@ -146,6 +146,9 @@ impl CheckpointStorage for FaultyStorage {
     fn discard_incomplete(&self, location: &Path) -> io::Result<()> {
         self.inner.discard_incomplete(location)
     }
+    fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf> {
+        self.inner.savepoint_location(target, job)
+    }
 }
 
 /// The keyed state backends the state tests run against.
