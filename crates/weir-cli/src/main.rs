@@ -3,6 +3,7 @@
 //! running jobs (`$WEIR_HOME/jobs`), or talks to `--address host:port` directly.
 
 mod client;
+mod flink_args;
 mod run;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,7 @@ use weir_rest::Registry;
 #[command(name = "weir", version, about = "Run and operate Weir jobs: checkpoints, savepoints, stop and restore.")]
 struct Cli {
     /// REST address (host:port) of the job, instead of finding it in the registry of running jobs.
-    #[arg(long, global = true)]
+    #[arg(short = 'm', long, visible_alias = "jobmanager", global = true)]
     address: Option<String>,
     /// File whose first line is the bearer token of jobs that require one (rest.auth.token);
     /// the WEIR_REST_TOKEN environment variable gives it too.
@@ -82,7 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(flink_args::normalize(std::env::args()));
     match execute(cli) {
         Ok(code) => code,
         Err(e) => {

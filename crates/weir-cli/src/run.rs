@@ -13,6 +13,9 @@ pub struct RunArgs {
     /// Returns once the job is running, leaving it in the background (output goes to a log file).
     #[arg(short = 'd', long)]
     detached: bool,
+    /// Accepted as Flink's `-sae`: an attached job already ends with the CLI (Ctrl-C reaches it).
+    #[arg(long = "shutdownOnAttachedExit", visible_alias = "sae")]
+    _shutdown_on_attached_exit: bool,
     #[command(flatten)]
     flags: weir::JobFlags,
     /// The job binary, or the name of a bundled example (word-count, keyed-count).
@@ -20,6 +23,23 @@ pub struct RunArgs {
     /// Arguments of the job.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+/// The error a job printed when it ended: from its `Error:` line (what `main` returning an error
+/// prints) up to any backtrace (`RUST_BACKTRACE=1`), else the log's last lines.
+fn job_error(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    match lines.iter().rposition(|l| l.starts_with("Error:")) {
+        Some(start) => lines[start..]
+            .iter()
+            .take_while(|l| !l.to_ascii_lowercase().starts_with("stack backtrace:"))
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim_end()
+            .to_string(),
+        None => lines[lines.len().saturating_sub(20)..].join("\n"),
+    }
 }
 
 /// A path to a job binary, or a bundled example that sits beside the `weir` binary.
@@ -72,8 +92,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 bail!("the job exited ({status}) before it was running; its error is printed above");
             };
             let output = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = output.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("the job exited ({status}) before it was running (log: {}):\n{}", log.display(), tail.join("\n"));
+            bail!("the job exited ({status}) before it was running (log: {}):\n{}", log.display(), job_error(&output));
         }
         if Instant::now() > deadline {
             bail!("the job (pid {pid}) did not register within 60 s in {}", registry.dir().display());

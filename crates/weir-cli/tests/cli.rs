@@ -523,3 +523,65 @@ fn rest_access_needs_the_token_when_one_is_set() {
         .unwrap();
     assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
 }
+
+/// What a newcomer meets first: errors printed once and readable with RUST_BACKTRACE=1, a job's
+/// --help, Flink's single-dash long options, plain-text log files.
+#[test]
+fn newcomer_friction() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-savepoint");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            "-d",
+            "-s",
+            missing.to_str().unwrap(),
+            "keyed-count",
+            "--output",
+            "o",
+            "--count",
+            "1",
+            "--keys",
+            "1",
+        ])
+        .env("WEIR_HOME", weir.home.path())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert_eq!(err.matches("Cannot find checkpoint or savepoint file/directory").count(), 1, "{err}");
+    assert!(!err.to_ascii_lowercase().contains("stack backtrace"), "{err}");
+
+    let help = std::process::Command::new(example("word-count")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{}", String::from_utf8_lossy(&help.stderr));
+    assert!(text.contains("--fromSavepoint") && text.contains("--input") && text.contains("--bounded"), "{text}");
+
+    let (job, out2) = weir.start_keyed_count(dir.path(), Backend::RocksDb);
+    let out = weir.ok(&["savepoint", &job, dir.path().join("sp").to_str().unwrap(), "-type", "native", "-detached"]);
+    assert!(out.contains("Successfully trigger manual savepoint, triggerId:"), "{out}");
+    let stopped = weir.ok(&["stop", "-savepointPath", dir.path().join("sp").to_str().unwrap(), &job]);
+    let savepoint = savepoint_path(&stopped);
+    weir.wait_gone(&job);
+    let rocksdb = Backend::RocksDb.flags(dir.path());
+    let mut args = vec!["run", "-detached", "-restoreMode", "claim", "-s", savepoint.to_str().unwrap()];
+    args.extend(rocksdb.iter().map(String::as_str));
+    args.extend(["keyed-count", "--output", out2.to_str().unwrap(), "--count", "100000000", "--keys", "10"]);
+    // With info logging, so the log file shows the restore line.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(&args)
+        .env("WEIR_HOME", weir.home.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = String::from_utf8(run.stdout).unwrap();
+    let job2 = out.lines().find_map(|l| l.strip_prefix("Job has been submitted with JobID ")).unwrap().to_string();
+    let log = out.lines().find_map(|l| l.strip_prefix("Job output: ")).unwrap().to_string();
+    weir.ok(&["cancel", &job2]);
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("(CLAIM)") && !log.contains("Claim)"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
+}

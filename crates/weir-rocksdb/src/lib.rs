@@ -68,5 +68,5 @@ pub(crate) fn db_err(what: &str) -> impl Fn(rocksdb::Error) -> StateError + '_ {
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.to_path_buf(), source }
+    move |error| StateError::Io { path: path.to_path_buf(), error }
 }

@@ -62,6 +62,16 @@ pub enum ClaimMode {
     Claim,
 }
 
+impl fmt::Display for ClaimMode {
+    /// As the configuration spells it (`execution.state-recovery.claim-mode`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClaimMode::NoClaim => "NO_CLAIM",
+            ClaimMode::Claim => "CLAIM",
+        })
+    }
+}
+
 /// The state of a savepoint or manual checkpoint request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
@@ -88,17 +98,24 @@ pub enum JobError {
     #[error(transparent)]
     Graph(#[from] crate::graph::GraphError),
     #[error("cannot restore: {0}")]
-    Load(#[from] LoadError),
+    Load(LoadError),
     #[error(transparent)]
     Assignment(#[from] AssignmentError),
     #[error("checkpointing is enabled (execution.checkpointing.interval) but no checkpoint directory is set; set execution.checkpointing.dir")]
     NoCheckpointDir,
-    #[error("cannot create the checkpoint directory {location}: {source}; check execution.checkpointing.dir and its permissions")]
-    Storage { location: String, source: std::io::Error },
+    #[error("cannot create the checkpoint directory {location}: {error}; check execution.checkpointing.dir and its permissions")]
+    Storage { location: String, error: std::io::Error },
     #[error("{key}: {reason}")]
     Config { key: &'static str, reason: String },
     #[error("cannot start the job: {0}")]
     Spawn(String),
+}
+
+// The message includes the cause, so it is not also the error's source (which would print it twice).
+impl From<LoadError> for JobError {
+    fn from(e: LoadError) -> Self {
+        JobError::Load(e)
+    }
 }
 
 /// How a job ended.
@@ -539,7 +556,7 @@ pub fn submit(
         Some(
             storage
                 .initialize(job_id)
-                .map_err(|source| JobError::Storage { location: format!("for job {job_id} in {storage:?}"), source })?,
+                .map_err(|error| JobError::Storage { location: format!("for job {job_id} in {storage:?}"), error })?,
         )
     } else {
         None
@@ -559,7 +576,7 @@ pub fn submit(
         validate_restore(&mut graph, &snapshot, allow)?;
         let meta = &snapshot.metadata;
         tracing::info!(
-            "Starting job {job_id} from {} {} ({:?}{})",
+            "Starting job {job_id} from {} {} ({}{})",
             if meta.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
             snapshot.dir.display(),
             claim_mode,
@@ -667,7 +684,8 @@ fn validate_restore(
         allow_non_restored,
     )?;
     for (id, uid, name) in &a.skipped {
-        tracing::info!("Skipping savepoint state for operator {id} (uid {uid:?}, name '{name}').");
+        let uid = uid.as_deref().map(|u| format!("uid '{u}', ")).unwrap_or_default();
+        tracing::info!("Skipping savepoint state for operator {id} ({uid}name '{name}').");
     }
     for n in graph.nodes.iter_mut() {
         if let Some(&max_p) = a.adopted_max_parallelism.get(&n.operator_id) {

@@ -23,12 +23,12 @@ pub enum TaskError {
     #[error("operator '{operator}': {message}")]
     Unrecoverable { operator: String, message: String },
     /// Restored state could not be read or decoded.
-    #[error("restoring operator '{operator}': {source}")]
-    Restore { operator: String, source: StateError },
-    #[error("operator '{operator}': {source}")]
-    State { operator: String, source: StateError },
-    #[error("operator '{operator}': I/O error: {source}")]
-    Io { operator: String, source: std::io::Error },
+    #[error("restoring operator '{operator}': {error}")]
+    Restore { operator: String, error: StateError },
+    #[error("operator '{operator}': {error}")]
+    State { operator: String, error: StateError },
+    #[error("operator '{operator}': I/O error: {error}")]
+    Io { operator: String, error: std::io::Error },
     /// A channel to another task closed: that task is gone (cancellation or failure).
     #[error("a connected task has stopped")]
     Disconnected,

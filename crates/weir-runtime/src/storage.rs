@@ -150,7 +150,7 @@ pub fn create_savepoint_dir(target: &Path, job: JobId, modes: FileModes) -> io::
 
 #[derive(Debug, thiserror::Error)]
 pub enum DisposeError {
-    #[error("'{0}' is not a savepoint: {1}. Only a directory with a valid _metadata (or that file) can be disposed.")]
+    #[error("'{0}' is not a savepoint: {why}. Only a directory with a valid _metadata (or that file) can be disposed.", why = .1.to_string().trim_end_matches('.'))]
     NotASnapshot(PathBuf, LoadError),
     #[error("'{0}' is a symbolic link; dispose the snapshot at the path it points to, so the snapshot deleted is the one named")]
     Symlink(PathBuf),
@@ -398,8 +398,8 @@ pub enum LoadError {
     NoMetadata(PathBuf),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
-    #[error("cannot read '{path}': {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot read '{path}': {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("'{0}' is not a snapshot's _metadata file: point at a checkpoint or savepoint directory, or at the _metadata file in it")]
     NotMetadataFile(PathBuf),
     #[error("'{0}' is a symbolic link: a snapshot's _metadata must be a regular file in the snapshot's directory; point at the directory the link leads to")]
@@ -448,7 +448,7 @@ pub fn load_snapshot(pointer: &Path) -> Result<LoadedSnapshot, LoadError> {
     if fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(LoadError::MetadataSymlink(file));
     }
-    let bytes = fs::read(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
+    let bytes = fs::read(&file).map_err(|error| LoadError::Io { path: file.clone(), error })?;
     let metadata = metadata::decode(&bytes, &file.display().to_string())?;
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
     Ok(LoadedSnapshot { metadata, dir })

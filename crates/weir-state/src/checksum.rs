@@ -19,7 +19,7 @@ pub fn for_each_chunk(
             Ok(0) => return Ok((size, crc)),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StateError::Io { path: path.to_path_buf(), source: e }),
+            Err(e) => return Err(StateError::Io { path: path.to_path_buf(), error: e }),
         };
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         size += n as u64;
@@ -30,7 +30,7 @@ pub fn for_each_chunk(
 /// Checks that the file at `path` has the size and (when recorded) the CRC32C that `_metadata`
 /// recorded; `what` names the file in the error ("state file", "RocksDB file '000012.sst'").
 pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> Result<(), StateError> {
-    let io = |source| StateError::Io { path: path.to_path_buf(), source };
+    let io = |error| StateError::Io { path: path.to_path_buf(), error };
     let damaged = |detail: String| {
         StateError::CorruptFile {
         path: path.to_path_buf(),

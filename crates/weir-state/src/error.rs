@@ -18,8 +18,8 @@ pub enum StateError {
     KeyGroupMismatch { name: String, stored: u32, actual: u32 },
     #[error("cannot encode state '{name}': {detail}")]
     Encode { name: String, detail: String },
-    #[error("I/O error on state file '{path}': {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("I/O error on state file '{path}': {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// Writing a snapshot stream failed; the caller names the file.
     #[error("{0}")]
     Write(std::io::Error),

@@ -122,7 +122,7 @@ pub struct StateFileReader {
 
 impl StateFileReader {
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let io_err = |source| StateError::Io { path: path.to_path_buf(), source };
+        let io_err = |error| StateError::Io { path: path.to_path_buf(), error };
         let corrupt = |detail: &str| StateError::CorruptFile { path: path.to_path_buf(), detail: detail.to_string() };
         let mut file = BufReader::new(File::open(path).map_err(io_err)?);
         let mut fixed = [0u8; 16];
@@ -160,7 +160,7 @@ impl StateFileReader {
     pub fn read_key_group(&mut self, key_group: u32, offset: u64) -> Result<KeyGroupEntries, StateError> {
         let path = self.path.clone();
         let corrupt = |detail: String| StateError::CorruptFile { path: path.clone(), detail };
-        self.file.seek(SeekFrom::Start(offset)).map_err(|source| StateError::Io { path: path.clone(), source })?;
+        self.file.seek(SeekFrom::Start(offset)).map_err(|error| StateError::Io { path: path.clone(), error })?;
         let mut fixed = [0u8; 8];
         self.file.read_exact(&mut fixed).map_err(|_| corrupt(format!("truncated at key group {key_group}")))?;
         let len = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
@@ -169,7 +169,7 @@ impl StateFileReader {
         (&mut self.file)
             .take(len as u64)
             .read_to_end(&mut payload)
-            .map_err(|source| StateError::Io { path: path.clone(), source })?;
+            .map_err(|error| StateError::Io { path: path.clone(), error })?;
         if payload.len() != len {
             return Err(corrupt(format!("truncated at key group {key_group}")));
         }

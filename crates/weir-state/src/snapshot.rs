@@ -78,7 +78,7 @@ impl KeyedSnapshot {
                     return Ok(WrittenKeyedState::default());
                 }
                 let NewFile { out, reference, path } = files.create_exclusive(name).map_err(StateError::Write)?;
-                let io = |source| StateError::Io { path: path.clone(), source };
+                let io = |error| StateError::Io { path: path.clone(), error };
                 let (out, written) = snapshot.write(out)?;
                 out.finish().map_err(io)?;
                 Ok(WrittenKeyedState {

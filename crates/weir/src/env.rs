@@ -51,7 +51,7 @@ pub struct JobFlags {
     #[arg(short = 'n', long = "allowNonRestoredState", visible_alias = "allow-non-restored-state")]
     pub allow_non_restored_state: bool,
     /// Ownership of the restored snapshot's files: claim or no_claim (default).
-    #[arg(long = "claim-mode", visible_alias = "claimMode")]
+    #[arg(long = "claim-mode", visible_aliases = ["claimMode", "restoreMode"])]
     pub claim_mode: Option<String>,
     /// Default parallelism.
     #[arg(short = 'p', long = "parallelism")]
@@ -91,8 +91,13 @@ impl JobFlags {
     }
 }
 
+// `--help` is left to the job's own argument parser, after Weir's flags are printed.
 #[derive(Parser, Debug)]
-#[command(disable_help_subcommand = true)]
+#[command(
+    disable_help_subcommand = true,
+    disable_help_flag = true,
+    override_usage = "JOB [WEIR FLAGS] [JOB'S OWN ARGUMENTS]"
+)]
 struct JobArgs {
     #[command(flatten)]
     flags: JobFlags,
@@ -138,6 +143,10 @@ impl StreamEnv {
     pub fn from_arg_list<I: IntoIterator<Item = String>>(args: I) -> Result<(StreamEnv, Vec<String>), Error> {
         let JobArgs { flags: args, job_args } =
             JobArgs::try_parse_from(args).map_err(|e| Error::Args(e.to_string()))?;
+        if job_args.iter().any(|a| a == "--help" || a == "-h") {
+            use clap::CommandFactory;
+            println!("Weir's job flags (before the job's own arguments):\n{}", JobArgs::command().render_help());
+        }
         let file = args.config_file.clone().or_else(|| {
             let default = std::path::PathBuf::from(std::env::var_os("WEIR_CONF_DIR")?).join("config.yaml");
             default.is_file().then_some(default)
@@ -291,8 +300,14 @@ impl StreamEnv {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // Colour only on a terminal: log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// A job's REST server and its registry entry; the entry goes first when the job ends.

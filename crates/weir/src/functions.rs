@@ -115,7 +115,7 @@ impl<K: Key> RuntimeContext<'_, K> {
         self.restored
     }
     fn state_err(&self, e: weir_state::StateError) -> BoxError {
-        Box::new(TaskError::Restore { operator: self.operator.clone(), source: e })
+        Box::new(TaskError::Restore { operator: self.operator.clone(), error: e })
     }
     pub fn value_state<T: StateData>(&mut self, d: &ValueStateDescriptor<T>) -> Result<ValueState<T>, BoxError> {
         self.backend.value_state(d).map_err(|e| self.state_err(e))

@@ -128,7 +128,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
         };
         let restored = ctx.restored.as_ref().map(|r| r.keyed.clone()).unwrap_or_default();
         let mut backend = KeyedStateBackend::create(&ctx.state_backend, &store_ctx, &restored)
-            .map_err(|source| TaskError::Restore { operator: ctx.task_name(), source })?;
+            .map_err(|error| TaskError::Restore { operator: ctx.task_name(), error })?;
         let mut f = self.f.clone();
         let mut rc = RuntimeContext {
             backend: &mut backend,

@@ -28,7 +28,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let (env, job_args) = StreamEnv::from_args()?;
-    let args = Args::try_parse_from(std::iter::once("keyed-count".to_string()).chain(job_args))?;
+    let args = Args::parse_from(std::iter::once("keyed-count".to_string()).chain(job_args));
     let mut source = GeneratorSource::keyed(args.keys).with_count(args.count);
     if let Some(rate) = args.rate {
         source = source.with_rate(rate);

@@ -35,7 +35,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let (mut env, job_args) = StreamEnv::from_args()?;
-    let args = Args::try_parse_from(std::iter::once("word-count".to_string()).chain(job_args))?;
+    let args = Args::parse_from(std::iter::once("word-count".to_string()).chain(job_args));
     if args.bounded && !args.input.is_file() {
         // A followed file may appear later; a bounded run over a missing file can only fail.
         anyhow::bail!("input file '{}' does not exist", args.input.display());
