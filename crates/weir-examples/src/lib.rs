@@ -28,7 +28,7 @@ pub fn parse_word_count(line: String) -> Option<WordCount> {
     match serde_json::from_str::<WordCount>(&line) {
         Ok(wc) => Some(wc),
         Err(e) => {
-            tracing::warn!("skipping malformed input line {line:?}: {e}");
+            tracing::warn!("skipping malformed input line {}: {e}", weir::connectors::log_prefix(line.as_bytes()));
             None
         }
     }

@@ -177,3 +177,108 @@ fn a_bounded_input_shorter_than_the_restored_offset_fails_at_once() {
     assert!(stderr.contains("is shorter") && stderr.contains("restored read offset"), "{stderr}");
     assert!(stderr.contains("a restart cannot fix this"), "{stderr}");
 }
+
+fn bounded_run(dir: &Path, input_bytes: &[u8]) -> (std::process::Output, Vec<String>) {
+    let (input, out) = (dir.join("in.jsonl"), dir.join("out"));
+    std::fs::write(&input, input_bytes).unwrap();
+    let ck = dir.join("ck");
+    let child = word_count(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--bounded",
+        "--quiet",
+        "--checkpoints",
+        ck.to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let output = wait_at_most(child, 60, "bounded word-count");
+    (output, committed(&out))
+}
+
+/// Bad input never turns into wrong totals silently: overflow fails naming the key, invalid UTF-8
+/// is a malformed line (not merged with other words), a BOM is skipped, and a huge bad line is
+/// logged by its start only.
+#[test]
+fn bad_input_is_reported_not_silently_miscounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, _) = bounded_run(
+        dir.path(),
+        b"{\"word\":\"big\",\"frequency\":18446744073709551615}\n{\"word\":\"big\",\"frequency\":1}\n",
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains(r#"the sum of key "big" overflows u64"#), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = b"\xEF\xBB\xBF{\"word\":\"a\",\"frequency\":1}\n".to_vec();
+    input.extend_from_slice(b"{\"word\":\"\xff\",\"frequency\":1}\n{\"word\":\"\xfe\",\"frequency\":1}\n");
+    let mut huge = vec![b'x'; 10 << 20];
+    huge.push(b'\n');
+    input.extend_from_slice(&huge);
+    let (run, lines) = bounded_run(dir.path(), &input);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert_eq!(lines, sorted(&["WordCount{word='a', frequency=1}"]), "the BOM line counts, invalid UTF-8 does not");
+    assert_eq!(stderr.matches("not valid UTF-8").count(), 2, "{stderr}");
+    assert!(stderr.contains(&format!("({} bytes)", 10 << 20)), "the huge line is named by its length");
+    assert!(stderr.len() < 10_000, "a bad line is logged by its start only ({} bytes of log)", stderr.len());
+}
+
+/// A followed file that is truncated or replaced fails the job with a clear message (lines would be
+/// lost or read twice otherwise); with --start-over-when-replaced, the new file is read from its start.
+#[test]
+fn a_followed_file_replaced_or_truncated_is_noticed() {
+    for (how, start_over) in [("truncate", false), ("replace", false), ("replace", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, out, ck) = (dir.path().join("in.jsonl"), dir.path().join("out"), dir.path().join("ck"));
+        append(&input, &["a", "b", "a"]);
+        let mut args = vec![
+            "-D",
+            "execution.checkpointing.interval=50 ms",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--checkpoints",
+            ck.to_str().unwrap(),
+            "--quiet",
+        ];
+        if start_over {
+            args.push("--start-over-when-replaced");
+        }
+        let mut job = word_count(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_for("the first totals", || committed(&out).len() == 3);
+        match how {
+            "truncate" => {
+                std::fs::write(&input, "").unwrap();
+            }
+            _ => {
+                let new = dir.path().join("new.jsonl");
+                append(&new, &["c"]);
+                std::fs::rename(&new, &input).unwrap();
+            }
+        }
+        if start_over {
+            wait_for("the new file's line", || committed(&out).len() == 4);
+            job.kill().unwrap();
+            job.wait().unwrap();
+            assert!(committed(&out).contains(&"WordCount{word='c', frequency=1}".to_string()));
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while job.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{how}: the job did not notice");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = job.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said = if how == "truncate" { "was truncated" } else { "was replaced by another file" };
+        assert!(!output.status.success() && stderr.contains(said), "{how}: {stderr}");
+        assert!(stderr.contains("a restart cannot fix this"), "{stderr}");
+    }
+}

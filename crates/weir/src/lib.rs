@@ -34,7 +34,7 @@ pub use functions::{
     BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
     SourceFunction, SourcePoll, Unrecoverable,
 };
-pub use stream::{DataStream, KeyedStream, SinkStream};
+pub use stream::{DataStream, KeyedStream, SinkStream, SumField};
 
 pub use weir_core::config::{keys as config_keys, Configuration};
 pub use weir_core::metadata::Redistribution;

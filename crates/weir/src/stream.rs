@@ -5,7 +5,6 @@ use crate::functions::{BoxError, Collector, KeyedProcessFunction, RuntimeContext
 use crate::operators::{ChainedSpec, FilterOp, FlatMapOp, KeySelector, KeyedProcessSpec, MapOp, SinkSpec};
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::ops::AddAssign;
 use std::rc::Rc;
 use std::sync::Arc;
 use weir_runtime::channel::{KeyHashFn, Record, TypeOps};
@@ -186,35 +185,65 @@ impl<K: Key, T: Record> KeyedStream<K, T> {
     where
         T: StateData,
     {
-        self.process(ReduceFunction { f, state: None }).name("Reduce")
+        self.process(ReduceFunction { f: move |a, b| Some(f(a, b)), state: None, what: "" }).name("Reduce")
     }
 
     /// Sums the field `field` per key, keeping the other fields of the key's first record (like
-    /// Flink's `sum`): `.sum(|wc: &mut WordCount| &mut wc.frequency)`.
-    pub fn sum<N: AddAssign + Copy + 'static, F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static>(
-        self,
-        field: F,
-    ) -> DataStream<T>
+    /// Flink's `sum`): `.sum(|wc: &mut WordCount| &mut wc.frequency)`. A sum that overflows its
+    /// type fails the job, naming the key (a restart would replay the same records; Flink's Java
+    /// sum wraps around silently).
+    pub fn sum<N: SumField, F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static>(self, field: F) -> DataStream<T>
     where
         T: StateData,
     {
-        self.reduce(move |mut acc: T, mut next: T| {
-            let add = *field(&mut next);
-            *field(&mut acc) += add;
-            acc
-        })
-        .name("Sum")
+        let sum = move |mut acc: T, mut next: T| {
+            let total = field(&mut acc).checked_sum(*field(&mut next))?;
+            *field(&mut acc) = total;
+            Some(acc)
+        };
+        let what = std::any::type_name::<N>();
+        self.process(ReduceFunction { f: sum, state: None, what }).name("Sum")
     }
 }
 
+/// A numeric field `sum` adds up: integers add with overflow checks, floats as IEEE does.
+pub trait SumField: Copy + Send + Sync + 'static {
+    fn checked_sum(self, other: Self) -> Option<Self>;
+}
+
+macro_rules! checked_integers {
+    ($($t:ty),*) => {$(
+        impl SumField for $t {
+            fn checked_sum(self, other: Self) -> Option<Self> {
+                self.checked_add(other)
+            }
+        }
+    )*};
+}
+checked_integers!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+impl SumField for f32 {
+    fn checked_sum(self, other: Self) -> Option<Self> {
+        Some(self + other)
+    }
+}
+
+impl SumField for f64 {
+    fn checked_sum(self, other: Self) -> Option<Self> {
+        Some(self + other)
+    }
+}
+
+/// Combines a key's records; `f` returns `None` when a sum does not fit its type, `what`.
 #[derive(Clone)]
 struct ReduceFunction<F, T> {
     f: F,
     state: Option<ValueState<T>>,
+    what: &'static str,
 }
 
-impl<K: Key, T: StateData + Record, F: Fn(T, T) -> T + Clone + Send + Sync + 'static> KeyedProcessFunction<K, T, T>
-    for ReduceFunction<F, T>
+impl<K: Key, T: StateData + Record, F: Fn(T, T) -> Option<T> + Clone + Send + Sync + 'static>
+    KeyedProcessFunction<K, T, T> for ReduceFunction<F, T>
 {
     fn open(&mut self, ctx: &mut RuntimeContext<'_, K>) -> Result<(), BoxError> {
         self.state = Some(ctx.value_state(&ValueStateDescriptor::new("reduce"))?);
@@ -226,7 +255,13 @@ impl<K: Key, T: StateData + Record, F: Fn(T, T) -> T + Clone + Send + Sync + 'st
             return Err("reduce state used before open".into());
         };
         let result = match handle.value(state)? {
-            Some(acc) => (self.f)(acc, value),
+            Some(acc) => (self.f)(acc, value).ok_or_else(|| {
+                crate::Unrecoverable::boxed(format!(
+                    "the sum of key {:?} overflows {}; a restart would replay the same records. Use a wider type",
+                    state.key(),
+                    self.what
+                ))
+            })?,
             None => value,
         };
         handle.update(state, result.clone())?;

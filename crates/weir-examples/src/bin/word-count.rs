@@ -31,6 +31,10 @@ struct Args {
     /// Do not print totals to stdout.
     #[arg(long)]
     quiet: bool,
+    /// When the followed input is truncated or replaced, read the new file from its start
+    /// (default: fail, since lines could be lost or read twice).
+    #[arg(long)]
+    start_over_when_replaced: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +47,10 @@ fn main() -> anyhow::Result<()> {
     env.enable_checkpointing(Duration::from_secs(1));
     env.set(weir::config_keys::CHECKPOINT_DIR, &args.checkpoints)?;
 
-    let source = if args.bounded { FileSource::bounded(&args.input) } else { FileSource::follow(&args.input) };
+    let mut source = if args.bounded { FileSource::bounded(&args.input) } else { FileSource::follow(&args.input) };
+    if args.start_over_when_replaced {
+        source = source.start_over_when_replaced();
+    }
     let totals = env
         .source(source)
         .uid("source")

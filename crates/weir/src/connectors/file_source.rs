@@ -3,6 +3,14 @@
 //! The byte offset after the last emitted line is operator state, so a restore resumes exactly
 //! after it. Only subtask 0 reads; the file is one partition. The offset is union state, so it
 //! reaches subtask 0 whatever the parallelism at restore.
+//!
+//! Lines are UTF-8: a leading byte order mark is skipped, and a line that is not valid UTF-8 is
+//! skipped with a warning showing its start (never merged into another line by lossy decoding).
+//! A followed file must only grow. When it is truncated (shorter than the read position) or
+//! replaced (the path names another file, as after `mv new words.jsonl`), the job fails with a
+//! message saying so, or, with [`FileSource::start_over_when_replaced`], reads the new file from
+//! its start. Truncation is seen at the next poll; a file truncated and refilled past the read
+//! position in between cannot be told from one that grew.
 
 use crate::functions::{put_list, BoxError, Collector, SourceContext, SourceFunction, SourcePoll, Unrecoverable};
 use std::fs::File;
@@ -16,10 +24,27 @@ use weir_state::OperatorStateSnapshot;
 const STATE: &str = "file-offset";
 const LINES_PER_POLL: usize = 1024;
 const IDLE: Duration = Duration::from_millis(50);
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// How much of a bad line a log message shows.
+pub const LOGGED_PREFIX: usize = 120;
+
+/// The start of a line for a log message: at most [`LOGGED_PREFIX`] bytes, escaped, with the
+/// full length when it is cut.
+pub fn log_prefix(line: &[u8]) -> String {
+    let shown = &line[..line.len().min(LOGGED_PREFIX)];
+    let escaped: String = shown.escape_ascii().to_string();
+    if line.len() > LOGGED_PREFIX {
+        format!("\"{escaped}\"... ({} bytes)", line.len())
+    } else {
+        format!("\"{escaped}\"")
+    }
+}
 
 pub struct FileSource {
     path: PathBuf,
     follow: bool,
+    start_over: bool,
     active: bool,
     offset: u64,
     reader: Option<BufReader<File>>,
@@ -32,6 +57,7 @@ impl Clone for FileSource {
         FileSource {
             path: self.path.clone(),
             follow: self.follow,
+            start_over: self.start_over,
             active: false,
             offset: 0,
             reader: None,
@@ -43,7 +69,39 @@ impl Clone for FileSource {
 impl FileSource {
     /// Follows the file: reads it from the start, then every line appended later. Never ends.
     pub fn follow(path: impl Into<PathBuf>) -> Self {
-        FileSource { path: path.into(), follow: true, active: false, offset: 0, reader: None, partial: Vec::new() }
+        FileSource {
+            path: path.into(),
+            follow: true,
+            start_over: false,
+            active: false,
+            offset: 0,
+            reader: None,
+            partial: Vec::new(),
+        }
+    }
+
+    /// When the followed file is truncated or replaced, read the new file from its start instead
+    /// of failing the job (for inputs that are rotated on purpose).
+    pub fn start_over_when_replaced(self) -> Self {
+        FileSource { start_over: true, ..self }
+    }
+
+    /// Why the open file is no longer the one to follow, if it is not.
+    fn replaced_or_truncated(&self) -> Result<Option<String>, BoxError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(reader) = &self.reader else { return Ok(None) };
+        let open = reader.get_ref().metadata()?;
+        if open.len() < self.offset {
+            return Ok(Some(format!("was truncated to {} bytes below the read position {}", open.len(), self.offset)));
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(now) if (now.dev(), now.ino()) != (open.dev(), open.ino()) => {
+                Ok(Some("was replaced by another file".to_string()))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some("was removed".to_string())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads the file to its end, then finishes.
@@ -87,6 +145,21 @@ impl SourceFunction<String> for FileSource {
         if self.reader.is_none() && !self.open_reader()? {
             return Ok(SourcePoll::Idle(IDLE));
         }
+        if self.follow {
+            if let Some(what) = self.replaced_or_truncated()? {
+                let message = format!("input file '{}' {what} while the file source followed it", self.path.display());
+                if !self.start_over {
+                    return Err(Unrecoverable::boxed(format!(
+                        "{message}; the file source follows a file that only grows. Append to it instead, or let the source start over from the new file (FileSource::start_over_when_replaced)"
+                    )));
+                }
+                tracing::warn!("{message}; reading the new file from its start");
+                self.reader = None;
+                self.partial.clear();
+                self.offset = 0;
+                return Ok(SourcePoll::More);
+            }
+        }
         let Some(reader) = self.reader.as_mut() else {
             return Ok(SourcePoll::Idle(IDLE));
         };
@@ -103,12 +176,24 @@ impl SourceFunction<String> for FileSource {
                 return Ok(SourcePoll::Exhausted);
             }
             let len = self.partial.len() as u64;
+            let at = self.offset;
             let mut line = std::mem::take(&mut self.partial);
             while matches!(line.last(), Some(b'\n' | b'\r')) {
                 line.pop();
             }
             self.offset += len;
-            out.collect(String::from_utf8_lossy(&line).into_owned());
+            if at == 0 && line.starts_with(BOM) {
+                line.drain(..BOM.len());
+            }
+            match String::from_utf8(line) {
+                Ok(line) => out.collect(line),
+                Err(e) => tracing::warn!(
+                    "skipping the line at byte {at} of '{}': not valid UTF-8 ({}); it starts {}",
+                    self.path.display(),
+                    e.utf8_error(),
+                    log_prefix(e.as_bytes())
+                ),
+            }
         }
         Ok(SourcePoll::More)
     }

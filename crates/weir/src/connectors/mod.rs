@@ -6,6 +6,6 @@ mod generator;
 mod print;
 
 pub use file_sink::FileSink;
-pub use file_source::FileSource;
+pub use file_source::{log_prefix, FileSource, LOGGED_PREFIX};
 pub use generator::GeneratorSource;
 pub use print::PrintSink;
