@@ -27,6 +27,10 @@ export WEIR_HOME
 trap 'rm -rf "$log" "$WEIR_HOME"' EXIT
 status=0
 RUST_LOG=${RUST_LOG:-error} cargo test --workspace --quiet 2>&1 | tee "$log" || status=$?
+if [ "$status" -eq 0 ]; then
+  echo "== a job of one's own, built outside the workspace (scripts/own-job.sh)"
+  ./scripts/own-job.sh || status=$?
+fi
 # One closing line for the whole suite (cargo ends with per-binary lines, the last often doc tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

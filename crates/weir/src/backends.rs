@@ -20,6 +20,6 @@ fn rocksdb(config: &Configuration) -> Result<StateBackend, Error> {
 #[cfg(not(feature = "rocksdb"))]
 fn rocksdb(_: &Configuration) -> Result<StateBackend, Error> {
     Err(Error::Args(
-        "state.backend.type is rocksdb, but this build of Weir has no rocksdb backend: build it with the 'rocksdb' feature of the weir crate (on by default)".into(),
+        "state.backend.type is rocksdb, but this job was built without Weir's rocksdb backend: enable the 'rocksdb' feature of the weir crate (weir = { ..., features = [\"rocksdb\"] } in the job's Cargo.toml; see docs/write-your-own-job.md)".into(),
     ))
 }
