@@ -243,6 +243,20 @@ fn list(all: bool, token: Option<String>) {
             _ => running.push(line),
         }
     }
+    if all {
+        for entry in registry.ended() {
+            let status = match entry.ended.as_ref().map(|e| e.status.as_str()) {
+                Some("GONE") | None => "GONE: the process ended without a final status",
+                Some(status) => status,
+            };
+            let mut line =
+                format!("{} : {} : {} ({status})", client::format_time(entry.started_ms), entry.id, entry.name);
+            if let Some(last) = &entry.last_checkpoint {
+                line.push_str(&format!(" last checkpoint {last}"));
+            }
+            ended.push(line);
+        }
+    }
     let section = |title: &str, lines: &[String], empty: &str| {
         if lines.is_empty() {
             println!("{empty}");

@@ -585,3 +585,38 @@ fn newcomer_friction() {
     assert!(log.contains("(CLAIM)") && !log.contains("Claim)"), "{log}");
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
 }
+
+/// Ended jobs stay in `weir list -a` with their final status and last checkpoint, also when
+/// their process was killed.
+#[test]
+fn ended_jobs_stay_listed_with_their_last_checkpoint() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (stopped, _) = weir.start_keyed_count(dir.path(), Backend::HashMap);
+    weir.ok(&["stop", &stopped, "-p", dir.path().join("sp").to_str().unwrap()]);
+    weir.wait_gone(&stopped);
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (killed, _) = weir.start_keyed_count(&other, Backend::HashMap);
+    let entry = weir.home.path().join("jobs").join(format!("{killed}.json"));
+    wait_for("a checkpoint recorded in the registry", || {
+        let v: Value = serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
+        v["last_checkpoint"].is_string()
+    });
+    let v: Value = serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
+    let pid = v["pid"].as_u64().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    wait_for("the killed job to be gone", || !weir.ok(&["list"]).contains(&killed));
+    let listed = weir.ok(&["list", "-a"]);
+    let line =
+        |job: &str| listed.lines().find(|l| l.contains(job)).unwrap_or_else(|| panic!("{job} missing: {listed}"));
+    assert!(line(&stopped).contains("(FINISHED) last checkpoint file:"), "{listed}");
+    assert!(
+        line(&killed).contains("(GONE: the process ended without a final status) last checkpoint file:"),
+        "{listed}"
+    );
+    // The printed checkpoint restores the killed job.
+    let last = line(&killed).rsplit("last checkpoint ").next().unwrap().to_string();
+    let path = last.strip_prefix("file:").unwrap();
+    assert!(Path::new(path).join("_metadata").is_file(), "the newest retained checkpoint: {last}");
+}

@@ -4,5 +4,5 @@
 pub mod registry;
 mod server;
 
-pub use registry::{Registry, RegistryEntry};
+pub use registry::{Ended, Registry, RegistryEntry};
 pub use server::{serve, RestServer};

@@ -1,6 +1,8 @@
-//! The local registry of running jobs: one JSON file per job in `$WEIR_HOME/jobs/` (default
-//! `~/.weir/jobs/`), written when a job's REST server is up and removed when it ends. Entries of
-//! processes that no longer exist (a killed job) are ignored and pruned.
+//! The local registry of jobs: one JSON file per job in `$WEIR_HOME/jobs/` (default
+//! `~/.weir/jobs/`), written when a job's REST server is up, updated with its latest checkpoint,
+//! and marked with its final status when it ends. A job whose process is gone without marking
+//! its entry (killed) counts as ended too. The most recent ended entries are kept for
+//! `weir list -a`; older ones are pruned.
 //!
 //! The registry is a directory anyone with access can write to, so nothing in it is trusted: an
 //! entry counts only when its file is `<id>.json` for a well-formed job id, its paths are absolute
@@ -25,7 +27,25 @@ pub struct RegistryEntry {
     /// while running.
     #[serde(default)]
     pub checkpoint_dir: Option<String>,
+    /// The latest completed checkpoint, as a `file:` URI (for `-s` after a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<String>,
+    /// Set when the job has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Ended>,
 }
+
+/// How and when a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// FINISHED, CANCELED or FAILED.
+    pub status: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Ended entries kept for `weir list -a`.
+const ENDED_KEPT: usize = 100;
 
 impl RegistryEntry {
     /// Why the entry cannot be trusted, if it cannot.
@@ -83,9 +103,43 @@ impl Registry {
         }
     }
 
-    /// Entries of live processes, oldest first; entries of dead processes are removed. Entries
-    /// that are not well-formed are skipped (and logged), never acted on.
+    /// Running jobs (not ended, process alive), oldest first.
     pub fn list(&self) -> Vec<RegistryEntry> {
+        self.scan().into_iter().filter(|(_, e)| e.ended.is_none() && process_alive(e.pid)).map(|(_, e)| e).collect()
+    }
+
+    /// Jobs that ended, oldest first: marked ended, or whose process is gone (killed), which
+    /// get the status `GONE`. Beyond the most recent [`ENDED_KEPT`], entries are deleted.
+    pub fn ended(&self) -> Vec<RegistryEntry> {
+        let mut ended: Vec<(PathBuf, RegistryEntry)> = self
+            .scan()
+            .into_iter()
+            .filter_map(|(file, mut e)| match &e.ended {
+                Some(_) => Some((file, e)),
+                None if process_alive(e.pid) => None,
+                None => {
+                    // Killed: what its checkpoint directory holds beats what it last recorded.
+                    let newest =
+                        e.checkpoint_dir.as_deref().and_then(|d| weir_runtime::job::latest_checkpoint(Path::new(d)));
+                    if let Some((_, path)) = newest {
+                        e.last_checkpoint = Some(weir_core::location::to_uri(&path));
+                    }
+                    e.ended = Some(Ended { status: "GONE".into(), at_ms: e.started_ms });
+                    Some((file, e))
+                }
+            })
+            .collect();
+        ended.sort_by_key(|(_, e)| e.ended.as_ref().map(|x| x.at_ms));
+        let excess = ended.len().saturating_sub(ENDED_KEPT);
+        for (file, _) in ended.drain(..excess) {
+            let _ = std::fs::remove_file(file);
+        }
+        ended.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Well-formed entries and their files, oldest first. Entries that are not well-formed are
+    /// skipped (and logged), never acted on.
+    fn scan(&self) -> Vec<(PathBuf, RegistryEntry)> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         let mut entries = Vec::new();
         for file in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
@@ -106,13 +160,9 @@ impl Registry {
                 tracing::warn!("ignoring the registry entry {}: {defect}", file.display());
                 continue;
             }
-            if process_alive(entry.pid) {
-                entries.push(entry);
-            } else {
-                let _ = std::fs::remove_file(&file);
-            }
+            entries.push((file, entry));
         }
-        entries.sort_by_key(|e| e.started_ms);
+        entries.sort_by_key(|(_, e)| e.started_ms);
         entries
     }
 
@@ -141,7 +191,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn register_list_and_prune_dead_entries() {
+    fn running_and_ended_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::at(dir.path());
         let me = RegistryEntry {
@@ -151,13 +201,24 @@ mod tests {
             address: "127.0.0.1:1".into(),
             started_ms: 2,
             checkpoint_dir: None,
+            last_checkpoint: Some("file:/ck/chk-3".into()),
+            ended: None,
         };
         r.register(&me).unwrap();
-        let dead = RegistryEntry { id: "b".repeat(32), pid: u32::MAX - 1, started_ms: 1, ..me.clone() };
-        r.register(&dead).unwrap();
+        let killed = RegistryEntry { id: "b".repeat(32), pid: u32::MAX - 1, started_ms: 1, ..me.clone() };
+        r.register(&killed).unwrap();
+        let finished = RegistryEntry {
+            id: "c".repeat(32),
+            ended: Some(Ended { status: "FINISHED".into(), at_ms: 9 }),
+            ..me.clone()
+        };
+        r.register(&finished).unwrap();
         assert_eq!(r.list(), vec![me.clone()]);
-        assert!(!dir.path().join(format!("{}.json", dead.id)).exists(), "dead entry pruned");
         assert_eq!(r.find(&me.id), Some(me.clone()));
+        let ended = r.ended();
+        assert_eq!(ended.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), [killed.id.clone(), finished.id.clone()]);
+        assert_eq!(ended[0].ended.as_ref().unwrap().status, "GONE", "a killed job's entry stays, as gone");
+        assert_eq!(ended[0].last_checkpoint.as_deref(), Some("file:/ck/chk-3"));
         r.unregister(&me.id);
         assert!(r.list().is_empty());
     }
@@ -175,6 +236,8 @@ mod tests {
             address: "127.0.0.1:1".into(),
             started_ms: 0,
             checkpoint_dir: None,
+            last_checkpoint: None,
+            ended: None,
         };
         // An id that walks out of the registry, under a file name of its own.
         std::fs::write(r.dir().join("forged.json"), serde_json::to_vec(&dead("../victim")).unwrap()).unwrap();

@@ -310,11 +310,28 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// A job's REST server and its registry entry; the entry goes first when the job ends.
+/// A job's REST server and its registry entry. The entry records the latest checkpoint as
+/// checkpoints complete (so `weir list -a` can point at it after a crash), and the job's final
+/// status when it ends; the REST server stops after that.
 struct Registered {
     registry: weir_rest::Registry,
-    id: String,
+    entry: weir_rest::RegistryEntry,
+    control: weir_runtime::JobControl,
+    /// Dropped to stop the thread that records checkpoints.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    recorder: Option<std::thread::JoinHandle<()>>,
     _server: weir_rest::RestServer,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The latest completed checkpoint (not savepoint) of a job, as a `file:` URI.
+fn last_checkpoint(control: &weir_runtime::JobControl) -> Option<String> {
+    let completed = control.completed_checkpoints();
+    let latest = completed.iter().rev().find(|c| !c.kind.is_savepoint())?;
+    Some(weir_core::location::to_uri(&latest.location))
 }
 
 impl Registered {
@@ -326,13 +343,12 @@ impl Registered {
             name: name.to_string(),
             pid: std::process::id(),
             address: server.address().to_string(),
-            started_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            started_ms: now_ms(),
             checkpoint_dir: handle
                 .checkpoint_job_dir()
                 .map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string()),
+            last_checkpoint: None,
+            ended: None,
         };
         if let Err(e) = registry.register(&entry) {
             tracing::warn!(
@@ -340,12 +356,40 @@ impl Registered {
                 registry.dir().display()
             );
         }
-        Registered { registry, id, _server: server }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (control, recorded_registry, mut recorded) = (handle.control(), registry.clone(), entry.clone());
+        let recorder = std::thread::Builder::new()
+            .name(format!("registry-{id}"))
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_millis(200))
+                {
+                    let latest = last_checkpoint(&control);
+                    if latest.is_some() && latest != recorded.last_checkpoint {
+                        recorded.last_checkpoint = latest;
+                        let _ = recorded_registry.register(&recorded);
+                    }
+                }
+            })
+            .ok();
+        Registered { registry, entry, control: handle.control(), stop: Some(stop), recorder, _server: server }
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.unregister(&self.id);
+        drop(self.stop.take());
+        if let Some(t) = self.recorder.take() {
+            let _ = t.join();
+        }
+        let status = self.control.status();
+        let entry = weir_rest::RegistryEntry {
+            last_checkpoint: last_checkpoint(&self.control).or(self.entry.last_checkpoint.take()),
+            ended: Some(weir_rest::Ended { status: status.to_string(), at_ms: now_ms() }),
+            ..self.entry.clone()
+        };
+        if let Err(e) = self.registry.register(&entry) {
+            tracing::warn!("cannot record the end of job {} in {}: {e}", entry.id, self.registry.dir().display());
+        }
     }
 }

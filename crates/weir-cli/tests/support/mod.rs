@@ -81,7 +81,13 @@ impl Weir {
 
     pub fn wait_gone(&self, job: &str) {
         let entry = self.home.path().join("jobs").join(format!("{job}.json"));
-        wait_for("the job to end", || !entry.exists());
+        // The job marks its registry entry ended as it exits.
+        wait_for("the job to end", || {
+            std::fs::read(&entry)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_none_or(|v| !v["ended"].is_null())
+        });
     }
 }
 
