@@ -59,22 +59,8 @@ fn seed_scenario_savepoint_stop_and_restore_through_the_cli() {
 fn rest_savepoint_lifecycle_disposal_and_stop() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
-    let (ck, sp, out) = (dir.path().join("ck"), dir.path().join("sp"), dir.path().join("out"));
-    let job = weir.run_detached(&[
-        "-D",
-        "execution.checkpointing.interval=100 ms",
-        "-D",
-        &format!("execution.checkpointing.dir={}", ck.display()),
-        "keyed-count",
-        "--output",
-        out.to_str().unwrap(),
-        "--count",
-        "100000000",
-        "--keys",
-        "10",
-        "--rate",
-        "2000",
-    ]);
+    let sp = dir.path().join("sp");
+    let (job, _) = weir.start_keyed_count(dir.path(), Backend::HashMap);
     let base = format!("http://{}", weir.address(&job));
     let (status, v) = http("GET", &format!("{base}/jobs"), None);
     assert_eq!((status, v["jobs"][0]["id"].as_str()), (200, Some(job.as_str())));
@@ -216,11 +202,7 @@ fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
     weir.wait_gone(&job);
     let copy = |name: &str| {
         let to = dir.path().join(name);
-        std::fs::create_dir(&to).unwrap();
-        for e in std::fs::read_dir(&savepoint).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
+        copy_dir(&savepoint, &to);
         to
     };
     let truncated = copy("truncated");
@@ -311,6 +293,9 @@ fn dispose_through_the_cli() {
     assert!(err.contains("claim mode LEGACY is not supported"), "{err}");
 }
 
+/// keyed-count for one record: what a run that is refused before it starts is given.
+const ONE_RECORD: [&str; 7] = ["keyed-count", "--output", "o", "--count", "1", "--keys", "1"];
+
 /// What Weir prints, Weir accepts: the `file:` paths `weir savepoint` prints paste into `run -s`,
 /// `--dispose` and savepoint targets, in every spelling of a local `file:` URI.
 #[test]
@@ -329,32 +314,11 @@ fn printed_paths_paste_back() {
     weir.wait_gone(&job);
 
     // Restore from the printed path, attached and detached.
-    let job2 = weir.run_detached(&[
-        "-s",
-        &stopped,
-        "keyed-count",
-        "--output",
-        out.to_str().unwrap(),
-        "--count",
-        "100000000",
-        "--keys",
-        "10",
-        "--rate",
-        "2000",
-    ]);
+    let mut args = vec!["-s".to_string(), stopped.clone()];
+    args.extend(keyed_count_args("100 ms", &dir.path().join("ck"), &out));
+    let job2 = weir.run_detached(&args.iter().map(String::as_str).collect::<Vec<_>>());
     weir.ok(&["cancel", &job2]);
-    let refused = weir.fails(&[
-        "run",
-        "-s",
-        "file://elsewhere/sp",
-        "keyed-count",
-        "--output",
-        "o",
-        "--count",
-        "1",
-        "--keys",
-        "1",
-    ]);
+    let refused = weir.fails(&[&["run", "-s", "file://elsewhere/sp"], ONE_RECORD.as_slice()].concat());
     assert!(refused.contains("names the host 'elsewhere'"), "{refused}");
     assert!(refused.contains("its error is printed above"), "{refused}");
 
@@ -374,27 +338,8 @@ fn printed_paths_paste_back() {
 fn rest_errors_are_json_and_statistics_are_real() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = Backend::RocksDb.flags(dir.path());
-    backend.extend(["-D".to_string(), "execution.checkpointing.incremental=true".to_string()]);
-    let mut args: Vec<&str> = backend.iter().map(String::as_str).collect();
-    let ck = format!("execution.checkpointing.dir={}", dir.path().join("ck").display());
-    let out = dir.path().join("out");
-    args.extend([
-        "-D",
-        "execution.checkpointing.interval=100 ms",
-        "-D",
-        &ck,
-        "keyed-count",
-        "--output",
-        out.to_str().unwrap(),
-        "--count",
-        "100000000",
-        "--keys",
-        "10",
-        "--rate",
-        "2000",
-    ]);
-    let job = weir.run_detached(&args);
+    let (job, _) =
+        weir.start_keyed_count_with(dir.path(), Backend::RocksDb, &["-D", "execution.checkpointing.incremental=true"]);
     let base = format!("http://{}", weir.address(&job));
     // A fresh connection per request: a server may close one after refusing a large body.
     let agent = || -> ureq::Agent { ureq::Agent::config_builder().http_status_as_error(false).build().into() };
@@ -532,19 +477,8 @@ fn newcomer_friction() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-savepoint");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "run",
-            "-d",
-            "-s",
-            missing.to_str().unwrap(),
-            "keyed-count",
-            "--output",
-            "o",
-            "--count",
-            "1",
-            "--keys",
-            "1",
-        ])
+        .args(["run", "-d", "-s", missing.to_str().unwrap()])
+        .args(ONE_RECORD)
         .env("WEIR_HOME", weir.home.path())
         .env("RUST_BACKTRACE", "1")
         .output()

@@ -41,14 +41,6 @@ fn failed_claim_restore_keeps_the_snapshot_rocksdb() {
     failed_claim_restore_keeps_the_snapshot(Backend::RocksDb);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 /// Disposal takes only a snapshot directory or its own `_metadata`, never a symbolic link, and
 /// deletes only `_metadata` and the files it references; a CLAIM restore is held to the same.
 #[test]
@@ -180,24 +172,8 @@ fn running_jobs_keep_their_checkpoints_and_forged_registry_entries_are_ignored()
     // Job B, started from its own directory with a relative checkpoint directory.
     let b_dir = dir.path().join("b");
     std::fs::create_dir(&b_dir).unwrap();
-    let job_b = weir.run_detached_in(
-        &b_dir,
-        &[
-            "-D",
-            "execution.checkpointing.interval=1 h",
-            "-D",
-            "execution.checkpointing.dir=ck",
-            "keyed-count",
-            "--output",
-            "out",
-            "--count",
-            "100000000",
-            "--keys",
-            "10",
-            "--rate",
-            "2000",
-        ],
-    );
+    let args = keyed_count_args("1 h", Path::new("ck"), Path::new("out"));
+    let job_b = weir.run_detached_in(&b_dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
     // A checkpoint that stays the latest (and only) retained one while the job runs.
     let stdout = weir.ok(&["checkpoint", &job_b]);
     let id = stdout.lines().find_map(|l| l.strip_prefix("Checkpoint ")).and_then(|l| l.split(' ').next()).unwrap();

@@ -22,6 +22,15 @@ fn word_count(args: &[&str]) -> Command {
     c
 }
 
+/// word-count with Weir's `flags`, then its input, output and checkpoint directory; the caller
+/// adds the job's other arguments.
+fn word_count_over(flags: &[&str], input: &Path, out: &Path, ck: &Path) -> Command {
+    let mut c = word_count(flags);
+    c.args(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    c.args(["--checkpoints", ck.to_str().unwrap(), "--quiet"]);
+    c
+}
+
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cond() {
@@ -133,20 +142,10 @@ fn a_bounded_input_shorter_than_the_restored_offset_fails_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (input, out, ck) = (dir.path().join("in.jsonl"), dir.path().join("out"), dir.path().join("ck"));
     append(&input, &["a", "b", "a", "b", "a"]);
-    let mut job = word_count(&[
-        "-D",
-        "execution.checkpointing.interval=50 ms",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--checkpoints",
-        ck.to_str().unwrap(),
-        "--quiet",
-    ])
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut job = word_count_over(&["-D", "execution.checkpointing.interval=50 ms"], &input, &out, &ck)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for("all five totals", || committed(&out).len() == 5);
     std::thread::sleep(Duration::from_millis(200));
     job.kill().unwrap();
@@ -155,22 +154,12 @@ fn a_bounded_input_shorter_than_the_restored_offset_fails_at_once() {
     let (_, latest) = weir::latest_checkpoint(&job_dir).expect("a retained checkpoint");
     let short = dir.path().join("short.jsonl");
     append(&short, &["a"]);
-    let child = word_count(&[
-        "-s",
-        latest.to_str().unwrap(),
-        "--input",
-        short.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--bounded",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-        "--quiet",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = word_count_over(&["-s", latest.to_str().unwrap()], &short, &out, &ck)
+        .arg("--bounded")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let output = wait_at_most(child, 60, "word-count over a shorter input");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
@@ -182,20 +171,12 @@ fn bounded_run(dir: &Path, input_bytes: &[u8]) -> (std::process::Output, Vec<Str
     let (input, out) = (dir.join("in.jsonl"), dir.join("out"));
     std::fs::write(&input, input_bytes).unwrap();
     let ck = dir.join("ck");
-    let child = word_count(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--bounded",
-        "--quiet",
-        "--checkpoints",
-        ck.to_str().unwrap(),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = word_count_over(&[], &input, &out, &ck)
+        .arg("--bounded")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let output = wait_at_most(child, 60, "bounded word-count");
     (output, committed(&out))
 }
@@ -237,21 +218,11 @@ fn a_followed_file_replaced_or_truncated_is_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let (input, out, ck) = (dir.path().join("in.jsonl"), dir.path().join("out"), dir.path().join("ck"));
         append(&input, &["a", "b", "a"]);
-        let mut args = vec![
-            "-D",
-            "execution.checkpointing.interval=50 ms",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--checkpoints",
-            ck.to_str().unwrap(),
-            "--quiet",
-        ];
+        let mut cmd = word_count_over(&["-D", "execution.checkpointing.interval=50 ms"], &input, &out, &ck);
         if start_over {
-            args.push("--start-over-when-replaced");
+            cmd.arg("--start-over-when-replaced");
         }
-        let mut job = word_count(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut job = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         wait_for("the first totals", || committed(&out).len() == 3);
         match how {
             "truncate" => {

@@ -184,30 +184,51 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// keyed-count's arguments as the tests run it: checkpoints every `interval` under `ck`, 10 keys
+/// at 2000 records/s into `out`, endless.
+pub fn keyed_count_args(interval: &str, ck: &Path, out: &Path) -> Vec<String> {
+    [
+        "-D",
+        &format!("execution.checkpointing.interval={interval}"),
+        "-D",
+        &format!("execution.checkpointing.dir={}", ck.display()),
+        "keyed-count",
+        "--output",
+        out.to_str().unwrap(),
+        "--count",
+        "100000000",
+        "--keys",
+        "10",
+        "--rate",
+        "2000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Copies the files of directory `from` into `to` (created).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 impl Weir {
-    /// Starts keyed-count (10 keys, 2000 records/s, checkpoints every 100 ms under `dir/ck`)
-    /// detached, and waits until it has committed output; returns its job id and output directory.
+    /// Starts keyed-count (see [`keyed_count_args`], checkpoints under `dir/ck`) detached with the
+    /// backend's flags, and waits until it has committed output; returns its job id and output
+    /// directory.
     pub fn start_keyed_count(&self, dir: &Path, backend: Backend) -> (String, PathBuf) {
+        self.start_keyed_count_with(dir, backend, &[])
+    }
+
+    /// [`Weir::start_keyed_count`] with `extra` Weir flags.
+    pub fn start_keyed_count_with(&self, dir: &Path, backend: Backend, extra: &[&str]) -> (String, PathBuf) {
         let out = dir.join("keyed-out");
         let mut args: Vec<String> = backend.flags(dir);
-        args.extend(
-            [
-                "-D",
-                "execution.checkpointing.interval=100 ms",
-                "-D",
-                &format!("execution.checkpointing.dir={}", dir.join("ck").display()),
-                "keyed-count",
-                "--output",
-                out.to_str().unwrap(),
-                "--count",
-                "100000000",
-                "--keys",
-                "10",
-                "--rate",
-                "2000",
-            ]
-            .map(String::from),
-        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(keyed_count_args("100 ms", &dir.join("ck"), &out));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let job = self.run_detached(&args);
         wait_for("keyed-count to commit output", || committed(&out).len() >= 50);
