@@ -609,6 +609,11 @@ pub fn submit(
             data: Completed { snapshot: snapshot.clone() },
         });
     }
+    // Savepoints a killed process left half-written in the default target go when a job starts
+    // on it (and before any savepoint is written into a directory).
+    if let Some(dir) = config.get_location(keys::SAVEPOINT_DIR) {
+        storage::sweep_partial_savepoints(&dir);
+    }
     let next_id = restored.as_ref().map(|r| r.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
     let tasks = task_keys(&graph);
     let (tx, rx) = crossbeam_channel::unbounded();

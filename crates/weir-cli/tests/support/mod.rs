@@ -91,6 +91,19 @@ impl Weir {
     }
 }
 
+impl Drop for Weir {
+    /// Jobs a test left running (it failed half-way) are killed, so they do not outlive it.
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.home.path().join("jobs")) else { return };
+        for e in entries.flatten() {
+            let entry: Option<Value> = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(pid) = entry.filter(|v| v["ended"].is_null()).and_then(|v| v["pid"].as_u64()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
