@@ -178,12 +178,21 @@ impl Registry {
 }
 
 /// Whether a process with this id exists (`kill(pid, 0)`: it exists unless the answer is "no
-/// such process"). An entry whose process is alive is still verified through its REST API.
+/// such process"), and is not a zombie where the system can tell (a job started by `weir run -d`
+/// whose parent never reaps it). An entry whose process is alive is still verified through its
+/// REST API before use.
 fn process_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(raw) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
         return false;
     };
-    !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+    if matches!(rustix::process::test_kill_process(raw), Err(rustix::io::Errno::SRCH)) {
+        return false;
+    }
+    // Only Linux's /proc says whether a process is a zombie; elsewhere existing is enough.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
 }
 
 #[cfg(test)]
