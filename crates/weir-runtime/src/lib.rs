@@ -12,6 +12,7 @@ pub mod channel;
 pub mod graph;
 pub mod job;
 pub mod operator;
+pub mod protocol;
 pub mod storage;
 mod task;
 

@@ -1,7 +1,7 @@
 //! What operators and tasks share: the `Output` chain, the events that travel along it, and the
 //! task environment a source drives.
 
-use crate::job::MasterMsg;
+use crate::protocol::MasterMsg;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -7,8 +7,8 @@
 
 use crate::channel::InputEnd;
 use crate::graph::{Instance, JobGraph};
-use crate::job::{FailureKind, MasterMsg, RestorePlan};
 use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
+use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan};
 use crate::storage::CheckpointStorage;
 use crossbeam_channel::{Receiver, Sender};
 use std::any::Any;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use weir_core::coordinator::TaskKey;
 use weir_core::metadata::SubtaskSnapshot;
-use weir_core::{JobId, OperatorId};
+use weir_core::JobId;
 use weir_state::{NewFile, ResolvedNativeHandle, RestoredKeyedState, SnapshotFiles, WrittenKeyedState};
 
 /// Everything a task needs, moved into its thread.
@@ -39,9 +39,6 @@ pub(crate) struct TaskPlan {
     pub batch_size: usize,
     pub state_backend: weir_state::StateBackend,
 }
-
-/// The state written for one operator subtask, as acknowledged to the master.
-pub type AckedState = Vec<(OperatorId, SubtaskSnapshot)>;
 
 pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
     let chain = &plan.graph.chains[plan.key.vertex as usize];

@@ -1,0 +1,576 @@
+//! The job master: deploys tasks, drives the checkpoint coordinator, keeps the completed-checkpoint
+//! store, and restarts the job from the latest checkpoint when a task fails.
+
+use super::control::{with, CheckpointStats, JobOutcome, JobStatus, Operation, Shared};
+use super::deploy::DeployedTask;
+use super::restore::reusable_files;
+use super::settings::Settings;
+use crate::graph::JobGraph;
+use crate::operator::{Barrier, Control};
+use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan};
+use crate::storage::{self, load_snapshot, CheckpointStorage, LoadedSnapshot};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use weir_core::assignment;
+use weir_core::coordinator::{Action, Coordinator, FailureReason, TaskKey};
+use weir_core::metadata::{self, OperatorSnapshot, SnapshotKind, SnapshotMetadata};
+use weir_core::restart::{RestartBackoff, RestartDecision};
+use weir_core::shared_state::SharedStateRegistry;
+use weir_core::store::{CompletedCheckpointStore, Ownership, Retained, Termination};
+use weir_core::{CheckpointId, JobId, OperatorId};
+
+/// Sent as the request token of the final checkpoint taken when all sources are exhausted.
+const FINAL_CHECKPOINT: u64 = u64::MAX;
+
+/// A completed checkpoint as the store keeps it.
+pub(super) struct Completed {
+    pub snapshot: Arc<LoadedSnapshot>,
+}
+
+pub(super) struct Master {
+    pub(super) job_id: JobId,
+    pub(super) name: String,
+    pub(super) settings: Settings,
+    pub(super) graph: Arc<JobGraph>,
+    pub(super) storage: Arc<dyn CheckpointStorage>,
+    pub(super) has_checkpoint_dir: bool,
+    pub(super) coordinator: Coordinator<AckedState>,
+    pub(super) store: CompletedCheckpointStore<Completed>,
+    /// Which retained snapshots reference each reusable data file (incremental checkpoints).
+    pub(super) registry: SharedStateRegistry<PathBuf>,
+    pub(super) state_backend: weir_state::StateBackend,
+    /// Started from a `-s` snapshot.
+    pub(super) restored_from_snapshot: bool,
+    /// A checkpoint completed since the job started.
+    pub(super) completed_since_start: bool,
+    /// Token of a stop-with-savepoint in progress, and whether it drains.
+    pub(super) stopping: Option<(u64, bool)>,
+    /// Target directory of each savepoint request, by token.
+    pub(super) savepoint_targets: HashMap<u64, PathBuf>,
+    pub(super) rx: Receiver<MasterMsg>,
+    pub(super) tx: Sender<MasterMsg>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) clock: Instant,
+    pub(super) attempt: u32,
+    pub(super) restarts: u32,
+    pub(super) restart: RestartBackoff,
+    pub(super) tasks: Vec<DeployedTask>,
+    /// Directory and trigger time of each pending snapshot.
+    pub(super) locations: HashMap<CheckpointId, (PathBuf, Instant)>,
+    pub(super) exhausted: HashSet<TaskKey>,
+    pub(super) finished: HashSet<TaskKey>,
+    pub(super) finish_after_notify: bool,
+}
+
+pub(super) enum Step {
+    Continue,
+    Failover { cause: String, kind: FailureKind },
+    End(JobStatus, Option<String>),
+}
+
+impl Master {
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn set_status(&self, status: JobStatus) {
+        tracing::info!("Job {} ({}) switched to {status}.", self.name, self.job_id);
+        with(&self.shared.status, |s| *s = Some(status));
+    }
+
+    pub(super) fn run(mut self) -> JobOutcome {
+        let (status, failure) = loop {
+            match self.deploy_and_run() {
+                Step::End(status, failure) => break (status, failure),
+                Step::Continue => continue,
+                Step::Failover { cause, kind } => {
+                    tracing::warn!("Job {} ({}) failed: {cause}", self.name, self.job_id);
+                    let actions = self.coordinator.abort_all(FailureReason::TaskFailure);
+                    self.execute_all(actions);
+                    self.stop_tasks();
+                    if kind == FailureKind::Restore && self.restored_from_snapshot && !self.completed_since_start {
+                        break (
+                            JobStatus::Failed,
+                            Some(format!("the job could not restore its state and was not started: {cause}")),
+                        );
+                    }
+                    if kind == FailureKind::Unrecoverable {
+                        break (JobStatus::Failed, Some(format!("{cause} (a restart cannot fix this; not restarted)")));
+                    }
+                    // Jitter only needs to differ between jobs and failures; uuid's generator is at hand.
+                    let random = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
+                    let delay = match self.restart.on_failure(wall_clock_ms(), random) {
+                        RestartDecision::RestartAfter(delay) => delay,
+                        RestartDecision::GiveUp(why) => break (JobStatus::Failed, Some(format!("{cause} ({why})"))),
+                    };
+                    self.set_status(JobStatus::Restarting);
+                    tracing::info!("Restarting job {} in {} ms.", self.job_id, delay.as_millis());
+                    if self.wait_or_cancel(delay) {
+                        break (JobStatus::Canceled, None);
+                    }
+                    self.restarts += 1;
+                    self.attempt += 1;
+                    with(&self.shared.restarts, |r| *r = self.restarts);
+                }
+            }
+        };
+        let how = match status {
+            JobStatus::Finished => Termination::Finished,
+            JobStatus::Canceled => Termination::Canceled,
+            _ => Termination::Failed,
+        };
+        let retained = self.store.len();
+        let gone = self.store.shutdown(self.settings.retention, how);
+        let kept_any = gone.len() < retained;
+        for gone in gone {
+            self.discard_retained(&gone);
+        }
+        // Snapshots still in flight never complete: their directories go.
+        for (_, (loc, _)) in std::mem::take(&mut self.locations) {
+            self.discard_incomplete(&loc);
+        }
+        with(&self.shared.in_progress, |n| *n = 0);
+        if !kept_any {
+            self.remove_empty_job_dir();
+        }
+        if let Some(f) = &failure {
+            tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
+        }
+        self.set_status(status);
+        JobOutcome { job_id: self.job_id, status, failure, restarts: self.restarts }
+    }
+
+    /// Waits out the restart delay; true if the job was cancelled meanwhile.
+    fn wait_or_cancel(&self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(MasterMsg::Cancel) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn deploy_and_run(&mut self) -> Step {
+        let restore = match self.store.latest() {
+            Some(latest) => {
+                let snapshot = latest.data.snapshot.clone();
+                // The same graph that wrote the checkpoint: the mapping cannot fail.
+                match assignment::assign(
+                    &snapshot.dir.display().to_string(),
+                    &snapshot.metadata.operators,
+                    &self.graph.operator_infos(),
+                    true,
+                ) {
+                    Ok(a) => Some(Arc::new(RestorePlan { snapshot, operators: a.operators })),
+                    Err(e) => {
+                        return Step::End(
+                            JobStatus::Failed,
+                            Some(format!("cannot map the latest checkpoint onto the job: {e}")),
+                        )
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(r) = &restore {
+            tracing::info!("Restoring job {} from {}.", self.job_id, r.snapshot.dir.display());
+        }
+        if let Err(e) = self.deploy(restore) {
+            return Step::End(JobStatus::Failed, Some(e));
+        }
+        // Wait until every task has restored its state, then start them all at once.
+        let mut initialized = HashSet::new();
+        while initialized.len() < self.tasks.len() {
+            match self.rx.recv() {
+                Ok(MasterMsg::TaskInitialized { attempt, task }) if attempt == self.attempt => {
+                    initialized.insert(task);
+                }
+                // Any failure while tasks restore and open counts as a failed restore: retrying reads
+                // the same snapshot again.
+                Ok(MasterMsg::TaskFailed { attempt, error, kind, .. }) if attempt == self.attempt => {
+                    // Unless it says a restart cannot fix it, it is a failed restore.
+                    let kind = if kind == FailureKind::Unrecoverable { kind } else { FailureKind::Restore };
+                    return Step::Failover { cause: error, kind };
+                }
+                Ok(MasterMsg::Cancel) => {
+                    self.stop_tasks();
+                    return Step::End(JobStatus::Canceled, None);
+                }
+                Ok(_) => {}
+                Err(_) => return Step::End(JobStatus::Failed, Some("job master channel closed".into())),
+            }
+        }
+        for t in &self.tasks {
+            let _ = t.control.send(Control::Start);
+        }
+        self.set_status(JobStatus::Running);
+        let now = self.now();
+        self.coordinator.set_tasks(self.tasks.iter().map(|t| t.key));
+        self.coordinator.set_periodic(true, now);
+        self.exhausted.clear();
+        self.finished.clear();
+        self.finish_after_notify = false;
+        loop {
+            let timeout = match self.coordinator.next_deadline_ms() {
+                Some(d) => Duration::from_millis(d.saturating_sub(self.now())),
+                None => Duration::from_secs(3600),
+            };
+            let msg = match self.rx.recv_timeout(timeout) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Step::End(JobStatus::Failed, Some("job master channel closed".into()))
+                }
+            };
+            let step = match msg {
+                None => {
+                    let actions = self.coordinator.tick(self.now());
+                    self.execute_all(actions)
+                }
+                Some(m) => self.handle(m),
+            };
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: MasterMsg) -> Step {
+        let current = self.attempt;
+        match msg {
+            MasterMsg::Cancel => {
+                let actions = self.coordinator.abort_all(FailureReason::CoordinatorShutdown);
+                self.execute_all(actions);
+                self.stop_tasks();
+                Step::End(JobStatus::Canceled, None)
+            }
+            MasterMsg::Ack { attempt, id, task, states } => {
+                let actions = if attempt == current {
+                    self.coordinator.acknowledge(id, task, states)
+                } else {
+                    vec![Action::DiscardLate { id, task, state: states }]
+                };
+                self.execute_all(actions)
+            }
+            MasterMsg::Decline { attempt, id, reason, task } if attempt == current => {
+                tracing::warn!("Decline checkpoint {id} by task {task:?} of job {}: {reason}", self.job_id);
+                let actions = self.coordinator.decline(id, FailureReason::AsyncException(reason), self.now());
+                self.execute_all(actions)
+            }
+            MasterMsg::SourceExhausted { attempt, task } if attempt == current => {
+                self.exhausted.insert(task);
+                let sources = self.tasks.iter().filter(|t| t.is_source).count();
+                if self.exhausted.len() == sources {
+                    if self.settings.coordinator.interval_ms.is_some() && self.has_checkpoint_dir {
+                        tracing::info!(
+                            "All sources of job {} are exhausted; taking the final checkpoint.",
+                            self.job_id
+                        );
+                        let actions =
+                            self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now());
+                        return self.execute_all(actions);
+                    }
+                    self.finish_sources();
+                }
+                Step::Continue
+            }
+            MasterMsg::TaskFinished { attempt, task } if attempt == current => {
+                self.finished.insert(task);
+                if self.finished.len() == self.tasks.len() {
+                    self.stop_tasks();
+                    return Step::End(JobStatus::Finished, None);
+                }
+                Step::Continue
+            }
+            MasterMsg::TaskFailed { attempt, error, kind, .. } if attempt == current => {
+                Step::Failover { cause: error, kind }
+            }
+            MasterMsg::TriggerSavepoint { token, target, format, stop } => {
+                let now = self.now();
+                let kind = SnapshotKind::Savepoint { format };
+                if stop.is_some() && self.stopping.is_some() {
+                    let message = "a stop-with-savepoint is already in progress".to_string();
+                    self.finish_operation(token, Operation::Failed { message });
+                    return Step::Continue;
+                }
+                self.savepoint_targets.insert(token, target);
+                let actions = match stop {
+                    Some(drain) => {
+                        let how = if drain { "Draining" } else { "Suspending" };
+                        tracing::info!("{how} job {} with a {format:?} savepoint.", self.job_id);
+                        self.stopping = Some((token, drain));
+                        // Only the final savepoint's data is committed from here on.
+                        self.coordinator.set_periodic(false, now);
+                        if drain {
+                            for t in self.tasks.iter().filter(|t| t.is_source) {
+                                let _ = t.control.send(Control::Drain);
+                            }
+                        }
+                        self.coordinator.request_stop_savepoint(kind, Some(token), now)
+                    }
+                    None => self.coordinator.request(kind, Some(token), now),
+                };
+                self.execute_all(actions)
+            }
+            MasterMsg::TriggerCheckpoint { token } => {
+                let actions = self.coordinator.request(SnapshotKind::Checkpoint, Some(token), self.now());
+                self.execute_all(actions)
+            }
+            MasterMsg::TaskCanceled { .. } | MasterMsg::TaskInitialized { .. } => Step::Continue,
+            _ => Step::Continue, // messages of an earlier attempt
+        }
+    }
+
+    fn finish_sources(&self) {
+        for t in self.tasks.iter().filter(|t| t.is_source) {
+            let _ = t.control.send(Control::FinishSource);
+        }
+    }
+
+    fn execute_all(&mut self, actions: Vec<Action<AckedState>>) -> Step {
+        let mut queue: std::collections::VecDeque<_> = actions.into();
+        let mut step = Step::Continue;
+        while let Some(a) = queue.pop_front() {
+            let (more, s) = self.execute(a);
+            queue.extend(more);
+            if let Some(s) = s {
+                step = s;
+            }
+        }
+        with(&self.shared.in_progress, |n| *n = self.locations.len() as u64);
+        step
+    }
+
+    fn execute(&mut self, action: Action<AckedState>) -> (Vec<Action<AckedState>>, Option<Step>) {
+        match action {
+            Action::Trigger { id, kind, timestamp_ms: _, token, full } => {
+                let location = match token.and_then(|t| self.savepoint_targets.remove(&t)) {
+                    Some(target) if kind.is_savepoint() => self.storage.savepoint_location(&target, self.job_id),
+                    _ if self.has_checkpoint_dir => self.storage.checkpoint_location(self.job_id, id),
+                    _ => Err(std::io::Error::other("no checkpoint directory configured (execution.checkpointing.dir)")),
+                };
+                match location {
+                    Ok(loc) => {
+                        tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
+                        self.locations.insert(id, (loc.clone(), Instant::now()));
+                        let stop = token.is_some() && self.stopping.map(|(t, _)| t) == token;
+                        let barrier =
+                            Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop, full };
+                        for t in self.tasks.iter().filter(|t| t.is_source) {
+                            let _ = t.control.send(Control::Trigger(barrier.clone()));
+                        }
+                        (Vec::new(), None)
+                    }
+                    Err(e) => {
+                        let reason = FailureReason::Declined(format!("cannot create the snapshot directory: {e}"));
+                        (self.coordinator.decline(id, reason, self.now()), None)
+                    }
+                }
+            }
+            Action::Finalize { id, kind, timestamp_ms: _, acks } => {
+                let outcome = self.write_metadata(id, kind, acks);
+                (self.coordinator.finalized(id, outcome, self.now()), None)
+            }
+            Action::Completed { id, kind, token } => {
+                let Some((loc, started)) = self.locations.remove(&id) else {
+                    return (Vec::new(), None);
+                };
+                match load_snapshot(&loc) {
+                    Ok(snapshot) => {
+                        let (size, written) = self.snapshot_sizes(&snapshot);
+                        tracing::info!(
+                            "Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).",
+                            self.job_id,
+                            started.elapsed().as_millis()
+                        );
+                        with(&self.shared.completed, |c| {
+                            c.push(CheckpointStats {
+                                id,
+                                kind,
+                                location: loc.clone(),
+                                duration: started.elapsed(),
+                                state_size: size,
+                                checkpointed_size: written,
+                            });
+                            if c.len() > 100 {
+                                c.remove(0);
+                            }
+                        });
+                        if kind.is_savepoint() {
+                            // Savepoints never enter the store: they are the user's, never deleted.
+                            tracing::info!("Savepoint stored in {}.", loc.display());
+                        } else {
+                            self.completed_since_start = true;
+                            self.registry.register(id, reusable_files(&snapshot), true);
+                            let subsumed = self.store.add(Retained {
+                                id,
+                                is_savepoint: false,
+                                ownership: Ownership::Job,
+                                data: Completed { snapshot: Arc::new(snapshot) },
+                            });
+                            for gone in subsumed {
+                                self.discard_retained(&gone);
+                            }
+                        }
+                        if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                            self.finish_operation(t, Operation::Completed { checkpoint_id: id, location: loc.clone() });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("snapshot {id} was written but cannot be read back: {e}");
+                        if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                            self.finish_operation(t, Operation::Failed { message: e.to_string() });
+                        }
+                    }
+                }
+                if token == Some(FINAL_CHECKPOINT) || (token.is_some() && token == self.stopping.map(|(t, _)| t)) {
+                    self.finish_after_notify = true;
+                }
+                (Vec::new(), None)
+            }
+            Action::NotifyComplete { id } => {
+                for t in &self.tasks {
+                    let _ = t.control.send(Control::CheckpointComplete(id));
+                }
+                if std::mem::take(&mut self.finish_after_notify) {
+                    self.finish_sources();
+                }
+                (Vec::new(), None)
+            }
+            Action::Aborted { id, kind, reason, token } => {
+                let what = if kind.is_savepoint() { "Savepoint" } else { "Checkpoint" };
+                tracing::warn!("{what} {id} of job {} failed: {}", self.job_id, reason.message());
+                with(&self.shared.failed_checkpoints, |n| *n += 1);
+                // A failed snapshot leaves nothing that looks like one.
+                if let Some((loc, _)) = self.locations.remove(&id) {
+                    self.discard_incomplete(&loc);
+                }
+                if !kind.is_savepoint() {
+                    self.delete_unreferenced_shared_files();
+                }
+                for t in &self.tasks {
+                    let _ = t.control.send(Control::CheckpointAborted(id));
+                }
+                let mut step = None;
+                if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                    let message = format!("{what} {id} failed: {}", reason.message());
+                    self.finish_operation(t, Operation::Failed { message });
+                    if let Some((_, drain)) = self.stopping.filter(|(s, _)| *s == t) {
+                        self.stopping = None;
+                        if drain {
+                            // The inputs already ended: the job cannot simply resume.
+                            let cause = format!("stop with --drain failed: {}", reason.message());
+                            step = Some(Step::Failover { cause, kind: FailureKind::Recoverable });
+                        } else {
+                            // The stop failed: the job keeps running, with periodic checkpoints.
+                            let now = self.now();
+                            self.coordinator.set_periodic(true, now);
+                        }
+                    }
+                }
+                let retry = token == Some(FINAL_CHECKPOINT)
+                    && reason != FailureReason::TaskFailure
+                    && reason != FailureReason::CoordinatorShutdown;
+                let more = if retry {
+                    self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now())
+                } else {
+                    Vec::new()
+                };
+                (more, step)
+            }
+            Action::Rejected { token, reason } => {
+                if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                    self.savepoint_targets.remove(&t);
+                    if self.stopping.is_some_and(|(s, _)| s == t) {
+                        self.stopping = None;
+                    }
+                    self.finish_operation(t, Operation::Failed { message: reason.message() });
+                }
+                (Vec::new(), None)
+            }
+            Action::DiscardLate { id, state, .. } => {
+                let retained = self.store.iter().any(|e| e.id == id);
+                if !retained && !self.locations.contains_key(&id) && self.has_checkpoint_dir {
+                    if let Some(dir) = &self.shared.job_dir {
+                        let loc = dir.join(format!("chk-{id}"));
+                        // Data files the late task uploaded to shared/ that nothing references.
+                        for (_, sub) in &state {
+                            for f in sub.native.iter().flat_map(|n| &n.files) {
+                                let path = storage::normalize(&loc.join(&f.file.path));
+                                if !self.registry.contains(&path) {
+                                    storage::delete_file_and_empty_dir(&path);
+                                }
+                            }
+                        }
+                        self.discard_incomplete(&loc);
+                    }
+                }
+                (Vec::new(), None)
+            }
+            Action::FailJob { message } => {
+                (Vec::new(), Some(Step::Failover { cause: message, kind: FailureKind::Recoverable }))
+            }
+        }
+    }
+
+    fn finish_operation(&self, token: u64, outcome: Operation) {
+        with(&self.shared.operations, |ops| {
+            ops.insert(token, outcome);
+        });
+    }
+
+    fn write_metadata(
+        &self,
+        id: CheckpointId,
+        kind: SnapshotKind,
+        acks: Vec<(TaskKey, AckedState)>,
+    ) -> Result<(), String> {
+        let (storage, Some((loc, _))) = (&self.storage, self.locations.get(&id)) else {
+            return Err("no checkpoint location".into());
+        };
+        let mut by_op: HashMap<OperatorId, Vec<metadata::SubtaskSnapshot>> = HashMap::new();
+        for (_, states) in acks {
+            for (op, sub) in states {
+                by_op.entry(op).or_default().push(sub);
+            }
+        }
+        let operators = self
+            .graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut subtasks = by_op.remove(&n.operator_id).unwrap_or_default();
+                subtasks.sort_by_key(|s| s.subtask);
+                OperatorSnapshot {
+                    operator_id: n.operator_id,
+                    uid: n.uid.clone(),
+                    name: n.name.clone(),
+                    parallelism: n.parallelism,
+                    max_parallelism: n.max_parallelism,
+                    subtasks,
+                }
+            })
+            .collect();
+        let meta = SnapshotMetadata {
+            checkpoint_id: id,
+            job_id: self.job_id.to_hex(),
+            kind,
+            timestamp_ms: wall_clock_ms(),
+            operators,
+        };
+        let bytes = metadata::encode(&meta).map_err(|e| e.to_string())?;
+        storage
+            .write_metadata(loc, &bytes)
+            .map_err(|e| format!("writing {}: {e}", loc.join(metadata::METADATA_FILE_NAME).display()))
+    }
+}
+
+pub(super) fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,81 @@
+//! The task <-> master protocol: what tasks report to the job master (initialized, acknowledged,
+//! declined, exhausted, finished, failed), what the control API asks of it, and the restore plan
+//! the master hands every task. Tasks and operators depend on this module, not on the master.
+
+use crate::storage::LoadedSnapshot;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use weir_core::assignment::SubtaskAssignment;
+use weir_core::coordinator::TaskKey;
+use weir_core::metadata::{SavepointFormat, SubtaskSnapshot};
+use weir_core::{CheckpointId, OperatorId};
+
+/// The state written for one operator subtask, as acknowledged to the master.
+pub type AckedState = Vec<(OperatorId, SubtaskSnapshot)>;
+
+/// Messages to the job master, from tasks and from the job handle.
+pub enum MasterMsg {
+    TaskInitialized {
+        attempt: u32,
+        task: TaskKey,
+    },
+    Ack {
+        attempt: u32,
+        id: CheckpointId,
+        task: TaskKey,
+        states: AckedState,
+    },
+    Decline {
+        attempt: u32,
+        id: CheckpointId,
+        task: TaskKey,
+        reason: String,
+    },
+    SourceExhausted {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskFinished {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskCanceled {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskFailed {
+        attempt: u32,
+        task: TaskKey,
+        error: String,
+        kind: FailureKind,
+    },
+    /// `stop`: `None` for an intermediate savepoint, `Some(drain)` for stop-with-savepoint.
+    TriggerSavepoint {
+        token: u64,
+        target: PathBuf,
+        format: SavepointFormat,
+        stop: Option<bool>,
+    },
+    TriggerCheckpoint {
+        token: u64,
+    },
+    Cancel,
+}
+
+/// What a task failure means for the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A restart may fix it: the restart strategy decides.
+    Recoverable,
+    /// Restoring state failed; restarting reads the same snapshot again.
+    Restore,
+    /// A restart cannot fix it (the input or the environment must change): the job fails at once.
+    Unrecoverable,
+}
+
+/// The state every operator subtask restores, computed once per deployment.
+pub struct RestorePlan {
+    pub snapshot: Arc<LoadedSnapshot>,
+    pub operators: HashMap<OperatorId, Vec<SubtaskAssignment>>,
+}
