@@ -71,24 +71,25 @@ impl FailureReason {
     }
 }
 
-/// What the runtime must do.
+/// What the runtime must do. `T` is the requester's token type: requests carry one, and the
+/// actions about a request hand it back.
 #[derive(Debug, PartialEq)]
-pub enum Action<S> {
+pub enum Action<S, T = u64> {
     /// Inject barriers for snapshot `id` at the sources. `token` is the requester's, if any.
     /// `full`: a checkpoint that must reference no file of an earlier snapshot (the first
     /// checkpoint after a NO_CLAIM restore).
-    Trigger { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, token: Option<u64>, full: bool },
+    Trigger { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, token: Option<T>, full: bool },
     /// All tasks acknowledged: write `_metadata` from these acks, then call `finalized`.
     Finalize { id: CheckpointId, kind: SnapshotKind, timestamp_ms: u64, acks: Vec<(TaskKey, S)> },
     /// The snapshot is complete (its `_metadata` is in place).
-    Completed { id: CheckpointId, kind: SnapshotKind, token: Option<u64> },
+    Completed { id: CheckpointId, kind: SnapshotKind, token: Option<T> },
     /// Tell every task the checkpoint is complete, so sinks commit. Never sent for an
     /// intermediate savepoint.
     NotifyComplete { id: CheckpointId },
     /// The snapshot failed; its files must be deleted and tasks told.
-    Aborted { id: CheckpointId, kind: SnapshotKind, reason: FailureReason, token: Option<u64> },
+    Aborted { id: CheckpointId, kind: SnapshotKind, reason: FailureReason, token: Option<T> },
     /// A request that never got an id failed.
-    Rejected { token: Option<u64>, reason: FailureReason },
+    Rejected { token: Option<T>, reason: FailureReason },
     /// An acknowledgement arrived for a snapshot no longer pending: delete what it wrote.
     DiscardLate { id: CheckpointId, task: TaskKey, state: S },
     /// Too many consecutive failures: the job must fail with this message.
@@ -96,19 +97,19 @@ pub enum Action<S> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Request {
+struct Request<T> {
     kind: SnapshotKind,
     periodic: bool,
     /// A stop-with-savepoint: completing it commits side effects like a checkpoint.
     synchronous: bool,
-    token: Option<u64>,
+    token: Option<T>,
 }
 
 #[derive(Debug)]
-struct Pending<S> {
+struct Pending<S, T> {
     id: CheckpointId,
     kind: SnapshotKind,
-    token: Option<u64>,
+    token: Option<T>,
     synchronous: bool,
     timestamp_ms: u64,
     deadline_ms: u64,
@@ -118,12 +119,12 @@ struct Pending<S> {
 }
 
 #[derive(Debug)]
-pub struct Coordinator<S> {
+pub struct Coordinator<S, T = u64> {
     settings: CoordinatorSettings,
     tasks: BTreeSet<TaskKey>,
     next_id: CheckpointId,
-    pending: BTreeMap<CheckpointId, Pending<S>>,
-    queue: VecDeque<Request>,
+    pending: BTreeMap<CheckpointId, Pending<S, T>>,
+    queue: VecDeque<Request<T>>,
     periodic_enabled: bool,
     next_periodic_ms: Option<u64>,
     last_completion_ms: Option<u64>,
@@ -133,7 +134,7 @@ pub struct Coordinator<S> {
     force_full: bool,
 }
 
-impl<S> Coordinator<S> {
+impl<S, T: Copy> Coordinator<S, T> {
     /// A coordinator for a job whose tasks are `tasks`, handing out ids from `next_id` (1 for a new
     /// job, snapshot id + 1 after a restore). The first periodic checkpoint is due one interval
     /// after `now_ms`.
@@ -202,7 +203,7 @@ impl<S> Coordinator<S> {
     }
 
     /// Expires overdue snapshots, queues a due periodic checkpoint, and triggers what may start.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Action<S>> {
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Action<S, T>> {
         let mut actions = Vec::new();
         let expired: Vec<_> =
             self.pending.values().filter(|p| !p.finalizing && p.deadline_ms <= now_ms).map(|p| p.id).collect();
@@ -229,17 +230,17 @@ impl<S> Coordinator<S> {
 
     /// A user request (manual checkpoint, savepoint, or the final checkpoint at end of input).
     /// Ignores min pause. `token` comes back in the actions about this request.
-    pub fn request(&mut self, kind: SnapshotKind, token: Option<u64>, now_ms: u64) -> Vec<Action<S>> {
+    pub fn request(&mut self, kind: SnapshotKind, token: Option<T>, now_ms: u64) -> Vec<Action<S, T>> {
         self.enqueue(Request { kind, periodic: false, synchronous: false, token }, now_ms)
     }
 
     /// A stop-with-savepoint: a savepoint whose completion is notified to tasks, so sinks commit
     /// (an intermediate savepoint commits nothing). Stop periodic checkpoints before calling this.
-    pub fn request_stop_savepoint(&mut self, kind: SnapshotKind, token: Option<u64>, now_ms: u64) -> Vec<Action<S>> {
+    pub fn request_stop_savepoint(&mut self, kind: SnapshotKind, token: Option<T>, now_ms: u64) -> Vec<Action<S, T>> {
         self.enqueue(Request { kind, periodic: false, synchronous: true, token }, now_ms)
     }
 
-    fn enqueue(&mut self, req: Request, now_ms: u64) -> Vec<Action<S>> {
+    fn enqueue(&mut self, req: Request<T>, now_ms: u64) -> Vec<Action<S, T>> {
         let kind = req.kind;
         // Savepoints go before checkpoints, user requests before periodic ones.
         let pos = self
@@ -253,7 +254,7 @@ impl<S> Coordinator<S> {
         actions
     }
 
-    fn try_trigger(&mut self, now_ms: u64, actions: &mut Vec<Action<S>>) {
+    fn try_trigger(&mut self, now_ms: u64, actions: &mut Vec<Action<S, T>>) {
         if !self.pending.is_empty() {
             return; // max concurrent checkpoints: 1
         }
@@ -295,7 +296,7 @@ impl<S> Coordinator<S> {
     }
 
     /// A task acknowledged snapshot `id` with its state.
-    pub fn acknowledge(&mut self, id: CheckpointId, task: TaskKey, state: S) -> Vec<Action<S>> {
+    pub fn acknowledge(&mut self, id: CheckpointId, task: TaskKey, state: S) -> Vec<Action<S, T>> {
         let mut actions = Vec::new();
         match self.pending.get_mut(&id) {
             Some(p) if !p.finalizing && p.waiting_for.contains(&task) => {
@@ -316,7 +317,7 @@ impl<S> Coordinator<S> {
     }
 
     /// A task declined snapshot `id`.
-    pub fn decline(&mut self, id: CheckpointId, reason: FailureReason, now_ms: u64) -> Vec<Action<S>> {
+    pub fn decline(&mut self, id: CheckpointId, reason: FailureReason, now_ms: u64) -> Vec<Action<S, T>> {
         let mut actions = Vec::new();
         if self.pending.get(&id).is_some_and(|p| !p.finalizing) {
             self.abort(id, reason, &mut actions);
@@ -326,7 +327,7 @@ impl<S> Coordinator<S> {
     }
 
     /// The outcome of writing `_metadata` for snapshot `id`.
-    pub fn finalized(&mut self, id: CheckpointId, outcome: Result<(), String>, now_ms: u64) -> Vec<Action<S>> {
+    pub fn finalized(&mut self, id: CheckpointId, outcome: Result<(), String>, now_ms: u64) -> Vec<Action<S, T>> {
         let mut actions = Vec::new();
         match outcome {
             Ok(()) => {
@@ -356,7 +357,7 @@ impl<S> Coordinator<S> {
 
     /// A task failed: every pending snapshot is aborted (not counted as a checkpoint failure) and
     /// queued requests are rejected.
-    pub fn abort_all(&mut self, reason: FailureReason) -> Vec<Action<S>> {
+    pub fn abort_all(&mut self, reason: FailureReason) -> Vec<Action<S, T>> {
         let mut actions = Vec::new();
         let ids: Vec<_> = self.pending.keys().copied().collect();
         for id in ids {
@@ -370,7 +371,7 @@ impl<S> Coordinator<S> {
         actions
     }
 
-    fn abort(&mut self, id: CheckpointId, reason: FailureReason, actions: &mut Vec<Action<S>>) {
+    fn abort(&mut self, id: CheckpointId, reason: FailureReason, actions: &mut Vec<Action<S, T>>) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };

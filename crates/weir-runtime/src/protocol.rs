@@ -16,51 +16,29 @@ pub type AckedState = Vec<(OperatorId, SubtaskSnapshot)>;
 
 /// Messages to the job master, from tasks and from the job handle.
 pub enum MasterMsg {
-    TaskInitialized {
-        attempt: u32,
-        task: TaskKey,
-    },
-    Ack {
-        attempt: u32,
-        id: CheckpointId,
-        task: TaskKey,
-        states: AckedState,
-    },
-    Decline {
-        attempt: u32,
-        id: CheckpointId,
-        task: TaskKey,
-        reason: String,
-    },
-    SourceExhausted {
-        attempt: u32,
-        task: TaskKey,
-    },
-    TaskFinished {
-        attempt: u32,
-        task: TaskKey,
-    },
-    TaskCanceled {
-        attempt: u32,
-        task: TaskKey,
-    },
-    TaskFailed {
-        attempt: u32,
-        task: TaskKey,
-        error: String,
-        kind: FailureKind,
-    },
-    /// `stop`: `None` for an intermediate savepoint, `Some(drain)` for stop-with-savepoint.
-    TriggerSavepoint {
-        token: u64,
-        target: PathBuf,
-        format: SavepointFormat,
-        stop: Option<bool>,
-    },
-    TriggerCheckpoint {
-        token: u64,
-    },
+    TaskInitialized { attempt: u32, task: TaskKey },
+    Ack { attempt: u32, id: CheckpointId, task: TaskKey, states: AckedState },
+    Decline { attempt: u32, id: CheckpointId, task: TaskKey, reason: String },
+    SourceExhausted { attempt: u32, task: TaskKey },
+    TaskFinished { attempt: u32, task: TaskKey },
+    TaskCanceled { attempt: u32, task: TaskKey },
+    TaskFailed { attempt: u32, task: TaskKey, error: String, kind: FailureKind },
+    TriggerSavepoint { token: u64, target: PathBuf, format: SavepointFormat, mode: SavepointMode },
+    TriggerCheckpoint { token: u64 },
     Cancel,
+}
+
+/// What a savepoint request does to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointMode {
+    /// The job keeps running; the savepoint commits nothing and is never used for recovery.
+    Intermediate,
+    /// Stop with a savepoint: sources stop, the savepoint commits the sinks, the job finishes. If
+    /// the savepoint fails, the job keeps running.
+    Stop,
+    /// Like `Stop`, but the inputs end first (end-of-input hooks run); a failed savepoint then
+    /// fails the job over, since its inputs already ended.
+    Drain,
 }
 
 /// What a task failure means for the job.

@@ -1,7 +1,7 @@
 //! The job's control API: its status, the handle that waits for it, and the cloneable control
 //! the REST server and tools use (savepoints, stop, checkpoints, cancel, statistics).
 
-use crate::protocol::MasterMsg;
+use crate::protocol::{MasterMsg, SavepointMode};
 use crate::task;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
@@ -212,7 +212,7 @@ impl JobControl {
         let target = self.savepoint_target(target)?;
         self.running()?;
         let token = self.new_operation();
-        self.send(MasterMsg::TriggerSavepoint { token, target, format, stop: None })?;
+        self.send(MasterMsg::TriggerSavepoint { token, target, format, mode: SavepointMode::Intermediate })?;
         Ok(token)
     }
 
@@ -228,7 +228,8 @@ impl JobControl {
         let target = self.savepoint_target(target)?;
         self.running()?;
         let token = self.new_operation();
-        self.send(MasterMsg::TriggerSavepoint { token, target, format, stop: Some(drain) })?;
+        let mode = if drain { SavepointMode::Drain } else { SavepointMode::Stop };
+        self.send(MasterMsg::TriggerSavepoint { token, target, format, mode })?;
         Ok(token)
     }
 

@@ -7,7 +7,7 @@ use super::restore::reusable_files;
 use super::settings::Settings;
 use crate::graph::JobGraph;
 use crate::operator::{Barrier, Control};
-use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan};
+use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan, SavepointMode};
 use crate::storage::{self, load_snapshot, CheckpointStorage, LoadedSnapshot};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, HashSet};
@@ -22,8 +22,24 @@ use weir_core::shared_state::SharedStateRegistry;
 use weir_core::store::{CompletedCheckpointStore, Ownership, Retained, Termination};
 use weir_core::{CheckpointId, JobId, OperatorId};
 
-/// Sent as the request token of the final checkpoint taken when all sources are exhausted.
-const FINAL_CHECKPOINT: u64 = u64::MAX;
+/// Who asked for a snapshot; the coordinator hands it back in the actions about the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Requester {
+    /// An operation of the control API (savepoint, stop, manual checkpoint), by its token.
+    Operation(u64),
+    /// The checkpoint taken once every source is exhausted; the job finishes after it.
+    FinalCheckpoint,
+}
+
+impl Requester {
+    /// The control-API operation's token, if a user asked.
+    fn operation(self) -> Option<u64> {
+        match self {
+            Requester::Operation(token) => Some(token),
+            Requester::FinalCheckpoint => None,
+        }
+    }
+}
 
 /// A completed checkpoint as the store keeps it.
 pub(super) struct Completed {
@@ -37,7 +53,7 @@ pub(super) struct Master {
     pub(super) graph: Arc<JobGraph>,
     pub(super) storage: Arc<dyn CheckpointStorage>,
     pub(super) has_checkpoint_dir: bool,
-    pub(super) coordinator: Coordinator<AckedState>,
+    pub(super) coordinator: Coordinator<AckedState, Requester>,
     pub(super) store: CompletedCheckpointStore<Completed>,
     /// Which retained snapshots reference each reusable data file (incremental checkpoints).
     pub(super) registry: SharedStateRegistry<PathBuf>,
@@ -47,7 +63,7 @@ pub(super) struct Master {
     /// A checkpoint completed since the job started.
     pub(super) completed_since_start: bool,
     /// Token of a stop-with-savepoint in progress, and whether it drains.
-    pub(super) stopping: Option<(u64, bool)>,
+    pub(super) stopping: Option<(u64, SavepointMode)>,
     /// Target directory of each savepoint request, by token.
     pub(super) savepoint_targets: HashMap<u64, PathBuf>,
     pub(super) rx: Receiver<MasterMsg>,
@@ -272,8 +288,8 @@ impl Master {
                             "All sources of job {} are exhausted; taking the final checkpoint.",
                             self.job_id
                         );
-                        let actions =
-                            self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now());
+                        let final_checkpoint = Some(Requester::FinalCheckpoint);
+                        let actions = self.coordinator.request(SnapshotKind::Checkpoint, final_checkpoint, self.now());
                         return self.execute_all(actions);
                     }
                     self.finish_sources();
@@ -291,20 +307,22 @@ impl Master {
             MasterMsg::TaskFailed { attempt, error, kind, .. } if attempt == current => {
                 Step::Failover { cause: error, kind }
             }
-            MasterMsg::TriggerSavepoint { token, target, format, stop } => {
+            MasterMsg::TriggerSavepoint { token, target, format, mode } => {
                 let now = self.now();
                 let kind = SnapshotKind::Savepoint { format };
-                if stop.is_some() && self.stopping.is_some() {
+                let requester = Some(Requester::Operation(token));
+                if mode != SavepointMode::Intermediate && self.stopping.is_some() {
                     let message = "a stop-with-savepoint is already in progress".to_string();
                     self.finish_operation(token, Operation::Failed { message });
                     return Step::Continue;
                 }
                 self.savepoint_targets.insert(token, target);
-                let actions = match stop {
-                    Some(drain) => {
+                let actions = match mode {
+                    SavepointMode::Stop | SavepointMode::Drain => {
+                        let drain = mode == SavepointMode::Drain;
                         let how = if drain { "Draining" } else { "Suspending" };
                         tracing::info!("{how} job {} with a {format:?} savepoint.", self.job_id);
-                        self.stopping = Some((token, drain));
+                        self.stopping = Some((token, mode));
                         // Only the final savepoint's data is committed from here on.
                         self.coordinator.set_periodic(false, now);
                         if drain {
@@ -312,14 +330,15 @@ impl Master {
                                 let _ = t.control.send(Control::Drain);
                             }
                         }
-                        self.coordinator.request_stop_savepoint(kind, Some(token), now)
+                        self.coordinator.request_stop_savepoint(kind, requester, now)
                     }
-                    None => self.coordinator.request(kind, Some(token), now),
+                    SavepointMode::Intermediate => self.coordinator.request(kind, requester, now),
                 };
                 self.execute_all(actions)
             }
             MasterMsg::TriggerCheckpoint { token } => {
-                let actions = self.coordinator.request(SnapshotKind::Checkpoint, Some(token), self.now());
+                let requester = Some(Requester::Operation(token));
+                let actions = self.coordinator.request(SnapshotKind::Checkpoint, requester, self.now());
                 self.execute_all(actions)
             }
             MasterMsg::TaskCanceled { .. } | MasterMsg::TaskInitialized { .. } => Step::Continue,
@@ -333,7 +352,7 @@ impl Master {
         }
     }
 
-    fn execute_all(&mut self, actions: Vec<Action<AckedState>>) -> Step {
+    fn execute_all(&mut self, actions: Vec<Action<AckedState, Requester>>) -> Step {
         let mut queue: std::collections::VecDeque<_> = actions.into();
         let mut step = Step::Continue;
         while let Some(a) = queue.pop_front() {
@@ -347,10 +366,11 @@ impl Master {
         step
     }
 
-    fn execute(&mut self, action: Action<AckedState>) -> (Vec<Action<AckedState>>, Option<Step>) {
+    fn execute(&mut self, action: Action<AckedState, Requester>) -> (Vec<Action<AckedState, Requester>>, Option<Step>) {
         match action {
             Action::Trigger { id, kind, timestamp_ms: _, token, full } => {
-                let location = match token.and_then(|t| self.savepoint_targets.remove(&t)) {
+                let operation = token.and_then(Requester::operation);
+                let location = match operation.and_then(|t| self.savepoint_targets.remove(&t)) {
                     Some(target) if kind.is_savepoint() => self.storage.savepoint_location(&target, self.job_id),
                     _ if self.has_checkpoint_dir => self.storage.checkpoint_location(self.job_id, id),
                     _ => Err(std::io::Error::other("no checkpoint directory configured (execution.checkpointing.dir)")),
@@ -359,7 +379,7 @@ impl Master {
                     Ok(loc) => {
                         tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
                         self.locations.insert(id, (loc.clone(), Instant::now()));
-                        let stop = token.is_some() && self.stopping.map(|(t, _)| t) == token;
+                        let stop = operation.is_some() && self.stopping.map(|(t, _)| t) == operation;
                         let barrier =
                             Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop, full };
                         for t in self.tasks.iter().filter(|t| t.is_source) {
@@ -418,18 +438,20 @@ impl Master {
                                 self.discard_retained(&gone);
                             }
                         }
-                        if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                        if let Some(t) = token.and_then(Requester::operation) {
                             self.finish_operation(t, Operation::Completed { checkpoint_id: id, location: loc.clone() });
                         }
                     }
                     Err(e) => {
                         tracing::error!("snapshot {id} was written but cannot be read back: {e}");
-                        if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                        if let Some(t) = token.and_then(Requester::operation) {
                             self.finish_operation(t, Operation::Failed { message: e.to_string() });
                         }
                     }
                 }
-                if token == Some(FINAL_CHECKPOINT) || (token.is_some() && token == self.stopping.map(|(t, _)| t)) {
+                let stop =
+                    token.and_then(Requester::operation).is_some_and(|t| self.stopping.is_some_and(|(s, _)| s == t));
+                if token == Some(Requester::FinalCheckpoint) || stop {
                     self.finish_after_notify = true;
                 }
                 (Vec::new(), None)
@@ -458,12 +480,12 @@ impl Master {
                     let _ = t.control.send(Control::CheckpointAborted(id));
                 }
                 let mut step = None;
-                if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                if let Some(t) = token.and_then(Requester::operation) {
                     let message = format!("{what} {id} failed: {}", reason.message());
                     self.finish_operation(t, Operation::Failed { message });
-                    if let Some((_, drain)) = self.stopping.filter(|(s, _)| *s == t) {
+                    if let Some((_, mode)) = self.stopping.filter(|(s, _)| *s == t) {
                         self.stopping = None;
-                        if drain {
+                        if mode == SavepointMode::Drain {
                             // The inputs already ended: the job cannot simply resume.
                             let cause = format!("stop with --drain failed: {}", reason.message());
                             step = Some(Step::Failover { cause, kind: FailureKind::Recoverable });
@@ -474,18 +496,18 @@ impl Master {
                         }
                     }
                 }
-                let retry = token == Some(FINAL_CHECKPOINT)
+                let retry = token == Some(Requester::FinalCheckpoint)
                     && reason != FailureReason::TaskFailure
                     && reason != FailureReason::CoordinatorShutdown;
                 let more = if retry {
-                    self.coordinator.request(SnapshotKind::Checkpoint, Some(FINAL_CHECKPOINT), self.now())
+                    self.coordinator.request(SnapshotKind::Checkpoint, token, self.now())
                 } else {
                     Vec::new()
                 };
                 (more, step)
             }
             Action::Rejected { token, reason } => {
-                if let Some(t) = token.filter(|t| *t != FINAL_CHECKPOINT) {
+                if let Some(t) = token.and_then(Requester::operation) {
                     self.savepoint_targets.remove(&t);
                     if self.stopping.is_some_and(|(s, _)| s == t) {
                         self.stopping = None;
