@@ -5,11 +5,11 @@
 //! interfaces do: the heap backend clones, the rocksdb backend decodes. Every method returns a
 //! `Result`, because a backend on disk can fail where a hash map cannot.
 
-use crate::backend::{KeyScope, Scope};
+use crate::backend::KeyScope;
 use crate::error::StateError;
+use crate::scope_ops::KeyedOps;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -115,161 +115,68 @@ impl<T> ReducingStateDescriptor<T> {
 impl<T: StateData> ValueState<T> {
     /// The current key's value.
     pub fn value<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Option<T>, StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => Ok(h.get::<T>(self.slot).cloned()),
-            Scope::Serialized(s) => s.get(self.slot),
-        }
+        scope.inner.value_get(self.slot)
     }
     pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.put(self.slot, value);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.put(self.slot, &value),
-        }
+        scope.inner.value_set(self.slot, value)
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.remove::<T>(self.slot);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.delete(self.slot),
-        }
+        scope.inner.clear::<T>(self.slot)
     }
 }
 
 impl<T: StateData> ListState<T> {
     /// The current key's list (empty when it has none).
     pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Vec<T>, StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => Ok(h.get::<Vec<T>>(self.slot).cloned().unwrap_or_default()),
-            Scope::Serialized(s) => s.list_get(self.slot),
-        }
+        scope.inner.list_get(self.slot)
     }
     /// Appends to the list. The rocksdb backend appends without reading the list.
     pub fn add<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.entry::<Vec<T>>(self.slot, Vec::new).push(value);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.list_add(self.slot, &value),
-        }
+        scope.inner.list_add(self.slot, value)
     }
     /// Replaces the list; an empty list clears it.
     pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, values: Vec<T>) -> Result<(), StateError> {
         if values.is_empty() {
             return self.clear(scope);
         }
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.put(self.slot, values);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.list_update(self.slot, &values),
-        }
+        scope.inner.list_set(self.slot, values)
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.remove::<Vec<T>>(self.slot);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.delete(self.slot),
-        }
+        scope.inner.clear::<Vec<T>>(self.slot)
     }
 }
 
 impl<UK: StateData + Ord, UV: StateData> MapState<UK, UV> {
     pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Result<Option<UV>, StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => Ok(h.get::<BTreeMap<UK, UV>>(self.slot).and_then(|m| m.get(user_key)).cloned()),
-            Scope::Serialized(s) => s.map_get(self.slot, user_key),
-        }
+        scope.inner.map_get(self.slot, user_key)
     }
     pub fn contains<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Result<bool, StateError> {
         Ok(self.get(scope, user_key)?.is_some())
     }
     pub fn put<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: UK, value: UV) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new).insert(user_key, value);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.map_put(self.slot, &user_key, &value),
-        }
+        scope.inner.map_put(self.slot, user_key, value)
     }
     pub fn remove<K: Key>(&self, scope: &mut KeyScope<'_, K>, user_key: &UK) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                if h.get::<BTreeMap<UK, UV>>(self.slot).is_some_and(|m| m.contains_key(user_key)) {
-                    let map = h.entry::<BTreeMap<UK, UV>>(self.slot, BTreeMap::new);
-                    map.remove(user_key);
-                    if map.is_empty() {
-                        h.remove::<BTreeMap<UK, UV>>(self.slot);
-                    }
-                }
-                Ok(())
-            }
-            Scope::Serialized(s) => s.map_remove(self.slot, user_key),
-        }
+        scope.inner.map_remove::<UK, UV>(self.slot, user_key)
     }
     /// All entries of the current key's map, ordered by user key.
     pub fn entries<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Vec<(UK, UV)>, StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => Ok(h
-                .get::<BTreeMap<UK, UV>>(self.slot)
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default()),
-            Scope::Serialized(s) => {
-                let mut entries = s.map_entries::<UK, UV>(self.slot)?;
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                Ok(entries)
-            }
-        }
+        scope.inner.map_entries(self.slot)
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.remove::<BTreeMap<UK, UV>>(self.slot);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.map_clear(self.slot),
-        }
+        scope.inner.map_clear::<UK, UV>(self.slot)
     }
 }
 
 impl<T: StateData> ReducingState<T> {
     pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Option<T>, StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => Ok(h.get::<T>(self.slot).cloned()),
-            Scope::Serialized(s) => s.get(self.slot),
-        }
+        scope.inner.value_get(self.slot)
     }
     /// Combines `value` into the state with the descriptor's reduce function; returns the result.
     pub fn add<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<T, StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                let reduce = h.reduce_fn::<T>(self.slot);
-                let mut value = Some(value);
-                let slot = h.entry::<T>(self.slot, || value.take().unwrap_or_else(|| unreachable!()));
-                if let (Some(v), Some(reduce)) = (value, reduce) {
-                    *slot = reduce(slot, &v);
-                }
-                Ok(slot.clone())
-            }
-            Scope::Serialized(s) => s.reducing_add(self.slot, value),
-        }
+        scope.inner.reduce_add(self.slot, value)
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
-        match &mut scope.inner {
-            Scope::Heap(h) => {
-                h.remove::<T>(self.slot);
-                Ok(())
-            }
-            Scope::Serialized(s) => s.delete(self.slot),
-        }
+        scope.inner.clear::<T>(self.slot)
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod format;
 pub mod heap;
 pub mod operator;
+mod scope_ops;
 pub mod serialized;
 pub mod snapshot;
 pub mod write_back;
