@@ -2,6 +2,7 @@
 //! declined, exhausted, finished, failed), what the control API asks of it, and the restore plan
 //! the master hands every task. Tasks and operators depend on this module, not on the master.
 
+use crate::operator::TaskError;
 use crate::storage::LoadedSnapshot;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ pub enum MasterMsg {
     SourceExhausted { attempt: u32, task: TaskKey },
     TaskFinished { attempt: u32, task: TaskKey },
     TaskCanceled { attempt: u32, task: TaskKey },
-    TaskFailed { attempt: u32, task: TaskKey, error: String, kind: FailureKind },
+    TaskFailed { attempt: u32, task: TaskKey, failure: TaskFailure },
     TriggerSavepoint { token: u64, target: PathBuf, format: SavepointFormat, mode: SavepointMode },
     TriggerCheckpoint { token: u64 },
     Cancel,
@@ -39,6 +40,40 @@ pub enum SavepointMode {
     /// Like `Stop`, but the inputs end first (end-of-input hooks run); a failed savepoint then
     /// fails the job over, since its inputs already ended.
     Drain,
+}
+
+/// Why a task failed: the task's name and its typed error, or the message of a panic.
+#[derive(Debug)]
+pub struct TaskFailure {
+    /// `Name (subtask/parallelism)`.
+    pub task: String,
+    pub cause: FailureCause,
+}
+
+#[derive(Debug)]
+pub enum FailureCause {
+    Error(TaskError),
+    Panic(String),
+}
+
+impl TaskFailure {
+    /// What the failure means for the job, from its type.
+    pub fn kind(&self) -> FailureKind {
+        match &self.cause {
+            FailureCause::Error(TaskError::Restore { .. }) => FailureKind::Restore,
+            FailureCause::Error(TaskError::Unrecoverable { .. }) => FailureKind::Unrecoverable,
+            _ => FailureKind::Recoverable,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cause {
+            FailureCause::Error(e) => write!(f, "{}: {e}", self.task),
+            FailureCause::Panic(message) => write!(f, "{} panicked: {message}", self.task),
+        }
+    }
 }
 
 /// What a task failure means for the job.

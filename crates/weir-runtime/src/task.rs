@@ -8,7 +8,7 @@
 use crate::channel::InputEnd;
 use crate::graph::{Instance, JobGraph};
 use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
-use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan};
+use crate::protocol::{AckedState, FailureCause, MasterMsg, RestorePlan, TaskFailure};
 use crate::storage::CheckpointStorage;
 use crossbeam_channel::{Receiver, Sender};
 use std::any::Any;
@@ -49,19 +49,15 @@ pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
         let msg = match outcome {
             Ok(Ok(InputEnd::Finished)) => MasterMsg::TaskFinished { attempt, task: key },
             Ok(Ok(InputEnd::Canceled)) => MasterMsg::TaskCanceled { attempt, task: key },
-            Ok(Err(e)) => {
-                let kind = match e {
-                    TaskError::Restore { .. } => FailureKind::Restore,
-                    TaskError::Unrecoverable { .. } => FailureKind::Unrecoverable,
-                    _ => FailureKind::Recoverable,
-                };
-                MasterMsg::TaskFailed { attempt, task: key, error: format!("{name}: {e}"), kind }
-            }
+            Ok(Err(e)) => MasterMsg::TaskFailed {
+                attempt,
+                task: key,
+                failure: TaskFailure { task: name, cause: FailureCause::Error(e) },
+            },
             Err(panic) => MasterMsg::TaskFailed {
                 attempt,
                 task: key,
-                error: format!("{name} panicked: {}", panic_message(&panic)),
-                kind: FailureKind::Recoverable,
+                failure: TaskFailure { task: name, cause: FailureCause::Panic(panic_message(&panic)) },
             },
         };
         let _ = master.send(msg);

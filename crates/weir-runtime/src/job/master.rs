@@ -209,10 +209,13 @@ impl Master {
                 }
                 // Any failure while tasks restore and open counts as a failed restore: retrying reads
                 // the same snapshot again.
-                Ok(MasterMsg::TaskFailed { attempt, error, kind, .. }) if attempt == self.attempt => {
+                Ok(MasterMsg::TaskFailed { attempt, failure, .. }) if attempt == self.attempt => {
                     // Unless it says a restart cannot fix it, it is a failed restore.
-                    let kind = if kind == FailureKind::Unrecoverable { kind } else { FailureKind::Restore };
-                    return Step::Failover { cause: error, kind };
+                    let kind = match failure.kind() {
+                        FailureKind::Unrecoverable => FailureKind::Unrecoverable,
+                        _ => FailureKind::Restore,
+                    };
+                    return Step::Failover { cause: failure.to_string(), kind };
                 }
                 Ok(MasterMsg::Cancel) => {
                     self.stop_tasks();
@@ -304,8 +307,8 @@ impl Master {
                 }
                 Step::Continue
             }
-            MasterMsg::TaskFailed { attempt, error, kind, .. } if attempt == current => {
-                Step::Failover { cause: error, kind }
+            MasterMsg::TaskFailed { attempt, failure, .. } if attempt == current => {
+                Step::Failover { cause: failure.to_string(), kind: failure.kind() }
             }
             MasterMsg::TriggerSavepoint { token, target, format, mode } => {
                 let now = self.now();
