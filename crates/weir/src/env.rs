@@ -30,10 +30,11 @@ pub(crate) struct EnvInner {
 }
 
 impl EnvInner {
-    pub fn add_node(&mut self, node: NodeBuilder, input: Option<PendingEdge>) -> usize {
+    /// Adds a node fed by `inputs` (none for a source, several for a union).
+    pub fn add_node(&mut self, node: NodeBuilder, inputs: impl IntoIterator<Item = PendingEdge>) -> usize {
         let index = self.nodes.len();
         self.nodes.push(node);
-        if let Some(e) = input {
+        for e in inputs {
             self.edges.push(EdgeBuilder { from: e.from, to: index, kind: e.kind, key_hash: e.key_hash });
         }
         index

@@ -88,6 +88,39 @@ impl<T: Record> DataStream<T> {
         self.add("Map", false, Arc::new(ChainedSpec::<T, O, F> { f, build: build::<T, O, F> }), None)
     }
 
+    /// One stream of the records of this stream and of `others` (all of this job, of the same
+    /// type), as Flink's `union`: no order between the inputs; checkpoint barriers are aligned
+    /// across all of them.
+    pub fn union(self, others: impl IntoIterator<Item = DataStream<T>>) -> DataStream<T> {
+        let others: Vec<DataStream<T>> = others.into_iter().collect();
+        if others.is_empty() {
+            return self;
+        }
+        assert!(
+            others.iter().all(|o| Rc::ptr_eq(&o.env, &self.env)),
+            "union: every stream must come from the same StreamEnv"
+        );
+        fn build<T: Send + 'static>(_: (), next: Box<dyn Output<T>>) -> Box<dyn Output<T>> {
+            Box::new(MapOp { f: |record: T| record, next })
+        }
+        let node = NodeBuilder {
+            name: "Union".to_string(),
+            uid: None,
+            parallelism: None,
+            max_parallelism: None,
+            stateful: false,
+            is_source: false,
+            spec: Arc::new(ChainedSpec::<T, T, ()> { f: (), build: build::<T> }),
+            output: Some(Arc::new(TypeOps::<T>::new())),
+        };
+        let inputs: Vec<PendingEdge> = std::iter::once(&self)
+            .chain(&others)
+            .map(|s| PendingEdge { from: s.node, kind: s.edge, key_hash: None })
+            .collect();
+        let index = self.env.borrow_mut().add_node(node, inputs);
+        DataStream { env: self.env.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
+    }
+
     pub fn filter<F: FnMut(&T) -> bool + Clone + Send + Sync + 'static>(self, f: F) -> DataStream<T> {
         fn build<T: Send + 'static, F: FnMut(&T) -> bool + Send + 'static>(
             f: F,
