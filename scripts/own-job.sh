@@ -48,7 +48,8 @@ wait_lines() { # wait until the committed output has at least $1 lines
   echo "timed out waiting for $1 committed lines" >&2; exit 1
 }
 wait_lines 20
-"$weir" savepoint "$job" "$work/savepoints" | grep -q '^Savepoint completed. Path: file:'
+taken=$("$weir" savepoint "$job" "$work/savepoints")
+grep -q '^Savepoint completed. Path: file:' <<<"$taken" || { echo "$taken" >&2; exit 1; }
 path=$("$weir" stop "$job" --savepoint-path "$work/savepoints" | sed -n 's/^Savepoint completed. Path: //p')
 echo "stopped with savepoint: $path"
 for _ in $(seq 1 100); do [ -e "$WEIR_HOME/jobs/$job.json" ] || break; sleep 0.1; done
