@@ -83,6 +83,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so a closed reader (`weir list | head -1`) would make println! panic;
+    // end quietly instead, as Unix tools do.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse_from(flink_args::normalize(std::env::args()));
     match execute(cli) {
         Ok(code) => code,

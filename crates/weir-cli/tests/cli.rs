@@ -507,6 +507,19 @@ fn newcomer_friction() {
     assert_eq!(err.matches("Cannot find checkpoint or savepoint file/directory").count(), 1, "{err}");
     assert!(!err.to_ascii_lowercase().contains("stack backtrace"), "{err}");
 
+    // A reader that goes away (`weir list | head -1`) ends the CLI quietly, not with a panic.
+    let mut list = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["list", "-a"])
+        .env("WEIR_HOME", weir.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(list.stdout.take());
+    let listed = list.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&listed.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+
     let help = std::process::Command::new(example("word-count")).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(help.status.success(), "{}", String::from_utf8_lossy(&help.stderr));
