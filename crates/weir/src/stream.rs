@@ -218,7 +218,7 @@ impl<K: Key, T: Record> KeyedStream<K, T> {
     where
         T: StateData,
     {
-        self.process(ReduceFunction { f: move |a, b| Some(f(a, b)), state: None, what: "" }).name("Reduce")
+        self.process(ReduceFunction { f: move |a, b| Some(f(a, b)), state: None, sum_type: "" }).name("Reduce")
     }
 
     /// Sums the field `field` per key, keeping the other fields of the key's first record (like
@@ -234,8 +234,8 @@ impl<K: Key, T: Record> KeyedStream<K, T> {
             *field(&mut acc) = total;
             Some(acc)
         };
-        let what = std::any::type_name::<N>();
-        self.process(ReduceFunction { f: sum, state: None, what }).name("Sum")
+        let sum_type = std::any::type_name::<N>();
+        self.process(ReduceFunction { f: sum, state: None, sum_type }).name("Sum")
     }
 }
 
@@ -267,12 +267,13 @@ impl SumField for f64 {
     }
 }
 
-/// Combines a key's records; `f` returns `None` when a sum does not fit its type, `what`.
+/// Combines a key's records; `f` returns `None` when a sum overflows its field's type.
 #[derive(Clone)]
 struct ReduceFunction<F, T> {
     f: F,
     state: Option<ValueState<T>>,
-    what: &'static str,
+    /// The summed field's type, named in the overflow error (a plain reduce never overflows).
+    sum_type: &'static str,
 }
 
 impl<K: Key, T: StateData + Record, F: Fn(T, T) -> Option<T> + Clone + Send + Sync + 'static>
@@ -292,7 +293,7 @@ impl<K: Key, T: StateData + Record, F: Fn(T, T) -> Option<T> + Clone + Send + Sy
                 crate::Unrecoverable::boxed(format!(
                     "the sum of key {:?} overflows {}; a restart would replay the same records. Use a wider type",
                     state.key(),
-                    self.what
+                    self.sum_type
                 ))
             })?,
             None => value,
