@@ -18,7 +18,9 @@ pub struct Client {
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Client {
+    /// `address` is `host:port`, or `http://host:port` as `weir list` prints it.
     pub fn new(address: &str, job_id: &str, token: Option<String>) -> Client {
+        let address = address.strip_prefix("http://").unwrap_or(address).trim_end_matches('/');
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -53,12 +55,14 @@ impl Client {
         Ok(value)
     }
 
-    /// Checks that the REST API at this address is the job's own: it answers for the job id. A
-    /// stale or forged registry entry can point at another job or another program entirely.
-    pub fn verify(&self) -> Result<()> {
+    /// Checks that the REST API at this address is the job's own (it answers for the job id) and
+    /// returns the job's status. A stale or forged registry entry can point at another job or
+    /// another program entirely.
+    pub fn verify(&self) -> Result<String> {
         let answer = self.json("GET", &format!("/jobs/{}", self.job_id), None);
-        match answer.as_ref().ok().and_then(|v| v["jid"].as_str()) {
-            Some(jid) if jid == self.job_id => Ok(()),
+        let jid = answer.as_ref().ok().and_then(|v| v["jid"].as_str());
+        match (jid, answer.as_ref().ok().and_then(|v| v["state"].as_str())) {
+            (Some(jid), Some(state)) if jid == self.job_id => Ok(state.to_string()),
             _ => bail!(
                 "the REST API at {} does not answer as job {} ({}); the job has ended, or the registry entry or --address is wrong",
                 self.base.trim_start_matches("http://"),

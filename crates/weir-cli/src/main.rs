@@ -17,7 +17,8 @@ use weir_rest::Registry;
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Run and operate Weir jobs: checkpoints, savepoints, stop and restore.")]
 struct Cli {
-    /// REST address (host:port) of the job, instead of finding it in the registry of running jobs.
+    /// REST address of the job (host:port, or http://host:port as `weir list` prints it), instead
+    /// of finding it in the registry of running jobs.
     #[arg(short = 'm', long, visible_alias = "jobmanager", global = true)]
     address: Option<String>,
     /// File whose first line is the bearer token of jobs that require one (rest.auth.token);
@@ -234,7 +235,7 @@ fn list(all: bool, token: Option<String>) {
     let mut ended = Vec::new();
     for entry in registry.list() {
         let client = Client::new(&entry.address, &entry.id, token.clone());
-        let status = client.verify().and_then(|_| client.status()).unwrap_or_else(|_| "UNREACHABLE".into());
+        let status = client.verify().unwrap_or_else(|_| "UNREACHABLE".into());
         // Flink's line, then the REST address (where --address and HTTP clients reach the job).
         let line = format!(
             "{} : {} : {} ({status}) at http://{}",

@@ -156,6 +156,7 @@ fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("out"));
     append(&input, &["a"]);
+    let refused_ck = dir.path().join("ck-refused");
     let run = |snapshot: &Path| {
         let out = out.to_str().unwrap();
         let mut args = vec!["run", "-s", snapshot.to_str().unwrap()];
@@ -168,6 +169,8 @@ fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
             out,
             "--bounded",
             "--quiet",
+            "--checkpoints",
+            refused_ck.to_str().unwrap(),
         ]);
         weir.fails(&args)
     };
@@ -239,6 +242,9 @@ fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
     );
     assert!(err.contains(&state.display().to_string()), "the error names the damaged file: {err}");
     assert_eq!(committed(&out).len(), 2, "the refused restore wrote nothing");
+    let left: Vec<_> =
+        std::fs::read_dir(&refused_ck).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "refused restores leave no job directory: {left:?}");
     // The damaged snapshot is left as it was.
     assert_eq!(std::fs::read(&state).unwrap(), bytes);
     if backend == Backend::RocksDb {
@@ -479,6 +485,17 @@ fn rest_access_needs_the_token_when_one_is_set() {
     assert!(out.contains("Savepoint completed."), "{out}");
     let listed = weir.ok(&["list", "--token-file", token_file.to_str().unwrap()]);
     assert!(listed.contains(&format!("{job} : keyed-count (RUNNING) at {}", base)), "{listed}");
+    // The address as `weir list` prints it pastes into --address.
+    let out = weir.ok(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--address",
+        &base,
+        "savepoint",
+        &job,
+        dir.path().join("sp").to_str().unwrap(),
+    ]);
+    assert!(out.contains("Savepoint completed."), "{out}");
     let cancel = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["cancel", &job])
         .env("WEIR_HOME", weir.home.path())
@@ -577,6 +594,9 @@ fn ended_jobs_stay_listed_with_their_last_checkpoint() {
     let line =
         |job: &str| listed.lines().find(|l| l.contains(job)).unwrap_or_else(|| panic!("{job} missing: {listed}"));
     assert!(line(&stopped).contains("(FINISHED) last checkpoint file:"), "{listed}");
+    // A stopped job deleted its checkpoints: what it points at is its final savepoint, which exists.
+    let stopped_at = line(&stopped).rsplit("last checkpoint file:").next().unwrap().to_string();
+    assert!(Path::new(&stopped_at).join("_metadata").is_file(), "{stopped_at}");
     assert!(
         line(&killed).contains("(GONE: the process ended without a final status) last checkpoint file:"),
         "{listed}"

@@ -49,9 +49,10 @@ pub fn parse(input: &str) -> Result<PathBuf, LocationError> {
     Ok(PathBuf::from(percent_decode(path)))
 }
 
-/// `file:<path>`, the form Weir prints (give it an absolute path).
+/// `file:<path>`, the form Weir prints (give it an absolute path). A `%` is escaped as `%25`,
+/// so the printed form parses back to the same path.
 pub fn to_uri(path: &Path) -> String {
-    format!("file:{}", path.display())
+    format!("file:{}", path.display().to_string().replace('%', "%25"))
 }
 
 /// `scheme:rest` when `input` starts with a URI scheme followed by `/` (RFC 3986 scheme
@@ -106,7 +107,9 @@ mod tests {
         ] {
             assert_eq!(parse(input), Ok(PathBuf::from(path)), "{input}");
         }
-        assert_eq!(parse(&to_uri(Path::new("/x/y"))), Ok(PathBuf::from("/x/y")));
+        for path in ["/x/y", "/tmp/100%", "/tmp/a%20b", "/tmp/with space"] {
+            assert_eq!(parse(&to_uri(Path::new(path))), Ok(PathBuf::from(path)), "{path}");
+        }
     }
 
     #[test]

@@ -49,8 +49,10 @@ fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
             "8000",
         ]);
         let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        // Kill at a random moment in the first two runs, then let it finish.
-        let kill_after = if kills < 2 { Some(Duration::from_millis(100 + rand(500))) } else { None };
+        // Kill at a random moment in the first two runs, and on until a run has restored from a
+        // checkpoint (under load, a job can be killed before its first checkpoint completes).
+        let kill = kills < 2 || (restores == 0 && kills < 8);
+        let kill_after = if kill { Some(Duration::from_millis(100 + rand(500))) } else { None };
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {

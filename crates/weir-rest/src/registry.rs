@@ -27,7 +27,8 @@ pub struct RegistryEntry {
     /// while running.
     #[serde(default)]
     pub checkpoint_dir: Option<String>,
-    /// The latest completed checkpoint, as a `file:` URI (for `-s` after a crash).
+    /// Where to resume the job with `-s`, as a `file:` URI: its latest checkpoint that exists, else
+    /// its latest savepoint that does (a job stopped with a savepoint deleted its checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<String>,
     /// Set when the job has ended.

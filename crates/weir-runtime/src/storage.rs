@@ -404,6 +404,8 @@ pub enum LoadError {
     NotMetadataFile(PathBuf),
     #[error("'{0}' is a symbolic link: a snapshot's _metadata must be a regular file in the snapshot's directory; point at the directory the link leads to")]
     MetadataSymlink(PathBuf),
+    #[error("'{0}' references shared files (../shared/...), but its directory is not a checkpoint inside a job's directory (<checkpoint dir>/<32-hex job id>/chk-<n>); only incremental checkpoints reference shared files, so restore it from where its job wrote it (the job directory may move as a whole)")]
+    SharedOutsideJob(PathBuf),
 }
 
 /// A snapshot loaded from disk: its metadata and the directory relative paths resolve against.
@@ -451,7 +453,19 @@ pub fn load_snapshot(pointer: &Path) -> Result<LoadedSnapshot, LoadError> {
     let bytes = fs::read(&file).map_err(|error| LoadError::Io { path: file.clone(), error })?;
     let metadata = metadata::decode(&bytes, &file.display().to_string())?;
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
-    Ok(LoadedSnapshot { metadata, dir })
+    let snapshot = LoadedSnapshot { metadata, dir };
+    // `../shared/` is a job's shared directory only when the snapshot sits in a job directory:
+    // anywhere else it would name (and a CLAIM or disposal could delete) files of nobody's job.
+    let in_job_dir = snapshot
+        .dir
+        .parent()
+        .and_then(|job| job.file_name())
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| JobId::parse(name).is_some());
+    if !in_job_dir && snapshot.files().any(|(_, scope)| scope == FileScope::JobShared) {
+        return Err(LoadError::SharedOutsideJob(file));
+    }
+    Ok(snapshot)
 }
 
 /// The newest valid checkpoint `chk-<n>` under a job directory. Directories without a `_metadata`
@@ -627,6 +641,20 @@ mod tests {
         assert!(dir.join("_metadata").is_file() && dir.join("state").is_file());
         let disposed = dispose_snapshot(&dir, &[]).unwrap();
         assert!(disposed.dir_removed && !dir.exists());
+    }
+
+    #[test]
+    fn shared_references_count_only_inside_a_job_directory() {
+        let base = tempfile::tempdir().unwrap();
+        // A "savepoint" in a directory of the user's, pointing at ../shared/: refused at load.
+        let sp = base.path().join("savepoints").join("sp");
+        fs::create_dir_all(&sp).unwrap();
+        fs::create_dir_all(base.path().join("savepoints/shared")).unwrap();
+        fs::write(base.path().join("savepoints/shared/a"), b"the user's").unwrap();
+        fs::write(sp.join("_metadata"), meta_referencing(1, &["../shared/a"])).unwrap();
+        assert!(matches!(load_snapshot(&sp), Err(LoadError::SharedOutsideJob(_))));
+        assert!(dispose_snapshot(&sp, &[]).is_err());
+        assert!(base.path().join("savepoints/shared/a").exists());
     }
 
     #[test]

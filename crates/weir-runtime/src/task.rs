@@ -287,9 +287,13 @@ impl SnapshotFiles for StorageFiles<'_> {
         std::fs::create_dir_all(shared)?;
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let adopted = shared.join(format!("{}-{name}", &unique[..16]));
+        let adopted_name = format!("{}-{name}", &unique[..16]);
+        let adopted = shared.join(&adopted_name);
         if std::fs::hard_link(path, &adopted).is_err() {
-            std::fs::copy(path, &adopted)?;
+            // Another file system: a copy, written like any state file.
+            let mut out = self.storage.create_state_file(shared, &adopted_name)?;
+            std::io::copy(&mut std::fs::File::open(path)?, &mut out)?;
+            out.finish()?;
         }
         let reference = file_reference(self.location, &adopted)
             .ok_or_else(|| std::io::Error::other(format!("{} is outside the job", adopted.display())))?;

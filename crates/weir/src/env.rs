@@ -328,10 +328,13 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The latest completed checkpoint (not savepoint) of a job, as a `file:` URI.
-fn last_checkpoint(control: &weir_runtime::JobControl) -> Option<String> {
+/// Where to resume the job, as a `file:` URI: its latest checkpoint that still exists, else its
+/// latest savepoint that does (a job stopped with a savepoint has deleted its checkpoints).
+fn resume_point(control: &weir_runtime::JobControl) -> Option<String> {
     let completed = control.completed_checkpoints();
-    let latest = completed.iter().rev().find(|c| !c.kind.is_savepoint())?;
+    let exists = |c: &&weir_runtime::job::CheckpointStats| c.location.join("_metadata").is_file();
+    let latest = completed.iter().rev().filter(|c| !c.kind.is_savepoint()).find(exists);
+    let latest = latest.or_else(|| completed.iter().rev().find(exists))?;
     Some(weir_core::location::to_uri(&latest.location))
 }
 
@@ -365,7 +368,7 @@ impl Registered {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Duration::from_millis(200))
                 {
-                    let latest = last_checkpoint(&control);
+                    let latest = resume_point(&control);
                     if latest.is_some() && latest != recorded.last_checkpoint {
                         recorded.last_checkpoint = latest;
                         let _ = recorded_registry.register(&recorded);
@@ -385,7 +388,7 @@ impl Drop for Registered {
         }
         let status = self.control.status();
         let entry = weir_rest::RegistryEntry {
-            last_checkpoint: last_checkpoint(&self.control).or(self.entry.last_checkpoint.take()),
+            last_checkpoint: resume_point(&self.control),
             ended: Some(weir_rest::Ended { status: status.to_string(), at_ms: now_ms() }),
             ..self.entry.clone()
         };

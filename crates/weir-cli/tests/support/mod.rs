@@ -98,7 +98,8 @@ impl Drop for Weir {
         for e in entries.flatten() {
             let entry: Option<Value> = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
             if let Some(pid) = entry.filter(|v| v["ended"].is_null()).and_then(|v| v["pid"].as_u64()) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ =
+                    Command::new("kill").args(["-9", &pid.to_string()]).stderr(std::process::Stdio::null()).status();
             }
         }
     }

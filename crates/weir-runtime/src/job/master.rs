@@ -138,10 +138,7 @@ impl Master {
             JobStatus::Canceled => Termination::Canceled,
             _ => Termination::Failed,
         };
-        let retained = self.store.len();
-        let gone = self.store.shutdown(self.settings.retention, how);
-        let kept_any = gone.len() < retained;
-        for gone in gone {
+        for gone in self.store.shutdown(self.settings.retention, how) {
             self.discard_retained(&gone);
         }
         // Snapshots still in flight never complete: their directories go.
@@ -149,9 +146,7 @@ impl Master {
             self.discard_incomplete(&loc);
         }
         with(&self.shared.in_progress, |n| *n = 0);
-        if !kept_any {
-            self.remove_empty_job_dir();
-        }
+        self.remove_empty_job_dir();
         if let Some(f) = &failure {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
         }

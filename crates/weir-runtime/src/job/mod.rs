@@ -85,15 +85,6 @@ pub fn submit(
         // Savepoints still work: they go to their own directories.
         (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir()).with_modes(modes)), false),
     };
-    let job_dir = if has_checkpoint_dir {
-        Some(
-            storage
-                .initialize(job_id)
-                .map_err(|error| JobError::Storage { location: format!("for job {job_id} in {storage:?}"), error })?,
-        )
-    } else {
-        None
-    };
     let claim_mode = match config.get_enum(keys::RECOVERY_CLAIM_MODE) {
         Some("CLAIM") => ClaimMode::Claim,
         _ => ClaimMode::NoClaim,
@@ -125,7 +116,8 @@ pub fn submit(
         // checkpoint recovers from it. In CLAIM mode the job owns it and deletes it once a later
         // checkpoint subsumes it (never when the job fails before that); in NO_CLAIM mode never.
         let claimed = claim_mode == ClaimMode::Claim;
-        // CLAIM: later checkpoints may reference the snapshot's data files, deleted once unused.
+        // CLAIM: the snapshot's data files are the job's, deleted when it is subsumed (the first
+        // incremental checkpoint links them into the job's own shared/ directory).
         // NO_CLAIM: the first checkpoint is full and the files are never deleted.
         registry.register(meta.checkpoint_id, reusable_files(&snapshot), claimed);
         if claimed {
@@ -142,6 +134,17 @@ pub fn submit(
             data: Completed { snapshot: snapshot.clone() },
         });
     }
+    // Only now, with the snapshot accepted, does the job get a directory: a refused restore
+    // leaves nothing behind.
+    let job_dir = if has_checkpoint_dir {
+        Some(
+            storage
+                .initialize(job_id)
+                .map_err(|error| JobError::Storage { location: format!("for job {job_id} in {storage:?}"), error })?,
+        )
+    } else {
+        None
+    };
     // Savepoints a killed process left half-written in the default target go when a job starts
     // on it (and before any savepoint is written into a directory).
     if let Some(dir) = config.get_location(keys::SAVEPOINT_DIR) {

@@ -2,7 +2,7 @@
 //! and the data files a snapshot shares with later incremental checkpoints.
 
 use crate::graph::JobGraph;
-use crate::storage::{self, LoadedSnapshot};
+use crate::storage::LoadedSnapshot;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use weir_core::assignment::{self, AssignmentError};
@@ -47,7 +47,7 @@ pub(super) fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (P
         .flat_map(|op| &op.subtasks)
         .filter_map(|s| s.native.as_ref())
         .flat_map(|n| &n.files)
-        .map(|f| (storage::normalize(&snapshot.resolve(&f.file.path)), f.file.size, f.reusable))
+        .map(|f| (snapshot.resolve(&f.file.path), f.file.size, f.reusable))
 }
 
 /// The data files of a snapshot that later incremental checkpoints may reference.

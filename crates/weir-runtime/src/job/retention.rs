@@ -24,16 +24,26 @@ impl Master {
         }
     }
 
-    /// Once a job that retains nothing has ended: its `shared/` and `taskowned/` directories and
-    /// its job directory, if they are empty (nothing else is touched).
+    /// Once the job has ended: its directory, when it holds nothing but empty `shared/` and
+    /// `taskowned/` directories (no retained checkpoint, no file of anyone else's).
     pub(super) fn remove_empty_job_dir(&self) {
         let Some(job_dir) = &self.shared.job_dir else {
             return;
         };
-        for sub in ["shared", "taskowned"] {
-            let _ = std::fs::remove_dir(job_dir.join(sub));
+        let Ok(entries) = std::fs::read_dir(job_dir) else {
+            return;
+        };
+        let only_empty_layout = entries.filter_map(|e| e.ok()).all(|e| {
+            let path = e.path();
+            e.file_name().to_str().is_some_and(|n| n == "shared" || n == "taskowned")
+                && std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none())
+        });
+        if only_empty_layout {
+            for sub in ["shared", "taskowned"] {
+                let _ = std::fs::remove_dir(job_dir.join(sub));
+            }
+            let _ = std::fs::remove_dir(job_dir);
         }
-        let _ = std::fs::remove_dir(job_dir);
     }
 
     /// After a failed checkpoint: deletes files in `shared/` that no retained snapshot references
