@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use weir::{BoxError, Collector, KeyScope, KeyedProcessFunction, RuntimeContext, ValueState, ValueStateDescriptor};
+use weir::{BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, ValueState, ValueStateDescriptor};
 
 const CHUNK: u64 = 1 << 16;
 
@@ -45,10 +45,10 @@ impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K
     }
 
     #[inline]
-    fn process(&mut self, _: T, state: &mut KeyScope<'_, K>, _: &mut Collector<'_, ()>) -> Result<(), BoxError> {
+    fn process(&mut self, _: T, ctx: &mut Context<'_, K>, _: &mut Collector<'_, ()>) -> Result<(), BoxError> {
         let h = self.state.ok_or("not opened")?;
-        let n = h.value(state)?.unwrap_or(0);
-        h.update(state, n + 1)?;
+        let n = h.value(ctx)?.unwrap_or(0);
+        h.update(ctx, n + 1)?;
         if !self.seen_any {
             self.seen_any = true;
             let at = self.progress.clock.elapsed().as_micros().max(1) as u64;

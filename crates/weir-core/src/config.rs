@@ -39,6 +39,7 @@ pub mod keys {
     pub const PARALLELISM_DEFAULT: &str = "parallelism.default";
     pub const MAX_PARALLELISM: &str = "pipeline.max-parallelism";
     pub const AUTO_GENERATE_UIDS: &str = "pipeline.auto-generate-uids";
+    pub const AUTO_WATERMARK_INTERVAL: &str = "pipeline.auto-watermark-interval";
     pub const STATE_BACKEND: &str = "state.backend.type";
     pub const CHECKPOINT_INTERVAL: &str = "execution.checkpointing.interval";
     pub const CHECKPOINT_MIN_PAUSE: &str = "execution.checkpointing.min-pause";
@@ -86,6 +87,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: PARALLELISM_DEFAULT, deprecated: &[], ty: ValueType::Int, default: Some("1"), doc: "Parallelism of operators that do not set one." },
     KeyDef { name: MAX_PARALLELISM, deprecated: &[], ty: ValueType::Int, default: None, doc: "Max parallelism (number of key groups) of operators that do not set one; unset derives it from the parallelism like Flink." },
     KeyDef { name: AUTO_GENERATE_UIDS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "When false, a stateful operator without uid is refused when the job graph is built." },
+    KeyDef { name: AUTO_WATERMARK_INTERVAL, deprecated: &[], ty: ValueType::Duration, default: Some("200 ms"), doc: "How often watermark generators emit their watermark (periodic emission); 0 disables periodic watermarks." },
     KeyDef { name: STATE_BACKEND, deprecated: &["state.backend"], ty: ValueType::Enum(&["hashmap", "rocksdb"]), default: Some("hashmap"), doc: "Keyed state backend: hashmap (state on the heap) or rocksdb (embedded RocksDB on local disk, larger than memory)." },
     KeyDef { name: CHECKPOINT_INTERVAL, deprecated: &[], ty: ValueType::Duration, default: None, doc: "Interval of periodic checkpoints; unset disables them." },
     KeyDef { name: CHECKPOINT_MIN_PAUSE, deprecated: &[], ty: ValueType::Duration, default: Some("0 ms"), doc: "Minimal pause between the end of one checkpoint and the start of the next." },

@@ -112,6 +112,9 @@ pub enum StateKind {
     List,
     Map,
     Reducing,
+    /// A timer queue (`_timer_state/event_<service>` or `_timer_state/processing_<service>`):
+    /// entries are [`crate::timers::encode`]d timers with empty values.
+    Timers,
 }
 
 impl StateKind {
@@ -121,6 +124,7 @@ impl StateKind {
             StateKind::List => "list",
             StateKind::Map => "map",
             StateKind::Reducing => "reducing",
+            StateKind::Timers => "timers",
         }
     }
 }

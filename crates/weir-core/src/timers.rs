@@ -9,6 +9,7 @@
 
 use crate::watermark::Timestamp;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Timer {
@@ -39,54 +40,98 @@ pub fn decode(bytes: &[u8]) -> Option<Timer> {
     })
 }
 
-/// One kind of timers (event time or processing time) of one operator subtask.
+/// One timer queue (event time or processing time) of one operator subtask, partitioned by key
+/// group like keyed state (Flink's `KeyGroupPartitionedPriorityQueue`): a set per key group, so a
+/// snapshot writes each key group's timers and a restore or rescale moves them with their keys;
+/// and an index of each key group's earliest timer, so the next timer to fire is found in
+/// O(log n) whatever the number of key groups.
+///
+/// Timers are held as their [`encode`]d bytes, whose order is the firing order. Each key group's
+/// set sits behind an `Arc`: a snapshot clones the `Arc`s, and a change to a key group a snapshot
+/// still holds copies that set first.
 #[derive(Debug, Clone, Default)]
-pub struct TimerQueue {
-    timers: BTreeSet<Vec<u8>>,
+pub struct KeyGroupedTimers {
+    groups: Vec<Arc<BTreeSet<Vec<u8>>>>,
+    /// `(earliest timer, key group index)` of every non-empty key group.
+    heads: BTreeSet<(Vec<u8>, usize)>,
+    len: usize,
 }
 
-impl TimerQueue {
-    /// Registers a timer; false when it was already registered.
-    pub fn register(&mut self, timer: &Timer) -> bool {
-        self.timers.insert(encode(timer))
+impl KeyGroupedTimers {
+    /// A queue over `key_groups` key groups (indexes `0..key_groups` within the subtask's range).
+    pub fn new(key_groups: usize) -> Self {
+        KeyGroupedTimers { groups: vec![Arc::default(); key_groups], heads: BTreeSet::new(), len: 0 }
+    }
+
+    /// Registers a timer (its bytes) in key group `group`; false when it was already registered.
+    pub fn register(&mut self, group: usize, timer: Vec<u8>) -> bool {
+        if self.groups[group].contains(&timer) {
+            return false;
+        }
+        let old_head = self.groups[group].first().cloned();
+        if old_head.as_ref().is_none_or(|h| timer < *h) {
+            if let Some(h) = old_head {
+                self.heads.remove(&(h, group));
+            }
+            self.heads.insert((timer.clone(), group));
+        }
+        Arc::make_mut(&mut self.groups[group]).insert(timer);
+        self.len += 1;
+        true
     }
 
     /// Deletes a timer; false when there was none.
-    pub fn delete(&mut self, timer: &Timer) -> bool {
-        self.timers.remove(&encode(timer))
+    pub fn delete(&mut self, group: usize, timer: &[u8]) -> bool {
+        if !self.groups[group].contains(timer) {
+            return false;
+        }
+        let was_head = self.groups[group].first().is_some_and(|h| h.as_slice() == timer);
+        let set = Arc::make_mut(&mut self.groups[group]);
+        set.remove(timer);
+        self.len -= 1;
+        if was_head {
+            self.heads.remove(&(timer.to_vec(), group));
+            if let Some(next) = set.first() {
+                self.heads.insert((next.clone(), group));
+            }
+        }
+        true
     }
 
     /// The earliest timer's time: when to wake up for processing-time timers.
     pub fn next_time(&self) -> Option<Timestamp> {
-        self.timers.first().and_then(|b| decode(b)).map(|t| t.timestamp)
+        self.heads.first().and_then(|(b, _)| decode(b)).map(|t| t.timestamp)
     }
 
-    /// Removes and returns the timers with `timestamp <= time`, earliest first.
-    pub fn pop_due(&mut self, time: Timestamp) -> Vec<Timer> {
-        let mut due = Vec::new();
-        while let Some(first) = self.timers.first() {
-            match decode(first) {
-                Some(t) if t.timestamp <= time => {
-                    self.timers.pop_first();
-                    due.push(t);
-                }
-                _ => break,
-            }
+    /// Removes and returns the earliest timer if it is due at `time` (`timestamp <= time`), with
+    /// its key group index. One at a time, so a timer registered while firing fires in the same
+    /// round when it is due too.
+    pub fn pop_due(&mut self, time: Timestamp) -> Option<(usize, Timer)> {
+        let (bytes, group) = self.heads.first()?;
+        let timer = decode(bytes)?;
+        if timer.timestamp > time {
+            return None;
         }
-        due
+        let (bytes, group) = (bytes.clone(), *group);
+        self.delete(group, &bytes);
+        Some((group, timer))
     }
 
     pub fn len(&self) -> usize {
-        self.timers.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.timers.is_empty()
+        self.len == 0
     }
 
-    /// Every timer, earliest first (for snapshots).
-    pub fn iter(&self) -> impl Iterator<Item = Timer> + '_ {
-        self.timers.iter().filter_map(|b| decode(b))
+    /// The timers of key group `group`, earliest first, frozen (for snapshots).
+    pub fn group(&self, group: usize) -> Arc<BTreeSet<Vec<u8>>> {
+        self.groups[group].clone()
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
     }
 }
 
@@ -99,18 +144,36 @@ mod tests {
         Timer { timestamp: ts, key: key.as_bytes().to_vec(), namespace: vec![] }
     }
 
+    fn pop_all(q: &mut KeyGroupedTimers, at: Timestamp) -> Vec<Timer> {
+        std::iter::from_fn(|| q.pop_due(at).map(|(_, t)| t)).collect()
+    }
+
     #[test]
-    fn set_semantics_and_time_order() {
-        let mut q = TimerQueue::default();
-        assert!(q.register(&t(20, "a")));
-        assert!(!q.register(&t(20, "a")), "the same timer twice is one timer");
-        q.register(&t(-5, "b"));
-        q.register(&t(10, "a"));
+    fn set_semantics_and_time_order_across_key_groups() {
+        let mut q = KeyGroupedTimers::new(3);
+        assert!(q.register(0, encode(&t(20, "a"))));
+        assert!(!q.register(0, encode(&t(20, "a"))), "the same timer twice is one timer");
+        q.register(2, encode(&t(-5, "b")));
+        q.register(0, encode(&t(10, "a")));
+        q.register(1, encode(&t(10, "c")));
         assert_eq!(q.next_time(), Some(-5));
-        assert!(q.delete(&t(10, "a")));
-        assert_eq!(q.pop_due(19), vec![t(-5, "b")]);
-        assert_eq!(q.pop_due(20), vec![t(20, "a")]);
+        assert!(q.delete(0, &encode(&t(10, "a"))));
+        assert!(!q.delete(0, &encode(&t(10, "a"))));
+        assert_eq!(pop_all(&mut q, 19), vec![t(-5, "b"), t(10, "c")]);
+        assert_eq!(q.pop_due(19), None);
+        assert_eq!(q.pop_due(20), Some((0, t(20, "a"))));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_of_a_group_is_not_changed_by_later_registrations() {
+        let mut q = KeyGroupedTimers::new(1);
+        q.register(0, encode(&t(1, "a")));
+        let frozen = q.group(0);
+        q.register(0, encode(&t(2, "a")));
+        q.pop_due(1);
+        assert_eq!(frozen.len(), 1);
+        assert_eq!(q.group(0).len(), 1);
     }
 
     proptest! {
@@ -128,17 +191,29 @@ mod tests {
             }
         }
 
+        /// Whatever is registered and deleted, due timers come out in time order, each live
+        /// timer exactly once, and nothing later than asked for.
         #[test]
-        fn due_timers_come_out_in_order_and_only_once(times in proptest::collection::vec(-1000i64..1000, 0..100), at in -1000i64..1000) {
-            let mut q = TimerQueue::default();
-            for (i, ts) in times.iter().enumerate() {
-                q.register(&t(*ts, &(i % 7).to_string()));
+        fn due_timers_come_out_in_order_and_only_once(
+            ops in proptest::collection::vec((any::<bool>(), -50i64..50, 0usize..7), 0..200),
+            at in -50i64..50,
+        ) {
+            let mut q = KeyGroupedTimers::new(4);
+            let mut model = std::collections::BTreeSet::new();
+            for (add, ts, key) in ops {
+                let timer = t(ts, &key.to_string());
+                let group = key % 4;
+                if add {
+                    prop_assert_eq!(q.register(group, encode(&timer)), model.insert(encode(&timer)));
+                } else {
+                    prop_assert_eq!(q.delete(group, &encode(&timer)), model.remove(&encode(&timer)));
+                }
+                prop_assert_eq!(q.len(), model.len());
             }
-            let due = q.pop_due(at);
-            prop_assert!(due.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
-            prop_assert!(due.iter().all(|t| t.timestamp <= at));
-            prop_assert!(q.iter().all(|t| t.timestamp > at));
-            prop_assert!(q.pop_due(at).is_empty());
+            let due = pop_all(&mut q, at);
+            let expected: Vec<Timer> = model.iter().filter_map(|b| decode(b)).filter(|t| t.timestamp <= at).collect();
+            prop_assert_eq!(due, expected);
+            prop_assert!(q.next_time().is_none_or(|n| n > at));
         }
     }
 }

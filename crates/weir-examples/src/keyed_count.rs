@@ -2,7 +2,7 @@
 //! `"<key> <count>"`. With exactly-once, the output is known in advance ([`expected_output`]).
 
 use std::collections::BTreeMap;
-use weir::{BoxError, Collector, KeyScope, KeyedProcessFunction, RuntimeContext, ValueState, ValueStateDescriptor};
+use weir::{BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, ValueState, ValueStateDescriptor};
 
 #[derive(Clone, Default)]
 pub struct CountPerKey {
@@ -18,12 +18,12 @@ impl KeyedProcessFunction<u64, (u64, u64), String> for CountPerKey {
     fn process(
         &mut self,
         (key, _): (u64, u64),
-        state: &mut KeyScope<'_, u64>,
+        ctx: &mut Context<'_, u64>,
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let count = self.count.ok_or("count state used before open")?;
-        let n = count.value(state)?.unwrap_or(0) + 1;
-        count.update(state, n)?;
+        let n = count.value(ctx)?.unwrap_or(0) + 1;
+        count.update(ctx, n)?;
         out.collect(format!("{key} {n}"));
         Ok(())
     }

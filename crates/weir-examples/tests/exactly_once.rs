@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use weir::connectors::{FileSink, GeneratorSource};
 use weir::{
-    BoxError, CheckpointId, Collector, Configuration, KeyScope, KeyedProcessFunction, OperatorStateSnapshot,
+    BoxError, CheckpointId, Collector, Configuration, Context, KeyedProcessFunction, OperatorStateSnapshot,
     RuntimeContext, SinkContext, SinkFunction, StreamEnv,
 };
 use weir_examples::keyed_count::CountPerKey;
@@ -57,12 +57,12 @@ impl KeyedProcessFunction<u64, (u64, u64), String> for Count {
     fn process(
         &mut self,
         record: (u64, u64),
-        state: &mut KeyScope<'_, u64>,
+        ctx: &mut Context<'_, u64>,
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let seen = self.faults.records.fetch_add(1, Ordering::SeqCst) + 1;
         self.faults.fire_once(seen == self.faults.panic_at_record, "panic in operator");
-        self.inner.process(record, state, out)
+        self.inner.process(record, ctx, out)
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::FileSource;
 use weir::{
-    BoxError, Collector, JobHandle, KeyScope, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
+    BoxError, Collector, Context, JobHandle, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
     SinkFunction, StreamEnv, ValueState, ValueStateDescriptor,
 };
 
@@ -32,12 +32,12 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for Padded {
     fn process(
         &mut self,
         key: u64,
-        state: &mut KeyScope<'_, u64>,
+        ctx: &mut Context<'_, u64>,
         out: &mut Collector<'_, (u64, u64)>,
     ) -> Result<(), BoxError> {
         let h = self.state.ok_or("not opened")?;
-        let (n, pad) = h.value(state)?.unwrap_or_else(|| (0, noise(key, self.payload)));
-        h.update(state, (n + 1, pad))?;
+        let (n, pad) = h.value(ctx)?.unwrap_or_else(|| (0, noise(key, self.payload)));
+        h.update(ctx, (n + 1, pad))?;
         out.collect((key, n + 1));
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir::connectors::GeneratorSource;
 use weir::{
-    BoxError, CheckpointId, Collector, Configuration, JobStatus, KeyScope, KeyedProcessFunction, OperatorStateSnapshot,
+    BoxError, CheckpointId, Collector, Configuration, Context, JobStatus, KeyedProcessFunction, OperatorStateSnapshot,
     RuntimeContext, SinkContext, SinkFunction, StreamEnv,
 };
 
@@ -78,8 +78,8 @@ impl KeyedProcessFunction<u64, u64, u64> for OwnershipCheck {
         self.subtask = ctx.subtask();
         Ok(())
     }
-    fn process(&mut self, v: u64, state: &mut KeyScope<'_, u64>, _: &mut Collector<'_, u64>) -> Result<(), BoxError> {
-        assert_eq!(*state.key(), v);
+    fn process(&mut self, v: u64, ctx: &mut Context<'_, u64>, _: &mut Collector<'_, u64>) -> Result<(), BoxError> {
+        assert_eq!(*ctx.key(), v);
         self.seen.lock().unwrap().push((self.subtask, v));
         Ok(())
     }

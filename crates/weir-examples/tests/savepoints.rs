@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::{FileSink, FileSource};
 use weir::{
-    BoxError, Collector, JobHandle, KeyScope, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
+    BoxError, Collector, Context, JobHandle, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
     StreamEnv, ValueState, ValueStateDescriptor,
 };
 
@@ -34,12 +34,12 @@ impl KeyedProcessFunction<u64, u64, String> for CountWhere {
     fn process(
         &mut self,
         key: u64,
-        state: &mut KeyScope<'_, u64>,
+        ctx: &mut Context<'_, u64>,
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let h = self.state.ok_or("not opened")?;
-        let n = h.value(state)?.unwrap_or(0) + 1;
-        h.update(state, n)?;
+        let n = h.value(ctx)?.unwrap_or(0) + 1;
+        h.update(ctx, n)?;
         out.collect(format!("{key} {n} {}", self.subtask));
         Ok(())
     }
@@ -56,12 +56,7 @@ impl KeyedProcessFunction<u64, u64, String> for CountAsText {
         self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
         Ok(())
     }
-    fn process(
-        &mut self,
-        key: u64,
-        _: &mut KeyScope<'_, u64>,
-        out: &mut Collector<'_, String>,
-    ) -> Result<(), BoxError> {
+    fn process(&mut self, key: u64, _: &mut Context<'_, u64>, out: &mut Collector<'_, String>) -> Result<(), BoxError> {
         out.collect(key.to_string());
         Ok(())
     }

@@ -1,21 +1,84 @@
-//! Channels between tasks: batches of records and barriers on bounded queues, the partitioners that
-//! pick a channel, and the input side that aligns barriers across channels.
+//! Channels between tasks: batches of records, barriers and watermarks on bounded queues, the
+//! partitioners that pick a channel, and the input side that aligns barriers and combines
+//! watermarks across channels.
 
-use crate::operator::{Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult};
+use crate::operator::{
+    Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult, WatermarkStatus,
+};
 use crossbeam_channel::{Receiver, Select, Sender};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use weir_core::key_group::{key_group_for_hash, operator_index_for_key_group};
+use weir_core::watermark::{Timestamp, WatermarkValve};
 
 /// Anything that flows between operators.
 pub trait Record: Clone + Send + 'static {}
 impl<T: Clone + Send + 'static> Record for T {}
 
+/// Records as they travel between tasks, with their event timestamps. Timestamps take no space
+/// until a record carries one: `timestamps` is empty or as long as `records`, with
+/// [`NO_TIMESTAMP`] for records without one.
+pub struct Batch<T> {
+    records: Vec<T>,
+    timestamps: Vec<Timestamp>,
+}
+
+/// A record without event timestamp, in a batch that holds some with one (Flink uses the same
+/// value as "no timestamp").
+pub const NO_TIMESTAMP: Timestamp = i64::MIN;
+
+impl<T> Batch<T> {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Batch { records: Vec::with_capacity(capacity), timestamps: Vec::new() }
+    }
+
+    #[inline]
+    pub fn push(&mut self, record: T, timestamp: Option<Timestamp>) {
+        match timestamp {
+            Some(ts) => {
+                if self.timestamps.len() < self.records.len() {
+                    self.timestamps.resize(self.records.len(), NO_TIMESTAMP);
+                }
+                self.timestamps.push(ts);
+            }
+            None if !self.timestamps.is_empty() => self.timestamps.push(NO_TIMESTAMP),
+            None => {}
+        }
+        self.records.push(record);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Sends every record, with its timestamp, to `out`.
+    pub fn emit_to(self, out: &mut dyn Output<T>) -> TaskResult {
+        if self.timestamps.is_empty() {
+            for r in self.records {
+                out.emit(r, None)?;
+            }
+        } else {
+            for (r, ts) in self.records.into_iter().zip(self.timestamps) {
+                out.emit(r, (ts != NO_TIMESTAMP).then_some(ts))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What travels on a channel.
 pub enum Message<T> {
-    Records(Vec<T>),
+    Records(Batch<T>),
     Barrier(Barrier),
+    /// The producer's event time reached this point: no record with an earlier timestamp follows.
+    Watermark(Timestamp),
+    /// The producer became idle (no watermarks for a while) or active again.
+    Status(WatermarkStatus),
     /// No more records on this channel; barriers may still follow (stop with drain).
     EndOfData,
     EndOfInput,
@@ -39,7 +102,7 @@ pub enum Partitioner<T> {
 /// The producer side of one edge for one subtask: a batch buffer per consumer channel.
 pub struct NetworkWriter<T> {
     senders: Vec<Sender<Message<T>>>,
-    buffers: Vec<Vec<T>>,
+    buffers: Vec<Batch<T>>,
     partitioner: Partitioner<T>,
     batch_size: usize,
     next: usize,
@@ -47,14 +110,14 @@ pub struct NetworkWriter<T> {
 
 impl<T: Record> NetworkWriter<T> {
     pub fn new(senders: Vec<Sender<Message<T>>>, partitioner: Partitioner<T>, batch_size: usize) -> Self {
-        let buffers = senders.iter().map(|_| Vec::with_capacity(batch_size)).collect();
+        let buffers = senders.iter().map(|_| Batch::with_capacity(batch_size)).collect();
         NetworkWriter { senders, buffers, partitioner, batch_size: batch_size.max(1), next: 0 }
     }
 
     #[inline]
-    fn push(&mut self, channel: usize, record: T) -> TaskResult {
+    fn push(&mut self, channel: usize, record: T, timestamp: Option<Timestamp>) -> TaskResult {
         let buf = &mut self.buffers[channel];
-        buf.push(record);
+        buf.push(record, timestamp);
         if buf.len() >= self.batch_size {
             self.send_batch(channel)?;
         }
@@ -62,7 +125,7 @@ impl<T: Record> NetworkWriter<T> {
     }
 
     fn send_batch(&mut self, channel: usize) -> TaskResult {
-        let batch = std::mem::replace(&mut self.buffers[channel], Vec::with_capacity(self.batch_size));
+        let batch = std::mem::replace(&mut self.buffers[channel], Batch::with_capacity(self.batch_size));
         self.senders[channel].send(Message::Records(batch)).map_err(|_| TaskError::Disconnected)
     }
 
@@ -86,25 +149,25 @@ impl<T: Record> NetworkWriter<T> {
 
 impl<T: Record> Output<T> for NetworkWriter<T> {
     #[inline]
-    fn emit(&mut self, record: T) -> TaskResult {
+    fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
         match &self.partitioner {
-            Partitioner::Forward => self.push(0, record),
+            Partitioner::Forward => self.push(0, record, timestamp),
             Partitioner::Rebalance => {
                 let c = self.next;
                 self.next = (c + 1) % self.senders.len();
-                self.push(c, record)
+                self.push(c, record, timestamp)
             }
             Partitioner::KeyGroup { key_hash, max_parallelism } => {
                 let kg = key_group_for_hash(key_hash(&record), *max_parallelism);
                 let c = operator_index_for_key_group(*max_parallelism, self.senders.len() as u32, kg) as usize;
-                self.push(c, record)
+                self.push(c, record, timestamp)
             }
             Partitioner::Broadcast => {
                 let last = self.senders.len() - 1;
                 for c in 0..last {
-                    self.push(c, record.clone())?;
+                    self.push(c, record.clone(), timestamp)?;
                 }
-                self.push(last, record)
+                self.push(last, record, timestamp)
             }
         }
     }
@@ -116,9 +179,19 @@ impl<T: Record> Output<T> for NetworkWriter<T> {
                 self.broadcast_message(|| Message::Barrier(barrier.clone()))
             }
             ChainEvent::Flush => self.flush(),
+            ChainEvent::Watermark(w) => {
+                let w = *w;
+                self.broadcast_message(|| Message::Watermark(w))
+            }
+            ChainEvent::Status(status) => {
+                let status = *status;
+                self.broadcast_message(|| Message::Status(status))
+            }
             ChainEvent::EndOfData => self.broadcast_message(|| Message::EndOfData),
             ChainEvent::EndOfInput => self.broadcast_message(|| Message::EndOfInput),
-            ChainEvent::CheckpointComplete(_) | ChainEvent::CheckpointAborted(_) => Ok(()),
+            ChainEvent::CheckpointComplete(_) | ChainEvent::CheckpointAborted(_) | ChainEvent::ProcessingTime(_) => {
+                Ok(())
+            }
         }
     }
 }
@@ -129,12 +202,12 @@ pub struct Tee<T> {
 }
 
 impl<T: Record> Output<T> for Tee<T> {
-    fn emit(&mut self, record: T) -> TaskResult {
+    fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
         let last = self.outputs.len() - 1;
         for o in &mut self.outputs[..last] {
-            o.emit(record.clone())?;
+            o.emit(record.clone(), timestamp)?;
         }
-        self.outputs[last].emit(record)
+        self.outputs[last].emit(record, timestamp)
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
         for o in &mut self.outputs {
@@ -144,11 +217,61 @@ impl<T: Record> Output<T> for Tee<T> {
     }
 }
 
+/// An output whose record type is erased, to pass events to it (side outputs).
+pub trait ErasedOutput: Send {
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult;
+    /// The `Box<dyn Output<T>>` inside.
+    fn as_any(&mut self) -> &mut dyn Any;
+}
+
+/// A typed output behind [`ErasedOutput`].
+struct Typed<T>(Box<dyn Output<T>>);
+
+impl<T: Record> ErasedOutput for Typed<T> {
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.0.event(event)
+    }
+    fn as_any(&mut self) -> &mut dyn Any {
+        &mut self.0
+    }
+}
+
+/// The consumers of an operator's side outputs, by tag id. Every event (barriers, watermarks,
+/// end of input) goes to them too, so their consumers align and end like the main output's.
+#[derive(Default)]
+pub struct SideOutputs {
+    outputs: Vec<(String, Box<dyn ErasedOutput>)>,
+}
+
+impl SideOutputs {
+    pub fn new(outputs: Vec<(String, Box<dyn ErasedOutput>)>) -> Self {
+        SideOutputs { outputs }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    /// The output of side output `tag`, if anything consumes it (and its type is `T`).
+    pub fn get<T: Record>(&mut self, tag: &str) -> Option<&mut dyn Output<T>> {
+        let (_, out) = self.outputs.iter_mut().find(|(t, _)| t == tag)?;
+        out.as_any().downcast_mut::<Box<dyn Output<T>>>().map(|b| &mut **b as &mut dyn Output<T>)
+    }
+
+    /// Passes an event to every side output.
+    pub fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        for (_, out) in &mut self.outputs {
+            out.event(event)?;
+        }
+        Ok(())
+    }
+}
+
 /// An output that drops records: the end of a chain whose operator has no consumers.
 pub struct Discard;
 
 impl<T: Send> Output<T> for Discard {
-    fn emit(&mut self, _: T) -> TaskResult {
+    fn emit(&mut self, _: T, _: Option<Timestamp>) -> TaskResult {
         Ok(())
     }
     fn event(&mut self, _: &mut ChainEvent<'_>) -> TaskResult {
@@ -162,7 +285,8 @@ pub enum InputEnd {
     Canceled,
 }
 
-/// The consumer side of a task: one channel per producer subtask, with barrier alignment.
+/// The consumer side of a task: one channel per producer subtask, with barrier alignment and the
+/// watermark valve that combines the channels' event time.
 pub struct InputGate<T> {
     inputs: Vec<Receiver<Message<T>>>,
     head: Box<dyn Output<T>>,
@@ -172,12 +296,19 @@ pub struct InputGate<T> {
     drained: Vec<bool>,
     end_of_data_sent: bool,
     aligning: Option<Barrier>,
+    valve: WatermarkValve,
 }
 
 enum Ready<T> {
     Control(Control),
     Input(usize, Message<T>),
     Disconnected,
+}
+
+/// How long [`InputGate::next`] may wait.
+enum Wait {
+    No,
+    Until(Option<std::time::Duration>),
 }
 
 impl<T: Record> InputGate<T> {
@@ -191,10 +322,11 @@ impl<T: Record> InputGate<T> {
             drained: vec![false; n],
             end_of_data_sent: false,
             aligning: None,
+            valve: WatermarkValve::new(n),
         }
     }
 
-    fn next(&self, env: &TaskEnv, block: bool) -> Option<Ready<T>> {
+    fn next(&self, env: &TaskEnv, wait: Wait) -> Option<Ready<T>> {
         let mut sel = Select::new();
         let control_index = sel.recv(&env.control);
         let mut channels = Vec::with_capacity(self.inputs.len());
@@ -203,7 +335,11 @@ impl<T: Record> InputGate<T> {
                 channels.push((sel.recv(rx), i));
             }
         }
-        let op = if block { sel.select() } else { sel.try_select().ok()? };
+        let op = match wait {
+            Wait::No => sel.try_select().ok()?,
+            Wait::Until(None) => sel.select(),
+            Wait::Until(Some(timeout)) => sel.select_timeout(timeout).ok()?,
+        };
         let index = op.index();
         if index == control_index {
             return Some(match op.recv(&env.control) {
@@ -227,11 +363,12 @@ impl<T: Record> InputGate<T> {
                 self.head.event(&mut ChainEvent::EndOfInput)?;
                 return Ok(InputEnd::Finished);
             }
-            let ready = match self.next(env, false) {
+            env.fire_processing_time(&mut *self.head)?;
+            let ready = match self.next(env, Wait::No) {
                 Some(r) => r,
                 None => {
                     self.head.event(&mut ChainEvent::Flush)?;
-                    match self.next(env, true) {
+                    match self.next(env, Wait::Until(env.time_to_wakeup(None))) {
                         Some(r) => r,
                         None => continue,
                     }
@@ -249,12 +386,16 @@ impl<T: Record> InputGate<T> {
                     }
                 },
                 Ready::Disconnected => return Err(TaskError::Disconnected),
-                Ready::Input(_, Message::Records(batch)) => {
-                    for r in batch {
-                        self.head.emit(r)?;
-                    }
-                }
+                Ready::Input(_, Message::Records(batch)) => batch.emit_to(&mut *self.head)?,
                 Ready::Input(i, Message::Barrier(b)) => self.on_barrier(i, b, env)?,
+                Ready::Input(i, Message::Watermark(w)) => {
+                    let out = self.valve.on_watermark(i, w);
+                    self.forward_valve(out)?;
+                }
+                Ready::Input(i, Message::Status(status)) => {
+                    let out = self.valve.on_status(i, status == WatermarkStatus::Active);
+                    self.forward_valve(out)?;
+                }
                 Ready::Input(i, Message::EndOfData) => {
                     self.drained[i] = true;
                     if !self.end_of_data_sent && self.drained.iter().zip(&self.ended).all(|(d, e)| *d || *e) {
@@ -264,10 +405,28 @@ impl<T: Record> InputGate<T> {
                 }
                 Ready::Input(i, Message::EndOfInput) => {
                     self.ended[i] = true;
+                    // An ended channel holds event time back no more.
+                    if !self.ended.iter().all(|e| *e) {
+                        let out = self.valve.on_status(i, false);
+                        self.forward_valve(out)?;
+                    }
                     self.maybe_aligned(env)?;
                 }
             }
         }
+    }
+
+    /// Passes what the valve decided down the chain: the combined watermark, then the status.
+    fn forward_valve(&mut self, out: Option<weir_core::watermark::ValveOutput>) -> TaskResult {
+        let Some(out) = out else { return Ok(()) };
+        if let Some(w) = out.watermark {
+            self.head.event(&mut ChainEvent::Watermark(w))?;
+        }
+        if let Some(active) = out.active {
+            let status = if active { WatermarkStatus::Active } else { WatermarkStatus::Idle };
+            self.head.event(&mut ChainEvent::Status(status))?;
+        }
+        Ok(())
     }
 
     fn on_barrier(&mut self, channel: usize, barrier: Barrier, env: &TaskEnv) -> TaskResult {
@@ -321,6 +480,10 @@ pub trait StreamType: Send + Sync {
     fn tee(&self, outputs: Vec<Box<dyn Any + Send>>) -> TaskResult<Box<dyn Any + Send>>;
     /// A `Box<dyn Output<T>>` that drops everything.
     fn discard(&self) -> Box<dyn Any + Send>;
+    /// The record type's name, to tell two types apart when wiring.
+    fn type_name(&self) -> &'static str;
+    /// An erased `Box<dyn Output<T>>` as a side output that events can reach.
+    fn side_output(&self, output: Box<dyn Any + Send>) -> TaskResult<Box<dyn ErasedOutput>>;
     /// The input loop of a task whose head consumes this type.
     fn input_gate(
         &self,
@@ -421,6 +584,14 @@ impl<T: Record> StreamType for TypeOps<T> {
 
     fn discard(&self) -> Box<dyn Any + Send> {
         erase_output::<T>(Box::new(Discard))
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+
+    fn side_output(&self, output: Box<dyn Any + Send>) -> TaskResult<Box<dyn ErasedOutput>> {
+        Ok(Box::new(Typed(unerase_output::<T>(output)?)))
     }
 
     fn input_gate(

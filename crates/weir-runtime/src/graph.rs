@@ -1,7 +1,7 @@
 //! The job graph: operators with their resolved parallelism and operator ids, the edges between
 //! them, and the chains (forward edges of equal parallelism) that become tasks.
 
-use crate::channel::{ErasedPartitioner, StreamType};
+use crate::channel::{ErasedPartitioner, SideOutputs, StreamType};
 use crate::operator::{OperatorContext, SourceRunner, TaskResult};
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +21,14 @@ pub enum EdgeKind {
 
 /// An operator's implementation, able to instantiate it for one subtask.
 pub trait NodeSpec: Send + Sync {
-    /// `downstream` is the erased `Box<dyn Output<O>>` the operator emits to (`()` for sinks).
-    fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance>;
+    /// `downstream` is the erased `Box<dyn Output<O>>` the operator emits to (`()` for sinks);
+    /// `side_outputs` the consumers of its side outputs (empty unless the node declares some).
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+        side_outputs: SideOutputs,
+    ) -> TaskResult<Instance>;
 }
 
 /// An instantiated operator: a source drives its task; any other operator is an erased
@@ -45,6 +51,30 @@ pub struct NodeBuilder {
     pub spec: Arc<dyn NodeSpec>,
     /// Operations on the operator's output type; `None` for sinks.
     pub output: Option<Arc<dyn StreamType>>,
+    /// The side outputs other operators consume, by tag id, with their types. Only operators
+    /// that emit side outputs (process functions, windows) accept them.
+    pub side_outputs: Vec<(String, Arc<dyn StreamType>)>,
+    /// Whether the operator can emit side outputs.
+    pub emits_side_outputs: bool,
+}
+
+impl NodeBuilder {
+    /// A node with default settings: no uid, parallelism and max parallelism from the job, no
+    /// side outputs.
+    pub fn new(name: &str, spec: Arc<dyn NodeSpec>, output: Option<Arc<dyn StreamType>>) -> Self {
+        NodeBuilder {
+            name: name.to_string(),
+            uid: None,
+            parallelism: None,
+            max_parallelism: None,
+            stateful: false,
+            is_source: false,
+            spec,
+            output,
+            side_outputs: Vec::new(),
+            emits_side_outputs: false,
+        }
+    }
 }
 
 /// An edge as the API declares it.
@@ -54,6 +84,8 @@ pub struct EdgeBuilder {
     pub kind: EdgeKind,
     /// For `KeyGroup` edges: the producer type's `KeyHashFn<T>`.
     pub key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    /// The side output (tag id) the edge carries; `None` for the main output.
+    pub side_output: Option<String>,
 }
 
 pub struct Node {
@@ -68,6 +100,7 @@ pub struct Node {
     pub is_source: bool,
     pub spec: Arc<dyn NodeSpec>,
     pub output: Option<Arc<dyn StreamType>>,
+    pub side_outputs: Vec<(String, Arc<dyn StreamType>)>,
     pub inputs: Vec<usize>,
     pub outputs: Vec<usize>,
     /// The chain (vertex) this operator runs in.
@@ -79,6 +112,7 @@ pub struct Edge {
     pub to: usize,
     pub kind: EdgeKind,
     pub key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    pub side_output: Option<String>,
     pub chained: bool,
 }
 
@@ -106,6 +140,10 @@ pub enum GraphError {
     Parallelism { name: String, reason: String },
     #[error("the job has no operators")]
     Empty,
+    #[error(
+        "operator '{name}' emits no side outputs; get_side_output works on the result of process and window operators"
+    )]
+    NoSideOutputs { name: String },
 }
 
 impl JobGraph {
@@ -124,6 +162,9 @@ impl JobGraph {
 
         let mut nodes: Vec<Node> = Vec::with_capacity(builders.len());
         for (index, b) in builders.into_iter().enumerate() {
+            if !b.side_outputs.is_empty() && !b.emits_side_outputs {
+                return Err(GraphError::NoSideOutputs { name: b.name });
+            }
             let parallelism = b.parallelism.unwrap_or(default_p);
             let explicit_max = b.max_parallelism.or(config_max);
             let max_parallelism = explicit_max.unwrap_or_else(|| default_max_parallelism(parallelism));
@@ -141,6 +182,7 @@ impl JobGraph {
                 is_source: b.is_source,
                 spec: b.spec,
                 output: b.output,
+                side_outputs: b.side_outputs,
                 inputs: Vec::new(),
                 outputs: Vec::new(),
                 chain: usize::MAX,
@@ -155,7 +197,14 @@ impl JobGraph {
             let idx = resolved_edges.len();
             nodes[e.from].outputs.push(idx);
             nodes[e.to].inputs.push(idx);
-            resolved_edges.push(Edge { from: e.from, to: e.to, kind, key_hash: e.key_hash, chained: false });
+            resolved_edges.push(Edge {
+                from: e.from,
+                to: e.to,
+                kind,
+                key_hash: e.key_hash,
+                side_output: e.side_output,
+                chained: false,
+            });
         }
         for e in resolved_edges.iter_mut() {
             let (f, t) = (&nodes[e.from], &nodes[e.to]);
@@ -190,6 +239,17 @@ impl JobGraph {
             chains.push(Chain { head, nodes: members, parallelism: nodes[head].parallelism });
         }
         Ok(JobGraph { nodes, edges: resolved_edges, chains })
+    }
+
+    /// Operations on the type of the records an edge carries: the producer's main output type,
+    /// or the type of the side output it carries.
+    pub fn edge_type(&self, edge: usize) -> Option<Arc<dyn StreamType>> {
+        let e = &self.edges[edge];
+        let producer = &self.nodes[e.from];
+        match &e.side_output {
+            None => producer.output.clone(),
+            Some(tag) => producer.side_outputs.iter().find(|(t, _)| t == tag).map(|(_, ty)| ty.clone()),
+        }
     }
 
     /// The partitioner of a non-chained edge, with the consumer's max parallelism.

@@ -4,10 +4,12 @@
 use crate::protocol::MasterMsg;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use weir_core::coordinator::TaskKey;
 use weir_core::metadata::{OperatorListState, SnapshotKind};
+pub use weir_core::watermark::Timestamp;
 use weir_core::{CheckpointId, KeyGroupRange, OperatorId};
 use weir_state::{KeyedSnapshot, OperatorStateSnapshot, StateError};
 
@@ -39,15 +41,16 @@ pub enum TaskError {
 /// The downstream side of an operator: the next operator of the chain, a network writer, or a
 /// fan-out to several of them.
 pub trait Output<T>: Send {
-    fn emit(&mut self, record: T) -> TaskResult;
+    /// A record, with its event timestamp when it has one.
+    fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult;
     /// Handles a control event, then passes it on down the chain.
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult;
 }
 
 impl<T, O: Output<T> + ?Sized> Output<T> for Box<O> {
     #[inline]
-    fn emit(&mut self, record: T) -> TaskResult {
-        (**self).emit(record)
+    fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        (**self).emit(record, timestamp)
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
         (**self).event(event)
@@ -62,11 +65,75 @@ pub enum ChainEvent<'a> {
     CheckpointAborted(CheckpointId),
     /// The input has no data right now: send partial batches downstream.
     Flush,
+    /// The operator's input watermark advanced (the minimum over its active input channels):
+    /// event-time timers up to it fire, then it goes on down the chain.
+    Watermark(Timestamp),
+    /// The input became idle or active again (watermarks of idle inputs are not waited for).
+    Status(WatermarkStatus),
+    /// The task's clock reached a wake-up an operator asked for (processing-time timers, periodic
+    /// watermarks): the current time, in milliseconds since the epoch.
+    ProcessingTime(Timestamp),
     /// No more records will come, but the stream stays open for a final barrier (stop with
     /// `--drain`): operators run their end-of-input hooks.
     EndOfData,
     /// The stream ends: no more records and no more barriers; tasks finish after this.
     EndOfInput,
+}
+
+/// Whether a stream carries watermarks at the moment (Flink's `WatermarkStatus`): an idle stream's
+/// event time is not waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatermarkStatus {
+    Active,
+    Idle,
+}
+
+/// The wake-ups a task's operators asked for: processing-time timers and periodic watermark
+/// emission. The task's loop sends [`ChainEvent::ProcessingTime`] down the chain when the earliest
+/// one falls due; operators then ask again for their next one. One per task, shared by its
+/// operators (all on the task's thread).
+#[derive(Debug, Clone)]
+pub struct ProcessingTimeService {
+    next: Arc<AtomicI64>,
+}
+
+impl Default for ProcessingTimeService {
+    fn default() -> Self {
+        ProcessingTimeService { next: Arc::new(AtomicI64::new(i64::MAX)) }
+    }
+}
+
+impl ProcessingTimeService {
+    /// Wall-clock time in milliseconds since the epoch.
+    pub fn now(&self) -> Timestamp {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        since.as_millis() as Timestamp
+    }
+
+    /// Asks for a [`ChainEvent::ProcessingTime`] at `at` (or as soon as possible when it is past).
+    pub fn request_wakeup(&self, at: Timestamp) {
+        self.next.fetch_min(at, Ordering::Relaxed);
+    }
+
+    /// When a wake-up is due: clears it and returns the current time.
+    fn take_due(&self) -> Option<Timestamp> {
+        let next = self.next.load(Ordering::Relaxed);
+        if next == i64::MAX {
+            return None;
+        }
+        let now = self.now();
+        if now < next {
+            return None;
+        }
+        self.next.store(i64::MAX, Ordering::Relaxed);
+        Some(now)
+    }
+
+    /// How long until the next wake-up, if one is requested.
+    fn time_to_wakeup(&self) -> Option<Duration> {
+        let next = self.next.load(Ordering::Relaxed);
+        (next != i64::MAX).then(|| Duration::from_millis(next.saturating_sub(self.now()).max(0) as u64))
+    }
 }
 
 /// A barrier as it travels between tasks.
@@ -143,6 +210,10 @@ pub struct OperatorContext {
     pub job_id: weir_core::JobId,
     /// The keyed state backend (`state.backend.type`).
     pub state_backend: weir_state::StateBackend,
+    /// The task's wake-ups (shared by the operators of its chain).
+    pub processing_time: ProcessingTimeService,
+    /// `pipeline.auto-watermark-interval`: how often watermark generators emit; `None` when 0.
+    pub auto_watermark_interval: Option<Duration>,
 }
 
 impl OperatorContext {
@@ -164,6 +235,7 @@ pub struct TaskEnv {
     pub(crate) control: Receiver<Control>,
     pub(crate) master: Sender<MasterMsg>,
     pub(crate) snapshots: Sender<SnapshotCapture>,
+    pub(crate) processing_time: ProcessingTimeService,
 }
 
 /// What a source does next.
@@ -183,8 +255,25 @@ impl TaskEnv {
         self.control.try_recv().ok()
     }
 
-    /// Waits up to `timeout` for a control message.
+    /// Sends [`ChainEvent::ProcessingTime`] down `chain` when a wake-up is due.
+    pub fn fire_processing_time<T>(&self, chain: &mut dyn Output<T>) -> TaskResult {
+        match self.processing_time.take_due() {
+            Some(now) => chain.event(&mut ChainEvent::ProcessingTime(now)),
+            None => Ok(()),
+        }
+    }
+
+    /// How long the task may wait for input: until the next wake-up, at most `limit`.
+    pub fn time_to_wakeup(&self, limit: Option<Duration>) -> Option<Duration> {
+        match (self.processing_time.time_to_wakeup(), limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Waits up to `timeout` (less when a wake-up falls due earlier) for a control message.
     pub fn wait_control(&self, timeout: Duration) -> Option<Control> {
+        let timeout = self.time_to_wakeup(Some(timeout)).unwrap_or(timeout);
         match self.control.recv_timeout(timeout) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,

@@ -5,7 +5,7 @@
 //! half-restored), then run the source loop or the input loop until the input ends, the task is
 //! cancelled, or it fails. Panics are caught and reported as failures.
 
-use crate::channel::InputEnd;
+use crate::channel::{InputEnd, SideOutputs};
 use crate::graph::{Instance, JobGraph};
 use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
 use crate::protocol::{AckedState, FailureCause, MasterMsg, RestorePlan, TaskFailure};
@@ -38,6 +38,9 @@ pub(crate) struct TaskPlan {
     pub storage: Option<Arc<dyn CheckpointStorage>>,
     pub batch_size: usize,
     pub state_backend: weir_state::StateBackend,
+    pub auto_watermark_interval: Option<std::time::Duration>,
+    /// The task's wake-ups, shared by its operators.
+    pub processing_time: crate::operator::ProcessingTimeService,
 }
 
 pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
@@ -89,6 +92,7 @@ fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
         control: plan.control.clone(),
         master: plan.master.clone(),
         snapshots: snap_tx,
+        processing_time: plan.processing_time.clone(),
     };
     let graph = plan.graph.clone();
     let head = graph.chains[plan.key.vertex as usize].head;
@@ -105,10 +109,8 @@ fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
     match instance {
         Instance::Source(mut runner) => runner.run(&mut env),
         Instance::Operator(head_output) => {
-            let producer = graph.edges[graph.nodes[head].inputs[0]].from;
-            let ty = graph.nodes[producer]
-                .output
-                .clone()
+            let ty = graph
+                .edge_type(graph.nodes[head].inputs[0])
                 .ok_or_else(|| TaskError::Internal("input edge from an operator without output".into()))?;
             let receivers = std::mem::take(&mut plan.receivers);
             let mut gate = ty.input_gate(receivers, head_output)?;
@@ -122,33 +124,14 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
     let n = &graph.nodes[node];
     let downstream: Box<dyn Any + Send> = match &n.output {
         None => Box::new(()),
-        Some(ty) => {
-            let mut outputs = Vec::new();
-            for &e in &n.outputs {
-                let edge = &graph.edges[e];
-                if edge.chained {
-                    match build_node(plan, edge.to)? {
-                        Instance::Operator(o) => outputs.push(o),
-                        Instance::Source(_) => {
-                            return Err(TaskError::Internal("a source cannot be chained behind an operator".into()))
-                        }
-                    }
-                } else {
-                    let senders = plan
-                        .senders
-                        .remove(&e)
-                        .ok_or_else(|| TaskError::Internal(format!("no channels for edge {e}")))?;
-                    let partitioner = graph.partitioner(e, graph.nodes[edge.to].max_parallelism);
-                    outputs.push(ty.writer(senders, &partitioner, plan.batch_size)?);
-                }
-            }
-            if outputs.is_empty() {
-                ty.discard()
-            } else {
-                ty.tee(outputs)?
-            }
-        }
+        Some(ty) => build_outputs(plan, node, None, ty.as_ref())?,
     };
+    let mut side_outputs = Vec::new();
+    for (tag, ty) in &n.side_outputs {
+        let out = build_outputs(plan, node, Some(tag), ty.as_ref())?;
+        side_outputs.push((tag.clone(), ty.side_output(out)?));
+    }
+    let side_outputs = SideOutputs::new(side_outputs);
     let subtask = plan.key.subtask;
     let key_groups = weir_core::key_group::key_group_range_for_subtask(n.max_parallelism, n.parallelism, subtask);
     let restored = plan.restore.as_ref().map(|r| {
@@ -183,8 +166,46 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
         attempt: plan.attempt,
         job_id: plan.job_id,
         state_backend: plan.state_backend.clone(),
+        processing_time: plan.processing_time.clone(),
+        auto_watermark_interval: plan.auto_watermark_interval,
     };
-    n.spec.instantiate(ctx, downstream)
+    n.spec.instantiate(ctx, downstream, side_outputs)
+}
+
+/// The erased `Box<dyn Output<T>>` of one of `node`'s outputs (`side`: a side output's tag): the
+/// chained operators and network writers of its edges, fanned out.
+fn build_outputs(
+    plan: &mut TaskPlan,
+    node: usize,
+    side: Option<&String>,
+    ty: &dyn crate::channel::StreamType,
+) -> TaskResult<Box<dyn Any + Send>> {
+    let graph = plan.graph.clone();
+    let mut outputs = Vec::new();
+    for &e in &graph.nodes[node].outputs {
+        let edge = &graph.edges[e];
+        if edge.side_output.as_ref() != side {
+            continue;
+        }
+        if edge.chained {
+            match build_node(plan, edge.to)? {
+                Instance::Operator(o) => outputs.push(o),
+                Instance::Source(_) => {
+                    return Err(TaskError::Internal("a source cannot be chained behind an operator".into()))
+                }
+            }
+        } else {
+            let senders =
+                plan.senders.remove(&e).ok_or_else(|| TaskError::Internal(format!("no channels for edge {e}")))?;
+            let partitioner = graph.partitioner(e, graph.nodes[edge.to].max_parallelism);
+            outputs.push(ty.writer(senders, &partitioner, plan.batch_size)?);
+        }
+    }
+    if outputs.is_empty() {
+        Ok(ty.discard())
+    } else {
+        ty.tee(outputs)
+    }
 }
 
 /// Writes captures off the task thread and acknowledges (or declines) each to the master.

@@ -4,6 +4,7 @@
 //! backends (serialized rows in a [`KvStore`], e.g. rocksdb). They are an enum rather than a
 //! trait object so the heap path stays a direct, inlinable call.
 
+use crate::codec;
 use crate::descriptors::{
     Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
     StateData, ValueState, ValueStateDescriptor,
@@ -11,8 +12,10 @@ use crate::descriptors::{
 use crate::error::StateError;
 use crate::format::StateKind;
 use crate::heap::{HeapKeyedBackend, HeapScope};
+use crate::scope_ops::KeyedOps;
 use crate::serialized::{SerializedKeyedBackend, SerializedScope, StoreFactory};
 use crate::snapshot::{KeyedSnapshot, RestoredKeyedState, SnapshotRequest};
+use crate::timers::{queue_name, FiredTimer, TimeDomain, TimerServiceId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir_core::{CheckpointId, JobId, KeyGroupRange, OperatorId};
@@ -126,6 +129,50 @@ impl<K: Key> KeyedStateBackend<K> {
         Ok(ReducingState::at(slot))
     }
 
+    /// Declares the timer service `name` (two queues: event time and processing time), restoring
+    /// its timers. Timers are keyed state: they are in every snapshot and move with their keys.
+    pub fn timer_service(&mut self, name: &str) -> Result<TimerServiceId, StateError> {
+        let (event, processing) =
+            (queue_name(name, TimeDomain::EventTime), queue_name(name, TimeDomain::ProcessingTime));
+        let (event, processing) = match self {
+            KeyedStateBackend::Heap(h) => (h.declare_timers(&event)?, h.declare_timers(&processing)?),
+            KeyedStateBackend::Serialized(s) => (s.declare_timers(&event)?, s.declare_timers(&processing)?),
+        };
+        Ok(TimerServiceId::new(event, processing))
+    }
+
+    /// Removes and returns the earliest timer of `service` in `domain` if it is due at `time`
+    /// (its timestamp is at most `time`). One at a time: firing a timer may register others.
+    pub fn pop_due_timer(
+        &mut self,
+        service: TimerServiceId,
+        domain: TimeDomain,
+        time: i64,
+    ) -> Result<Option<FiredTimer<K>>, StateError> {
+        let queue = service.queue(domain);
+        let (popped, queues) = match self {
+            KeyedStateBackend::Heap(h) => (h.timers.pop_due(queue, time), &h.timers),
+            KeyedStateBackend::Serialized(s) => (s.pop_due_timer(queue, time)?, &s.timers),
+        };
+        let Some((key_group, timer)) = popped else { return Ok(None) };
+        let key = codec::decode(&timer.key).map_err(|detail| StateError::Decode {
+            name: queues.queues[queue].meta.name.clone(),
+            key_group,
+            what: "timer key",
+            detail,
+        })?;
+        Ok(Some(FiredTimer { key, timestamp: timer.timestamp, namespace: timer.namespace }))
+    }
+
+    /// The time of the earliest timer of `service` in `domain`.
+    pub fn next_timer(&self, service: TimerServiceId, domain: TimeDomain) -> Option<i64> {
+        let queue = service.queue(domain);
+        match self {
+            KeyedStateBackend::Heap(h) => h.timers.next_time(queue),
+            KeyedStateBackend::Serialized(s) => s.timers.next_time(queue),
+        }
+    }
+
     /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
     /// would mean a routing bug.
     #[inline]
@@ -168,5 +215,28 @@ impl<K: Key> KeyScope<'_, K> {
             Scope::Heap(h) => h.key(),
             Scope::Serialized(s) => s.key(),
         }
+    }
+
+    /// Registers a timer of the current key at `timestamp` in `namespace` (empty for none).
+    /// Registering the same timer twice keeps one.
+    pub fn register_timer(
+        &mut self,
+        service: TimerServiceId,
+        domain: TimeDomain,
+        timestamp: i64,
+        namespace: &[u8],
+    ) -> Result<(), StateError> {
+        self.inner.change_timer(service.queue(domain), timestamp, namespace, true)
+    }
+
+    /// Deletes a timer of the current key; nothing happens when there is none.
+    pub fn delete_timer(
+        &mut self,
+        service: TimerServiceId,
+        domain: TimeDomain,
+        timestamp: i64,
+        namespace: &[u8],
+    ) -> Result<(), StateError> {
+        self.inner.change_timer(service.queue(domain), timestamp, namespace, false)
     }
 }

@@ -20,6 +20,7 @@ use weir_core::metadata::KeyedStateHandle;
 use weir_core::KeyGroupRange;
 
 use crate::descriptors::{Key, ReduceFn, StateData};
+use crate::timers::TimerQueues;
 
 type Group<K, V> = Arc<FxHashMap<K, V>>;
 
@@ -177,13 +178,41 @@ impl TableSnapshot for RawTable {
     }
 }
 
-/// Keyed state of one operator subtask: the key groups it owns, and its declared states.
+/// A timer queue's key groups, frozen for a snapshot. Each key group's timers are already in byte
+/// order, the order a state file wants.
+struct FrozenTimers {
+    meta: StateMeta,
+    groups: Vec<Arc<std::collections::BTreeSet<Vec<u8>>>>,
+}
+
+impl TableSnapshot for FrozenTimers {
+    fn meta(&self) -> &StateMeta {
+        &self.meta
+    }
+    fn group_len(&self, index: usize) -> usize {
+        self.groups[index].len()
+    }
+    fn write_group(
+        &self,
+        index: usize,
+        state_index: u16,
+        payload: &mut Vec<u8>,
+        _buf: &mut EncodeBuffer,
+    ) -> Result<(), StateError> {
+        let group = &self.groups[index];
+        push_entries(payload, state_index, group.iter().map(|t| (t.as_slice(), &[][..])));
+        Ok(())
+    }
+}
+
+/// Keyed state of one operator subtask: the key groups it owns, its declared states and timers.
 pub struct HeapKeyedBackend<K> {
     max_parallelism: u32,
     key_groups: KeyGroupRange,
     tables: Vec<Box<dyn AnyTable<K>>>,
     by_name: HashMap<String, usize>,
     restored: BTreeMap<String, RawTable>,
+    pub(crate) timers: TimerQueues,
 }
 
 impl<K: Key> HeapKeyedBackend<K> {
@@ -194,6 +223,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             tables: Vec::new(),
             by_name: HashMap::new(),
             restored: BTreeMap::new(),
+            timers: TimerQueues::new(key_groups),
         }
     }
 
@@ -278,6 +308,31 @@ impl<K: Key> HeapKeyedBackend<K> {
         self.register::<V>(name, kind, reduce)
     }
 
+    /// Declares a timer queue; returns its index. Restored timers of that name are checked and
+    /// loaded.
+    pub(crate) fn declare_timers(&mut self, name: &str) -> Result<usize, StateError> {
+        if let Some(q) = self.timers.find(name) {
+            return Ok(q);
+        }
+        let mut restored = Vec::new();
+        if let Some(raw) = self.restored.remove(name) {
+            if raw.meta.kind != StateKind::Timers {
+                let stored = raw.meta.kind.label();
+                self.restored.insert(name.to_string(), raw);
+                return Err(StateError::KindMismatch {
+                    name: name.to_string(),
+                    declared: StateKind::Timers.label(),
+                    stored,
+                });
+            }
+            for (local, entries) in raw.groups.iter().enumerate() {
+                let kg = self.key_groups.start + local as u32;
+                restored.extend(entries.iter().map(|(timer, _)| (kg, timer.clone())));
+            }
+        }
+        self.timers.add::<K>(name, 0, restored, self.max_parallelism)
+    }
+
     /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
     /// would mean a routing bug.
     #[inline]
@@ -294,6 +349,10 @@ impl<K: Key> HeapKeyedBackend<K> {
         let mut tables: Vec<Box<dyn TableSnapshot>> = self.tables.iter().map(|t| t.snapshot()).collect();
         for raw in self.restored.values() {
             tables.push(Box::new(RawTable { meta: raw.meta.clone(), groups: raw.groups.clone() }));
+        }
+        for q in &self.timers.queues {
+            let groups = (0..q.timers.group_count()).map(|g| q.timers.group(g)).collect();
+            tables.push(Box::new(FrozenTimers { meta: q.meta.clone(), groups }));
         }
         tables.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
         HeapSnapshot { key_groups: self.key_groups, tables }
@@ -326,6 +385,20 @@ pub(crate) struct HeapScope<'a, K> {
 impl<K: Key> HeapScope<'_, K> {
     pub(crate) fn key(&self) -> &K {
         self.key
+    }
+
+    pub(crate) fn key_group(&self) -> u32 {
+        self.backend.key_groups.start + self.group as u32
+    }
+
+    /// The bytes of a timer of the current key.
+    pub(crate) fn timer(&self, timestamp: i64, namespace: &[u8]) -> Result<Vec<u8>, StateError> {
+        let key = codec::encode(self.key).map_err(|detail| StateError::Encode { name: "<key>".into(), detail })?;
+        Ok(crate::timers::timer_bytes(timestamp, &key, namespace))
+    }
+
+    pub(crate) fn timers(&mut self) -> &mut TimerQueues {
+        &mut self.backend.timers
     }
 
     #[inline]

@@ -13,6 +13,8 @@
 //! * [`format`]: the key-group-indexed state file (canonical: backend independent, self-describing
 //!   MessagePack values, a CRC32C per key group).
 //! * [`operator`]: operator (non-keyed) list state for sources and sinks.
+//! * [`timers`]: timer services as keyed state (event-time and processing-time queues per key
+//!   group), in both backends and every snapshot.
 
 pub mod backend;
 pub mod checksum;
@@ -25,6 +27,7 @@ pub mod operator;
 mod scope_ops;
 pub mod serialized;
 pub mod snapshot;
+pub mod timers;
 pub mod write_back;
 
 pub use backend::{KeyScope, KeyedStateBackend, StateBackend, StoreContext};
@@ -40,4 +43,5 @@ pub use snapshot::{
     KeyedSnapshot, NewFile, ResolvedNativeHandle, RestoredKeyedState, SnapshotFiles, SnapshotRequest, StateOutput,
     StoreSnapshot, WrittenKeyedState,
 };
+pub use timers::{FiredTimer, TimeDomain, TimerServiceId};
 pub use write_back::WriteBackCache;

@@ -34,6 +34,8 @@ pub(crate) trait KeyedOps {
     fn map_clear<UK: StateData + Ord, UV: StateData>(&mut self, slot: usize) -> Result<(), StateError>;
     /// Combines `value` into the state with the slot's reduce function; returns the result.
     fn reduce_add<T: StateData>(&mut self, slot: usize, value: T) -> Result<T, StateError>;
+    /// Registers (`add`) or deletes a timer of the current key in timer queue `queue`.
+    fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError>;
 }
 
 impl<K: Key> KeyedOps for HeapScope<'_, K> {
@@ -100,6 +102,15 @@ impl<K: Key> KeyedOps for HeapScope<'_, K> {
         }
         Ok(stored.clone())
     }
+    fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError> {
+        let (timer, kg) = (self.timer(timestamp, namespace)?, self.key_group());
+        if add {
+            self.timers().register(queue, kg, timer);
+        } else {
+            self.timers().delete(queue, kg, &timer);
+        }
+        Ok(())
+    }
 }
 
 impl<K: Key> KeyedOps for SerializedScope<'_, K> {
@@ -145,6 +156,9 @@ impl<K: Key> KeyedOps for SerializedScope<'_, K> {
     }
     fn reduce_add<T: StateData>(&mut self, slot: usize, value: T) -> Result<T, StateError> {
         self.reducing_add(slot, value)
+    }
+    fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError> {
+        SerializedScope::change_timer(self, queue, timestamp, namespace, add)
     }
 }
 
@@ -199,5 +213,11 @@ impl<K: Key> KeyedOps for Scope<'_, K> {
     }
     fn reduce_add<T: StateData>(&mut self, slot: usize, value: T) -> Result<T, StateError> {
         dispatch!(self, reduce_add::<T>(slot, value))
+    }
+    fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError> {
+        match self {
+            Scope::Heap(h) => h.change_timer(queue, timestamp, namespace, add),
+            Scope::Serialized(s) => KeyedOps::change_timer(s, queue, timestamp, namespace, add),
+        }
     }
 }

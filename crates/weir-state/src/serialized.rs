@@ -21,10 +21,12 @@ use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::error::StateError;
 use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
 use crate::snapshot::{RestoredKeyedState, SnapshotRequest, StoreSnapshot};
+use crate::timers::TimerQueues;
 use std::any::Any;
 use std::io::Write;
 use std::marker::PhantomData;
 use weir_core::key_group::assign_to_key_group;
+use weir_core::timers::Timer;
 use weir_core::{CheckpointId, KeyGroupRange};
 
 /// Receives a row: (key, value).
@@ -92,6 +94,8 @@ pub struct SerializedKeyedBackend<K> {
     value_buf: Vec<u8>,
     /// The last row read: values are decoded from here, so a read allocates nothing.
     read_buf: Vec<u8>,
+    /// Timer queues, in memory for firing order; each timer is also a row of its queue's table.
+    pub(crate) timers: TimerQueues,
     _key: PhantomData<fn(K)>,
 }
 
@@ -106,6 +110,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
             scratch: Vec::new(),
             value_buf: Vec::new(),
             read_buf: Vec::new(),
+            timers: TimerQueues::new(key_groups),
             _key: PhantomData,
         }
     }
@@ -175,8 +180,44 @@ impl<K: Key> SerializedKeyedBackend<K> {
             StateKind::Map => {
                 codec::decode::<V>(&value).map_err(|d| err("value", d))?;
             }
+            StateKind::Timers => {}
         }
         Ok(())
+    }
+
+    /// Declares a timer queue in its own table; returns its index. Restored timers are read from
+    /// the table into memory, each checked to belong to its key group.
+    pub(crate) fn declare_timers(&mut self, name: &str) -> Result<usize, StateError> {
+        if let Some(q) = self.timers.find(name) {
+            return Ok(q);
+        }
+        let meta = StateMeta { name: name.to_string(), kind: StateKind::Timers };
+        let table = self.store.declare(&meta)?;
+        if table != self.declared.len() {
+            return Err(StateError::Backend(format!("store returned index {table} for state '{name}'")));
+        }
+        self.declared.push(Declared { meta, reduce: None });
+        let mut restored = Vec::new();
+        self.store.scan_prefix(table, &[], &mut |row, _| {
+            if let Some(prefix) = row.get(..KEY_GROUP_PREFIX_LEN) {
+                restored
+                    .push((u16::from_be_bytes([prefix[0], prefix[1]]) as u32, row[KEY_GROUP_PREFIX_LEN..].to_vec()));
+            }
+            true
+        })?;
+        self.timers.add::<K>(name, table, restored, self.max_parallelism)
+    }
+
+    /// Removes the earliest timer of `queue` if due at `time`, row included.
+    pub(crate) fn pop_due_timer(&mut self, queue: usize, time: i64) -> Result<Option<(u32, Timer)>, StateError> {
+        let Some((kg, timer)) = self.timers.pop_due(queue, time) else {
+            return Ok(None);
+        };
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&key_group_prefix(kg));
+        self.scratch.extend_from_slice(&weir_core::timers::encode(&timer));
+        self.store.delete(self.timers.queues[queue].table, &self.scratch)?;
+        Ok(Some((kg, timer)))
     }
 
     pub(crate) fn scope<'a>(&'a mut self, key: &'a K) -> Result<SerializedScope<'a, K>, StateError> {
@@ -210,6 +251,30 @@ pub(crate) struct SerializedScope<'a, K> {
 impl<K: Key> SerializedScope<'_, K> {
     pub(crate) fn key(&self) -> &K {
         self.key
+    }
+
+    /// Registers (`add`) or deletes a timer of the current key, in memory and as a row.
+    pub(crate) fn change_timer(
+        &mut self,
+        queue: usize,
+        timestamp: i64,
+        namespace: &[u8],
+        add: bool,
+    ) -> Result<(), StateError> {
+        let b = &mut *self.backend;
+        let timer = crate::timers::timer_bytes(timestamp, &b.key_buf[KEY_GROUP_PREFIX_LEN..], namespace);
+        b.scratch.clear();
+        b.scratch.extend_from_slice(&key_group_prefix(self.key_group));
+        b.scratch.extend_from_slice(&timer);
+        let table = b.timers.queues[queue].table;
+        if add {
+            if b.timers.register(queue, self.key_group, timer) {
+                b.store.put(table, &b.scratch, &[])?;
+            }
+        } else if b.timers.delete(queue, self.key_group, &timer) {
+            b.store.delete(table, &b.scratch)?;
+        }
+        Ok(())
     }
 
     fn name(&self, state: usize) -> String {
@@ -372,7 +437,7 @@ pub fn canonical_to_rows(
     scratch: &mut Vec<u8>,
 ) -> Result<(), String> {
     match kind {
-        StateKind::Value | StateKind::Reducing => row(key, value).map_err(|e| e.to_string()),
+        StateKind::Value | StateKind::Reducing | StateKind::Timers => row(key, value).map_err(|e| e.to_string()),
         StateKind::List => {
             let (_, elements) = codec::read_array_header(value)?;
             if elements.is_empty() {
@@ -447,7 +512,9 @@ pub fn write_canonical<W: Write>(
             let mut bad = None;
             rows.scan_key_group(index, kg, &mut |row_key, value| {
                 match meta.kind {
-                    StateKind::Value | StateKind::Reducing => entries.push((row_key.to_vec(), value.to_vec())),
+                    StateKind::Value | StateKind::Reducing | StateKind::Timers => {
+                        entries.push((row_key.to_vec(), value.to_vec()))
+                    }
                     StateKind::List => {
                         let count = codec::split_values(value).count();
                         let mut v = Vec::with_capacity(value.len() + 5);

@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::functions::SourceFunction;
 use crate::operators::SourceSpec;
 use crate::stream::DataStream;
+use crate::watermarks::WatermarkStrategy;
 use clap::Parser;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -21,6 +22,8 @@ pub(crate) struct PendingEdge {
     pub from: usize,
     pub kind: EdgeKind,
     pub key_hash: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// The producer's side output the edge carries (tag id); `None` for its main output.
+    pub side_output: Option<String>,
 }
 
 #[derive(Default)]
@@ -35,7 +38,13 @@ impl EnvInner {
         let index = self.nodes.len();
         self.nodes.push(node);
         for e in inputs {
-            self.edges.push(EdgeBuilder { from: e.from, to: index, kind: e.kind, key_hash: e.key_hash });
+            self.edges.push(EdgeBuilder {
+                from: e.from,
+                to: index,
+                kind: e.kind,
+                key_hash: e.key_hash,
+                side_output: e.side_output,
+            });
         }
         index
     }
@@ -237,21 +246,37 @@ impl StreamEnv {
         self
     }
 
-    /// Adds a source.
+    /// Adds a source. Its records have no event timestamps unless the source sets them; see
+    /// [`StreamEnv::from_source`].
     pub fn source<T: Record, S: SourceFunction<T> + Clone + Sync>(&self, source: S) -> DataStream<T> {
+        self.add_source(source, None)
+    }
+
+    /// Adds a source whose records get event timestamps and watermarks from `watermarks` (Flink's
+    /// `fromSource(source, watermarkStrategy, name)`): the strategy runs inside the source's task,
+    /// and the source's settings (`uid`, parallelism) stay the source's.
+    pub fn from_source<T: Record, S: SourceFunction<T> + Clone + Sync>(
+        &self,
+        source: S,
+        watermarks: WatermarkStrategy<T>,
+    ) -> DataStream<T> {
+        self.add_source(source, Some(watermarks))
+    }
+
+    fn add_source<T: Record, S: SourceFunction<T> + Clone + Sync>(
+        &self,
+        source: S,
+        watermarks: Option<WatermarkStrategy<T>>,
+    ) -> DataStream<T> {
         let stateful = source.is_stateful();
+        let spec = Arc::new(SourceSpec::<T, S> { source, watermarks, _types: PhantomData });
         let node = NodeBuilder {
-            name: "Source".to_string(),
-            uid: None,
-            parallelism: None,
-            max_parallelism: None,
             stateful,
             is_source: true,
-            spec: Arc::new(SourceSpec::<T, S> { source, _types: PhantomData }),
-            output: Some(Arc::new(TypeOps::<T>::new())),
+            ..NodeBuilder::new("Source", spec, Some(Arc::new(TypeOps::<T>::new())))
         };
         let index = self.inner.borrow_mut().add_node(node, None);
-        DataStream { env: self.inner.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
+        DataStream::new(self.inner.clone(), index)
     }
 
     /// Starts the job and returns at once. Unless `weir.rest.enabled` is false, the job serves its

@@ -1,14 +1,17 @@
 //! The functions users implement: sources, keyed process functions and sinks.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 use weir_core::metadata::Redistribution;
 use weir_core::CheckpointId;
-use weir_runtime::{Output, TaskError, TaskResult};
+use weir_runtime::channel::{Record, SideOutputs};
+use weir_runtime::{Output, ProcessingTimeService, TaskError, TaskResult};
 use weir_state::{
     Key, KeyScope, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
     OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, ValueState,
     ValueStateDescriptor,
 };
+use weir_state::{TimeDomain, TimerServiceId};
 
 /// The error type user functions return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,18 +33,30 @@ impl Unrecoverable {
 /// returns, so `collect` needs no `?`.
 pub struct Collector<'a, T> {
     next: &'a mut dyn Output<T>,
+    /// The event timestamp records get: the input record's (or the event-time timer's), as Flink's
+    /// `TimestampedCollector` does.
+    timestamp: Option<i64>,
     error: Option<TaskError>,
 }
 
 impl<'a, T> Collector<'a, T> {
-    pub(crate) fn new(next: &'a mut dyn Output<T>) -> Self {
-        Collector { next, error: None }
+    pub(crate) fn new(next: &'a mut dyn Output<T>, timestamp: Option<i64>) -> Self {
+        Collector { next, timestamp, error: None }
     }
 
+    /// Emits a record, with the timestamp of the record (or event-time timer) being processed.
     #[inline]
     pub fn collect(&mut self, record: T) {
+        let timestamp = self.timestamp;
+        self.collect_with_timestamp(record, timestamp);
+    }
+
+    /// Emits a record with an explicit event timestamp (`None`: without one). Sources use it to
+    /// stamp records with their event time (Flink's `collectWithTimestamp`).
+    #[inline]
+    pub fn collect_with_timestamp(&mut self, record: T, timestamp: Option<i64>) {
         if self.error.is_none() {
-            if let Err(e) = self.next.emit(record) {
+            if let Err(e) = self.next.emit(record, timestamp) {
                 self.error = Some(e);
             }
         }
@@ -137,13 +152,175 @@ impl<K: Key> RuntimeContext<'_, K> {
     }
 }
 
-/// A function over a keyed stream with keyed state. Declare state in `open`; in `process`, the
-/// `state` scope is the current key's.
+/// A function over a keyed stream with keyed state and timers (Flink's `KeyedProcessFunction`).
+/// Declare state in `open`. In `process`, `ctx` is the current key's state scope (state handles
+/// take it: `count.value(ctx)`), and gives the record's timestamp, the timer service and side
+/// outputs.
 pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
     fn open(&mut self, _ctx: &mut RuntimeContext<'_, K>) -> Result<(), BoxError> {
         Ok(())
     }
-    fn process(&mut self, value: I, state: &mut KeyScope<'_, K>, out: &mut Collector<'_, O>) -> Result<(), BoxError>;
+    fn process(&mut self, value: I, ctx: &mut Context<'_, K>, out: &mut Collector<'_, O>) -> Result<(), BoxError>;
+    /// A timer of the current key (`ctx.key()`) fired at `timestamp`; `ctx.time_domain()` says
+    /// which kind. Records emitted from an event-time timer carry its timestamp.
+    fn on_timer(
+        &mut self,
+        _timestamp: i64,
+        _ctx: &mut Context<'_, K>,
+        _out: &mut Collector<'_, O>,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Identifies a side output: records of type `T` a function emits beside its main output
+/// (`ctx.output(&tag, value)`), consumed with `get_side_output(&tag)`. Tags are equal when their
+/// ids are.
+pub struct OutputTag<T> {
+    id: String,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> OutputTag<T> {
+    pub fn new(id: impl Into<String>) -> Self {
+        OutputTag { id: id.into(), _type: PhantomData }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<T> Clone for OutputTag<T> {
+    fn clone(&self) -> Self {
+        OutputTag::new(self.id.clone())
+    }
+}
+
+/// An operator's event time and clock, and the timer service its function uses.
+pub(crate) struct OperatorTime {
+    /// The operator's current input watermark.
+    pub watermark: i64,
+    pub processing: ProcessingTimeService,
+    pub timers: TimerServiceId,
+}
+
+/// Side outputs, and the first error emitting to one raised (reported once the function returns).
+pub(crate) struct SideEmitter {
+    pub outputs: SideOutputs,
+    pub error: Option<TaskError>,
+}
+
+impl SideEmitter {
+    pub(crate) fn take_error(&mut self) -> TaskResult {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a keyed function sees while it handles a record or a timer: the current key's state
+/// (it dereferences to the [`KeyScope`] state handles take), the timestamp, timers and side
+/// outputs.
+pub struct Context<'a, K> {
+    pub(crate) scope: KeyScope<'a, K>,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) domain: Option<TimeDomain>,
+    pub(crate) time: &'a OperatorTime,
+    pub(crate) side: &'a mut SideEmitter,
+}
+
+impl<'a, K: Key> Context<'a, K> {
+    /// The record's event timestamp (the timer's time in `on_timer`); `None` for a record without.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    /// In `on_timer`, the kind of timer that fired; `None` in `process`.
+    pub fn time_domain(&self) -> Option<TimeDomain> {
+        self.domain
+    }
+
+    /// Timers of the current key, and the operator's time.
+    pub fn timer_service(&mut self) -> TimerService<'_, 'a, K> {
+        TimerService { ctx: self }
+    }
+
+    /// Emits `value` to the side output `tag` (nothing happens when no operator consumes it).
+    pub fn output<T: Record>(&mut self, tag: &OutputTag<T>, value: T) {
+        if self.side.error.is_some() {
+            return;
+        }
+        if let Some(out) = self.side.outputs.get::<T>(&tag.id) {
+            if let Err(e) = out.emit(value, self.timestamp) {
+                self.side.error = Some(e);
+            }
+        }
+    }
+}
+
+impl<'a, K> std::ops::Deref for Context<'a, K> {
+    type Target = KeyScope<'a, K>;
+    fn deref(&self) -> &Self::Target {
+        &self.scope
+    }
+}
+
+impl<K> std::ops::DerefMut for Context<'_, K> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.scope
+    }
+}
+
+/// Timers of the current key (Flink's `TimerService`). Timers are keyed state: registering the
+/// same time twice keeps one timer, and timers are in every checkpoint and savepoint.
+pub struct TimerService<'c, 'a, K> {
+    ctx: &'c mut Context<'a, K>,
+}
+
+impl<K: Key> TimerService<'_, '_, K> {
+    /// The operator's current event time: the minimum watermark of its inputs.
+    pub fn current_watermark(&self) -> i64 {
+        self.ctx.time.watermark
+    }
+
+    /// The wall-clock time in milliseconds since the epoch.
+    pub fn current_processing_time(&self) -> i64 {
+        self.ctx.time.processing.now()
+    }
+
+    /// Calls `on_timer` once the watermark reaches `timestamp`.
+    pub fn register_event_time_timer(&mut self, timestamp: i64) -> Result<(), BoxError> {
+        self.change(TimeDomain::EventTime, timestamp, true)
+    }
+
+    /// Calls `on_timer` once the wall clock reaches `timestamp` (ms since the epoch); right after
+    /// a restore when it fell due while the job was down.
+    pub fn register_processing_time_timer(&mut self, timestamp: i64) -> Result<(), BoxError> {
+        self.change(TimeDomain::ProcessingTime, timestamp, true)?;
+        self.ctx.time.processing.request_wakeup(timestamp);
+        Ok(())
+    }
+
+    pub fn delete_event_time_timer(&mut self, timestamp: i64) -> Result<(), BoxError> {
+        self.change(TimeDomain::EventTime, timestamp, false)
+    }
+
+    pub fn delete_processing_time_timer(&mut self, timestamp: i64) -> Result<(), BoxError> {
+        self.change(TimeDomain::ProcessingTime, timestamp, false)
+    }
+
+    fn change(&mut self, domain: TimeDomain, timestamp: i64, add: bool) -> Result<(), BoxError> {
+        let service = self.ctx.time.timers;
+        let scope = &mut self.ctx.scope;
+        let result = if add {
+            scope.register_timer(service, domain, timestamp, &[])
+        } else {
+            scope.delete_timer(service, domain, timestamp, &[])
+        };
+        result.map_err(|e| Box::new(e) as BoxError)
+    }
 }
 
 /// What a sink subtask knows when it opens.

@@ -27,14 +27,17 @@ mod functions;
 mod operators;
 mod rest_access;
 mod stream;
+mod watermarks;
 
 pub use env::{JobFlags, StreamEnv};
 pub use error::Error;
 pub use functions::{
-    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
-    SourceFunction, SourcePoll, Unrecoverable,
+    BoxError, Collector, Context, KeyedProcessFunction, OutputTag, RuntimeContext, SinkContext, SinkFunction,
+    SourceContext, SourceFunction, SourcePoll, TimerService, Unrecoverable,
 };
 pub use stream::{DataStream, KeyedStream, SinkStream, SumField};
+pub use watermarks::{BoundedOutOfOrderness, WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
+pub use weir_state::TimeDomain;
 
 pub use weir_core::config::{keys as config_keys, Configuration};
 pub use weir_core::metadata::Redistribution;

@@ -1,19 +1,23 @@
 //! The operators behind the DataStream API, and their specs (how to instantiate one per subtask).
 
 use crate::functions::{
-    BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
-    SourceFunction, SourcePoll,
+    BoxError, Collector, Context, KeyedProcessFunction, OperatorTime, RuntimeContext, SideEmitter, SinkContext,
+    SinkFunction, SourceContext, SourceFunction, SourcePoll,
 };
+use crate::watermarks::{TimestampsAndWatermarks, WatermarkStrategy};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_core::watermark::{MAX_WATERMARK, MIN_WATERMARK};
 use weir_core::OperatorId;
-use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record};
+use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record, SideOutputs};
 use weir_runtime::graph::{Instance, NodeSpec};
 use weir_runtime::operator::{CapturedOperator, Next, OperatorContext};
-use weir_runtime::{ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult};
-use weir_state::{Key, KeyedStateBackend, OperatorStateSnapshot, OperatorStateStore, StoreContext};
+use weir_runtime::{
+    ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult, Timestamp,
+};
+use weir_state::{Key, KeyedStateBackend, OperatorStateSnapshot, OperatorStateStore, StoreContext, TimeDomain};
 
 fn user_error(operator: &str, e: BoxError) -> TaskError {
     let e = match e.downcast::<TaskError>() {
@@ -45,7 +49,12 @@ pub(crate) struct ChainedSpec<I, O, F> {
 }
 
 impl<I: Record, O: Record, F: Clone + Send + Sync + 'static> NodeSpec for ChainedSpec<I, O, F> {
-    fn instantiate(&self, _ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
+    fn instantiate(
+        &self,
+        _ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+        _side_outputs: SideOutputs,
+    ) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
         Ok(Instance::Operator(erase_output::<I>((self.build)(self.f.clone(), next))))
     }
@@ -58,8 +67,8 @@ pub(crate) struct MapOp<F, O> {
 
 impl<I, O: Send, F: FnMut(I) -> O + Send> Output<I> for MapOp<F, O> {
     #[inline]
-    fn emit(&mut self, record: I) -> TaskResult {
-        self.next.emit((self.f)(record))
+    fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
+        self.next.emit((self.f)(record), timestamp)
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
         self.next.event(event)
@@ -73,9 +82,9 @@ pub(crate) struct FilterOp<F, T> {
 
 impl<T: Send, F: FnMut(&T) -> bool + Send> Output<T> for FilterOp<F, T> {
     #[inline]
-    fn emit(&mut self, record: T) -> TaskResult {
+    fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
         if (self.f)(&record) {
-            self.next.emit(record)
+            self.next.emit(record, timestamp)
         } else {
             Ok(())
         }
@@ -92,9 +101,9 @@ pub(crate) struct FlatMapOp<F, O> {
 
 impl<I, O: Send, R: IntoIterator<Item = O>, F: FnMut(I) -> R + Send> Output<I> for FlatMapOp<F, O> {
     #[inline]
-    fn emit(&mut self, record: I) -> TaskResult {
+    fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
         for o in (self.f)(record) {
-            self.next.emit(o)?;
+            self.next.emit(o, timestamp)?;
         }
         Ok(())
     }
@@ -116,18 +125,16 @@ pub(crate) struct KeyedProcessSpec<K, I, O, F> {
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sync> NodeSpec
     for KeyedProcessSpec<K, I, O, F>
 {
-    fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+        side_outputs: SideOutputs,
+    ) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
-        let store_ctx = StoreContext {
-            job_id: ctx.job_id,
-            operator_id: ctx.operator_id,
-            operator: ctx.task_name(),
-            subtask: ctx.subtask,
-            max_parallelism: ctx.max_parallelism,
-            key_groups: ctx.key_groups,
-        };
-        let restored = ctx.restored.as_ref().map(|r| r.keyed.clone()).unwrap_or_default();
-        let mut backend = KeyedStateBackend::create(&ctx.state_backend, &store_ctx, &restored)
+        let mut backend = keyed_backend::<K>(&ctx)?;
+        let timers = backend
+            .timer_service(USER_TIMERS)
             .map_err(|error| TaskError::Restore { operator: ctx.task_name(), error })?;
         let mut f = self.f.clone();
         let mut rc = RuntimeContext {
@@ -138,11 +145,18 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
             operator: ctx.task_name(),
         };
         f.open(&mut rc).map_err(|e| user_error(&ctx.task_name(), e))?;
+        let time = OperatorTime { watermark: MIN_WATERMARK, processing: ctx.processing_time.clone(), timers };
+        // Processing-time timers that fell due while the job was down fire right away.
+        if let Some(at) = backend.next_timer(timers, TimeDomain::ProcessingTime) {
+            time.processing.request_wakeup(at);
+        }
         let op = KeyedProcessOp {
             f,
             key: self.key.clone(),
             backend,
             next,
+            side: SideEmitter { outputs: side_outputs, error: None },
+            time,
             operator_id: ctx.operator_id,
             name: ctx.task_name(),
             _types: PhantomData,
@@ -151,24 +165,84 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
     }
 }
 
+/// The timer service of keyed process functions, named as Flink names it.
+const USER_TIMERS: &str = "user-timers";
+
+/// Creates an operator subtask's keyed state backend, restoring its state.
+pub(crate) fn keyed_backend<K: Key>(ctx: &OperatorContext) -> TaskResult<KeyedStateBackend<K>> {
+    let store_ctx = StoreContext {
+        job_id: ctx.job_id,
+        operator_id: ctx.operator_id,
+        operator: ctx.task_name(),
+        subtask: ctx.subtask,
+        max_parallelism: ctx.max_parallelism,
+        key_groups: ctx.key_groups,
+    };
+    let restored = ctx.restored.as_ref().map(|r| r.keyed.clone()).unwrap_or_default();
+    KeyedStateBackend::create(&ctx.state_backend, &store_ctx, &restored)
+        .map_err(|error| TaskError::Restore { operator: ctx.task_name(), error })
+}
+
 struct KeyedProcessOp<K, I, O, F> {
     f: F,
     key: KeySelector<K, I>,
     backend: KeyedStateBackend<K>,
     next: Box<dyn Output<O>>,
+    side: SideEmitter,
+    time: OperatorTime,
     operator_id: OperatorId,
     name: String,
     _types: PhantomData<fn(I)>,
 }
 
+impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProcessOp<K, I, O, F> {
+    fn state_error(&self, e: weir_state::StateError) -> TaskError {
+        TaskError::State { operator: self.name.clone(), error: e }
+    }
+
+    /// Fires every timer of `domain` due at `time`, earliest first; timers registered while
+    /// firing fire in the same round when they are due too.
+    fn fire_timers(&mut self, domain: TimeDomain, time: i64) -> TaskResult {
+        loop {
+            let fired = self.backend.pop_due_timer(self.time.timers, domain, time).map_err(|e| self.state_error(e))?;
+            let Some(timer) = fired else { break };
+            let scope = self
+                .backend
+                .scope(&timer.key)
+                .map_err(|e| TaskError::State { operator: self.name.clone(), error: e })?;
+            let emitted = (domain == TimeDomain::EventTime).then_some(timer.timestamp);
+            let mut ctx = Context {
+                scope,
+                timestamp: Some(timer.timestamp),
+                domain: Some(domain),
+                time: &self.time,
+                side: &mut self.side,
+            };
+            let mut out = Collector::new(&mut *self.next, emitted);
+            let result = self.f.on_timer(timer.timestamp, &mut ctx, &mut out);
+            out.finish()?;
+            self.side.take_error()?;
+            result.map_err(|e| user_error(&self.name, e))?;
+        }
+        if domain == TimeDomain::ProcessingTime {
+            if let Some(at) = self.backend.next_timer(self.time.timers, domain) {
+                self.time.processing.request_wakeup(at);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> for KeyedProcessOp<K, I, O, F> {
     #[inline]
-    fn emit(&mut self, record: I) -> TaskResult {
+    fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
         let key = (self.key)(&record);
-        let mut scope = self.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", self.name)))?;
-        let mut out = Collector::new(&mut *self.next);
-        let result = self.f.process(record, &mut scope, &mut out);
+        let scope = self.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", self.name)))?;
+        let mut ctx = Context { scope, timestamp, domain: None, time: &self.time, side: &mut self.side };
+        let mut out = Collector::new(&mut *self.next, timestamp);
+        let result = self.f.process(record, &mut ctx, &mut out);
         out.finish()?;
+        self.side.take_error()?;
         result.map_err(|e| user_error(&self.name, e))
     }
 
@@ -186,8 +260,14 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> f
                 });
             }
             ChainEvent::CheckpointComplete(id) => self.backend.checkpoint_complete(*id),
+            ChainEvent::Watermark(w) => {
+                self.time.watermark = *w;
+                self.fire_timers(TimeDomain::EventTime, *w)?;
+            }
+            ChainEvent::ProcessingTime(now) => self.fire_timers(TimeDomain::ProcessingTime, *now)?,
             _ => {}
         }
+        self.side.outputs.event(event)?;
         self.next.event(event)
     }
 }
@@ -200,7 +280,12 @@ pub(crate) struct SinkSpec<T, S> {
 }
 
 impl<T: Record, S: SinkFunction<T> + Clone + Sync> NodeSpec for SinkSpec<T, S> {
-    fn instantiate(&self, ctx: OperatorContext, _downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        _downstream: Box<dyn Any + Send>,
+        _side_outputs: SideOutputs,
+    ) -> TaskResult<Instance> {
         let mut sink = self.sink.clone();
         let state = operator_state(&ctx);
         sink.open(&SinkContext {
@@ -224,7 +309,7 @@ struct SinkOp<T, S> {
 
 impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
     #[inline]
-    fn emit(&mut self, record: T) -> TaskResult {
+    fn emit(&mut self, record: T, _timestamp: Option<Timestamp>) -> TaskResult {
         self.sink.invoke(record).map_err(|e| user_error(&self.name, e))
     }
 
@@ -245,7 +330,11 @@ impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
             }
             ChainEvent::EndOfData => self.sink.end_of_input().map_err(|e| user_error(name, e))?,
             ChainEvent::EndOfInput => self.sink.finish().map_err(|e| user_error(name, e))?,
-            ChainEvent::CheckpointAborted(_) | ChainEvent::Flush => {}
+            ChainEvent::CheckpointAborted(_)
+            | ChainEvent::Flush
+            | ChainEvent::Watermark(_)
+            | ChainEvent::Status(_)
+            | ChainEvent::ProcessingTime(_) => {}
         }
         Ok(())
     }
@@ -255,12 +344,22 @@ impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
 
 pub(crate) struct SourceSpec<T, S> {
     pub source: S,
+    /// Timestamps and watermarks assigned inside the source's task (`StreamEnv::from_source`).
+    pub watermarks: Option<WatermarkStrategy<T>>,
     pub _types: PhantomData<fn() -> T>,
 }
 
 impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, S> {
-    fn instantiate(&self, ctx: OperatorContext, downstream: Box<dyn Any + Send>) -> TaskResult<Instance> {
-        let chain = unerase_output::<T>(downstream)?;
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        downstream: Box<dyn Any + Send>,
+        _side_outputs: SideOutputs,
+    ) -> TaskResult<Instance> {
+        let mut chain = unerase_output::<T>(downstream)?;
+        if let Some(strategy) = &self.watermarks {
+            chain = Box::new(TimestampsAndWatermarks::new(strategy, &ctx, chain));
+        }
         let mut source = self.source.clone();
         let state = operator_state(&ctx);
         source
@@ -330,6 +429,9 @@ impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
             Control::Drain => {
                 if !self.drained {
                     self.drained = true;
+                    // Event time ends: every event-time timer and window fires before the final
+                    // savepoint, and the sinks commit the results with it.
+                    self.chain.event(&mut ChainEvent::Watermark(MAX_WATERMARK))?;
                     self.chain.event(&mut ChainEvent::EndOfData)?;
                 }
                 Ok(None)
@@ -367,7 +469,8 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                 }
                 continue;
             }
-            let mut out = Collector::new(&mut *self.chain);
+            env.fire_processing_time(&mut *self.chain)?;
+            let mut out = Collector::new(&mut *self.chain, None);
             let poll = self.source.poll(&mut out);
             out.finish()?;
             match poll.map_err(|e| user_error(&self.name, e))? {
@@ -381,6 +484,8 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                     }
                 }
                 SourcePoll::Exhausted => {
+                    // The end of a bounded input is the end of event time (as in Flink).
+                    self.chain.event(&mut ChainEvent::Watermark(MAX_WATERMARK))?;
                     self.chain.event(&mut ChainEvent::Flush)?;
                     self.exhausted = true;
                     env.report_source_exhausted();

@@ -1,8 +1,9 @@
 //! `DataStream`, `KeyedStream` and `SinkStream`: the typed handles users build jobs with.
 
 use crate::env::{EnvInner, PendingEdge};
-use crate::functions::{BoxError, Collector, KeyedProcessFunction, RuntimeContext, SinkFunction};
+use crate::functions::{BoxError, Collector, Context, KeyedProcessFunction, OutputTag, RuntimeContext, SinkFunction};
 use crate::operators::{ChainedSpec, FilterOp, FlatMapOp, KeySelector, KeyedProcessSpec, MapOp, SinkSpec};
+use crate::watermarks::{WatermarkStrategy, WatermarksSpec};
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use weir_runtime::channel::{KeyHashFn, Record, TypeOps};
 use weir_runtime::graph::{EdgeKind, NodeBuilder, NodeSpec};
 use weir_runtime::Output;
-use weir_state::{Key, KeyScope, StateData, ValueState, ValueStateDescriptor};
+use weir_state::{Key, StateData, ValueState, ValueStateDescriptor};
 
 /// A stream of `T` produced by one operator. Settings (`uid`, `name`, parallelism) apply to that
 /// operator.
@@ -18,6 +19,8 @@ pub struct DataStream<T> {
     pub(crate) env: Rc<RefCell<EnvInner>>,
     pub(crate) node: usize,
     pub(crate) edge: EdgeKind,
+    /// Set for a side output: the stream is the producer's records of this tag.
+    pub(crate) side_output: Option<String>,
     pub(crate) _types: PhantomData<fn() -> T>,
 }
 
@@ -49,12 +52,28 @@ macro_rules! operator_settings {
 impl<T> Clone for DataStream<T> {
     /// Another handle to the same stream, to attach a second consumer (fan-out).
     fn clone(&self) -> Self {
-        DataStream { env: self.env.clone(), node: self.node, edge: self.edge, _types: PhantomData }
+        DataStream {
+            env: self.env.clone(),
+            node: self.node,
+            edge: self.edge,
+            side_output: self.side_output.clone(),
+            _types: PhantomData,
+        }
     }
 }
 
 impl<T: Record> DataStream<T> {
     operator_settings!();
+
+    /// The main output of node `node`.
+    pub(crate) fn new(env: Rc<RefCell<EnvInner>>, node: usize) -> Self {
+        DataStream { env, node, edge: EdgeKind::Forward, side_output: None, _types: PhantomData }
+    }
+
+    /// The edge from this stream's producer to a new consumer.
+    pub(crate) fn edge_out(&self, key_hash: Option<Arc<dyn std::any::Any + Send + Sync>>) -> PendingEdge {
+        PendingEdge { from: self.node, kind: self.edge, key_hash, side_output: self.side_output.clone() }
+    }
 
     fn add<O: Record>(
         &self,
@@ -63,19 +82,51 @@ impl<T: Record> DataStream<T> {
         spec: Arc<dyn NodeSpec>,
         key_hash: Option<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> DataStream<O> {
-        let node = NodeBuilder {
-            name: name.to_string(),
-            uid: None,
-            parallelism: None,
-            max_parallelism: None,
-            stateful,
-            is_source: false,
-            spec,
-            output: Some(Arc::new(TypeOps::<O>::new())),
-        };
-        let index =
-            self.env.borrow_mut().add_node(node, Some(PendingEdge { from: self.node, kind: self.edge, key_hash }));
-        DataStream { env: self.env.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
+        self.add_node(
+            NodeBuilder { stateful, ..NodeBuilder::new(name, spec, Some(Arc::new(TypeOps::<O>::new()))) },
+            key_hash,
+        )
+    }
+
+    pub(crate) fn add_node<O: Record>(
+        &self,
+        node: NodeBuilder,
+        key_hash: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> DataStream<O> {
+        let index = self.env.borrow_mut().add_node(node, Some(self.edge_out(key_hash)));
+        DataStream::new(self.env.clone(), index)
+    }
+
+    /// The records the producer of this stream emitted to the side output `tag` (from a keyed
+    /// process function's `ctx.output(&tag, value)`, or a window's late data). Settings such as
+    /// `uid` belong to the producer, not to a side output.
+    pub fn get_side_output<X: Record>(&self, tag: &OutputTag<X>) -> DataStream<X> {
+        let mut env = self.env.borrow_mut();
+        let sides = &mut env.nodes[self.node].side_outputs;
+        match sides.iter().find(|(id, _)| id == tag.id()) {
+            Some((_, ty)) => assert!(
+                ty.type_name() == std::any::type_name::<X>(),
+                "side output '{}' is read as {} and as {}; one tag id, one type",
+                tag.id(),
+                ty.type_name(),
+                std::any::type_name::<X>()
+            ),
+            None => sides.push((tag.id().to_string(), Arc::new(TypeOps::<X>::new()))),
+        }
+        DataStream {
+            env: self.env.clone(),
+            node: self.node,
+            edge: EdgeKind::Forward,
+            side_output: Some(tag.id().to_string()),
+            _types: PhantomData,
+        }
+    }
+
+    /// Assigns event timestamps and generates watermarks here (Flink's
+    /// `assignTimestampsAndWatermarks`); watermarks from upstream are replaced by this strategy's.
+    /// Prefer setting the strategy on the source (`StreamEnv::from_source`).
+    pub fn assign_timestamps_and_watermarks(self, strategy: WatermarkStrategy<T>) -> DataStream<T> {
+        self.add("Timestamps/Watermarks", false, Arc::new(WatermarksSpec { strategy }), None)
     }
 
     pub fn map<O: Record, F: FnMut(T) -> O + Clone + Send + Sync + 'static>(self, f: F) -> DataStream<O> {
@@ -103,22 +154,11 @@ impl<T: Record> DataStream<T> {
         fn build<T: Send + 'static>(_: (), next: Box<dyn Output<T>>) -> Box<dyn Output<T>> {
             Box::new(MapOp { f: |record: T| record, next })
         }
-        let node = NodeBuilder {
-            name: "Union".to_string(),
-            uid: None,
-            parallelism: None,
-            max_parallelism: None,
-            stateful: false,
-            is_source: false,
-            spec: Arc::new(ChainedSpec::<T, T, ()> { f: (), build: build::<T> }),
-            output: Some(Arc::new(TypeOps::<T>::new())),
-        };
-        let inputs: Vec<PendingEdge> = std::iter::once(&self)
-            .chain(&others)
-            .map(|s| PendingEdge { from: s.node, kind: s.edge, key_hash: None })
-            .collect();
+        let spec = Arc::new(ChainedSpec::<T, T, ()> { f: (), build: build::<T> });
+        let node = NodeBuilder::new("Union", spec, Some(Arc::new(TypeOps::<T>::new())));
+        let inputs: Vec<PendingEdge> = std::iter::once(&self).chain(&others).map(|s| s.edge_out(None)).collect();
         let index = self.env.borrow_mut().add_node(node, inputs);
-        DataStream { env: self.env.clone(), node: index, edge: EdgeKind::Forward, _types: PhantomData }
+        DataStream::new(self.env.clone(), index)
     }
 
     pub fn filter<F: FnMut(&T) -> bool + Clone + Send + Sync + 'static>(self, f: F) -> DataStream<T> {
@@ -167,20 +207,9 @@ impl<T: Record> DataStream<T> {
 
     pub fn sink<S: SinkFunction<T> + Clone + Sync>(self, sink: S) -> SinkStream {
         let stateful = sink.is_stateful();
-        let node = NodeBuilder {
-            name: "Sink".to_string(),
-            uid: None,
-            parallelism: None,
-            max_parallelism: None,
-            stateful,
-            is_source: false,
-            spec: Arc::new(SinkSpec::<T, S> { sink, _types: PhantomData }),
-            output: None,
-        };
-        let index = self
-            .env
-            .borrow_mut()
-            .add_node(node, Some(PendingEdge { from: self.node, kind: self.edge, key_hash: None }));
+        let spec = Arc::new(SinkSpec::<T, S> { sink, _types: PhantomData });
+        let node = NodeBuilder { stateful, ..NodeBuilder::new("Sink", spec, None) };
+        let index = self.env.borrow_mut().add_node(node, Some(self.edge_out(None)));
         SinkStream { env: self.env.clone(), node: index }
     }
 }
@@ -203,14 +232,25 @@ pub struct KeyedStream<K, T> {
 }
 
 impl<K: Key, T: Record> KeyedStream<K, T> {
-    /// Processes each record with keyed state.
+    /// Processes each record with keyed state and timers; side outputs it emits are read with
+    /// `get_side_output` on the result.
     pub fn process<O: Record, F: KeyedProcessFunction<K, T, O> + Clone + Sync>(self, f: F) -> DataStream<O> {
+        let spec = Arc::new(KeyedProcessSpec { f, key: self.key.clone(), _types: PhantomData });
+        self.add_keyed("KeyedProcess", spec)
+    }
+
+    /// Adds a keyed operator (state, timers, side outputs) behind a key-group edge.
+    pub(crate) fn add_keyed<O: Record>(self, name: &str, spec: Arc<dyn NodeSpec>) -> DataStream<O> {
         let key = self.key.clone();
         let hash: KeyHashFn<T> = Arc::new(move |t: &T| key(t).key_hash());
-        let spec = Arc::new(KeyedProcessSpec { f, key: self.key, _types: PhantomData });
         let mut stream = self.stream;
         stream.edge = EdgeKind::KeyGroup;
-        stream.add("KeyedProcess", true, spec, Some(Arc::new(hash)))
+        let node = NodeBuilder {
+            stateful: true,
+            emits_side_outputs: true,
+            ..NodeBuilder::new(name, spec, Some(Arc::new(TypeOps::<O>::new())))
+        };
+        stream.add_node(node, Some(Arc::new(hash)))
     }
 
     /// Combines the records of each key with `f`, emitting the running result.
@@ -284,7 +324,7 @@ impl<K: Key, T: StateData + Record, F: Fn(T, T) -> Option<T> + Clone + Send + Sy
         Ok(())
     }
 
-    fn process(&mut self, value: T, state: &mut KeyScope<'_, K>, out: &mut Collector<'_, T>) -> Result<(), BoxError> {
+    fn process(&mut self, value: T, state: &mut Context<'_, K>, out: &mut Collector<'_, T>) -> Result<(), BoxError> {
         let Some(handle) = self.state else {
             return Err("reduce state used before open".into());
         };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 use weir::connectors::{FileSink, GeneratorSource};
-use weir::{BoxError, Collector, KeyScope, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState};
+use weir::{BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, StreamEnv, ValueState};
 use weir::ValueStateDescriptor;
 
 /// Counts the records of each key; the count lives in keyed state, so checkpoints and savepoints
@@ -23,12 +23,12 @@ impl KeyedProcessFunction<u64, (u64, u64), String> for CountPerKey {
     fn process(
         &mut self,
         (key, _): (u64, u64),
-        state: &mut KeyScope<'_, u64>,
+        ctx: &mut Context<'_, u64>,
         out: &mut Collector<'_, String>,
     ) -> Result<(), BoxError> {
         let count = self.count.ok_or("count state used before open")?;
-        let n = count.value(state)?.unwrap_or(0) + 1;
-        count.update(state, n)?;
+        let n = count.value(ctx)?.unwrap_or(0) + 1;
+        count.update(ctx, n)?;
         out.collect(format!("{key} {n}"));
         Ok(())
     }

@@ -29,7 +29,7 @@ impl Master {
                 continue;
             }
             let (pf, pt) = (graph.nodes[edge.from].parallelism as usize, graph.nodes[edge.to].parallelism as usize);
-            let ty = graph.nodes[edge.from].output.clone().ok_or("an edge leaves an operator without output")?;
+            let ty = graph.edge_type(e).ok_or("an edge leaves an operator without that output")?;
             let mut s: Vec<Vec<_>> = (0..pf).map(|_| Vec::new()).collect();
             let mut r: Vec<Vec<_>> = (0..pt).map(|_| Vec::new()).collect();
             for (i, si) in s.iter_mut().enumerate() {
@@ -77,6 +77,8 @@ impl Master {
                     storage: Some(self.storage.clone()),
                     batch_size: self.settings.batch_size,
                     state_backend: self.state_backend.clone(),
+                    auto_watermark_interval: self.settings.auto_watermark_interval,
+                    processing_time: Default::default(),
                 };
                 let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;
                 self.tasks.push(DeployedTask {

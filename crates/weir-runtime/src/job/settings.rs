@@ -16,6 +16,8 @@ pub(super) struct Settings {
     pub restart: RestartStrategy,
     pub batch_size: usize,
     pub channel_capacity: usize,
+    /// `pipeline.auto-watermark-interval`; `None` when 0 (no periodic watermarks).
+    pub auto_watermark_interval: Option<Duration>,
 }
 
 impl Settings {
@@ -85,6 +87,10 @@ impl Settings {
             restart,
             batch_size: c.get_int(keys::BATCH_SIZE).unwrap_or(1024).clamp(1, 1 << 20) as usize,
             channel_capacity: c.get_int(keys::CHANNEL_CAPACITY).unwrap_or(16).clamp(1, 1 << 16) as usize,
+            auto_watermark_interval: Some(
+                c.get_duration(keys::AUTO_WATERMARK_INTERVAL).unwrap_or(Duration::from_millis(200)),
+            )
+            .filter(|d| !d.is_zero()),
         })
     }
 }

@@ -1,0 +1,280 @@
+//! Event time for a stream: where records' timestamps come from and how watermarks follow them
+//! (Flink's `WatermarkStrategy`). A strategy is set on a source (`StreamEnv::from_source`) or
+//! anywhere downstream (`assign_timestamps_and_watermarks`); its generator runs per subtask and
+//! emits periodically (`pipeline.auto-watermark-interval`, 200 ms by default) or on events.
+
+use std::sync::Arc;
+use std::time::Duration;
+use weir_core::watermark::{Timestamp, MAX_WATERMARK, MIN_WATERMARK};
+use weir_runtime::channel::Record;
+use weir_runtime::graph::{Instance, NodeSpec};
+use weir_runtime::operator::OperatorContext;
+use weir_runtime::{ChainEvent, Output, ProcessingTimeService, TaskResult, WatermarkStatus};
+
+/// Where a generator puts its watermarks and idleness.
+#[derive(Debug, Default)]
+pub struct WatermarkOutput {
+    watermark: Option<Timestamp>,
+    idle: bool,
+}
+
+impl WatermarkOutput {
+    /// Event time reached `watermark`: no record with an earlier timestamp is expected. Only a
+    /// watermark above the last one is forwarded.
+    pub fn emit_watermark(&mut self, watermark: Timestamp) {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+
+    /// No records for now: downstream operators do not wait for this stream's event time until
+    /// a record or a watermark comes again.
+    pub fn mark_idle(&mut self) {
+        self.idle = true;
+    }
+}
+
+/// Generates watermarks from the timestamps seen (Flink's `WatermarkGenerator`).
+pub trait WatermarkGenerator<T>: Send {
+    /// Called for every record, after its timestamp is assigned; may emit (punctuated watermarks).
+    fn on_event(&mut self, record: &T, timestamp: Timestamp, output: &mut WatermarkOutput);
+    /// Called every `pipeline.auto-watermark-interval`.
+    fn on_periodic_emit(&mut self, output: &mut WatermarkOutput);
+}
+
+/// Watermarks that trail the highest timestamp seen by a fixed delay: `max - delay - 1`, as
+/// Flink's `BoundedOutOfOrdernessWatermarks` (a record `delay` behind the newest is still on time).
+#[derive(Debug, Clone)]
+pub struct BoundedOutOfOrderness {
+    delay: Timestamp,
+    max_timestamp: Option<Timestamp>,
+}
+
+impl BoundedOutOfOrderness {
+    pub fn new(max_out_of_orderness: Duration) -> Self {
+        BoundedOutOfOrderness { delay: max_out_of_orderness.as_millis() as Timestamp, max_timestamp: None }
+    }
+}
+
+impl<T> WatermarkGenerator<T> for BoundedOutOfOrderness {
+    fn on_event(&mut self, _: &T, timestamp: Timestamp, _: &mut WatermarkOutput) {
+        self.max_timestamp = Some(self.max_timestamp.map_or(timestamp, |m| m.max(timestamp)));
+    }
+    fn on_periodic_emit(&mut self, output: &mut WatermarkOutput) {
+        if let Some(max) = self.max_timestamp {
+            output.emit_watermark(max.saturating_sub(self.delay).saturating_sub(1));
+        }
+    }
+}
+
+type TimestampAssigner<T> = Arc<dyn Fn(&T, Option<Timestamp>) -> Timestamp + Send + Sync>;
+type GeneratorFactory<T> = Arc<dyn Fn() -> Box<dyn WatermarkGenerator<T>> + Send + Sync>;
+
+/// How a stream gets event timestamps and watermarks.
+pub struct WatermarkStrategy<T> {
+    generator: GeneratorFactory<T>,
+    assigner: Option<TimestampAssigner<T>>,
+    idleness: Option<Duration>,
+}
+
+impl<T> Clone for WatermarkStrategy<T> {
+    fn clone(&self) -> Self {
+        WatermarkStrategy {
+            generator: self.generator.clone(),
+            assigner: self.assigner.clone(),
+            idleness: self.idleness,
+        }
+    }
+}
+
+impl<T: 'static> WatermarkStrategy<T> {
+    /// Timestamps never go back: the watermark is the highest timestamp seen (minus 1 ms).
+    pub fn for_monotonous_timestamps() -> Self {
+        Self::for_bounded_out_of_orderness(Duration::ZERO)
+    }
+
+    /// Records arrive at most `max_out_of_orderness` behind the newest one.
+    pub fn for_bounded_out_of_orderness(max_out_of_orderness: Duration) -> Self {
+        Self::for_generator(move || BoundedOutOfOrderness::new(max_out_of_orderness))
+    }
+
+    /// A custom generator, created once per subtask.
+    pub fn for_generator<G: WatermarkGenerator<T> + 'static>(create: impl Fn() -> G + Send + Sync + 'static) -> Self {
+        WatermarkStrategy { generator: Arc::new(move || Box::new(create())), assigner: None, idleness: None }
+    }
+
+    /// Takes each record's event time from the record (`previous` is the timestamp it already
+    /// has, if any). Without an assigner, records keep the timestamp their source gave them.
+    pub fn with_timestamp_assigner(
+        mut self,
+        assigner: impl Fn(&T, Option<Timestamp>) -> Timestamp + Send + Sync + 'static,
+    ) -> Self {
+        self.assigner = Some(Arc::new(assigner));
+        self
+    }
+
+    /// Marks the stream idle after `timeout` of processing time without records, so downstream
+    /// operators do not wait for it; a record makes it active again.
+    pub fn with_idleness(mut self, timeout: Duration) -> Self {
+        self.idleness = Some(timeout);
+        self
+    }
+}
+
+/// Builds a [`TimestampsAndWatermarks`] operator for each subtask.
+pub(crate) struct WatermarksSpec<T> {
+    pub strategy: WatermarkStrategy<T>,
+}
+
+impl<T: Record> NodeSpec for WatermarksSpec<T> {
+    fn instantiate(
+        &self,
+        ctx: OperatorContext,
+        downstream: Box<dyn std::any::Any + Send>,
+        _side_outputs: weir_runtime::channel::SideOutputs,
+    ) -> TaskResult<Instance> {
+        let next = weir_runtime::channel::unerase_output::<T>(downstream)?;
+        let op = TimestampsAndWatermarks::new(&self.strategy, &ctx, next);
+        Ok(Instance::Operator(weir_runtime::channel::erase_output::<T>(Box::new(op))))
+    }
+}
+
+/// Assigns timestamps and emits watermarks (Flink's `TimestampsAndWatermarksOperator`).
+/// Watermarks from upstream are dropped, except the final one (end of input or drain), which
+/// passes: this operator's generator defines the stream's event time.
+pub(crate) struct TimestampsAndWatermarks<T> {
+    generator: Box<dyn WatermarkGenerator<T>>,
+    assigner: Option<TimestampAssigner<T>>,
+    next: Box<dyn Output<T>>,
+    clock: ProcessingTimeService,
+    interval: Option<Duration>,
+    idleness: Option<Timestamp>,
+    /// The last watermark sent downstream.
+    current: Timestamp,
+    /// Processing time of the last record (for idleness).
+    last_record_at: Timestamp,
+    idle: bool,
+}
+
+impl<T: Record> TimestampsAndWatermarks<T> {
+    pub(crate) fn new(strategy: &WatermarkStrategy<T>, ctx: &OperatorContext, next: Box<dyn Output<T>>) -> Self {
+        let clock = ctx.processing_time.clone();
+        let interval = ctx.auto_watermark_interval;
+        let idleness = strategy.idleness.map(|d| d.as_millis() as Timestamp);
+        if interval.is_some() || idleness.is_some() {
+            clock.request_wakeup(clock.now() + Self::tick(interval, idleness));
+        }
+        TimestampsAndWatermarks {
+            generator: (strategy.generator)(),
+            assigner: strategy.assigner.clone(),
+            next,
+            last_record_at: clock.now(),
+            clock,
+            interval,
+            idleness,
+            current: MIN_WATERMARK,
+            idle: false,
+        }
+    }
+
+    /// How often to wake up: the emission interval, and often enough to notice idleness.
+    fn tick(interval: Option<Duration>, idleness: Option<Timestamp>) -> Timestamp {
+        let interval = interval.map(|d| d.as_millis() as Timestamp);
+        match (interval, idleness) {
+            (Some(i), Some(d)) => i.min(d),
+            (i, d) => i.or(d).unwrap_or(200),
+        }
+        .max(1)
+    }
+
+    fn forward(&mut self, mut output: WatermarkOutput) -> TaskResult {
+        if let Some(w) = output.watermark.take() {
+            if w > self.current {
+                self.current = w;
+                if self.idle {
+                    self.set_idle(false)?;
+                }
+                self.next.event(&mut ChainEvent::Watermark(w))?;
+            }
+        }
+        if output.idle && !self.idle {
+            self.set_idle(true)?;
+        }
+        Ok(())
+    }
+
+    fn set_idle(&mut self, idle: bool) -> TaskResult {
+        self.idle = idle;
+        let status = if idle { WatermarkStatus::Idle } else { WatermarkStatus::Active };
+        self.next.event(&mut ChainEvent::Status(status))
+    }
+}
+
+impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
+    #[inline]
+    fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        let timestamp = match &self.assigner {
+            Some(assign) => Some(assign(&record, timestamp)),
+            None => timestamp,
+        };
+        if let Some(ts) = timestamp {
+            if self.idleness.is_some() {
+                self.last_record_at = self.clock.now();
+            }
+            if self.idle {
+                self.set_idle(false)?;
+            }
+            let mut output = WatermarkOutput::default();
+            self.generator.on_event(&record, ts, &mut output);
+            if output.watermark.is_some() || output.idle {
+                self.forward(output)?;
+            }
+        }
+        self.next.emit(record, timestamp)
+    }
+
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        match event {
+            ChainEvent::Watermark(w) if *w == MAX_WATERMARK => {
+                if self.current < MAX_WATERMARK {
+                    self.current = MAX_WATERMARK;
+                    self.next.event(event)?;
+                }
+                Ok(())
+            }
+            ChainEvent::Watermark(_) | ChainEvent::Status(_) => Ok(()),
+            ChainEvent::ProcessingTime(now) => {
+                let now = *now;
+                let mut output = WatermarkOutput::default();
+                if self.interval.is_some() {
+                    self.generator.on_periodic_emit(&mut output);
+                }
+                if let Some(timeout) = self.idleness {
+                    if now - self.last_record_at >= timeout {
+                        output.mark_idle();
+                    }
+                }
+                self.forward(output)?;
+                self.clock.request_wakeup(now + Self::tick(self.interval, self.idleness));
+                self.next.event(event)
+            }
+            _ => self.next.event(event),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_out_of_orderness_trails_the_highest_timestamp() {
+        let mut g = BoundedOutOfOrderness::new(Duration::from_millis(100));
+        let mut out = WatermarkOutput::default();
+        WatermarkGenerator::<()>::on_periodic_emit(&mut g, &mut out);
+        assert_eq!(out.watermark, None, "nothing seen, nothing emitted");
+        for ts in [1000, 3000, 2000] {
+            g.on_event(&(), ts, &mut out);
+        }
+        WatermarkGenerator::<()>::on_periodic_emit(&mut g, &mut out);
+        assert_eq!(out.watermark, Some(2899));
+    }
+}
