@@ -1,7 +1,8 @@
 //! `cargo run --release -p weir-bench -- [--seconds S] [--out FILE]` (the engine suite), and
 //! `cargo run --release -p weir-bench -- --suite savepoints` (savepoint and restore times), and
 //! `cargo run --release -p weir-bench -- --suite rocksdb` (the rocksdb backend: throughput of the
-//! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores).
+//! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores), and
+//! `cargo run --release -p weir-bench -- --suite windows` (event-time windows, both backends).
 //!
 //! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
@@ -29,6 +30,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod count;
 mod rocksdb;
 mod savepoints;
+mod windows;
 
 use count::{Count, Progress};
 
@@ -72,7 +74,7 @@ struct Result {
 }
 
 /// `"w" + n`, built with one allocation (what `format!` does with several).
-fn word(n: u64) -> String {
+pub(crate) fn word(n: u64) -> String {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
@@ -121,11 +123,12 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     config.set("execution.checkpointing.incremental", "true")?;
     let env = StreamEnv::with_config(config);
     let progress = Progress::new();
-    let source = env.source(GeneratorSource::counter()).uid("source");
+    let source = if shape == "windows" { None } else { Some(env.source(GeneratorSource::counter()).uid("source")) };
     match shape {
         "reference" => {
             let counter = Count::<String>::new(progress.clone());
             source
+                .context("source")?
                 .map(|i: u64| word(i % 1000))
                 .uid("map")
                 .key_by(|w: &String| w.clone())
@@ -134,8 +137,15 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         }
         "large-state" => {
             let counter = Count::<u64>::new(progress.clone());
-            source.map(|i: u64| i % 1_000_000).uid("map").key_by(|k: &u64| *k).process::<(), _>(counter).uid("count");
+            source
+                .context("source")?
+                .map(|i: u64| i % 1_000_000)
+                .uid("map")
+                .key_by(|k: &u64| *k)
+                .process::<(), _>(counter)
+                .uid("count");
         }
+        "windows" => windows::build(&env, &progress),
         other => bail!("unknown shape {other}"),
     }
     let handle = env.execute_async("bench")?;
@@ -206,18 +216,18 @@ fn main() -> anyhow::Result<()> {
             eprintln!("wrote {out}");
             return Ok(());
         }
-        "rocksdb" => {}
-        other => bail!("unknown suite '{other}': engine, savepoints or rocksdb"),
+        "rocksdb" | "windows" => {}
+        other => bail!("unknown suite '{other}': engine, savepoints, rocksdb or windows"),
     }
     let rocks = args.suite == "rocksdb";
-    let (shapes, intervals, backend): (&[&str], &[u64], &str) = if rocks {
-        (&["reference"], &[0, 10_000], "rocksdb")
-    } else {
-        (&["reference", "large-state"], &[0, 10_000, 1_000], "hashmap")
+    let (shapes, intervals, backends): (&[&str], &[u64], &[&str]) = match args.suite.as_str() {
+        "rocksdb" => (&["reference"], &[0, 10_000], &["rocksdb"]),
+        "windows" => (&["windows"], &[10_000, 1_000], &["hashmap", "rocksdb"]),
+        _ => (&["reference", "large-state"], &[0, 10_000, 1_000], &["hashmap"]),
     };
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
-    for &shape in shapes {
+    for (&shape, &backend) in shapes.iter().flat_map(|s| backends.iter().map(move |b| (s, b))) {
         for p in [1, 2] {
             for &interval in intervals {
                 let spec = format!("{shape},{p},{interval},{backend}");
@@ -230,8 +240,9 @@ fn main() -> anyhow::Result<()> {
                 let mut r = runs.swap_remove(runs.len() / 2);
                 r.runs_records_per_second = rates;
                 eprintln!(
-                    "{:<12} p={} checkpoints={:>6}: {:>6.2} M records/s (median), {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
+                    "{:<12} {:<8} p={} checkpoints={:>6}: {:>6.2} M records/s (median), {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
                     r.shape,
+                    r.backend,
                     r.parallelism,
                     if interval == 0 { "none".to_string() } else { format!("{} s", interval / 1000) },
                     r.records_per_second / 1e6,
@@ -260,7 +271,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         &out,
         serde_json::to_string_pretty(
-            &serde_json::json!({ "benchmark": "engine", "machine": machine, "results": results }),
+            &serde_json::json!({ "benchmark": args.suite, "machine": machine, "results": results }),
         )?,
     )?;
     eprintln!("wrote {out}");

@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a job binary or a bundled example (word-count, keyed-count).
+    /// Runs a job binary or a bundled example (word-count, window-count, keyed-count).
     Run(run::RunArgs),
     /// Lists running jobs.
     List {

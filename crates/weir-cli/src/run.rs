@@ -18,7 +18,7 @@ pub struct RunArgs {
     _shutdown_on_attached_exit: bool,
     #[command(flatten)]
     flags: weir::JobFlags,
-    /// The job binary, or the name of a bundled example (word-count, keyed-count).
+    /// The job binary, or the name of a bundled example (word-count, window-count, keyed-count).
     job: String,
     /// Arguments of the job.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -56,7 +56,7 @@ fn resolve_job(job: &str) -> Result<PathBuf> {
             }
         }
     }
-    bail!("'{job}' is neither a job binary nor a bundled example (word-count, keyed-count); build the examples with `cargo build --release -p weir-examples`, or give the path of a job binary")
+    bail!("'{job}' is neither a job binary nor a bundled example (word-count, window-count, keyed-count); build the examples with `cargo build --release -p weir-examples`, or give the path of a job binary")
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {

@@ -216,7 +216,7 @@ fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
     let mut bytes = meta.clone();
     bytes[11] = 99;
     std::fs::write(newer.join("_metadata"), &bytes).unwrap();
-    assert!(run(&newer).contains("has metadata format version 99, but this Weir reads versions up to 2"));
+    assert!(run(&newer).contains("has metadata format version 99, but this Weir reads versions up to 3"));
 
     // Damaged keyed state: the canonical file's key-group checksums, RocksDB files' recorded
     // CRC32C and sizes.

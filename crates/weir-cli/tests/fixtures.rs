@@ -44,3 +44,13 @@ fn a_v0_1_canonical_hashmap_savepoint_restores() {
 fn a_v0_1_native_rocksdb_savepoint_restores() {
     restores_and_continues("keyed-count-v0.1-rocksdb-native", Backend::RocksDb);
 }
+
+#[test]
+fn a_canonical_hashmap_savepoint_of_the_last_main_before_event_time_restores() {
+    restores_and_continues("keyed-count-d61bc51-hashmap-canonical", Backend::HashMap);
+}
+
+#[test]
+fn a_native_rocksdb_savepoint_of_the_last_main_before_event_time_restores() {
+    restores_and_continues("keyed-count-d61bc51-rocksdb-native", Backend::RocksDb);
+}

@@ -32,6 +32,10 @@ pub struct SubtaskAssignment {
     pub native: Vec<NativeStateHandle>,
     /// Operator list states by name, after redistribution.
     pub operator_lists: Vec<OperatorListState>,
+    /// Where the subtask's event time starts: the minimum watermark of the old subtasks whose
+    /// key groups it takes over (keyed operators) or of all old subtasks (others, after a
+    /// rescale); `None` when one of them recorded none.
+    pub watermark: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -158,9 +162,37 @@ pub fn assign(
         for (i, lists) in redistribute_lists(&old, info.parallelism).into_iter().enumerate() {
             subtasks[i].operator_lists = lists;
         }
+        for (i, sub) in subtasks.iter_mut().enumerate() {
+            sub.watermark = restored_watermark(state, max_p, info.parallelism, i as u32, &sub.key_groups);
+        }
         result.operators.insert(info.operator_id, subtasks);
     }
     Ok(result)
+}
+
+/// The watermark a new subtask starts from: the minimum over the old subtasks it takes state
+/// from. A keyed subtask takes over the old subtasks whose key groups overlap its own; at an
+/// unchanged parallelism every subtask takes over its own; otherwise (operator state is dealt
+/// out anew) it could take over any, so the minimum over all.
+fn restored_watermark(
+    state: &OperatorSnapshot,
+    max_p: u32,
+    new_p: u32,
+    index: u32,
+    key_groups: &KeyGroupRange,
+) -> Option<i64> {
+    let keyed = state.subtasks.iter().any(|s| s.keyed.is_some() || s.native.is_some());
+    let mut watermarks = (0..state.parallelism).filter_map(|old| {
+        let takes_over = if keyed {
+            let range = key_group_range_for_subtask(max_p.max(state.parallelism), state.parallelism, old);
+            !range.intersection(key_groups).is_empty()
+        } else {
+            state.parallelism != new_p || old == index
+        };
+        takes_over.then(|| state.subtasks.iter().find(|s| s.subtask == old).and_then(|s| s.watermark))
+    });
+    let first = watermarks.next()?;
+    watermarks.try_fold(first?, |min, w| w.map(|w| min.min(w)))
 }
 
 fn empty_subtasks(info: &OperatorInfo, max_p: u32) -> Vec<SubtaskAssignment> {
@@ -229,6 +261,67 @@ pub fn redistribute_lists(old: &[&[OperatorListState]], new_p: u32) -> Vec<Vec<O
         }
     }
     out
+}
+
+#[cfg(test)]
+mod watermark_tests {
+    use super::*;
+    use crate::metadata::{KeyedStateHandle, StateFileRef, SubtaskSnapshot};
+
+    fn keyed_op(max_p: u32, watermarks: &[Option<i64>]) -> OperatorSnapshot {
+        let p = watermarks.len() as u32;
+        OperatorSnapshot {
+            operator_id: OperatorId::from_uid("window"),
+            uid: Some("window".into()),
+            name: "Window".into(),
+            parallelism: p,
+            max_parallelism: max_p,
+            subtasks: (0..p)
+                .map(|i| {
+                    let r = key_group_range_for_subtask(max_p, p, i);
+                    SubtaskSnapshot {
+                        subtask: i,
+                        keyed: Some(KeyedStateHandle {
+                            file: StateFileRef { path: format!("f{i}"), size: 1, crc32c: None },
+                            key_groups: r,
+                            offsets: r.iter().map(u64::from).collect(),
+                        }),
+                        watermark: watermarks[i as usize],
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn info(p: u32, max_p: u32) -> OperatorInfo {
+        OperatorInfo {
+            operator_id: OperatorId::from_uid("window"),
+            uid: Some("window".into()),
+            name: "Window".into(),
+            parallelism: p,
+            max_parallelism: max_p,
+            max_parallelism_configured: true,
+        }
+    }
+
+    fn restored(snapshot: OperatorSnapshot, p: u32) -> Vec<Option<i64>> {
+        let max_p = snapshot.max_parallelism;
+        let a = assign("sp", &[snapshot], &[info(p, max_p)], false).unwrap();
+        a.operators[&OperatorId::from_uid("window")].iter().map(|s| s.watermark).collect()
+    }
+
+    #[test]
+    fn a_rescaled_subtask_starts_from_the_minimum_of_the_subtasks_it_takes_over() {
+        // 3 → 2 over 12 key groups: new 0 takes old 0 and half of old 1, new 1 the rest.
+        let snapshot = keyed_op(12, &[Some(300), Some(100), Some(200)]);
+        assert_eq!(restored(snapshot.clone(), 2), vec![Some(100), Some(100)]);
+        assert_eq!(restored(snapshot.clone(), 3), vec![Some(300), Some(100), Some(200)]);
+        // 3 → 6: each new subtask within one old subtask keeps that one's watermark.
+        assert_eq!(restored(snapshot, 6), vec![Some(300), Some(300), Some(100), Some(100), Some(200), Some(200)]);
+        // A subtask without a recorded watermark makes the ones taking it over start from none.
+        assert_eq!(restored(keyed_op(12, &[Some(300), None, Some(200)]), 2), vec![None, None]);
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +416,7 @@ mod tests {
                         }),
                         operator_lists: vec![],
                         native: None,
+                        watermark: None,
                     }
                 })
                 .collect(),

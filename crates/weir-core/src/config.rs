@@ -79,6 +79,7 @@ pub mod keys {
     pub const PRIVATE_FILES: &str = "weir.checkpointing.private-files";
     pub const BATCH_SIZE: &str = "weir.network.batch-size";
     pub const CHANNEL_CAPACITY: &str = "weir.network.channel-capacity";
+    pub const RESTORE_WATERMARKS: &str = "weir.watermarks.restore";
 }
 
 use keys::*;
@@ -126,6 +127,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: REST_ENABLED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Whether the job serves its REST API and registers in the local registry of running jobs (Weir-specific)." },
     KeyDef { name: PRIVATE_FILES, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Checkpoint and savepoint files are readable by their owner only (0600, directories 0700); false leaves permissions to the umask (Weir-specific)." },
     KeyDef { name: BATCH_SIZE, deprecated: &[], ty: ValueType::Int, default: Some("1024"), doc: "Records per batch on a channel between tasks (Weir-specific)." },
+    KeyDef { name: RESTORE_WATERMARKS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "A restored job's operators start from the watermarks recorded in the snapshot (after a rescale, the minimum of the subtasks each takes over), so a record that was late before a failure stays late after it (Weir-specific; Flink starts event time over)." },
     KeyDef { name: CHANNEL_CAPACITY, deprecated: &[], ty: ValueType::Int, default: Some("16"), doc: "Batches a channel holds before its producer blocks (Weir-specific; bounds memory)." },
 ];
 

@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 
 pub const METADATA_FILE_NAME: &str = "_metadata";
 pub const METADATA_MAGIC: [u8; 8] = *b"WEIRMETA";
-/// Version 2 added native keyed state handles (`SubtaskSnapshot::native`); version 1 files are
+/// Version 3 added timer queues (state kind `timers`), namespaced state (`StateMeta::namespace`)
+/// and subtask watermarks; version 2 added native keyed state handles (`SubtaskSnapshot::native`); version 1 files are
 /// still read.
-pub const METADATA_VERSION: u32 = 2;
+pub const METADATA_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8;
 
 /// What kind of snapshot this is.
@@ -97,9 +98,17 @@ pub struct SubtaskSnapshot {
     /// instead of a key-group-indexed file.
     #[serde(default)]
     pub native: Option<NativeStateHandle>,
+    /// The operator subtask's event time (its input watermark, or the watermark its generator
+    /// emitted) when the snapshot was taken; a restore starts from it, so a record late before a
+    /// failure stays late after it (Weir-specific; Flink restarts event time from the minimum).
+    /// Since version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
 }
 
 impl SubtaskSnapshot {
+    /// True when the subtask holds no state. A watermark alone is not state: it never blocks a
+    /// restore into a job without the operator.
     pub fn is_empty(&self) -> bool {
         self.keyed.is_none() && self.native.is_none() && self.operator_lists.iter().all(|l| l.elements.is_empty())
     }
@@ -129,11 +138,44 @@ impl StateKind {
     }
 }
 
-/// A declared keyed state: its name and kind.
+/// A declared keyed state: its name, its kind and, for namespaced state, what its namespaces are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMeta {
     pub name: String,
     pub kind: StateKind,
+    /// Set for namespaced state (the window operator's: one value per key and window): the kind
+    /// of namespace, e.g. `window:tumbling-event-time`. A restore into a state whose namespace
+    /// differs is refused. Since format version 2 of state files and 3 of `_metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl StateMeta {
+    pub fn new(name: impl Into<String>, kind: StateKind) -> Self {
+        StateMeta { name: name.into(), kind, namespace: None }
+    }
+
+    /// Refuses a restored state's meta of another kind or namespace than the declared one.
+    pub fn check_restored(&self, restored: &StateMeta) -> Result<(), String> {
+        if self.kind != restored.kind {
+            return Err(format!(
+                "state '{}' was declared as {} state but the restored state is {} state; keep the kind of a state, or give the new state another name",
+                self.name,
+                self.kind.label(),
+                restored.kind.label()
+            ));
+        }
+        if self.namespace != restored.namespace {
+            let label = |n: &Option<String>| n.clone().unwrap_or_else(|| "no namespace".into());
+            return Err(format!(
+                "state '{}' holds {} in the snapshot but {} in the job: the kind of window of an operator cannot change across a restore. Restore with the window kind the snapshot was taken with, or give the operator a new uid and restore with --allow-non-restored-state (its state is dropped)",
+                self.name,
+                label(&restored.namespace),
+                label(&self.namespace)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Keyed state of one subtask in a backend's native format (for `rocksdb`: the database's own
@@ -374,6 +416,7 @@ mod tests {
                         }),
                         operator_lists: vec![],
                         native: None,
+                        watermark: Some(1_700_000_000_000),
                     }],
                 },
                 OperatorSnapshot {
@@ -393,7 +436,7 @@ mod tests {
                         native: Some(NativeStateHandle {
                             backend: "rocksdb".into(),
                             key_groups: KeyGroupRange::inclusive(0, 127),
-                            states: vec![StateMeta { name: "count".into(), kind: StateKind::Value }],
+                            states: vec![StateMeta::new("count", StateKind::Value)],
                             files: vec![NativeFile {
                                 name: "000009.sst".into(),
                                 file: StateFileRef { path: "../shared/abc".into(), size: 4096, crc32c: None },
@@ -401,6 +444,7 @@ mod tests {
                                 crc32c: Some(0xdead_beef),
                             }],
                         }),
+                        watermark: None,
                     }],
                 },
             ],
@@ -439,7 +483,10 @@ mod tests {
         let mut bytes = encode(&sample()).unwrap();
         bytes[11] = 9;
         let err = decode(&bytes, "/sp/_metadata").unwrap_err();
-        assert_eq!(err, MetadataError::UnsupportedVersion { path: "/sp/_metadata".into(), found: 9, supported: 2 });
+        assert_eq!(
+            err,
+            MetadataError::UnsupportedVersion { path: "/sp/_metadata".into(), found: 9, supported: METADATA_VERSION }
+        );
         assert!(err.to_string().contains("version 9"));
         let err = decode(b"PK\x03\x04 not metadata at all", "/tmp/a.zip").unwrap_err();
         assert!(matches!(err, MetadataError::BadMagic { .. }));

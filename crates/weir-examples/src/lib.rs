@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod keyed_count;
+pub mod window_count;
 
 /// One word with a count, as read from JSON lines like `{"word":"a","frequency":1}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,13 +15,13 @@ use crate::{db_err, io_err, BACKEND_NAME};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use std::collections::BTreeMap;
 use std::path::Path;
-use weir_core::metadata::StateKind;
+use weir_core::metadata::StateMeta;
 use weir_core::KeyGroupRange;
 use weir_state::serialized::{key_group_prefix, read_canonical_rows};
 use weir_state::snapshot::normalize_path;
 use weir_state::{ResolvedNativeHandle, RestoredKeyedState, StateError, StoreContext};
 
-type Opened = (DB, BTreeMap<String, StateKind>, BTreeMap<String, Uploaded>);
+type Opened = (DB, BTreeMap<String, StateMeta>, BTreeMap<String, Uploaded>);
 
 /// Bytes buffered in a write batch before it is written.
 const BATCH_BYTES: usize = 8 << 20;
@@ -53,7 +53,7 @@ pub(crate) fn open_instance(
         let names = cf_names(native);
         let source = open_read_only(options, &temp, &names)?;
         for meta in &native.handle.states {
-            ensure_cf(&mut db, options, &mut known, &meta.name, meta.kind)?;
+            ensure_cf(&mut db, options, &mut known, meta)?;
             let name = cf_name(&meta.name);
             let (Some(from), Some(_)) = (source.cf_handle(&name), db.cf_handle(&name)) else {
                 continue;
@@ -77,7 +77,7 @@ pub(crate) fn open_instance(
     }
     if !restored.files.is_empty() {
         read_canonical_rows(restored, ctx.key_groups, &mut |meta, key, value| {
-            ensure_cf(&mut db, options, &mut known, &meta.name, meta.kind)?;
+            ensure_cf(&mut db, options, &mut known, meta)?;
             batch.put(&db, &cf_name(&meta.name), key, value)
         })?;
     }
@@ -97,7 +97,7 @@ fn open_clipped(
     let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, options.clone()));
     let db = DB::open_cf_descriptors(options, db_dir, descriptors)
         .map_err(db_err("opening the restored RocksDB instance"))?;
-    let known: BTreeMap<String, StateKind> = base.handle.states.iter().map(|s| (s.name.clone(), s.kind)).collect();
+    let known: BTreeMap<String, StateMeta> = base.handle.states.iter().map(|s| (s.name.clone(), s.clone())).collect();
     let owned = base.handle.key_groups;
     if owned != range {
         let write = WriteOptions::default();
@@ -168,20 +168,22 @@ fn link_files(native: &ResolvedNativeHandle, dir: &Path) -> Result<(), StateErro
 fn ensure_cf(
     db: &mut DB,
     options: &Options,
-    known: &mut BTreeMap<String, StateKind>,
-    state: &str,
-    kind: StateKind,
+    known: &mut BTreeMap<String, StateMeta>,
+    meta: &StateMeta,
 ) -> Result<(), StateError> {
-    match known.get(state) {
-        Some(k) if *k == kind => Ok(()),
+    match known.get(&meta.name) {
+        Some(k) if k == meta => Ok(()),
         Some(k) => Err(StateError::Backend(format!(
-            "restored state '{state}' is {} state in one file and {} state in another",
-            k.label(),
-            kind.label()
+            "restored state '{}' is {} state{} in one file and {} state{} in another",
+            meta.name,
+            k.kind.label(),
+            k.namespace.as_ref().map(|n| format!(" of {n}")).unwrap_or_default(),
+            meta.kind.label(),
+            meta.namespace.as_ref().map(|n| format!(" of {n}")).unwrap_or_default(),
         ))),
         None => {
-            db.create_cf(cf_name(state), options).map_err(db_err("creating a column family"))?;
-            known.insert(state.to_string(), kind);
+            db.create_cf(cf_name(&meta.name), options).map_err(db_err("creating a column family"))?;
+            known.insert(meta.name.clone(), meta.clone());
             Ok(())
         }
     }

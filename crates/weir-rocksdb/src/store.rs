@@ -9,7 +9,7 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteOptions, DB};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use weir_core::metadata::{StateKind, StateMeta};
+use weir_core::metadata::StateMeta;
 use weir_core::{CheckpointId, KeyGroupRange};
 use weir_state::{KvStore, RestoredKeyedState, SnapshotRequest, StateError, StoreContext, StoreSnapshot};
 
@@ -38,7 +38,7 @@ pub struct RocksDbStore {
     key_groups: KeyGroupRange,
     settings: Arc<RocksDbSettings>,
     /// Every state in the database (declared or restored), by name.
-    known: BTreeMap<String, StateKind>,
+    known: BTreeMap<String, StateMeta>,
     /// Column family names of declared states, by state index.
     declared: Vec<String>,
     write: WriteOptions,
@@ -116,19 +116,12 @@ impl KvStore for RocksDbStore {
     fn declare(&mut self, meta: &StateMeta) -> Result<usize, StateError> {
         let name = cf_name(&meta.name);
         match self.known.get(&meta.name) {
-            Some(kind) if *kind != meta.kind => {
-                return Err(StateError::KindMismatch {
-                    name: meta.name.clone(),
-                    declared: meta.kind.label(),
-                    stored: kind.label(),
-                })
-            }
-            Some(_) => {}
+            Some(stored) => meta.check_restored(stored).map_err(StateError::Incompatible)?,
             None => {
                 let options = self.settings.options(self._cache.as_ref());
                 let db = self.db.as_mut().ok_or_else(|| StateError::Backend("database closed".into()))?;
                 db.create_cf(&name, &options).map_err(db_err("creating a column family"))?;
-                self.known.insert(meta.name.clone(), meta.kind);
+                self.known.insert(meta.name.clone(), meta.clone());
             }
         }
         self.declared.push(name);
@@ -192,7 +185,7 @@ impl KvStore for RocksDbStore {
         Checkpoint::new(self.db())
             .and_then(|c| c.create_checkpoint(&dir))
             .map_err(db_err("creating a local RocksDB checkpoint"))?;
-        let states = self.known.iter().map(|(name, kind)| StateMeta { name: name.clone(), kind: *kind }).collect();
+        let states = self.known.values().cloned().collect();
         Ok(Box::new(RocksDbSnapshot::new(
             dir,
             *request,

@@ -313,6 +313,8 @@ fn assign_operator_ids(nodes: &mut [Node], edges: &[Edge], auto_uids: bool) -> R
         position += 1;
         let id = match &nodes[i].uid {
             Some(uid) => OperatorId::from_uid(uid),
+            // A stateless operator's id may change freely: nothing is stored under it.
+            None if !nodes[i].stateful => generated,
             None => {
                 tracing::warn!(
                     operator = %nodes[i].name,

@@ -162,6 +162,26 @@ pub struct CapturedOperator {
     pub operator_id: OperatorId,
     pub keyed: Option<KeyedSnapshot>,
     pub operator_state: OperatorStateSnapshot,
+    /// The operator's event time at the barrier, if it has one.
+    pub watermark: Option<Timestamp>,
+}
+
+impl CapturedOperator {
+    /// Records `watermark` (when event time has started) as `operator`'s: on its own capture if
+    /// the chain already captured that operator (a source and its watermark strategy), else on
+    /// a new one.
+    pub fn record_watermark(capture: &mut SnapshotCapture, operator: OperatorId, watermark: Timestamp) {
+        let watermark = (watermark > weir_core::watermark::MIN_WATERMARK).then_some(watermark);
+        match capture.operators.iter_mut().find(|o| o.operator_id == operator) {
+            Some(op) => op.watermark = watermark,
+            None => capture.operators.push(CapturedOperator {
+                operator_id: operator,
+                keyed: None,
+                operator_state: OperatorStateSnapshot::default(),
+                watermark,
+            }),
+        }
+    }
 }
 
 /// Everything a task captured at one barrier; written asynchronously.
@@ -191,6 +211,8 @@ pub enum Control {
 pub struct RestoredState {
     pub keyed: weir_state::RestoredKeyedState,
     pub operator_lists: Vec<OperatorListState>,
+    /// Where the subtask's event time starts (`weir.watermarks.restore`).
+    pub watermark: Option<Timestamp>,
 }
 
 /// What an operator knows about itself when it is instantiated for a subtask.

@@ -39,6 +39,7 @@ pub(crate) struct TaskPlan {
     pub batch_size: usize,
     pub state_backend: weir_state::StateBackend,
     pub auto_watermark_interval: Option<std::time::Duration>,
+    pub restore_watermarks: bool,
     /// The task's wake-ups, shared by its operators.
     pub processing_time: crate::operator::ProcessingTimeService,
 }
@@ -150,6 +151,7 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
                         .collect(),
                 },
                 operator_lists: a.operator_lists.clone(),
+                watermark: a.watermark.filter(|_| plan.restore_watermarks),
             },
             None => RestoredState::default(),
         }
@@ -259,6 +261,7 @@ fn write_capture(
                 keyed: written.keyed,
                 operator_lists: op.operator_state.clone().into_lists(),
                 native: written.native,
+                watermark: op.watermark,
             },
         ));
     }

@@ -10,7 +10,7 @@ use crate::descriptors::{
     StateData, ValueState, ValueStateDescriptor,
 };
 use crate::error::StateError;
-use crate::format::StateKind;
+use crate::format::{StateKind, StateMeta};
 use crate::heap::{HeapKeyedBackend, HeapScope};
 use crate::scope_ops::KeyedOps;
 use crate::serialized::{SerializedKeyedBackend, SerializedScope, StoreFactory};
@@ -91,16 +91,16 @@ impl<K: Key> KeyedStateBackend<K> {
 
     pub fn value_state<T: StateData>(&mut self, d: &ValueStateDescriptor<T>) -> Result<ValueState<T>, StateError> {
         let slot = match self {
-            KeyedStateBackend::Heap(h) => h.declare::<T>(&d.name, StateKind::Value, None)?,
-            KeyedStateBackend::Serialized(s) => s.declare::<T>(&d.name, StateKind::Value, None)?,
+            KeyedStateBackend::Heap(h) => h.declare::<T>(StateMeta::new(&d.name, StateKind::Value), None)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<T>(StateMeta::new(&d.name, StateKind::Value), None)?,
         };
         Ok(ValueState::at(slot))
     }
 
     pub fn list_state<T: StateData>(&mut self, d: &ListStateDescriptor<T>) -> Result<ListState<T>, StateError> {
         let slot = match self {
-            KeyedStateBackend::Heap(h) => h.declare::<Vec<T>>(&d.name, StateKind::List, None)?,
-            KeyedStateBackend::Serialized(s) => s.declare::<T>(&d.name, StateKind::List, None)?,
+            KeyedStateBackend::Heap(h) => h.declare::<Vec<T>>(StateMeta::new(&d.name, StateKind::List), None)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<T>(StateMeta::new(&d.name, StateKind::List), None)?,
         };
         Ok(ListState::at(slot))
     }
@@ -111,8 +111,27 @@ impl<K: Key> KeyedStateBackend<K> {
         UV: StateData,
     {
         let slot = match self {
-            KeyedStateBackend::Heap(h) => h.declare::<BTreeMap<UK, UV>>(&d.name, StateKind::Map, None)?,
-            KeyedStateBackend::Serialized(s) => s.declare::<UV>(&d.name, StateKind::Map, None)?,
+            KeyedStateBackend::Heap(h) => {
+                h.declare::<BTreeMap<UK, UV>>(StateMeta::new(&d.name, StateKind::Map), None)?
+            }
+            KeyedStateBackend::Serialized(s) => s.declare::<UV>(StateMeta::new(&d.name, StateKind::Map), None)?,
+        };
+        Ok(MapState::at(slot))
+    }
+
+    /// A namespaced state: one `V` per key and namespace `N` (the window operator's contents, by
+    /// window). Stored like map state, with `namespace` (what the namespaces are, e.g.
+    /// `window:tumbling-event-time`) recorded, so a restore into another kind of namespace is
+    /// refused.
+    pub fn namespaced_state<N: StateData + Ord, V: StateData>(
+        &mut self,
+        name: &str,
+        namespace: &str,
+    ) -> Result<MapState<N, V>, StateError> {
+        let meta = StateMeta { namespace: Some(namespace.to_string()), ..StateMeta::new(name, StateKind::Map) };
+        let slot = match self {
+            KeyedStateBackend::Heap(h) => h.declare::<BTreeMap<N, V>>(meta, None)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<V>(meta, None)?,
         };
         Ok(MapState::at(slot))
     }
@@ -123,8 +142,8 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ReducingState<T>, StateError> {
         let reduce = Some(d.reduce.clone());
         let slot = match self {
-            KeyedStateBackend::Heap(h) => h.declare::<T>(&d.name, StateKind::Reducing, reduce)?,
-            KeyedStateBackend::Serialized(s) => s.declare::<T>(&d.name, StateKind::Reducing, reduce)?,
+            KeyedStateBackend::Heap(h) => h.declare::<T>(StateMeta::new(&d.name, StateKind::Reducing), reduce)?,
+            KeyedStateBackend::Serialized(s) => s.declare::<T>(StateMeta::new(&d.name, StateKind::Reducing), reduce)?,
         };
         Ok(ReducingState::at(slot))
     }

@@ -2,8 +2,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state '{name}' was declared as {declared} state but the restored state is {stored} state; keep the kind of a state, or give the new state another name")]
-    KindMismatch { name: String, declared: &'static str, stored: &'static str },
+    /// A restored state whose kind or namespace is not the declared one.
+    #[error("{0}")]
+    Incompatible(String),
     #[error("state '{name}' is declared twice with different types in one operator")]
     DuplicateName { name: String },
     #[error("restored state '{name}' (key group {key_group}) cannot be decoded into the job's {what} type: {detail}. The job's state types changed in a way that is not compatible with the snapshot: add new fields with #[serde(default)], or restore with a job version whose types match")]

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use weir_core::KeyGroupRange;
 
 pub const KEYED_MAGIC: [u8; 8] = *b"WEIRKEYS";
-pub const KEYED_VERSION: u32 = 1;
+/// Version 2 added timer queues (state kind `timers`) and namespaced state (`StateMeta::namespace`)
+/// to the header; version 1 files are still read.
+pub const KEYED_VERSION: u32 = 2;
 
 pub use weir_core::metadata::{StateKind, StateMeta};
 
@@ -249,7 +251,7 @@ mod tests {
         let path = dir.path().join("f");
         let header = FileHeader {
             key_groups: KeyGroupRange::inclusive(3, 5),
-            states: vec![StateMeta { name: "count".into(), kind: StateKind::Value }],
+            states: vec![StateMeta::new("count", StateKind::Value)],
         };
         let mut w = StateFileWriter::new(File::create(&path).unwrap(), &header).unwrap();
         for kg in 3..=5u32 {

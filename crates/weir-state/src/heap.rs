@@ -239,28 +239,24 @@ impl<K: Key> HeapKeyedBackend<K> {
     /// states. `handles` pair each handle with its file's resolved path.
     pub fn restore(&mut self, handles: &[(PathBuf, KeyedStateHandle)]) -> Result<(), StateError> {
         let n = self.key_groups.count as usize;
-        let mut raw: BTreeMap<String, (StateKind, Vec<Entries>)> = BTreeMap::new();
+        let mut raw: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
         let range = self.key_groups;
         read_key_groups(handles, range, &mut |_, meta, kg, entries| {
-            let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.kind, vec![Vec::new(); n]));
+            let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.clone(), vec![Vec::new(); n]));
             slot.1[(kg - range.start) as usize].extend(entries);
             Ok(())
         })?;
-        for (name, (kind, groups)) in raw {
-            self.restored.insert(name.clone(), RawTable { meta: StateMeta { name, kind }, groups: Arc::new(groups) });
+        for (name, (meta, groups)) in raw {
+            self.restored.insert(name, RawTable { meta, groups: Arc::new(groups) });
         }
         Ok(())
     }
 
-    fn register<V: StateData>(
-        &mut self,
-        name: &str,
-        kind: StateKind,
-        reduce: Option<ReduceFn<V>>,
-    ) -> Result<usize, StateError> {
+    fn register<V: StateData>(&mut self, meta: StateMeta, reduce: Option<ReduceFn<V>>) -> Result<usize, StateError> {
+        let name = meta.name.as_str();
         if let Some(&slot) = self.by_name.get(name) {
             let table = &self.tables[slot];
-            if table.meta().kind != kind || table.as_any().downcast_ref::<Table<K, V>>().is_none() {
+            if *table.meta() != meta || table.as_any().downcast_ref::<Table<K, V>>().is_none() {
                 return Err(StateError::DuplicateName { name: name.to_string() });
             }
             return Ok(slot);
@@ -268,10 +264,9 @@ impl<K: Key> HeapKeyedBackend<K> {
         let n = self.key_groups.count as usize;
         let mut groups: Vec<FxHashMap<K, V>> = (0..n).map(|_| FxHashMap::default()).collect();
         if let Some(raw) = self.restored.remove(name) {
-            if raw.meta.kind != kind {
-                let stored = raw.meta.kind.label();
+            if let Err(detail) = meta.check_restored(&raw.meta) {
                 self.restored.insert(name.to_string(), raw);
-                return Err(StateError::KindMismatch { name: name.to_string(), declared: kind.label(), stored });
+                return Err(StateError::Incompatible(detail));
             }
             for (local, entries) in raw.groups.iter().enumerate() {
                 let kg = self.key_groups.start + local as u32;
@@ -288,24 +283,20 @@ impl<K: Key> HeapKeyedBackend<K> {
                 }
             }
         }
-        let table = Table::<K, V> {
-            meta: StateMeta { name: name.to_string(), kind },
-            groups: groups.into_iter().map(Arc::new).collect(),
-            reduce,
-        };
+        let name = name.to_string();
+        let table = Table::<K, V> { meta, groups: groups.into_iter().map(Arc::new).collect(), reduce };
         self.tables.push(Box::new(table));
-        self.by_name.insert(name.to_string(), self.tables.len() - 1);
+        self.by_name.insert(name, self.tables.len() - 1);
         Ok(self.tables.len() - 1)
     }
 
     /// Declares a state holding `V` per key; returns its slot.
     pub(crate) fn declare<V: StateData>(
         &mut self,
-        name: &str,
-        kind: StateKind,
+        meta: StateMeta,
         reduce: Option<ReduceFn<V>>,
     ) -> Result<usize, StateError> {
-        self.register::<V>(name, kind, reduce)
+        self.register::<V>(meta, reduce)
     }
 
     /// Declares a timer queue; returns its index. Restored timers of that name are checked and
@@ -316,14 +307,9 @@ impl<K: Key> HeapKeyedBackend<K> {
         }
         let mut restored = Vec::new();
         if let Some(raw) = self.restored.remove(name) {
-            if raw.meta.kind != StateKind::Timers {
-                let stored = raw.meta.kind.label();
+            if let Err(detail) = StateMeta::new(name, StateKind::Timers).check_restored(&raw.meta) {
                 self.restored.insert(name.to_string(), raw);
-                return Err(StateError::KindMismatch {
-                    name: name.to_string(),
-                    declared: StateKind::Timers.label(),
-                    stored,
-                });
+                return Err(StateError::Incompatible(detail));
             }
             for (local, entries) in raw.groups.iter().enumerate() {
                 let kg = self.key_groups.start + local as u32;

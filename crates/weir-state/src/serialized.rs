@@ -120,17 +120,16 @@ impl<K: Key> SerializedKeyedBackend<K> {
     /// match fails the restore instead of the first record that touches it.
     pub(crate) fn declare<V: StateData>(
         &mut self,
-        name: &str,
-        kind: StateKind,
+        meta: StateMeta,
         reduce: Option<ReduceFn<V>>,
     ) -> Result<usize, StateError> {
+        let name = meta.name.clone();
         if let Some(i) = self.declared.iter().position(|d| d.meta.name == name) {
-            if self.declared[i].meta.kind != kind {
-                return Err(StateError::DuplicateName { name: name.to_string() });
+            if self.declared[i].meta != meta {
+                return Err(StateError::DuplicateName { name });
             }
             return Ok(i);
         }
-        let meta = StateMeta { name: name.to_string(), kind };
         let index = self.store.declare(&meta)?;
         if index != self.declared.len() {
             return Err(StateError::Backend(format!("store returned index {index} for state '{name}'")));
@@ -191,7 +190,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
         if let Some(q) = self.timers.find(name) {
             return Ok(q);
         }
-        let meta = StateMeta { name: name.to_string(), kind: StateKind::Timers };
+        let meta = StateMeta::new(name, StateKind::Timers);
         let table = self.store.declare(&meta)?;
         if table != self.declared.len() {
             return Err(StateError::Backend(format!("store returned index {table} for state '{name}'")));

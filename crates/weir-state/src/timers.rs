@@ -71,9 +71,9 @@ pub(crate) fn decode_timer<K: Key>(
     bytes: &[u8],
     max_parallelism: u32,
 ) -> Result<FiredTimer<K>, StateError> {
-    let err = |detail: String| StateError::Decode { name: name.to_string(), key_group, what: "timer", detail };
-    let timer = decode(bytes).ok_or_else(|| err("not a timer".into()))?;
-    let key: K = codec::decode(&timer.key).map_err(err)?;
+    let err = |what, detail: String| StateError::Decode { name: name.to_string(), key_group, what, detail };
+    let timer = decode(bytes).ok_or_else(|| err("timer", "not a timer".into()))?;
+    let key: K = codec::decode(&timer.key).map_err(|d| err("key", d))?;
     let actual = assign_to_key_group(&key, max_parallelism);
     if actual != key_group {
         return Err(StateError::KeyGroupMismatch { name: name.to_string(), stored: key_group, actual });
@@ -126,7 +126,7 @@ impl TimerQueues {
             };
             timers.register(local, bytes);
         }
-        self.queues.push(Queue { meta: StateMeta { name: name.to_string(), kind: StateKind::Timers }, timers, table });
+        self.queues.push(Queue { meta: StateMeta::new(name, StateKind::Timers), timers, table });
         Ok(self.queues.len() - 1)
     }
 

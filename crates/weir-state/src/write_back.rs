@@ -157,7 +157,10 @@ impl KvStore for WriteBackCache {
         if self.cached.len() <= index {
             self.cached.resize(index + 1, false);
         }
-        self.cached[index] = matches!(meta.kind, StateKind::Value | StateKind::Reducing);
+        // Namespaced map rows (window contents) are read and written one row at a time, like
+        // values; user map state is read by prefix scans, which the store does.
+        self.cached[index] = matches!(meta.kind, StateKind::Value | StateKind::Reducing)
+            || (meta.kind == StateKind::Map && meta.namespace.is_some());
         Ok(index)
     }
 
@@ -324,7 +327,7 @@ mod tests {
     }
 
     fn meta(name: &str, kind: StateKind) -> StateMeta {
-        StateMeta { name: name.into(), kind }
+        StateMeta::new(name, kind)
     }
 
     const REQUEST: SnapshotRequest = SnapshotRequest { id: 1, kind: SnapshotKind::Checkpoint, full: false };

@@ -24,10 +24,12 @@ pub mod connectors;
 mod env;
 mod error;
 mod functions;
+mod keyed;
 mod operators;
 mod rest_access;
 mod stream;
 mod watermarks;
+mod windows;
 
 pub use env::{JobFlags, StreamEnv};
 pub use error::Error;
@@ -38,6 +40,12 @@ pub use functions::{
 pub use stream::{DataStream, KeyedStream, SinkStream, SumField};
 pub use watermarks::{BoundedOutOfOrderness, WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
 pub use weir_state::TimeDomain;
+pub use windows::{
+    AggregateFunction, CountAggregate, CountTrigger, EventTimeSessionWindows, GlobalWindows, ProcessWindowFunction,
+    ProcessingTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows, TimeWindow, Trigger,
+    TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAssigner, WindowContext, WindowedStream,
+    GLOBAL_WINDOW,
+};
 
 pub use weir_core::config::{keys as config_keys, Configuration};
 pub use weir_core::metadata::Redistribution;

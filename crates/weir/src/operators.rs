@@ -1,15 +1,16 @@
 //! The operators behind the DataStream API, and their specs (how to instantiate one per subtask).
 
 use crate::functions::{
-    BoxError, Collector, Context, KeyedProcessFunction, OperatorTime, RuntimeContext, SideEmitter, SinkContext,
-    SinkFunction, SourceContext, SourceFunction, SourcePoll,
+    BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
+    SourceFunction, SourcePoll,
 };
+use crate::keyed::KeyedCore;
 use crate::watermarks::{TimestampsAndWatermarks, WatermarkStrategy};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_core::watermark::{MAX_WATERMARK, MIN_WATERMARK};
+use weir_core::watermark::MAX_WATERMARK;
 use weir_core::OperatorId;
 use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record, SideOutputs};
 use weir_runtime::graph::{Instance, NodeSpec};
@@ -17,9 +18,9 @@ use weir_runtime::operator::{CapturedOperator, Next, OperatorContext};
 use weir_runtime::{
     ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult, Timestamp,
 };
-use weir_state::{Key, KeyedStateBackend, OperatorStateSnapshot, OperatorStateStore, StoreContext, TimeDomain};
+use weir_state::{Key, OperatorStateSnapshot, OperatorStateStore, TimeDomain};
 
-fn user_error(operator: &str, e: BoxError) -> TaskError {
+pub(crate) fn user_error(operator: &str, e: BoxError) -> TaskError {
     let e = match e.downcast::<TaskError>() {
         Ok(task_error) => return *task_error,
         Err(e) => e,
@@ -132,35 +133,17 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
         side_outputs: SideOutputs,
     ) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
-        let mut backend = keyed_backend::<K>(&ctx)?;
-        let timers = backend
-            .timer_service(USER_TIMERS)
-            .map_err(|error| TaskError::Restore { operator: ctx.task_name(), error })?;
+        let mut core = KeyedCore::<K>::new(&ctx, side_outputs, USER_TIMERS)?;
         let mut f = self.f.clone();
         let mut rc = RuntimeContext {
-            backend: &mut backend,
+            backend: &mut core.backend,
             subtask: ctx.subtask,
             parallelism: ctx.parallelism,
             restored: ctx.restored.is_some(),
-            operator: ctx.task_name(),
+            operator: core.name.clone(),
         };
-        f.open(&mut rc).map_err(|e| user_error(&ctx.task_name(), e))?;
-        let time = OperatorTime { watermark: MIN_WATERMARK, processing: ctx.processing_time.clone(), timers };
-        // Processing-time timers that fell due while the job was down fire right away.
-        if let Some(at) = backend.next_timer(timers, TimeDomain::ProcessingTime) {
-            time.processing.request_wakeup(at);
-        }
-        let op = KeyedProcessOp {
-            f,
-            key: self.key.clone(),
-            backend,
-            next,
-            side: SideEmitter { outputs: side_outputs, error: None },
-            time,
-            operator_id: ctx.operator_id,
-            name: ctx.task_name(),
-            _types: PhantomData,
-        };
+        f.open(&mut rc).map_err(|e| user_error(&core.name, e))?;
+        let op = KeyedProcessOp { f, key: self.key.clone(), core, next, _types: PhantomData };
         Ok(Instance::Operator(erase_output::<I>(Box::new(op))))
     }
 }
@@ -168,66 +151,40 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
 /// The timer service of keyed process functions, named as Flink names it.
 const USER_TIMERS: &str = "user-timers";
 
-/// Creates an operator subtask's keyed state backend, restoring its state.
-pub(crate) fn keyed_backend<K: Key>(ctx: &OperatorContext) -> TaskResult<KeyedStateBackend<K>> {
-    let store_ctx = StoreContext {
-        job_id: ctx.job_id,
-        operator_id: ctx.operator_id,
-        operator: ctx.task_name(),
-        subtask: ctx.subtask,
-        max_parallelism: ctx.max_parallelism,
-        key_groups: ctx.key_groups,
-    };
-    let restored = ctx.restored.as_ref().map(|r| r.keyed.clone()).unwrap_or_default();
-    KeyedStateBackend::create(&ctx.state_backend, &store_ctx, &restored)
-        .map_err(|error| TaskError::Restore { operator: ctx.task_name(), error })
-}
-
 struct KeyedProcessOp<K, I, O, F> {
     f: F,
     key: KeySelector<K, I>,
-    backend: KeyedStateBackend<K>,
+    core: KeyedCore<K>,
     next: Box<dyn Output<O>>,
-    side: SideEmitter,
-    time: OperatorTime,
-    operator_id: OperatorId,
-    name: String,
     _types: PhantomData<fn(I)>,
 }
 
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProcessOp<K, I, O, F> {
-    fn state_error(&self, e: weir_state::StateError) -> TaskError {
-        TaskError::State { operator: self.name.clone(), error: e }
-    }
-
     /// Fires every timer of `domain` due at `time`, earliest first; timers registered while
     /// firing fire in the same round when they are due too.
     fn fire_timers(&mut self, domain: TimeDomain, time: i64) -> TaskResult {
-        loop {
-            let fired = self.backend.pop_due_timer(self.time.timers, domain, time).map_err(|e| self.state_error(e))?;
-            let Some(timer) = fired else { break };
-            let scope = self
+        while let Some(timer) = self.core.pop_timer(domain, time)? {
+            let core = &mut self.core;
+            let scope = core
                 .backend
                 .scope(&timer.key)
-                .map_err(|e| TaskError::State { operator: self.name.clone(), error: e })?;
+                .map_err(|e| TaskError::State { operator: core.name.clone(), error: e })?;
             let emitted = (domain == TimeDomain::EventTime).then_some(timer.timestamp);
             let mut ctx = Context {
                 scope,
                 timestamp: Some(timer.timestamp),
                 domain: Some(domain),
-                time: &self.time,
-                side: &mut self.side,
+                time: &core.time,
+                side: &mut core.side,
             };
             let mut out = Collector::new(&mut *self.next, emitted);
             let result = self.f.on_timer(timer.timestamp, &mut ctx, &mut out);
             out.finish()?;
-            self.side.take_error()?;
-            result.map_err(|e| user_error(&self.name, e))?;
+            core.side.take_error()?;
+            result.map_err(|e| user_error(&core.name, e))?;
         }
         if domain == TimeDomain::ProcessingTime {
-            if let Some(at) = self.backend.next_timer(self.time.timers, domain) {
-                self.time.processing.request_wakeup(at);
-            }
+            self.core.schedule_processing_timers();
         }
         Ok(())
     }
@@ -237,38 +194,21 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> f
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
         let key = (self.key)(&record);
-        let scope = self.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", self.name)))?;
-        let mut ctx = Context { scope, timestamp, domain: None, time: &self.time, side: &mut self.side };
+        let core = &mut self.core;
+        let scope = core.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", core.name)))?;
+        let mut ctx = Context { scope, timestamp, domain: None, time: &core.time, side: &mut core.side };
         let mut out = Collector::new(&mut *self.next, timestamp);
         let result = self.f.process(record, &mut ctx, &mut out);
         out.finish()?;
-        self.side.take_error()?;
-        result.map_err(|e| user_error(&self.name, e))
+        core.side.take_error()?;
+        result.map_err(|e| user_error(&core.name, e))
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
-        match event {
-            ChainEvent::Barrier(capture) => {
-                let keyed = self
-                    .backend
-                    .snapshot(&capture.barrier.snapshot_request())
-                    .map_err(|e| TaskError::Internal(format!("{}: snapshot of keyed state failed: {e}", self.name)))?;
-                capture.operators.push(CapturedOperator {
-                    operator_id: self.operator_id,
-                    keyed: Some(keyed),
-                    operator_state: OperatorStateSnapshot::default(),
-                });
-            }
-            ChainEvent::CheckpointComplete(id) => self.backend.checkpoint_complete(*id),
-            ChainEvent::Watermark(w) => {
-                self.time.watermark = *w;
-                self.fire_timers(TimeDomain::EventTime, *w)?;
-            }
-            ChainEvent::ProcessingTime(now) => self.fire_timers(TimeDomain::ProcessingTime, *now)?,
-            _ => {}
+        if let Some((domain, time)) = self.core.on_event(event)? {
+            self.fire_timers(domain, time)?;
         }
-        self.side.outputs.event(event)?;
-        self.next.event(event)
+        self.core.forward(event, &mut *self.next)
     }
 }
 
@@ -323,6 +263,7 @@ impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
                     operator_id: self.operator_id,
                     keyed: None,
                     operator_state: st,
+                    watermark: None,
                 });
             }
             ChainEvent::CheckpointComplete(id) => {
@@ -406,6 +347,7 @@ impl<T: Record, S: SourceFunction<T>> SourceTask<T, S> {
                         operator_id: self.operator_id,
                         keyed: None,
                         operator_state: st,
+                        watermark: None,
                     }],
                 };
                 let (id, stop) = (capture.barrier.id, capture.barrier.stop);

@@ -228,7 +228,7 @@ impl SinkStream {
 /// keyed state.
 pub struct KeyedStream<K, T> {
     stream: DataStream<T>,
-    key: KeySelector<K, T>,
+    pub(crate) key: KeySelector<K, T>,
 }
 
 impl<K: Key, T: Record> KeyedStream<K, T> {

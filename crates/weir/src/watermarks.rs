@@ -8,7 +8,7 @@ use std::time::Duration;
 use weir_core::watermark::{Timestamp, MAX_WATERMARK, MIN_WATERMARK};
 use weir_runtime::channel::Record;
 use weir_runtime::graph::{Instance, NodeSpec};
-use weir_runtime::operator::OperatorContext;
+use weir_runtime::operator::{CapturedOperator, OperatorContext};
 use weir_runtime::{ChainEvent, Output, ProcessingTimeService, TaskResult, WatermarkStatus};
 
 /// Where a generator puts its watermarks and idleness.
@@ -152,6 +152,8 @@ pub(crate) struct TimestampsAndWatermarks<T> {
     /// Processing time of the last record (for idleness).
     last_record_at: Timestamp,
     idle: bool,
+    /// The operator its watermark is recorded under in snapshots.
+    operator_id: weir_core::OperatorId,
 }
 
 impl<T: Record> TimestampsAndWatermarks<T> {
@@ -170,8 +172,10 @@ impl<T: Record> TimestampsAndWatermarks<T> {
             clock,
             interval,
             idleness,
-            current: MIN_WATERMARK,
+            // A restored generator never emits below the watermark it had emitted.
+            current: ctx.restored.as_ref().and_then(|r| r.watermark).unwrap_or(MIN_WATERMARK),
             idle: false,
+            operator_id: ctx.operator_id,
         }
     }
 
@@ -215,20 +219,21 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
             Some(assign) => Some(assign(&record, timestamp)),
             None => timestamp,
         };
-        if let Some(ts) = timestamp {
-            if self.idleness.is_some() {
-                self.last_record_at = self.clock.now();
-            }
-            if self.idle {
-                self.set_idle(false)?;
-            }
-            let mut output = WatermarkOutput::default();
-            self.generator.on_event(&record, ts, &mut output);
-            if output.watermark.is_some() || output.idle {
-                self.forward(output)?;
-            }
+        let Some(ts) = timestamp else { return self.next.emit(record, None) };
+        if self.idleness.is_some() {
+            self.last_record_at = self.clock.now();
         }
-        self.next.emit(record, timestamp)
+        if self.idle {
+            self.set_idle(false)?;
+        }
+        let mut output = WatermarkOutput::default();
+        self.generator.on_event(&record, ts, &mut output);
+        // The record goes first, then a watermark it caused (as Flink orders them).
+        self.next.emit(record, timestamp)?;
+        if output.watermark.is_some() || output.idle {
+            self.forward(output)?;
+        }
+        Ok(())
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
@@ -241,6 +246,10 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
                 Ok(())
             }
             ChainEvent::Watermark(_) | ChainEvent::Status(_) => Ok(()),
+            ChainEvent::Barrier(capture) => {
+                CapturedOperator::record_watermark(capture, self.operator_id, self.current);
+                self.next.event(event)
+            }
             ChainEvent::ProcessingTime(now) => {
                 let now = *now;
                 let mut output = WatermarkOutput::default();

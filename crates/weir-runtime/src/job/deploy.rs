@@ -78,6 +78,7 @@ impl Master {
                     batch_size: self.settings.batch_size,
                     state_backend: self.state_backend.clone(),
                     auto_watermark_interval: self.settings.auto_watermark_interval,
+                    restore_watermarks: self.settings.restore_watermarks,
                     processing_time: Default::default(),
                 };
                 let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;

@@ -18,6 +18,8 @@ pub(super) struct Settings {
     pub channel_capacity: usize,
     /// `pipeline.auto-watermark-interval`; `None` when 0 (no periodic watermarks).
     pub auto_watermark_interval: Option<Duration>,
+    /// `weir.watermarks.restore`: operators start from their snapshot's watermarks.
+    pub restore_watermarks: bool,
 }
 
 impl Settings {
@@ -91,6 +93,7 @@ impl Settings {
                 c.get_duration(keys::AUTO_WATERMARK_INTERVAL).unwrap_or(Duration::from_millis(200)),
             )
             .filter(|d| !d.is_zero()),
+            restore_watermarks: c.get_bool(keys::RESTORE_WATERMARKS).unwrap_or(true),
         })
     }
 }
