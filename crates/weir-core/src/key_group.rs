@@ -117,7 +117,13 @@ pub fn murmur_hash(code: i32) -> i32 {
 /// The key group of a key hash for a given max parallelism.
 #[inline]
 pub fn key_group_for_hash(key_hash: i32, max_parallelism: u32) -> u32 {
-    (murmur_hash(key_hash) as u32) % max_parallelism
+    let hash = murmur_hash(key_hash) as u32;
+    // The same number as `%`, without a division on every record for the usual power of two.
+    if max_parallelism.is_power_of_two() {
+        hash & (max_parallelism - 1)
+    } else {
+        hash % max_parallelism
+    }
 }
 
 /// The key group of a key.
@@ -130,7 +136,12 @@ pub fn assign_to_key_group<K: KeyHash + ?Sized>(key: &K, max_parallelism: u32) -
 /// state ownership always agree.
 #[inline]
 pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_group: u32) -> u32 {
-    ((key_group as u64 * parallelism as u64) / max_parallelism as u64) as u32
+    let scaled = key_group as u64 * parallelism as u64;
+    if max_parallelism.is_power_of_two() {
+        (scaled >> max_parallelism.trailing_zeros()) as u32
+    } else {
+        (scaled / max_parallelism as u64) as u32
+    }
 }
 
 /// Flink's default max parallelism for an operator of parallelism `p`:

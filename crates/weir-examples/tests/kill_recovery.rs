@@ -1,11 +1,13 @@
 //! kill -9 of the job process at random moments, then a restart with `-s` from the latest retained
-//! checkpoint, until the job finishes. The committed output must equal the ground truth.
+//! checkpoint, until the job finishes (keyed-count) or has fired every window (window-count). The
+//! committed output must equal the ground truth.
 
 mod common;
 
 use common::{committed_lines, keyed_count_truth, Backend, Rng};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The newest valid checkpoint under any job directory of `base` (ids grow across restores).
@@ -102,4 +104,103 @@ fn kill_runs(backend: Backend) {
     }
     eprintln!("{backend:?}: {iterations} runs: {kills} kill -9, {restores} restores with -s");
     assert!(kills as u64 >= iterations && restores as u64 >= iterations);
+}
+
+/// Appends `events` to `input` in chunks, as a live feed would, from another thread.
+fn feed(input: PathBuf, events: Vec<String>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for chunk in events.chunks(200) {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&input).unwrap();
+            f.write_all(chunk.concat().as_bytes()).unwrap();
+            drop(f);
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    })
+}
+
+fn kill(mut child: Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// window-count over a live feed of in-order events (1 s windows), killed at random moments and
+/// restarted from the latest retained checkpoint; a last event far in the future then fires
+/// every window. Each window's count must be committed exactly once.
+fn run_window_iteration(seed: u64, backend: Backend) -> (u32, u32) {
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, out, late, input) =
+        (dir.path().join("ck"), dir.path().join("out"), dir.path().join("late"), dir.path().join("events.jsonl"));
+    let (records, words) = (3000 + rng.below(2000), 1 + rng.below(8));
+    let events: Vec<(String, u64)> = (0..records).map(|i| (format!("w{}", i % words), i * 7)).collect();
+    let lines: Vec<String> = events.iter().map(|(w, ts)| format!("{{\"word\":\"{w}\",\"ts\":{ts}}}\n")).collect();
+    std::fs::write(&input, "").unwrap();
+    let feeder = feed(input.clone(), lines);
+    let parallelism = 1 + rng.below(2);
+    let start = |restores: &mut u32| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_window-count"));
+        cmd.args(["-p", &parallelism.to_string()])
+            .args(["-D", "execution.checkpointing.interval=40 ms"])
+            .args(["-D", "pipeline.auto-watermark-interval=10 ms"])
+            .args(["-D", "weir.network.batch-size=64"])
+            .args(backend.args(&dir.path().join("rocksdb")));
+        if let Some((_, path)) = latest_checkpoint(&ck) {
+            cmd.args(["-s", path.to_str().unwrap()]);
+            *restores += 1;
+        }
+        cmd.args(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()])
+            .args(["--late-output", late.to_str().unwrap(), "--checkpoints", ck.to_str().unwrap()])
+            .args(["--window-ms", "1000", "--out-of-orderness-ms", "50", "--quiet"]);
+        cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    };
+    let (mut kills, mut restores) = (0u32, 0u32);
+    // Kill while the feed runs, until a run has restored from a checkpoint.
+    while kills < 2 || (restores == 0 && kills < 8) {
+        let child = start(&mut restores);
+        std::thread::sleep(Duration::from_millis(150 + rng.below(500)));
+        kill(child);
+        kills += 1;
+    }
+    feeder.join().unwrap();
+    let child = start(&mut restores);
+    // The end of the feed: an event far ahead of the others moves event time past every window.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap()
+        .write_all(b"{\"word\":\"end\",\"ts\":100000000}\n")
+        .unwrap();
+    let mut counts: std::collections::BTreeMap<(String, u64), u64> = std::collections::BTreeMap::new();
+    for (w, ts) in &events {
+        *counts.entry((w.clone(), ts / 1000 * 1000)).or_default() += 1;
+    }
+    let mut want: Vec<String> = counts
+        .iter()
+        .map(|((w, start), n)| format!("WindowCount{{word='{w}', window=[{start}, {}), count={n}}}", start + 1000))
+        .collect();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed_lines(&out).len() < want.len() {
+        assert!(Instant::now() < deadline, "seed {seed}: windows did not all fire: {}", committed_lines(&out).len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(child);
+    let got = committed_lines(&out);
+    assert!(got == want, "seed {seed} ({kills} kills, {restores} restores): {}", common::diff(&got, &want));
+    assert!(committed_lines(&late).is_empty(), "seed {seed}: in-order events are never late");
+    assert!(restores >= 1, "seed {seed}: no run restored");
+    (kills, restores)
+}
+
+backend_tests! {
+    fn kill_dash_nine_window_count_then_restore_from_latest_checkpoint(backend) {
+        let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+        let (mut kills, mut restores) = (0, 0);
+        for i in 0..iterations {
+            let (k, r) = run_window_iteration(0x71D0 + i, backend);
+            kills += k;
+            restores += r;
+        }
+        eprintln!("{backend:?} window-count: {iterations} runs: {kills} kill -9, {restores} restores with -s");
+    }
 }

@@ -404,12 +404,11 @@ impl<T: Record> InputGate<T> {
                     }
                 }
                 Ready::Input(i, Message::EndOfInput) => {
+                    // An ended channel keeps its last watermark: a bounded input sent the maximum
+                    // before ending, and a stopped one (stop with savepoint) must not move event
+                    // time on, or windows the savepoint holds open would fire now and again
+                    // after a restore.
                     self.ended[i] = true;
-                    // An ended channel holds event time back no more.
-                    if !self.ended.iter().all(|e| *e) {
-                        let out = self.valve.on_status(i, false);
-                        self.forward_valve(out)?;
-                    }
                     self.maybe_aligned(env)?;
                 }
             }

@@ -6,8 +6,8 @@
 
 use crate::codec;
 use crate::descriptors::{
-    Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
-    StateData, ValueState, ValueStateDescriptor,
+    Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, NamespacedState, ReducingState,
+    ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,
 };
 use crate::error::StateError;
 use crate::format::{StateKind, StateMeta};
@@ -16,6 +16,7 @@ use crate::scope_ops::KeyedOps;
 use crate::serialized::{SerializedKeyedBackend, SerializedScope, StoreFactory};
 use crate::snapshot::{KeyedSnapshot, RestoredKeyedState, SnapshotRequest};
 use crate::timers::{queue_name, FiredTimer, TimeDomain, TimerServiceId};
+use crate::vec_map::VecMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir_core::{CheckpointId, JobId, KeyGroupRange, OperatorId};
@@ -127,13 +128,13 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         name: &str,
         namespace: &str,
-    ) -> Result<MapState<N, V>, StateError> {
+    ) -> Result<NamespacedState<N, V>, StateError> {
         let meta = StateMeta { namespace: Some(namespace.to_string()), ..StateMeta::new(name, StateKind::Map) };
         let slot = match self {
-            KeyedStateBackend::Heap(h) => h.declare::<BTreeMap<N, V>>(meta, None)?,
+            KeyedStateBackend::Heap(h) => h.declare::<VecMap<N, V>>(meta, None)?,
             KeyedStateBackend::Serialized(s) => s.declare::<V>(meta, None)?,
         };
-        Ok(MapState::at(slot))
+        Ok(NamespacedState::at(slot))
     }
 
     pub fn reducing_state<T: StateData>(

@@ -27,24 +27,10 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> StateData 
 
 pub(crate) type ReduceFn<T> = Arc<dyn Fn(&T, &T) -> T + Send + Sync>;
 
-macro_rules! descriptor {
-    ($(#[$doc:meta])* $desc:ident, $handle:ident, [$($g:ident),+]) => {
+/// A handle to a declared state: its slot in the backend, typed.
+macro_rules! handle {
+    ($(#[$doc:meta])* $handle:ident, [$($g:ident),+]) => {
         $(#[$doc])*
-        pub struct $desc<$($g),+> {
-            pub(crate) name: String,
-            _types: PhantomData<fn() -> ($($g,)+)>,
-        }
-
-        impl<$($g),+> $desc<$($g),+> {
-            pub fn new(name: impl Into<String>) -> Self {
-                $desc { name: name.into(), _types: PhantomData }
-            }
-            pub fn name(&self) -> &str {
-                &self.name
-            }
-        }
-
-        /// Handle to a declared state; use it with the current key's [`KeyScope`].
         pub struct $handle<$($g),+> {
             pub(crate) slot: usize,
             _types: PhantomData<fn() -> ($($g,)+)>,
@@ -65,6 +51,30 @@ macro_rules! descriptor {
     };
 }
 
+macro_rules! descriptor {
+    ($(#[$doc:meta])* $desc:ident, $handle:ident, [$($g:ident),+]) => {
+        $(#[$doc])*
+        pub struct $desc<$($g),+> {
+            pub(crate) name: String,
+            _types: PhantomData<fn() -> ($($g,)+)>,
+        }
+
+        impl<$($g),+> $desc<$($g),+> {
+            pub fn new(name: impl Into<String>) -> Self {
+                $desc { name: name.into(), _types: PhantomData }
+            }
+            pub fn name(&self) -> &str {
+                &self.name
+            }
+        }
+
+        handle!(
+            /// Handle to a declared state; use it with the current key's [`KeyScope`].
+            $handle, [$($g),+]
+        );
+    };
+}
+
 descriptor!(
     /// Declares a keyed value state: one `T` per key.
     ValueStateDescriptor, ValueState, [T]
@@ -78,24 +88,15 @@ descriptor!(
     MapStateDescriptor, MapState, [UK, UV]
 );
 
-/// Handle to a declared reducing state.
-pub struct ReducingState<T> {
-    pub(crate) slot: usize,
-    _types: PhantomData<fn() -> T>,
-}
-
-impl<T> ReducingState<T> {
-    pub(crate) fn at(slot: usize) -> Self {
-        ReducingState { slot, _types: PhantomData }
-    }
-}
-
-impl<T> Clone for ReducingState<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for ReducingState<T> {}
+handle!(
+    /// Handle to a declared reducing state.
+    ReducingState, [T]
+);
+handle!(
+    /// Handle to a namespaced state: one `V` per key and namespace `N` (a window operator's
+    /// contents, per window), declared with `KeyedStateBackend::namespaced_state`.
+    NamespacedState, [N, V]
+);
 
 /// Declares a keyed reducing state: one `T` per key, combined with `reduce` on every `add`.
 pub struct ReducingStateDescriptor<T> {
@@ -165,6 +166,25 @@ impl<UK: StateData + Ord, UV: StateData> MapState<UK, UV> {
     }
     pub fn clear<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<(), StateError> {
         scope.inner.map_clear::<UK, UV>(self.slot)
+    }
+}
+
+impl<N: StateData + Ord, V: StateData> NamespacedState<N, V> {
+    pub fn get<K: Key>(&self, scope: &mut KeyScope<'_, K>, namespace: &N) -> Result<Option<V>, StateError> {
+        scope.inner.namespace_get(self.slot, namespace)
+    }
+    /// Replaces the value in `namespace` with `f(old value)`; `None` removes it. The heap backend
+    /// moves the value, it does not copy it.
+    pub fn compute<K: Key>(
+        &self,
+        scope: &mut KeyScope<'_, K>,
+        namespace: N,
+        f: impl FnOnce(Option<V>) -> Option<V>,
+    ) -> Result<(), StateError> {
+        scope.inner.namespace_compute(self.slot, namespace, f)
+    }
+    pub fn remove<K: Key>(&self, scope: &mut KeyScope<'_, K>, namespace: &N) -> Result<(), StateError> {
+        scope.inner.namespace_remove::<N, V>(self.slot, namespace)
     }
 }
 

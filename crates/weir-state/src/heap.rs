@@ -21,6 +21,7 @@ use weir_core::KeyGroupRange;
 
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
+use crate::vec_map::VecMap;
 
 type Group<K, V> = Arc<FxHashMap<K, V>>;
 
@@ -424,6 +425,33 @@ impl<K: Key> HeapScope<'_, K> {
             return None;
         }
         Arc::make_mut(&mut table.groups[group]).remove(key)
+    }
+
+    /// Changes the current key's namespaces of `slot` in place, with one hash lookup when the key
+    /// has some; a key left without namespaces is removed.
+    #[inline]
+    pub(crate) fn update_namespaces<N: StateData + Ord, V: StateData>(
+        &mut self,
+        slot: usize,
+        f: impl FnOnce(&mut VecMap<N, V>),
+    ) {
+        let (key, group) = (self.key, self.group);
+        let map = Arc::make_mut(&mut self.backend.table_mut::<VecMap<N, V>>(slot).groups[group]);
+        match map.get_mut(key) {
+            Some(entries) => {
+                f(entries);
+                if entries.is_empty() {
+                    map.remove(key);
+                }
+            }
+            None => {
+                let mut entries = VecMap::default();
+                f(&mut entries);
+                if !entries.is_empty() {
+                    map.insert(key.clone(), entries);
+                }
+            }
+        }
     }
 
     pub(crate) fn reduce_fn<V: StateData>(&self, slot: usize) -> Option<ReduceFn<V>> {

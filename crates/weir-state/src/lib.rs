@@ -28,12 +28,13 @@ mod scope_ops;
 pub mod serialized;
 pub mod snapshot;
 pub mod timers;
+pub mod vec_map;
 pub mod write_back;
 
 pub use backend::{KeyScope, KeyedStateBackend, StateBackend, StoreContext};
 pub use descriptors::{
-    Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
-    StateData, ValueState, ValueStateDescriptor,
+    Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, NamespacedState, ReducingState,
+    ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,
 };
 pub use error::StateError;
 pub use heap::{HeapKeyedBackend, HeapSnapshot};

@@ -8,6 +8,7 @@ use crate::descriptors::{Key, StateData};
 use crate::error::StateError;
 use crate::heap::HeapScope;
 use crate::serialized::SerializedScope;
+use crate::vec_map::VecMap;
 use std::collections::BTreeMap;
 
 /// The current key's state in one backend, by declared slot.
@@ -36,6 +37,16 @@ pub(crate) trait KeyedOps {
     fn reduce_add<T: StateData>(&mut self, slot: usize, value: T) -> Result<T, StateError>;
     /// Registers (`add`) or deletes a timer of the current key in timer queue `queue`.
     fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError>;
+    fn namespace_get<N: StateData + Ord, V: StateData>(&mut self, slot: usize, ns: &N)
+        -> Result<Option<V>, StateError>;
+    /// Replaces the value in namespace `ns` with `f(old)`; `None` removes it.
+    fn namespace_compute<N: StateData + Ord, V: StateData, F: FnOnce(Option<V>) -> Option<V>>(
+        &mut self,
+        slot: usize,
+        ns: N,
+        f: F,
+    ) -> Result<(), StateError>;
+    fn namespace_remove<N: StateData + Ord, V: StateData>(&mut self, slot: usize, ns: &N) -> Result<(), StateError>;
 }
 
 impl<K: Key> KeyedOps for HeapScope<'_, K> {
@@ -102,6 +113,30 @@ impl<K: Key> KeyedOps for HeapScope<'_, K> {
         }
         Ok(stored.clone())
     }
+    fn namespace_get<N: StateData + Ord, V: StateData>(
+        &mut self,
+        slot: usize,
+        ns: &N,
+    ) -> Result<Option<V>, StateError> {
+        Ok(self.get::<VecMap<N, V>>(slot).and_then(|m| m.get(ns)).cloned())
+    }
+    fn namespace_compute<N: StateData + Ord, V: StateData, F: FnOnce(Option<V>) -> Option<V>>(
+        &mut self,
+        slot: usize,
+        ns: N,
+        f: F,
+    ) -> Result<(), StateError> {
+        self.update_namespaces::<N, V>(slot, |m| m.compute(ns, f));
+        Ok(())
+    }
+    fn namespace_remove<N: StateData + Ord, V: StateData>(&mut self, slot: usize, ns: &N) -> Result<(), StateError> {
+        if self.get::<VecMap<N, V>>(slot).is_some_and(|m| m.get(ns).is_some()) {
+            self.update_namespaces::<N, V>(slot, |m| {
+                m.remove(ns);
+            });
+        }
+        Ok(())
+    }
     fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError> {
         let (timer, kg) = (self.timer(timestamp, namespace)?, self.key_group());
         if add {
@@ -159,6 +194,28 @@ impl<K: Key> KeyedOps for SerializedScope<'_, K> {
     }
     fn change_timer(&mut self, queue: usize, timestamp: i64, namespace: &[u8], add: bool) -> Result<(), StateError> {
         SerializedScope::change_timer(self, queue, timestamp, namespace, add)
+    }
+    fn namespace_get<N: StateData + Ord, V: StateData>(
+        &mut self,
+        slot: usize,
+        ns: &N,
+    ) -> Result<Option<V>, StateError> {
+        SerializedScope::map_get(self, slot, ns)
+    }
+    fn namespace_compute<N: StateData + Ord, V: StateData, F: FnOnce(Option<V>) -> Option<V>>(
+        &mut self,
+        slot: usize,
+        ns: N,
+        f: F,
+    ) -> Result<(), StateError> {
+        let old = SerializedScope::map_get::<N, V>(self, slot, &ns)?;
+        match f(old) {
+            Some(v) => SerializedScope::map_put(self, slot, &ns, &v),
+            None => SerializedScope::map_remove(self, slot, &ns),
+        }
+    }
+    fn namespace_remove<N: StateData + Ord, V: StateData>(&mut self, slot: usize, ns: &N) -> Result<(), StateError> {
+        SerializedScope::map_remove(self, slot, ns)
     }
 }
 
@@ -219,5 +276,23 @@ impl<K: Key> KeyedOps for Scope<'_, K> {
             Scope::Heap(h) => h.change_timer(queue, timestamp, namespace, add),
             Scope::Serialized(s) => KeyedOps::change_timer(s, queue, timestamp, namespace, add),
         }
+    }
+    fn namespace_get<N: StateData + Ord, V: StateData>(
+        &mut self,
+        slot: usize,
+        ns: &N,
+    ) -> Result<Option<V>, StateError> {
+        dispatch!(self, namespace_get::<N, V>(slot, ns))
+    }
+    fn namespace_compute<N: StateData + Ord, V: StateData, F: FnOnce(Option<V>) -> Option<V>>(
+        &mut self,
+        slot: usize,
+        ns: N,
+        f: F,
+    ) -> Result<(), StateError> {
+        dispatch!(self, namespace_compute::<N, V, F>(slot, ns, f))
+    }
+    fn namespace_remove<N: StateData + Ord, V: StateData>(&mut self, slot: usize, ns: &N) -> Result<(), StateError> {
+        dispatch!(self, namespace_remove::<N, V>(slot, ns))
     }
 }

@@ -17,6 +17,9 @@ pub(crate) struct KeyedCore<K> {
     operator_id: OperatorId,
     /// The subtask's display name, with the operator's uid: what errors name.
     pub name: String,
+    /// The stop-with-savepoint this operator passed: until it is aborted no timer fires, since
+    /// the savepoint holds the timers and the job restored from it fires them.
+    suspended_for: Option<weir_core::CheckpointId>,
 }
 
 impl<K: Key> KeyedCore<K> {
@@ -50,6 +53,7 @@ impl<K: Key> KeyedCore<K> {
             side: SideEmitter { outputs: side_outputs, error: None },
             operator_id: ctx.operator_id,
             name,
+            suspended_for: None,
         };
         core.schedule_processing_timers();
         Ok(core)
@@ -94,7 +98,16 @@ impl<K: Key> KeyedCore<K> {
                     operator_state: OperatorStateSnapshot::default(),
                     watermark: (self.time.watermark > MIN_WATERMARK).then_some(self.time.watermark),
                 });
+                if capture.barrier.stop {
+                    self.suspended_for = Some(capture.barrier.id);
+                }
                 Ok(None)
+            }
+            ChainEvent::CheckpointAborted(id) if self.suspended_for == Some(*id) => {
+                // The stop failed: the job goes on, and so do its timers.
+                self.suspended_for = None;
+                self.schedule_processing_timers();
+                Ok(Some((TimeDomain::EventTime, self.time.watermark)))
             }
             ChainEvent::CheckpointComplete(id) => {
                 self.backend.checkpoint_complete(*id);
@@ -104,9 +117,11 @@ impl<K: Key> KeyedCore<K> {
             ChainEvent::Watermark(w) if *w <= self.time.watermark => Ok(None),
             ChainEvent::Watermark(w) => {
                 self.time.watermark = *w;
-                Ok(Some((TimeDomain::EventTime, *w)))
+                Ok(self.suspended_for.is_none().then_some((TimeDomain::EventTime, *w)))
             }
-            ChainEvent::ProcessingTime(now) => Ok(Some((TimeDomain::ProcessingTime, *now))),
+            ChainEvent::ProcessingTime(now) if self.suspended_for.is_none() => {
+                Ok(Some((TimeDomain::ProcessingTime, *now)))
+            }
             _ => Ok(None),
         }
     }

@@ -147,8 +147,11 @@ pub(crate) struct TimestampsAndWatermarks<T> {
     clock: ProcessingTimeService,
     interval: Option<Duration>,
     idleness: Option<Timestamp>,
-    /// The last watermark sent downstream.
+    /// The last watermark sent downstream (restored: the one sent before the snapshot).
     current: Timestamp,
+    /// Whether `current` was sent in this run: a restored watermark is sent again first, so the
+    /// operators downstream, whose channels start from nothing, know where this stream is.
+    announced: bool,
     /// Processing time of the last record (for idleness).
     last_record_at: Timestamp,
     idle: bool,
@@ -164,6 +167,7 @@ impl<T: Record> TimestampsAndWatermarks<T> {
         if interval.is_some() || idleness.is_some() {
             clock.request_wakeup(clock.now() + Self::tick(interval, idleness));
         }
+        let current = ctx.restored.as_ref().and_then(|r| r.watermark).unwrap_or(MIN_WATERMARK);
         TimestampsAndWatermarks {
             generator: (strategy.generator)(),
             assigner: strategy.assigner.clone(),
@@ -173,7 +177,8 @@ impl<T: Record> TimestampsAndWatermarks<T> {
             interval,
             idleness,
             // A restored generator never emits below the watermark it had emitted.
-            current: ctx.restored.as_ref().and_then(|r| r.watermark).unwrap_or(MIN_WATERMARK),
+            current,
+            announced: current == MIN_WATERMARK,
             idle: false,
             operator_id: ctx.operator_id,
         }
@@ -187,6 +192,16 @@ impl<T: Record> TimestampsAndWatermarks<T> {
             (i, d) => i.or(d).unwrap_or(200),
         }
         .max(1)
+    }
+
+    /// Sends the restored watermark once, before anything else.
+    #[inline]
+    fn announce(&mut self) -> TaskResult {
+        if self.announced {
+            return Ok(());
+        }
+        self.announced = true;
+        self.next.event(&mut ChainEvent::Watermark(self.current))
     }
 
     fn forward(&mut self, mut output: WatermarkOutput) -> TaskResult {
@@ -219,6 +234,7 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
             Some(assign) => Some(assign(&record, timestamp)),
             None => timestamp,
         };
+        self.announce()?;
         let Some(ts) = timestamp else { return self.next.emit(record, None) };
         if self.idleness.is_some() {
             self.last_record_at = self.clock.now();
@@ -239,8 +255,9 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
         match event {
             ChainEvent::Watermark(w) if *w == MAX_WATERMARK => {
-                if self.current < MAX_WATERMARK {
+                if self.current < MAX_WATERMARK || !self.announced {
                     self.current = MAX_WATERMARK;
+                    self.announced = true;
                     self.next.event(event)?;
                 }
                 Ok(())
@@ -252,6 +269,7 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
             }
             ChainEvent::ProcessingTime(now) => {
                 let now = *now;
+                self.announce()?;
                 let mut output = WatermarkOutput::default();
                 if self.interval.is_some() {
                     self.generator.on_periodic_emit(&mut output);

@@ -60,28 +60,41 @@ impl WindowAssigner {
     }
 
     /// The windows an element at `time` belongs to (before session merging).
-    pub(crate) fn assign(&self, time: Timestamp) -> Vec<TimeWindow> {
+    #[cfg(test)]
+    fn assign(&self, time: Timestamp) -> Vec<TimeWindow> {
+        let mut windows = Vec::new();
+        self.assign_into(time, &mut windows);
+        windows
+    }
+
+    /// Appends the windows an element at `time` belongs to (before session merging).
+    #[inline]
+    pub(crate) fn assign_into(&self, time: Timestamp, windows: &mut Vec<TimeWindow>) {
         match self.shape {
-            Shape::Tumbling { size, offset } => vec![window::tumbling(time, size, offset)],
-            Shape::Sliding { size, slide, offset } => window::sliding(time, size, slide, offset),
-            Shape::Session { gap } => vec![window::session(time, gap)],
-            Shape::Global => vec![GLOBAL_WINDOW],
+            Shape::Tumbling { size, offset } => windows.push(window::tumbling(time, size, offset)),
+            Shape::Sliding { size, slide, offset } => windows.extend(window::sliding(time, size, slide, offset)),
+            Shape::Session { gap } => windows.push(window::session(time, gap)),
+            Shape::Global => windows.push(GLOBAL_WINDOW),
         }
     }
 
+    #[inline]
     pub(crate) fn time(&self) -> WindowTime {
         self.time
     }
 
+    #[inline]
     pub(crate) fn is_event_time(&self) -> bool {
         self.time == WindowTime::EventTime && self.shape != Shape::Global
     }
 
     /// Session windows merge when they touch.
+    #[inline]
     pub(crate) fn is_merging(&self) -> bool {
         matches!(self.shape, Shape::Session { .. })
     }
 
+    #[inline]
     pub(crate) fn is_global(&self) -> bool {
         self.shape == Shape::Global
     }

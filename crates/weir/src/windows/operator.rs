@@ -18,7 +18,7 @@ use weir_runtime::graph::{Instance, NodeSpec};
 use weir_runtime::operator::OperatorContext;
 use weir_runtime::{ChainEvent, Output, ProcessingTimeService, TaskError, TaskResult, Timestamp};
 use weir_state::{
-    codec, Key, KeyScope, MapState, StateError, TimeDomain, TimerServiceId, ValueState, ValueStateDescriptor,
+    codec, Key, KeyScope, NamespacedState, StateError, TimeDomain, TimerServiceId, ValueState, ValueStateDescriptor,
 };
 
 const WINDOW_TIMERS: &str = "window-timers";
@@ -81,6 +81,7 @@ where
             timers: core.time.timers,
             clock: core.time.processing.clone(),
             name: core.name.clone(),
+            scratch: Vec::new(),
             _types: PhantomData,
         };
         let op = WindowOperator { key: self.key.clone(), windows, finish: self.finish.clone(), core, next };
@@ -93,12 +94,14 @@ where
 struct Windows<K, T, I: Incremental<T>> {
     settings: WindowSettings,
     incremental: I,
-    contents: MapState<TimeWindow, I::Acc>,
-    counts: Option<MapState<TimeWindow, u64>>,
+    contents: NamespacedState<TimeWindow, I::Acc>,
+    counts: Option<NamespacedState<TimeWindow, u64>>,
     sessions: Option<ValueState<Vec<TimeWindow>>>,
     timers: TimerServiceId,
     clock: ProcessingTimeService,
     name: String,
+    /// The windows of the element being added (reused: no allocation per element).
+    scratch: Vec<TimeWindow>,
     _types: PhantomData<fn(K, T)>,
 }
 
@@ -197,7 +200,7 @@ impl<K: Key, T: Record, I: Incremental<T>> Windows<K, T, I> {
                 counts.remove(scope, window)?;
                 return Ok(TriggerResult::FireAndPurge);
             }
-            counts.put(scope, *window, count)?;
+            counts.compute(scope, *window, |_| Some(count))?;
             return Ok(TriggerResult::Continue);
         }
         // An element late but within the allowed lateness fires its window again at once.
@@ -205,55 +208,83 @@ impl<K: Key, T: Record, I: Incremental<T>> Windows<K, T, I> {
         Ok(if passed && !self.settings.assigner.is_global() { TriggerResult::Fire } else { TriggerResult::Continue })
     }
 
-    /// Adds `value` to `window` whose contents so far are `acc`, and lets the trigger decide.
-    /// Returns the window to fire with its contents, and whether they were purged. The window's
-    /// timers are registered when it has no contents yet (or `new_window`): a window with
-    /// contents has them already.
+    /// Adds `value` to `window` (whose contents merge with `absorbed`, the contents of the
+    /// sessions it absorbed) and lets the trigger decide. Returns the window to fire with its
+    /// contents, and whether they were purged. The window's timers are registered when it had no
+    /// contents yet (or is `new_window`): a window with contents has them already.
     fn add_to_window(
         &self,
         scope: &mut KeyScope<'_, K>,
         window: &TimeWindow,
-        acc: Option<I::Acc>,
+        absorbed: Option<I::Acc>,
         value: T,
         watermark: Timestamp,
         new_window: bool,
     ) -> Result<AfterAdd<I::Acc>, StateError> {
-        let register = new_window || acc.is_none();
-        let acc = self.incremental.add(acc, value);
         let fire = self.on_element(scope, window, watermark)?;
-        if fire == TriggerResult::FireAndPurge {
-            self.contents.remove(scope, window)?;
-            return Ok((Some((*window, acc)), true));
-        }
-        self.contents.put(scope, *window, acc.clone())?;
-        if register {
+        let (mut fired, mut fresh) = (None, new_window);
+        let incremental = &self.incremental;
+        self.contents.compute(scope, *window, |old| {
+            fresh |= old.is_none();
+            let base = match (absorbed, old) {
+                (Some(a), Some(o)) => Some(incremental.merge(a, o)),
+                (a, o) => a.or(o),
+            };
+            let acc = incremental.add(base, value);
+            match fire {
+                TriggerResult::Continue => Some(acc),
+                TriggerResult::Fire => {
+                    fired = Some(acc.clone());
+                    Some(acc)
+                }
+                TriggerResult::FireAndPurge => {
+                    fired = Some(acc);
+                    None
+                }
+            }
+        })?;
+        let purged = fire == TriggerResult::FireAndPurge;
+        if fresh && !purged {
             self.register_timers(scope, window)?;
         }
-        Ok(((fire == TriggerResult::Fire).then_some((*window, acc)), false))
+        Ok((fired.map(|acc| (*window, acc)), purged))
     }
 
     /// Adds an element at `time` to the windows it belongs to; a session merges with the open
     /// sessions of its key it touches. Changes nothing when every window is late.
     fn add(
-        &self,
+        &mut self,
         scope: &mut KeyScope<'_, K>,
         record: T,
         time: Timestamp,
         watermark: Timestamp,
     ) -> Result<Added<I::Acc>, StateError> {
-        let windows = self.settings.assigner.assign(time);
+        let mut windows = std::mem::take(&mut self.scratch);
+        windows.clear();
+        self.settings.assigner.assign_into(time, &mut windows);
+        let added = self.add_to_windows(scope, record, &mut windows, watermark);
+        self.scratch = windows;
+        added
+    }
+
+    fn add_to_windows(
+        &self,
+        scope: &mut KeyScope<'_, K>,
+        record: T,
+        windows: &mut Vec<TimeWindow>,
+        watermark: Timestamp,
+    ) -> Result<Added<I::Acc>, StateError> {
         let Some(sessions) = self.sessions else {
-            let live: Vec<TimeWindow> = windows.into_iter().filter(|w| !self.is_late(w, watermark)).collect();
-            if live.is_empty() {
+            windows.retain(|w| !self.is_late(w, watermark));
+            if windows.is_empty() {
                 return Ok(Added::Late);
             }
             let mut fired = Vec::new();
             let mut record = Some(record);
-            for (i, window) in live.iter().enumerate() {
-                let value = if i + 1 == live.len() { record.take() } else { record.clone() };
+            for (i, window) in windows.iter().enumerate() {
+                let value = if i + 1 == windows.len() { record.take() } else { record.clone() };
                 let Some(value) = value else { break };
-                let acc = self.contents.get(scope, window)?;
-                fired.extend(self.add_to_window(scope, window, acc, value, watermark, false)?.0);
+                fired.extend(self.add_to_window(scope, window, None, value, watermark, false)?.0);
             }
             return Ok(Added::Fired(fired));
         };
@@ -278,7 +309,7 @@ impl<K: Key, T: Record, I: Incremental<T>> Windows<K, T, I> {
             self.delete_timers(scope, w)?;
         }
         if let (Some(counts), true) = (&self.counts, count > 0) {
-            counts.put(scope, merged, count)?;
+            counts.compute(scope, merged, |_| Some(count))?;
         }
         open.retain(|w| !absorbed.contains(w));
         // The merged window is new, or an absorbed session whose timers were just deleted.
