@@ -264,67 +264,6 @@ pub fn redistribute_lists(old: &[&[OperatorListState]], new_p: u32) -> Vec<Vec<O
 }
 
 #[cfg(test)]
-mod watermark_tests {
-    use super::*;
-    use crate::metadata::{KeyedStateHandle, StateFileRef, SubtaskSnapshot};
-
-    fn keyed_op(max_p: u32, watermarks: &[Option<i64>]) -> OperatorSnapshot {
-        let p = watermarks.len() as u32;
-        OperatorSnapshot {
-            operator_id: OperatorId::from_uid("window"),
-            uid: Some("window".into()),
-            name: "Window".into(),
-            parallelism: p,
-            max_parallelism: max_p,
-            subtasks: (0..p)
-                .map(|i| {
-                    let r = key_group_range_for_subtask(max_p, p, i);
-                    SubtaskSnapshot {
-                        subtask: i,
-                        keyed: Some(KeyedStateHandle {
-                            file: StateFileRef { path: format!("f{i}"), size: 1, crc32c: None },
-                            key_groups: r,
-                            offsets: r.iter().map(u64::from).collect(),
-                        }),
-                        watermark: watermarks[i as usize],
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-        }
-    }
-
-    fn info(p: u32, max_p: u32) -> OperatorInfo {
-        OperatorInfo {
-            operator_id: OperatorId::from_uid("window"),
-            uid: Some("window".into()),
-            name: "Window".into(),
-            parallelism: p,
-            max_parallelism: max_p,
-            max_parallelism_configured: true,
-        }
-    }
-
-    fn restored(snapshot: OperatorSnapshot, p: u32) -> Vec<Option<i64>> {
-        let max_p = snapshot.max_parallelism;
-        let a = assign("sp", &[snapshot], &[info(p, max_p)], false).unwrap();
-        a.operators[&OperatorId::from_uid("window")].iter().map(|s| s.watermark).collect()
-    }
-
-    #[test]
-    fn a_rescaled_subtask_starts_from_the_minimum_of_the_subtasks_it_takes_over() {
-        // 3 → 2 over 12 key groups: new 0 takes old 0 and half of old 1, new 1 the rest.
-        let snapshot = keyed_op(12, &[Some(300), Some(100), Some(200)]);
-        assert_eq!(restored(snapshot.clone(), 2), vec![Some(100), Some(100)]);
-        assert_eq!(restored(snapshot.clone(), 3), vec![Some(300), Some(100), Some(200)]);
-        // 3 → 6: each new subtask within one old subtask keeps that one's watermark.
-        assert_eq!(restored(snapshot, 6), vec![Some(300), Some(300), Some(100), Some(100), Some(200), Some(200)]);
-        // A subtask without a recorded watermark makes the ones taking it over start from none.
-        assert_eq!(restored(keyed_op(12, &[Some(300), None, Some(200)]), 2), vec![None, None]);
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::metadata::{StateFileRef, SubtaskSnapshot};
@@ -421,6 +360,31 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Subtask watermarks as restored at parallelism `p` from `snapshot` (max parallelism 12).
+    fn restored_watermarks(watermarks: &[Option<i64>], p: u32) -> Vec<Option<i64>> {
+        let mut snapshot = keyed_snapshot("window", watermarks.len() as u32, 12);
+        for (s, w) in snapshot.subtasks.iter_mut().zip(watermarks) {
+            s.watermark = *w;
+        }
+        let a = assign("sp", &[snapshot], &[info("window", p, 12, true)], false).unwrap();
+        a.operators[&OperatorId::from_uid("window")].iter().map(|s| s.watermark).collect()
+    }
+
+    #[test]
+    fn a_rescaled_subtask_starts_from_the_minimum_watermark_of_the_subtasks_it_takes_over() {
+        // 3 → 2 over 12 key groups: new 0 takes old 0 and half of old 1, new 1 the rest.
+        let old = [Some(300), Some(100), Some(200)];
+        assert_eq!(restored_watermarks(&old, 2), vec![Some(100), Some(100)]);
+        assert_eq!(restored_watermarks(&old, 3), old.to_vec());
+        // 3 → 6: each new subtask within one old subtask keeps that one's watermark.
+        assert_eq!(
+            restored_watermarks(&old, 6),
+            vec![Some(300), Some(300), Some(100), Some(100), Some(200), Some(200)]
+        );
+        // An old subtask without a watermark makes the ones taking it over start from none.
+        assert_eq!(restored_watermarks(&[Some(300), None, Some(200)], 2), vec![None, None]);
     }
 
     #[test]

@@ -399,6 +399,16 @@ mod tests {
     }
 
     proptest! {
+        /// The power-of-two shortcuts compute Flink's formulas exactly.
+        #[test]
+        fn shortcuts_equal_the_formulas(hash in any::<i32>(), shift in 0u32..=15, p_seed in any::<u32>()) {
+            let max_p = 1u32 << shift;
+            prop_assert_eq!(key_group_for_hash(hash, max_p), (murmur_hash(hash) as u32) % max_p);
+            let p = 1 + p_seed % max_p;
+            let kg = key_group_for_hash(hash, max_p);
+            prop_assert_eq!(operator_index_for_key_group(max_p, p, kg), ((kg as u64 * p as u64) / max_p as u64) as u32);
+        }
+
         /// The subtask that routing picks for a key is the one whose range owns its key group.
         #[test]
         fn routing_and_ownership_agree(key in any::<i64>(), max_p in 1u32..=4096, p_seed in any::<u32>()) {

@@ -6,6 +6,45 @@ use std::fmt;
 pub mod keyed_count;
 pub mod window_count;
 
+/// The arguments of the example jobs that read a file of JSON lines and write exactly once.
+#[derive(clap::Args, Debug)]
+pub struct FileJobArgs {
+    /// JSON lines, followed as the file grows.
+    #[arg(long)]
+    pub input: std::path::PathBuf,
+    /// Directory of the exactly-once output files.
+    #[arg(long)]
+    pub output: std::path::PathBuf,
+    /// Stop at the end of the input instead of following it.
+    #[arg(long)]
+    pub bounded: bool,
+    /// Checkpoint directory, unless execution.checkpointing.dir is given with -D.
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoints: String,
+    /// Do not print results to stdout.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl FileJobArgs {
+    /// Refuses a bounded run over a missing file (a followed file may appear later).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.bounded && !self.input.is_file() {
+            anyhow::bail!("input file '{}' does not exist", self.input.display());
+        }
+        Ok(())
+    }
+
+    /// The file source these arguments describe.
+    pub fn source(&self) -> weir::connectors::FileSource {
+        if self.bounded {
+            weir::connectors::FileSource::bounded(&self.input)
+        } else {
+            weir::connectors::FileSource::follow(&self.input)
+        }
+    }
+}
+
 /// One word with a count, as read from JSON lines like `{"word":"a","frequency":1}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WordCount {

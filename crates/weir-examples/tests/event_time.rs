@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use weir::connectors::{FileSink, GeneratorSource};
 use weir::{
     BoxError, Collector, Configuration, Context, JobStatus, KeyedProcessFunction, MapState, MapStateDescriptor,
-    Operation, OutputTag, RuntimeContext, SinkFunction, SourceContext, SourceFunction, SourcePoll, StreamEnv,
-    TimeDomain, ValueState, ValueStateDescriptor, WatermarkStrategy,
+    OutputTag, RuntimeContext, SinkFunction, SourceContext, SourceFunction, SourcePoll, StreamEnv, TimeDomain,
+    ValueState, ValueStateDescriptor, WatermarkStrategy,
 };
 
 /// Records in arrival order, shared by every subtask of the sink.
@@ -98,13 +98,9 @@ fn monotonous() -> WatermarkStrategy<(u64, i64)> {
 }
 
 fn env_with(settings: &[(&str, &str)]) -> StreamEnv {
-    let mut config = Configuration::new();
-    config.set("weir.rest.enabled", "false").unwrap();
-    config.set("pipeline.auto-watermark-interval", "5 ms").unwrap();
-    for (k, v) in settings {
-        config.set(k, v).unwrap();
-    }
-    StreamEnv::with_config(config)
+    let mut all = vec![("pipeline.auto-watermark-interval", "5 ms")];
+    all.extend_from_slice(settings);
+    common::test_env(&all)
 }
 
 #[test]
@@ -330,19 +326,6 @@ fn event_time_timers_fire_exactly_once_under_failures_rocksdb() {
 
 // ---- savepoints, rescaling, processing time -------------------------------------------------
 
-fn savepoint_of(handle: &weir::JobHandle, dir: &Path, backend: Backend, drain: bool) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handle.status() != JobStatus::Running {
-        assert!(Instant::now() < deadline, "the job did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let token = handle.stop_with_savepoint(Some(dir), backend.savepoint_format(), drain).unwrap();
-    match handle.wait_operation(token, Duration::from_secs(30)) {
-        Some(Operation::Completed { location, .. }) => location,
-        other => panic!("stop with savepoint did not complete: {other:?}"),
-    }
-}
-
 /// Registers a processing-time timer at a fixed wall-clock time for each key's first record,
 /// and emits the key and how late the timer fired.
 #[derive(Clone)]
@@ -391,14 +374,7 @@ backend_tests! {
         let keys = 8u64;
         let at = now_ms() + 3000;
         let job = |restore: Option<&Path>, sink: &Collect, p: u32| {
-            let mut args: Vec<String> = vec!["job".into()];
-            args.extend(backend.args(&dir.path().join("rocksdb")));
-            if let Some(s) = restore {
-                args.extend(["-s".to_string(), s.display().to_string()]);
-            }
-            let (mut env, _) = StreamEnv::from_arg_list(args).unwrap();
-            env.set("weir.rest.enabled", "false").unwrap();
-            env.set(weir::config_keys::CHECKPOINT_DIR, dir.path().join("ck").to_str().unwrap()).unwrap();
+            let env = common::job_env(backend, dir.path(), restore, &[]);
             env.source(GeneratorSource::new(move |i| i % keys).with_rate(200.0))
                 .uid("source")
                 .set_parallelism(1)
@@ -413,8 +389,7 @@ backend_tests! {
         let first = Collect::default();
         let handle = job(None, &first, 2);
         assert!(wait_for_lines(&first, keys as usize, Duration::from_secs(20)), "every key registered: {:?}", first.lines());
-        let savepoint = savepoint_of(&handle, &dir.path().join("sp"), backend, false);
-        handle.wait();
+        let savepoint = common::stop_with_savepoint(handle, &dir.path().join("sp"), backend.savepoint_format(), false);
         assert!(now_ms() < at, "the job stopped before its timers were due (the machine is too slow for this test)");
         assert!(first.lines().iter().all(|l| l.starts_with("registered")), "{:?}", first.lines());
 
@@ -449,15 +424,8 @@ backend_tests! {
         // on the subtask owning their key. The last round drains: the end of event time fires
         // what is left, and the final savepoint commits it.
         for (round, p) in [1u32, 3, 2].into_iter().enumerate() {
-            let mut args: Vec<String> = vec!["job".into(), "-D".into(), "execution.checkpointing.interval=30 ms".into()];
-            args.extend(backend.args(&dir.path().join("rocksdb")));
-            if let Some(s) = &savepoint {
-                args.extend(["-s".to_string(), s.display().to_string()]);
-            }
-            let (mut env, _) = StreamEnv::from_arg_list(args).unwrap();
-            env.set("weir.rest.enabled", "false").unwrap();
-            env.set("pipeline.auto-watermark-interval", "5 ms").unwrap();
-            env.set(weir::config_keys::CHECKPOINT_DIR, dir.path().join("ck").to_str().unwrap()).unwrap();
+            let settings = ["execution.checkpointing.interval=30 ms", "pipeline.auto-watermark-interval=5 ms"];
+            let env = common::job_env(backend, dir.path(), savepoint.as_deref(), &settings);
             env.from_source(weir::connectors::FileSource::follow(&input), WatermarkStrategy::for_monotonous_timestamps()
                     .with_timestamp_assigner(|line: &String, _| line.trim().parse::<i64>().unwrap_or(0)))
                 .uid("source")
@@ -485,12 +453,11 @@ backend_tests! {
                     assert!(Instant::now() < deadline, "round {round} did not progress");
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                savepoint = Some(savepoint_of(&handle, &sp, backend, false));
+                savepoint = Some(common::stop_with_savepoint(handle, &sp, backend.savepoint_format(), false));
                 assert!(fired_up_to() < timer_of(to - 1) as u64, "round {round}: the newest timers are still pending");
             } else {
-                savepoint_of(&handle, &sp, backend, true);
+                common::stop_with_savepoint(handle, &sp, backend.savepoint_format(), true);
             }
-            handle.wait();
         }
         let got = committed_lines(&out);
         let want = sum_truth(total, keys);

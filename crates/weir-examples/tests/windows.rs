@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::{FileSink, FileSource, GeneratorSource};
 use weir::{
-    Configuration, CountAggregate, EventTimeSessionWindows, JobStatus, Operation, SlidingEventTimeWindows, StreamEnv,
+    Configuration, CountAggregate, EventTimeSessionWindows, JobStatus, SlidingEventTimeWindows, StreamEnv,
     WatermarkGenerator, WatermarkOutput, WatermarkStrategy,
 };
 use weir_examples::window_count::{
@@ -224,11 +224,11 @@ fn events(list: &[(&str, i64)]) -> Vec<WordEvent> {
 
 fn run_bounded(list: Vec<WordEvent>, settings: WindowCountSettings, delay: i64) -> (Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Configuration::new();
-    config.set("weir.rest.enabled", "false").unwrap();
-    config.set("execution.checkpointing.interval", "20 ms").unwrap();
-    config.set("execution.checkpointing.dir", dir.path().join("ck").to_str().unwrap()).unwrap();
-    let env = StreamEnv::with_config(config);
+    let ck = dir.path().join("ck");
+    let env = common::test_env(&[
+        ("execution.checkpointing.interval", "20 ms"),
+        ("execution.checkpointing.dir", ck.to_str().unwrap()),
+    ]);
     let n = list.len() as u64;
     let stream =
         env.from_source(GeneratorSource::new(move |i| list[i as usize].clone()).with_count(n), punctuated(delay));
@@ -276,6 +276,166 @@ fn settings_10s() -> WindowCountSettings {
     WindowCountSettings { window: Duration::from_secs(10), allowed_lateness: Duration::ZERO }
 }
 
+// ---- every kind of window -------------------------------------------------------------------
+
+/// Runs `build` over `list` (one source subtask, a watermark after every record) to the end of
+/// input; returns what reached the sink, sorted.
+fn run_windows(
+    list: Vec<WordEvent>,
+    build: impl FnOnce(weir::KeyedStream<String, WordEvent>) -> weir::DataStream<String>,
+) -> Vec<String> {
+    let env = common::test_env(&[("parallelism.default", "2")]);
+    let n = list.len() as u64;
+    let keyed = env
+        .from_source(GeneratorSource::new(move |i| list[i as usize].clone()).with_count(n), punctuated(0))
+        .set_parallelism(1)
+        .key_by(|e: &WordEvent| e.word.clone());
+    let sink = Lines::default();
+    build(keyed).sink(sink.clone());
+    env.execute("windows").unwrap();
+    let mut lines = sink.0.lock().unwrap().clone();
+    lines.sort();
+    lines
+}
+
+/// Collects lines from every subtask.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl weir::SinkFunction<String> for Lines {
+    fn invoke(&mut self, line: String) -> Result<(), weir::BoxError> {
+        self.0.lock().unwrap().push(line);
+        Ok(())
+    }
+}
+
+/// Lists a window's elements' timestamps with its bounds.
+#[derive(Clone)]
+struct ListWindow;
+
+impl weir::ProcessWindowFunction<String, WordEvent, String> for ListWindow {
+    fn process(
+        &mut self,
+        word: &String,
+        ctx: &weir::WindowContext<'_>,
+        elements: Vec<WordEvent>,
+        out: &mut weir::Collector<'_, String>,
+    ) -> Result<(), weir::BoxError> {
+        let mut ts: Vec<i64> = elements.iter().map(|e| e.ts).collect();
+        ts.sort();
+        out.collect(format!("{word} [{}, {}) {ts:?}", ctx.window().start, ctx.window().end));
+        Ok(())
+    }
+}
+
+#[test]
+fn sliding_count_process_and_combined_windows_fire_what_flink_would() {
+    let input = || events(&[("a", 1_000), ("a", 6_000), ("b", 7_000), ("a", 12_000), ("a", 26_000)]);
+    let s = Duration::from_secs;
+    // Sliding 10 s windows every 5 s: each element is in two windows.
+    let sliding = run_windows(input(), |k| k.window(SlidingEventTimeWindows::of(s(10), s(5))).process(ListWindow));
+    assert_eq!(
+        sliding,
+        vec![
+            "a [-5000, 5000) [1000]",
+            "a [0, 10000) [1000, 6000]",
+            "a [10000, 20000) [12000]",
+            "a [20000, 30000) [26000]",
+            "a [25000, 35000) [26000]",
+            "a [5000, 15000) [6000, 12000]",
+            "b [0, 10000) [7000]",
+            "b [5000, 15000) [7000]",
+        ]
+    );
+    // Count windows of 2 per key: a fires twice (4 elements), b never (1 element).
+    let counted = run_windows(input(), |k| {
+        k.count_window(2)
+            .reduce(|x: WordEvent, y: WordEvent| WordEvent { ts: x.ts + y.ts, ..x })
+            .map(|e: WordEvent| format!("{} {}", e.word, e.ts))
+    });
+    assert_eq!(counted, vec!["a 38000", "a 7000"]);
+    // Incremental reduce handed to a process function with the window: the latest element.
+    let latest = run_windows(input(), |k| {
+        k.window(weir::TumblingEventTimeWindows::of(s(10)))
+            .reduce_with(|x: WordEvent, y: WordEvent| if y.ts > x.ts { y } else { x }, ListWindow)
+    });
+    assert_eq!(
+        latest,
+        vec!["a [0, 10000) [6000]", "a [10000, 20000) [12000]", "a [20000, 30000) [26000]", "b [0, 10000) [7000]"]
+    );
+}
+
+#[test]
+fn processing_time_windows_count_every_record_once() {
+    // Windows on the operator's clock: which window a record lands in depends on when it
+    // arrives, but every record is counted once, and every window is a whole 100 ms slot. (As in
+    // Flink, the end of input does not fire processing-time windows, so the job keeps running.)
+    let env = common::test_env(&[]);
+    let sink = Lines::default();
+    env.source(
+        GeneratorSource::new(|i| WordEvent { word: format!("w{}", i % 3), ts: i as i64, line: String::new() })
+            .with_rate(20_000.0),
+    )
+    .filter(|e: &WordEvent| e.ts < 2000)
+    .key_by(|e: &WordEvent| e.word.clone())
+    .window(weir::TumblingProcessingTimeWindows::of(Duration::from_millis(100)))
+    .aggregate_with(CountAggregate, FormatWindowCount)
+    .sink(sink.clone());
+    let handle = env.execute_async("processing-time").unwrap();
+    let total = |lines: &[String]| -> u64 {
+        lines.iter().map(|l| l.split("count=").nth(1).unwrap().trim_end_matches('}').parse::<u64>().unwrap()).sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while total(&sink.0.lock().unwrap()) < 2000 {
+        assert!(Instant::now() < deadline, "{:?}", sink.0.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    handle.cancel();
+    handle.wait();
+    let lines = sink.0.lock().unwrap().clone();
+    assert_eq!(total(&lines), 2000, "{lines:?}");
+    for line in &lines {
+        let window = line.split("window=[").nth(1).unwrap().split(')').next().unwrap();
+        let (start, end) = window.split_once(", ").unwrap();
+        let (start, end): (i64, i64) = (start.parse().unwrap(), end.parse().unwrap());
+        assert!(end - start == 100 && start % 100 == 0, "{line}");
+    }
+}
+
+#[test]
+fn window_state_is_cleaned_up_so_it_does_not_grow() {
+    // Many windows of 100 ms over a stream: once they fire, their contents and timers go, so a
+    // checkpoint late in the stream is no bigger than one early in it.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let env = common::test_env(&[
+        ("execution.checkpointing.interval", "20 ms"),
+        ("execution.checkpointing.dir", ck.to_str().unwrap()),
+    ]);
+    let input = Input { seed: 7, keys: 50, delay: 20 };
+    env.from_source(
+        GeneratorSource::new(move |i| input.event(i)).with_count(60_000).with_rate(30_000.0),
+        punctuated(20),
+    )
+    .key_by(|e: &WordEvent| e.word.clone())
+    .window(weir::TumblingEventTimeWindows::of(Duration::from_millis(100)))
+    .aggregate(CountAggregate)
+    .map(|n: u64| n.to_string())
+    .sink(Lines::default());
+    let handle = env.execute_async("cleanup").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handle.status() != JobStatus::Finished {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sizes: Vec<u64> = handle.completed_checkpoints().iter().map(|c| c.state_size).collect();
+    assert!(sizes.len() >= 10, "{sizes:?}");
+    let (early, late) = (sizes[sizes.len() / 5], sizes[sizes.len() * 4 / 5]);
+    assert!(late <= early * 2, "window state grows: {early} bytes early, {late} bytes late ({sizes:?})");
+    handle.wait();
+}
+
 // ---- sessions across a savepoint, incompatible restores ------------------------------------
 
 struct Staged {
@@ -308,18 +468,9 @@ impl Staged {
         self.env_with(restore, &[])
     }
     fn env_with(&self, restore: Option<&Path>, settings: &[&str]) -> StreamEnv {
-        let mut args: Vec<String> = vec!["job".into(), "-D".into(), "execution.checkpointing.interval=30 ms".into()];
-        for s in settings {
-            args.extend(["-D".to_string(), s.to_string()]);
-        }
-        args.extend(self.backend.args(&self.dir.path().join("rocksdb")));
-        if let Some(s) = restore {
-            args.extend(["-s".to_string(), s.display().to_string()]);
-        }
-        let (mut env, _) = StreamEnv::from_arg_list(args).unwrap();
-        env.set("weir.rest.enabled", "false").unwrap();
-        env.set(weir::config_keys::CHECKPOINT_DIR, self.dir.path().join("ck").to_str().unwrap()).unwrap();
-        env
+        let mut all = vec!["execution.checkpointing.interval=30 ms"];
+        all.extend_from_slice(settings);
+        common::job_env(self.backend, self.dir.path(), restore, &all)
     }
     /// The source and parser of the staged input, with punctuated watermarks.
     fn events(&self, env: &StreamEnv) -> weir::DataStream<WordEvent> {
@@ -340,19 +491,7 @@ impl Staged {
         }
     }
     fn stop_with_savepoint(&self, handle: weir::JobHandle) -> PathBuf {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while handle.status() != JobStatus::Running {
-            assert!(Instant::now() < deadline, "the job did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let sp = self.dir.path().join("sp");
-        let token = handle.stop_with_savepoint(Some(&sp), self.backend.savepoint_format(), false).unwrap();
-        let location = match handle.wait_operation(token, Duration::from_secs(30)) {
-            Some(Operation::Completed { location, .. }) => location,
-            other => panic!("stop with savepoint: {other:?}"),
-        };
-        handle.wait();
-        location
+        common::stop_with_savepoint(handle, &self.dir.path().join("sp"), self.backend.savepoint_format(), false)
     }
 }
 

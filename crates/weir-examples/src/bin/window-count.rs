@@ -18,19 +18,17 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
-use weir::connectors::{FileSource, PrintSink};
+use weir::connectors::PrintSink;
 use weir::StreamEnv;
 use weir_examples::window_count::{count_windows, parse_word_event, watermarks, WindowCountSettings};
+use weir_examples::FileJobArgs;
 
+/// Input: JSON lines `{"word":..,"ts":..}`; output: the window counts.
 #[derive(Parser)]
 #[command(name = "window-count")]
 struct Args {
-    /// JSON lines `{"word":..,"ts":..}`, followed as it grows.
-    #[arg(long)]
-    input: PathBuf,
-    /// Directory of the exactly-once window counts.
-    #[arg(long)]
-    output: PathBuf,
+    #[command(flatten)]
+    files: FileJobArgs,
     /// Directory of the exactly-once late records.
     #[arg(long)]
     late_output: PathBuf,
@@ -43,30 +41,18 @@ struct Args {
     /// How long after its end a window still takes late records (firing again), in ms.
     #[arg(long, default_value_t = 0)]
     allowed_lateness_ms: u64,
-    /// Stop at the end of the input (every window fires) instead of following it.
-    #[arg(long)]
-    bounded: bool,
-    /// Checkpoint directory, unless execution.checkpointing.dir is given with -D.
-    #[arg(long, default_value = "checkpoints")]
-    checkpoints: String,
-    /// Do not print counts to stdout.
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let (mut env, job_args) = StreamEnv::from_args()?;
     let args = Args::parse_from(std::iter::once("window-count".to_string()).chain(job_args));
-    if args.bounded && !args.input.is_file() {
-        anyhow::bail!("input file '{}' does not exist", args.input.display());
-    }
+    args.files.check()?;
     anyhow::ensure!(args.window_ms > 0, "--window-ms must be positive");
     env.enable_checkpointing(Duration::from_secs(1));
-    env.set(weir::config_keys::CHECKPOINT_DIR, &args.checkpoints)?;
+    env.set(weir::config_keys::CHECKPOINT_DIR, &args.files.checkpoints)?;
 
-    let source = if args.bounded { FileSource::bounded(&args.input) } else { FileSource::follow(&args.input) };
     let events = env
-        .source(source)
+        .source(args.files.source())
         .uid("source")
         .name("File Source")
         .flat_map(parse_word_event)
@@ -78,8 +64,8 @@ fn main() -> anyhow::Result<()> {
         window: Duration::from_millis(args.window_ms),
         allowed_lateness: Duration::from_millis(args.allowed_lateness_ms),
     };
-    let counts = count_windows(events, &settings, &args.output, &args.late_output);
-    if !args.quiet {
+    let counts = count_windows(events, &settings, &args.files.output, &args.late_output);
+    if !args.files.quiet {
         counts.sink(PrintSink::new()).uid("print").name("Print");
     }
     env.execute("window-count").context("window-count failed")?;

@@ -7,30 +7,17 @@
 
 use anyhow::Context;
 use clap::Parser;
-use std::path::PathBuf;
 use std::time::Duration;
-use weir::connectors::{FileSink, FileSource, PrintSink};
+use weir::connectors::{FileSink, PrintSink};
 use weir::StreamEnv;
-use weir_examples::{parse_word_count, WordCount};
+use weir_examples::{parse_word_count, FileJobArgs, WordCount};
 
+/// Input: JSON lines `{"word":..,"frequency":..}`.
 #[derive(Parser)]
 #[command(name = "word-count")]
 struct Args {
-    /// JSON lines `{"word":..,"frequency":..}`, followed as it grows.
-    #[arg(long)]
-    input: PathBuf,
-    /// Directory of the exactly-once output files.
-    #[arg(long)]
-    output: PathBuf,
-    /// Stop at the end of the input instead of following it.
-    #[arg(long)]
-    bounded: bool,
-    /// Checkpoint directory, unless execution.checkpointing.dir is given with -D.
-    #[arg(long, default_value = "checkpoints")]
-    checkpoints: String,
-    /// Do not print totals to stdout.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    files: FileJobArgs,
     /// When the followed input is truncated or replaced, read the new file from its start
     /// (default: fail, since lines could be lost or read twice).
     #[arg(long)]
@@ -40,14 +27,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let (mut env, job_args) = StreamEnv::from_args()?;
     let args = Args::parse_from(std::iter::once("word-count".to_string()).chain(job_args));
-    if args.bounded && !args.input.is_file() {
-        // A followed file may appear later; a bounded run over a missing file can only fail.
-        anyhow::bail!("input file '{}' does not exist", args.input.display());
-    }
+    args.files.check()?;
     env.enable_checkpointing(Duration::from_secs(1));
-    env.set(weir::config_keys::CHECKPOINT_DIR, &args.checkpoints)?;
+    env.set(weir::config_keys::CHECKPOINT_DIR, &args.files.checkpoints)?;
 
-    let mut source = if args.bounded { FileSource::bounded(&args.input) } else { FileSource::follow(&args.input) };
+    let mut source = args.files.source();
     if args.start_over_when_replaced {
         source = source.start_over_when_replaced();
     }
@@ -62,10 +46,10 @@ fn main() -> anyhow::Result<()> {
         .sum(|wc: &mut WordCount| &mut wc.frequency)
         .uid("sum")
         .name("Sum");
-    if !args.quiet {
+    if !args.files.quiet {
         totals.clone().sink(PrintSink::new()).uid("print").name("Print");
     }
-    totals.sink(FileSink::new(&args.output)).uid("sink").name("File Sink");
+    totals.sink(FileSink::new(&args.files.output)).uid("sink").name("File Sink");
     env.execute("word-count").context("word-count failed")?;
     Ok(())
 }

@@ -215,3 +215,50 @@ macro_rules! backend_tests {
         }
     )*};
 }
+
+/// A job environment for in-process tests: no REST server, and `settings` on top.
+#[allow(dead_code)]
+pub fn test_env(settings: &[(&str, &str)]) -> weir::StreamEnv {
+    let mut config = weir::Configuration::new();
+    config.set("weir.rest.enabled", "false").unwrap();
+    for (k, v) in settings {
+        config.set(k, v).unwrap();
+    }
+    weir::StreamEnv::with_config(config)
+}
+
+/// Waits until the job runs, stops it with a savepoint in `dir` (draining first with `drain`),
+/// waits for it to end, and returns the savepoint's location.
+#[allow(dead_code)]
+pub fn stop_with_savepoint(handle: weir::JobHandle, dir: &Path, format: weir::SavepointFormat, drain: bool) -> PathBuf {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while handle.status() != weir::JobStatus::Running {
+        assert!(std::time::Instant::now() < deadline, "the job did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let token = handle.stop_with_savepoint(Some(dir), format, drain).unwrap();
+    let location = match handle.wait_operation(token, std::time::Duration::from_secs(30)) {
+        Some(weir::Operation::Completed { location, .. }) => location,
+        other => panic!("stop with savepoint did not complete: {other:?}"),
+    };
+    handle.wait();
+    location
+}
+
+/// A job environment as a job binary gets it from its command line: `-D` for each of `settings`,
+/// the backend's flags (working files under `dir`), `-s restore`; checkpoints in `dir/ck`, no REST.
+#[allow(dead_code)]
+pub fn job_env(backend: Backend, dir: &Path, restore: Option<&Path>, settings: &[&str]) -> weir::StreamEnv {
+    let mut args: Vec<String> = vec!["job".into()];
+    for s in settings {
+        args.extend(["-D".to_string(), s.to_string()]);
+    }
+    args.extend(backend.args(&dir.join("rocksdb")));
+    if let Some(s) = restore {
+        args.extend(["-s".to_string(), s.display().to_string()]);
+    }
+    let (mut env, _) = weir::StreamEnv::from_arg_list(args).unwrap();
+    env.set("weir.rest.enabled", "false").unwrap();
+    env.set(weir::config_keys::CHECKPOINT_DIR, dir.join("ck").to_str().unwrap()).unwrap();
+    env
+}
