@@ -167,11 +167,18 @@ pub struct CapturedOperator {
 }
 
 impl CapturedOperator {
-    /// Records `watermark` (when event time has started) as `operator`'s: on its own capture if
-    /// the chain already captured that operator (a source and its watermark strategy), else on
-    /// a new one.
+    /// The watermark a snapshot records: none before event time started, and none at its end
+    /// (after a bounded input or a drain), so a job restored from a drained savepoint processes
+    /// new records instead of finding them all late.
+    pub fn restorable_watermark(watermark: Timestamp) -> Option<Timestamp> {
+        use weir_core::watermark::{MAX_WATERMARK, MIN_WATERMARK};
+        (watermark > MIN_WATERMARK && watermark < MAX_WATERMARK).then_some(watermark)
+    }
+
+    /// Records `watermark` as `operator`'s: on its own capture if the chain already captured
+    /// that operator (a source and its watermark strategy), else on a new one.
     pub fn record_watermark(capture: &mut SnapshotCapture, operator: OperatorId, watermark: Timestamp) {
-        let watermark = (watermark > weir_core::watermark::MIN_WATERMARK).then_some(watermark);
+        let watermark = Self::restorable_watermark(watermark);
         match capture.operators.iter_mut().find(|o| o.operator_id == operator) {
             Some(op) => op.watermark = watermark,
             None => capture.operators.push(CapturedOperator {

@@ -96,7 +96,7 @@ impl<K: Key> KeyedCore<K> {
                     operator_id: self.operator_id,
                     keyed: Some(keyed),
                     operator_state: OperatorStateSnapshot::default(),
-                    watermark: (self.time.watermark > MIN_WATERMARK).then_some(self.time.watermark),
+                    watermark: CapturedOperator::restorable_watermark(self.time.watermark),
                 });
                 if capture.barrier.stop {
                     self.suspended_for = Some(capture.barrier.id);
