@@ -1,10 +1,10 @@
 //! The heap keyed state backend (`state.backend.type: hashmap`).
 //!
 //! State lives as typed values in one hash map per key group, so a record costs one map lookup and
-//! no serialization. Each key group's map sits behind an `Arc`: a snapshot clones the `Arc`s (the
-//! synchronous part of a checkpoint), and a write to a key group whose map the snapshot still
-//! holds copies that one map first (`Arc::make_mut`). The asynchronous part then encodes the frozen
-//! maps off the task thread.
+//! no serialization. A snapshot puts each key group's map behind an `Arc` and clones it (the
+//! synchronous part of a checkpoint); the first write to a key group after that takes its map back,
+//! copying it only while the snapshot still holds it (`Group`). The asynchronous part then encodes
+//! the frozen maps off the task thread.
 
 use crate::codec;
 use crate::error::StateError;
@@ -23,7 +23,53 @@ use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
 
-type Group<K, V> = Arc<FxHashMap<K, V>>;
+/// One key group of one state. Owned while no snapshot holds it, so a write is a plain `&mut`;
+/// a snapshot turns it into a shared `Arc`, and the first write after that takes it back (copying
+/// it only if the snapshot still holds it). `Arc::make_mut` on every write would pay an atomic
+/// compare-and-swap per record.
+enum Group<K, V> {
+    Owned(FxHashMap<K, V>),
+    Shared(Arc<FxHashMap<K, V>>),
+}
+
+impl<K: Key, V: StateData> Group<K, V> {
+    #[inline]
+    fn map(&self) -> &FxHashMap<K, V> {
+        match self {
+            Group::Owned(m) => m,
+            Group::Shared(m) => m,
+        }
+    }
+
+    #[inline]
+    fn map_mut(&mut self) -> &mut FxHashMap<K, V> {
+        if let Group::Shared(_) = self {
+            self.take_back();
+        }
+        match self {
+            Group::Owned(m) => m,
+            Group::Shared(_) => unreachable!("taken back above"),
+        }
+    }
+
+    #[cold]
+    fn take_back(&mut self) {
+        if let Group::Shared(shared) = std::mem::replace(self, Group::Owned(FxHashMap::default())) {
+            *self = Group::Owned(Arc::try_unwrap(shared).unwrap_or_else(|still_held| (*still_held).clone()));
+        }
+    }
+
+    /// The group for a snapshot; from now on it is shared until the next write.
+    fn freeze(&mut self) -> Arc<FxHashMap<K, V>> {
+        if let Group::Owned(m) = self {
+            *self = Group::Shared(Arc::new(std::mem::take(m)));
+        }
+        match self {
+            Group::Shared(m) => m.clone(),
+            Group::Owned(_) => unreachable!("shared above"),
+        }
+    }
+}
 
 /// Encoded `(key, value)` entries.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -37,7 +83,7 @@ struct Table<K, V> {
 /// A table of any value type, as the backend stores it.
 trait AnyTable<K>: Send {
     fn meta(&self) -> &StateMeta;
-    fn snapshot(&self) -> Box<dyn TableSnapshot>;
+    fn snapshot(&mut self) -> Box<dyn TableSnapshot>;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -105,8 +151,8 @@ impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn snapshot(&self) -> Box<dyn TableSnapshot> {
-        Box::new(FrozenTable { meta: self.meta.clone(), groups: self.groups.clone() })
+    fn snapshot(&mut self) -> Box<dyn TableSnapshot> {
+        Box::new(FrozenTable { meta: self.meta.clone(), groups: self.groups.iter_mut().map(Group::freeze).collect() })
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -118,7 +164,7 @@ impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
 
 struct FrozenTable<K, V> {
     meta: StateMeta,
-    groups: Vec<Group<K, V>>,
+    groups: Vec<Arc<FxHashMap<K, V>>>,
 }
 
 impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
@@ -285,7 +331,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             }
         }
         let name = name.to_string();
-        let table = Table::<K, V> { meta, groups: groups.into_iter().map(Arc::new).collect(), reduce };
+        let table = Table::<K, V> { meta, groups: groups.into_iter().map(Group::Owned).collect(), reduce };
         self.tables.push(Box::new(table));
         self.by_name.insert(name, self.tables.len() - 1);
         Ok(self.tables.len() - 1)
@@ -332,8 +378,8 @@ impl<K: Key> HeapKeyedBackend<K> {
     }
 
     /// The synchronous part of a snapshot: freezes every key group (pointer copies).
-    pub fn snapshot(&self) -> HeapSnapshot {
-        let mut tables: Vec<Box<dyn TableSnapshot>> = self.tables.iter().map(|t| t.snapshot()).collect();
+    pub fn snapshot(&mut self) -> HeapSnapshot {
+        let mut tables: Vec<Box<dyn TableSnapshot>> = self.tables.iter_mut().map(|t| t.snapshot()).collect();
         for raw in self.restored.values() {
             tables.push(Box::new(RawTable { meta: raw.meta.clone(), groups: raw.groups.clone() }));
         }
@@ -390,13 +436,13 @@ impl<K: Key> HeapScope<'_, K> {
 
     #[inline]
     pub(crate) fn get<V: StateData>(&self, slot: usize) -> Option<&V> {
-        self.backend.table::<V>(slot).groups[self.group].get(self.key)
+        self.backend.table::<V>(slot).groups[self.group].map().get(self.key)
     }
 
     #[inline]
     pub(crate) fn entry<V: StateData>(&mut self, slot: usize, init: impl FnOnce() -> V) -> &mut V {
         let (key, group) = (self.key, self.group);
-        let map = Arc::make_mut(&mut self.backend.table_mut::<V>(slot).groups[group]);
+        let map = self.backend.table_mut::<V>(slot).groups[group].map_mut();
         if !map.contains_key(key) {
             map.insert(key.clone(), init());
         }
@@ -409,7 +455,7 @@ impl<K: Key> HeapScope<'_, K> {
     #[inline]
     pub(crate) fn put<V: StateData>(&mut self, slot: usize, value: V) {
         let (key, group) = (self.key, self.group);
-        let map = Arc::make_mut(&mut self.backend.table_mut::<V>(slot).groups[group]);
+        let map = self.backend.table_mut::<V>(slot).groups[group].map_mut();
         match map.get_mut(key) {
             Some(v) => *v = value,
             None => {
@@ -421,10 +467,10 @@ impl<K: Key> HeapScope<'_, K> {
     pub(crate) fn remove<V: StateData>(&mut self, slot: usize) -> Option<V> {
         let (key, group) = (self.key, self.group);
         let table = self.backend.table_mut::<V>(slot);
-        if !table.groups[group].contains_key(key) {
+        if !table.groups[group].map().contains_key(key) {
             return None;
         }
-        Arc::make_mut(&mut table.groups[group]).remove(key)
+        table.groups[group].map_mut().remove(key)
     }
 
     /// Changes the current key's namespaces of `slot` in place, with one hash lookup when the key
@@ -436,7 +482,7 @@ impl<K: Key> HeapScope<'_, K> {
         f: impl FnOnce(&mut VecMap<N, V>),
     ) {
         let (key, group) = (self.key, self.group);
-        let map = Arc::make_mut(&mut self.backend.table_mut::<VecMap<N, V>>(slot).groups[group]);
+        let map = self.backend.table_mut::<VecMap<N, V>>(slot).groups[group].map_mut();
         match map.get_mut(key) {
             Some(entries) => {
                 f(entries);
@@ -514,7 +560,7 @@ mod tests {
         KeyedStateBackend::Heap(b)
     }
 
-    fn frozen<K: Key>(backend: &KeyedStateBackend<K>) -> HeapSnapshot {
+    fn frozen<K: Key>(backend: &mut KeyedStateBackend<K>) -> HeapSnapshot {
         match backend {
             KeyedStateBackend::Heap(h) => h.snapshot(),
             KeyedStateBackend::Serialized(_) => unreachable!("heap tests"),
@@ -522,7 +568,7 @@ mod tests {
     }
 
     fn write_snapshot<K: Key>(
-        backend: &KeyedStateBackend<K>,
+        backend: &mut KeyedStateBackend<K>,
         dir: &std::path::Path,
         name: &str,
     ) -> (PathBuf, KeyedStateHandle) {
@@ -549,7 +595,7 @@ mod tests {
             attrs.put(&mut s, "i".into(), i as i32).unwrap();
             total.add(&mut s, 10).unwrap();
         }
-        let (path, handle) = write_snapshot(&b, dir.path(), "f");
+        let (path, handle) = write_snapshot(&mut b, dir.path(), "f");
 
         let mut r: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
         let count = r.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
@@ -571,7 +617,7 @@ mod tests {
         for k in 0..1000u64 {
             v.update(&mut b.scope(&k).unwrap(), 1).unwrap();
         }
-        let snap = frozen(&b);
+        let snap = frozen(&mut b);
         for k in 0..1000u64 {
             v.update(&mut b.scope(&k).unwrap(), 2).unwrap();
         }
@@ -600,7 +646,7 @@ mod tests {
                     v.update(&mut s, k * 10).unwrap();
                 }
             }
-            files.push(write_snapshot(&b, dir.path(), &format!("f{i}")));
+            files.push(write_snapshot(&mut b, dir.path(), &format!("f{i}")));
         }
         let mut found = vec![0; 500];
         for j in 0..2 {
@@ -626,7 +672,7 @@ mod tests {
         let v = b.value_state(&ValueStateDescriptor::<String>::new("name")).unwrap();
         let k = "k".to_string();
         v.update(&mut b.scope(&k).unwrap(), "text".into()).unwrap();
-        let file = write_snapshot(&b, dir.path(), "f");
+        let file = write_snapshot(&mut b, dir.path(), "f");
 
         let mut r: KeyedStateBackend<String> =
             restored(128, KeyGroupRange::inclusive(0, 127), std::slice::from_ref(&file));
@@ -645,9 +691,9 @@ mod tests {
         let v = b.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
         let k = "k".to_string();
         v.update(&mut b.scope(&k).unwrap(), 5).unwrap();
-        let file = write_snapshot(&b, dir.path(), "f1");
-        let mid: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
-        let file = write_snapshot(&mid, dir.path(), "f2");
+        let file = write_snapshot(&mut b, dir.path(), "f1");
+        let mut mid: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
+        let file = write_snapshot(&mut mid, dir.path(), "f2");
         let mut last: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
         let v = last.value_state(&ValueStateDescriptor::<u64>::new("kept")).unwrap();
         assert_eq!(v.value(&mut last.scope(&k).unwrap()).unwrap(), Some(5));
@@ -662,7 +708,7 @@ mod tests {
                 let n = k.len() as u64;
                 v.update(&mut b.scope(&k).unwrap(), n).unwrap();
             }
-            frozen(&b).write(Vec::new()).unwrap().0
+            frozen(&mut b).write(Vec::new()).unwrap().0
         };
         // Keys sharing 8-byte prefixes, of different lengths, inserted in opposite orders.
         let keys: Vec<String> =
