@@ -372,7 +372,7 @@ backend_tests! {
     fn processing_time_timers_due_while_the_job_was_down_fire_right_after_restore(backend) {
         let dir = tempfile::tempdir().unwrap();
         let keys = 8u64;
-        let at = now_ms() + 3000;
+        let at = now_ms() + 5000;
         let job = |restore: Option<&Path>, sink: &Collect, p: u32| {
             let env = common::job_env(backend, dir.path(), restore, &[]);
             env.source(GeneratorSource::new(move |i| i % keys).with_rate(200.0))
