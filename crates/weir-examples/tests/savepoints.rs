@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir::connectors::{FileSink, FileSource};
+use weir::connectors::{FileSink, FileSource, GeneratorSource};
 use weir::{
     BoxError, Collector, Context, JobHandle, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
     StreamEnv, ValueState, ValueStateDescriptor,
@@ -503,4 +503,38 @@ fn a_failed_stop_leaves_the_job_running_and_reading() {
     });
     assert!(listing(&paths.sp).is_empty());
     finish(handle);
+}
+
+backend_tests! {
+    fn the_generator_source_rescales_2_to_3_to_1_and_generates_every_record_once(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let (records, keys) = (30_000u64, 7u64);
+        let out = dir.path().join("out");
+        let mut savepoint: Option<PathBuf> = None;
+        for (round, p) in [2u32, 3, 1].into_iter().enumerate() {
+            let parallelism = format!("parallelism.default={p}");
+            let settings = ["execution.checkpointing.interval=30 ms", parallelism.as_str()];
+            let env = common::job_env(backend, dir.path(), savepoint.as_deref(), &settings);
+            env.source(GeneratorSource::keyed(keys).with_count(records).with_rate(20_000.0))
+                .uid("generator")
+                .key_by(|r: &(u64, u64)| r.0)
+                .process(weir_examples::keyed_count::CountPerKey::default())
+                .uid("count")
+                .set_max_parallelism(MAX_P)
+                .sink(FileSink::new(&out))
+                .uid("sink");
+            if round < 2 {
+                let handle = env.execute_async("generator-rescale").unwrap();
+                let before = committed(&out).len();
+                wait_for("this round's records", || committed(&out).len() > before + 1000);
+                let sp = dir.path().join(format!("sp{round}"));
+                savepoint = Some(common::stop_with_savepoint(handle, &sp, backend.savepoint_format(), false));
+            } else {
+                env.execute("generator-rescale").unwrap();
+            }
+        }
+        let got = committed(&out);
+        let want = common::keyed_count_truth(records, keys);
+        assert!(got == want, "{}", common::diff(&got, &want));
+    }
 }

@@ -26,6 +26,13 @@ impl OperatorStateStore {
         self.was_restored
     }
 
+    /// Whether the snapshot held list `name` for this operator (even with no element for this
+    /// subtask): tells a subtask that got no share after a rescale from an operator that had no
+    /// state.
+    pub fn has_list(&self, name: &str) -> bool {
+        self.restored.contains_key(name)
+    }
+
     /// The restored elements of list `name` (empty when there are none).
     pub fn list<T: StateData>(&self, name: &str) -> Result<Vec<T>, StateError> {
         let Some(list) = self.restored.get(name) else {

@@ -1,5 +1,10 @@
 //! A deterministic generator: record `i` is `f(i)` for `i` in `0..count`, optionally rate limited.
-//! Subtask `s` of `p` generates `i = s, s + p, s + 2p, ...`; its position is operator state.
+//!
+//! Its splits are residue classes: on a fresh start subtask `s` of `p` takes the split
+//! `i = s, s + p, s + 2p, ...`. Each split's position is an element of a split-redistributed
+//! operator list, so a restore at another parallelism deals the splits out among the new subtasks
+//! (some may get several, some none) and every index is still generated exactly once. The state
+//! layout is the one Weir 0.1 wrote (`{next, step}` per split), so old savepoints rescale too.
 
 use crate::functions::{put_list, BoxError, Collector, SourceContext, SourceFunction, SourcePoll};
 use serde::{Deserialize, Serialize};
@@ -25,7 +30,11 @@ pub struct GeneratorSource<T> {
     generate: Arc<dyn Fn(u64) -> T + Send + Sync>,
     count: Option<u64>,
     rate_per_second: Option<f64>,
-    position: Position,
+    /// This subtask's splits.
+    splits: Vec<Position>,
+    /// The split read next (round robin).
+    cursor: usize,
+    /// When rate limiting started, and the records emitted since.
     started: Option<(Instant, u64)>,
 }
 
@@ -50,7 +59,8 @@ impl<T> GeneratorSource<T> {
             generate: Arc::new(generate),
             count: None,
             rate_per_second: None,
-            position: Position { next: 0, step: 1 },
+            splits: Vec::new(),
+            cursor: 0,
             started: None,
         }
     }
@@ -71,51 +81,55 @@ impl<T> GeneratorSource<T> {
 impl<T: Send + 'static> SourceFunction<T> for GeneratorSource<T> {
     fn open(&mut self, ctx: &SourceContext<'_>) -> Result<(), BoxError> {
         let p = ctx.parallelism as u64;
-        let restored: Vec<Position> = ctx.state.list(STATE)?;
-        self.position = match restored.as_slice() {
-            [] => Position { next: ctx.subtask as u64, step: p },
-            [pos] if pos.step == p => *pos,
-            _ => {
-                return Err(format!(
-                    "the generator source's position was written at parallelism {} and cannot be restored at parallelism {p}; restore it with -p {}",
-                    restored.first().map(|r| r.step).unwrap_or(0),
-                    restored.first().map(|r| r.step).unwrap_or(0)
-                )
-                .into())
-            }
+        self.splits = if ctx.state.has_list(STATE) {
+            // Restored: the splits this subtask was dealt (none is possible after scaling up).
+            ctx.state.list(STATE)?
+        } else {
+            vec![Position { next: ctx.subtask as u64, step: p }]
         };
+        if let Some(bad) = self.splits.iter().find(|s| s.step == 0) {
+            return Err(
+                format!("the generator source's restored split {bad:?} has step 0; the snapshot is damaged").into()
+            );
+        }
         self.rate_per_second = self.rate_per_second.map(|r| r / p as f64);
         Ok(())
     }
 
     fn poll(&mut self, out: &mut Collector<'_, T>) -> Result<SourcePoll, BoxError> {
-        let Position { next, step } = self.position;
-        if self.count.is_some_and(|c| next >= c) {
+        let count = self.count;
+        let done = |s: &Position| count.is_some_and(|c| s.next >= c);
+        if self.splits.iter().all(done) {
             return Ok(SourcePoll::Exhausted);
         }
         let mut budget = BATCH;
         if let Some(rate) = self.rate_per_second {
-            let (start, emitted_at_start) = *self.started.get_or_insert((Instant::now(), next));
+            let (start, emitted) = *self.started.get_or_insert((Instant::now(), 0));
             let allowed = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
-            let emitted = (next - emitted_at_start) / step;
             if emitted >= allowed {
                 return Ok(SourcePoll::Idle(Duration::from_secs_f64((1.0 / rate).min(0.05))));
             }
             budget = budget.min(allowed - emitted);
         }
-        let mut i = next;
-        for _ in 0..budget {
-            if self.count.is_some_and(|c| i >= c) {
-                break;
-            }
-            out.collect((self.generate)(i));
-            i += step;
+        while done(&self.splits[self.cursor % self.splits.len()]) {
+            self.cursor += 1;
         }
-        self.position.next = i;
+        let index = self.cursor % self.splits.len();
+        let split = &mut self.splits[index];
+        let mut emitted = 0;
+        while emitted < budget && count.is_none_or(|c| split.next < c) {
+            out.collect((self.generate)(split.next));
+            split.next += split.step;
+            emitted += 1;
+        }
+        self.cursor += 1;
+        if let Some((_, total)) = &mut self.started {
+            *total += emitted;
+        }
         Ok(SourcePoll::More)
     }
 
     fn snapshot_state(&mut self, _: CheckpointId, state: &mut OperatorStateSnapshot) -> Result<(), BoxError> {
-        put_list(state, STATE, Redistribution::Split, &[self.position])
+        put_list(state, STATE, Redistribution::Split, &self.splits)
     }
 }
