@@ -170,15 +170,7 @@ fn run_window_iteration(seed: u64, backend: Backend) -> (u32, u32) {
         .unwrap()
         .write_all(b"{\"word\":\"end\",\"ts\":100000000}\n")
         .unwrap();
-    let mut counts: std::collections::BTreeMap<(String, u64), u64> = std::collections::BTreeMap::new();
-    for (w, ts) in &events {
-        *counts.entry((w.clone(), ts / 1000 * 1000)).or_default() += 1;
-    }
-    let mut want: Vec<String> = counts
-        .iter()
-        .map(|((w, start), n)| format!("WindowCount{{word='{w}', window=[{start}, {}), count={n}}}", start + 1000))
-        .collect();
-    want.sort();
+    let want = weir_examples::window_count::window_counts(events.iter().map(|(w, ts)| (w.as_str(), *ts as i64)), 1000);
     let deadline = Instant::now() + Duration::from_secs(120);
     while committed_lines(&out).len() < want.len() {
         assert!(Instant::now() < deadline, "seed {seed}: windows did not all fire: {}", committed_lines(&out).len());

@@ -6,7 +6,6 @@
 mod common;
 
 use common::{committed_lines, diff, Backend, FaultyStorage, Rng, StorageFault};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +17,8 @@ use weir::{
     WatermarkGenerator, WatermarkOutput, WatermarkStrategy,
 };
 use weir_examples::window_count::{
-    count_windows, event_line, parse_word_event, window_count_line, FormatWindowCount, WindowCountSettings, WordEvent,
+    count_windows, event_line, parse_word_event, window_count_line, window_counts, FormatWindowCount,
+    WindowCountSettings, WordEvent,
 };
 
 /// A watermark after every record, `delay` behind the newest: event time then follows the
@@ -74,20 +74,10 @@ impl Input {
 
     /// Window counts of the on-time records and the lines of the late ones.
     fn truth(&self, records: u64, window_ms: i64) -> (Vec<String>, Vec<String>) {
-        let mut counts: BTreeMap<(String, i64), u64> = BTreeMap::new();
-        let mut late = Vec::new();
-        for i in 0..records {
-            let e = self.event(i);
-            if self.is_very_late(i) {
-                late.push(e.line);
-                continue;
-            }
-            let start = e.ts - e.ts.rem_euclid(window_ms);
-            *counts.entry((e.word, start)).or_default() += 1;
-        }
-        let mut lines: Vec<String> =
-            counts.iter().map(|((w, s), n)| window_count_line(w, *s, s + window_ms, *n)).collect();
-        lines.sort();
+        let (late, on_time): (Vec<u64>, Vec<u64>) = (0..records).partition(|&i| self.is_very_late(i));
+        let on_time: Vec<WordEvent> = on_time.into_iter().map(|i| self.event(i)).collect();
+        let lines = window_counts(on_time.iter().map(|e| (e.word.as_str(), e.ts)), window_ms);
+        let mut late: Vec<String> = late.into_iter().map(|i| self.event(i).line).collect();
         late.sort();
         (lines, late)
     }
