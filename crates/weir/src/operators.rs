@@ -404,6 +404,9 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                 }
             }
             if !self.reading() {
+                // Wake-ups still come due (periodic watermarks of the chain): serve them, or the
+                // wait below would return at once, again and again.
+                env.fire_processing_time(&mut *self.chain)?;
                 if let Some(c) = env.wait_control(Duration::from_millis(200)) {
                     if let Some(end) = self.on_control(c, env)? {
                         return Ok(end);
