@@ -497,8 +497,11 @@ fn side_outputs_reach_their_consumers_and_keep_their_checkpoints_aligned() {
         .key_by(|v: &u64| *v % 10)
         .process(SplitOdd(odd.clone()))
         .uid("split");
-    let (evens, odds) = (dir.path().join("evens"), dir.path().join("odds"));
+    let (evens, odds, chained) = (dir.path().join("evens"), dir.path().join("odds"), dir.path().join("chained"));
+    // One consumer of the side output across a channel (parallelism 1), one chained to the
+    // operator that emits it (parallelism 2, as the operator).
     main.get_side_output(&odd).sink(FileSink::new(&odds)).uid("odd-sink").set_parallelism(1);
+    main.get_side_output(&odd).sink(FileSink::new(&chained)).uid("chained-odd-sink");
     main.sink(FileSink::new(&evens)).uid("even-sink");
     let handle = env.execute_async("side-outputs").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -513,6 +516,7 @@ fn side_outputs_reach_their_consumers_and_keep_their_checkpoints_aligned() {
         v
     };
     assert_eq!(committed_lines(&odds), sorted(&|v| v % 2 == 1, "odd"));
+    assert_eq!(committed_lines(&chained), sorted(&|v| v % 2 == 1, "odd"));
     assert_eq!(committed_lines(&evens), sorted(&|v| v % 2 == 0, "even"));
 }
 
