@@ -616,3 +616,26 @@ backend_tests! {
         assert!(cause.contains("uid 'window'") && cause.contains("key type"), "{cause}");
     }
 }
+
+#[test]
+fn an_event_time_window_without_timestamps_fails_the_job_with_the_fix() {
+    // No watermark strategy: the records carry no event time. The job fails at once (a restart
+    // would meet the same records), saying what to add.
+    let env =
+        common::test_env(&[("restart-strategy.type", "fixed-delay"), ("restart-strategy.fixed-delay.attempts", "5")]);
+    env.source(GeneratorSource::new(|i| event_line("a", i as i64)).with_count(10))
+        .key_by(|l: &String| l.clone())
+        .window(weir::TumblingEventTimeWindows::of(Duration::from_secs(1)))
+        .aggregate(CountAggregate)
+        .uid("window")
+        .map(|n: u64| n.to_string())
+        .sink(Discard);
+    let outcome = env.execute_async("no-timestamps").unwrap().wait();
+    assert_eq!(outcome.status, JobStatus::Failed);
+    assert_eq!(outcome.restarts, 0);
+    let cause = outcome.failure.unwrap();
+    assert!(
+        cause.contains("uid 'window'") && cause.contains("without an event timestamp") && cause.contains("from_source"),
+        "{cause}"
+    );
+}
