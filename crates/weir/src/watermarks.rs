@@ -152,8 +152,12 @@ pub(crate) struct TimestampsAndWatermarks<T> {
     /// Whether `current` was sent in this run: a restored watermark is sent again first, so the
     /// operators downstream, whose channels start from nothing, know where this stream is.
     announced: bool,
-    /// Processing time of the last record (for idleness).
-    last_record_at: Timestamp,
+    /// Records seen, and how many there were at the last wake-up with activity, when that was:
+    /// idleness is noticed at wake-ups, so a record costs a counter, not a clock read (as
+    /// Flink's `IdlenessTimer`).
+    records: u64,
+    records_at_activity: u64,
+    last_activity_at: Timestamp,
     idle: bool,
     /// The operator its watermark is recorded under in snapshots.
     operator_id: weir_core::OperatorId,
@@ -172,7 +176,9 @@ impl<T: Record> TimestampsAndWatermarks<T> {
             generator: (strategy.generator)(),
             assigner: strategy.assigner.clone(),
             next,
-            last_record_at: clock.now(),
+            records: 0,
+            records_at_activity: 0,
+            last_activity_at: clock.now(),
             clock,
             interval,
             idleness,
@@ -236,9 +242,7 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
         };
         self.announce()?;
         let Some(ts) = timestamp else { return self.next.emit(record, None) };
-        if self.idleness.is_some() {
-            self.last_record_at = self.clock.now();
-        }
+        self.records += 1;
         if self.idle {
             self.set_idle(false)?;
         }
@@ -274,8 +278,12 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
                 if self.interval.is_some() {
                     self.generator.on_periodic_emit(&mut output);
                 }
+                if self.records != self.records_at_activity {
+                    self.records_at_activity = self.records;
+                    self.last_activity_at = now;
+                }
                 if let Some(timeout) = self.idleness {
-                    if now - self.last_record_at >= timeout {
+                    if now - self.last_activity_at >= timeout {
                         output.mark_idle();
                     }
                 }
