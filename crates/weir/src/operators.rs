@@ -403,10 +403,10 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                     return Ok(end);
                 }
             }
+            // Serve due wake-ups (timers, periodic watermarks of the chain) before reading or
+            // waiting: a wait returns at once while one is due, so an unserved one would spin.
+            env.fire_processing_time(&mut *self.chain)?;
             if !self.reading() {
-                // Wake-ups still come due (periodic watermarks of the chain): serve them, or the
-                // wait below would return at once, again and again.
-                env.fire_processing_time(&mut *self.chain)?;
                 if let Some(c) = env.wait_control(Duration::from_millis(200)) {
                     if let Some(end) = self.on_control(c, env)? {
                         return Ok(end);
@@ -414,7 +414,6 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                 }
                 continue;
             }
-            env.fire_processing_time(&mut *self.chain)?;
             let mut out = Collector::new(&mut *self.chain, None);
             let poll = self.source.poll(&mut out);
             out.finish()?;

@@ -88,11 +88,18 @@ impl<T: Send + 'static> SourceFunction<T> for GeneratorSource<T> {
             vec![Position { next: ctx.subtask as u64, step: p }]
         };
         if let Some(bad) = self.splits.iter().find(|s| s.step == 0) {
-            return Err(
-                format!("the generator source's restored split {bad:?} has step 0; the snapshot is damaged").into()
-            );
+            return Err(format!(
+                "the generator source's restored split {bad:?} has step 0: the snapshot is damaged; restore from another checkpoint or savepoint"
+            )
+            .into());
         }
-        self.rate_per_second = self.rate_per_second.map(|r| r / p as f64);
+        // The rate is over all subtasks: each split (one of `step`) gets an equal share, so the
+        // total stays the configured one after a rescale deals splits out unevenly.
+        let share = match self.splits.first() {
+            Some(first) => self.splits.len() as f64 / first.step as f64,
+            None => 0.0,
+        };
+        self.rate_per_second = self.rate_per_second.map(|r| r * share);
         Ok(())
     }
 
