@@ -65,14 +65,14 @@ impl<K: weir::Key, T: Send + 'static> KeyedProcessFunction<K, T, ()> for Count<K
 
 /// Starts the savepoint benchmarks' job: `source` (parallelism 1) → key_by → [`Count`] (max
 /// parallelism 128, so restores can rescale it).
-pub fn start_keyed_count<S>(
+pub fn start_keyed_count<K, S>(
     config: weir::Configuration,
     source: S,
     progress: &Arc<Progress>,
     name: &str,
 ) -> anyhow::Result<weir::JobHandle>
 where
-    S: weir::SourceFunction<u64> + Clone + Sync,
+    S: weir::Source<u64, K>,
 {
     let env = weir::StreamEnv::with_config(config);
     env.source(source)

@@ -4,7 +4,7 @@
 //! hashing, configuration parsing, the `_metadata` codec, the checkpoint coordinator's decisions, the
 //! completed-checkpoint store, state assignment on restore, the locations users type, restart
 //! back-off, and event time's decisions (watermark combination, window assignment and merging,
-//! timer queues). None of it starts a thread, reads a clock or touches a file, so all of it is unit-
+//! timer queues, split ownership). None of it starts a thread, reads a clock or touches a file, so all of it is unit-
 //! and property-tested directly. The runtime calls it and performs the I/O the decisions ask for.
 
 pub mod assignment;
@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod operator_id;
 pub mod restart;
 pub mod shared_state;
+pub mod splits;
 pub mod store;
 pub mod timers;
 pub mod watermark;

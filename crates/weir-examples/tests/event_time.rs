@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::{committed_lines, diff, Backend, Rng};
+use common::{committed_lines, diff, Backend, Collect, Rng};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::{FileSink, GeneratorSource};
 use weir::{
@@ -19,23 +19,6 @@ use weir::{
     OutputTag, RuntimeContext, SinkFunction, SourceContext, SourceFunction, SourcePoll, StreamEnv, TimeDomain,
     ValueState, ValueStateDescriptor, WatermarkStrategy,
 };
-
-/// Records in arrival order, shared by every subtask of the sink.
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<String>>>);
-
-impl Collect {
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl SinkFunction<String> for Collect {
-    fn invoke(&mut self, value: String) -> Result<(), BoxError> {
-        self.0.lock().unwrap().push(value);
-        Ok(())
-    }
-}
 
 /// A source that never emits and never ends (a partition without data).
 #[derive(Clone)]

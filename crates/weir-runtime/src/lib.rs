@@ -19,7 +19,7 @@ mod task;
 pub use graph::{EdgeKind, JobGraph, NodeBuilder, NodeSpec};
 pub use job::{ClaimMode, ControlError, JobControl, JobHandle, JobOutcome, JobStatus, Operation};
 pub use operator::{
-    ChainEvent, Control, Output, ProcessingTimeService, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult,
-    Timestamp, WatermarkStatus,
+    ChainEvent, Control, Output, ProcessingTimeService, SnapshotCapture, SourceRunner, SplitEvent, SplitIndex, TaskEnv,
+    TaskError, TaskResult, Timestamp, WatermarkStatus,
 };
 pub use storage::{CheckpointStorage, FsCheckpointStorage};

@@ -45,6 +45,32 @@ pub trait Output<T>: Send {
     fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult;
     /// Handles a control event, then passes it on down the chain.
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult;
+    /// A record a split source read from one of its splits. A source's watermark strategy keeps
+    /// event time per split (a fast partition does not push the watermark past a slow one's
+    /// records); every other operator treats it as [`Output::emit`].
+    #[inline]
+    fn emit_in_split(&mut self, _split: SplitIndex, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        self.emit(record, timestamp)
+    }
+    /// A split source's splits came or went; only a source's watermark strategy listens.
+    fn split_event(&mut self, _event: SplitEvent) -> TaskResult {
+        Ok(())
+    }
+}
+
+/// A split's number within one source subtask (not persisted: splits are persisted by id).
+pub type SplitIndex = u32;
+
+/// What a split source tells its watermark strategy about its splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitEvent {
+    /// The source reads splits: event time is the minimum over its unfinished splits, and the
+    /// stream is idle while it has none (Flink's readers without splits mark themselves idle).
+    Reading,
+    /// The subtask started reading a split.
+    Added(SplitIndex),
+    /// A split has no more records.
+    Finished(SplitIndex),
 }
 
 impl<T, O: Output<T> + ?Sized> Output<T> for Box<O> {
@@ -54,6 +80,13 @@ impl<T, O: Output<T> + ?Sized> Output<T> for Box<O> {
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
         (**self).event(event)
+    }
+    #[inline]
+    fn emit_in_split(&mut self, split: SplitIndex, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        (**self).emit_in_split(split, record, timestamp)
+    }
+    fn split_event(&mut self, event: SplitEvent) -> TaskResult {
+        (**self).split_event(event)
     }
 }
 

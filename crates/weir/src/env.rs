@@ -3,6 +3,7 @@
 use crate::error::Error;
 use crate::functions::SourceFunction;
 use crate::operators::SourceSpec;
+use crate::split_source::Source;
 use crate::stream::DataStream;
 use crate::watermarks::WatermarkStrategy;
 use clap::Parser;
@@ -246,21 +247,22 @@ impl StreamEnv {
         self
     }
 
-    /// Adds a source. Its records have no event timestamps unless the source sets them; see
-    /// [`StreamEnv::from_source`].
-    pub fn source<T: Record, S: SourceFunction<T> + Clone + Sync>(&self, source: S) -> DataStream<T> {
-        self.add_source(source, None)
+    /// Adds a source: a [`SourceFunction`] or a [`crate::SplitSource`]. Its records have no event
+    /// timestamps unless the source sets them; see [`StreamEnv::from_source`].
+    pub fn source<T: Record, K, S: Source<T, K>>(&self, source: S) -> DataStream<T> {
+        self.add_source(source.into_function(), None)
     }
 
     /// Adds a source whose records get event timestamps and watermarks from `watermarks` (Flink's
     /// `fromSource(source, watermarkStrategy, name)`): the strategy runs inside the source's task,
-    /// and the source's settings (`uid`, parallelism) stay the source's.
-    pub fn from_source<T: Record, S: SourceFunction<T> + Clone + Sync>(
+    /// per split for a split source, and the source's settings (`uid`, parallelism) stay the
+    /// source's.
+    pub fn from_source<T: Record, K, S: Source<T, K>>(
         &self,
         source: S,
         watermarks: WatermarkStrategy<T>,
     ) -> DataStream<T> {
-        self.add_source(source, Some(watermarks))
+        self.add_source(source.into_function(), Some(watermarks))
     }
 
     fn add_source<T: Record, S: SourceFunction<T> + Clone + Sync>(

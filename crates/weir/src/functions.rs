@@ -5,7 +5,7 @@ use std::time::Duration;
 use weir_core::metadata::Redistribution;
 use weir_core::CheckpointId;
 use weir_runtime::channel::{Record, SideOutputs};
-use weir_runtime::{Output, ProcessingTimeService, TaskError, TaskResult};
+use weir_runtime::{Output, ProcessingTimeService, SplitEvent, SplitIndex, TaskError, TaskResult};
 use weir_state::{
     Key, KeyScope, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
     OperatorStateSnapshot, OperatorStateStore, ReducingState, ReducingStateDescriptor, StateData, ValueState,
@@ -57,6 +57,31 @@ impl<'a, T> Collector<'a, T> {
     pub fn collect_with_timestamp(&mut self, record: T, timestamp: Option<i64>) {
         if self.error.is_none() {
             if let Err(e) = self.next.emit(record, timestamp) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Emits a record a split reader read from split `split` (see [`crate::SplitReader`]), with
+    /// its event timestamp if it has one: the source's watermark strategy keeps event time per
+    /// split.
+    #[inline]
+    pub fn collect_in_split(&mut self, split: SplitIndex, record: T, timestamp: Option<i64>) {
+        if self.error.is_none() {
+            if let Err(e) = self.next.emit_in_split(split, record, timestamp) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Split `split` has no more records: event time no longer waits for it.
+    pub fn split_finished(&mut self, split: SplitIndex) {
+        self.split_event(SplitEvent::Finished(split));
+    }
+
+    pub(crate) fn split_event(&mut self, event: SplitEvent) {
+        if self.error.is_none() {
+            if let Err(e) = self.next.split_event(event) {
                 self.error = Some(e);
             }
         }

@@ -27,6 +27,7 @@ mod functions;
 mod keyed;
 mod operators;
 mod rest_access;
+mod split_source;
 mod stream;
 mod watermarks;
 mod windows;
@@ -36,6 +37,10 @@ pub use error::Error;
 pub use functions::{
     BoxError, Collector, Context, KeyedProcessFunction, OutputTag, RuntimeContext, SinkContext, SinkFunction,
     SourceContext, SourceFunction, SourcePoll, TimerService, Unrecoverable,
+};
+pub use split_source::{
+    source_kind, LegacySplits, Source, SourceSplit, SplitContext, SplitReader, SplitSource, SplitSourceFunction,
+    SPLITS_STATE,
 };
 pub use stream::{DataStream, KeyedStream, SinkStream, SumField};
 pub use watermarks::{BoundedOutOfOrderness, WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
@@ -53,6 +58,7 @@ pub use weir_core::metadata::SavepointFormat;
 pub use weir_core::{CheckpointId, JobId, KeyHash, OperatorId};
 pub use weir_runtime::job::{latest_checkpoint, CheckpointStats, JobOutcome};
 pub use weir_runtime::storage::{CheckpointStorage, FsCheckpointStorage, LoadedSnapshot, StateOutput};
+pub use weir_runtime::SplitIndex;
 pub use weir_runtime::{ClaimMode, ControlError, JobControl, JobHandle, JobStatus, Operation};
 pub use weir_state::{
     Key, KeyScope, ListState, ListStateDescriptor, MapState, MapStateDescriptor, OperatorStateSnapshot,

@@ -9,7 +9,7 @@ use weir_core::watermark::{Timestamp, MAX_WATERMARK, MIN_WATERMARK};
 use weir_runtime::channel::Record;
 use weir_runtime::graph::{Instance, NodeSpec};
 use weir_runtime::operator::{CapturedOperator, OperatorContext};
-use weir_runtime::{ChainEvent, Output, ProcessingTimeService, TaskResult, WatermarkStatus};
+use weir_runtime::{ChainEvent, Output, ProcessingTimeService, SplitEvent, SplitIndex, TaskResult, WatermarkStatus};
 
 /// Where a generator puts its watermarks and idleness.
 #[derive(Debug, Default)]
@@ -137,11 +137,89 @@ impl<T: Record> NodeSpec for WatermarksSpec<T> {
     }
 }
 
+/// The event time of one stream of records: the whole input, or one split of a split source.
+struct Clock<T> {
+    generator: Box<dyn WatermarkGenerator<T>>,
+    /// The highest watermark its generator emitted.
+    watermark: Timestamp,
+    /// Records seen, and how many there were at the last wake-up with activity, when that was:
+    /// idleness is noticed at wake-ups, so a record costs a counter, not a clock read (as
+    /// Flink's `IdlenessTimer`).
+    records: u64,
+    records_at_activity: u64,
+    last_activity_at: Timestamp,
+    idle: bool,
+}
+
+impl<T> Clock<T> {
+    fn new(strategy: &WatermarkStrategy<T>, now: Timestamp) -> Self {
+        Clock {
+            generator: (strategy.generator)(),
+            watermark: MIN_WATERMARK,
+            records: 0,
+            records_at_activity: 0,
+            last_activity_at: now,
+            idle: false,
+        }
+    }
+
+    /// Takes a record's timestamp; true when the generator emitted or the clock was idle (the
+    /// stream's watermark or status may change).
+    #[inline]
+    fn on_event(&mut self, record: &T, timestamp: Timestamp) -> bool {
+        self.records += 1;
+        let mut output = WatermarkOutput::default();
+        self.generator.on_event(record, timestamp, &mut output);
+        let was_idle = std::mem::replace(&mut self.idle, false);
+        self.take(output) || was_idle
+    }
+
+    /// A wake-up: periodic emission and idleness.
+    fn on_wakeup(&mut self, now: Timestamp, periodic: bool, idleness: Option<Timestamp>) {
+        let mut output = WatermarkOutput::default();
+        if periodic {
+            self.generator.on_periodic_emit(&mut output);
+        }
+        if self.records != self.records_at_activity {
+            self.records_at_activity = self.records;
+            self.last_activity_at = now;
+        }
+        if idleness.is_some_and(|timeout| now - self.last_activity_at >= timeout) {
+            output.mark_idle();
+        }
+        self.take(output);
+    }
+
+    fn take(&mut self, output: WatermarkOutput) -> bool {
+        let mut changed = false;
+        if let Some(w) = output.watermark {
+            if w > self.watermark {
+                self.watermark = w;
+                self.idle = false;
+                changed = true;
+            }
+        }
+        if output.idle && !self.idle {
+            self.idle = true;
+            changed = true;
+        }
+        changed
+    }
+}
+
 /// Assigns timestamps and emits watermarks (Flink's `TimestampsAndWatermarksOperator`).
 /// Watermarks from upstream are dropped, except the final one (end of input or drain), which
 /// passes: this operator's generator defines the stream's event time.
+///
+/// Behind a split source it keeps one generator per split and emits the minimum over the splits
+/// that are not idle (Flink's per-split watermarks): a partition that lags holds event time back
+/// instead of seeing its records dropped as late. A subtask without splits is idle.
 pub(crate) struct TimestampsAndWatermarks<T> {
-    generator: Box<dyn WatermarkGenerator<T>>,
+    strategy: WatermarkStrategy<T>,
+    /// The whole input's clock (records that come without a split).
+    main: Clock<T>,
+    /// Per-split clocks, by split index, once the source said it reads splits.
+    splits: Option<Vec<Option<Clock<T>>>>,
     assigner: Option<TimestampAssigner<T>>,
     next: Box<dyn Output<T>>,
     clock: ProcessingTimeService,
@@ -152,12 +230,6 @@ pub(crate) struct TimestampsAndWatermarks<T> {
     /// Whether `current` was sent in this run: a restored watermark is sent again first, so the
     /// operators downstream, whose channels start from nothing, know where this stream is.
     announced: bool,
-    /// Records seen, and how many there were at the last wake-up with activity, when that was:
-    /// idleness is noticed at wake-ups, so a record costs a counter, not a clock read (as
-    /// Flink's `IdlenessTimer`).
-    records: u64,
-    records_at_activity: u64,
-    last_activity_at: Timestamp,
     idle: bool,
     /// The operator its watermark is recorded under in snapshots.
     operator_id: weir_core::OperatorId,
@@ -173,12 +245,11 @@ impl<T: Record> TimestampsAndWatermarks<T> {
         }
         let current = ctx.restored.as_ref().and_then(|r| r.watermark).unwrap_or(MIN_WATERMARK);
         TimestampsAndWatermarks {
-            generator: (strategy.generator)(),
+            strategy: strategy.clone(),
+            main: Clock::new(strategy, clock.now()),
+            splits: None,
             assigner: strategy.assigner.clone(),
             next,
-            records: 0,
-            records_at_activity: 0,
-            last_activity_at: clock.now(),
             clock,
             interval,
             idleness,
@@ -210,18 +281,31 @@ impl<T: Record> TimestampsAndWatermarks<T> {
         self.next.event(&mut ChainEvent::Watermark(self.current))
     }
 
-    fn forward(&mut self, mut output: WatermarkOutput) -> TaskResult {
-        if let Some(w) = output.watermark.take() {
-            if w > self.current {
-                self.current = w;
-                if self.idle {
-                    self.set_idle(false)?;
+    /// Sends what the clocks say now: the stream is idle when every clock is (or, behind a split
+    /// source, when there is no split), else its watermark is the minimum of the active clocks.
+    fn forward(&mut self) -> TaskResult {
+        let (idle, watermark) = match &self.splits {
+            None => (self.main.idle, self.main.watermark),
+            Some(splits) => {
+                let active = splits.iter().flatten().filter(|c| !c.idle);
+                match active.map(|c| c.watermark).min() {
+                    Some(w) => (false, w),
+                    None => (true, MIN_WATERMARK),
                 }
-                self.next.event(&mut ChainEvent::Watermark(w))?;
             }
+        };
+        if idle {
+            if !self.idle {
+                self.set_idle(true)?;
+            }
+            return Ok(());
         }
-        if output.idle && !self.idle {
-            self.set_idle(true)?;
+        if self.idle {
+            self.set_idle(false)?;
+        }
+        if watermark > self.current {
+            self.current = watermark;
+            self.next.event(&mut ChainEvent::Watermark(watermark))?;
         }
         Ok(())
     }
@@ -231,29 +315,76 @@ impl<T: Record> TimestampsAndWatermarks<T> {
         let status = if idle { WatermarkStatus::Idle } else { WatermarkStatus::Active };
         self.next.event(&mut ChainEvent::Status(status))
     }
+
+    #[inline]
+    fn assign(&self, record: &T, timestamp: Option<Timestamp>) -> Option<Timestamp> {
+        match &self.assigner {
+            Some(assign) => Some(assign(record, timestamp)),
+            None => timestamp,
+        }
+    }
+
+    /// A record makes the stream active before it is sent; a watermark it caused follows it (as
+    /// Flink orders them).
+    #[inline]
+    fn emit_then_forward(&mut self, record: T, timestamp: Option<Timestamp>, changed: bool) -> TaskResult {
+        if self.idle {
+            self.set_idle(false)?;
+        }
+        self.next.emit(record, timestamp)?;
+        if changed {
+            self.forward()?;
+        }
+        Ok(())
+    }
+
+    fn split_clock(&mut self, split: SplitIndex) -> Option<&mut Clock<T>> {
+        self.splits.as_mut()?.get_mut(split as usize)?.as_mut()
+    }
 }
 
 impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
     #[inline]
     fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
-        let timestamp = match &self.assigner {
-            Some(assign) => Some(assign(&record, timestamp)),
-            None => timestamp,
-        };
+        let timestamp = self.assign(&record, timestamp);
         self.announce()?;
         let Some(ts) = timestamp else { return self.next.emit(record, None) };
-        self.records += 1;
-        if self.idle {
-            self.set_idle(false)?;
+        let changed = self.main.on_event(&record, ts);
+        self.emit_then_forward(record, timestamp, changed)
+    }
+
+    #[inline]
+    fn emit_in_split(&mut self, split: SplitIndex, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        let timestamp = self.assign(&record, timestamp);
+        self.announce()?;
+        let Some(ts) = timestamp else { return self.next.emit(record, None) };
+        let changed = match self.split_clock(split) {
+            Some(clock) => clock.on_event(&record, ts),
+            None => self.main.on_event(&record, ts),
+        };
+        self.emit_then_forward(record, timestamp, changed)
+    }
+
+    fn split_event(&mut self, event: SplitEvent) -> TaskResult {
+        let now = self.clock.now();
+        let splits = self.splits.get_or_insert_with(Vec::new);
+        match event {
+            SplitEvent::Reading => {}
+            SplitEvent::Added(split) => {
+                let at = split as usize;
+                if splits.len() <= at {
+                    splits.resize_with(at + 1, || None);
+                }
+                splits[at] = Some(Clock::new(&self.strategy, now));
+            }
+            SplitEvent::Finished(split) => {
+                if let Some(slot) = splits.get_mut(split as usize) {
+                    *slot = None;
+                }
+            }
         }
-        let mut output = WatermarkOutput::default();
-        self.generator.on_event(&record, ts, &mut output);
-        // The record goes first, then a watermark it caused (as Flink orders them).
-        self.next.emit(record, timestamp)?;
-        if output.watermark.is_some() || output.idle {
-            self.forward(output)?;
-        }
-        Ok(())
+        self.announce()?;
+        self.forward()
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
@@ -262,6 +393,10 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
                 if self.current < MAX_WATERMARK || !self.announced {
                     self.current = MAX_WATERMARK;
                     self.announced = true;
+                    // A watermark makes the stream active (an idle channel's would be ignored).
+                    if self.idle {
+                        self.set_idle(false)?;
+                    }
                     self.next.event(event)?;
                 }
                 Ok(())
@@ -274,20 +409,16 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
             ChainEvent::ProcessingTime(now) => {
                 let now = *now;
                 self.announce()?;
-                let mut output = WatermarkOutput::default();
-                if self.interval.is_some() {
-                    self.generator.on_periodic_emit(&mut output);
-                }
-                if self.records != self.records_at_activity {
-                    self.records_at_activity = self.records;
-                    self.last_activity_at = now;
-                }
-                if let Some(timeout) = self.idleness {
-                    if now - self.last_activity_at >= timeout {
-                        output.mark_idle();
+                let periodic = self.interval.is_some();
+                match &mut self.splits {
+                    None => self.main.on_wakeup(now, periodic, self.idleness),
+                    Some(splits) => {
+                        for clock in splits.iter_mut().flatten() {
+                            clock.on_wakeup(now, periodic, self.idleness);
+                        }
                     }
                 }
-                self.forward(output)?;
+                self.forward()?;
                 self.clock.request_wakeup(now + Self::tick(self.interval, self.idleness));
                 self.next.event(event)
             }

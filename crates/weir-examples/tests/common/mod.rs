@@ -262,3 +262,23 @@ pub fn job_env(backend: Backend, dir: &Path, restore: Option<&Path>, settings: &
     env.set(weir::config_keys::CHECKPOINT_DIR, dir.join("ck").to_str().unwrap()).unwrap();
     env
 }
+
+/// A sink keeping records in arrival order in memory, shared by every subtask of the sink (exact
+/// for jobs without failures).
+#[derive(Clone, Default)]
+#[allow(dead_code)]
+pub struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+#[allow(dead_code)]
+impl Collect {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl weir::SinkFunction<String> for Collect {
+    fn invoke(&mut self, value: String) -> Result<(), weir::BoxError> {
+        self.0.lock().unwrap().push(value);
+        Ok(())
+    }
+}
