@@ -11,6 +11,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 ./scripts/deps.sh
+# The Kafka-protocol broker the Kafka tests use (installed on first use: minutes; then seconds).
+# It stays up after the run, so later runs reuse it.
+./scripts/kafka.sh start
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -9,9 +9,9 @@ pub mod window_count;
 /// The arguments of the example jobs that read a file of JSON lines and write exactly once.
 #[derive(clap::Args, Debug)]
 pub struct FileJobArgs {
-    /// JSON lines, followed as the file grows.
+    /// JSON lines, followed as the file grows (required unless the job reads another source).
     #[arg(long)]
-    pub input: std::path::PathBuf,
+    pub input: Option<std::path::PathBuf>,
     /// Directory of the exactly-once output files.
     #[arg(long)]
     pub output: std::path::PathBuf,
@@ -27,21 +27,18 @@ pub struct FileJobArgs {
 }
 
 impl FileJobArgs {
-    /// Refuses a bounded run over a missing file (a followed file may appear later).
-    pub fn check(&self) -> anyhow::Result<()> {
-        if self.bounded && !self.input.is_file() {
-            anyhow::bail!("input file '{}' does not exist", self.input.display());
+    /// The file source these arguments describe. Refuses a bounded run over a missing file (a
+    /// followed file may appear later).
+    pub fn source(&self) -> anyhow::Result<weir::connectors::FileSource> {
+        let Some(input) = &self.input else { anyhow::bail!("--input FILE is required") };
+        if self.bounded && !input.is_file() {
+            anyhow::bail!("input file '{}' does not exist", input.display());
         }
-        Ok(())
-    }
-
-    /// The file source these arguments describe.
-    pub fn source(&self) -> weir::connectors::FileSource {
-        if self.bounded {
-            weir::connectors::FileSource::bounded(&self.input)
+        Ok(if self.bounded {
+            weir::connectors::FileSource::bounded(input)
         } else {
-            weir::connectors::FileSource::follow(&self.input)
-        }
+            weir::connectors::FileSource::follow(input)
+        })
     }
 }
 

@@ -52,7 +52,7 @@ pub use windows::{
     GLOBAL_WINDOW,
 };
 
-pub use weir_core::config::{keys as config_keys, Configuration};
+pub use weir_core::config::{keys as config_keys, parse_duration, Configuration};
 pub use weir_core::metadata::Redistribution;
 pub use weir_core::metadata::SavepointFormat;
 pub use weir_core::{CheckpointId, JobId, KeyHash, OperatorId};

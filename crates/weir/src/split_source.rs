@@ -50,6 +50,9 @@ pub enum LegacySplits<S> {
 pub struct SplitContext {
     pub subtask: u32,
     pub parallelism: u32,
+    /// Whether this source's splits came from a checkpoint or savepoint (the first splits a
+    /// reader gets are then the restored ones).
+    pub restored: bool,
 }
 
 /// A source made of splits. One copy per subtask finds splits; its reader reads them.
@@ -162,7 +165,7 @@ impl<T, S: SplitSource<T>> SplitSourceFunction<T, S> {
     pub fn new(source: S) -> Self {
         SplitSourceFunction {
             source,
-            ctx: SplitContext { subtask: 0, parallelism: 1 },
+            ctx: SplitContext { subtask: 0, parallelism: 1, restored: false },
             assignment: SplitAssignment::default(),
             reader: Mutex::new(None),
             next_index: 0,
@@ -233,7 +236,7 @@ impl<T, S: SplitSource<T>> SplitSourceFunction<T, S> {
 
 impl<T: Send + 'static, S: SplitSource<T>> SourceFunction<T> for SplitSourceFunction<T, S> {
     fn open(&mut self, ctx: &SourceContext<'_>) -> Result<(), BoxError> {
-        self.ctx = SplitContext { subtask: ctx.subtask, parallelism: ctx.parallelism };
+        self.ctx = SplitContext { subtask: ctx.subtask, parallelism: ctx.parallelism, restored: false };
         self.assignment = SplitAssignment::new(ctx.subtask, ctx.parallelism);
         let source = &self.source;
         let id_and_owner = |s: &S::Split, p| (s.split_id(), source.owner(s, p));
@@ -247,6 +250,7 @@ impl<T: Send + 'static, S: SplitSource<T>> SourceFunction<T> for SplitSourceFunc
                 None => (Vec::new(), false),
             }
         };
+        self.ctx.restored = restored;
         if restored {
             tracing::info!(
                 subtask = ctx.subtask,

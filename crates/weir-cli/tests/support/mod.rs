@@ -73,6 +73,23 @@ impl Weir {
         id.to_string()
     }
 
+    /// `weir run -d ARGS` with the job logging at `level`; returns the job id and its log file.
+    pub fn run_detached_logging(&self, args: &[&str], level: &str) -> (String, PathBuf) {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(&all)
+            .env("WEIR_HOME", self.home.path())
+            .env("RUST_LOG", level)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "weir {all:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = String::from_utf8(out.stdout).unwrap();
+        let id = out.lines().find_map(|l| l.strip_prefix("Job has been submitted with JobID ")).expect("job id line");
+        let log = out.lines().find_map(|l| l.strip_prefix("Job output: ")).expect("log line");
+        (id.to_string(), PathBuf::from(log))
+    }
+
     pub fn address(&self, job: &str) -> String {
         let entry = self.home.path().join("jobs").join(format!("{job}.json"));
         let v: Value = serde_json::from_slice(&std::fs::read(entry).unwrap()).unwrap();

@@ -46,13 +46,13 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let (mut env, job_args) = StreamEnv::from_args()?;
     let args = Args::parse_from(std::iter::once("window-count".to_string()).chain(job_args));
-    args.files.check()?;
+    let source = args.files.source()?;
     anyhow::ensure!(args.window_ms > 0, "--window-ms must be positive");
     env.enable_checkpointing(Duration::from_secs(1));
     env.set(weir::config_keys::CHECKPOINT_DIR, &args.files.checkpoints)?;
 
     let events = env
-        .source(args.files.source())
+        .source(source)
         .uid("source")
         .name("File Source")
         .flat_map(parse_word_event)

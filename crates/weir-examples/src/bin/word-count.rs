@@ -1,8 +1,9 @@
-//! The seed job: sums `frequency` per word from JSON lines in a followed file, prints running
-//! totals, and writes them exactly once to an output directory.
+//! The seed job: sums `frequency` per word from JSON lines in a followed file or a Kafka topic,
+//! prints running totals, and writes them exactly once to an output directory.
 //!
 //! ```text
 //! word-count [-s SNAPSHOT] [-n] [-p N] [-D key=value]... --input FILE --output DIR [--bounded]
+//! word-count [-s SNAPSHOT] ... --kafka-brokers HOST:PORT --topic word [--group-id word-count] --output DIR
 //! ```
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use weir::connectors::{FileSink, PrintSink};
 use weir::StreamEnv;
 use weir_examples::{parse_word_count, FileJobArgs, WordCount};
+use weir_kafka::KafkaSource;
 
 /// Input: JSON lines `{"word":..,"frequency":..}`.
 #[derive(Parser)]
@@ -22,23 +24,43 @@ struct Args {
     /// (default: fail, since lines could be lost or read twice).
     #[arg(long)]
     start_over_when_replaced: bool,
+    /// Read the JSON lines from Kafka instead of a file: the brokers' bootstrap list.
+    #[arg(long, requires = "topic", conflicts_with_all = ["input", "bounded"])]
+    kafka_brokers: Option<String>,
+    /// The topic to read (with --kafka-brokers).
+    #[arg(long, requires = "kafka_brokers")]
+    topic: Option<String>,
+    /// The consumer group offsets are committed to when checkpoints complete (for monitoring).
+    #[arg(long, default_value = "word-count", requires = "kafka_brokers")]
+    group_id: String,
+    /// How often to look for new partitions of the topic.
+    #[arg(long, default_value = "5 min", value_parser = weir::parse_duration, requires = "kafka_brokers")]
+    partition_discovery: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
     let (mut env, job_args) = StreamEnv::from_args()?;
     let args = Args::parse_from(std::iter::once("word-count".to_string()).chain(job_args));
-    args.files.check()?;
     env.enable_checkpointing(Duration::from_secs(1));
     env.set(weir::config_keys::CHECKPOINT_DIR, &args.files.checkpoints)?;
 
-    let mut source = args.files.source();
-    if args.start_over_when_replaced {
-        source = source.start_over_when_replaced();
-    }
-    let totals = env
-        .source(source)
-        .uid("source")
-        .name("File Source")
+    let lines = match (&args.kafka_brokers, &args.topic) {
+        (Some(brokers), Some(topic)) => {
+            let source = KafkaSource::utf8(brokers.as_str())
+                .topics(&[topic])
+                .group_id(&args.group_id)
+                .partition_discovery_interval(Some(args.partition_discovery));
+            env.source(source).uid("KafkaSource").name("Kafka Source")
+        }
+        _ => {
+            let mut source = args.files.source()?;
+            if args.start_over_when_replaced {
+                source = source.start_over_when_replaced();
+            }
+            env.source(source).uid("source").name("File Source")
+        }
+    };
+    let totals = lines
         .flat_map(parse_word_count)
         .uid("parse")
         .name("Parse")

@@ -1,0 +1,78 @@
+//! The Kafka broker of the tests (tansu on loopback, `scripts/kafka.sh`) and an independent client
+//! (Python confluent-kafka, `scripts/kafka-client.py`). Shared by the example and CLI tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub struct Kafka {
+    pub brokers: String,
+    python: PathBuf,
+    root: PathBuf,
+}
+
+/// Starts the broker (installing it when missing) once per test process.
+pub fn kafka() -> &'static Kafka {
+    static KAFKA: OnceLock<Kafka> = OnceLock::new();
+    KAFKA.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let script = root.join("scripts/kafka.sh");
+        let run = |arg: &str| {
+            let out = Command::new(&script).arg(arg).stderr(Stdio::inherit()).output().unwrap();
+            assert!(out.status.success(), "scripts/kafka.sh {arg} failed");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        run("start");
+        Kafka { brokers: run("brokers"), python: PathBuf::from(run("python")), root }
+    })
+}
+
+impl Kafka {
+    /// Creates a topic with a name no other test uses.
+    pub fn create_topic(&self, prefix: &str, partitions: u32) -> String {
+        let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let status = Command::new(self.root.join("scripts/kafka.sh"))
+            .args(["create-topic", &name, &partitions.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "creating topic {name}");
+        name
+    }
+
+    /// Produces one record per line (to `partition`, or as the client's partitioner decides).
+    pub fn produce(&self, topic: &str, partition: Option<u32>, lines: &[String]) {
+        let mut args = vec!["produce".to_string(), self.brokers.clone(), topic.to_string()];
+        args.extend(partition.map(|p| p.to_string()));
+        let out = self.client(&args, Some(lines.join("\n")));
+        assert!(out.is_empty(), "{out}");
+    }
+
+    /// The group's committed offsets of partitions `0..n` (negative: none).
+    pub fn committed(&self, group: &str, topic: &str, n: u32) -> Vec<i64> {
+        let out =
+            self.client(&["committed".into(), self.brokers.clone(), group.into(), topic.into(), n.to_string()], None);
+        out.split_whitespace().map(|o| o.parse().unwrap()).collect()
+    }
+
+    fn client(&self, args: &[String], stdin: Option<String>) -> String {
+        let mut child = Command::new(&self.python)
+            .arg(self.root.join("scripts/kafka-client.py"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kafka-client.py {args:?} failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+/// JSON lines of the word-count job, one word each.
+pub fn word_lines(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| format!("{{\"word\":\"{w}\",\"frequency\":1}}")).collect()
+}

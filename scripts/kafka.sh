@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A Kafka-protocol broker for tests (tansu 0.6.0, in-memory storage), on loopback only, installed
+# with cargo when missing (8-17 minutes the first time on 2 cores; cached in ~/.cargo/bin).
+#
+#   scripts/kafka.sh start                        # starts the broker unless it is running
+#   scripts/kafka.sh stop
+#   scripts/kafka.sh brokers                      # prints 127.0.0.1:PORT
+#   scripts/kafka.sh create-topic NAME PARTITIONS
+#   scripts/kafka.sh python                       # prints a python with confluent-kafka (installs it)
+#
+# Port: WEIR_KAFKA_PORT (default 9092). State: WEIR_KAFKA_DIR (default $TMPDIR/weir-kafka-PORT)
+# holds the pid file and the log. Storage is in memory: a restarted broker is empty.
+set -euo pipefail
+
+port="${WEIR_KAFKA_PORT:-9092}"
+dir="${WEIR_KAFKA_DIR:-${TMPDIR:-/tmp}/weir-kafka-$port}"
+url="tcp://127.0.0.1:$port"
+tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+venv="${WEIR_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/py-kafka}"
+
+install() {
+  if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q '0\.6\.0'; then
+    return 0
+  fi
+  echo "== installing tansu 0.6.0 (a Kafka-protocol broker; takes minutes the first time)" >&2
+  cargo install tansu --version 0.6.0 --locked --features dynostore --quiet >&2
+}
+
+listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
+running() {
+  [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null
+}
+
+start() {
+  install
+  if running && listening; then
+    return 0
+  fi
+  if listening; then
+    echo "port $port is taken by another process: set WEIR_KAFKA_PORT" >&2
+    exit 1
+  fi
+  mkdir -p "$dir"
+  # Its default listener binds every interface: always pass loopback.
+  nohup "$tansu_bin" broker --listener-url "$url" --advertised-listener-url "$url" \
+    --storage-engine memory://tansu/ >"$dir/broker.log" 2>&1 &
+  echo $! >"$dir/pid"
+  for _ in $(seq 1 100); do
+    if listening; then
+      echo "kafka (tansu) on 127.0.0.1:$port (log $dir/broker.log)" >&2
+      return 0
+    fi
+    if ! running; then
+      echo "the broker exited; its log:" >&2
+      cat "$dir/broker.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "the broker did not listen on 127.0.0.1:$port within 10 s; log: $dir/broker.log" >&2
+  exit 1
+}
+
+stop() {
+  if running; then
+    kill "$(cat "$dir/pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      running || break
+      sleep 0.1
+    done
+  fi
+  rm -f "$dir/pid"
+}
+
+create_topic() {
+  local name="${1:?usage: $0 create-topic NAME PARTITIONS}" partitions="${2:?usage: $0 create-topic NAME PARTITIONS}"
+  "$tansu_bin" topic create "$name" --partitions "$partitions" --broker "$url" >/dev/null
+}
+
+# An independent client for tests: the confluent-kafka package bundles a current librdkafka
+# (Debian's kcat links librdkafka 2.0.2, which cannot talk to tansu).
+python() {
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+    echo "== installing confluent-kafka into $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet 'confluent-kafka==2.16.*' >&2
+  fi
+  echo "$venv/bin/python"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  brokers) echo "127.0.0.1:$port" ;;
+  create-topic) shift; create_topic "$@" ;;
+  python) python ;;
+  *) echo "usage: $0 start|stop|brokers|create-topic NAME PARTITIONS|python" >&2; exit 2 ;;
+esac
