@@ -47,9 +47,9 @@ pub(crate) fn consumer(
         .set("enable.partition.eof", "false")
         // Out of range (retention deleted the position): the earliest record left.
         .set("auto.offset.reset", "earliest");
-    if let Some(group) = group {
-        config.set("group.id", group);
-    }
+    // librdkafka's consumer needs a group id even for assign(); without the user's, a placeholder
+    // that is never joined (assign does not join) nor committed to.
+    config.set("group.id", group.unwrap_or("weir-unassigned"));
     if !properties.iter().any(|(k, _)| k == "client.id") {
         config.set("client.id", format!("weir-{purpose}"));
     }

@@ -87,7 +87,7 @@ pub struct KafkaSource<T> {
     properties: Vec<(String, String)>,
     commit_on_checkpoint: bool,
     deserializer: Deserializer<T>,
-    /// A metadata client, made at the first discovery and shared by the subtasks' copies.
+    /// A metadata client, made at the first discovery.
     metadata: Arc<Mutex<Option<BaseConsumer>>>,
 }
 
@@ -102,7 +102,8 @@ impl<T> Clone for KafkaSource<T> {
             properties: self.properties.clone(),
             commit_on_checkpoint: self.commit_on_checkpoint,
             deserializer: self.deserializer.clone(),
-            metadata: self.metadata.clone(),
+            // Each copy (one per subtask) has a client of its own, dropped with it.
+            metadata: Arc::new(Mutex::new(None)),
         }
     }
 }

@@ -43,10 +43,28 @@ impl Kafka {
 
     /// Produces one record per line (to `partition`, or as the client's partitioner decides).
     pub fn produce(&self, topic: &str, partition: Option<u32>, lines: &[String]) {
-        let mut args = vec!["produce".to_string(), self.brokers.clone(), topic.to_string()];
-        args.extend(partition.map(|p| p.to_string()));
-        let out = self.client(&args, Some(lines.join("\n")));
+        let out = self.client(&self.produce_args(topic, partition, None), Some(lines.join("\n")));
         assert!(out.is_empty(), "{out}");
+    }
+
+    /// Produces in the background at `rate` records per second; join the handle to wait.
+    pub fn produce_at(&'static self, topic: &str, rate: f64, lines: Vec<String>) -> std::thread::JoinHandle<()> {
+        let args = self.produce_args(topic, None, Some(rate));
+        std::thread::spawn(move || {
+            let out = self.client(&args, Some(lines.join("\n")));
+            assert!(out.is_empty(), "{out}");
+        })
+    }
+
+    fn produce_args(&self, topic: &str, partition: Option<u32>, rate: Option<f64>) -> Vec<String> {
+        let mut args = vec!["produce".to_string(), self.brokers.clone(), topic.to_string()];
+        if let Some(p) = partition {
+            args.extend(["--partition".to_string(), p.to_string()]);
+        }
+        if let Some(r) = rate {
+            args.extend(["--rate".to_string(), r.to_string()]);
+        }
+        args
     }
 
     /// The group's committed offsets of partitions `0..n` (negative: none).

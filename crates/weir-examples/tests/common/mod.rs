@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: committed output, ground truth, fault injection.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

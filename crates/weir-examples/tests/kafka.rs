@@ -1,0 +1,200 @@
+//! The Kafka source against a real broker (tansu on loopback, `scripts/kafka.sh`), with records
+//! produced by an independent client: kill -9 at random moments, rescaling, partitions found
+//! while running, and the failures a user can cause.
+
+mod common;
+
+use common::kafka::{kafka, word_lines};
+use common::{committed_lines, diff, Collect, Rng};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use weir_kafka::KafkaSource;
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The newest valid checkpoint under any job directory of `base`.
+fn latest_checkpoint(base: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .filter_map(|job| weir::latest_checkpoint(&job.path()))
+        .max_by_key(|(id, _)| *id)
+        .map(|(_, path)| path)
+}
+
+/// The word-count job's exactly-once output for these words: a running total per record.
+fn word_count_truth(words: &[&str]) -> Vec<String> {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut lines: Vec<String> = words
+        .iter()
+        .map(|w| {
+            let n = counts.entry(*w).or_insert(0u64);
+            *n += 1;
+            format!("WordCount{{word='{w}', frequency={n}}}")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// One run: returns the kills, the restores, and the kills that hit while records were flowing
+/// (some, not all, committed).
+fn kill_iteration(seed: u64) -> (u32, u32, u32) {
+    let mut rng = Rng::new(seed);
+    let kafka = kafka();
+    let partitions = 1 + rng.below(3) as u32;
+    let topic = kafka.create_topic("kill", partitions);
+    let vocabulary = ["a", "b", "c", "d", "e", "f", "g"];
+    let words: Vec<&str> = (0..1500).map(|_| vocabulary[rng.below(7) as usize]).collect();
+    let producer = kafka.produce_at(&topic, 600.0, word_lines(&words));
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, out) = (dir.path().join("ck"), dir.path().join("out"));
+    let parallelism = 1 + rng.below(2);
+    let want = word_count_truth(&words);
+    let (mut kills, mut restores, mut mid_stream) = (0u32, 0u32, 0u32);
+    loop {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_word-count"));
+        cmd.args(["-p", &parallelism.to_string()]).args([
+            "-D",
+            "execution.checkpointing.interval=50 ms",
+            "-D",
+            "weir.rest.enabled=false",
+        ]);
+        if let Some(path) = latest_checkpoint(&ck) {
+            cmd.args(["-s", path.to_str().unwrap()]);
+            restores += 1;
+        }
+        cmd.args(["--kafka-brokers", &kafka.brokers, "--topic", &topic, "--quiet"]).args([
+            "--output",
+            out.to_str().unwrap(),
+            "--checkpoints",
+            ck.to_str().unwrap(),
+        ]);
+        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let last = kills >= 3 && restores > 0;
+        if last {
+            wait_for("every record counted", || committed_lines(&out).len() >= want.len());
+            // Anything read twice would be committed by now.
+            std::thread::sleep(Duration::from_millis(300));
+        } else {
+            std::thread::sleep(Duration::from_millis(200 + rng.below(1000)));
+            let committed = committed_lines(&out).len();
+            mid_stream += u32::from(committed > 0 && committed < want.len());
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        if last {
+            break;
+        }
+    }
+    producer.join().unwrap();
+    let got = committed_lines(&out);
+    assert!(got == want, "seed {seed}, {partitions} partitions, p={parallelism}: {}", diff(&got, &want));
+    (kills, restores, mid_stream)
+}
+
+#[test]
+fn kill_dash_nine_kafka_to_exactly_once_files() {
+    let seed0 = std::env::var("WEIR_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6b61666b61);
+    let runs = std::env::var("WEIR_KILL_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let mut mid_stream = 0;
+    for i in 0..runs {
+        let (kills, restores, mid) = kill_iteration(seed0 + i);
+        assert!(restores > 0, "run {i}: no restore from a checkpoint ({kills} kills)");
+        mid_stream += mid;
+    }
+    assert!(mid_stream >= runs as u32, "only {mid_stream} kills in {runs} runs hit while records flowed");
+}
+
+/// A job reading `source` into an in-memory sink at parallelism `p`, restored from `savepoint`.
+fn start(dir: &Path, source: KafkaSource<String>, p: u32, savepoint: Option<&Path>, sink: &Collect) -> weir::JobHandle {
+    let parallelism = format!("parallelism.default={p}");
+    let env = common::job_env(common::Backend::HashMap, dir, savepoint, &[parallelism.as_str()]);
+    env.source(source).uid("kafka").sink(sink.clone()).uid("sink");
+    env.execute_async("kafka-rescale").unwrap()
+}
+
+#[test]
+fn a_4_partition_topic_rescales_1_to_3_to_2_and_new_topics_are_found_while_running() {
+    let kafka = kafka();
+    let topic = kafka.create_topic("rescale", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let source = KafkaSource::utf8(kafka.brokers.as_str())
+        .topic_pattern(&format!("{topic}(-new)?"))
+        .unwrap()
+        .partition_discovery_interval(Some(Duration::from_millis(200)));
+    let sink = Collect::default();
+    let produce = |round: u32| {
+        for partition in 0..4 {
+            let lines: Vec<String> = (0..25).map(|i| format!("r{round}-p{partition}-{i}")).collect();
+            kafka.produce(&topic, Some(partition), &lines);
+        }
+    };
+    let mut want: Vec<String> = Vec::new();
+    let mut savepoint: Option<PathBuf> = None;
+    for (round, p) in [(0u32, 1u32), (1, 3), (2, 2)] {
+        let handle = start(dir.path(), source.clone(), p, savepoint.as_deref(), &sink);
+        produce(round);
+        want.extend((0..4).flat_map(|p| (0..25).map(move |i| format!("r{round}-p{p}-{i}"))));
+        if round == 1 {
+            // A topic that matches the pattern, created while the job runs: read from its start.
+            let new = format!("{topic}-new");
+            let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka.sh"))
+                .args(["create-topic", &new, "2"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            for partition in 0..2 {
+                let lines: Vec<String> = (0..10).map(|i| format!("new-p{partition}-{i}")).collect();
+                kafka.produce(&new, Some(partition), &lines);
+                want.extend(lines);
+            }
+        }
+        wait_for("this round's records", || sink.lines().len() >= want.len());
+        let sp = dir.path().join(format!("sp{round}"));
+        savepoint = Some(common::stop_with_savepoint(handle, &sp, weir::SavepointFormat::Canonical, false));
+    }
+    let mut got = sink.lines();
+    got.sort();
+    want.sort();
+    assert!(got == want, "{}", diff(&got, &want));
+}
+
+/// Runs a job reading `source` that must fail; returns the failure's message.
+fn failure(source: KafkaSource<String>) -> String {
+    let env = common::test_env(&[("restart-strategy.type", "none")]);
+    env.source(source).uid("kafka").sink(Collect::default());
+    format!("{:?}", env.execute_async("kafka-failure").unwrap().wait())
+}
+
+#[test]
+fn a_missing_topic_an_unreachable_broker_and_an_undeserializable_record_fail_clearly() {
+    let kafka = kafka();
+    let missing = failure(KafkaSource::utf8(kafka.brokers.as_str()).topics(&["no-such-topic-here"]));
+    assert!(missing.contains("topic 'no-such-topic-here' does not exist on the Kafka brokers 127.0.0.1"), "{missing}");
+
+    let unreachable = failure(KafkaSource::utf8("127.0.0.1:1").topics(&["word"]));
+    assert!(unreachable.contains("Kafka brokers 127.0.0.1:1 did not answer"), "{unreachable}");
+
+    let topic = kafka.create_topic("bad", 1);
+    kafka.produce(&topic, Some(0), &["{\"word\":\"a\",\"frequency\":1}".to_string(), "not json".to_string()]);
+    let env = common::test_env(&[("restart-strategy.type", "fixed-delay")]);
+    env.source(KafkaSource::<weir_examples::WordCount>::json(kafka.brokers.as_str()).topics(&[&topic]))
+        .uid("kafka")
+        .map(|w: weir_examples::WordCount| w.to_string())
+        .sink(Collect::default());
+    let outcome = format!("{:?}", env.execute_async("bad").unwrap().wait());
+    assert!(
+        outcome.contains(&format!("cannot deserialize the record at offset 1 of partition {topic}-0"))
+            && outcome.contains("not a JSON document"),
+        "a bad record fails the job at once, even with a restart strategy: {outcome}"
+    );
+}
