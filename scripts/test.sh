@@ -14,6 +14,8 @@ fi
 # The Kafka-protocol broker the Kafka tests use (installed on first use: minutes; then seconds).
 # It stays up after the run, so later runs reuse it.
 ./scripts/kafka.sh start
+# PostgreSQL with two-phase commit for the exactly-once sink's tests (installed from Debian when missing).
+./scripts/postgres.sh start
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

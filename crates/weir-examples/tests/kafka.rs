@@ -5,7 +5,7 @@
 mod common;
 
 use common::kafka::{kafka, word_lines};
-use common::{committed_lines, diff, Collect, Rng};
+use common::{committed_lines, diff, latest_checkpoint, word_count_truth, Collect, Rng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,31 +17,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// The newest valid checkpoint under any job directory of `base`.
-fn latest_checkpoint(base: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(base)
-        .ok()?
-        .flatten()
-        .filter_map(|job| weir::latest_checkpoint(&job.path()))
-        .max_by_key(|(id, _)| *id)
-        .map(|(_, path)| path)
-}
-
-/// The word-count job's exactly-once output for these words: a running total per record.
-fn word_count_truth(words: &[&str]) -> Vec<String> {
-    let mut counts = std::collections::BTreeMap::new();
-    let mut lines: Vec<String> = words
-        .iter()
-        .map(|w| {
-            let n = counts.entry(*w).or_insert(0u64);
-            *n += 1;
-            format!("WordCount{{word='{w}', frequency={n}}}")
-        })
-        .collect();
-    lines.sort();
-    lines
 }
 
 /// One run: returns the kills, the restores, and the kills that hit while records were flowing

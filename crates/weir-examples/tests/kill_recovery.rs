@@ -4,20 +4,11 @@
 
 mod common;
 
-use common::{committed_lines, keyed_count_truth, Backend, Rng};
+use common::{committed_lines, keyed_count_truth, latest_checkpoint, Backend, Rng};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The newest valid checkpoint under any job directory of `base` (ids grow across restores).
-fn latest_checkpoint(base: &Path) -> Option<(u64, PathBuf)> {
-    std::fs::read_dir(base)
-        .ok()?
-        .flatten()
-        .filter_map(|job| weir::latest_checkpoint(&job.path()))
-        .max_by_key(|(id, _)| *id)
-}
 
 fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
     let mut rng = Rng::new(seed);
@@ -36,7 +27,7 @@ fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
             .args(["-D", &format!("execution.checkpointing.dir={}", ck.display())])
             .args(["-D", "weir.network.batch-size=64"])
             .args(backend.args(&dir.path().join("rocksdb")));
-        if let Some((_, path)) = latest_checkpoint(&ck) {
+        if let Some(path) = latest_checkpoint(&ck) {
             cmd.args(["-s", path.to_str().unwrap()]);
             restores += 1;
         }
@@ -144,7 +135,7 @@ fn run_window_iteration(seed: u64, backend: Backend) -> (u32, u32) {
             .args(["-D", "pipeline.auto-watermark-interval=10 ms"])
             .args(["-D", "weir.network.batch-size=64"])
             .args(backend.args(&dir.path().join("rocksdb")));
-        if let Some((_, path)) = latest_checkpoint(&ck) {
+        if let Some(path) = latest_checkpoint(&ck) {
             cmd.args(["-s", path.to_str().unwrap()]);
             *restores += 1;
         }

@@ -34,6 +34,7 @@ mod windows;
 
 pub use env::{JobFlags, StreamEnv};
 pub use error::Error;
+pub use functions::put_list;
 pub use functions::{
     BoxError, Collector, Context, KeyedProcessFunction, OutputTag, RuntimeContext, SinkContext, SinkFunction,
     SourceContext, SourceFunction, SourcePoll, TimerService, Unrecoverable,

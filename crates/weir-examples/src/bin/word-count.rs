@@ -13,6 +13,7 @@ use weir::connectors::{FileSink, PrintSink};
 use weir::StreamEnv;
 use weir_examples::{parse_word_count, FileJobArgs, WordCount};
 use weir_kafka::KafkaSource;
+use weir_postgres::PostgresSink;
 
 /// Input: JSON lines `{"word":..,"frequency":..}`.
 #[derive(Parser)]
@@ -36,6 +37,17 @@ struct Args {
     /// How often to look for new partitions of the topic.
     #[arg(long, default_value = "5 min", value_parser = weir::parse_duration, requires = "kafka_brokers")]
     partition_discovery: Duration,
+    /// Also write the totals, exactly once, to this PostgreSQL database (a URL such as
+    /// postgres://user@host:5432/db); the server needs max_prepared_transactions > 0.
+    #[arg(long, requires = "table")]
+    postgres: Option<String>,
+    /// The table for --postgres (word TEXT PRIMARY KEY, frequency BIGINT; created if missing).
+    #[arg(long, requires = "postgres")]
+    table: Option<String>,
+    /// With --postgres: insert a row per running total (word, frequency) instead of keeping the
+    /// latest total per word (the table then has no key).
+    #[arg(long, requires = "postgres")]
+    postgres_insert: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +82,15 @@ fn main() -> anyhow::Result<()> {
         .name("Sum");
     if !args.files.quiet {
         totals.clone().sink(PrintSink::new()).uid("print").name("Print");
+    }
+    if let (Some(url), Some(table)) = (&args.postgres, &args.table) {
+        let sink = PostgresSink::insert(url.as_str(), table.as_str(), &["word", "frequency"], |wc: &WordCount| {
+            vec![wc.word.as_str().into(), wc.frequency.into()]
+        });
+        let (sink, key) = if args.postgres_insert { (sink, "") } else { (sink.upsert(&["word"]), " PRIMARY KEY") };
+        sink.create_table(&format!("word TEXT NOT NULL{key}, frequency BIGINT NOT NULL"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        totals.clone().sink(sink).uid("postgres").name("PostgreSQL Sink");
     }
     totals.sink(FileSink::new(&args.files.output)).uid("sink").name("File Sink");
     env.execute("word-count").context("word-count failed")?;

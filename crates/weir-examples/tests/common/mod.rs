@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -283,4 +284,29 @@ impl weir::SinkFunction<String> for Collect {
         self.0.lock().unwrap().push(value);
         Ok(())
     }
+}
+
+/// The newest valid checkpoint under any job directory of `base` (ids grow across restores).
+pub fn latest_checkpoint(base: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .filter_map(|job| weir::latest_checkpoint(&job.path()))
+        .max_by_key(|(id, _)| *id)
+        .map(|(_, path)| path)
+}
+
+/// The word-count job's exactly-once output for these words: a running total per record.
+pub fn word_count_truth(words: &[&str]) -> Vec<String> {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut lines: Vec<String> = words
+        .iter()
+        .map(|w| {
+            let n = counts.entry(*w).or_insert(0u64);
+            *n += 1;
+            format!("WordCount{{word='{w}', frequency={n}}}")
+        })
+        .collect();
+    lines.sort();
+    lines
 }

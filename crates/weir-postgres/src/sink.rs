@@ -1,0 +1,366 @@
+//! The exactly-once PostgreSQL sink.
+//!
+//! Each subtask writes the rows of one checkpoint interval into one transaction. At the barrier
+//! it sends the buffered rows, then `PREPARE TRANSACTION '<id>'` (the rows are durable in the
+//! database but invisible) and lists the id in operator state with the checkpoint's id. When the
+//! checkpoint completes it runs `COMMIT PREPARED '<id>'`. On restore, the transactions the
+//! snapshot lists are committed (the checkpoint completed, so they belong to the output; one that
+//! is gone was committed already, by the notification before the crash or by an earlier restore
+//! from the same snapshot), and prepared transactions of this sink that no snapshot lists are
+//! rolled back (rows after the snapshot, which the restored job writes again).
+
+use crate::sql::{self, last_row_per_key, quote_literal, transaction_id, writer_of, WriteMode};
+use crate::value::SqlValue;
+use postgres::{Client, NoTls};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use weir::{put_list, BoxError, CheckpointId, OperatorStateSnapshot, Redistribution, SinkContext, SinkFunction};
+
+const STATE: &str = "prepared-transactions";
+/// Rows sent per statement.
+const BATCH: usize = 1000;
+/// SQLSTATE `undefined_object`: `COMMIT PREPARED` of an id that is not prepared.
+const UNDEFINED_OBJECT: &str = "42704";
+/// Attempts at `COMMIT PREPARED` when the checkpoint completes, before the job fails (and its
+/// restore commits it).
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// A transaction prepared at a checkpoint's barrier, waiting for the checkpoint to complete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Prepared {
+    checkpoint_id: CheckpointId,
+    gid: String,
+    writer: u32,
+}
+
+type RowFn<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
+
+/// Writes rows to a PostgreSQL table, exactly once, with two-phase commit. The server needs
+/// `max_prepared_transactions` above the sink's parallelism (it is 0 by default, which disables
+/// `PREPARE TRANSACTION`).
+pub struct PostgresSink<T> {
+    url: String,
+    table: String,
+    columns: Vec<String>,
+    mode: WriteMode,
+    row: RowFn<T>,
+    prefix: String,
+    // Per subtask. Connections are only reached through `&mut self` (`Mutex::get_mut`, no
+    // locking): the mutex makes the sink `Sync`, as job graphs need; a client is not.
+    /// Writes rows and prepares (it has the open transaction).
+    client: Mutex<Option<Client>>,
+    /// Commits and rolls back prepared transactions: `COMMIT PREPARED` cannot run on a
+    /// connection with an open transaction, which the writer has whenever rows came after the
+    /// barrier.
+    committer: Mutex<Option<Client>>,
+    subtask: u32,
+    run: String,
+    rows: Vec<Vec<SqlValue>>,
+    in_transaction: bool,
+    pending: Vec<Prepared>,
+}
+
+impl<T> Clone for PostgresSink<T> {
+    fn clone(&self) -> Self {
+        PostgresSink {
+            url: self.url.clone(),
+            table: self.table.clone(),
+            columns: self.columns.clone(),
+            mode: self.mode.clone(),
+            row: self.row.clone(),
+            prefix: self.prefix.clone(),
+            client: Mutex::new(None),
+            committer: Mutex::new(None),
+            subtask: 0,
+            run: String::new(),
+            rows: Vec::new(),
+            in_transaction: false,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<T> PostgresSink<T> {
+    /// Inserts a row per record into `table` (`schema.table` works), `row` giving the values of
+    /// `columns` in order.
+    pub fn insert(
+        url: impl Into<String>,
+        table: impl Into<String>,
+        columns: &[&str],
+        row: impl Fn(&T) -> Vec<SqlValue> + Send + Sync + 'static,
+    ) -> Self {
+        let table = table.into();
+        PostgresSink {
+            url: url.into(),
+            prefix: format!("weir-{table}"),
+            table,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            mode: WriteMode::Insert,
+            row: Arc::new(row),
+            client: Mutex::new(None),
+            committer: Mutex::new(None),
+            subtask: 0,
+            run: String::new(),
+            rows: Vec::new(),
+            in_transaction: false,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Upserts instead: a row replaces the table's row with the same `key` columns (which need a
+    /// unique index).
+    pub fn upsert(mut self, key: &[&str]) -> Self {
+        self.mode = WriteMode::Upsert { key: key.iter().map(|c| c.to_string()).collect() };
+        self
+    }
+
+    /// The prefix of the ids of the transactions this sink prepares (default `weir-<table>`).
+    /// Two sinks (or jobs) writing the same database need different prefixes: on restore a sink
+    /// rolls back the prepared transactions of its prefix that its snapshot does not list.
+    pub fn transaction_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Creates the table unless it exists: `CREATE TABLE IF NOT EXISTS <table> (<definition>)`,
+    /// for a job to call before it starts.
+    pub fn create_table(&self, definition: &str) -> Result<(), BoxError> {
+        let mut client = Client::connect(&self.url, NoTls)
+            .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.url)), e))?;
+        let ddl = format!("CREATE TABLE IF NOT EXISTS {} ({definition})", sql::quote_identifier(&self.table));
+        client.batch_execute(&ddl).map_err(|e| self.context("cannot create the table", e))
+    }
+
+    fn context(&self, doing: &str, e: impl std::fmt::Display) -> BoxError {
+        format!("PostgreSQL sink (table {}): {doing}: {e}", self.table).into()
+    }
+
+    fn connect(&self) -> Result<Client, BoxError> {
+        Client::connect(&self.url, NoTls)
+            .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.url)), e))
+    }
+
+    /// The writer's connection.
+    fn client(&mut self) -> Result<&mut Client, BoxError> {
+        if self.client.get_mut().unwrap_or_else(|e| e.into_inner()).is_none() {
+            let client = self.connect()?;
+            *self.client.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        }
+        Ok(self.client.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut().expect("connected above"))
+    }
+
+    /// The committer's connection, made again when it broke.
+    fn committer(&mut self) -> Result<&mut Client, BoxError> {
+        let broken = self.committer.get_mut().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|c| c.is_closed());
+        if broken {
+            let client = self.connect()?;
+            *self.committer.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        }
+        Ok(self.committer.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut().expect("connected above"))
+    }
+
+    /// Sends the buffered rows into the open transaction (beginning it if needed).
+    fn flush(&mut self) -> Result<(), BoxError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let mut rows = std::mem::take(&mut self.rows);
+        if let WriteMode::Upsert { key } = &self.mode {
+            let positions: Vec<usize> = key.iter().filter_map(|k| self.columns.iter().position(|c| c == k)).collect();
+            rows = last_row_per_key(rows, &positions);
+        }
+        let (table, columns, mode) = (self.table.clone(), self.columns.clone(), self.mode.clone());
+        let begin = !self.in_transaction;
+        let client = self.client()?;
+        let result = (|| -> Result<(), postgres::Error> {
+            if begin {
+                client.batch_execute("BEGIN")?;
+            }
+            for chunk in rows.chunks(BATCH) {
+                let statement = sql::write_statement(&table, &columns, &mode, chunk.len());
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    chunk.iter().flatten().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
+                client.execute(statement.as_str(), &params)?;
+            }
+            Ok(())
+        })();
+        // A failed statement aborts the transaction: the job restarts from its last checkpoint.
+        self.in_transaction = true;
+        result.map_err(|e| self.context("cannot write rows", e))
+    }
+
+    /// Commits a prepared transaction; one that is not prepared any more was committed already.
+    fn commit_prepared(&mut self, gid: &str) -> Result<bool, BoxError> {
+        let client = self.committer()?;
+        match client.batch_execute(&format!("COMMIT PREPARED {}", quote_literal(gid))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) => Ok(false),
+            Err(e) => Err(self.context(&format!("cannot commit prepared transaction '{gid}'"), e)),
+        }
+    }
+
+    fn commit_up_to(&mut self, checkpoint_id: CheckpointId) -> Result<(), BoxError> {
+        let due: Vec<Prepared> = self.pending.iter().filter(|p| p.checkpoint_id <= checkpoint_id).cloned().collect();
+        for p in due {
+            let mut attempt = 1;
+            loop {
+                match self.commit_prepared(&p.gid) {
+                    Ok(_) => break,
+                    Err(e) if attempt < COMMIT_ATTEMPTS => {
+                        tracing::warn!("{e}; retrying ({attempt}/{COMMIT_ATTEMPTS})");
+                        // A broken connection is made again at the next attempt.
+                        std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                        attempt += 1;
+                    }
+                    // The transaction stays prepared: the restore from this checkpoint commits it.
+                    Err(e) => return Err(e),
+                }
+            }
+            self.pending.retain(|q| q.gid != p.gid);
+        }
+        Ok(())
+    }
+
+    /// Restore: commits what the snapshot lists for this subtask, rolls back this sink's other
+    /// prepared transactions (of the writers this subtask now stands for).
+    fn recover(&mut self, restored: Vec<Prepared>, parallelism: u32, was_restored: bool) -> Result<(), BoxError> {
+        let subtask = self.subtask;
+        let mine: Vec<Prepared> = restored.iter().filter(|p| p.writer % parallelism == subtask).cloned().collect();
+        let (mut committed, mut already) = (0, 0);
+        for p in &mine {
+            if self.commit_prepared(&p.gid)? {
+                committed += 1;
+            } else {
+                already += 1;
+            }
+        }
+        let listed: Vec<&str> = restored.iter().map(|p| p.gid.as_str()).collect();
+        let prefix = self.prefix.clone();
+        let client = self.committer()?;
+        let prepared = client
+            .query("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()", &[])
+            .map_err(|e| format!("PostgreSQL sink: cannot list prepared transactions: {e}"))?;
+        let mut rolled_back = Vec::new();
+        for row in prepared {
+            let gid: String = row.get(0);
+            let ours = writer_of(&prefix, &gid).is_some_and(|w| w % parallelism == subtask);
+            if ours && !listed.contains(&gid.as_str()) {
+                client
+                    .batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid)))
+                    .map_err(|e| format!("PostgreSQL sink: cannot roll back prepared transaction '{gid}': {e}"))?;
+                rolled_back.push(gid);
+            }
+        }
+        if !was_restored && rolled_back.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            "PostgreSQL sink (table {}) subtask {subtask}: committed {committed} transaction(s) of the restored snapshot ({already} committed before), rolled back {} not in it{}",
+            self.table,
+            rolled_back.len(),
+            if rolled_back.is_empty() { String::new() } else { format!(": {}", rolled_back.join(", ")) }
+        );
+        Ok(())
+    }
+}
+
+impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
+    fn open(&mut self, ctx: &SinkContext<'_>) -> Result<(), BoxError> {
+        self.subtask = ctx.subtask;
+        self.run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        self.client()?;
+        self.committer()?;
+        let restored: Vec<Prepared> = ctx.state.list(STATE)?;
+        self.recover(restored, ctx.parallelism, ctx.state.is_restored())
+    }
+
+    fn invoke(&mut self, value: T) -> Result<(), BoxError> {
+        let row = (self.row)(&value);
+        if row.len() != self.columns.len() {
+            return Err(format!(
+                "PostgreSQL sink (table {}): a row has {} values for {} columns ({})",
+                self.table,
+                row.len(),
+                self.columns.len(),
+                self.columns.join(", ")
+            )
+            .into());
+        }
+        self.rows.push(row);
+        if self.rows.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(
+        &mut self,
+        checkpoint_id: CheckpointId,
+        state: &mut OperatorStateSnapshot,
+    ) -> Result<(), BoxError> {
+        self.flush()?;
+        if self.in_transaction {
+            let gid = transaction_id(&self.prefix, self.subtask, checkpoint_id, &self.run);
+            let client = self.client()?;
+            if let Err(e) = client.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(&gid))) {
+                let hint = if e.to_string().contains("max_prepared_transactions") {
+                    " (the server has max_prepared_transactions = 0: set it above the sink's parallelism and restart PostgreSQL)"
+                } else {
+                    ""
+                };
+                return Err(self.context(&format!("cannot prepare transaction '{gid}'{hint}"), e));
+            }
+            self.in_transaction = false;
+            self.pending.push(Prepared { checkpoint_id, gid, writer: self.subtask });
+        }
+        put_list(state, STATE, Redistribution::Union, &self.pending)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: CheckpointId) -> Result<(), BoxError> {
+        self.commit_up_to(checkpoint_id)
+    }
+
+    fn end_of_input(&mut self) -> Result<(), BoxError> {
+        self.flush()
+    }
+
+    fn finish(&mut self) -> Result<(), BoxError> {
+        self.flush()?;
+        if std::mem::take(&mut self.in_transaction) {
+            let client = self.client()?;
+            client
+                .batch_execute("COMMIT")
+                .map_err(|e| format!("PostgreSQL sink (table {}): cannot commit: {e}", self.table))?;
+        }
+        self.commit_up_to(CheckpointId::MAX)
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("host=h user=u"), "host=h user=u");
+    }
+}
