@@ -2,6 +2,7 @@
 
     kafka-client.py produce BROKERS TOPIC [--partition N] [--rate R]   # one record per stdin line
     kafka-client.py committed BROKERS GROUP TOPIC N    # committed offsets of partitions 0..N-1
+    kafka-client.py consume BROKERS TOPIC N --at-least M  # every value of partitions 0..N-1
 
 Run it with the python `scripts/kafka.sh python` prints.
 """
@@ -43,6 +44,25 @@ def committed(args):
     consumer.close()
 
 
+def consume(args):
+    """Prints the values of every record, reading until at least `at_least` arrived and then no
+    record came for a second (the broker's latest offsets are not relied on)."""
+    consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": "weir-test-consume",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(args.topic, p, 0) for p in range(args.n)])
+    values, last = [], time.monotonic()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        m = consumer.poll(0.1)
+        if m is not None and m.error() is None:
+            values.append(m.value().decode())
+            last = time.monotonic()
+        elif len(values) >= args.at_least and time.monotonic() - last > 1.0:
+            break
+    consumer.close()
+    print("\n".join(values))
+
+
 parser = argparse.ArgumentParser()
 commands = parser.add_subparsers(dest="command", required=True)
 p = commands.add_parser("produce")
@@ -57,5 +77,11 @@ c.add_argument("group")
 c.add_argument("topic")
 c.add_argument("n", type=int)
 c.set_defaults(run=committed)
+r = commands.add_parser("consume")
+r.add_argument("brokers")
+r.add_argument("topic")
+r.add_argument("n", type=int)
+r.add_argument("--at-least", type=int, default=0)
+r.set_defaults(run=consume)
 args = parser.parse_args()
 args.run(args)

@@ -173,3 +173,48 @@ fn a_missing_topic_an_unreachable_broker_and_an_undeserializable_record_fail_cle
         "a bad record fails the job at once, even with a restart strategy: {outcome}"
     );
 }
+
+#[test]
+fn the_at_least_once_sink_delivers_every_record_through_failures() {
+    // Kafka → map (which fails twice, at random records) → Kafka, checkpointing every 30 ms:
+    // every input record is in the output topic, some perhaps twice.
+    let kafka = kafka();
+    let (input, output) = (kafka.create_topic("sink-in", 2), kafka.create_topic("sink-out", 3));
+    let records: Vec<String> = (0..2000).map(|i| format!("record-{i}")).collect();
+    kafka.produce(&input, None, &records);
+    let dir = tempfile::tempdir().unwrap();
+    let env = common::job_env(
+        common::Backend::HashMap,
+        dir.path(),
+        None,
+        &[
+            "execution.checkpointing.interval=30 ms",
+            "restart-strategy.type=fixed-delay",
+            "restart-strategy.fixed-delay.attempts=5",
+            "restart-strategy.fixed-delay.delay=100 ms",
+        ],
+    );
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (f, s) = (failures.clone(), seen.clone());
+    env.source(KafkaSource::utf8(kafka.brokers.as_str()).topics(&[&input]))
+        .uid("in")
+        .map(move |r: String| {
+            let n = s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if (n == 700 || n == 1900) && f.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                panic!("injected failure at record {n}");
+            }
+            r
+        })
+        .sink(weir_kafka::KafkaSink::utf8(kafka.brokers.as_str(), &output))
+        .uid("out");
+    let handle = env.execute_async("kafka-sink").unwrap();
+    let mut got = kafka.consume(&output, 3, records.len());
+    handle.cancel();
+    assert_eq!(failures.load(std::sync::atomic::Ordering::SeqCst), 2, "both failures happened");
+    got.sort();
+    got.dedup();
+    let mut want = records.clone();
+    want.sort();
+    assert!(got == want, "{}", diff(&got, &want));
+}

@@ -8,8 +8,10 @@
 mod client;
 mod deserialize;
 mod owner;
+mod sink;
 mod source;
 
 pub use deserialize::KafkaRecord;
 pub use owner::partition_owner;
+pub use sink::{DeliveryGuarantee, KafkaMessage, KafkaSink};
 pub use source::{KafkaSource, KafkaSplit, Reset, StartingOffsets};

@@ -74,6 +74,19 @@ impl Kafka {
         out.split_whitespace().map(|o| o.parse().unwrap()).collect()
     }
 
+    /// Every value in partitions `0..partitions` of `topic`, once at least `at_least` are there.
+    pub fn consume(&self, topic: &str, partitions: u32, at_least: usize) -> Vec<String> {
+        let args = [
+            "consume".to_string(),
+            self.brokers.clone(),
+            topic.to_string(),
+            partitions.to_string(),
+            "--at-least".to_string(),
+            at_least.to_string(),
+        ];
+        self.client(&args, None).lines().map(str::to_string).collect()
+    }
+
     fn client(&self, args: &[String], stdin: Option<String>) -> String {
         let mut child = Command::new(&self.python)
             .arg(self.root.join("scripts/kafka-client.py"))
