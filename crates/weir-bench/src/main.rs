@@ -2,7 +2,8 @@
 //! `cargo run --release -p weir-bench -- --suite savepoints` (savepoint and restore times), and
 //! `cargo run --release -p weir-bench -- --suite rocksdb` (the rocksdb backend: throughput of the
 //! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores), and
-//! `cargo run --release -p weir-bench -- --suite windows` (event-time windows, both backends).
+//! `cargo run --release -p weir-bench -- --suite windows` (event-time windows, both backends), and
+//! `cargo run --release -p weir-bench -- --suite connectors` (Kafka source and sink, PostgreSQL sink).
 //!
 //! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
@@ -27,6 +28,7 @@ use weir::{Configuration, StreamEnv};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod connectors;
 mod count;
 mod rocksdb;
 mod savepoints;
@@ -51,6 +53,15 @@ struct Args {
     /// Run one configuration in this process: SHAPE,PARALLELISM,CHECKPOINT_MS[,BACKEND] (0 = none).
     #[arg(long)]
     single: Option<String>,
+    /// Run one part of the connectors suite in this process: PART,PARALLELISM,RECORDS,TARGET.
+    #[arg(long)]
+    connector: Option<String>,
+    /// Records per Kafka measurement in the connectors suite.
+    #[arg(long, default_value_t = 2_000_000)]
+    kafka_records: u64,
+    /// Rows per PostgreSQL measurement in the connectors suite.
+    #[arg(long, default_value_t = 300_000)]
+    postgres_rows: u64,
 }
 
 #[derive(Serialize, serde::Deserialize, Debug)]
@@ -92,7 +103,7 @@ pub(crate) fn word(n: u64) -> String {
     s
 }
 
-fn peak_rss() -> u64 {
+pub(crate) fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -200,6 +211,13 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    if let Some(spec) = &args.connector {
+        let parts: Vec<&str> = spec.split(',').collect();
+        let [part, p, records, target] = parts[..] else { bail!("--connector PART,P,RECORDS,TARGET") };
+        let v = connectors::run_part(part, p.parse()?, records.parse()?, target)?;
+        println!("{v}");
+        return Ok(());
+    }
     let out = args.out.clone().unwrap_or_else(|| format!("bench-results/{}.json", args.suite));
     if let Some(parent) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(parent)?;
@@ -216,8 +234,22 @@ fn main() -> anyhow::Result<()> {
             eprintln!("wrote {out}");
             return Ok(());
         }
+        "connectors" => {
+            std::env::set_var("RUST_LOG", "warn");
+            let report = connectors::run(args.kafka_records, args.postgres_rows, args.repeat)?;
+            let machine =
+                serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
+            std::fs::write(
+                &out,
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "benchmark": "connectors", "machine": machine, "report": report }),
+                )?,
+            )?;
+            eprintln!("wrote {out}");
+            return Ok(());
+        }
         "rocksdb" | "windows" => {}
-        other => bail!("unknown suite '{other}': engine, savepoints, rocksdb or windows"),
+        other => bail!("unknown suite '{other}': engine, savepoints, rocksdb, windows or connectors"),
     }
     let rocks = args.suite == "rocksdb";
     let (shapes, intervals, backends): (&[&str], &[u64], &[&str]) = match args.suite.as_str() {
