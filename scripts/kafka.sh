@@ -7,6 +7,8 @@
 #   scripts/kafka.sh brokers                      # prints 127.0.0.1:PORT
 #   scripts/kafka.sh create-topic NAME PARTITIONS
 #   scripts/kafka.sh python                       # prints a python with confluent-kafka (installs it)
+#   scripts/kafka.sh pause|resume                 # freezes / thaws the broker (SIGSTOP / SIGCONT),
+#                                                 # for tests of a broker that stops answering
 #
 # Port: WEIR_KAFKA_PORT (default 9092). State: WEIR_KAFKA_DIR (default $TMPDIR/weir-kafka-PORT)
 # holds the pid file and the log. Storage is in memory: a restarted broker is empty.
@@ -91,11 +93,18 @@ python() {
   echo "$venv/bin/python"
 }
 
+signal() {
+  running || { echo "no broker runs on port $port" >&2; exit 1; }
+  kill "-$1" "$(cat "$dir/pid")"
+}
+
 case "${1:-}" in
   start) start ;;
+  pause) signal STOP ;;
+  resume) signal CONT ;;
   stop) stop ;;
   brokers) echo "127.0.0.1:$port" ;;
   create-topic) shift; create_topic "$@" ;;
   python) python ;;
-  *) echo "usage: $0 start|stop|brokers|create-topic NAME PARTITIONS|python" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|brokers|create-topic NAME PARTITIONS|python|pause|resume" >&2; exit 2 ;;
 esac

@@ -122,11 +122,7 @@ fn a_4_partition_topic_rescales_1_to_3_to_2_and_new_topics_are_found_while_runni
         if round == 1 {
             // A topic that matches the pattern, created while the job runs: read from its start.
             let new = format!("{topic}-new");
-            let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/kafka.sh"))
-                .args(["create-topic", &new, "2"])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            common::kafka::kafka_script(None, &["create-topic", &new, "2"]);
             for partition in 0..2 {
                 let lines: Vec<String> = (0..10).map(|i| format!("new-p{partition}-{i}")).collect();
                 kafka.produce(&new, Some(partition), &lines);
@@ -216,5 +212,53 @@ fn the_at_least_once_sink_delivers_every_record_through_failures() {
     got.dedup();
     let mut want = records.clone();
     want.sort();
+    assert!(got == want, "{}", diff(&got, &want));
+}
+
+#[test]
+fn brokers_unreachable_at_start_then_frozen_while_running_lose_nothing() {
+    // A broker of its own (this test starts it late and freezes it), on another port.
+    let port = 9094;
+    common::kafka::kafka_script(Some(port), &["stop"]);
+    let broker = common::kafka::Kafka::on_port(Some(port));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let env = common::job_env(
+        common::Backend::HashMap,
+        dir.path(),
+        None,
+        &[
+            "execution.checkpointing.interval=50 ms",
+            "restart-strategy.type=fixed-delay",
+            "restart-strategy.fixed-delay.attempts=1000",
+            "restart-strategy.fixed-delay.delay=200 ms",
+        ],
+    );
+    let topic = "frozen";
+    env.source(KafkaSource::utf8(broker.brokers.as_str()).topics(&[topic]))
+        .uid("kafka")
+        .sink(weir::connectors::FileSink::new(&out))
+        .uid("sink");
+    let handle = env.execute_async("kafka-faults").unwrap();
+    // Unreachable: the job fails and restarts until the broker is there.
+    wait_for("a restart", || handle.restarts() > 0);
+    common::kafka::kafka_script(Some(port), &["start"]);
+    common::kafka::kafka_script(Some(port), &["create-topic", topic, "1"]);
+    let lines: Vec<String> = (0..400).map(|i| format!("line-{i}")).collect();
+    broker.produce(topic, Some(0), &lines[..200]);
+    wait_for("the first records committed", || committed_lines(&out).len() >= 100);
+    // Frozen: it accepts connections but answers nothing for 3 s.
+    common::kafka::kafka_script(Some(port), &["pause"]);
+    std::thread::sleep(Duration::from_secs(3));
+    common::kafka::kafka_script(Some(port), &["resume"]);
+    broker.produce(topic, Some(0), &lines[200..]);
+    wait_for("every record committed", || committed_lines(&out).len() >= lines.len());
+    std::thread::sleep(Duration::from_millis(300));
+    handle.cancel();
+    handle.wait();
+    common::kafka::kafka_script(Some(port), &["stop"]);
+    let mut want = lines;
+    want.sort();
+    let got = committed_lines(&out);
     assert!(got == want, "{}", diff(&got, &want));
 }

@@ -11,33 +11,46 @@ pub struct Kafka {
     pub brokers: String,
     python: PathBuf,
     root: PathBuf,
+    port: Option<u16>,
 }
 
-/// Starts the broker (installing it when missing) once per test process.
+/// Starts the shared broker (installing it when missing) once per test process.
 pub fn kafka() -> &'static Kafka {
     static KAFKA: OnceLock<Kafka> = OnceLock::new();
-    KAFKA.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let script = root.join("scripts/kafka.sh");
-        let run = |arg: &str| {
-            let out = Command::new(&script).arg(arg).stderr(Stdio::inherit()).output().unwrap();
-            assert!(out.status.success(), "scripts/kafka.sh {arg} failed");
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        run("start");
-        Kafka { brokers: run("brokers"), python: PathBuf::from(run("python")), root }
-    })
+    KAFKA.get_or_init(|| Kafka::on_port(None))
+}
+
+/// Runs `scripts/kafka.sh ARGS` for the broker on `port` (the shared one: `None`); its stdout.
+pub fn kafka_script(port: Option<u16>, args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka.sh");
+    let mut cmd = Command::new(&script);
+    if let Some(port) = port {
+        cmd.env("WEIR_KAFKA_PORT", port.to_string()).env_remove("WEIR_KAFKA_DIR");
+    }
+    let out = cmd.args(args).stderr(Stdio::inherit()).output().unwrap();
+    assert!(out.status.success(), "scripts/kafka.sh {args:?} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 impl Kafka {
+    /// The broker on `port` (not started: see [`kafka_script`]), with the test client.
+    pub fn on_port(port: Option<u16>) -> Kafka {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        if port.is_none() {
+            kafka_script(None, &["start"]);
+        }
+        Kafka {
+            brokers: kafka_script(port, &["brokers"]),
+            python: PathBuf::from(kafka_script(None, &["python"])),
+            root,
+            port,
+        }
+    }
+
     /// Creates a topic with a name no other test uses.
     pub fn create_topic(&self, prefix: &str, partitions: u32) -> String {
         let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let status = Command::new(self.root.join("scripts/kafka.sh"))
-            .args(["create-topic", &name, &partitions.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "creating topic {name}");
+        kafka_script(self.port, &["create-topic", &name, &partitions.to_string()]);
         name
     }
 
