@@ -168,6 +168,38 @@ fn a_missing_topic_an_unreachable_broker_and_an_undeserializable_record_fail_cle
             && outcome.contains("not a JSON document"),
         "a bad record fails the job at once, even with a restart strategy: {outcome}"
     );
+
+    // Routed to a side output instead, the bad record is kept there and the job goes on.
+    kafka.produce(&topic, Some(0), &["{\"word\":\"b\",\"frequency\":2}".to_string()]);
+    let env = common::test_env(&[]);
+    let bad = weir::OutputTag::<weir_kafka::UndeserializableRecord>::new("bad");
+    let (good, refused) = (Collect::default(), Collect::default());
+    let words = env
+        .source(
+            KafkaSource::<weir_examples::WordCount>::json(kafka.brokers.as_str())
+                .topics(&[&topic])
+                .undeserializable_to(bad.clone()),
+        )
+        .uid("kafka");
+    words
+        .get_side_output(&bad)
+        .map(|r: weir_kafka::UndeserializableRecord| {
+            format!(
+                "{}-{}@{}: {:?}",
+                r.topic,
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(&r.value.unwrap_or_default())
+            )
+        })
+        .sink(refused.clone());
+    words.map(|w: weir_examples::WordCount| w.to_string()).sink(good.clone());
+    let handle = env.execute_async("side").unwrap();
+    wait_for("both good records", || good.lines().len() == 2);
+    handle.cancel();
+    assert_eq!(handle.wait().status, weir::JobStatus::Canceled, "the job did not fail");
+    assert_eq!(good.lines(), ["WordCount{word='a', frequency=1}", "WordCount{word='b', frequency=2}"]);
+    assert_eq!(refused.lines(), [format!("{topic}-0@1: \"not json\"")]);
 }
 
 #[test]
@@ -193,7 +225,7 @@ fn the_at_least_once_sink_delivers_every_record_through_failures() {
     let failures = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let (f, s) = (failures.clone(), seen.clone());
-    env.source(KafkaSource::utf8(kafka.brokers.as_str()).topics(&[&input]))
+    env.source(KafkaSource::utf8(kafka.brokers.as_str()).topics(&[&input]).partition_discovery_interval(None))
         .uid("in")
         .map(move |r: String| {
             let n = s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

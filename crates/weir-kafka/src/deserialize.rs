@@ -38,3 +38,17 @@ pub(crate) fn json_value<T: serde::de::DeserializeOwned>(record: &KafkaRecord<'_
         .into()
     })
 }
+
+/// A record the deserializer refused, as it reaches the side output named with
+/// [`crate::KafkaSource::undeserializable_to`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UndeserializableRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// Why it was refused.
+    pub error: String,
+}

@@ -11,7 +11,7 @@ mod owner;
 mod sink;
 mod source;
 
-pub use deserialize::KafkaRecord;
+pub use deserialize::{KafkaRecord, UndeserializableRecord};
 pub use owner::partition_owner;
 pub use sink::{DeliveryGuarantee, KafkaMessage, KafkaSink};
 pub use source::{KafkaSource, KafkaSplit, Reset, StartingOffsets};

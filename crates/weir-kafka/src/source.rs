@@ -4,7 +4,7 @@
 //! consumer group when a checkpoint completes, for lag monitoring only (as Flink does).
 
 use crate::client::{self, Brokers};
-use crate::deserialize::{Deserializer, KafkaRecord};
+use crate::deserialize::{Deserializer, KafkaRecord, UndeserializableRecord};
 use crate::owner::partition_owner;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir::{
-    BoxError, CheckpointId, Collector, SourcePoll, SourceSplit, SplitContext, SplitIndex, SplitReader, SplitSource,
-    Unrecoverable,
+    BoxError, CheckpointId, Collector, OutputTag, SourcePoll, SourceSplit, SplitContext, SplitIndex, SplitReader,
+    SplitSource, Unrecoverable,
 };
 
 /// Where a partition is read from when no checkpoint or savepoint says (Flink's
@@ -87,6 +87,8 @@ pub struct KafkaSource<T> {
     properties: Vec<(String, String)>,
     commit_on_checkpoint: bool,
     deserializer: Deserializer<T>,
+    /// Where records the deserializer refuses go (default: they fail the job).
+    undeserializable: Option<OutputTag<UndeserializableRecord>>,
     /// A metadata client, made at the first discovery.
     metadata: Arc<Mutex<Option<BaseConsumer>>>,
 }
@@ -102,6 +104,7 @@ impl<T> Clone for KafkaSource<T> {
             properties: self.properties.clone(),
             commit_on_checkpoint: self.commit_on_checkpoint,
             deserializer: self.deserializer.clone(),
+            undeserializable: self.undeserializable.clone(),
             // Each copy (one per subtask) has a client of its own, dropped with it.
             metadata: Arc::new(Mutex::new(None)),
         }
@@ -146,6 +149,7 @@ impl<T> KafkaSource<T> {
             properties: Vec::new(),
             commit_on_checkpoint: true,
             deserializer: Arc::new(deserialize),
+            undeserializable: None,
             metadata: Arc::new(Mutex::new(None)),
         }
     }
@@ -187,6 +191,13 @@ impl<T> KafkaSource<T> {
     /// would hand positions to the broker (`enable.auto.commit`) are overridden.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sends records the deserializer refuses to the side output `tag` (read it with
+    /// `get_side_output(&tag)` on the source's stream) instead of failing the job.
+    pub fn undeserializable_to(mut self, tag: OutputTag<UndeserializableRecord>) -> Self {
+        self.undeserializable = Some(tag);
         self
     }
 
@@ -273,8 +284,12 @@ impl<T: Send + 'static> SplitSource<T> for KafkaSource<T> {
     }
 
     fn discovery_interval(&self) -> Option<Duration> {
-        // Partitions are never finished: the source is unbounded, discovery or not.
-        Some(self.discovery.unwrap_or(Duration::MAX))
+        self.discovery
+    }
+
+    /// Partitions are never finished: the source is unbounded, discovery or not.
+    fn is_bounded(&self) -> bool {
+        false
     }
 
     /// Flink's formula: a topic's partitions go round robin from a start derived from its name.
@@ -287,6 +302,7 @@ impl<T: Send + 'static> SplitSource<T> for KafkaSource<T> {
             consumer: self.consumer(&format!("reader {}", ctx.subtask))?,
             brokers: self.brokers.clone(),
             deserializer: self.deserializer.clone(),
+            undeserializable: self.undeserializable.clone(),
             commit: self.commit_on_checkpoint && self.group_id.is_some(),
             subtask: ctx.subtask,
             log_restored: ctx.restored,
@@ -307,6 +323,7 @@ pub struct KafkaReader<T> {
     consumer: BaseConsumer,
     brokers: Brokers,
     deserializer: Deserializer<T>,
+    undeserializable: Option<OutputTag<UndeserializableRecord>>,
     commit: bool,
     subtask: u32,
     /// The first splits are restored ones: log them as Flink does.
@@ -438,15 +455,37 @@ impl<T: Send + 'static> SplitReader<T, KafkaSplit> for KafkaReader<T> {
                 key: message.key(),
                 value: message.payload(),
             };
-            let value = (self.deserializer)(&record).map_err(|e| {
-                Unrecoverable::boxed(format!(
-                    "cannot deserialize the record at offset {offset} of partition {topic}-{partition}: {e}. Fix the producer, or deserialize such records into a value your job handles (KafkaSource::with_deserializer)"
-                ))
-            })?;
+            let value = match (self.deserializer)(&record) {
+                Ok(value) => Some(value),
+                Err(e) => match &self.undeserializable {
+                    Some(tag) => {
+                        out.output(
+                            tag,
+                            UndeserializableRecord {
+                                topic: topic.to_string(),
+                                partition,
+                                offset,
+                                timestamp: record.timestamp,
+                                key: record.key.map(<[u8]>::to_vec),
+                                value: record.value.map(<[u8]>::to_vec),
+                                error: e.to_string(),
+                            },
+                        );
+                        None
+                    }
+                    None => {
+                        return Err(Unrecoverable::boxed(format!(
+                            "cannot deserialize the record at offset {offset} of partition {topic}-{partition}: {e}. Fix the producer, or route such records to a side output (KafkaSource::undeserializable_to)"
+                        )))
+                    }
+                },
+            };
             let timestamp = record.timestamp;
             let entry = &mut self.partitions[p];
             entry.split.offset = Some(offset + 1);
-            out.collect_in_split(entry.index, value, timestamp);
+            if let Some(value) = value {
+                out.collect_in_split(entry.index, value, timestamp);
+            }
             emitted += 1;
         }
         if emitted > 0 {

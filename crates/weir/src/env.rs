@@ -275,6 +275,7 @@ impl StreamEnv {
         let node = NodeBuilder {
             stateful,
             is_source: true,
+            emits_side_outputs: true,
             ..NodeBuilder::new("Source", spec, Some(Arc::new(TypeOps::<T>::new())))
         };
         let index = self.inner.borrow_mut().add_node(node, None);

@@ -37,11 +37,38 @@ pub struct Collector<'a, T> {
     /// `TimestampedCollector` does.
     timestamp: Option<i64>,
     error: Option<TaskError>,
+    /// A source's side outputs (keyed functions emit theirs through their `Context`).
+    side: Option<&'a mut SideEmitter>,
 }
 
 impl<'a, T> Collector<'a, T> {
     pub(crate) fn new(next: &'a mut dyn Output<T>, timestamp: Option<i64>) -> Self {
-        Collector { next, timestamp, error: None }
+        Collector { next, timestamp, error: None, side: None }
+    }
+
+    pub(crate) fn with_side_outputs(next: &'a mut dyn Output<T>, side: &'a mut SideEmitter) -> Self {
+        Collector { next, timestamp: None, error: None, side: Some(side) }
+    }
+
+    /// Emits `value` to the side output `tag` of a source (read with `get_side_output(&tag)` on
+    /// the source's stream; nothing happens when nothing reads it). Keyed functions use
+    /// `ctx.output(&tag, value)` instead.
+    pub fn output<X: Record>(&mut self, tag: &OutputTag<X>, value: X) {
+        if self.error.is_some() {
+            return;
+        }
+        let Some(side) = self.side.as_deref_mut() else {
+            self.error = Some(TaskError::Internal(format!(
+                "side output '{}': a keyed function emits side outputs with ctx.output(&tag, value)",
+                tag.id
+            )));
+            return;
+        };
+        if let Some(out) = side.outputs.get::<X>(&tag.id) {
+            if let Err(e) = out.emit(value, None) {
+                self.error = Some(e);
+            }
+        }
     }
 
     /// Emits a record, with the timestamp of the record (or event-time timer) being processed.

@@ -1,8 +1,8 @@
 //! The operators behind the DataStream API, and their specs (how to instantiate one per subtask).
 
 use crate::functions::{
-    BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, SinkContext, SinkFunction, SourceContext,
-    SourceFunction, SourcePoll,
+    BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, SideEmitter, SinkContext, SinkFunction,
+    SourceContext, SourceFunction, SourcePoll,
 };
 use crate::keyed::KeyedCore;
 use crate::watermarks::{TimestampsAndWatermarks, WatermarkStrategy};
@@ -295,7 +295,7 @@ impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, 
         &self,
         ctx: OperatorContext,
         downstream: Box<dyn Any + Send>,
-        _side_outputs: SideOutputs,
+        side_outputs: SideOutputs,
     ) -> TaskResult<Instance> {
         let mut chain = unerase_output::<T>(downstream)?;
         if let Some(strategy) = &self.watermarks {
@@ -308,7 +308,7 @@ impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, 
             .map_err(|e| user_error(&ctx.task_name(), e))?;
         Ok(Instance::Source(Box::new(SourceTask {
             source,
-            chain,
+            chain: SourceOutput { main: chain, side: SideEmitter { outputs: side_outputs, error: None } },
             operator_id: ctx.operator_id,
             name: ctx.task_name(),
             exhausted: false,
@@ -318,9 +318,34 @@ impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, 
     }
 }
 
+/// A source's outputs: its chain, and its side outputs, which see every event the chain sees
+/// (barriers, the end of input), so their consumers align like any other.
+struct SourceOutput<T> {
+    main: Box<dyn Output<T>>,
+    side: SideEmitter,
+}
+
+impl<T: Record> Output<T> for SourceOutput<T> {
+    #[inline]
+    fn emit(&mut self, record: T, timestamp: Option<i64>) -> TaskResult {
+        self.main.emit(record, timestamp)
+    }
+    #[inline]
+    fn emit_in_split(&mut self, split: weir_runtime::SplitIndex, record: T, timestamp: Option<i64>) -> TaskResult {
+        self.main.emit_in_split(split, record, timestamp)
+    }
+    fn split_event(&mut self, event: weir_runtime::SplitEvent) -> TaskResult {
+        self.main.split_event(event)
+    }
+    fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.main.event(event)?;
+        self.side.outputs.event(event)
+    }
+}
+
 struct SourceTask<T, S> {
     source: S,
-    chain: Box<dyn Output<T>>,
+    chain: SourceOutput<T>,
     operator_id: OperatorId,
     name: String,
     exhausted: bool,
@@ -405,7 +430,7 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
             }
             // Serve due wake-ups (timers, periodic watermarks of the chain) before reading or
             // waiting: a wait returns at once while one is due, so an unserved one would spin.
-            env.fire_processing_time(&mut *self.chain)?;
+            env.fire_processing_time(&mut self.chain)?;
             if !self.reading() {
                 if let Some(c) = env.wait_control(Duration::from_millis(200)) {
                     if let Some(end) = self.on_control(c, env)? {
@@ -414,9 +439,10 @@ impl<T: Record, S: SourceFunction<T>> SourceRunner for SourceTask<T, S> {
                 }
                 continue;
             }
-            let mut out = Collector::new(&mut *self.chain, None);
+            let mut out = Collector::with_side_outputs(&mut *self.chain.main, &mut self.chain.side);
             let poll = self.source.poll(&mut out);
             out.finish()?;
+            self.chain.side.take_error()?;
             match poll.map_err(|e| user_error(&self.name, e))? {
                 SourcePoll::More => {}
                 SourcePoll::Idle(d) => {

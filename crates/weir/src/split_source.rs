@@ -66,10 +66,15 @@ pub trait SplitSource<T>: Clone + Send + Sync + 'static {
     /// missed). Splits already known are ignored, so it may return them again.
     fn discover(&mut self, ctx: &SplitContext, initial: bool) -> Result<Vec<Self::Split>, BoxError>;
 
-    /// How often to look for new splits while running. `None`: the splits found at the start
-    /// are all there will be, and the source ends when they are read.
+    /// How often to look for new splits while running (`None`: never).
     fn discovery_interval(&self) -> Option<Duration> {
         None
+    }
+
+    /// Whether the source ends once its splits are finished. By default, when it does not look
+    /// for new splits; a source whose splits never finish (Kafka partitions) says false.
+    fn is_bounded(&self) -> bool {
+        self.discovery_interval().is_none()
     }
 
     /// The subtask that reads `split` at `parallelism`: by default the Java string hash of its
@@ -212,7 +217,7 @@ impl<T, S: SplitSource<T>> SplitSourceFunction<T, S> {
         if Instant::now() < at {
             return Ok(());
         }
-        self.next_discovery = Some(Instant::now() + interval);
+        self.next_discovery = Instant::now().checked_add(interval);
         let new = self.discover(false)?;
         if !new.is_empty() {
             tracing::info!(
@@ -263,7 +268,7 @@ impl<T: Send + 'static, S: SplitSource<T>> SourceFunction<T> for SplitSourceFunc
         self.add(mine)?;
         let new = self.discover(!restored)?;
         self.add(new)?;
-        self.next_discovery = self.source.discovery_interval().map(|d| Instant::now() + d);
+        self.next_discovery = self.source.discovery_interval().and_then(|d| Instant::now().checked_add(d));
         Ok(())
     }
 
@@ -276,7 +281,7 @@ impl<T: Send + 'static, S: SplitSource<T>> SourceFunction<T> for SplitSourceFunc
             out.split_event(SplitEvent::Added(index));
         }
         self.discovery_due()?;
-        let bounded = self.source.discovery_interval().is_none();
+        let bounded = self.source.is_bounded();
         let has_splits = self.has_splits;
         let poll = match self.reader() {
             Some(reader) if has_splits => reader.poll(out)?,
