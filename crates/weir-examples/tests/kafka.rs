@@ -294,3 +294,31 @@ fn brokers_unreachable_at_start_then_frozen_while_running_lose_nothing() {
     let got = committed_lines(&out);
     assert!(got == want, "{}", diff(&got, &want));
 }
+
+#[test]
+fn committed_group_offsets_are_where_a_fresh_job_starts_when_asked() {
+    // Offsets reach the group when checkpoints complete; a job started without a snapshot, with
+    // StartingOffsets::Committed, starts there (a partition without a commit: at `reset`).
+    let kafka = kafka();
+    let topic = kafka.create_topic("committed", 1);
+    let group = format!("group-{topic}");
+    let run = |records: &[&str], end: i64| {
+        kafka.produce(&topic, Some(0), &records.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        let dir = tempfile::tempdir().unwrap();
+        let env =
+            common::job_env(common::Backend::HashMap, dir.path(), None, &["execution.checkpointing.interval=30 ms"]);
+        let sink = Collect::default();
+        let source = KafkaSource::utf8(kafka.brokers.as_str())
+            .topics(&[&topic])
+            .group_id(&group)
+            .starting_offsets(weir_kafka::StartingOffsets::Committed { reset: weir_kafka::Reset::Earliest });
+        env.source(source).uid("kafka").sink(sink.clone()).uid("sink");
+        let handle = env.execute_async("committed").unwrap();
+        wait_for("the group's committed offset", || kafka.committed(&group, &topic, 1) == [end]);
+        handle.cancel();
+        handle.wait();
+        sink.lines()
+    };
+    assert_eq!(run(&["one", "two", "three"], 3), ["one", "two", "three"], "no commit yet: from the earliest offset");
+    assert_eq!(run(&["four", "five"], 5), ["four", "five"], "from the group's committed offset");
+}

@@ -193,3 +193,39 @@ fn postgres_going_away_during_commits_loses_nothing_and_doubles_nothing() {
     assert!(text.contains(&format!("PostgreSQL sink (table {table})")), "the failure names the table:\n{text}");
     postgres_script("stop", port);
 }
+
+#[test]
+fn upsert_mode_keeps_the_latest_total_per_word() {
+    // word-count's default PostgreSQL table: one row per word, its latest total (many updates of
+    // one word land in one statement; the last one wins).
+    let url = postgres();
+    let kafka = kafka();
+    let topic = kafka.create_topic("pg-upsert", 2);
+    let table = table_name("pg_upsert");
+    let words: Vec<&str> = (0..3000).map(|i| ["u", "v", "w", "u", "u"][i % 5]).collect();
+    kafka.produce(&topic, None, &word_lines(&words));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_word-count"));
+    let child = cmd
+        .args(["-D", "execution.checkpointing.interval=50 ms", "-D", "weir.rest.enabled=false"])
+        .args(["--kafka-brokers", &kafka.brokers, "--topic", &topic, "--quiet"])
+        .args([
+            "--output",
+            dir.path().join("out").to_str().unwrap(),
+            "--checkpoints",
+            dir.path().join("ck").to_str().unwrap(),
+        ])
+        .args(["--postgres", url, "--table", &table])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let want = vec![
+        "WordCount{word='u', frequency=1800}".to_string(),
+        "WordCount{word='v', frequency=600}".to_string(),
+        "WordCount{word='w', frequency=600}".to_string(),
+    ];
+    wait_for("the final totals", || word_rows(url, &table) == want);
+    kill(child);
+    assert_eq!(word_rows(url, &table), want);
+}

@@ -64,13 +64,16 @@ pub type SplitIndex = u32;
 /// What a split source tells its watermark strategy about its splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitEvent {
-    /// The source reads splits: event time is the minimum over its unfinished splits, and the
-    /// stream is idle while it has none (Flink's readers without splits mark themselves idle).
-    Reading,
     /// The subtask started reading a split.
     Added(SplitIndex),
     /// A split has no more records.
     Finished(SplitIndex),
+    /// The source reads splits and has announced the ones it has: from now on event time is the
+    /// minimum over its unfinished splits, and the stream is idle while it has none (Flink's
+    /// readers without splits mark themselves idle). Sent after the first splits' `Added`, so the
+    /// stream is never idle for an instant before them (which would let event time jump past
+    /// their records).
+    Reading,
 }
 
 impl<T, O: Output<T> + ?Sized> Output<T> for Box<O> {

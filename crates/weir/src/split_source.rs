@@ -273,12 +273,12 @@ impl<T: Send + 'static, S: SplitSource<T>> SourceFunction<T> for SplitSourceFunc
     }
 
     fn poll(&mut self, out: &mut Collector<'_, T>) -> Result<SourcePoll, BoxError> {
+        for index in self.unannounced.drain(..) {
+            out.split_event(SplitEvent::Added(index));
+        }
         if !self.reading_announced {
             self.reading_announced = true;
             out.split_event(SplitEvent::Reading);
-        }
-        for index in self.unannounced.drain(..) {
-            out.split_event(SplitEvent::Added(index));
         }
         self.discovery_due()?;
         let bounded = self.source.is_bounded();

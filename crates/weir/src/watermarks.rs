@@ -369,22 +369,27 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
         let now = self.clock.now();
         let splits = self.splits.get_or_insert_with(Vec::new);
         match event {
-            SplitEvent::Reading => {}
+            // A new split only lowers the minimum, which never moves event time: nothing to send.
             SplitEvent::Added(split) => {
                 let at = split as usize;
                 if splits.len() <= at {
                     splits.resize_with(at + 1, || None);
                 }
                 splits[at] = Some(Clock::new(&self.strategy, now));
+                Ok(())
             }
             SplitEvent::Finished(split) => {
                 if let Some(slot) = splits.get_mut(split as usize) {
                     *slot = None;
                 }
+                self.announce()?;
+                self.forward()
+            }
+            SplitEvent::Reading => {
+                self.announce()?;
+                self.forward()
             }
         }
-        self.announce()?;
-        self.forward()
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
@@ -430,6 +435,72 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records what reaches it: `r<ts>`, `w<watermark>`, `idle`, `active`.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl Output<u64> for Seen {
+        fn emit(&mut self, _: u64, ts: Option<Timestamp>) -> TaskResult {
+            self.0.lock().unwrap().push(format!("r{}", ts.unwrap_or(-1)));
+            Ok(())
+        }
+        fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+            let seen = match event {
+                ChainEvent::Watermark(w) => format!("w{w}"),
+                ChainEvent::Status(WatermarkStatus::Idle) => "idle".into(),
+                ChainEvent::Status(WatermarkStatus::Active) => "active".into(),
+                _ => return Ok(()),
+            };
+            self.0.lock().unwrap().push(seen);
+            Ok(())
+        }
+    }
+
+    fn split_strategy() -> (TimestampsAndWatermarks<u64>, Seen) {
+        let seen = Seen::default();
+        let ctx = OperatorContext {
+            operator_id: weir_core::OperatorId::from_uid("source"),
+            name: "Source".into(),
+            uid: None,
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            key_groups: weir_core::KeyGroupRange::inclusive(0, 127),
+            restored: None,
+            attempt: 0,
+            job_id: weir_core::JobId::from_bytes([7; 16]),
+            state_backend: Default::default(),
+            processing_time: ProcessingTimeService::default(),
+            auto_watermark_interval: Some(Duration::from_millis(200)),
+        };
+        let strategy = WatermarkStrategy::<u64>::for_monotonous_timestamps();
+        (TimestampsAndWatermarks::new(&strategy, &ctx, Box::new(seen.clone())), seen)
+    }
+
+    #[test]
+    fn a_split_source_is_never_idle_before_its_splits_and_follows_the_slowest_one() {
+        let (mut op, seen) = split_strategy();
+        op.split_event(SplitEvent::Added(0)).unwrap();
+        op.split_event(SplitEvent::Added(1)).unwrap();
+        op.split_event(SplitEvent::Reading).unwrap();
+        op.emit_in_split(0, 0, Some(5000)).unwrap();
+        op.emit_in_split(1, 0, Some(10)).unwrap();
+        op.event(&mut ChainEvent::ProcessingTime(1)).unwrap();
+        assert_eq!(seen.0.lock().unwrap().clone(), ["r5000", "r10", "w9"], "the slower split's time, never idle");
+        op.split_event(SplitEvent::Finished(1)).unwrap();
+        assert_eq!(seen.0.lock().unwrap().last().unwrap(), "w4999", "a finished split no longer holds time back");
+        op.split_event(SplitEvent::Finished(0)).unwrap();
+        assert_eq!(seen.0.lock().unwrap().last().unwrap(), "idle", "no split left");
+    }
+
+    #[test]
+    fn a_split_source_without_splits_is_idle() {
+        let (mut op, seen) = split_strategy();
+        op.split_event(SplitEvent::Reading).unwrap();
+        assert_eq!(seen.0.lock().unwrap().clone(), ["idle"]);
+    }
 
     #[test]
     fn bounded_out_of_orderness_trails_the_highest_timestamp() {
