@@ -40,12 +40,7 @@ type RowFn<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
 /// `max_prepared_transactions` above the sink's parallelism (it is 0 by default, which disables
 /// `PREPARE TRANSACTION`).
 pub struct PostgresSink<T> {
-    url: String,
-    table: String,
-    columns: Vec<String>,
-    mode: WriteMode,
-    row: RowFn<T>,
-    prefix: String,
+    config: Config<T>,
     // Per subtask. Connections are only reached through `&mut self` (`Mutex::get_mut`, no
     // locking): the mutex makes the sink `Sync`, as job graphs need; a client is not.
     /// Writes rows and prepares (it has the open transaction).
@@ -61,23 +56,21 @@ pub struct PostgresSink<T> {
     pending: Vec<Prepared>,
 }
 
-impl<T> Clone for PostgresSink<T> {
+/// What the job configured: the same in every subtask.
+#[derive(Clone)]
+struct Config<T> {
+    url: String,
+    table: String,
+    columns: Vec<String>,
+    mode: WriteMode,
+    row: RowFn<T>,
+    prefix: String,
+}
+
+impl<T: Clone> Clone for PostgresSink<T> {
+    /// The configuration, with no connection or subtask state (one copy per subtask).
     fn clone(&self) -> Self {
-        PostgresSink {
-            url: self.url.clone(),
-            table: self.table.clone(),
-            columns: self.columns.clone(),
-            mode: self.mode.clone(),
-            row: self.row.clone(),
-            prefix: self.prefix.clone(),
-            client: Mutex::new(None),
-            committer: Mutex::new(None),
-            subtask: 0,
-            run: String::new(),
-            rows: Vec::new(),
-            in_transaction: false,
-            pending: Vec::new(),
-        }
+        Self::configured(self.config.clone())
     }
 }
 
@@ -91,13 +84,19 @@ impl<T> PostgresSink<T> {
         row: impl Fn(&T) -> Vec<SqlValue> + Send + Sync + 'static,
     ) -> Self {
         let table = table.into();
-        PostgresSink {
+        Self::configured(Config {
             url: url.into(),
             prefix: format!("weir-{table}"),
             table,
             columns: columns.iter().map(|c| c.to_string()).collect(),
             mode: WriteMode::Insert,
             row: Arc::new(row),
+        })
+    }
+
+    fn configured(config: Config<T>) -> Self {
+        PostgresSink {
+            config,
             client: Mutex::new(None),
             committer: Mutex::new(None),
             subtask: 0,
@@ -111,7 +110,7 @@ impl<T> PostgresSink<T> {
     /// Upserts instead: a row replaces the table's row with the same `key` columns (which need a
     /// unique index).
     pub fn upsert(mut self, key: &[&str]) -> Self {
-        self.mode = WriteMode::Upsert { key: key.iter().map(|c| c.to_string()).collect() };
+        self.config.mode = WriteMode::Upsert { key: key.iter().map(|c| c.to_string()).collect() };
         self
     }
 
@@ -119,26 +118,26 @@ impl<T> PostgresSink<T> {
     /// Two sinks (or jobs) writing the same database need different prefixes: on restore a sink
     /// rolls back the prepared transactions of its prefix that its snapshot does not list.
     pub fn transaction_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.config.prefix = prefix.into();
         self
     }
 
     /// Creates the table unless it exists: `CREATE TABLE IF NOT EXISTS <table> (<definition>)`,
     /// for a job to call before it starts.
     pub fn create_table(&self, definition: &str) -> Result<(), BoxError> {
-        let mut client = Client::connect(&self.url, NoTls)
-            .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.url)), e))?;
-        let ddl = format!("CREATE TABLE IF NOT EXISTS {} ({definition})", sql::quote_identifier(&self.table));
+        let mut client = Client::connect(&self.config.url, NoTls)
+            .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.config.url)), e))?;
+        let ddl = format!("CREATE TABLE IF NOT EXISTS {} ({definition})", sql::quote_identifier(&self.config.table));
         client.batch_execute(&ddl).map_err(|e| self.context("cannot create the table", e))
     }
 
     fn context(&self, doing: &str, e: impl std::fmt::Display) -> BoxError {
-        format!("PostgreSQL sink (table {}): {doing}: {e}", self.table).into()
+        format!("PostgreSQL sink (table {}): {doing}: {e}", self.config.table).into()
     }
 
     fn connect(&self) -> Result<Client, BoxError> {
-        Client::connect(&self.url, NoTls)
-            .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.url)), e))
+        Client::connect(&self.config.url, NoTls)
+            .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.config.url)), e))
     }
 
     /// The writer's connection.
@@ -166,11 +165,12 @@ impl<T> PostgresSink<T> {
             return Ok(());
         }
         let mut rows = std::mem::take(&mut self.rows);
-        if let WriteMode::Upsert { key } = &self.mode {
-            let positions: Vec<usize> = key.iter().filter_map(|k| self.columns.iter().position(|c| c == k)).collect();
+        if let WriteMode::Upsert { key } = &self.config.mode {
+            let positions: Vec<usize> =
+                key.iter().filter_map(|k| self.config.columns.iter().position(|c| c == k)).collect();
             rows = last_row_per_key(rows, &positions);
         }
-        let (table, columns, mode) = (self.table.clone(), self.columns.clone(), self.mode.clone());
+        let (table, columns, mode) = (self.config.table.clone(), self.config.columns.clone(), self.config.mode.clone());
         let begin = !self.in_transaction;
         let client = self.client()?;
         let result = (|| -> Result<(), postgres::Error> {
@@ -236,7 +236,7 @@ impl<T> PostgresSink<T> {
             }
         }
         let listed: Vec<&str> = restored.iter().map(|p| p.gid.as_str()).collect();
-        let prefix = self.prefix.clone();
+        let prefix = self.config.prefix.clone();
         let client = self.committer()?;
         let prepared = client
             .query("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()", &[])
@@ -257,7 +257,7 @@ impl<T> PostgresSink<T> {
         }
         tracing::info!(
             "PostgreSQL sink (table {}) subtask {subtask}: committed {committed} transaction(s) of the restored snapshot ({already} committed before), rolled back {} not in it{}",
-            self.table,
+            self.config.table,
             rolled_back.len(),
             if rolled_back.is_empty() { String::new() } else { format!(": {}", rolled_back.join(", ")) }
         );
@@ -276,14 +276,14 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
     }
 
     fn invoke(&mut self, value: T) -> Result<(), BoxError> {
-        let row = (self.row)(&value);
-        if row.len() != self.columns.len() {
+        let row = (self.config.row)(&value);
+        if row.len() != self.config.columns.len() {
             return Err(format!(
                 "PostgreSQL sink (table {}): a row has {} values for {} columns ({})",
-                self.table,
+                self.config.table,
                 row.len(),
-                self.columns.len(),
-                self.columns.join(", ")
+                self.config.columns.len(),
+                self.config.columns.join(", ")
             )
             .into());
         }
@@ -301,7 +301,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
     ) -> Result<(), BoxError> {
         self.flush()?;
         if self.in_transaction {
-            let gid = transaction_id(&self.prefix, self.subtask, checkpoint_id, &self.run);
+            let gid = transaction_id(&self.config.prefix, self.subtask, checkpoint_id, &self.run);
             let client = self.client()?;
             if let Err(e) = client.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(&gid))) {
                 let hint = if e.to_string().contains("max_prepared_transactions") {
@@ -331,7 +331,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
             let client = self.client()?;
             client
                 .batch_execute("COMMIT")
-                .map_err(|e| format!("PostgreSQL sink (table {}): cannot commit: {e}", self.table))?;
+                .map_err(|e| format!("PostgreSQL sink (table {}): cannot commit: {e}", self.config.table))?;
         }
         self.commit_up_to(CheckpointId::MAX)
     }
