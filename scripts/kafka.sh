@@ -87,7 +87,12 @@ create_topic() {
 python() {
   if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
     echo "== installing confluent-kafka into $venv" >&2
-    python3 -m venv "$venv" >&2
+    if ! python3 -m venv "$venv" >&2; then
+      # Debian's python3 needs its venv package.
+      echo "== installing python3-venv" >&2
+      if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq python3-venv >&2; else sudo apt-get install -y -qq python3-venv >&2; fi
+      python3 -m venv "$venv" >&2
+    fi
     "$venv/bin/pip" install --quiet 'confluent-kafka==2.16.*' >&2
   fi
   echo "$venv/bin/python"

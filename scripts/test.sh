@@ -14,6 +14,9 @@ fi
 # The Kafka-protocol broker the Kafka tests use (installed on first use: minutes; then seconds).
 # It stays up after the run, so later runs reuse it.
 ./scripts/kafka.sh start
+# The tests' independent Kafka client (a virtual environment with confluent-kafka), made once here
+# rather than by several test processes at the same time.
+./scripts/kafka.sh python >/dev/null
 # PostgreSQL with two-phase commit for the exactly-once sink's tests (installed from Debian when missing).
 ./scripts/postgres.sh start
 
