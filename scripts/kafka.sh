@@ -90,7 +90,10 @@ python() {
     if ! python3 -m venv "$venv" >&2; then
       # Debian's python3 needs its venv package.
       echo "== installing python3-venv" >&2
-      if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq python3-venv >&2; else sudo apt-get install -y -qq python3-venv >&2; fi
+      local sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo=sudo
+      $sudo apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >&2
       python3 -m venv "$venv" >&2
     fi
     "$venv/bin/pip" install --quiet 'confluent-kafka==2.16.*' >&2
