@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages Weir builds against, when they are missing: Debian's RocksDB 7.8
 # (the rocksdb state backend links it instead of compiling a bundled copy for 15-20 minutes),
-# its compression libraries, and clang for the bindings. Idempotent; a no-op once installed.
+# its compression libraries, clang for the bindings, and cmake for the S3 store's TLS library
+# (aws-lc-sys). Idempotent; a no-op once installed.
 set -euo pipefail
 
-packages=(librocksdb-dev libzstd-dev liblz4-dev libsnappy-dev libbz2-dev zlib1g-dev clang libclang-dev)
+packages=(librocksdb-dev libzstd-dev liblz4-dev libsnappy-dev libbz2-dev zlib1g-dev clang libclang-dev cmake)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

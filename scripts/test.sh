@@ -17,6 +17,8 @@ fi
 # The tests' independent Kafka client (a virtual environment with confluent-kafka), made once here
 # rather than by several test processes at the same time.
 ./scripts/kafka.sh python >/dev/null
+# An S3-compatible server (s3s-fs) for the object-storage tests (installed with cargo on first use).
+./scripts/s3.sh start
 # PostgreSQL with two-phase commit for the exactly-once sink's tests (installed from Debian when missing).
 ./scripts/postgres.sh start
 
@@ -25,6 +27,8 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The S3 store is behind a feature (its TLS stack is a C build): lint and test it too.
+cargo clippy -p weir-storage --features s3 --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
 # Jobs started by tests log to stderr; keep CI output to errors unless RUST_LOG says otherwise.
@@ -35,6 +39,9 @@ export WEIR_HOME
 trap 'rm -rf "$log" "$WEIR_HOME"' EXIT
 status=0
 RUST_LOG=${RUST_LOG:-error} cargo test --workspace --quiet 2>&1 | tee "$log" || status=$?
+if [ "$status" -eq 0 ]; then
+  RUST_LOG=${RUST_LOG:-error} cargo test -p weir-storage --features s3 --quiet 2>&1 | tee -a "$log" || status=$?
+fi
 if [ "$status" -eq 0 ]; then
   echo "== a job of one's own, built outside the workspace (scripts/own-job.sh)"
   ./scripts/own-job.sh || status=$?

@@ -87,6 +87,84 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
+/// Where snapshot bytes live: a local directory or a prefix in an S3 bucket. Parsed from what
+/// users write (plain path, `file:` URI, `s3://bucket/prefix`) and printed back in a form that
+/// parses to the same place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SnapshotUri {
+    Local(PathBuf),
+    /// `prefix` has no leading or trailing `/` (empty: the bucket's root).
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+}
+
+/// Refusals of an `s3://` location, naming what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum S3UriError {
+    #[error("'{0}' names no bucket: write s3://bucket/prefix")]
+    NoBucket(String),
+    #[error(
+        "'{input}' has an empty path segment ('//'); S3 keys with empty segments cannot be listed back as written"
+    )]
+    EmptySegment { input: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotUriError {
+    #[error(transparent)]
+    Local(#[from] LocationError),
+    #[error(transparent)]
+    S3(#[from] S3UriError),
+}
+
+impl SnapshotUri {
+    /// Parses a location; `s3://` (or `s3a://`, as Flink users write it) names a bucket and prefix,
+    /// anything else is a local location as [`parse`] reads it.
+    pub fn parse(input: &str) -> Result<SnapshotUri, SnapshotUriError> {
+        let s3 = ["s3://", "s3a://"].iter().find_map(|scheme| {
+            let head = input.get(..scheme.len())?;
+            head.eq_ignore_ascii_case(scheme).then(|| &input[scheme.len()..])
+        });
+        let Some(rest) = s3 else { return Ok(SnapshotUri::Local(parse(input)?)) };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(S3UriError::NoBucket(input.to_string()).into());
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.split('/').any(str::is_empty) && !prefix.is_empty() {
+            return Err(S3UriError::EmptySegment { input: input.to_string() }.into());
+        }
+        Ok(SnapshotUri::S3 { bucket: bucket.to_string(), prefix: percent_decode(prefix) })
+    }
+
+    /// The location of `name` inside this one.
+    pub fn join(&self, name: &str) -> SnapshotUri {
+        match self {
+            SnapshotUri::Local(dir) => SnapshotUri::Local(dir.join(name)),
+            SnapshotUri::S3 { bucket, prefix } if prefix.is_empty() => {
+                SnapshotUri::S3 { bucket: bucket.clone(), prefix: name.to_string() }
+            }
+            SnapshotUri::S3 { bucket, prefix } => {
+                SnapshotUri::S3 { bucket: bucket.clone(), prefix: format!("{prefix}/{name}") }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotUri {
+    /// `file:/abs` (relative paths as they are) or `s3://bucket/prefix`, with `%` escaped so the
+    /// printed form parses back to the same location.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotUri::Local(path) if path.is_absolute() => f.write_str(&to_uri(path)),
+            SnapshotUri::Local(path) => write!(f, "{}", path.display()),
+            SnapshotUri::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{}", prefix.replace('%', "%25")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +200,30 @@ mod tests {
         assert!(matches!(parse("file:relative"), Err(LocationError::RelativeUri(_))));
         assert!(matches!(parse("file://"), Err(LocationError::RelativeUri(_))));
         assert!(matches!(parse(""), Err(LocationError::Empty(_))));
+    }
+
+    #[test]
+    fn snapshot_uris_print_as_they_parse() {
+        for input in ["s3://bucket/a/b", "s3://bucket", "file:/tmp/x y", "relative/dir", "s3://b/100%25"] {
+            let uri = SnapshotUri::parse(input).unwrap();
+            assert_eq!(SnapshotUri::parse(&uri.to_string()).unwrap(), uri, "{input} -> {uri}");
+        }
+        assert_eq!(
+            SnapshotUri::parse("S3A://bucket/ck/").unwrap(),
+            SnapshotUri::S3 { bucket: "bucket".into(), prefix: "ck".into() }
+        );
+        assert_eq!(SnapshotUri::parse("s3://b/ck").unwrap().join("chk-1").to_string(), "s3://b/ck/chk-1");
+        assert_eq!(SnapshotUri::parse("s3://b").unwrap().join("chk-1").to_string(), "s3://b/chk-1");
+        assert_eq!(SnapshotUri::parse("/abs").unwrap(), SnapshotUri::Local("/abs".into()));
+    }
+
+    #[test]
+    fn bad_s3_uris_are_refused_by_name() {
+        assert!(matches!(SnapshotUri::parse("s3:///prefix"), Err(SnapshotUriError::S3(S3UriError::NoBucket(_)))));
+        assert!(matches!(
+            SnapshotUri::parse("s3://b/a//c"),
+            Err(SnapshotUriError::S3(S3UriError::EmptySegment { .. }))
+        ));
+        assert!(matches!(SnapshotUri::parse("gs://b/x"), Err(SnapshotUriError::Local(_))));
     }
 }
