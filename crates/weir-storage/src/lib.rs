@@ -211,6 +211,13 @@ impl BlobStore {
         result.map_err(|e| self.failed("cannot write", key, e))
     }
 
+    /// A writer that streams `key` to the store: whole-object at [`BlobWriter::finish`] when it
+    /// stays small, in parts (several in flight) as it grows, never buffering more than a few
+    /// parts. Dropped without `finish`, it leaves nothing behind.
+    pub fn writer(&self, key: &str) -> BlobWriter {
+        BlobWriter { store: self.clone(), key: key.to_string(), buffer: Vec::new(), upload: None, written: 0 }
+    }
+
     /// Writes `key` only if it does not exist ([`StorageError::AlreadyExists`] otherwise): for
     /// `_metadata`, which makes a snapshot valid and must never replace another's.
     pub fn create(&self, key: &str, bytes: Bytes) -> Result<()> {
@@ -277,6 +284,85 @@ impl BlobStore {
     }
 }
 
+/// Streams one object to a store (see [`BlobStore::writer`]).
+pub struct BlobWriter {
+    store: BlobStore,
+    key: String,
+    /// Bytes not yet handed to the upload (less than a part).
+    buffer: Vec<u8>,
+    /// The multipart upload, once the object outgrew one part.
+    upload: Option<WriteMultipart>,
+    written: u64,
+}
+
+impl BlobWriter {
+    /// Hands full parts to the multipart upload (starting it), waiting while too many are in
+    /// flight.
+    fn send_parts(&mut self) -> std::io::Result<()> {
+        let failed = |store: &BlobStore, key: &str, e| std::io::Error::other(store.failed("cannot write", key, e));
+        if self.upload.is_none() {
+            let path = self.store.path(&self.key);
+            let store = self.store.store.clone();
+            let upload = runtime().block_on(async move { store.put_multipart(&path).await });
+            let upload = upload.map_err(|e| failed(&self.store, &self.key, e))?;
+            self.upload = Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE));
+        }
+        let Some(upload) = self.upload.as_mut() else { unreachable!("started above") };
+        runtime().block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT)).map_err(|e| failed(&self.store, &self.key, e))?;
+        // Parts are uploaded by tasks of the storage runtime.
+        let _runtime = runtime().enter();
+        upload.write(&self.buffer);
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Completes the object; returns its size. Until this returns, readers see no object (or
+    /// the one it replaces).
+    pub fn finish(mut self) -> Result<u64> {
+        let written = self.written;
+        let key = std::mem::take(&mut self.key);
+        let buffer = std::mem::take(&mut self.buffer);
+        match self.upload.take() {
+            None => self.store.put(&key, Bytes::from(buffer)).map(|()| written),
+            Some(mut upload) => {
+                let _runtime = runtime().enter();
+                upload.write(&buffer);
+                runtime()
+                    .block_on(upload.finish())
+                    .map(|_| written)
+                    .map_err(|e| self.store.failed("cannot write", &key, e))
+            }
+        }
+    }
+}
+
+impl std::io::Write for BlobWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buffer.len() >= PART_SIZE {
+            self.send_parts()?;
+        }
+        Ok(data.len())
+    }
+
+    /// Parts go out as they fill; the object exists only after [`BlobWriter::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    /// An unfinished upload is aborted: its parts are deleted and no object appears.
+    fn drop(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            if let Err(e) = runtime().block_on(upload.abort()) {
+                tracing::warn!("aborting the upload of {}: {e}", self.store.location(&self.key));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,9 +397,31 @@ mod tests {
         assert_eq!(store.size("chk-1/state-0").unwrap(), None);
     }
 
+    /// Streams 2.5 parts in small writes, and drops a second writer half-way.
+    pub(crate) fn stream(store: &BlobStore) {
+        use std::io::Write;
+        let data: Vec<u8> = (0..PART_SIZE * 5 / 2).map(|i| (i % 253) as u8).collect();
+        let mut writer = store.writer("chk-2/stream");
+        for chunk in data.chunks(64 * 1024 + 7) {
+            writer.write_all(chunk).unwrap();
+        }
+        assert_eq!(store.size("chk-2/stream").unwrap(), None, "nothing is visible before finish");
+        assert_eq!(writer.finish().unwrap(), data.len() as u64);
+        assert_eq!(store.get("chk-2/stream").unwrap(), Bytes::from(data.clone()));
+        let mut abandoned = store.writer("chk-2/abandoned");
+        abandoned.write_all(&data).unwrap();
+        drop(abandoned);
+        assert_eq!(store.size("chk-2/abandoned").unwrap(), None, "an abandoned upload leaves no object");
+        let mut small = store.writer("chk-2/small");
+        small.write_all(b"tiny").unwrap();
+        small.finish().unwrap();
+        assert_eq!(store.get("chk-2/small").unwrap(), Bytes::from_static(b"tiny"));
+    }
+
     #[test]
     fn memory_store() {
         exercise(&BlobStore::in_memory());
+        stream(&BlobStore::in_memory());
     }
 
     #[test]
@@ -321,6 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(&SnapshotUri::Local(dir.path().join("ck")), &S3Settings::default()).unwrap();
         exercise(&store);
+        stream(&store);
         assert!(dir.path().join("ck/chk-1/_metadata").is_file(), "keys are paths under the directory");
     }
 

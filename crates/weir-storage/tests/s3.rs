@@ -49,6 +49,19 @@ fn objects_round_trip_through_s3() {
     store.delete("chk-1/state").unwrap();
     assert_eq!(store.size("chk-1/state").unwrap(), None);
     assert_eq!(store.size("chk-1/_metadata").unwrap(), Some(5));
+    // A streamed object: parts as it grows; an abandoned one leaves nothing.
+    use std::io::Write;
+    let mut writer = store.writer("chk-2/stream");
+    for chunk in big.chunks(100_000) {
+        writer.write_all(chunk).unwrap();
+    }
+    assert_eq!(store.size("chk-2/stream").unwrap(), None, "nothing is visible before finish");
+    writer.finish().unwrap();
+    assert_eq!(store.get("chk-2/stream").unwrap(), big);
+    let mut abandoned = store.writer("chk-2/abandoned");
+    abandoned.write_all(&big).unwrap();
+    drop(abandoned);
+    assert_eq!(store.size("chk-2/abandoned").unwrap(), None);
 }
 
 #[test]
