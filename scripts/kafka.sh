@@ -21,60 +21,24 @@ tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
 venv="${WEIR_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/py-kafka}"
 
 install() {
-  if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q '0\.6\.0'; then
-    return 0
-  fi
-  echo "== installing tansu 0.6.0 (a Kafka-protocol broker; takes minutes the first time)" >&2
-  cargo install tansu --version 0.6.0 --locked --features dynostore --quiet >&2
+  install_with_cargo "$tansu_bin" 0.6.0 "tansu 0.6.0 (a Kafka-protocol broker; takes minutes the first time)" \
+    tansu --version 0.6.0 --features dynostore
 }
 
-listening() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
-running() {
-  [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null
-}
+name="kafka (tansu)"
+log=broker.log
+# shellcheck source=lib/daemon.sh
+. "$(dirname "$0")/lib/daemon.sh"
 
 start() {
   install
-  if running && listening; then
-    return 0
-  fi
-  if listening; then
-    echo "port $port is taken by another process: set WEIR_KAFKA_PORT" >&2
-    exit 1
-  fi
-  mkdir -p "$dir"
   # Its default listener binds every interface: always pass loopback.
-  nohup "$tansu_bin" broker --listener-url "$url" --advertised-listener-url "$url" \
-    --storage-engine memory://tansu/ >"$dir/broker.log" 2>&1 &
-  echo $! >"$dir/pid"
-  for _ in $(seq 1 100); do
-    if listening; then
-      echo "kafka (tansu) on 127.0.0.1:$port (log $dir/broker.log)" >&2
-      return 0
-    fi
-    if ! running; then
-      echo "the broker exited; its log:" >&2
-      cat "$dir/broker.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  echo "the broker did not listen on 127.0.0.1:$port within 10 s; log: $dir/broker.log" >&2
-  exit 1
+  start_daemon "$tansu_bin" broker --listener-url "$url" --advertised-listener-url "$url" \
+    --storage-engine memory://tansu/
 }
 
 stop() {
-  if running; then
-    kill "$(cat "$dir/pid")" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      running || break
-      sleep 0.1
-    done
-  fi
-  rm -f "$dir/pid"
+  stop_daemon
 }
 
 create_topic() {

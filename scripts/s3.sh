@@ -19,58 +19,22 @@ secret="${WEIR_S3_SECRET_KEY:-weir-test-secret}"
 bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
 
 install() {
-  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q '0\.14\.1'; then
-    return 0
-  fi
-  echo "== installing s3s-fs 0.14.1 (an S3-compatible server for tests)" >&2
-  cargo install s3s-fs@0.14.1 --features binary --locked --quiet >&2
+  install_with_cargo "$bin" 0.14.1 "s3s-fs 0.14.1 (an S3-compatible server for tests)" s3s-fs@0.14.1 --features binary
 }
 
-listening() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
-running() {
-  [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null
-}
+name="s3 (s3s-fs)"
+log=server.log
+# shellcheck source=lib/daemon.sh
+. "$(dirname "$0")/lib/daemon.sh"
 
 start() {
   install
-  if running && listening; then
-    return 0
-  fi
-  if listening; then
-    echo "port $port is taken by another process: set WEIR_S3_PORT" >&2
-    exit 1
-  fi
   mkdir -p "$dir/data"
-  nohup "$bin" --host 127.0.0.1 --port "$port" --access-key "$access" --secret-key "$secret" \
-    "$dir/data" >"$dir/server.log" 2>&1 &
-  echo $! >"$dir/pid"
-  for _ in $(seq 1 100); do
-    if listening; then
-      echo "s3 (s3s-fs) on http://127.0.0.1:$port (data $dir/data)" >&2
-      return 0
-    fi
-    if ! running; then
-      cat "$dir/server.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  echo "s3s-fs did not listen on 127.0.0.1:$port within 10 s; log: $dir/server.log" >&2
-  exit 1
+  start_daemon "$bin" --host 127.0.0.1 --port "$port" --access-key "$access" --secret-key "$secret" "$dir/data"
 }
 
 stop() {
-  if running; then
-    kill "$(cat "$dir/pid")" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      running || break
-      sleep 0.1
-    done
-  fi
-  rm -f "$dir/pid"
+  stop_daemon
 }
 
 # s3s-fs serves each directory of its root as a bucket.
