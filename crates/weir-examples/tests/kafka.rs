@@ -5,19 +5,12 @@
 mod common;
 
 use common::kafka::{kafka, word_lines};
+use common::wait_for;
 use common::{committed_lines, diff, latest_checkpoint, word_count_truth, Collect, Rng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir_kafka::KafkaSource;
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// One run: returns the kills, the restores, and the kills that hit while records were flowing
 /// (some, not all, committed).

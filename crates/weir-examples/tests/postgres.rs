@@ -6,18 +6,11 @@ mod common;
 
 use common::kafka::{kafka, word_lines};
 use common::postgres::{connect, postgres, postgres_script, prepared, table_name, word_rows};
+use common::wait_for;
 use common::{committed_lines, diff, latest_checkpoint, word_count_truth, Rng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// One word-count run: Kafka `topic` → totals → exactly-once files in `dir/out` and a row per
 /// total in PostgreSQL `table`; restored from `restore`; logs (info) to `log`.

@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::wait_for;
 use common::Backend;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir::connectors::FileSource;
 use weir::{
     BoxError, Collector, Context, JobHandle, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
@@ -102,14 +103,6 @@ fn append(input: &Path, keys: impl IntoIterator<Item = u64>) {
     let mut f = std::io::BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(input).unwrap());
     for k in keys {
         writeln!(f, "{k}").unwrap();
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

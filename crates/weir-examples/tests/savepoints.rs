@@ -5,11 +5,12 @@
 
 mod common;
 
+use common::wait_for;
 use common::{Backend, FaultyStorage, StorageFault};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir::connectors::{FileSink, FileSource, GeneratorSource};
 use weir::{
     BoxError, Collector, Context, JobHandle, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
@@ -124,14 +125,6 @@ fn counting_job(env: &StreamEnv, paths: &Paths, p: u32) {
 
 fn committed(out: &Path) -> Vec<String> {
     FileSink::read_committed(out).unwrap()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Takes a savepoint in `paths.sp`, in the format the backend under test exercises.

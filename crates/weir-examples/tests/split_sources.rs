@@ -3,11 +3,12 @@
 
 mod common;
 
+use common::wait_for;
 use common::Collect;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir::{
     BoxError, CheckpointId, Collector, Context, KeyedProcessFunction, RuntimeContext, SourcePoll, SourceSplit,
     SplitContext, SplitIndex, SplitReader, SplitSource, WatermarkStrategy,
@@ -134,14 +135,6 @@ fn all_records(splits: u64, len: u64) -> Vec<String> {
     let mut want: Vec<String> = (0..splits).flat_map(|s| (0..len).map(move |i| format!("{s} {i}"))).collect();
     want.sort();
     want
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use common::committed_lines as committed;
+use common::wait_for;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,14 +30,6 @@ fn word_count_over(flags: &[&str], input: &Path, out: &Path, ck: &Path) -> Comma
     c.args(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
     c.args(["--checkpoints", ck.to_str().unwrap(), "--quiet"]);
     c
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// What word-count prints for the input a, b, a, b, a.

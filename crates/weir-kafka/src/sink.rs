@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use weir::{BoxError, CheckpointId, OperatorStateSnapshot, SinkContext, SinkFunction};
+use weir::{BoxError, CheckpointId, Exclusive, OperatorStateSnapshot, SinkContext, SinkFunction};
 
 /// What the sink promises about records that reach it (Flink's `DeliveryGuarantee`, without
 /// `EXACTLY_ONCE`).
@@ -62,8 +62,7 @@ pub struct KafkaSink<T> {
     guarantee: DeliveryGuarantee,
     properties: Vec<(String, String)>,
     flush_timeout: Duration,
-    /// Reached only through `&mut self` (`Mutex::get_mut`): makes the sink `Sync`.
-    producer: Mutex<Option<ThreadedProducer<Deliveries>>>,
+    producer: Exclusive<Option<ThreadedProducer<Deliveries>>>,
 }
 
 impl<T> Clone for KafkaSink<T> {
@@ -75,7 +74,7 @@ impl<T> Clone for KafkaSink<T> {
             guarantee: self.guarantee,
             properties: self.properties.clone(),
             flush_timeout: self.flush_timeout,
-            producer: Mutex::new(None),
+            producer: Exclusive::new(None),
         }
     }
 }
@@ -111,7 +110,7 @@ impl<T> KafkaSink<T> {
             guarantee: DeliveryGuarantee::AtLeastOnce,
             properties: Vec::new(),
             flush_timeout: Duration::from_secs(60),
-            producer: Mutex::new(None),
+            producer: Exclusive::new(None),
         }
     }
 
@@ -134,7 +133,7 @@ impl<T> KafkaSink<T> {
     }
 
     fn producer(&mut self) -> Result<&ThreadedProducer<Deliveries>, BoxError> {
-        let slot = self.producer.get_mut().unwrap_or_else(|e| e.into_inner());
+        let slot = self.producer.get_mut();
         if slot.is_none() {
             let mut config = ClientConfig::new();
             config.set("linger.ms", "5");

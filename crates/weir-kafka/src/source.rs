@@ -12,11 +12,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use weir::{
-    BoxError, CheckpointId, Collector, OutputTag, SourcePoll, SourceSplit, SplitContext, SplitIndex, SplitReader,
-    SplitSource, Unrecoverable,
+    BoxError, CheckpointId, Collector, Exclusive, OutputTag, SourcePoll, SourceSplit, SplitContext, SplitIndex,
+    SplitReader, SplitSource, Unrecoverable,
 };
 
 /// Where a partition is read from when no checkpoint or savepoint says (Flink's
@@ -90,7 +90,7 @@ pub struct KafkaSource<T> {
     /// Where records the deserializer refuses go (default: they fail the job).
     undeserializable: Option<OutputTag<UndeserializableRecord>>,
     /// A metadata client, made at the first discovery.
-    metadata: Arc<Mutex<Option<BaseConsumer>>>,
+    metadata: Exclusive<Option<BaseConsumer>>,
 }
 
 impl<T> Clone for KafkaSource<T> {
@@ -106,7 +106,7 @@ impl<T> Clone for KafkaSource<T> {
             deserializer: self.deserializer.clone(),
             undeserializable: self.undeserializable.clone(),
             // Each copy (one per subtask) has a client of its own, dropped with it.
-            metadata: Arc::new(Mutex::new(None)),
+            metadata: Exclusive::new(None),
         }
     }
 }
@@ -150,7 +150,7 @@ impl<T> KafkaSource<T> {
             commit_on_checkpoint: true,
             deserializer: Arc::new(deserialize),
             undeserializable: None,
-            metadata: Arc::new(Mutex::new(None)),
+            metadata: Exclusive::new(None),
         }
     }
 
@@ -225,12 +225,12 @@ impl<T> KafkaSource<T> {
     }
 
     /// The partitions of the topics to read, as the brokers know them now.
-    fn partitions(&self) -> Result<Vec<(String, i32)>, BoxError> {
-        let mut guard = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(self.consumer("metadata")?);
+    fn partitions(&mut self) -> Result<Vec<(String, i32)>, BoxError> {
+        if self.metadata.get_mut().is_none() {
+            let client = self.consumer("metadata")?;
+            *self.metadata.get_mut() = Some(client);
         }
-        let Some(client) = guard.as_ref() else { unreachable!("just set") };
+        let client = self.metadata.get_mut().as_ref().expect("made above");
         let mut found = Vec::new();
         match &self.topics {
             Topics::List(topics) if topics.is_empty() => {

@@ -13,9 +13,11 @@ use crate::sql::{self, last_row_per_key, quote_literal, transaction_id, writer_o
 use crate::value::SqlValue;
 use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use weir::{put_list, BoxError, CheckpointId, OperatorStateSnapshot, Redistribution, SinkContext, SinkFunction};
+use weir::{
+    put_list, BoxError, CheckpointId, Exclusive, OperatorStateSnapshot, Redistribution, SinkContext, SinkFunction,
+};
 
 const STATE: &str = "prepared-transactions";
 /// Rows sent per statement.
@@ -41,14 +43,13 @@ type RowFn<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
 /// `PREPARE TRANSACTION`).
 pub struct PostgresSink<T> {
     config: Config<T>,
-    // Per subtask. Connections are only reached through `&mut self` (`Mutex::get_mut`, no
-    // locking): the mutex makes the sink `Sync`, as job graphs need; a client is not.
+    // Per subtask (a client is not `Sync`).
     /// Writes rows and prepares (it has the open transaction).
-    client: Mutex<Option<Client>>,
+    client: Exclusive<Option<Client>>,
     /// Commits and rolls back prepared transactions: `COMMIT PREPARED` cannot run on a
     /// connection with an open transaction, which the writer has whenever rows came after the
     /// barrier.
-    committer: Mutex<Option<Client>>,
+    committer: Exclusive<Option<Client>>,
     subtask: u32,
     run: String,
     rows: Vec<Vec<SqlValue>>,
@@ -97,8 +98,8 @@ impl<T> PostgresSink<T> {
     fn configured(config: Config<T>) -> Self {
         PostgresSink {
             config,
-            client: Mutex::new(None),
-            committer: Mutex::new(None),
+            client: Exclusive::new(None),
+            committer: Exclusive::new(None),
             subtask: 0,
             run: String::new(),
             rows: Vec::new(),
@@ -142,21 +143,20 @@ impl<T> PostgresSink<T> {
 
     /// The writer's connection.
     fn client(&mut self) -> Result<&mut Client, BoxError> {
-        if self.client.get_mut().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self.client.get_mut().is_none() {
             let client = self.connect()?;
-            *self.client.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(client);
+            *self.client.get_mut() = Some(client);
         }
-        Ok(self.client.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut().expect("connected above"))
+        Ok(self.client.get_mut().as_mut().expect("connected above"))
     }
 
     /// The committer's connection, made again when it broke.
     fn committer(&mut self) -> Result<&mut Client, BoxError> {
-        let broken = self.committer.get_mut().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|c| c.is_closed());
-        if broken {
+        if self.committer.get_mut().as_ref().is_none_or(|c| c.is_closed()) {
             let client = self.connect()?;
-            *self.committer.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(client);
+            *self.committer.get_mut() = Some(client);
         }
-        Ok(self.committer.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut().expect("connected above"))
+        Ok(self.committer.get_mut().as_mut().expect("connected above"))
     }
 
     /// Sends the buffered rows into the open transaction (beginning it if needed).
@@ -236,19 +236,19 @@ impl<T> PostgresSink<T> {
             }
         }
         let listed: Vec<&str> = restored.iter().map(|p| p.gid.as_str()).collect();
-        let prefix = self.config.prefix.clone();
+        let (prefix, table) = (self.config.prefix.clone(), self.config.table.clone());
         let client = self.committer()?;
         let prepared = client
             .query("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()", &[])
-            .map_err(|e| format!("PostgreSQL sink: cannot list prepared transactions: {e}"))?;
+            .map_err(|e| format!("PostgreSQL sink (table {table}): cannot list prepared transactions: {e}"))?;
         let mut rolled_back = Vec::new();
         for row in prepared {
             let gid: String = row.get(0);
             let ours = writer_of(&prefix, &gid).is_some_and(|w| w % parallelism == subtask);
             if ours && !listed.contains(&gid.as_str()) {
-                client
-                    .batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid)))
-                    .map_err(|e| format!("PostgreSQL sink: cannot roll back prepared transaction '{gid}': {e}"))?;
+                client.batch_execute(&format!("ROLLBACK PREPARED {}", quote_literal(&gid))).map_err(|e| {
+                    format!("PostgreSQL sink (table {table}): cannot roll back prepared transaction '{gid}': {e}")
+                })?;
                 rolled_back.push(gid);
             }
         }

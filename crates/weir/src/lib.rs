@@ -23,6 +23,7 @@ mod backends;
 pub mod connectors;
 mod env;
 mod error;
+mod exclusive;
 mod functions;
 mod keyed;
 mod operators;
@@ -34,6 +35,7 @@ mod windows;
 
 pub use env::{JobFlags, StreamEnv};
 pub use error::Error;
+pub use exclusive::Exclusive;
 pub use functions::put_list;
 pub use functions::{
     BoxError, Collector, Context, KeyedProcessFunction, OutputTag, RuntimeContext, SinkContext, SinkFunction,

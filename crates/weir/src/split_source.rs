@@ -12,12 +12,12 @@
 //! Positions are stored as the union list `source-splits` of the source's split type (MessagePack),
 //! a split per element; a split that is finished stays in it, so it is not read again.
 
+use crate::exclusive::Exclusive;
 use crate::functions::{put_list, BoxError, Collector, SourceContext, SourceFunction, SourcePoll};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use weir_core::metadata::Redistribution;
 use weir_core::splits::{split_owner, SplitAssignment};
@@ -146,9 +146,8 @@ pub struct SplitSourceFunction<T, S: SplitSource<T>> {
     source: S,
     ctx: SplitContext,
     assignment: SplitAssignment,
-    /// Only ever reached through `&mut self` (`Mutex::get_mut`, no locking): the mutex makes the
-    /// function `Sync`, as job graphs need, without asking readers (Kafka consumers) to be.
-    reader: Mutex<Option<S::Reader>>,
+    /// Readers (Kafka consumers) need not be `Sync`.
+    reader: Exclusive<Option<S::Reader>>,
     next_index: SplitIndex,
     /// Splits given to the reader whose watermark clocks are not started yet (they start at the
     /// next poll, which has an output).
@@ -172,7 +171,7 @@ impl<T, S: SplitSource<T>> SplitSourceFunction<T, S> {
             source,
             ctx: SplitContext { subtask: 0, parallelism: 1, restored: false },
             assignment: SplitAssignment::default(),
-            reader: Mutex::new(None),
+            reader: Exclusive::new(None),
             next_index: 0,
             unannounced: Vec::new(),
             reading_announced: false,
@@ -183,7 +182,7 @@ impl<T, S: SplitSource<T>> SplitSourceFunction<T, S> {
     }
 
     fn reader(&mut self) -> Option<&mut S::Reader> {
-        self.reader.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut()
+        self.reader.get_mut().as_mut()
     }
 
     fn add(&mut self, splits: Vec<S::Split>) -> Result<(), BoxError> {
@@ -264,7 +263,7 @@ impl<T: Send + 'static, S: SplitSource<T>> SourceFunction<T> for SplitSourceFunc
                 mine.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
             );
         }
-        *self.reader.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(self.source.create_reader(&self.ctx)?);
+        *self.reader.get_mut() = Some(self.source.create_reader(&self.ctx)?);
         self.add(mine)?;
         let new = self.discover(!restored)?;
         self.add(new)?;

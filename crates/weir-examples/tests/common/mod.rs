@@ -310,3 +310,12 @@ pub fn word_count_truth(words: &[&str]) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// Waits until `done` holds, failing the test (naming `what`) after 90 s.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
