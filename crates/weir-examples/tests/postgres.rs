@@ -7,7 +7,7 @@ mod common;
 use common::kafka::{kafka, word_lines};
 use common::postgres::{connect, postgres, postgres_script, prepared, table_name, word_rows};
 use common::wait_for;
-use common::{committed_lines, diff, latest_checkpoint, word_count_truth, Rng};
+use common::{committed_lines, diff, latest_checkpoint, latest_checkpoint_id, word_count_truth, Rng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +33,52 @@ fn word_count(dir: &Path, topic: &str, url: &str, table: &str, restore: Option<&
 fn kill(mut child: Child) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+}
+
+/// Where a prepared transaction stands when the job is killed.
+#[derive(Clone, Copy)]
+enum Moment {
+    /// Its checkpoint completed, `COMMIT PREPARED` not done yet: only the restore can commit it.
+    CheckpointCompleted,
+    /// Its checkpoint did not complete: no checkpoint lists it, the restore rolls it back.
+    CheckpointPending,
+}
+
+/// Kills the job at `moment`, judged with the job frozen (SIGSTOP), so that what the test sees
+/// in PostgreSQL and the checkpoint directory is exactly what the job had done when it died.
+/// Tries at random instants for a few seconds (once the input is all read nothing is prepared);
+/// kills it anyway in the end. True when the kill hit the moment.
+fn kill_frozen_at(
+    child: Child,
+    moment: Moment,
+    observer: &mut postgres::Client,
+    prefix: &str,
+    ck: &Path,
+    rng: &mut Rng,
+) -> bool {
+    let signal = |name: &str| {
+        let status = Command::new("kill").args([name, &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {name}");
+    };
+    let give_up = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < give_up {
+        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        signal("-STOP");
+        let completed = latest_checkpoint_id(ck).unwrap_or(0);
+        let checkpoints =
+            prepared(observer, prefix).into_iter().filter_map(|gid| gid.rsplit('-').nth(1)?.parse::<u64>().ok());
+        let hit = checkpoints.into_iter().any(|id| match moment {
+            Moment::CheckpointCompleted => id <= completed,
+            Moment::CheckpointPending => id > completed,
+        });
+        if hit {
+            kill(child);
+            return true;
+        }
+        signal("-CONT");
+    }
+    kill(child);
+    false
 }
 
 /// What the restores' logs say they did with prepared transactions: (committed at restore,
@@ -65,7 +111,7 @@ fn kill_dash_nine_kafka_to_postgres_including_between_prepare_and_commit() {
     let url = postgres();
     let runs = std::env::var("WEIR_KILL_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let (mut committed, mut before, mut rolled_back) = (0, 0, 0);
-    let mut killed_while_prepared = 0;
+    let mut hits = [0u32; 2];
     for run in 0..runs {
         let mut rng = Rng::new(0x7067 + run);
         let kafka = kafka();
@@ -89,16 +135,16 @@ fn kill_dash_nine_kafka_to_postgres_including_between_prepare_and_commit() {
                 break;
             }
             if attempt % 2 == 0 {
-                // Right after a PREPARE TRANSACTION, before or after its checkpoint completes.
-                // (Once the input is all read, no transaction is prepared: give up after a while.)
+                // Right after a PREPARE TRANSACTION: once after its checkpoint completed (the
+                // restore must commit it), once before (the restore must roll it back).
+                let moment = if attempt == 0 { Moment::CheckpointCompleted } else { Moment::CheckpointPending };
                 std::thread::sleep(Duration::from_millis(300));
-                let give_up = Instant::now() + Duration::from_secs(3);
-                while prepared(&mut observer, &prefix(&table)).is_empty() && Instant::now() < give_up {}
-                std::thread::sleep(Duration::from_micros(rng.below(6000)));
-                killed_while_prepared += u32::from(!prepared(&mut observer, &prefix(&table)).is_empty());
-            } else {
-                std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+                if kill_frozen_at(child, moment, &mut observer, &prefix(&table), &dir.path().join("ck"), &mut rng) {
+                    hits[moment as usize] += 1;
+                }
+                continue;
             }
+            std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
             kill(child);
         }
         producer.join().unwrap();
@@ -110,7 +156,7 @@ fn kill_dash_nine_kafka_to_postgres_including_between_prepare_and_commit() {
         let (c, b, r) = recoveries(&logs);
         (committed, before, rolled_back) = (committed + c, before + b, rolled_back + r);
     }
-    assert!(killed_while_prepared > 0, "no kill hit a prepared transaction");
+    assert!(hits.iter().all(|&n| n > 0), "kills after / before the checkpoint of a prepared transaction: {hits:?}");
     assert!(committed > 0, "no restore committed a transaction prepared before the kill ({before} found committed, {rolled_back} rolled back)");
     assert!(rolled_back > 0, "no restore rolled back an orphaned prepared transaction ({committed} committed)");
 }

@@ -288,12 +288,20 @@ impl weir::SinkFunction<String> for Collect {
 
 /// The newest valid checkpoint under any job directory of `base` (ids grow across restores).
 pub fn latest_checkpoint(base: &Path) -> Option<PathBuf> {
+    latest_completed(base).map(|(_, path)| path)
+}
+
+/// The id of [`latest_checkpoint`].
+pub fn latest_checkpoint_id(base: &Path) -> Option<u64> {
+    latest_completed(base).map(|(id, _)| id)
+}
+
+fn latest_completed(base: &Path) -> Option<(u64, PathBuf)> {
     std::fs::read_dir(base)
         .ok()?
         .flatten()
         .filter_map(|job| weir::latest_checkpoint(&job.path()))
         .max_by_key(|(id, _)| *id)
-        .map(|(_, path)| path)
 }
 
 /// The word-count job's exactly-once output for these words: a running total per record.
