@@ -98,7 +98,9 @@ fn config(work: &Path, parallelism: u32, incremental: bool) -> Result<Configurat
 
 fn operation(handle: &weir::JobHandle, token: u64) -> Result<(CheckpointId, PathBuf)> {
     match handle.wait_operation(token, Duration::from_secs(900)) {
-        Some(Operation::Completed { checkpoint_id, location }) => Ok((checkpoint_id, location)),
+        Some(Operation::Completed { checkpoint_id, location }) => {
+            Ok((checkpoint_id, location.as_local().context("a local snapshot")?.to_path_buf()))
+        }
         other => bail!("snapshot did not complete: {other:?}"),
     }
 }
@@ -160,7 +162,7 @@ pub fn run(keys: u64) -> Result<Report> {
             for (name, format) in [("native", SavepointFormat::Native), ("canonical", SavepointFormat::Canonical)] {
                 let t = Instant::now();
                 let (_, location) =
-                    operation(&handle, handle.trigger_savepoint(Some(&work.path().join("sp")), format)?)?;
+                    operation(&handle, handle.trigger_savepoint(Some(&work.path().join("sp").into()), format)?)?;
                 let secs = t.elapsed().as_secs_f64();
                 savepoints.push(SavepointResult {
                     format: name.into(),

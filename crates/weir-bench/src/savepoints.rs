@@ -64,9 +64,9 @@ fn one(keys: u64, work: &Path) -> Result<SavepointResult> {
         progress.processed.load(Ordering::Relaxed) >= keys + keys / 10
     })?;
     let t = Instant::now();
-    let token = handle.trigger_savepoint(Some(&work.join("sp")), SavepointFormat::Canonical)?;
+    let token = handle.trigger_savepoint(Some(&work.join("sp").into()), SavepointFormat::Canonical)?;
     let location = match handle.wait_operation(token, Duration::from_secs(600)) {
-        Some(Operation::Completed { location, .. }) => location,
+        Some(Operation::Completed { location, .. }) => location.as_local().context("a local savepoint")?.to_path_buf(),
         other => bail!("savepoint of {keys} keys did not complete: {other:?}"),
     };
     let savepoint_seconds = t.elapsed().as_secs_f64();

@@ -2,9 +2,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use ureq::Agent;
+use weir_core::location::SnapshotUri;
 
 pub struct Client {
     agent: Agent,
@@ -96,7 +96,7 @@ impl Client {
         }
     }
 
-    pub fn trigger_savepoint(&self, target: Option<&Path>, format: &str) -> Result<String> {
+    pub fn trigger_savepoint(&self, target: Option<&SnapshotUri>, format: &str) -> Result<String> {
         let mut body = json!({ "formatType": format });
         if let Some(t) = target {
             body["target-directory"] = json!(absolute(t));
@@ -105,7 +105,7 @@ impl Client {
         request_id(&v)
     }
 
-    pub fn stop(&self, target: Option<&Path>, drain: bool, format: &str) -> Result<String> {
+    pub fn stop(&self, target: Option<&SnapshotUri>, drain: bool, format: &str) -> Result<String> {
         let mut body = json!({ "drain": drain, "formatType": format });
         if let Some(t) = target {
             body["targetDirectory"] = json!(absolute(t));
@@ -154,7 +154,6 @@ fn request_id(v: &Value) -> Result<String> {
     v["request-id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no request-id in {v}"))
 }
 
-/// The job may run in another directory: send absolute paths.
 fn with_auth<B>(request: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
     match auth {
         Some(value) => request.header("Authorization", value),
@@ -162,8 +161,12 @@ fn with_auth<B>(request: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::R
     }
 }
 
-fn absolute(p: &Path) -> String {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+/// The job may run in another directory: local locations go absolute, as `file:` URIs.
+fn absolute(location: &SnapshotUri) -> String {
+    match location.as_local() {
+        Some(p) => SnapshotUri::Local(std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())).to_string(),
+        None => location.to_string(),
+    }
 }
 
 /// `dd.MM.yyyy HH:mm:ss` (UTC) from milliseconds since the epoch, as `flink list` prints times.

@@ -12,7 +12,9 @@ use client::Client;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use weir_core::location::SnapshotUri;
 use weir_rest::Registry;
+use weir_runtime::storage::Stores;
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Run and operate Weir jobs: checkpoints, savepoints, stop and restore.")]
@@ -54,10 +56,10 @@ enum Command {
         /// Target directory, a path or file: URI (default: execution.checkpointing.savepoint-dir
         /// of the job).
         #[arg(value_parser = parse_location)]
-        target_directory: Option<PathBuf>,
-        /// Deletes the savepoint at this path or file: URI.
-        #[arg(short = 'd', long, conflicts_with_all = ["job_id", "target_directory"], value_parser = parse_location)]
-        dispose: Option<PathBuf>,
+        target_directory: Option<SnapshotUri>,
+        /// Deletes the savepoint at this path, file: URI or s3:// URI.
+        #[arg(short = 'd', long, conflicts_with_all = ["job_id", "target_directory"], value_parser = location_as_given)]
+        dispose: Option<String>,
         /// canonical (backend-independent) or native.
         #[arg(short = 't', long = "type", default_value = "canonical")]
         format: String,
@@ -71,7 +73,7 @@ enum Command {
         /// Target directory, a path or file: URI (default: execution.checkpointing.savepoint-dir
         /// of the job).
         #[arg(short = 'p', long = "savepoint-path", visible_alias = "savepointPath", value_parser = parse_location)]
-        savepoint_path: Option<PathBuf>,
+        savepoint_path: Option<SnapshotUri>,
         /// End the inputs first (end-of-input hooks run), then take the savepoint; for a job that
         /// will not be resumed.
         #[arg(short = 'd', long)]
@@ -102,9 +104,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// A path or a `file:` URI, as Weir prints locations.
-fn parse_location(value: &str) -> Result<PathBuf, String> {
-    weir_core::location::parse(value).map_err(|e| e.to_string())
+/// A path, a `file:` URI or an `s3://` URI, as Weir prints locations.
+fn parse_location(value: &str) -> Result<SnapshotUri, String> {
+    SnapshotUri::parse(value).map_err(|e| e.to_string())
+}
+
+/// A location, checked and kept as the user wrote it (to echo it back).
+fn location_as_given(value: &str) -> Result<String, String> {
+    parse_location(value).map(|_| value.to_string())
+}
+
+/// The stores the CLI reads and deletes snapshots through: S3 as `$WEIR_CONF_DIR/config.yaml`'s
+/// `s3.*` keys and the AWS environment say (Flink's CLI reads its `config.yaml` likewise).
+fn stores() -> Result<Stores> {
+    let config = match weir_core::config::default_file() {
+        Some(file) => weir_core::config::read_yaml_file(&file).map_err(anyhow::Error::msg)?.0,
+        None => weir_core::config::Configuration::new(),
+    };
+    Ok(Stores::from_config(&config))
 }
 
 fn parse_format(format: &str) -> Result<&'static str> {
@@ -175,16 +192,15 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Savepoint { dispose: Some(path), .. } => {
-            println!("Disposing savepoint '{}'.", path.display());
+            // Echoed as given, as Flink's CLI does.
+            println!("Disposing savepoint '{path}'.");
             let owned = Registry::default_location().owned_dirs();
-            let disposed = weir_runtime::storage::dispose_snapshot(&path, &owned)
-                .with_context(|| format!("Failed to dispose the savepoint '{}'.", path.display()))?;
-            println!("Savepoint '{}' disposed.", path.display());
+            let location = parse_location(&path).map_err(anyhow::Error::msg)?;
+            let disposed = weir_runtime::storage::dispose_snapshot(&stores()?, &location, &owned)
+                .with_context(|| format!("Failed to dispose the savepoint '{path}'."))?;
+            println!("Savepoint '{path}' disposed.");
             if !disposed.dir_removed {
-                println!(
-                    "Kept the directory '{}': it holds files that are not part of the savepoint.",
-                    disposed.dir.display()
-                );
+                println!("Kept the directory '{}': it holds files that are not part of the savepoint.", disposed.dir);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -195,13 +211,13 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             let failed = || format!("Failed to trigger a savepoint for the job {job_id}.");
             if detached {
                 println!("Triggering savepoint in detached mode for job {job_id}.");
-                let trigger = client.trigger_savepoint(target_directory.as_deref(), format).with_context(failed)?;
+                let trigger = client.trigger_savepoint(target_directory.as_ref(), format).with_context(failed)?;
                 println!("Successfully trigger manual savepoint, triggerId: {trigger}");
                 return Ok(ExitCode::SUCCESS);
             }
             println!("Triggering savepoint for job {job_id}.");
             println!("Waiting for response...");
-            let trigger = client.trigger_savepoint(target_directory.as_deref(), format).with_context(failed)?;
+            let trigger = client.trigger_savepoint(target_directory.as_ref(), format).with_context(failed)?;
             let location = client.wait_savepoint(&trigger).with_context(failed)?;
             println!("Savepoint completed. Path: {location}");
             println!("You can resume your program from this savepoint with the run command.");
@@ -213,14 +229,14 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             let failed = || format!("Could not stop with a savepoint job \"{job_id}\".");
             if detached {
                 println!("Triggering stop-with-savepoint in detached mode for job {job_id}.");
-                let trigger = client.stop(savepoint_path.as_deref(), drain, format).with_context(failed)?;
+                let trigger = client.stop(savepoint_path.as_ref(), drain, format).with_context(failed)?;
                 println!("Successfully trigger stop-with-savepoint in detached mode, triggerId: {trigger}");
                 return Ok(ExitCode::SUCCESS);
             }
             println!("{} job \"{job_id}\" with a {format} savepoint.", if drain { "Draining" } else { "Suspending" });
             println!("Triggering stop-with-savepoint for job {job_id}.");
             println!("Waiting for response...");
-            let trigger = client.stop(savepoint_path.as_deref(), drain, format).with_context(failed)?;
+            let trigger = client.stop(savepoint_path.as_ref(), drain, format).with_context(failed)?;
             let location = client.wait_savepoint(&trigger).with_context(failed)?;
             println!("Savepoint completed. Path: {location}");
             Ok(ExitCode::SUCCESS)

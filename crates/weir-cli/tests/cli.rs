@@ -175,9 +175,8 @@ fn bad_snapshots_are_refused_before_the_job_starts(backend: Backend) {
         weir.fails(&args)
     };
     let missing = dir.path().join("nope");
-    assert!(
-        run(&missing).contains(&format!("Cannot find checkpoint or savepoint file/directory '{}'", missing.display()))
-    );
+    assert!(run(&missing)
+        .contains(&format!("Cannot find checkpoint or savepoint file/directory 'file:{}'", missing.display())));
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     assert!(run(&empty).contains("Cannot find meta data file '_metadata' in directory"));
@@ -363,9 +362,18 @@ fn printed_paths_paste_back() {
     let path = stopped.strip_prefix("file:").unwrap();
     weir.ok(&["savepoint", "--dispose", &format!("file://{path}")]);
     assert!(!Path::new(path).exists());
-    let err = weir.fails(&["savepoint", "--dispose", "s3://bucket/savepoint-1"]);
-    assert!(err.contains("uses the s3: scheme"), "{err}");
+    // An s3:// location is disposed through S3; with the server away, the error names it.
+    let err = weir.fails_with_env(&["savepoint", "--dispose", "s3://bucket/savepoint-1"], &UNREACHABLE_S3);
+    assert!(err.contains("s3://bucket/savepoint-1") && err.contains("127.0.0.1:1"), "{err}");
 }
+
+/// S3 settings (the AWS environment) that point at a port nothing listens on.
+const UNREACHABLE_S3: [(&str, &str); 4] = [
+    ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+    ("AWS_ALLOW_HTTP", "true"),
+    ("AWS_ACCESS_KEY_ID", "weir-test"),
+    ("AWS_SECRET_ACCESS_KEY", "weir-test"),
+];
 
 /// Every REST error is `{"errors": [...]}`, including those of malformed requests; checkpoint
 /// statistics report what each incremental checkpoint uploaded, not the whole state.

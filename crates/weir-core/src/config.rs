@@ -15,6 +15,8 @@ pub enum ValueType {
     Duration,
     Text,
     /// A local directory or file: a path or a `file:` URI (see [`crate::location`]).
+    LocalPath,
+    /// A snapshot location: a local path, `file:` URI or `s3://bucket/prefix`.
     Location,
     /// Bytes, with Flink's units: `64 mb`, `1gb`, `512 kb`, `4096`.
     MemorySize,
@@ -77,6 +79,11 @@ pub mod keys {
     pub const REST_AUTH_ALLOW_UNAUTHENTICATED: &str = "rest.auth.allow-unauthenticated";
     pub const REST_ENABLED: &str = "weir.rest.enabled";
     pub const PRIVATE_FILES: &str = "weir.checkpointing.private-files";
+    pub const S3_ENDPOINT: &str = "s3.endpoint";
+    pub const S3_ACCESS_KEY: &str = "s3.access-key";
+    pub const S3_SECRET_KEY: &str = "s3.secret-key";
+    pub const S3_REGION: &str = "s3.region";
+    pub const S3_PATH_STYLE_ACCESS: &str = "s3.path.style.access";
     pub const BATCH_SIZE: &str = "weir.network.batch-size";
     pub const CHANNEL_CAPACITY: &str = "weir.network.channel-capacity";
     pub const RESTORE_WATERMARKS: &str = "weir.watermarks.restore";
@@ -120,12 +127,17 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: RESTART_JITTER, deprecated: &[], ty: ValueType::Fraction, default: Some("0.1"), doc: "exponential-delay: each delay varies randomly by up to this fraction of itself." },
     KeyDef { name: RESTART_ATTEMPTS_BEFORE_RESET, deprecated: &[], ty: ValueType::Int, default: None, doc: "exponential-delay: restarts allowed between two resets; unset means unlimited." },
     KeyDef { name: REST_AUTH_TOKEN, deprecated: &[], ty: ValueType::Text, default: None, doc: "Bearer token every REST request must carry (Authorization: Bearer <token>); the weir CLI reads it from WEIR_REST_TOKEN or --token-file (Weir-specific)." },
-    KeyDef { name: REST_AUTH_TOKEN_FILE, deprecated: &[], ty: ValueType::Location, default: None, doc: "File holding the REST bearer token (first line), instead of rest.auth.token (Weir-specific)." },
+    KeyDef { name: REST_AUTH_TOKEN_FILE, deprecated: &[], ty: ValueType::LocalPath, default: None, doc: "File holding the REST bearer token (first line), instead of rest.auth.token (Weir-specific)." },
     KeyDef { name: REST_AUTH_ALLOW_UNAUTHENTICATED, deprecated: &[], ty: ValueType::Bool, default: Some("false"), doc: "Serve the REST API on a non-loopback rest.bind-address without a token; anyone who can reach it can then stop, savepoint or dispose (Weir-specific)." },
     KeyDef { name: REST_PORT, deprecated: &[], ty: ValueType::Int, default: Some("0"), doc: "Port of the job's REST API; 0 picks a free port (the weir CLI finds it through the registry of running jobs)." },
     KeyDef { name: REST_BIND_ADDRESS, deprecated: &[], ty: ValueType::Text, default: Some("127.0.0.1"), doc: "Address the REST API binds to; loopback by default." },
     KeyDef { name: REST_ENABLED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Whether the job serves its REST API and registers in the local registry of running jobs (Weir-specific)." },
     KeyDef { name: PRIVATE_FILES, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Checkpoint and savepoint files are readable by their owner only (0600, directories 0700); false leaves permissions to the umask (Weir-specific)." },
+    KeyDef { name: S3_ENDPOINT, deprecated: &[], ty: ValueType::Text, default: None, doc: "S3 endpoint for s3:// locations (http://host:port for a server other than AWS); default: AWS_ENDPOINT_URL, else AWS." },
+    KeyDef { name: S3_ACCESS_KEY, deprecated: &[], ty: ValueType::Text, default: None, doc: "S3 access key id; default: AWS_ACCESS_KEY_ID and the AWS environment." },
+    KeyDef { name: S3_SECRET_KEY, deprecated: &[], ty: ValueType::Text, default: None, doc: "S3 secret access key; default: AWS_SECRET_ACCESS_KEY and the AWS environment." },
+    KeyDef { name: S3_REGION, deprecated: &[], ty: ValueType::Text, default: None, doc: "S3 region; default: AWS_REGION, else us-east-1." },
+    KeyDef { name: S3_PATH_STYLE_ACCESS, deprecated: &[], ty: ValueType::Bool, default: Some("false"), doc: "Path-style S3 requests (endpoint/bucket/key), which most servers other than AWS need." },
     KeyDef { name: BATCH_SIZE, deprecated: &[], ty: ValueType::Int, default: Some("1024"), doc: "Records per batch on a channel between tasks (Weir-specific)." },
     KeyDef { name: RESTORE_WATERMARKS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "A restored job's operators start from the watermarks recorded in the snapshot (after a rescale, the minimum of the subtasks each takes over), so a record that was late before a failure stays late after it (Weir-specific; Flink starts event time over)." },
     KeyDef { name: CHANNEL_CAPACITY, deprecated: &[], ty: ValueType::Int, default: Some("16"), doc: "Batches a channel holds before its producer blocks (Weir-specific; bounds memory)." },
@@ -226,8 +238,13 @@ impl Configuration {
         self.values.get(key).map(String::as_str).or_else(|| find_key(key).and_then(|(d, _)| d.default))
     }
 
-    /// A location key's local path (`file:` URIs resolved); values were checked when set.
-    pub fn get_location(&self, key: &str) -> Option<std::path::PathBuf> {
+    /// A location key's value (local, `file:` or `s3://`); values were checked when set.
+    pub fn get_location(&self, key: &str) -> Option<crate::location::SnapshotUri> {
+        self.get_str(key).and_then(|v| crate::location::SnapshotUri::parse(&v).ok())
+    }
+
+    /// A local path key's path (`file:` URIs resolved); values were checked when set.
+    pub fn get_path(&self, key: &str) -> Option<std::path::PathBuf> {
         self.get_str(key).and_then(|v| crate::location::parse(&v).ok())
     }
 
@@ -283,7 +300,8 @@ fn validate(def: &KeyDef, value: &str) -> Result<(), String> {
         ValueType::MemorySize => parse_memory_size(value).map(|_| ()),
         ValueType::Fraction => parse_fraction(value).map(|_| ()),
         ValueType::Multiplier => parse_multiplier(value).map(|_| ()),
-        ValueType::Location => crate::location::parse(value).map(|_| ()).map_err(|e| e.to_string()),
+        ValueType::LocalPath => crate::location::parse(value).map(|_| ()).map_err(|e| e.to_string()),
+        ValueType::Location => crate::location::SnapshotUri::parse(value).map(|_| ()).map_err(|e| e.to_string()),
         ValueType::Text => {
             if value.is_empty() {
                 Err("expected a non-empty value".to_string())
@@ -310,6 +328,20 @@ fn suggest(key: &str) -> String {
         Some(name) => format!("; did you mean '{name}'?"),
         None => "; see docs/configuration.md for the keys Weir understands".to_string(),
     }
+}
+
+/// The configuration file used when none is named: `$WEIR_CONF_DIR/config.yaml`, when it exists
+/// (Flink's `$FLINK_CONF_DIR/config.yaml`).
+pub fn default_file() -> Option<std::path::PathBuf> {
+    let file = std::path::PathBuf::from(std::env::var_os("WEIR_CONF_DIR")?).join("config.yaml");
+    file.is_file().then_some(file)
+}
+
+/// Reads a YAML configuration file (see [`parse_yaml`]); errors name the file.
+pub fn read_yaml_file(path: &std::path::Path) -> Result<(Configuration, Vec<DeprecationWarning>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read configuration file '{}': {e}", path.display()))?;
+    parse_yaml(&text, &path.display().to_string()).map_err(|e| e.to_string())
 }
 
 /// Reads a YAML configuration file's text (Flink's `config.yaml` style): nested maps are flattened

@@ -90,7 +90,7 @@ fn percent_decode(s: &str) -> String {
 /// Where snapshot bytes live: a local directory or a prefix in an S3 bucket. Parsed from what
 /// users write (plain path, `file:` URI, `s3://bucket/prefix`) and printed back in a form that
 /// parses to the same place.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SnapshotUri {
     Local(PathBuf),
     /// `prefix` has no leading or trailing `/` (empty: the bucket's root).
@@ -151,6 +151,107 @@ impl SnapshotUri {
             }
         }
     }
+}
+
+impl From<PathBuf> for SnapshotUri {
+    fn from(path: PathBuf) -> Self {
+        SnapshotUri::Local(path)
+    }
+}
+
+impl SnapshotUri {
+    /// The local path, for a location on the local file system.
+    pub fn as_local(&self) -> Option<&Path> {
+        match self {
+            SnapshotUri::Local(path) => Some(path),
+            SnapshotUri::S3 { .. } => None,
+        }
+    }
+
+    /// The last segment (a file or directory name).
+    pub fn file_name(&self) -> Option<&str> {
+        match self {
+            SnapshotUri::Local(path) => path.file_name()?.to_str(),
+            SnapshotUri::S3 { prefix, .. } => prefix.rsplit('/').next().filter(|n| !n.is_empty()),
+        }
+    }
+
+    /// The location this one is in (none for a bucket's root or a file system's).
+    pub fn parent(&self) -> Option<SnapshotUri> {
+        match self {
+            SnapshotUri::Local(path) => Some(SnapshotUri::Local(path.parent()?.to_path_buf())),
+            SnapshotUri::S3 { prefix, .. } if prefix.is_empty() => None,
+            SnapshotUri::S3 { bucket, prefix } => Some(SnapshotUri::S3 {
+                bucket: bucket.clone(),
+                prefix: prefix.rsplit_once('/').map_or("", |(p, _)| p).to_string(),
+            }),
+        }
+    }
+
+    /// A reference as `_metadata` records it (`file`, `../shared/file`) resolved against this
+    /// directory, with `.` and `..` folded (the file may not exist, so nothing is looked up).
+    pub fn resolve(&self, reference: &str) -> SnapshotUri {
+        match self {
+            SnapshotUri::Local(dir) => SnapshotUri::Local(normalize_path(&dir.join(reference))),
+            SnapshotUri::S3 { bucket, prefix } => {
+                let mut segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
+                for segment in reference.split('/') {
+                    match segment {
+                        "" | "." => {}
+                        ".." => {
+                            segments.pop();
+                        }
+                        name => segments.push(name),
+                    }
+                }
+                SnapshotUri::S3 { bucket: bucket.clone(), prefix: segments.join("/") }
+            }
+        }
+    }
+
+    /// This location relative to `base` (`/`-separated), when it lies inside it.
+    pub fn relative_to(&self, base: &SnapshotUri) -> Option<String> {
+        match (self, base) {
+            (SnapshotUri::Local(path), SnapshotUri::Local(base)) => {
+                let rel = path.strip_prefix(base).ok()?;
+                rel.to_str().map(str::to_string)
+            }
+            (SnapshotUri::S3 { bucket, prefix }, SnapshotUri::S3 { bucket: b, prefix: p }) if bucket == b => {
+                if p.is_empty() {
+                    return Some(prefix.clone());
+                }
+                if prefix == p {
+                    return Some(String::new());
+                }
+                prefix.strip_prefix(p.as_str())?.strip_prefix('/').map(str::to_string)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this location is `base` or lies inside it.
+    pub fn starts_with(&self, base: &SnapshotUri) -> bool {
+        self.relative_to(base).is_some()
+    }
+}
+
+/// Folds `.` and `..` in a path without touching the file system (the file may be gone), so a
+/// snapshot reference like `../shared/<file>` resolves to one canonical path.
+pub fn normalize_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for SnapshotUri {
@@ -225,5 +326,24 @@ mod tests {
             Err(SnapshotUriError::S3(S3UriError::EmptySegment { .. }))
         ));
         assert!(matches!(SnapshotUri::parse("gs://b/x"), Err(SnapshotUriError::Local(_))));
+    }
+
+    #[test]
+    fn references_resolve_and_relativize_alike_on_s3_and_on_disk() {
+        for base in ["s3://b/ck/job/chk-3", "/ck/job/chk-3"] {
+            let dir = SnapshotUri::parse(base).unwrap();
+            let job = dir.parent().unwrap();
+            let shared = dir.resolve("../shared/f1");
+            assert_eq!(shared, job.join("shared").join("f1"), "{base}");
+            assert_eq!(shared.relative_to(&job).as_deref(), Some("shared/f1"));
+            assert_eq!(dir.resolve("./state").relative_to(&dir).as_deref(), Some("state"));
+            assert!(shared.starts_with(&job) && !shared.starts_with(&dir));
+            assert_eq!(dir.file_name(), Some("chk-3"));
+        }
+        let s3 = SnapshotUri::parse("s3://b/ck").unwrap();
+        assert!(!SnapshotUri::parse("s3://b/ckx/1").unwrap().starts_with(&s3), "a prefix of a name is not a parent");
+        assert!(!SnapshotUri::parse("s3://other/ck/1").unwrap().starts_with(&s3));
+        assert_eq!(SnapshotUri::parse("s3://b").unwrap().parent(), None);
+        assert_eq!(s3.parent(), Some(SnapshotUri::parse("s3://b").unwrap()));
     }
 }

@@ -428,14 +428,16 @@ backend_tests! {
             let lines: String = (from..to).map(|i| format!("{i}\n")).collect();
             std::fs::OpenOptions::new().append(true).open(&input).unwrap().write_all(lines.as_bytes()).unwrap();
             let sp = dir.path().join(format!("sp{round}"));
+            // Timers well behind the newest record fired, so the source has read the round's
+            // input (one write, read at once); the last timers are still pending. (A drain ends
+            // the input where the source stands: one before that would leave records unread.)
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let fired_up_to = || committed_lines(&out).iter().filter_map(|l| l.split(' ').nth(1)?.parse::<u64>().ok()).max().unwrap_or(0);
+            while fired_up_to() + 200 < to {
+                assert!(Instant::now() < deadline, "round {round} did not progress");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             if round < 2 {
-                // Timers well behind the newest record fired; the last ones are still pending.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let fired_up_to = || committed_lines(&out).iter().filter_map(|l| l.split(' ').nth(1)?.parse::<u64>().ok()).max().unwrap_or(0);
-                while fired_up_to() + 200 < to {
-                    assert!(Instant::now() < deadline, "round {round} did not progress");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
                 savepoint = Some(common::stop_with_savepoint(handle, &sp, backend.savepoint_format(), false));
                 assert!(fired_up_to() < timer_of(to - 1) as u64, "round {round}: the newest timers are still pending");
             } else {

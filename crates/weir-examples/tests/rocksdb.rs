@@ -5,7 +5,7 @@
 mod common;
 
 use common::wait_for;
-use common::Backend;
+use common::{local, uri, Backend};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -230,7 +230,7 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     );
     assert!(ratio < 0.03, "a checkpoint after a 1% change uploads {:.2}% of a full one", ratio * 100.0);
     assert!(delta.state_size > full.state_size * 9 / 10, "it still references the whole state");
-    let job_dir = job.handle.checkpoint_job_dir().unwrap();
+    let job_dir = job.handle.checkpoint_job_dir().map(|d| local(&d)).unwrap();
     assert_only_referenced_files(std::slice::from_ref(&job_dir), "after the first incremental checkpoint");
     job.handle.cancel();
     job.handle.wait();
@@ -244,8 +244,8 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     let job2 = start(dir.path(), &input, &args, 32);
     wait_for("the restored job", || job2.handle.status() == weir::JobStatus::Running);
     let first = checkpoint(&job2);
-    let job2_dir = job2.handle.checkpoint_job_dir().unwrap().canonicalize().unwrap();
-    let refs = referenced(&first.location);
+    let job2_dir = job2.handle.checkpoint_job_dir().map(|d| local(&d)).unwrap().canonicalize().unwrap();
+    let refs = referenced(&local(&first.location));
     assert!(
         refs.iter().all(|f| f.starts_with(&job2_dir)),
         "NO_CLAIM: the first checkpoint references only its own files"
@@ -271,9 +271,9 @@ fn incremental_checkpoints_upload_what_changed_and_keep_exactly_the_referenced_f
     let job3 = start(dir.path(), &input, &args, 32);
     wait_for("the claimed job", || job3.handle.status() == weir::JobStatus::Running);
     let first = checkpoint(&job3);
-    let job3_dir = job3.handle.checkpoint_job_dir().unwrap().canonicalize().unwrap();
+    let job3_dir = job3.handle.checkpoint_job_dir().map(|d| local(&d)).unwrap().canonicalize().unwrap();
     let claimed_inodes: BTreeSet<u64> = referenced(&claimed).iter().map(|f| inode(f)).collect();
-    let refs = referenced(&first.location);
+    let refs = referenced(&local(&first.location));
     assert!(refs.iter().all(|f| f.starts_with(&job3_dir)), "CLAIM: checkpoints reference only their job's files");
     assert!(
         refs.iter().any(|f| claimed_inodes.contains(&inode(f))),
@@ -327,7 +327,7 @@ fn state_four_times_the_memory_budget_runs_checkpoints_and_restores() {
     let stats = checkpoint(&job);
     eprintln!("state {} bytes on disk with a {} byte memory budget", stats.state_size, budget);
     assert!(stats.state_size >= 4 * budget, "state of {} bytes is at least 4x the budget", stats.state_size);
-    let job_dir = job.handle.checkpoint_job_dir().unwrap();
+    let job_dir = job.handle.checkpoint_job_dir().map(|d| local(&d)).unwrap();
     job.handle.cancel();
     job.handle.wait();
 
@@ -349,9 +349,9 @@ fn state_four_times_the_memory_budget_runs_checkpoints_and_restores() {
 
 fn savepoint(job: &Job, dir: &Path, format: SavepointFormat) -> PathBuf {
     wait_for("the job to run", || job.handle.status() == weir::JobStatus::Running);
-    let token = job.handle.trigger_savepoint(Some(dir), format).unwrap();
+    let token = job.handle.trigger_savepoint(Some(&uri(dir)), format).unwrap();
     match job.handle.wait_operation(token, Duration::from_secs(60)) {
-        Some(Operation::Completed { location, .. }) => location,
+        Some(Operation::Completed { location, .. }) => local(&location),
         other => panic!("savepoint failed: {other:?}"),
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::wait_for;
-use common::{Backend, FaultyStorage, StorageFault};
+use common::{local, uri, Backend, FaultyStorage, StorageFault};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,9 +130,9 @@ fn committed(out: &Path) -> Vec<String> {
 /// Takes a savepoint in `paths.sp`, in the format the backend under test exercises.
 fn savepoint(handle: &JobHandle, paths: &Paths) -> PathBuf {
     wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
-    let token = handle.trigger_savepoint(Some(&paths.sp), paths.backend.savepoint_format()).unwrap();
+    let token = handle.trigger_savepoint(Some(&uri(&paths.sp)), paths.backend.savepoint_format()).unwrap();
     match handle.wait_operation(token, Duration::from_secs(30)) {
-        Some(Operation::Completed { location, .. }) => location,
+        Some(Operation::Completed { location, .. }) => local(&location),
         other => panic!("savepoint did not complete: {other:?}"),
     }
 }
@@ -221,7 +221,7 @@ fn retained_checkpoint(paths: &Paths) -> PathBuf {
     let handle = env.execute_async("retained").unwrap();
     append_keys(&paths.input, 0..5);
     wait_for("a committed checkpoint", || committed(&paths.out).len() == 5);
-    let job_dir = handle.checkpoint_job_dir().unwrap();
+    let job_dir = handle.checkpoint_job_dir().map(|d| local(&d)).unwrap();
     finish(handle);
     weir::latest_checkpoint(&job_dir).unwrap().1
 }
@@ -370,7 +370,7 @@ backend_tests! {
         assert!(sp.join("_metadata").is_file());
         std::thread::sleep(Duration::from_millis(100));
         assert!(committed(&paths.out).is_empty(), "an intermediate savepoint commits no output");
-        let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, false).unwrap();
+        let token = handle.stop_with_savepoint(Some(&uri(&paths.sp)), SavepointFormat::Canonical, false).unwrap();
         assert!(matches!(handle.wait_operation(token, Duration::from_secs(30)), Some(Operation::Completed { .. })));
         let outcome = handle.wait();
         assert_eq!(outcome.status, weir::JobStatus::Finished);
@@ -389,7 +389,7 @@ backend_tests! {
         let handle = env.execute_async("failing-savepoint").unwrap();
         append_keys(&paths.input, 0..3);
         wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
-        let token = handle.trigger_savepoint(Some(&paths.sp), backend.savepoint_format()).unwrap();
+        let token = handle.trigger_savepoint(Some(&uri(&paths.sp)), backend.savepoint_format()).unwrap();
         match handle.wait_operation(token, Duration::from_secs(30)) {
             Some(Operation::Failed { message }) => assert!(message.contains("metadata write failed"), "{message}"),
             other => panic!("expected a failure, got {other:?}"),
@@ -451,12 +451,12 @@ fn stop_and_record(drain: bool) -> Vec<String> {
     let handle = env.execute_async("stop").unwrap();
     append_keys(&paths.input, 0..3);
     wait_for("three records", || sink.events.lock().unwrap().len() == 3);
-    let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, drain).unwrap();
+    let token = handle.stop_with_savepoint(Some(&uri(&paths.sp)), SavepointFormat::Canonical, drain).unwrap();
     let Some(Operation::Completed { checkpoint_id, location }) = handle.wait_operation(token, Duration::from_secs(30))
     else {
         panic!("stop did not complete");
     };
-    assert!(location.join("_metadata").is_file());
+    assert!(local(&location).join("_metadata").is_file());
     assert_eq!(handle.wait().status, weir::JobStatus::Finished);
     let id = checkpoint_id;
     let events = sink.after_records();
@@ -486,7 +486,7 @@ fn a_failed_stop_leaves_the_job_running_and_reading() {
     let handle = env.execute_async("failed-stop").unwrap();
     append_keys(&paths.input, 0..2);
     wait_for("two records", || sink.events.lock().unwrap().len() == 2);
-    let token = handle.stop_with_savepoint(Some(&paths.sp), SavepointFormat::Canonical, false).unwrap();
+    let token = handle.stop_with_savepoint(Some(&uri(&paths.sp)), SavepointFormat::Canonical, false).unwrap();
     assert!(matches!(handle.wait_operation(token, Duration::from_secs(30)), Some(Operation::Failed { .. })));
     assert_eq!(handle.status(), weir::JobStatus::Running);
     // The sources stopped at the stop's barrier; they read again once it failed.

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
+use weir_core::location::SnapshotUri;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryEntry {
@@ -48,6 +49,12 @@ pub struct Ended {
 /// Ended entries kept for `weir list -a`.
 const ENDED_KEPT: usize = 100;
 
+/// A recorded checkpoint directory: absolute (`/abs`, `file:/abs`) or on S3.
+fn checkpoint_dir(recorded: &str) -> Option<SnapshotUri> {
+    let dir = SnapshotUri::parse(recorded).ok()?;
+    dir.as_local().is_none_or(Path::is_absolute).then_some(dir)
+}
+
 impl RegistryEntry {
     /// Why the entry cannot be trusted, if it cannot.
     fn defect(&self) -> Option<String> {
@@ -57,8 +64,8 @@ impl RegistryEntry {
         if self.address.parse::<std::net::SocketAddr>().is_err() {
             return Some(format!("address '{}' is not host:port", self.address));
         }
-        if let Some(dir) = self.checkpoint_dir.as_deref().filter(|d| !Path::new(d).is_absolute()) {
-            return Some(format!("checkpoint directory '{dir}' is not an absolute path"));
+        if let Some(dir) = self.checkpoint_dir.as_deref().filter(|d| self::checkpoint_dir(d).is_none()) {
+            return Some(format!("checkpoint directory '{dir}' is not an absolute path or an s3:// URI"));
         }
         None
     }
@@ -120,10 +127,14 @@ impl Registry {
                 None if process_alive(e.pid) => None,
                 None => {
                     // Killed: what its checkpoint directory holds beats what it last recorded.
-                    let newest =
-                        e.checkpoint_dir.as_deref().and_then(|d| weir_runtime::job::latest_checkpoint(Path::new(d)));
-                    if let Some((_, path)) = newest {
-                        e.last_checkpoint = Some(weir_core::location::to_uri(&path));
+                    let store = weir_runtime::storage::Stores::default();
+                    let newest = e
+                        .checkpoint_dir
+                        .as_deref()
+                        .and_then(checkpoint_dir)
+                        .and_then(|d| weir_runtime::storage::latest_checkpoint_in(&store, &d));
+                    if let Some((_, location)) = newest {
+                        e.last_checkpoint = Some(location.to_string());
                     }
                     e.ended = Some(Ended { status: "GONE".into(), at_ms: e.started_ms });
                     Some((file, e))
@@ -169,8 +180,8 @@ impl Registry {
 
     /// The directories running jobs own, by job id: each one's checkpoint directory. Disposal
     /// refuses anything inside them.
-    pub fn owned_dirs(&self) -> Vec<(String, PathBuf)> {
-        self.list().into_iter().filter_map(|e| Some((e.id, PathBuf::from(e.checkpoint_dir?)))).collect()
+    pub fn owned_dirs(&self) -> Vec<(String, SnapshotUri)> {
+        self.list().into_iter().filter_map(|e| Some((e.id, checkpoint_dir(&e.checkpoint_dir?)?))).collect()
     }
 
     pub fn find(&self, id: &str) -> Option<RegistryEntry> {

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{SavepointFormat, SnapshotKind};
 use weir_runtime::job::CheckpointStats;
 use weir_runtime::storage::dispose_snapshot;
@@ -219,9 +220,9 @@ fn parse_format(format: Option<&str>) -> Result<SavepointFormat, ApiError> {
     }
 }
 
-/// A path as clients give it: plain, or a `file:` URI as Weir reports locations.
-fn local_path(path: &str) -> Result<std::path::PathBuf, weir_core::location::LocationError> {
-    weir_core::location::parse(path)
+/// A location as clients give it: a plain path, or a `file:` or `s3://` URI as Weir reports them.
+fn location(path: &str) -> Result<SnapshotUri, weir_core::location::SnapshotUriError> {
+    SnapshotUri::parse(path)
 }
 
 fn new_trigger_id() -> String {
@@ -310,7 +311,7 @@ async fn trigger_savepoint(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let target = match req.target_directory.as_deref().map(local_path).transpose() {
+    let target = match req.target_directory.as_deref().map(location).transpose() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -319,7 +320,7 @@ async fn trigger_savepoint(
         &state,
         req.trigger_id,
         TriggerKind::Savepoint,
-        || control.trigger_savepoint(target.as_deref(), format),
+        || control.trigger_savepoint(target.as_ref(), format),
         "target-directory",
     )
 }
@@ -349,7 +350,7 @@ async fn stop(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let target = match req.target_directory.as_deref().map(local_path).transpose() {
+    let target = match req.target_directory.as_deref().map(location).transpose() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -359,7 +360,7 @@ async fn stop(
         &state,
         req.trigger_id,
         TriggerKind::Savepoint,
-        || control.stop_with_savepoint(target.as_deref(), format, drain),
+        || control.stop_with_savepoint(target.as_ref(), format, drain),
         "targetDirectory",
     )
 }
@@ -389,7 +390,7 @@ fn operation_status(state: &AppState, job: &str, trigger: &str, kind: TriggerKin
         Operation::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
         Operation::Completed { checkpoint_id, location } => match kind {
             TriggerKind::Savepoint => {
-                json!({ "status": { "id": "COMPLETED" }, "operation": { "location": weir_core::location::to_uri(&location) } })
+                json!({ "status": { "id": "COMPLETED" }, "operation": { "location": location.to_string() } })
             }
             TriggerKind::Checkpoint => {
                 json!({ "status": { "id": "COMPLETED" }, "operation": { "checkpointId": checkpoint_id } })
@@ -478,7 +479,7 @@ fn stats_json(s: &CheckpointStats) -> Value {
         "state_size": s.state_size,
         "checkpointed_size": s.checkpointed_size,
         "end_to_end_duration": s.duration.as_millis() as u64,
-        "external_path": weir_core::location::to_uri(&s.location),
+        "external_path": s.location.to_string(),
     })
 }
 
@@ -491,9 +492,9 @@ async fn checkpoint_statistics(State(state): State<Arc<AppState>>, Path(job): Pa
     let failed = c.failed_checkpoints();
     let latest_checkpoint = completed.iter().rev().find(|s| !s.kind.is_savepoint()).map(stats_json);
     let latest_savepoint = completed.iter().rev().find(|s| s.kind.is_savepoint()).map(stats_json);
-    let restored = c.restored_from().map(|r| {
-        json!({ "id": r.checkpoint_id, "is_savepoint": r.is_savepoint, "external_path": weir_core::location::to_uri(&r.path) })
-    });
+    let restored = c
+        .restored_from()
+        .map(|r| json!({ "id": r.checkpoint_id, "is_savepoint": r.is_savepoint, "external_path": r.path.to_string() }));
     let history: Vec<Value> = completed.iter().rev().take(10).map(stats_json).collect();
     Json(json!({
         "counts": {
@@ -519,12 +520,12 @@ async fn dispose(State(state): State<Arc<AppState>>, body: Option<Json<DisposalR
     let Some(path) = body.and_then(|Json(b)| b.savepoint_path) else {
         return error(StatusCode::BAD_REQUEST, "Field savepoint-path must not be omitted or be null.");
     };
-    let path = match local_path(&path) {
+    let path = match location(&path) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     // This job's checkpoints, and those of every other running job this machine knows of.
-    let mut owned: Vec<(String, std::path::PathBuf)> = state
+    let mut owned: Vec<(String, SnapshotUri)> = state
         .control
         .checkpoint_job_dir()
         .filter(|_| !state.control.status().is_terminal())
@@ -532,7 +533,8 @@ async fn dispose(State(state): State<Arc<AppState>>, body: Option<Json<DisposalR
         .into_iter()
         .collect();
     owned.extend(crate::Registry::default_location().owned_dirs());
-    let outcome = dispose_snapshot(&path, &owned).map(|_| ()).map_err(|e| e.to_string());
+    let storage = state.control.storage();
+    let outcome = dispose_snapshot(storage.store(), &path, &owned).map(|_| ()).map_err(|e| e.to_string());
     let id = new_trigger_id();
     state.disposals.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), outcome);
     Json(json!({ "request-id": id })).into_response()

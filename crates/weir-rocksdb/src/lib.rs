@@ -70,3 +70,8 @@ pub(crate) fn db_err(what: &str) -> impl Fn(rocksdb::Error) -> StateError + '_ {
 pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> StateError + '_ {
     move |error| StateError::Io { path: path.to_path_buf(), error }
 }
+
+/// An error writing a snapshot file on the checkpoint storage.
+pub(crate) fn storage_err(location: &weir_core::location::SnapshotUri) -> impl Fn(std::io::Error) -> StateError + '_ {
+    move |error| StateError::Storage { location: location.to_string(), error }
+}

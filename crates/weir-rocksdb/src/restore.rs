@@ -18,7 +18,6 @@ use std::path::Path;
 use weir_core::metadata::StateMeta;
 use weir_core::KeyGroupRange;
 use weir_state::serialized::{key_group_prefix, read_canonical_rows};
-use weir_state::snapshot::normalize_path;
 use weir_state::{ResolvedNativeHandle, RestoredKeyedState, StateError, StoreContext};
 
 type Opened = (DB, BTreeMap<String, StateMeta>, BTreeMap<String, Uploaded>);
@@ -119,9 +118,9 @@ fn open_clipped(
         base.handle
             .files
             .iter()
-            .zip(&base.paths)
+            .zip(&base.locations)
             .filter(|(f, _)| f.reusable)
-            .map(|(f, p)| (f.name.clone(), Uploaded { path: normalize_path(p), size: f.file.size, crc32c: f.crc32c }))
+            .map(|(f, l)| (f.name.clone(), Uploaded { location: l.clone(), size: f.file.size, crc32c: f.crc32c }))
             .collect()
     } else {
         BTreeMap::new()

@@ -10,13 +10,14 @@
 
 use crate::settings::RocksDbSettings;
 use crate::store::{cf_name, scan};
-use crate::{db_err, io_err, BACKEND_NAME};
+use crate::{db_err, io_err, storage_err, BACKEND_NAME};
 use rocksdb::DB;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{NativeFile, NativeStateHandle, SavepointFormat, SnapshotKind, StateFileRef, StateMeta};
 use weir_core::{CheckpointId, KeyGroupRange};
 use weir_state::serialized::{key_group_prefix, write_canonical, RowSource};
@@ -25,7 +26,7 @@ use weir_state::{NewFile, SnapshotFiles, SnapshotRequest, StateError, StoreSnaps
 /// An SST file a checkpoint uploaded: where it is, its size and checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Uploaded {
-    pub path: PathBuf,
+    pub location: SnapshotUri,
     pub size: u64,
     pub crc32c: Option<u32>,
 }
@@ -86,7 +87,7 @@ impl RocksDbSnapshot {
         &self,
         files: &dyn SnapshotFiles,
         name: &str,
-        created: &mut Vec<PathBuf>,
+        created: &mut Vec<SnapshotUri>,
     ) -> Result<WrittenKeyedState, StateError> {
         let mut local: Vec<(String, PathBuf)> = std::fs::read_dir(&self.dir)
             .map_err(io_err(&self.dir))?
@@ -105,12 +106,12 @@ impl RocksDbSnapshot {
             let sst = is_sst(&file_name);
             if sst && share {
                 if let Some(up) = reusable.get(&file_name) {
-                    let (reference, path) = files.reuse(&up.path).map_err(io_err(&up.path))?;
-                    if path != up.path {
-                        created.push(path.clone());
+                    let (reference, location) = files.reuse(&up.location).map_err(storage_err(&up.location))?;
+                    if location != up.location {
+                        created.push(location.clone());
                     }
                     handle_files.push(native_file(&file_name, reference, up.size, up.crc32c, true));
-                    uploaded.insert(file_name, Uploaded { path, ..up.clone() });
+                    uploaded.insert(file_name, Uploaded { location, ..up.clone() });
                     continue;
                 }
             }
@@ -120,11 +121,11 @@ impl RocksDbSnapshot {
             } else {
                 files.create_exclusive(&format!("{name}-{file_name}"))
             };
-            let NewFile { out, reference, path: target } = new.map_err(StateError::Write)?;
+            let NewFile { out, reference, location: target } = new.map_err(StateError::Write)?;
             created.push(target.clone());
             let (size, crc) = copy_into(&path, out, &target)?;
             if sst && share {
-                uploaded.insert(file_name.clone(), Uploaded { path: target, size, crc32c: Some(crc) });
+                uploaded.insert(file_name.clone(), Uploaded { location: target, size, crc32c: Some(crc) });
             }
             handle_files.push(native_file(&file_name, reference, size, Some(crc), sst));
         }
@@ -148,7 +149,7 @@ impl RocksDbSnapshot {
         &self,
         files: &dyn SnapshotFiles,
         name: &str,
-        created: &mut Vec<PathBuf>,
+        created: &mut Vec<SnapshotUri>,
     ) -> Result<WrittenKeyedState, StateError> {
         let names: Vec<String> = self.states.iter().map(|s| cf_name(&s.name)).collect();
         let db = open_read_only(&RocksDbSettings::reader_options(), &self.dir, &names)?;
@@ -158,10 +159,10 @@ impl RocksDbSnapshot {
         }
         let mut states = self.states.clone();
         states.sort_by(|a, b| a.name.cmp(&b.name));
-        let NewFile { out, reference, path } = files.create_exclusive(name).map_err(StateError::Write)?;
-        created.push(path.clone());
+        let NewFile { out, reference, location } = files.create_exclusive(name).map_err(StateError::Write)?;
+        created.push(location.clone());
         let (out, written) = write_canonical(out, self.key_groups, &states, &mut rows)?;
-        out.finish().map_err(io_err(&path))?;
+        out.finish().map_err(storage_err(&location))?;
         Ok(WrittenKeyedState { keyed: Some(written.into_handle(reference, self.key_groups)), native: None })
     }
 }
@@ -175,8 +176,10 @@ impl StoreSnapshot for RocksDbSnapshot {
             self.write_native(files, name, &mut created)
         };
         if result.is_err() {
-            for path in created {
-                let _ = std::fs::remove_file(path);
+            for file in created {
+                if let Err(e) = files.delete(&file) {
+                    tracing::warn!("could not delete {file} after a failed snapshot: {e}");
+                }
             }
         }
         result
@@ -205,11 +208,16 @@ fn native_file(name: &str, reference: String, size: u64, crc32c: Option<u32>, re
 }
 
 /// Copies `from` into `out`; returns the size and CRC32C of what was copied.
-fn copy_into(from: &Path, mut out: Box<dyn weir_state::StateOutput>, target: &Path) -> Result<(u64, u32), StateError> {
+fn copy_into(
+    from: &Path,
+    mut out: Box<dyn weir_state::StateOutput>,
+    target: &SnapshotUri,
+) -> Result<(u64, u32), StateError> {
     let input = File::open(from).map_err(io_err(from))?;
-    let (size, crc) =
-        weir_state::checksum::for_each_chunk(input, from, &mut |chunk| out.write_all(chunk).map_err(io_err(target)))?;
-    out.finish().map_err(io_err(target))?;
+    let (size, crc) = weir_state::checksum::for_each_chunk(input, from, &mut |chunk| {
+        out.write_all(chunk).map_err(storage_err(target))
+    })?;
+    out.finish().map_err(storage_err(target))?;
     Ok((size, crc))
 }
 

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir_core::key_group::key_group_range_for_subtask;
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{SavepointFormat, SnapshotKind};
 use weir_core::{JobId, KeyGroupRange, OperatorId};
 use weir_rocksdb::{MemoryBudget, RocksDbSettings, RocksDbStateBackend};
@@ -35,13 +36,16 @@ impl SnapshotFiles for DirFiles {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.dir.join(name);
         let out = Box::new(FileOut(io::BufWriter::new(std::fs::File::create_new(&path)?)));
-        Ok(NewFile { out, reference: name.into(), path })
+        Ok(NewFile { out, reference: name.into(), location: SnapshotUri::Local(path) })
     }
     fn create_shared(&self, name: &str) -> io::Result<NewFile> {
         self.create_exclusive(name)
     }
-    fn reuse(&self, path: &Path) -> io::Result<(String, std::path::PathBuf)> {
-        Ok((path.display().to_string(), path.to_path_buf()))
+    fn reuse(&self, file: &SnapshotUri) -> io::Result<(String, SnapshotUri)> {
+        Ok((file.to_string(), file.clone()))
+    }
+    fn delete(&self, file: &SnapshotUri) -> io::Result<()> {
+        std::fs::remove_file(file.as_local().expect("local"))
     }
 }
 
@@ -77,8 +81,9 @@ fn snapshot(backend: &mut KeyedStateBackend<String>, dir: &Path, kind: SnapshotK
         restored.files.push((dir.join(&h.file.path), h));
     }
     if let Some(h) = written.native {
-        let paths = h.files.iter().map(|f| dir.join(&f.file.path)).collect();
-        restored.native.push(ResolvedNativeHandle { handle: h, paths });
+        let paths: Vec<_> = h.files.iter().map(|f| dir.join(&f.file.path)).collect();
+        let locations = paths.iter().cloned().map(SnapshotUri::Local).collect();
+        restored.native.push(ResolvedNativeHandle { handle: h, locations, paths });
     }
     restored
 }

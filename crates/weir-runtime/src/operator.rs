@@ -3,7 +3,6 @@
 
 use crate::protocol::MasterMsg;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,7 +178,7 @@ pub struct Barrier {
     pub kind: SnapshotKind,
     pub timestamp_ms: u64,
     /// Directory the snapshot's files go to (`chk-<id>` or the savepoint directory).
-    pub location: Arc<PathBuf>,
+    pub location: Arc<weir_core::location::SnapshotUri>,
     /// A stop-with-savepoint barrier: sources emit nothing after it unless it is aborted.
     pub stop: bool,
     /// A checkpoint that must not reference files of earlier snapshots (after a NO_CLAIM restore).

@@ -5,10 +5,10 @@
 use crate::operator::TaskError;
 use crate::storage::LoadedSnapshot;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use weir_core::assignment::SubtaskAssignment;
 use weir_core::coordinator::TaskKey;
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{SavepointFormat, SubtaskSnapshot};
 use weir_core::{CheckpointId, OperatorId};
 
@@ -24,7 +24,7 @@ pub enum MasterMsg {
     TaskFinished { attempt: u32, task: TaskKey },
     TaskCanceled { attempt: u32, task: TaskKey },
     TaskFailed { attempt: u32, task: TaskKey, failure: TaskFailure },
-    TriggerSavepoint { token: u64, target: PathBuf, format: SavepointFormat, mode: SavepointMode },
+    TriggerSavepoint { token: u64, target: SnapshotUri, format: SavepointFormat, mode: SavepointMode },
     TriggerCheckpoint { token: u64 },
     Cancel,
 }

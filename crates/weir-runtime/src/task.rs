@@ -9,14 +9,14 @@ use crate::channel::{InputEnd, SideOutputs};
 use crate::graph::{Instance, JobGraph};
 use crate::operator::{Control, OperatorContext, RestoredState, SnapshotCapture, TaskEnv, TaskError, TaskResult};
 use crate::protocol::{AckedState, FailureCause, MasterMsg, RestorePlan, TaskFailure};
-use crate::storage::CheckpointStorage;
+use crate::storage::{CheckpointStorage, SnapshotUri};
 use crossbeam_channel::{Receiver, Sender};
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use weir_core::assignment::SubtaskAssignment;
 use weir_core::coordinator::TaskKey;
 use weir_core::metadata::SubtaskSnapshot;
 use weir_core::JobId;
@@ -120,6 +120,45 @@ fn run(mut plan: TaskPlan) -> TaskResult<InputEnd> {
     }
 }
 
+/// What one operator subtask restores, with its files' local paths (staged copies for a snapshot
+/// on object storage).
+fn restored_state(
+    r: &RestorePlan,
+    assigned: Option<&Vec<SubtaskAssignment>>,
+    subtask: u32,
+    restore_watermarks: bool,
+    operator: &str,
+) -> TaskResult<RestoredState> {
+    let Some(a) = assigned.and_then(|subs| subs.get(subtask as usize)) else {
+        return Ok(RestoredState::default());
+    };
+    let local = |reference: &str| {
+        r.snapshot.local_path(reference).ok_or_else(|| {
+            TaskError::Internal(format!(
+                "operator '{operator}': {} was not downloaded before the restore",
+                r.snapshot.resolve(reference)
+            ))
+        })
+    };
+    let files = a.keyed.iter().map(|h| Ok((local(&h.file.path)?, h.clone()))).collect::<TaskResult<_>>()?;
+    let native = a
+        .native
+        .iter()
+        .map(|h| {
+            Ok(ResolvedNativeHandle {
+                locations: h.files.iter().map(|f| r.snapshot.resolve(&f.file.path)).collect(),
+                paths: h.files.iter().map(|f| local(&f.file.path)).collect::<TaskResult<_>>()?,
+                handle: h.clone(),
+            })
+        })
+        .collect::<TaskResult<_>>()?;
+    Ok(RestoredState {
+        keyed: RestoredKeyedState { files, native },
+        operator_lists: a.operator_lists.clone(),
+        watermark: a.watermark.filter(|_| restore_watermarks),
+    })
+}
+
 fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
     let graph = plan.graph.clone();
     let n = &graph.nodes[node];
@@ -135,27 +174,10 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
     let side_outputs = SideOutputs::new(side_outputs);
     let subtask = plan.key.subtask;
     let key_groups = weir_core::key_group::key_group_range_for_subtask(n.max_parallelism, n.parallelism, subtask);
-    let restored = plan.restore.as_ref().map(|r| {
-        let assigned = r.operators.get(&n.operator_id).and_then(|subs| subs.get(subtask as usize));
-        match assigned {
-            Some(a) => RestoredState {
-                keyed: RestoredKeyedState {
-                    files: a.keyed.iter().map(|h| (r.snapshot.resolve(&h.file.path), h.clone())).collect(),
-                    native: a
-                        .native
-                        .iter()
-                        .map(|h| ResolvedNativeHandle {
-                            paths: h.files.iter().map(|f| r.snapshot.resolve(&f.file.path)).collect(),
-                            handle: h.clone(),
-                        })
-                        .collect(),
-                },
-                operator_lists: a.operator_lists.clone(),
-                watermark: a.watermark.filter(|_| plan.restore_watermarks),
-            },
-            None => RestoredState::default(),
-        }
-    });
+    let restored = match &plan.restore {
+        Some(r) => Some(restored_state(r, r.operators.get(&n.operator_id), subtask, plan.restore_watermarks, &n.name)?),
+        None => None,
+    };
     let ctx = OperatorContext {
         operator_id: n.operator_id,
         name: n.name.clone(),
@@ -242,13 +264,13 @@ fn write_capture(
     storage: Option<&dyn CheckpointStorage>,
     subtask: u32,
 ) -> Result<AckedState, String> {
-    let location = capture.barrier.location.as_path();
+    let location = capture.barrier.location.as_ref();
     let mut states = Vec::with_capacity(capture.operators.len());
     for op in &capture.operators {
         let mut written = WrittenKeyedState::default();
         if let Some(snapshot) = &op.keyed {
             let name = format!("keyed-{}-{}", op.operator_id, subtask);
-            let what = |e: &dyn std::fmt::Display| format!("writing {}: {e}", location.join(&name).display());
+            let what = |e: &dyn std::fmt::Display| format!("writing {}: {e}", location.join(&name));
             let shared = (!capture.barrier.kind.is_savepoint()).then(|| shared_dir(location));
             let storage = storage.ok_or("keyed state needs checkpoint storage; set execution.checkpointing.dir")?;
             let files = StorageFiles { storage, location, shared };
@@ -269,69 +291,68 @@ fn write_capture(
 }
 
 /// The `shared/` directory of the job a checkpoint directory `chk-<n>` belongs to.
-pub(crate) fn shared_dir(location: &Path) -> PathBuf {
-    location.parent().unwrap_or(location).join("shared")
+pub(crate) fn shared_dir(location: &SnapshotUri) -> SnapshotUri {
+    location.parent().unwrap_or_else(|| location.clone()).join("shared")
 }
 
 /// One snapshot's files on a [`CheckpointStorage`]: exclusive files in the snapshot's directory,
 /// shared files in the job's `shared/` (checkpoints) or with the others (savepoints).
 struct StorageFiles<'a> {
     storage: &'a dyn CheckpointStorage,
-    location: &'a Path,
-    shared: Option<PathBuf>,
+    location: &'a SnapshotUri,
+    shared: Option<SnapshotUri>,
+}
+
+impl StorageFiles<'_> {
+    fn reference(&self, file: &SnapshotUri) -> std::io::Result<String> {
+        file_reference(self.location, file).ok_or_else(|| std::io::Error::other(format!("{file} is outside the job")))
+    }
 }
 
 impl SnapshotFiles for StorageFiles<'_> {
     fn create_exclusive(&self, name: &str) -> std::io::Result<NewFile> {
         let out = self.storage.create_state_file(self.location, name)?;
-        Ok(NewFile { out, reference: name.to_string(), path: self.location.join(name) })
+        Ok(NewFile { out, reference: name.to_string(), location: self.location.join(name) })
     }
 
     fn create_shared(&self, name: &str) -> std::io::Result<NewFile> {
         match &self.shared {
             Some(dir) => {
-                std::fs::create_dir_all(dir)?;
+                self.storage.store().make_dirs(dir)?;
                 let out = self.storage.create_state_file(dir, name)?;
-                let path = dir.join(name);
-                let reference = file_reference(self.location, &path)
-                    .ok_or_else(|| std::io::Error::other(format!("{} is outside the job", path.display())))?;
-                Ok(NewFile { out, reference, path })
+                let location = dir.join(name);
+                Ok(NewFile { out, reference: self.reference(&location)?, location })
             }
             None => self.create_exclusive(name),
         }
     }
 
-    fn reuse(&self, path: &Path) -> std::io::Result<(String, PathBuf)> {
-        if let Some(reference) = file_reference(self.location, path) {
-            return Ok((reference, path.to_path_buf()));
+    fn reuse(&self, file: &SnapshotUri) -> std::io::Result<(String, SnapshotUri)> {
+        if let Some(reference) = file_reference(self.location, file) {
+            return Ok((reference, file.clone()));
         }
         let Some(shared) = &self.shared else {
             return Err(std::io::Error::other("a savepoint references no file of another snapshot"));
         };
-        std::fs::create_dir_all(shared)?;
+        self.storage.store().make_dirs(shared)?;
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let adopted_name = format!("{}-{name}", &unique[..16]);
-        let adopted = shared.join(&adopted_name);
-        if std::fs::hard_link(path, &adopted).is_err() {
-            // Another file system: a copy, written like any state file.
-            let mut out = self.storage.create_state_file(shared, &adopted_name)?;
-            std::io::copy(&mut std::fs::File::open(path)?, &mut out)?;
-            out.finish()?;
-        }
-        let reference = file_reference(self.location, &adopted)
-            .ok_or_else(|| std::io::Error::other(format!("{} is outside the job", adopted.display())))?;
-        Ok((reference, adopted))
+        let adopted = shared.join(&format!("{}-{}", &unique[..16], file.file_name().unwrap_or_default()));
+        self.storage.store().link_or_copy(file, &adopted)?;
+        Ok((self.reference(&adopted)?, adopted))
+    }
+
+    fn delete(&self, file: &SnapshotUri) -> std::io::Result<()> {
+        self.storage.store().delete(file)
     }
 }
 
-/// The reference `_metadata` in `location` records for `path`, when `path` lies in the snapshot's
+/// The reference `_metadata` in `location` records for `file`, when `file` lies in the snapshot's
 /// directory or in its job's `shared/` directory: relative, so the job's directory can move as
 /// a whole.
-pub(crate) fn file_reference(location: &Path, path: &Path) -> Option<String> {
-    if let Ok(rel) = path.strip_prefix(location) {
-        return Some(rel.display().to_string());
+pub(crate) fn file_reference(location: &SnapshotUri, file: &SnapshotUri) -> Option<String> {
+    if let Some(rel) = file.relative_to(location).filter(|r| !r.is_empty()) {
+        return Some(rel);
     }
-    let rel = path.strip_prefix(shared_dir(location)).ok()?;
-    Some(Path::new("..").join("shared").join(rel).display().to_string())
+    let rel = file.relative_to(&shared_dir(location)).filter(|r| !r.is_empty())?;
+    Some(format!("../shared/{rel}"))
 }

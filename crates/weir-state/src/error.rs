@@ -21,6 +21,8 @@ pub enum StateError {
     Encode { name: String, detail: String },
     #[error("I/O error on state file '{path}': {error}")]
     Io { path: PathBuf, error: std::io::Error },
+    #[error("cannot write '{location}': {error}")]
+    Storage { location: String, error: std::io::Error },
     /// Writing a snapshot stream failed; the caller names the file.
     #[error("{0}")]
     Write(std::io::Error),

@@ -8,7 +8,8 @@
 use crate::error::StateError;
 use crate::heap::HeapSnapshot;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{KeyedStateHandle, NativeStateHandle, SnapshotKind};
 use weir_core::CheckpointId;
 
@@ -22,8 +23,8 @@ pub struct NewFile {
     pub out: Box<dyn StateOutput>,
     /// The path recorded in `_metadata` (relative to the snapshot's directory when possible).
     pub reference: String,
-    /// The file's path on the storage.
-    pub path: PathBuf,
+    /// Where the file is on the storage.
+    pub location: SnapshotUri,
 }
 
 /// Where one snapshot's files go.
@@ -34,11 +35,13 @@ pub trait SnapshotFiles: Sync {
     /// keeps these with its other files, so it stays self-contained.
     fn create_shared(&self, name: &str) -> io::Result<NewFile>;
     /// References a file an earlier snapshot uploaded: returns what `_metadata` records and the
-    /// file's path. A file outside the job's own directory (one of a snapshot restored in CLAIM
-    /// mode) is first linked into the job's `shared/` directory (copied where linking is
+    /// file's location. A file outside the job's own directory (one of a snapshot restored in
+    /// CLAIM mode) is first linked into the job's `shared/` directory (copied where linking is
     /// impossible), so a snapshot only ever references files of its own directory and its job's
     /// `shared/` directory.
-    fn reuse(&self, path: &Path) -> io::Result<(String, PathBuf)>;
+    fn reuse(&self, file: &SnapshotUri) -> io::Result<(String, SnapshotUri)>;
+    /// Deletes a file this snapshot created, when writing it failed part-way.
+    fn delete(&self, file: &SnapshotUri) -> io::Result<()>;
 }
 
 /// What a barrier asks a backend for.
@@ -77,8 +80,8 @@ impl KeyedSnapshot {
                 if snapshot.is_empty() {
                     return Ok(WrittenKeyedState::default());
                 }
-                let NewFile { out, reference, path } = files.create_exclusive(name).map_err(StateError::Write)?;
-                let io = |error| StateError::Io { path: path.clone(), error };
+                let NewFile { out, reference, location } = files.create_exclusive(name).map_err(StateError::Write)?;
+                let io = |error| StateError::Storage { location: location.to_string(), error };
                 let (out, written) = snapshot.write(out)?;
                 out.finish().map_err(io)?;
                 Ok(WrittenKeyedState {
@@ -92,7 +95,7 @@ impl KeyedSnapshot {
 }
 
 /// Keyed state a subtask restores: key-group files (canonical) and native handles, with their
-/// files' resolved paths.
+/// files' local paths (on the local file system, or downloaded there from object storage).
 #[derive(Debug, Clone, Default)]
 pub struct RestoredKeyedState {
     pub files: Vec<(PathBuf, KeyedStateHandle)>,
@@ -105,28 +108,14 @@ impl RestoredKeyedState {
     }
 }
 
-/// A native handle and the resolved path of each of its files (`paths[i]` is `handle.files[i]`).
+/// A native handle with, for each of its files (`[i]` is `handle.files[i]`), where it lives on
+/// the snapshot's storage (what later incremental checkpoints reference) and a local path to read
+/// it from (the same file on a local file system, a downloaded copy otherwise).
 #[derive(Debug, Clone)]
 pub struct ResolvedNativeHandle {
     pub handle: NativeStateHandle,
+    pub locations: Vec<SnapshotUri>,
     pub paths: Vec<PathBuf>,
 }
 
-/// Resolves `.` and `..` in a path without touching the file system (the file may be gone).
-/// Snapshot references like `../shared/<file>` resolve through it to one canonical path.
-pub fn normalize_path(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
+pub use weir_core::location::normalize_path;

@@ -40,6 +40,9 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// What [`BlobStore::list_dir`] finds: objects (name, size), then deeper "directories" by name.
+pub type Listing = (Vec<(String, u64)>, Vec<String>);
+
 /// How to reach S3: Flink's keys (`s3.endpoint`, `s3.access-key`, `s3.secret-key`,
 /// `s3.path.style.access`, `s3.region`) over the standard AWS environment (`AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
@@ -55,12 +58,13 @@ pub struct S3Settings {
 
 impl S3Settings {
     pub fn from_config(config: &weir_core::config::Configuration) -> S3Settings {
+        use weir_core::config::keys;
         S3Settings {
-            endpoint: config.get_str("s3.endpoint"),
-            access_key: config.get_str("s3.access-key"),
-            secret_key: config.get_str("s3.secret-key"),
-            region: config.get_str("s3.region"),
-            path_style: config.get_bool("s3.path.style.access").unwrap_or(false),
+            endpoint: config.get_str(keys::S3_ENDPOINT),
+            access_key: config.get_str(keys::S3_ACCESS_KEY),
+            secret_key: config.get_str(keys::S3_SECRET_KEY),
+            region: config.get_str(keys::S3_REGION),
+            path_style: config.get_bool(keys::S3_PATH_STYLE_ACCESS).unwrap_or(false),
         }
     }
 }
@@ -123,7 +127,15 @@ impl BlobStore {
     #[cfg(feature = "s3")]
     fn open_s3(uri: &SnapshotUri, bucket: &str, prefix: &str, s3: &S3Settings) -> Result<BlobStore> {
         use object_store::aws::AmazonS3Builder;
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Transient failures (5xx, throttling, dropped connections) are retried with exponential
+        // back-off for a few seconds; a server that stays away fails the operation, so a
+        // savepoint reports the failure instead of hanging for object_store's default 3 minutes.
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(30),
+        };
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
         if let Some(endpoint) = &s3.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
@@ -263,6 +275,54 @@ impl BlobStore {
         Ok(keys)
     }
 
+    /// What is directly under `prefix`, as a directory listing shows it: objects (name, size) and
+    /// the names of deeper "directories" (common prefixes), each sorted.
+    pub fn list_dir(&self, prefix: &str) -> Result<Listing> {
+        let path = if prefix.is_empty() && self.root.is_empty() { None } else { Some(self.path(prefix)) };
+        let store = self.store.clone();
+        let listing = runtime()
+            .block_on(async move { store.list_with_delimiter(path.as_ref()).await })
+            .map_err(|e| self.failed("cannot list", prefix, e))?;
+        let name = |p: &ObjectPath| p.filename().unwrap_or_default().to_string();
+        let mut files: Vec<(String, u64)> = listing.objects.iter().map(|m| (name(&m.location), m.size)).collect();
+        let mut dirs: Vec<String> = listing.common_prefixes.iter().map(name).collect();
+        files.sort();
+        dirs.sort();
+        Ok((files, dirs))
+    }
+
+    /// Copies `from` to `to` inside the store (server-side where the store can).
+    pub fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let (source, target) = (self.path(from), self.path(to));
+        let store = self.store.clone();
+        runtime()
+            .block_on(async move { store.copy(&source, &target).await })
+            .map_err(|e| self.failed("cannot copy", from, e))
+    }
+
+    /// Streams `key` into the local file `to` (created or truncated); returns its size.
+    pub fn download(&self, key: &str, to: &std::path::Path) -> Result<u64> {
+        use std::io::Write;
+        let path = self.path(key);
+        let store = self.store.clone();
+        let local =
+            |e: std::io::Error| StorageError::Open { location: to.display().to_string(), reason: e.to_string() };
+        let mut file = std::fs::File::create(to).map_err(local)?;
+        let mut size = 0u64;
+        let result: std::result::Result<(), object_store::Error> = runtime().block_on(async {
+            let mut stream = store.get(&path).await?.into_stream();
+            while let Some(chunk) = stream.try_next().await? {
+                size += chunk.len() as u64;
+                file.write_all(&chunk)
+                    .map_err(|e| object_store::Error::Generic { store: "local file", source: Box::new(e) })?;
+            }
+            Ok(())
+        });
+        result.map_err(|e| self.failed("cannot download", key, e))?;
+        file.sync_all().map_err(local)?;
+        Ok(size)
+    }
+
     /// Checks that the store answers and that its bucket exists, with one cheap listing: for a job
     /// to call before it starts, so wrong credentials or a missing bucket fail it at once.
     pub fn check(&self) -> Result<()> {
@@ -392,6 +452,14 @@ mod tests {
         assert_eq!(store.size("chk-1/state-0").unwrap(), Some(5));
         assert_eq!(store.size("chk-2/nothing").unwrap(), None);
         assert!(matches!(store.get("chk-2/nothing"), Err(StorageError::NotFound { .. })));
+        store.put("chk-1/sub/deeper", Bytes::from_static(b"x")).unwrap();
+        let (files, dirs) = store.list_dir("chk-1").unwrap();
+        assert_eq!(files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(), ["_metadata", "big", "state-0"]);
+        assert_eq!(dirs, ["sub"]);
+        store.copy("chk-1/state-0", "chk-1/sub/copy").unwrap();
+        let local = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(store.download("chk-1/sub/copy", local.path()).unwrap(), 5);
+        assert_eq!(std::fs::read(local.path()).unwrap(), b"hello");
         store.delete("chk-1/state-0").unwrap();
         store.delete("chk-1/state-0").unwrap();
         assert_eq!(store.size("chk-1/state-0").unwrap(), None);

@@ -158,15 +158,10 @@ impl StreamEnv {
             use clap::CommandFactory;
             println!("Weir's job flags (before the job's own arguments):\n{}", JobArgs::command().render_help());
         }
-        let file = args.config_file.clone().or_else(|| {
-            let default = std::path::PathBuf::from(std::env::var_os("WEIR_CONF_DIR")?).join("config.yaml");
-            default.is_file().then_some(default)
-        });
+        let file = args.config_file.clone().or_else(weir_core::config::default_file);
         let file_config = match &file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Args(format!("cannot read configuration file '{}': {e}", path.display())))?;
-                let (c, warnings) = weir_core::config::parse_yaml(&text, &path.display().to_string())?;
+                let (c, warnings) = weir_core::config::read_yaml_file(path).map_err(Error::Args)?;
                 warnings.iter().for_each(|w| tracing::warn!("{w}"));
                 c
             }
@@ -360,10 +355,10 @@ fn now_ms() -> u64 {
 /// latest savepoint that does (a job stopped with a savepoint has deleted its checkpoints).
 fn resume_point(control: &weir_runtime::JobControl) -> Option<String> {
     let completed = control.completed_checkpoints();
-    let exists = |c: &&weir_runtime::job::CheckpointStats| c.location.join("_metadata").is_file();
+    let exists = |c: &&weir_runtime::job::CheckpointStats| control.snapshot_exists(&c.location);
     let latest = completed.iter().rev().filter(|c| !c.kind.is_savepoint()).find(exists);
     let latest = latest.or_else(|| completed.iter().rev().find(exists))?;
-    Some(weir_core::location::to_uri(&latest.location))
+    Some(latest.location.to_string())
 }
 
 impl Registered {
@@ -376,9 +371,12 @@ impl Registered {
             pid: std::process::id(),
             address: server.address().to_string(),
             started_ms: now_ms(),
-            checkpoint_dir: handle
-                .checkpoint_job_dir()
-                .map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string()),
+            checkpoint_dir: handle.checkpoint_job_dir().map(|d| match d {
+                weir_core::location::SnapshotUri::Local(path) => {
+                    weir_core::location::SnapshotUri::Local(std::path::absolute(&path).unwrap_or(path)).to_string()
+                }
+                remote => remote.to_string(),
+            }),
             last_checkpoint: None,
             ended: None,
         };

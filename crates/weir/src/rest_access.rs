@@ -7,7 +7,7 @@ use weir_core::config::{keys, Configuration};
 
 /// The configured token, after checking that the bind address is safe without one.
 pub(crate) fn token(config: &Configuration) -> Result<Option<String>, Error> {
-    let token = match (config.get_str(keys::REST_AUTH_TOKEN), config.get_location(keys::REST_AUTH_TOKEN_FILE)) {
+    let token = match (config.get_str(keys::REST_AUTH_TOKEN), config.get_path(keys::REST_AUTH_TOKEN_FILE)) {
         (Some(_), Some(_)) => {
             return Err(Error::Args(format!(
                 "set one of {} and {}, not both",

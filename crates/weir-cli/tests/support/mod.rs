@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 pub struct Weir {
     pub home: tempfile::TempDir,
+    /// Environment every command (and every job it starts) gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl Weir {
     pub fn new() -> Weir {
-        let weir = Weir { home: tempfile::tempdir().unwrap() };
+        let weir = Weir { home: tempfile::tempdir().unwrap(), env: Vec::new() };
         let examples = Path::new(env!("CARGO_BIN_EXE_weir")).with_file_name("word-count");
         assert!(
             examples.exists(),
@@ -29,11 +31,18 @@ impl Weir {
 
     /// Runs `weir` with `cwd` as its working directory.
     pub fn cmd_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        self.cmd_with(cwd, args, &[])
+    }
+
+    /// Runs `weir` in `cwd` with extra environment variables.
+    pub fn cmd_with(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(args)
             .current_dir(cwd)
             .env("WEIR_HOME", self.home.path())
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -52,7 +61,12 @@ impl Weir {
 
     /// Runs a command that must fail; returns stdout and stderr together.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
+        self.fails_with_env(args, &[])
+    }
+
+    /// Runs a command that must fail, with extra environment variables; returns its output.
+    pub fn fails_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let out = self.cmd_with(Path::new("."), args, env);
         assert!(!out.status.success(), "weir {args:?} should have failed");
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
@@ -80,6 +94,7 @@ impl Weir {
         let out = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(&all)
             .env("WEIR_HOME", self.home.path())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", level)
             .output()
             .unwrap();

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use weir::{CheckpointStorage, FsCheckpointStorage, JobId, StateOutput};
+use weir::{CheckpointStorage, FsCheckpointStorage, JobId, SnapshotUri, StateOutput};
 
 /// The committed output of an exactly-once file sink, sorted.
 pub fn committed_lines(dir: &Path) -> Vec<String> {
@@ -65,6 +65,16 @@ pub enum StorageFault {
     DeclineAbove(u64),
 }
 
+/// A local directory as a snapshot location.
+pub fn uri(path: &Path) -> SnapshotUri {
+    SnapshotUri::Local(path.to_path_buf())
+}
+
+/// The local path of a snapshot location (tests that use local storage).
+pub fn local(location: &SnapshotUri) -> PathBuf {
+    location.as_local().unwrap_or_else(|| panic!("{location} is not local")).to_path_buf()
+}
+
 /// Checkpoint storage on the filesystem that fails on purpose, once.
 #[derive(Debug)]
 pub struct FaultyStorage {
@@ -79,7 +89,7 @@ pub struct FaultyStorage {
 impl FaultyStorage {
     pub fn new(base: impl Into<PathBuf>, fault: StorageFault) -> Self {
         FaultyStorage {
-            inner: FsCheckpointStorage::new(base),
+            inner: FsCheckpointStorage::new(base.into()),
             fault,
             state_files: AtomicU64::new(0),
             metadata: AtomicU64::new(0),
@@ -114,10 +124,10 @@ impl StateOutput for FailingOutput {
 }
 
 impl CheckpointStorage for FaultyStorage {
-    fn initialize(&self, job: JobId) -> io::Result<PathBuf> {
+    fn initialize(&self, job: JobId) -> io::Result<SnapshotUri> {
         self.inner.initialize(job)
     }
-    fn checkpoint_location(&self, job: JobId, id: u64) -> io::Result<PathBuf> {
+    fn checkpoint_location(&self, job: JobId, id: u64) -> io::Result<SnapshotUri> {
         *self.last_id.lock().unwrap() = id;
         if let StorageFault::DeclineAbove(max) = self.fault {
             if id > max {
@@ -126,7 +136,7 @@ impl CheckpointStorage for FaultyStorage {
         }
         self.inner.checkpoint_location(job, id)
     }
-    fn create_state_file(&self, location: &Path, name: &str) -> io::Result<Box<dyn StateOutput>> {
+    fn create_state_file(&self, location: &SnapshotUri, name: &str) -> io::Result<Box<dyn StateOutput>> {
         let out = self.inner.create_state_file(location, name)?;
         let n = self.state_files.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fault == StorageFault::StateFile(n) {
@@ -135,7 +145,7 @@ impl CheckpointStorage for FaultyStorage {
         }
         Ok(out)
     }
-    fn write_metadata(&self, location: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn write_metadata(&self, location: &SnapshotUri, bytes: &[u8]) -> io::Result<()> {
         let n = self.metadata.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fault == StorageFault::Metadata(n) {
             self.fired.fetch_add(1, Ordering::SeqCst);
@@ -143,14 +153,14 @@ impl CheckpointStorage for FaultyStorage {
         }
         self.inner.write_metadata(location, bytes)
     }
-    fn discard(&self, snapshot: &weir::LoadedSnapshot, keep: &std::collections::HashSet<PathBuf>) -> io::Result<()> {
-        self.inner.discard(snapshot, keep)
-    }
-    fn discard_incomplete(&self, location: &Path) -> io::Result<()> {
+    fn discard_incomplete(&self, location: &SnapshotUri) -> io::Result<()> {
         self.inner.discard_incomplete(location)
     }
-    fn savepoint_location(&self, target: &Path, job: JobId) -> io::Result<PathBuf> {
+    fn savepoint_location(&self, target: &SnapshotUri, job: JobId) -> io::Result<SnapshotUri> {
         self.inner.savepoint_location(target, job)
+    }
+    fn store(&self) -> &dyn weir::SnapshotStore {
+        self.inner.store()
     }
 }
 
@@ -239,9 +249,9 @@ pub fn stop_with_savepoint(handle: weir::JobHandle, dir: &Path, format: weir::Sa
         assert!(std::time::Instant::now() < deadline, "the job did not start");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let token = handle.stop_with_savepoint(Some(dir), format, drain).unwrap();
+    let token = handle.stop_with_savepoint(Some(&uri(dir)), format, drain).unwrap();
     let location = match handle.wait_operation(token, std::time::Duration::from_secs(30)) {
-        Some(weir::Operation::Completed { location, .. }) => location,
+        Some(weir::Operation::Completed { location, .. }) => local(&location),
         other => panic!("stop with savepoint did not complete: {other:?}"),
     };
     handle.wait();

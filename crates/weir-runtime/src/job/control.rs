@@ -6,10 +6,10 @@ use crate::task;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{SavepointFormat, SnapshotKind};
 use weir_core::{CheckpointId, JobId};
 
@@ -67,7 +67,7 @@ impl fmt::Display for ClaimMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     InProgress,
-    Completed { checkpoint_id: CheckpointId, location: PathBuf },
+    Completed { checkpoint_id: CheckpointId, location: SnapshotUri },
     Failed { message: String },
 }
 
@@ -99,7 +99,7 @@ pub struct JobOutcome {
 pub struct CheckpointStats {
     pub id: CheckpointId,
     pub kind: SnapshotKind,
-    pub location: PathBuf,
+    pub location: SnapshotUri,
     pub duration: Duration,
     /// Bytes of everything the snapshot references (its full size), `_metadata` included.
     pub state_size: u64,
@@ -112,7 +112,7 @@ pub struct CheckpointStats {
 #[derive(Debug, Clone)]
 pub struct RestoredFrom {
     pub checkpoint_id: CheckpointId,
-    pub path: PathBuf,
+    pub path: SnapshotUri,
     pub is_savepoint: bool,
     pub claim_mode: ClaimMode,
 }
@@ -128,9 +128,10 @@ pub(super) struct Shared {
     pub(super) restarts: Mutex<u32>,
     pub(super) operations: Mutex<HashMap<u64, Operation>>,
     pub(super) next_token: Mutex<u64>,
-    pub(super) savepoint_dir: Option<PathBuf>,
-    pub(super) job_dir: Option<PathBuf>,
+    pub(super) savepoint_dir: Option<SnapshotUri>,
+    pub(super) job_dir: Option<SnapshotUri>,
     pub(super) restored: Option<RestoredFrom>,
+    pub(super) storage: Option<Arc<dyn crate::storage::CheckpointStorage>>,
 }
 
 /// A running job.
@@ -166,8 +167,23 @@ impl JobControl {
         &self.shared.name
     }
 
+    /// The job's checkpoint storage: the door to its snapshots' bytes (local or on S3, with the
+    /// job's settings).
+    pub fn storage(&self) -> Arc<dyn crate::storage::CheckpointStorage> {
+        match &self.shared.storage {
+            Some(storage) => storage.clone(),
+            None => Arc::new(crate::storage::FsCheckpointStorage::new(std::env::temp_dir())),
+        }
+    }
+
+    /// Whether a completed snapshot is still where it was written (`_metadata` in place).
+    pub fn snapshot_exists(&self, dir: &SnapshotUri) -> bool {
+        let metadata = dir.join(weir_core::metadata::METADATA_FILE_NAME);
+        self.storage().store().kind(&metadata).ok().flatten().is_some()
+    }
+
     /// `<execution.checkpointing.dir>/<job-id>`, when checkpoints are configured.
-    pub fn checkpoint_job_dir(&self) -> Option<PathBuf> {
+    pub fn checkpoint_job_dir(&self) -> Option<SnapshotUri> {
         self.shared.job_dir.clone()
     }
 
@@ -198,15 +214,15 @@ impl JobControl {
         self.tx.send(msg).map_err(|_| ControlError::Gone(self.job_id.to_hex()))
     }
 
-    fn savepoint_target(&self, target: Option<&std::path::Path>) -> Result<PathBuf, ControlError> {
-        target.map(PathBuf::from).or_else(|| self.shared.savepoint_dir.clone()).ok_or(ControlError::NoSavepointDir)
+    fn savepoint_target(&self, target: Option<&SnapshotUri>) -> Result<SnapshotUri, ControlError> {
+        target.cloned().or_else(|| self.shared.savepoint_dir.clone()).ok_or(ControlError::NoSavepointDir)
     }
 
     /// Triggers a savepoint into `target` (or `execution.checkpointing.savepoint-dir`); returns the
     /// operation's token. An intermediate savepoint commits nothing and is never used for recovery.
     pub fn trigger_savepoint(
         &self,
-        target: Option<&std::path::Path>,
+        target: Option<&SnapshotUri>,
         format: SavepointFormat,
     ) -> Result<u64, ControlError> {
         let target = self.savepoint_target(target)?;
@@ -221,7 +237,7 @@ impl JobControl {
     /// savepoint fails the job over; without, a failed savepoint leaves the job running.
     pub fn stop_with_savepoint(
         &self,
-        target: Option<&std::path::Path>,
+        target: Option<&SnapshotUri>,
         format: SavepointFormat,
         drain: bool,
     ) -> Result<u64, ControlError> {

@@ -11,11 +11,11 @@ use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan, Savepoint
 use crate::storage::{self, load_snapshot, CheckpointStorage, LoadedSnapshot};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weir_core::assignment;
 use weir_core::coordinator::{Action, Coordinator, FailureReason, TaskKey};
+use weir_core::location::SnapshotUri;
 use weir_core::metadata::{self, OperatorSnapshot, SnapshotKind, SnapshotMetadata};
 use weir_core::restart::{RestartBackoff, RestartDecision};
 use weir_core::shared_state::SharedStateRegistry;
@@ -56,7 +56,7 @@ pub(super) struct Master {
     pub(super) coordinator: Coordinator<AckedState, Requester>,
     pub(super) store: CompletedCheckpointStore<Completed>,
     /// Which retained snapshots reference each reusable data file (incremental checkpoints).
-    pub(super) registry: SharedStateRegistry<PathBuf>,
+    pub(super) registry: SharedStateRegistry<SnapshotUri>,
     pub(super) state_backend: weir_state::StateBackend,
     /// Started from a `-s` snapshot.
     pub(super) restored_from_snapshot: bool,
@@ -65,7 +65,7 @@ pub(super) struct Master {
     /// Token of a stop-with-savepoint in progress, and whether it drains.
     pub(super) stopping: Option<(u64, SavepointMode)>,
     /// Target directory of each savepoint request, by token.
-    pub(super) savepoint_targets: HashMap<u64, PathBuf>,
+    pub(super) savepoint_targets: HashMap<u64, SnapshotUri>,
     pub(super) rx: Receiver<MasterMsg>,
     pub(super) tx: Sender<MasterMsg>,
     pub(super) shared: Arc<Shared>,
@@ -75,7 +75,7 @@ pub(super) struct Master {
     pub(super) restart: RestartBackoff,
     pub(super) tasks: Vec<DeployedTask>,
     /// Directory and trigger time of each pending snapshot.
-    pub(super) locations: HashMap<CheckpointId, (PathBuf, Instant)>,
+    pub(super) locations: HashMap<CheckpointId, (SnapshotUri, Instant)>,
     pub(super) exhausted: HashSet<TaskKey>,
     pub(super) finished: HashSet<TaskKey>,
     pub(super) finish_after_notify: bool,
@@ -171,9 +171,14 @@ impl Master {
         let restore = match self.store.latest() {
             Some(latest) => {
                 let snapshot = latest.data.snapshot.clone();
+                // A snapshot on object storage is restored from local copies of its files.
+                if let Err(e) = snapshot.stage(self.storage.store()) {
+                    let cause = format!("cannot download {} for the restore: {e}", snapshot.dir);
+                    return Step::Failover { cause, kind: FailureKind::Restore };
+                }
                 // The same graph that wrote the checkpoint: the mapping cannot fail.
                 match assignment::assign(
-                    &snapshot.dir.display().to_string(),
+                    &snapshot.dir.to_string(),
                     &snapshot.metadata.operators,
                     &self.graph.operator_infos(),
                     true,
@@ -190,7 +195,7 @@ impl Master {
             None => None,
         };
         if let Some(r) = &restore {
-            tracing::info!("Restoring job {} from {}.", self.job_id, r.snapshot.dir.display());
+            tracing::info!("Restoring job {} from {}.", self.job_id, r.snapshot.dir);
         }
         if let Err(e) = self.deploy(restore) {
             return Step::End(JobStatus::Failed, Some(e));
@@ -399,7 +404,7 @@ impl Master {
                 let Some((loc, started)) = self.locations.remove(&id) else {
                     return (Vec::new(), None);
                 };
-                match load_snapshot(&loc) {
+                match load_snapshot(self.storage.store(), &loc) {
                     Ok(snapshot) => {
                         let (size, written) = self.snapshot_sizes(&snapshot);
                         tracing::info!(
@@ -422,7 +427,7 @@ impl Master {
                         });
                         if kind.is_savepoint() {
                             // Savepoints never enter the store: they are the user's, never deleted.
-                            tracing::info!("Savepoint stored in {}.", loc.display());
+                            tracing::info!("Savepoint stored in {loc}.");
                         } else {
                             self.completed_since_start = true;
                             self.registry.register(id, reusable_files(&snapshot), true);
@@ -518,13 +523,13 @@ impl Master {
                 let retained = self.store.iter().any(|e| e.id == id);
                 if !retained && !self.locations.contains_key(&id) && self.has_checkpoint_dir {
                     if let Some(dir) = &self.shared.job_dir {
-                        let loc = dir.join(format!("chk-{id}"));
+                        let loc = dir.join(&format!("chk-{id}"));
                         // Data files the late task uploaded to shared/ that nothing references.
                         for (_, sub) in &state {
                             for f in sub.native.iter().flat_map(|n| &n.files) {
-                                let path = storage::normalize(&loc.join(&f.file.path));
-                                if !self.registry.contains(&path) {
-                                    storage::delete_file_and_empty_dir(&path);
+                                let file = loc.resolve(&f.file.path);
+                                if !self.registry.contains(&file) {
+                                    storage::delete_file_and_empty_dir(self.storage.store(), &file);
                                 }
                             }
                         }
@@ -587,7 +592,7 @@ impl Master {
         let bytes = metadata::encode(&meta).map_err(|e| e.to_string())?;
         storage
             .write_metadata(loc, &bytes)
-            .map_err(|e| format!("writing {}: {e}", loc.join(metadata::METADATA_FILE_NAME).display()))
+            .map_err(|e| format!("writing {}: {e}", loc.join(metadata::METADATA_FILE_NAME)))
     }
 }
 

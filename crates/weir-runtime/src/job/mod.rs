@@ -45,7 +45,7 @@ pub enum JobError {
     Assignment(#[from] AssignmentError),
     #[error("checkpointing is enabled (execution.checkpointing.interval) but no checkpoint directory is set; set execution.checkpointing.dir")]
     NoCheckpointDir,
-    #[error("cannot create the checkpoint directory {location}: {error}; check execution.checkpointing.dir and its permissions")]
+    #[error("cannot use the checkpoint directory {location}: {error}; check execution.checkpointing.dir and its permissions (for s3://, that the bucket exists and the s3.endpoint, s3.access-key and s3.secret-key settings)")]
     Storage { location: String, error: std::io::Error },
     #[error("{key}: {reason}")]
     Config { key: &'static str, reason: String },
@@ -73,17 +73,13 @@ pub fn submit(
     let settings = Settings::from_config(config)?;
     let job_id = JobId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
     let checkpoint_dir = config.get_location(keys::CHECKPOINT_DIR);
-    let modes = if config.get_bool(keys::PRIVATE_FILES).unwrap_or(true) {
-        storage::FileModes::PRIVATE
-    } else {
-        storage::FileModes::UMASK
-    };
+    let stores = storage::Stores::from_config(config);
     let (storage, has_checkpoint_dir): (Arc<dyn CheckpointStorage>, bool) = match (storage, &checkpoint_dir) {
         (Some(s), _) => (s, true),
-        (None, Some(dir)) => (Arc::new(FsCheckpointStorage::new(dir).with_modes(modes)), true),
+        (None, Some(dir)) => (Arc::new(FsCheckpointStorage::new(dir.clone()).with_stores(stores)), true),
         (None, None) if settings.coordinator.interval_ms.is_some() => return Err(JobError::NoCheckpointDir),
         // Savepoints still work: they go to their own directories.
-        (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir()).with_modes(modes)), false),
+        (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir()).with_stores(stores)), false),
     };
     let claim_mode = match config.get_enum(keys::RECOVERY_CLAIM_MODE) {
         Some("CLAIM") => ClaimMode::Claim,
@@ -96,13 +92,13 @@ pub fn submit(
     let mut force_full = false;
     if let Some(path) = config.get_location(keys::RECOVERY_PATH) {
         let allow = config.get_bool(keys::RECOVERY_IGNORE_UNCLAIMED).unwrap_or(false);
-        let snapshot = Arc::new(load_snapshot(&path)?);
+        let snapshot = Arc::new(load_snapshot(storage.store(), &path)?);
         validate_restore(&mut graph, &snapshot, allow)?;
         let meta = &snapshot.metadata;
         tracing::info!(
             "Starting job {job_id} from {} {} ({}{})",
             if meta.kind.is_savepoint() { "savepoint" } else { "checkpoint" },
-            snapshot.dir.display(),
+            snapshot.dir,
             claim_mode,
             if allow { ", allowing non restored state" } else { "" }
         );
@@ -124,7 +120,8 @@ pub fn submit(
             // The claim covers the named snapshot only: files that other snapshots beside it
             // (the old job's other retained checkpoints) share with it stay, so those remain
             // restorable. Flink deletes them once unused (only the claimed one stays valid).
-            registry.protect(storage::sibling_snapshots(&snapshot.dir).iter().flat_map(reusable_files));
+            registry
+                .protect(storage::sibling_snapshots(storage.store(), &snapshot.dir).iter().flat_map(reusable_files));
         }
         force_full = !claimed;
         store.add(Retained {
@@ -137,18 +134,17 @@ pub fn submit(
     // Only now, with the snapshot accepted, does the job get a directory: a refused restore
     // leaves nothing behind.
     let job_dir = if has_checkpoint_dir {
-        Some(
-            storage
-                .initialize(job_id)
-                .map_err(|error| JobError::Storage { location: format!("for job {job_id} in {storage:?}"), error })?,
-        )
+        Some(storage.initialize(job_id).map_err(|error| JobError::Storage {
+            location: checkpoint_dir.as_ref().map_or_else(|| format!("{storage:?}"), |d| d.to_string()),
+            error,
+        })?)
     } else {
         None
     };
     // Savepoints a killed process left half-written in the default target go when a job starts
     // on it (and before any savepoint is written into a directory).
-    if let Some(dir) = config.get_location(keys::SAVEPOINT_DIR) {
-        storage::sweep_partial_savepoints(&dir);
+    if let Some(dir) = config.get_location(keys::SAVEPOINT_DIR).as_ref().and_then(|d| d.as_local()) {
+        storage::sweep_partial_savepoints(dir);
     }
     let next_id = restored.as_ref().map(|r| r.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
     let tasks = task_keys(&graph);
@@ -158,6 +154,7 @@ pub fn submit(
         savepoint_dir: config.get_location(keys::SAVEPOINT_DIR),
         job_dir,
         restored: restored.clone(),
+        storage: Some(storage.clone()),
         ..Shared::default()
     });
     let mut coordinator = Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0);

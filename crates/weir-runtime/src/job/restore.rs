@@ -4,8 +4,8 @@
 use crate::graph::JobGraph;
 use crate::storage::LoadedSnapshot;
 use std::collections::HashSet;
-use std::path::PathBuf;
 use weir_core::assignment::{self, AssignmentError};
+use weir_core::location::SnapshotUri;
 
 /// Checks that a snapshot's state maps onto the job (before any task starts), and adopts the
 /// snapshot's max parallelism where the rules allow. Each deployment computes its own assignment.
@@ -15,7 +15,7 @@ pub(super) fn validate_restore(
     allow_non_restored: bool,
 ) -> Result<(), AssignmentError> {
     let a = assignment::assign(
-        &snapshot.dir.display().to_string(),
+        &snapshot.dir.to_string(),
         &snapshot.metadata.operators,
         &graph.operator_infos(),
         allow_non_restored,
@@ -39,7 +39,7 @@ pub(super) fn validate_restore(
 }
 
 /// Every file of the snapshot's native handles: resolved and normalized path, size, reusable.
-pub(super) fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (PathBuf, u64, bool)> + '_ {
+pub(super) fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (SnapshotUri, u64, bool)> + '_ {
     snapshot
         .metadata
         .operators
@@ -51,7 +51,7 @@ pub(super) fn native_files(snapshot: &LoadedSnapshot) -> impl Iterator<Item = (P
 }
 
 /// The data files of a snapshot that later incremental checkpoints may reference.
-pub(super) fn reusable_files(snapshot: &LoadedSnapshot) -> Vec<PathBuf> {
-    let files: HashSet<PathBuf> = native_files(snapshot).filter(|f| f.2).map(|f| f.0).collect();
+pub(super) fn reusable_files(snapshot: &LoadedSnapshot) -> Vec<SnapshotUri> {
+    let files: HashSet<SnapshotUri> = native_files(snapshot).filter(|f| f.2).map(|f| f.0).collect();
     files.into_iter().collect()
 }

@@ -4,9 +4,8 @@
 
 use super::master::{Completed, Master};
 use super::restore::native_files;
-use crate::storage::{self, LoadedSnapshot};
+use crate::storage::{self, EntryKind, LoadedSnapshot, SnapshotUri};
 use std::collections::HashSet;
-use std::path::PathBuf;
 use weir_core::store::Retained;
 
 impl Master {
@@ -14,13 +13,14 @@ impl Master {
     /// directory, except files a later checkpoint still references (a CLAIM-restored snapshot
     /// whose files later checkpoints reuse); those go when their last reference does.
     pub(super) fn discard_retained(&mut self, gone: &Retained<Completed>) {
+        let store = self.storage.store();
         for file in self.registry.release(gone.id) {
-            storage::delete_file_and_empty_dir(&file);
+            storage::delete_file_and_empty_dir(store, &file);
         }
         let dir = &gone.data.snapshot.dir;
-        let keep: HashSet<PathBuf> = self.registry.files().filter(|f| f.starts_with(dir)).cloned().collect();
-        if let Err(e) = self.storage.discard(&gone.data.snapshot, &keep) {
-            tracing::warn!("could not delete {}: {e}", dir.display());
+        let keep: HashSet<SnapshotUri> = self.registry.files().filter(|f| f.starts_with(dir)).cloned().collect();
+        if let Err(e) = storage::discard_snapshot(store, &gone.data.snapshot, &keep) {
+            tracing::warn!("could not delete {dir}: {e}");
         }
     }
 
@@ -30,19 +30,20 @@ impl Master {
         let Some(job_dir) = &self.shared.job_dir else {
             return;
         };
-        let Ok(entries) = std::fs::read_dir(job_dir) else {
+        let store = self.storage.store();
+        let Ok(entries) = store.list(job_dir) else {
             return;
         };
-        let only_empty_layout = entries.filter_map(|e| e.ok()).all(|e| {
-            let path = e.path();
-            e.file_name().to_str().is_some_and(|n| n == "shared" || n == "taskowned")
-                && std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none())
+        let only_empty_layout = entries.iter().all(|e| {
+            (e.name == "shared" || e.name == "taskowned")
+                && e.kind == EntryKind::Dir
+                && store.list(&job_dir.join(&e.name)).is_ok_and(|d| d.is_empty())
         });
         if only_empty_layout {
             for sub in ["shared", "taskowned"] {
-                let _ = std::fs::remove_dir(job_dir.join(sub));
+                let _ = store.remove_empty_dir(&job_dir.join(sub));
             }
-            let _ = std::fs::remove_dir(job_dir);
+            let _ = store.remove_empty_dir(job_dir);
         }
     }
 
@@ -52,14 +53,15 @@ impl Master {
         let Some(job_dir) = &self.shared.job_dir else {
             return;
         };
-        let shared_dir = storage::normalize(&std::fs::canonicalize(job_dir).unwrap_or(job_dir.clone()).join("shared"));
-        let Ok(entries) = std::fs::read_dir(&shared_dir) else {
+        let store = self.storage.store();
+        let shared_dir = store.canonical(job_dir).join("shared");
+        let Ok(entries) = store.list(&shared_dir) else {
             return;
         };
-        for e in entries.filter_map(|e| e.ok()) {
-            let path = e.path();
-            if !self.registry.contains(&path) {
-                let _ = std::fs::remove_file(&path);
+        for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+            let file = shared_dir.join(&e.name);
+            if !self.registry.contains(&file) {
+                let _ = store.delete(&file);
             }
         }
     }
@@ -67,7 +69,7 @@ impl Master {
     /// The snapshot's full size and the bytes it wrote itself (files in its directory, plus data
     /// files outside it that no earlier snapshot registered).
     pub(super) fn snapshot_sizes(&self, snapshot: &LoadedSnapshot) -> (u64, u64) {
-        let own = snapshot_size(&snapshot.dir);
+        let own = self.snapshot_dir_size(&snapshot.dir);
         let (mut full, mut written) = (own, own);
         let mut seen = HashSet::new();
         for (path, size, _) in native_files(snapshot) {
@@ -82,15 +84,15 @@ impl Master {
         (full, written)
     }
 
-    pub(super) fn discard_incomplete(&self, dir: &std::path::Path) {
+    pub(super) fn discard_incomplete(&self, dir: &SnapshotUri) {
         if let Err(e) = self.storage.discard_incomplete(dir) {
-            tracing::warn!("could not delete {}: {e}", dir.display());
+            tracing::warn!("could not delete {dir}: {e}");
         }
     }
-}
 
-fn snapshot_size(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-        .unwrap_or(0)
+    /// Bytes of the files directly in a snapshot's directory.
+    fn snapshot_dir_size(&self, dir: &SnapshotUri) -> u64 {
+        let files = self.storage.store().list(dir).unwrap_or_default();
+        files.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum()
+    }
 }

@@ -1,0 +1,577 @@
+//! Complete snapshots on a store: loading one from what a user pointed at, finding a job's
+//! latest checkpoint, deleting what a snapshot owns (and only that), and staging a remote
+//! snapshot's files on local disk so the backends restore from local files.
+
+use super::{EntryKind, SnapshotStore, SnapshotUri};
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use weir_core::metadata::{self, FileScope, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
+use weir_core::{CheckpointId, JobId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("Cannot find checkpoint or savepoint file/directory '{0}'. Check the path given to -s.")]
+    NotFound(SnapshotUri),
+    #[error("Cannot find meta data file '_metadata' in directory '{0}'. A checkpoint or savepoint directory holds a _metadata file; this directory does not (it may be an incomplete snapshot, or not a snapshot at all).")]
+    NoMetadata(SnapshotUri),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("cannot read '{location}': {error}")]
+    Io { location: SnapshotUri, error: io::Error },
+    #[error("'{0}' is not a snapshot's _metadata file: point at a checkpoint or savepoint directory, or at the _metadata file in it")]
+    NotMetadataFile(SnapshotUri),
+    #[error("'{0}' is a symbolic link: a snapshot's _metadata must be a regular file in the snapshot's directory; point at the directory the link leads to")]
+    MetadataSymlink(SnapshotUri),
+    #[error("'{0}' references shared files (../shared/...), but its directory is not a checkpoint inside a job's directory (<checkpoint dir>/<32-hex job id>/chk-<n>); only incremental checkpoints reference shared files, so restore it from where its job wrote it (the job directory may move as a whole)")]
+    SharedOutsideJob(SnapshotUri),
+}
+
+/// A snapshot's files copied to local disk for a restore; deleted with the snapshot's last
+/// reference.
+#[derive(Debug)]
+struct Staged {
+    root: tempfile::TempDir,
+    /// The location `root` stands for: the snapshot's parent (so `../shared/` is inside).
+    base: SnapshotUri,
+}
+
+/// A snapshot loaded from a store: its metadata and the directory its references resolve against.
+#[derive(Debug, Clone)]
+pub struct LoadedSnapshot {
+    pub metadata: SnapshotMetadata,
+    pub dir: SnapshotUri,
+    staged: OnceLock<Arc<Staged>>,
+}
+
+impl LoadedSnapshot {
+    /// Where a state file referenced by this snapshot lives (references are relative and stay in
+    /// the snapshot's directory or its job's `shared/`: `load_snapshot` checked them).
+    pub fn resolve(&self, file: &str) -> SnapshotUri {
+        self.dir.resolve(file)
+    }
+
+    /// Every file the snapshot references, resolved, with where it lives.
+    pub fn files(&self) -> impl Iterator<Item = (SnapshotUri, FileScope)> + '_ {
+        self.metadata
+            .file_references()
+            .filter_map(|(_, _, f)| metadata::file_scope(&f.path).map(|scope| (self.resolve(&f.path), scope)))
+    }
+
+    /// A local path to read a referenced file from: the file itself on a local file system, its
+    /// staged copy otherwise (none before [`LoadedSnapshot::stage`]).
+    pub fn local_path(&self, file: &str) -> Option<PathBuf> {
+        let location = self.resolve(file);
+        if let Some(path) = location.as_local() {
+            return Some(path.to_path_buf());
+        }
+        let staged = self.staged.get()?;
+        Some(staged.root.path().join(location.relative_to(&staged.base)?))
+    }
+
+    /// Copies the files of a snapshot on object storage to a local directory (once; nothing to do
+    /// for a local snapshot), several at a time, checking each file's size and checksum against
+    /// `_metadata`, and logging progress while it takes long.
+    pub fn stage(&self, store: &dyn SnapshotStore) -> io::Result<()> {
+        if self.dir.as_local().is_some() || self.staged.get().is_some() {
+            return Ok(());
+        }
+        let base = self.dir.parent().unwrap_or_else(|| self.dir.clone());
+        let root = tempfile::Builder::new().prefix("weir-restore-").tempdir()?;
+        let mut files: Vec<(String, u64, Option<u32>)> = Vec::new();
+        for s in self.metadata.operators.iter().flat_map(|op| &op.subtasks) {
+            files.extend(s.keyed.iter().map(|k| (k.file.path.clone(), k.file.size, k.file.crc32c)));
+            files.extend(s.native.iter().flat_map(|n| &n.files).map(|f| (f.file.path.clone(), f.file.size, f.crc32c)));
+        }
+        let mut seen = HashSet::new();
+        files.retain(|(reference, ..)| seen.insert(self.resolve(reference)));
+        let progress = Progress::new("Downloading", &files.iter().map(|f| f.1).collect::<Vec<_>>(), &self.dir);
+        let next = AtomicUsize::new(0);
+        let fetch = |(reference, size, crc32c): &(String, u64, Option<u32>)| -> io::Result<()> {
+            let location = self.resolve(reference);
+            let rel =
+                location.relative_to(&base).ok_or_else(|| io::Error::other(format!("{location} is outside {base}")))?;
+            let local = root.path().join(rel);
+            if let Some(parent) = local.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            store.download(&location, &local)?;
+            weir_state::checksum::verify_file(&local, *size, *crc32c, &format!("state file {location}"))
+                .map_err(io::Error::other)?;
+            progress.done(*size);
+            Ok(())
+        };
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..DOWNLOADS_IN_FLIGHT.min(files.len()))
+                .map(|_| {
+                    scope.spawn(|| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(file) = files.get(i) else { return Ok(()) };
+                        if let Err(e) = fetch(file) {
+                            next.store(files.len(), Ordering::Relaxed); // the others stop too
+                            return Err(e);
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("download panicked"))))
+        })?;
+        progress.finish();
+        let _ = self.staged.set(Arc::new(Staged { root, base }));
+        Ok(())
+    }
+}
+
+/// Files downloaded at once when staging a snapshot.
+const DOWNLOADS_IN_FLIGHT: usize = 8;
+
+/// Bytes and files of a long transfer, logged every few seconds (short ones stay quiet).
+pub(crate) struct Progress<'a> {
+    doing: &'static str,
+    what: &'a SnapshotUri,
+    files: usize,
+    bytes: u64,
+    files_done: AtomicUsize,
+    bytes_done: AtomicU64,
+    started: Instant,
+    last_report_ms: AtomicU64,
+}
+
+impl<'a> Progress<'a> {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    pub(crate) fn new(doing: &'static str, sizes: &[u64], what: &'a SnapshotUri) -> Self {
+        Progress {
+            doing,
+            what,
+            files: sizes.len(),
+            bytes: sizes.iter().sum(),
+            files_done: AtomicUsize::new(0),
+            bytes_done: AtomicU64::new(0),
+            started: Instant::now(),
+            last_report_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn done(&self, bytes: u64) {
+        let files = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let now = self.started.elapsed();
+        let last = Duration::from_millis(self.last_report_ms.load(Ordering::Relaxed));
+        if now >= last + Self::EVERY {
+            self.last_report_ms.store(now.as_millis() as u64, Ordering::Relaxed);
+            tracing::info!(
+                "{} {}: {files} of {} files, {bytes} of {} bytes",
+                self.doing,
+                self.what,
+                self.files,
+                self.bytes
+            );
+        }
+    }
+
+    fn finish(&self) {
+        tracing::info!(
+            "{} {}: {} files, {} bytes in {} ms",
+            self.doing,
+            self.what,
+            self.files,
+            self.bytes,
+            self.started.elapsed().as_millis()
+        );
+    }
+}
+
+/// Loads a snapshot from its directory or its `_metadata` file.
+pub fn load_snapshot(store: &dyn SnapshotStore, pointer: &SnapshotUri) -> Result<LoadedSnapshot, LoadError> {
+    let io = |location: &SnapshotUri| {
+        let location = location.clone();
+        move |error| LoadError::Io { location, error }
+    };
+    let mut kind = store.kind(pointer).map_err(io(pointer))?;
+    let names_metadata = pointer.file_name() == Some(METADATA_FILE_NAME);
+    if kind == Some(EntryKind::Symlink) {
+        if names_metadata {
+            // A linked _metadata would make the link's directory stand for another snapshot's files.
+            return Err(LoadError::MetadataSymlink(pointer.clone()));
+        }
+        kind = store.kind(&store.canonical(pointer)).map_err(io(pointer))?;
+    }
+    let (dir, file) = match kind {
+        None => return Err(LoadError::NotFound(pointer.clone())),
+        Some(EntryKind::Dir) => {
+            let file = pointer.join(METADATA_FILE_NAME);
+            match store.kind(&file).map_err(io(&file))? {
+                Some(EntryKind::File) => {}
+                Some(EntryKind::Symlink) => return Err(LoadError::MetadataSymlink(file)),
+                _ => return Err(LoadError::NoMetadata(pointer.clone())),
+            }
+            (pointer.clone(), file)
+        }
+        Some(_) if names_metadata => {
+            (pointer.parent().unwrap_or_else(|| SnapshotUri::Local(".".into())), pointer.clone())
+        }
+        Some(_) => return Err(LoadError::NotMetadataFile(pointer.clone())),
+    };
+    let bytes = store.read(&file).map_err(io(&file))?;
+    let metadata = metadata::decode(&bytes, &file.to_string())?;
+    let snapshot = LoadedSnapshot { metadata, dir: store.canonical(&dir), staged: OnceLock::new() };
+    // `../shared/` is a job's shared directory only when the snapshot sits in a job directory:
+    // anywhere else it would name (and a CLAIM or disposal could delete) files of nobody's job.
+    let in_job_dir = snapshot
+        .dir
+        .parent()
+        .and_then(|job| job.file_name().map(str::to_string))
+        .is_some_and(|name| JobId::parse(&name).is_some());
+    if !in_job_dir && snapshot.files().any(|(_, scope)| scope == FileScope::JobShared) {
+        return Err(LoadError::SharedOutsideJob(file));
+    }
+    Ok(snapshot)
+}
+
+/// The newest valid checkpoint `chk-<n>` under a job directory. Directories without a `_metadata`
+/// that verifies are not checkpoints and are skipped.
+pub fn latest_checkpoint_in(store: &dyn SnapshotStore, job_dir: &SnapshotUri) -> Option<(CheckpointId, SnapshotUri)> {
+    let mut found: Vec<(CheckpointId, SnapshotUri)> = store
+        .list(job_dir)
+        .ok()?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .filter_map(|e| Some((e.name.strip_prefix("chk-")?.parse().ok()?, job_dir.join(&e.name))))
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.into_iter().find(|(_, dir)| load_snapshot(store, dir).is_ok())
+}
+
+/// [`latest_checkpoint_in`] a local job directory.
+pub fn latest_checkpoint(job_dir: &Path) -> Option<(CheckpointId, PathBuf)> {
+    let store = super::local::LocalStore { modes: super::FileModes::PRIVATE };
+    let (id, dir) = latest_checkpoint_in(&store, &SnapshotUri::Local(job_dir.to_path_buf()))?;
+    Some((id, dir.as_local()?.to_path_buf()))
+}
+
+/// Deletes a completed snapshot: `_metadata` first, so a half-deleted snapshot is never mistaken
+/// for one, then the files of its directory that it references, except `keep` (files later
+/// snapshots still reference), then the directory if that left it empty. Nothing it does not
+/// reference is touched.
+pub fn discard_snapshot(
+    store: &dyn SnapshotStore,
+    snapshot: &LoadedSnapshot,
+    keep: &HashSet<SnapshotUri>,
+) -> io::Result<()> {
+    store.delete(&snapshot.dir.join(METADATA_FILE_NAME))?;
+    for (file, scope) in snapshot.files() {
+        if scope == FileScope::Snapshot && !keep.contains(&file) {
+            store.delete(&file)?;
+        }
+    }
+    if !store.remove_empty_dir(&snapshot.dir)? && keep.is_empty() {
+        tracing::info!("kept the directory {}: it holds files the snapshot does not reference", snapshot.dir);
+    }
+    Ok(())
+}
+
+/// Deletes a file no snapshot references any more, and its directory when that is left empty and
+/// is not a job's `shared/` directory (a CLAIM-restored snapshot directory whose last kept file
+/// this was).
+pub fn delete_file_and_empty_dir(store: &dyn SnapshotStore, file: &SnapshotUri) {
+    if let Err(e) = store.delete(file) {
+        tracing::warn!("could not delete {file}: {e}");
+    }
+    if let Some(dir) = file.parent() {
+        let has_metadata = store.kind(&dir.join(METADATA_FILE_NAME)).ok().flatten().is_some();
+        if dir.file_name().is_some_and(|n| n != "shared") && !has_metadata {
+            let _ = store.remove_empty_dir(&dir);
+        }
+    }
+}
+
+/// The snapshots in the same directory as `dir` (a job's other retained checkpoints). One that
+/// cannot be read is skipped with a warning: it could not be restored either.
+pub fn sibling_snapshots(store: &dyn SnapshotStore, dir: &SnapshotUri) -> Vec<LoadedSnapshot> {
+    let Some(parent) = dir.parent() else {
+        return Vec::new();
+    };
+    let entries = match store.list(&parent) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("could not list {parent} for snapshots beside {dir}: {e}");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.into_iter().filter(|e| e.kind == EntryKind::Dir) {
+        let path = parent.join(&entry.name);
+        if &path == dir || store.kind(&path.join(METADATA_FILE_NAME)).ok().flatten() != Some(EntryKind::File) {
+            continue;
+        }
+        match load_snapshot(store, &path) {
+            Ok(s) => out.push(s),
+            Err(e) => tracing::warn!("snapshot {path} beside {dir} is unreadable: {e}"),
+        }
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DisposeError {
+    #[error("'{0}' is not a savepoint: {why}. Only a directory with a valid _metadata (or that file) can be disposed.", why = .1.to_string().trim_end_matches('.'))]
+    NotASnapshot(SnapshotUri, Box<LoadError>),
+    #[error("'{0}' is a symbolic link; dispose the snapshot at the path it points to, so the snapshot deleted is the one named")]
+    Symlink(SnapshotUri),
+    #[error("'{path}' belongs to job {job_id}, which is still running and owns it (a retained checkpoint, or a snapshot it restored in CLAIM mode). Cancel or stop the job first.")]
+    OwnedByRunningJob { path: SnapshotUri, job_id: String },
+    #[error("Failed to dispose the savepoint '{0}': {1}")]
+    Io(SnapshotUri, io::Error),
+}
+
+/// What a disposal deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disposed {
+    pub dir: SnapshotUri,
+    /// False when the directory holds files the snapshot does not reference: they and the
+    /// directory stay.
+    pub dir_removed: bool,
+}
+
+/// Disposes a savepoint (or retained checkpoint) named by its directory or its `_metadata`:
+/// `_metadata` first, so it is no longer addressable even if deleting the data fails half-way;
+/// then the files it references (a shared file of an incremental checkpoint only when no other
+/// snapshot of its job references it); then its directory, if nothing else is in it.
+/// `owned` are directories that running jobs own (their checkpoint directories, snapshots they
+/// claimed): anything inside them is refused.
+pub fn dispose_snapshot(
+    store: &dyn SnapshotStore,
+    pointer: &SnapshotUri,
+    owned: &[(String, SnapshotUri)],
+) -> Result<Disposed, DisposeError> {
+    let not_a_snapshot = |e| DisposeError::NotASnapshot(pointer.clone(), Box::new(e));
+    if store.kind(pointer).ok().flatten() == Some(EntryKind::Symlink) {
+        return Err(DisposeError::Symlink(pointer.clone()));
+    }
+    let loaded = load_snapshot(store, pointer).map_err(not_a_snapshot)?;
+    let dir = loaded.dir.clone();
+    for (job_id, job_dir) in owned {
+        if dir.starts_with(&store.canonical(job_dir)) {
+            return Err(DisposeError::OwnedByRunningJob { path: dir, job_id: job_id.clone() });
+        }
+    }
+    let io = |e| DisposeError::Io(dir.clone(), e);
+    let shared: Vec<SnapshotUri> =
+        loaded.files().filter(|(_, scope)| *scope == FileScope::JobShared).map(|f| f.0).collect();
+    discard_snapshot(store, &loaded, &HashSet::new()).map_err(io)?;
+    if !shared.is_empty() {
+        let still_used: HashSet<SnapshotUri> =
+            sibling_snapshots(store, &dir).iter().flat_map(|s| s.files().map(|f| f.0).collect::<Vec<_>>()).collect();
+        for file in shared.iter().filter(|f| !still_used.contains(*f)) {
+            store.delete(file).map_err(io)?;
+        }
+    }
+    let dir_removed = store.list(&dir).map_err(io)?.is_empty();
+    Ok(Disposed { dir_removed, dir })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::storage::{CheckpointStorage, FsCheckpointStorage};
+    use std::fs;
+    use weir_core::metadata::SnapshotKind;
+
+    pub(crate) fn meta(id: u64) -> Vec<u8> {
+        metadata::encode(&SnapshotMetadata {
+            checkpoint_id: id,
+            job_id: "00".repeat(16),
+            kind: SnapshotKind::Checkpoint,
+            timestamp_ms: 0,
+            operators: vec![],
+        })
+        .unwrap()
+    }
+
+    fn local(path: &Path) -> SnapshotUri {
+        SnapshotUri::Local(path.to_path_buf())
+    }
+
+    fn path(uri: &SnapshotUri) -> &Path {
+        uri.as_local().unwrap()
+    }
+
+    #[test]
+    fn layout_and_latest_valid_checkpoint() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path().to_path_buf());
+        let store = s.store();
+        let job = JobId([7; 16]);
+        let dir = s.initialize(job).unwrap();
+        assert!(path(&dir).join("shared").is_dir() && path(&dir).join("taskowned").is_dir());
+        for id in 1..=3 {
+            let loc = s.checkpoint_location(job, id).unwrap();
+            s.write_metadata(&loc, &meta(id)).unwrap();
+        }
+        // chk-4 has no _metadata, chk-5 a corrupted one: neither is a checkpoint.
+        s.checkpoint_location(job, 4).unwrap();
+        let loc5 = s.checkpoint_location(job, 5).unwrap();
+        let mut bad = meta(5);
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        fs::write(path(&loc5).join("_metadata"), bad).unwrap();
+        let (id, latest) = latest_checkpoint(path(&dir)).unwrap();
+        assert_eq!(id, 3);
+        assert_eq!(latest, path(&dir).join("chk-3"));
+        let err = load_snapshot(store, &loc5).unwrap_err().to_string();
+        assert!(
+            err.contains(&path(&loc5).join("_metadata").display().to_string()) && err.contains("corrupted"),
+            "{err}"
+        );
+        let err = load_snapshot(store, &dir.join("chk-4")).unwrap_err().to_string();
+        assert!(err.starts_with("Cannot find meta data file '_metadata' in directory"), "{err}");
+        assert!(matches!(load_snapshot(store, &dir.join("nope")), Err(LoadError::NotFound(_))));
+        // The _metadata file itself is a valid pointer too.
+        let pointer = dir.join("chk-2").join("_metadata");
+        assert_eq!(load_snapshot(store, &pointer).unwrap().metadata.checkpoint_id, 2);
+    }
+
+    #[test]
+    fn dispose_refuses_non_snapshots_and_running_jobs_checkpoints() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path().to_path_buf());
+        let job = JobId([3; 16]);
+        let loc = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&loc, &meta(1)).unwrap();
+        let err = dispose_snapshot(s.store(), &local(base.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("is not a savepoint"), "{err}");
+        let running = [(job.to_hex(), s.job_dir(job))];
+        let err = dispose_snapshot(s.store(), &loc, &running).unwrap_err().to_string();
+        assert!(err.contains("still running") && err.contains(&job.to_hex()), "{err}");
+        assert!(path(&loc).join("_metadata").exists());
+        dispose_snapshot(s.store(), &loc.join("_metadata"), &[]).unwrap();
+        assert!(!path(&loc).exists());
+    }
+
+    /// Metadata of checkpoint `id` whose one operator references `files` (keyed state handles).
+    pub(crate) fn meta_referencing(id: u64, files: &[&str]) -> Vec<u8> {
+        use weir_core::metadata::{KeyedStateHandle, OperatorSnapshot, StateFileRef, SubtaskSnapshot};
+        let subtasks = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| SubtaskSnapshot {
+                subtask: i as u32,
+                keyed: Some(KeyedStateHandle {
+                    file: StateFileRef { path: f.to_string(), size: 1, crc32c: None },
+                    key_groups: weir_core::KeyGroupRange::inclusive(0, 0),
+                    offsets: vec![0],
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let mut m = SnapshotMetadata {
+            checkpoint_id: id,
+            job_id: "00".repeat(16),
+            kind: SnapshotKind::Checkpoint,
+            timestamp_ms: 0,
+            operators: vec![],
+        };
+        m.operators.push(OperatorSnapshot {
+            operator_id: weir_core::OperatorId::from_uid("op"),
+            uid: Some("op".into()),
+            name: "op".into(),
+            parallelism: files.len() as u32,
+            max_parallelism: 1,
+            subtasks,
+        });
+        metadata::encode(&m).unwrap()
+    }
+
+    #[test]
+    fn discard_deletes_only_what_the_snapshot_references() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path().to_path_buf());
+        let job = JobId([1; 16]);
+        let loc = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&loc, &meta_referencing(1, &["state", "kept"])).unwrap();
+        for name in ["state", "kept", "notes.txt"] {
+            fs::write(path(&loc).join(name), b"x").unwrap();
+        }
+        let snapshot = load_snapshot(s.store(), &loc).unwrap();
+        let keep: HashSet<SnapshotUri> = [snapshot.resolve("kept")].into();
+        discard_snapshot(s.store(), &snapshot, &keep).unwrap();
+        let mut left: Vec<_> = fs::read_dir(path(&loc)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["kept", "notes.txt"], "_metadata and the referenced file go; the rest stays");
+        fs::remove_file(path(&loc).join("notes.txt")).unwrap();
+        discard_snapshot(s.store(), &snapshot, &HashSet::new()).unwrap();
+        assert!(!path(&loc).exists(), "an emptied directory goes");
+        discard_snapshot(s.store(), &snapshot, &HashSet::new()).unwrap();
+    }
+
+    #[test]
+    fn dispose_accepts_only_a_snapshot_directory_or_its_own_metadata() {
+        let store = crate::storage::Stores::default();
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("sp");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("_metadata"), meta_referencing(1, &["state"])).unwrap();
+        fs::write(dir.join("state"), b"x").unwrap();
+        // A copy of _metadata under another name, and a link to it, beside unrelated files.
+        let other = base.path().join("backups");
+        fs::create_dir(&other).unwrap();
+        fs::copy(dir.join("_metadata"), other.join("backup.meta")).unwrap();
+        fs::write(other.join("state"), b"precious").unwrap();
+        let err = dispose_snapshot(&store, &local(&other.join("backup.meta")), &[]).unwrap_err().to_string();
+        assert!(err.contains("is not a snapshot's _metadata file"), "{err}");
+        let linked = base.path().join("linked");
+        fs::create_dir(&linked).unwrap();
+        std::os::unix::fs::symlink(dir.join("_metadata"), linked.join("_metadata")).unwrap();
+        let err = dispose_snapshot(&store, &local(&linked), &[]).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::os::unix::fs::symlink(&dir, base.path().join("dir-link")).unwrap();
+        let err = dispose_snapshot(&store, &local(&base.path().join("dir-link")), &[]).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(other.join("state")).unwrap(), b"precious");
+        assert!(dir.join("_metadata").is_file() && dir.join("state").is_file());
+        let disposed = dispose_snapshot(&store, &local(&dir), &[]).unwrap();
+        assert!(disposed.dir_removed && !dir.exists());
+    }
+
+    #[test]
+    fn shared_references_count_only_inside_a_job_directory() {
+        let store = crate::storage::Stores::default();
+        let base = tempfile::tempdir().unwrap();
+        // A "savepoint" in a directory of the user's, pointing at ../shared/: refused at load.
+        let sp = base.path().join("savepoints").join("sp");
+        fs::create_dir_all(&sp).unwrap();
+        fs::create_dir_all(base.path().join("savepoints/shared")).unwrap();
+        fs::write(base.path().join("savepoints/shared/a"), b"the user's").unwrap();
+        fs::write(sp.join("_metadata"), meta_referencing(1, &["../shared/a"])).unwrap();
+        assert!(matches!(load_snapshot(&store, &local(&sp)), Err(LoadError::SharedOutsideJob(_))));
+        assert!(dispose_snapshot(&store, &local(&sp), &[]).is_err());
+        assert!(base.path().join("savepoints/shared/a").exists());
+    }
+
+    #[test]
+    fn disposing_incremental_checkpoints_deletes_shared_files_with_their_last_reference() {
+        let base = tempfile::tempdir().unwrap();
+        let s = FsCheckpointStorage::new(base.path().to_path_buf());
+        let job = JobId([5; 16]);
+        let job_dir = s.initialize(job).unwrap();
+        let shared = path(&job_dir).join("shared");
+        for name in ["a", "b"] {
+            fs::write(shared.join(name), b"sst").unwrap();
+        }
+        let one = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&one, &meta_referencing(1, &["../shared/a", "../shared/b"])).unwrap();
+        let two = s.checkpoint_location(job, 2).unwrap();
+        s.write_metadata(&two, &meta_referencing(2, &["../shared/b"])).unwrap();
+        dispose_snapshot(s.store(), &one, &[]).unwrap();
+        assert!(!shared.join("a").exists(), "only chk-1 referenced a");
+        assert!(shared.join("b").exists(), "chk-2 still references b");
+        dispose_snapshot(s.store(), &two, &[]).unwrap();
+        assert!(!shared.join("b").exists(), "the last reference went");
+    }
+}
