@@ -129,3 +129,85 @@ fn wrong_credentials_and_missing_buckets_are_refused_before_the_job_starts() {
     let err = weir.fails(&[&args[..], &["--checkpoints", "s3://weir-no-such-bucket/ck"]].concat());
     assert!(err.contains("weir-no-such-bucket") && err.contains(&endpoint), "{err}");
 }
+
+/// A server of its own (port 9011), so stopping it disturbs no other test.
+struct OwnServer {
+    env: Vec<(String, String)>,
+}
+
+impl OwnServer {
+    fn start(data: &Path) -> OwnServer {
+        let env = vec![
+            ("WEIR_S3_PORT".to_string(), "9011".to_string()),
+            ("WEIR_S3_DIR".to_string(), data.display().to_string()),
+        ];
+        let server = OwnServer { env };
+        server.script(&["start"]);
+        server
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3.sh");
+        let out = Command::new(script).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output().unwrap();
+        assert!(out.status.success(), "scripts/s3.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| self.script(&["stop"]));
+    }
+}
+
+#[test]
+fn the_server_going_away_fails_savepoints_and_checkpoints_cleanly_and_the_job_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("s3");
+    let server = OwnServer::start(&data);
+    server.script(&["create-bucket", "faults"]);
+    let endpoint = server.script(&["endpoint"]);
+    let access = std::env::var("WEIR_S3_ACCESS_KEY").unwrap_or_else(|_| "weir-test-access".into());
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "s3:\n  endpoint: {endpoint}\n  access-key: {access}\n  secret-key: {}\n  path.style.access: true\n",
+            secret()
+        ),
+    )
+    .unwrap();
+    let mut weir = Weir::new();
+    weir.env.push(("WEIR_CONF_DIR".into(), dir.path().display().to_string()));
+    let input = dir.path().join("words.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = dir.path().join("out");
+    let args = ["word-count", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()];
+    // Checkpoints declined while the server is away do not fail the job over (Flink's default
+    // tolerates none).
+    let tolerate = ["-D", "execution.checkpointing.tolerable-failed-checkpoints=1000"];
+    let job = weir.run_detached(&[&tolerate[..], &args[..], &["--checkpoints", "s3://faults/ck", "--quiet"]].concat());
+    append(&input, &["a", "b"]);
+    wait_for("the first totals committed", || committed(&out).len() == 2);
+
+    server.script(&["stop"]);
+    let failed = weir.fails(&["savepoint", &job, "s3://faults/sp"]);
+    assert!(failed.contains("Failed to trigger a savepoint") && failed.contains(&endpoint), "{failed}");
+    let checkpoints = || http("GET", &format!("http://{}/jobs/{job}/checkpoints", weir.address(&job)), None).1;
+    wait_for("a checkpoint declined while the server is away", || checkpoints()["counts"]["failed"].as_u64() > Some(0));
+    assert!(weir.ok(&["list"]).contains(&format!("{job} : word-count (RUNNING)")), "the job keeps running");
+
+    server.script(&["start"]);
+    let completed_before = checkpoints()["counts"]["completed"].as_u64().unwrap();
+    append(&input, &["a"]);
+    wait_for("checkpoints complete again (the sink commits a=2)", || committed(&out).len() == 3);
+    assert!(checkpoints()["counts"]["completed"].as_u64().unwrap() > completed_before);
+    let stdout = weir.ok(&["savepoint", &job, "s3://faults/sp"]);
+    let savepoint = printed_location(&stdout);
+    weir.ok(&["cancel", &job]);
+    // Only the savepoint that completed has a _metadata; the failed one left no valid-looking
+    // savepoint behind.
+    let written: Vec<_> = std::fs::read_dir(data.join("data/faults/sp")).unwrap().map(|e| e.unwrap().path()).collect();
+    let valid: Vec<_> = written.iter().filter(|d| d.join("_metadata").is_file()).collect();
+    assert_eq!(valid.len(), 1, "{written:?}");
+    assert!(savepoint.ends_with(valid[0].file_name().unwrap().to_str().unwrap()), "{savepoint}");
+}

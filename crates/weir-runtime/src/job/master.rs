@@ -161,7 +161,7 @@ impl Master {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(MasterMsg::Cancel) => return true,
-                Ok(_) => continue,
+                Ok(msg) => self.refuse_operation(msg, "RESTARTING"),
                 Err(_) => return false,
             }
         }
@@ -221,7 +221,7 @@ impl Master {
                     self.stop_tasks();
                     return Step::End(JobStatus::Canceled, None);
                 }
-                Ok(_) => {}
+                Ok(msg) => self.refuse_operation(msg, "still restoring its state"),
                 Err(_) => return Step::End(JobStatus::Failed, Some("job master channel closed".into())),
             }
         }
@@ -542,6 +542,17 @@ impl Master {
                 (Vec::new(), Some(Step::Failover { cause: message, kind: FailureKind::Recoverable }))
             }
         }
+    }
+
+    /// A savepoint or checkpoint request that reached the master while the job was not running
+    /// (it was RUNNING when asked, then failed over): it fails at once, so nobody waits for it.
+    fn refuse_operation(&self, msg: MasterMsg, state: &str) {
+        let token = match msg {
+            MasterMsg::TriggerSavepoint { token, .. } | MasterMsg::TriggerCheckpoint { token } => token,
+            _ => return,
+        };
+        let message = format!("job {} is {state}; retry once it runs again", self.job_id);
+        self.finish_operation(token, Operation::Failed { message });
     }
 
     fn finish_operation(&self, token: u64, outcome: Operation) {
