@@ -54,7 +54,7 @@ fn run_five_checkpoints(base: &Path, retained: &str) -> (JobHandle, PathBuf) {
         ("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"),
     ]);
     let mut env = StreamEnv::with_config(c);
-    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&ck, StorageFault::DeclineAbove(5))));
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(ck.clone(), StorageFault::DeclineAbove(5))));
     keyed_job(&env, &base.join("out"));
     let handle = env.execute_async("five-checkpoints").unwrap();
     wait_until("checkpoint 5 and a declined 6", || {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use weir::connectors::{FileSink, GeneratorSource};
 use weir::{
     BoxError, CheckpointId, Collector, Configuration, Context, KeyedProcessFunction, OperatorStateSnapshot,
-    RuntimeContext, SinkContext, SinkFunction, StreamEnv,
+    RuntimeContext, SinkContext, SinkFunction, SnapshotUri, StreamEnv,
 };
 use weir_examples::keyed_count::CountPerKey;
 
@@ -102,9 +102,21 @@ struct RunStats {
     fired: u64,
 }
 
-fn run_once(seed: u64, backend: Backend) -> RunStats {
+/// Where the checkpoints go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    Local,
+    /// A fresh prefix in a bucket of the tests' S3 server.
+    S3,
+}
+
+fn run_once(seed: u64, backend: Backend, storage: Storage) -> RunStats {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
+    let ck = match storage {
+        Storage::Local => SnapshotUri::Local(dir.path().join("ck")),
+        Storage::S3 => common::s3::fresh_prefix("exactly-once"),
+    };
     let (records, keys) = (3000 + rng.below(3000), 1 + rng.below(40));
     let parallelism = 1 + rng.below(2) as u32;
     let mut faults = Faults::default();
@@ -127,7 +139,7 @@ fn run_once(seed: u64, backend: Backend) -> RunStats {
     let mut config = Configuration::new();
     for (k, v) in [
         ("execution.checkpointing.interval", "15 ms"),
-        ("execution.checkpointing.dir", dir.path().join("ck").to_str().unwrap()),
+        ("execution.checkpointing.dir", ck.to_string().as_str()),
         ("restart-strategy.type", "fixed-delay"),
         ("restart-strategy.fixed-delay.attempts", "50"),
         ("restart-strategy.fixed-delay.delay", "0 ms"),
@@ -136,6 +148,11 @@ fn run_once(seed: u64, backend: Backend) -> RunStats {
         config.set(k, v).unwrap();
     }
     config.set("parallelism.default", &parallelism.to_string()).unwrap();
+    if storage == Storage::S3 {
+        for (k, v) in common::s3::s3_settings() {
+            config.set(k, v).unwrap();
+        }
+    }
     backend.configure(&mut config, &dir.path().join("rocksdb"));
     if backend == Backend::RocksDb && rng.below(2) == 0 {
         config.set("execution.checkpointing.incremental", "false").unwrap();
@@ -148,7 +165,7 @@ fn run_once(seed: u64, backend: Backend) -> RunStats {
     }
     let mut env = StreamEnv::with_config(config);
     if let Some(f) = storage_fault {
-        env.set_checkpoint_storage(Arc::new(FaultyStorage::new(dir.path().join("ck"), f)));
+        env.set_checkpoint_storage(Arc::new(FaultyStorage::new(ck.clone(), f)));
     }
     let out = dir.path().join("out");
     env.source(GeneratorSource::keyed(keys).with_count(records).with_rate(40_000.0))
@@ -183,21 +200,27 @@ fn run_once(seed: u64, backend: Backend) -> RunStats {
 
 backend_tests! {
     fn exactly_once_with_random_failures(backend) {
-        exactly_once_runs(backend)
+        exactly_once_runs(backend, Storage::Local, 50)
+    }
+
+    /// The same with checkpoints on S3: a representative subset of the seeds by default.
+    fn exactly_once_with_random_failures_and_checkpoints_on_s3(backend) {
+        exactly_once_runs(backend, Storage::S3, 10)
     }
 }
 
-fn exactly_once_runs(backend: Backend) {
-    let iterations: u64 = std::env::var("WEIR_EO_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+fn exactly_once_runs(backend: Backend, storage: Storage, default_iterations: u64) {
+    let iterations: u64 =
+        std::env::var("WEIR_EO_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_iterations);
     let base: u64 = std::env::var("WEIR_EO_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     let (mut restarts, mut restores, mut fired) = (0u64, 0u64, 0u64);
     for i in 0..iterations {
-        let s = run_once(base + i, backend);
+        let s = run_once(base + i, backend, storage);
         restarts += s.restarts as u64;
         restores += s.restores;
         fired += s.fired;
     }
-    eprintln!("{backend:?}: {iterations} runs: {restarts} restarts, {restores} operator restores from checkpoints, {fired} injected panics");
+    eprintln!("{backend:?}, {storage:?}: {iterations} runs: {restarts} restarts, {restores} operator restores from checkpoints, {fired} injected panics");
     // The failures must really have happened, and most restarts must have restored state.
     assert!(restarts >= iterations, "only {restarts} restarts in {iterations} runs");
     assert!(restores >= iterations / 2, "only {restores} restores from checkpoints in {iterations} runs");

@@ -4,17 +4,34 @@
 
 mod common;
 
-use common::{committed_lines, keyed_count_truth, latest_checkpoint, Backend, Rng};
+use common::{committed_lines, keyed_count_truth, latest_checkpoint, s3, Backend, Rng};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir::SnapshotUri;
 
-fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
+/// Where the checkpoints go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    Local,
+    /// A fresh prefix in a bucket of the tests' S3 server.
+    S3,
+}
+
+fn run_iteration(seed: u64, backend: Backend, storage: Storage) -> (u32, u32) {
     let mut rng = Rng::new(seed);
     let mut rand = |n| rng.below(n);
     let dir = tempfile::tempdir().unwrap();
-    let (ck, out) = (dir.path().join("ck"), dir.path().join("out"));
+    let out = dir.path().join("out");
+    let ck = match storage {
+        Storage::Local => SnapshotUri::Local(dir.path().join("ck")),
+        Storage::S3 => s3::fresh_prefix("kill-recovery"),
+    };
+    let latest = || match &ck {
+        SnapshotUri::Local(path) => latest_checkpoint(path).map(SnapshotUri::Local),
+        remote => s3::latest_checkpoint(remote),
+    };
     let (records, keys) = (10_000 + rand(4000), 1 + rand(30));
     let parallelism = 1 + rand(2);
     let (mut kills, mut restores) = (0u32, 0u32);
@@ -24,11 +41,14 @@ fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyed-count"));
         cmd.args(["-p", &parallelism.to_string()])
             .args(["-D", "execution.checkpointing.interval=40 ms"])
-            .args(["-D", &format!("execution.checkpointing.dir={}", ck.display())])
+            .args(["-D", &format!("execution.checkpointing.dir={ck}")])
             .args(["-D", "weir.network.batch-size=64"])
             .args(backend.args(&dir.path().join("rocksdb")));
-        if let Some(path) = latest_checkpoint(&ck) {
-            cmd.args(["-s", path.to_str().unwrap()]);
+        if storage == Storage::S3 {
+            cmd.args(s3::s3_args());
+        }
+        if let Some(location) = latest() {
+            cmd.args(["-s", &location.to_string()]);
             restores += 1;
         }
         cmd.args([
@@ -81,19 +101,26 @@ fn run_iteration(seed: u64, backend: Backend) -> (u32, u32) {
 
 backend_tests! {
     fn kill_dash_nine_then_restore_from_latest_checkpoint(backend) {
-        kill_runs(backend)
+        kill_runs(backend, Storage::Local, 10)
+    }
+
+    /// The same with checkpoints on S3 (rocksdb: incremental, shared files in the bucket): fewer
+    /// runs by default, since each start lists and downloads through the server.
+    fn kill_dash_nine_with_checkpoints_on_s3(backend) {
+        kill_runs(backend, Storage::S3, 4)
     }
 }
 
-fn kill_runs(backend: Backend) {
-    let iterations: u64 = std::env::var("WEIR_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+fn kill_runs(backend: Backend, storage: Storage, default_iterations: u64) {
+    let iterations: u64 =
+        std::env::var("WEIR_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_iterations);
     let (mut kills, mut restores) = (0, 0);
     for i in 0..iterations {
-        let (k, r) = run_iteration(0xC0FFEE + i, backend);
+        let (k, r) = run_iteration(0xC0FFEE + i, backend, storage);
         kills += k;
         restores += r;
     }
-    eprintln!("{backend:?}: {iterations} runs: {kills} kill -9, {restores} restores with -s");
+    eprintln!("{backend:?}, {storage:?}: {iterations} runs: {kills} kill -9, {restores} restores with -s");
     assert!(kills as u64 >= iterations && restores as u64 >= iterations);
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use weir::connectors::{FileSink, FileSource, GeneratorSource};
 use weir::{
     BoxError, Collector, Context, JobHandle, KeyedProcessFunction, Operation, RuntimeContext, SavepointFormat,
-    StreamEnv, ValueState, ValueStateDescriptor,
+    SnapshotUri, StreamEnv, ValueState, ValueStateDescriptor,
 };
 
 const MAX_P: u32 = 13;
@@ -107,6 +107,11 @@ fn job_env(paths: &Paths, args: &[&str]) -> StreamEnv {
 
 /// file of keys → parse → key_by → count (parallelism `p`, max parallelism 13) → file sink.
 fn counting_job(env: &StreamEnv, paths: &Paths, p: u32) {
+    counting_job_to(env, paths, p, &paths.out)
+}
+
+/// [`counting_job`] writing to `out`.
+fn counting_job_to(env: &StreamEnv, paths: &Paths, p: u32, out: &Path) {
     env.source(FileSource::follow(&paths.input))
         .uid("source")
         .set_parallelism(1)
@@ -118,7 +123,7 @@ fn counting_job(env: &StreamEnv, paths: &Paths, p: u32) {
         .uid("count")
         .set_parallelism(p)
         .set_max_parallelism(MAX_P)
-        .sink(FileSink::new(&paths.out))
+        .sink(FileSink::new(out))
         .uid("sink")
         .set_parallelism(1);
 }
@@ -384,7 +389,7 @@ backend_tests! {
         let mut all = vec!["job".to_string()];
         all.extend(backend.args(&paths.local));
         let (mut env, _) = StreamEnv::from_arg_list(all).unwrap();
-        env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
+        env.set_checkpoint_storage(Arc::new(FaultyStorage::new(paths.ck.clone(), StorageFault::Metadata(1))));
         counting_job(&env, &paths, 1);
         let handle = env.execute_async("failing-savepoint").unwrap();
         append_keys(&paths.input, 0..3);
@@ -480,7 +485,7 @@ fn stop_without_drain_takes_the_savepoint_without_ending_the_input() {
 fn a_failed_stop_leaves_the_job_running_and_reading() {
     let paths = paths(Backend::HashMap);
     let (mut env, _) = StreamEnv::from_arg_list(["job"].map(String::from)).unwrap();
-    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(&paths.ck, StorageFault::Metadata(1))));
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(paths.ck.clone(), StorageFault::Metadata(1))));
     let sink = EventSink::default();
     env.source(FileSource::follow(&paths.input)).uid("source").sink(sink.clone()).uid("events");
     let handle = env.execute_async("failed-stop").unwrap();
@@ -529,5 +534,97 @@ backend_tests! {
         let got = committed(&out);
         let want = common::keyed_count_truth(records, keys);
         assert!(got == want, "{}", common::diff(&got, &want));
+    }
+}
+
+/// [`job_env`] with checkpoints under `ck` on the tests' S3 server.
+fn job_env_on_s3(paths: &Paths, ck: &SnapshotUri, args: &[&str]) -> StreamEnv {
+    let mut env = job_env(paths, args);
+    for (k, v) in common::s3::s3_settings() {
+        env.set(k, v).unwrap();
+    }
+    env.set(weir::config_keys::CHECKPOINT_DIR, &ck.to_string()).unwrap();
+    env
+}
+
+/// Copies a savepoint's files (a flat directory) to `to`, as `aws s3 cp --recursive` would.
+fn copy_savepoint(stores: &weir::Stores, from: &SnapshotUri, to: &SnapshotUri) {
+    use weir::SnapshotStore;
+    stores.make_dirs(to).unwrap();
+    for file in stores.list(from).unwrap() {
+        stores.link_or_copy(&from.join(&file.name), &to.join(&file.name)).unwrap();
+    }
+}
+
+backend_tests! {
+    fn a_savepoint_on_s3_restores_after_moving_to_another_prefix_another_bucket_and_local_disk(backend) {
+        let paths = paths(backend);
+        let base = common::s3::fresh_prefix("relocation");
+        let env = job_env_on_s3(&paths, &base.join("ck"), &[]);
+        counting_job(&env, &paths, 2);
+        let handle = env.execute_async("on-s3").unwrap();
+        append_keys(&paths.input, 0..10);
+        wait_for("first counts", || committed(&paths.out).len() == 10);
+        wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
+        let token = handle.trigger_savepoint(Some(&base.join("sp")), backend.savepoint_format()).unwrap();
+        let original = match handle.wait_operation(token, Duration::from_secs(30)) {
+            Some(Operation::Completed { location, .. }) => location,
+            other => panic!("savepoint did not complete: {other:?}"),
+        };
+        assert!(original.to_string().starts_with(&format!("{base}/sp/savepoint-")), "{original}");
+        finish(handle);
+        append_keys(&paths.input, 0..10);
+
+        let stores = common::s3::stores();
+        let other_bucket = common::s3::other_bucket();
+        let unique = base.file_name().unwrap();
+        let places = [
+            base.join("moved").join("savepoint"),
+            SnapshotUri::parse(&format!("s3://{other_bucket}/{unique}/savepoint")).unwrap(),
+            SnapshotUri::Local(paths.sp.join("from-s3")),
+        ];
+        for (i, place) in places.iter().enumerate() {
+            copy_savepoint(&stores, &original, place);
+            let out = paths.out.with_file_name(format!("out-{i}"));
+            let env = job_env_on_s3(&paths, &base.join("ck"), &["-s", &place.to_string()]);
+            counting_job_to(&env, &paths, 2, &out);
+            let handle = env.execute_async("relocated").unwrap();
+            wait_for("the counts after the restore", || committed(&out).len() == 10);
+            finish(handle);
+            let lines = committed(&out);
+            assert!(lines.iter().all(|l| l.split(' ').nth(1) == Some("2")), "{place}: every key continued: {lines:?}");
+        }
+    }
+}
+
+backend_tests! {
+    fn claim_mode_on_s3_deletes_the_claimed_checkpoint_once_subsumed(backend) {
+        use weir::SnapshotStore;
+        let paths = paths(backend);
+        let ck = common::s3::fresh_prefix("claim").join("ck");
+        let retain = ["-D", "execution.checkpointing.externalized-checkpoint-retention=RETAIN_ON_CANCELLATION"];
+        let env = job_env_on_s3(&paths, &ck, &retain);
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("retained").unwrap();
+        append_keys(&paths.input, 0..5);
+        wait_for("a committed checkpoint", || committed(&paths.out).len() == 5);
+        finish(handle);
+        let checkpoint = common::s3::latest_checkpoint(&ck).expect("a retained checkpoint on S3");
+        let stores = common::s3::stores();
+        let metadata = checkpoint.join("_metadata");
+        assert!(stores.kind(&metadata).unwrap().is_some());
+
+        let env = job_env_on_s3(&paths, &ck, &["-s", &checkpoint.to_string()]);
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("no-claim").unwrap();
+        wait_for("two checkpoints of the new job", || handle.completed_checkpoints().len() >= 2);
+        finish(handle);
+        assert!(stores.kind(&metadata).unwrap().is_some(), "NO_CLAIM leaves the snapshot in place");
+
+        let env = job_env_on_s3(&paths, &ck, &["-s", &checkpoint.to_string(), "--claim-mode", "claim"]);
+        counting_job(&env, &paths, 1);
+        let handle = env.execute_async("claim").unwrap();
+        wait_for("the claimed checkpoint to be subsumed", || stores.list(&checkpoint).unwrap().is_empty());
+        finish(handle);
     }
 }

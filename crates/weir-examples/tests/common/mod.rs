@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod postgres;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -87,9 +88,15 @@ pub struct FaultyStorage {
 }
 
 impl FaultyStorage {
-    pub fn new(base: impl Into<PathBuf>, fault: StorageFault) -> Self {
+    /// Storage under `base`, a local directory or a prefix on the tests' S3 server.
+    pub fn new(base: impl Into<SnapshotUri>, fault: StorageFault) -> Self {
+        let base = base.into();
+        let inner = match base {
+            SnapshotUri::S3 { .. } => FsCheckpointStorage::new(base).with_stores(s3::stores()),
+            local => FsCheckpointStorage::new(local),
+        };
         FaultyStorage {
-            inner: FsCheckpointStorage::new(base.into()),
+            inner,
             fault,
             state_files: AtomicU64::new(0),
             metadata: AtomicU64::new(0),
