@@ -3,7 +3,8 @@
 //! `cargo run --release -p weir-bench -- --suite rocksdb` (the rocksdb backend: throughput of the
 //! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores), and
 //! `cargo run --release -p weir-bench -- --suite windows` (event-time windows, both backends), and
-//! `cargo run --release -p weir-bench -- --suite connectors` (Kafka source and sink, PostgreSQL sink).
+//! `cargo run --release -p weir-bench -- --suite connectors` (Kafka source and sink, PostgreSQL sink), and
+//! `cargo run --release -p weir-bench -- --suite object-storage` (savepoints and restores on S3 vs local disk).
 //!
 //! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
@@ -234,6 +235,18 @@ fn main() -> anyhow::Result<()> {
             eprintln!("wrote {out}");
             return Ok(());
         }
+        "object-storage" => {
+            std::env::set_var("RUST_LOG", "warn");
+            let results = savepoints::run_object_storage(&[1_000_000, 10_000_000], args.repeat.max(1))?;
+            std::fs::write(
+                &out,
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "benchmark": "object-storage", "results": results }),
+                )?,
+            )?;
+            eprintln!("wrote {out}");
+            return Ok(());
+        }
         "connectors" => {
             std::env::set_var("RUST_LOG", "warn");
             let report = connectors::run(args.kafka_records, args.postgres_rows, args.repeat)?;
@@ -249,7 +262,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         "rocksdb" | "windows" => {}
-        other => bail!("unknown suite '{other}': engine, savepoints, rocksdb, windows or connectors"),
+        other => bail!("unknown suite '{other}': engine, savepoints, object-storage, rocksdb, windows or connectors"),
     }
     let rocks = args.suite == "rocksdb";
     let (shapes, intervals, backends): (&[&str], &[u64], &[&str]) = match args.suite.as_str() {

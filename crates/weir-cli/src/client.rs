@@ -135,12 +135,26 @@ impl Client {
         v["operation"]["checkpointId"].as_u64().ok_or_else(|| anyhow!("no checkpoint id in {v}"))
     }
 
+    /// Polls an operation until it completes; past two seconds, shows how far it has got every two
+    /// seconds (on stderr, so stdout keeps Flink's lines).
     fn wait_operation(&self, path: &str) -> Result<Value> {
-        let deadline = Instant::now() + OPERATION_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + OPERATION_TIMEOUT;
+        let mut next_report = started + PROGRESS_EVERY;
         loop {
             let v = self.json("GET", path, None)?;
             if v["status"]["id"] == "COMPLETED" {
                 return Ok(v);
+            }
+            if Instant::now() >= next_report {
+                next_report += PROGRESS_EVERY;
+                if let (Some(files), Some(bytes)) = (v["progress"]["files"].as_u64(), v["progress"]["bytes"].as_u64()) {
+                    eprintln!(
+                        "In progress for {} s: {files} files, {:.1} MB written",
+                        started.elapsed().as_secs(),
+                        bytes as f64 / 1e6
+                    );
+                }
             }
             if Instant::now() > deadline {
                 bail!("timed out after {} s waiting for the operation", OPERATION_TIMEOUT.as_secs());
@@ -149,6 +163,9 @@ impl Client {
         }
     }
 }
+
+/// How often a long operation reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 fn request_id(v: &Value) -> Result<String> {
     v["request-id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("no request-id in {v}"))

@@ -375,19 +375,25 @@ fn operation_status(state: &AppState, job: &str, trigger: &str, kind: TriggerKin
                 if op.as_ref().is_some_and(|o| *o != Operation::InProgress) {
                     t.reported = true;
                 }
-                op
+                op.map(|op| (op, t.token))
             }
             None => None,
         }
     };
-    let Some(op) = token else {
+    let Some((op, token)) = token else {
         return error(
             StatusCode::NOT_FOUND,
             format!("There is no {what} operation with triggerId={trigger} for job {job}."),
         );
     };
     let body = match op {
-        Operation::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
+        // Weir adds how far the snapshot has got (files and bytes written so far).
+        Operation::InProgress => match state.control.operation_progress(token) {
+            Some((files, bytes)) => {
+                json!({ "status": { "id": "IN_PROGRESS" }, "progress": { "files": files, "bytes": bytes } })
+            }
+            None => json!({ "status": { "id": "IN_PROGRESS" } }),
+        },
         Operation::Completed { checkpoint_id, location } => match kind {
             TriggerKind::Savepoint => {
                 json!({ "status": { "id": "COMPLETED" }, "operation": { "location": location.to_string() } })

@@ -127,6 +127,9 @@ pub(super) struct Shared {
     pub(super) in_progress: Mutex<u64>,
     pub(super) restarts: Mutex<u32>,
     pub(super) operations: Mutex<HashMap<u64, Operation>>,
+    /// Where each savepoint or checkpoint operation is being written, once triggered.
+    pub(super) operation_locations: Mutex<HashMap<u64, SnapshotUri>>,
+    pub(super) write_progress: crate::storage::progress::WriteProgress,
     pub(super) next_token: Mutex<u64>,
     pub(super) savepoint_dir: Option<SnapshotUri>,
     pub(super) job_dir: Option<SnapshotUri>,
@@ -263,6 +266,12 @@ impl JobControl {
     /// The state of a savepoint or checkpoint request, if the token is known.
     pub fn operation(&self, token: u64) -> Option<Operation> {
         lock(&self.shared.operations).get(&token).cloned()
+    }
+
+    /// How far an operation in progress has got: (files, bytes) written into its snapshot so far.
+    pub fn operation_progress(&self, token: u64) -> Option<(u64, u64)> {
+        let location = lock(&self.shared.operation_locations).get(&token).cloned()?;
+        self.shared.write_progress.of(&location)
     }
 
     /// Waits until the operation is no longer in progress, or `timeout` passes.

@@ -381,6 +381,11 @@ impl Master {
                 match location {
                     Ok(loc) => {
                         tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
+                        if let Some(t) = operation {
+                            with(&self.shared.operation_locations, |l| {
+                                l.insert(t, loc.clone());
+                            });
+                        }
                         self.locations.insert(id, (loc.clone(), Instant::now()));
                         let stop = operation.is_some() && self.stopping.map(|(t, _)| t) == operation;
                         let barrier =
@@ -556,6 +561,9 @@ impl Master {
     }
 
     fn finish_operation(&self, token: u64, outcome: Operation) {
+        with(&self.shared.operation_locations, |l| {
+            l.remove(&token);
+        });
         with(&self.shared.operations, |ops| {
             ops.insert(token, outcome);
         });

@@ -81,6 +81,10 @@ pub fn submit(
         // Savepoints still work: they go to their own directories.
         (None, None) => (Arc::new(FsCheckpointStorage::new(std::env::temp_dir()).with_stores(stores)), false),
     };
+    // Files and bytes of the snapshots being written, for the status of long operations.
+    let write_progress = storage::progress::WriteProgress::default();
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(storage::progress::CountingStorage::new(storage, write_progress.clone()));
     let claim_mode = match config.get_enum(keys::RECOVERY_CLAIM_MODE) {
         Some("CLAIM") => ClaimMode::Claim,
         _ => ClaimMode::NoClaim,
@@ -155,6 +159,7 @@ pub fn submit(
         job_dir,
         restored: restored.clone(),
         storage: Some(storage.clone()),
+        write_progress,
         ..Shared::default()
     });
     let mut coordinator = Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0);

@@ -17,6 +17,7 @@
 mod layout;
 pub mod local;
 pub mod object;
+pub mod progress;
 pub mod snapshot;
 
 use std::fmt::Debug;
