@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::{committed_lines, diff, keyed_count_truth, Backend, FaultyStorage, Rng, StorageFault};
+use common::{committed_lines, diff, keyed_count_truth, Backend, FaultyStorage, Rng, Storage, StorageFault};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use weir::connectors::{FileSink, GeneratorSource};
 use weir::{
     BoxError, CheckpointId, Collector, Configuration, Context, KeyedProcessFunction, OperatorStateSnapshot,
-    RuntimeContext, SinkContext, SinkFunction, SnapshotUri, StreamEnv,
+    RuntimeContext, SinkContext, SinkFunction, StreamEnv,
 };
 use weir_examples::keyed_count::CountPerKey;
 
@@ -102,21 +102,10 @@ struct RunStats {
     fired: u64,
 }
 
-/// Where the checkpoints go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Storage {
-    Local,
-    /// A fresh prefix in a bucket of the tests' S3 server.
-    S3,
-}
-
 fn run_once(seed: u64, backend: Backend, storage: Storage) -> RunStats {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
-    let ck = match storage {
-        Storage::Local => SnapshotUri::Local(dir.path().join("ck")),
-        Storage::S3 => common::s3::fresh_prefix("exactly-once"),
-    };
+    let ck = storage.checkpoint_base(dir.path(), "exactly-once");
     let (records, keys) = (3000 + rng.below(3000), 1 + rng.below(40));
     let parallelism = 1 + rng.below(2) as u32;
     let mut faults = Faults::default();
@@ -148,10 +137,8 @@ fn run_once(seed: u64, backend: Backend, storage: Storage) -> RunStats {
         config.set(k, v).unwrap();
     }
     config.set("parallelism.default", &parallelism.to_string()).unwrap();
-    if storage == Storage::S3 {
-        for (k, v) in common::s3::s3_settings() {
-            config.set(k, v).unwrap();
-        }
+    for (k, v) in storage.settings() {
+        config.set(k, v).unwrap();
     }
     backend.configure(&mut config, &dir.path().join("rocksdb"));
     if backend == Backend::RocksDb && rng.below(2) == 0 {

@@ -4,34 +4,18 @@
 
 mod common;
 
-use common::{committed_lines, keyed_count_truth, latest_checkpoint, s3, Backend, Rng};
+use common::{committed_lines, keyed_count_truth, latest_checkpoint, latest_checkpoint_at, Backend, Rng, Storage};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use weir::SnapshotUri;
-
-/// Where the checkpoints go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Storage {
-    Local,
-    /// A fresh prefix in a bucket of the tests' S3 server.
-    S3,
-}
 
 fn run_iteration(seed: u64, backend: Backend, storage: Storage) -> (u32, u32) {
     let mut rng = Rng::new(seed);
     let mut rand = |n| rng.below(n);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let ck = match storage {
-        Storage::Local => SnapshotUri::Local(dir.path().join("ck")),
-        Storage::S3 => s3::fresh_prefix("kill-recovery"),
-    };
-    let latest = || match &ck {
-        SnapshotUri::Local(path) => latest_checkpoint(path).map(SnapshotUri::Local),
-        remote => s3::latest_checkpoint(remote),
-    };
+    let ck = storage.checkpoint_base(dir.path(), "kill-recovery");
     let (records, keys) = (10_000 + rand(4000), 1 + rand(30));
     let parallelism = 1 + rand(2);
     let (mut kills, mut restores) = (0u32, 0u32);
@@ -44,10 +28,8 @@ fn run_iteration(seed: u64, backend: Backend, storage: Storage) -> (u32, u32) {
             .args(["-D", &format!("execution.checkpointing.dir={ck}")])
             .args(["-D", "weir.network.batch-size=64"])
             .args(backend.args(&dir.path().join("rocksdb")));
-        if storage == Storage::S3 {
-            cmd.args(s3::s3_args());
-        }
-        if let Some(location) = latest() {
+        cmd.args(storage.settings().iter().flat_map(|(k, v)| ["-D".to_string(), format!("{k}={v}")]));
+        if let Some(location) = latest_checkpoint_at(&ck) {
             cmd.args(["-s", &location.to_string()]);
             restores += 1;
         }

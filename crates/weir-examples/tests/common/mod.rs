@@ -66,6 +66,41 @@ pub enum StorageFault {
     DeclineAbove(u64),
 }
 
+/// Where a test's checkpoints go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// `dir/ck`.
+    Local,
+    /// A fresh prefix in a bucket of the tests' S3 server.
+    S3,
+}
+
+impl Storage {
+    /// The checkpoint directory of a test run in `dir` (`name` marks its S3 prefix).
+    pub fn checkpoint_base(self, dir: &Path, name: &str) -> SnapshotUri {
+        match self {
+            Storage::Local => SnapshotUri::Local(dir.join("ck")),
+            Storage::S3 => s3::fresh_prefix(name),
+        }
+    }
+
+    /// The configuration this storage needs (S3's endpoint and credentials).
+    pub fn settings(self) -> &'static [(&'static str, String)] {
+        match self {
+            Storage::Local => &[],
+            Storage::S3 => s3::s3_settings(),
+        }
+    }
+}
+
+/// The newest valid checkpoint under any job directory of `base`, local or on S3.
+pub fn latest_checkpoint_at(base: &SnapshotUri) -> Option<SnapshotUri> {
+    match base {
+        SnapshotUri::Local(path) => latest_checkpoint(path).map(SnapshotUri::Local),
+        remote => s3::latest_checkpoint(remote),
+    }
+}
+
 /// A local directory as a snapshot location.
 pub fn uri(path: &Path) -> SnapshotUri {
     SnapshotUri::Local(path.to_path_buf())

@@ -34,11 +34,6 @@ pub fn s3_settings() -> &'static [(&'static str, String)] {
     })
 }
 
-/// The settings as `-D key=value` arguments.
-pub fn s3_args() -> Vec<String> {
-    s3_settings().iter().flat_map(|(k, v)| ["-D".to_string(), format!("{k}={v}")]).collect()
-}
-
 /// A second bucket, for savepoints moved between buckets.
 pub fn other_bucket() -> &'static str {
     static CREATED: OnceLock<()> = OnceLock::new();
