@@ -628,3 +628,26 @@ backend_tests! {
         finish(handle);
     }
 }
+
+#[test]
+fn a_slow_savepoint_reports_the_files_and_bytes_written_so_far() {
+    let paths = paths(Backend::HashMap);
+    let mut env = job_env(&paths, &[]);
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(paths.ck.clone(), StorageFault::SlowSavepointWrites(500))));
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("slow").unwrap();
+    append_keys(&paths.input, 0..100);
+    wait_for("the counts", || committed(&paths.out).len() == 100);
+    let token = handle.trigger_savepoint(Some(&uri(&paths.sp)), SavepointFormat::Canonical).unwrap();
+    let mut seen = None;
+    wait_for("progress while the savepoint is written", || {
+        seen = handle.operation_progress(token).filter(|&(files, bytes)| files >= 1 && bytes > 0);
+        seen.is_some() || handle.operation(token) != Some(Operation::InProgress)
+    });
+    assert!(seen.is_some(), "the operation ended before any progress was seen: {:?}", handle.operation(token));
+    assert_eq!(handle.operation(token), Some(Operation::InProgress), "still writing (finishing the file takes 500 ms)");
+    let done = handle.wait_operation(token, Duration::from_secs(30));
+    assert!(matches!(done, Some(Operation::Completed { .. })), "{done:?}");
+    assert_eq!(handle.operation_progress(token), None, "a finished operation has no progress");
+    finish(handle);
+}

@@ -64,6 +64,9 @@ pub enum StorageFault {
     Metadata(u64),
     /// Every checkpoint above this id is declined (so the completed ones are exactly 1..=id).
     DeclineAbove(u64),
+    /// A savepoint's state files take this many milliseconds more to start and to finish (a slow
+    /// disk or network; checkpoints stay fast).
+    SlowSavepointWrites(u64),
 }
 
 /// Where a test's checkpoints go.
@@ -141,6 +144,32 @@ impl FaultyStorage {
     }
 }
 
+/// A state file slow to start and to finish.
+struct SlowOutput {
+    inner: Box<dyn StateOutput>,
+    delay: std::time::Duration,
+    started: bool,
+}
+
+impl Write for SlowOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !std::mem::replace(&mut self.started, true) {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl StateOutput for SlowOutput {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        std::thread::sleep(self.delay);
+        self.inner.finish()
+    }
+}
+
 struct FailingOutput {
     inner: Box<dyn StateOutput>,
     budget: usize,
@@ -181,6 +210,14 @@ impl CheckpointStorage for FaultyStorage {
     fn create_state_file(&self, location: &SnapshotUri, name: &str) -> io::Result<Box<dyn StateOutput>> {
         let out = self.inner.create_state_file(location, name)?;
         let n = self.state_files.fetch_add(1, Ordering::SeqCst) + 1;
+        let savepoint = location.file_name().is_some_and(|n| n.starts_with("savepoint-"));
+        if let (StorageFault::SlowSavepointWrites(ms), true) = (self.fault, savepoint) {
+            return Ok(Box::new(SlowOutput {
+                inner: out,
+                delay: std::time::Duration::from_millis(ms),
+                started: false,
+            }));
+        }
         if self.fault == StorageFault::StateFile(n) {
             self.fired.fetch_add(1, Ordering::SeqCst);
             return Ok(Box::new(FailingOutput { inner: out, budget: 40 }));
