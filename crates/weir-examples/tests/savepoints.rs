@@ -651,3 +651,35 @@ fn a_slow_savepoint_reports_the_files_and_bytes_written_so_far() {
     assert_eq!(handle.operation_progress(token), None, "a finished operation has no progress");
     finish(handle);
 }
+
+#[test]
+fn a_damaged_file_of_a_savepoint_on_s3_fails_the_restore_naming_it() {
+    let paths = paths(Backend::HashMap);
+    let base = common::s3::fresh_prefix("damaged");
+    let env = job_env_on_s3(&paths, &base.join("ck"), &[]);
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("on-s3").unwrap();
+    append_keys(&paths.input, 0..10);
+    wait_for("first counts", || committed(&paths.out).len() == 10);
+    let token = handle.trigger_savepoint(Some(&base.join("sp")), SavepointFormat::Canonical).unwrap();
+    let savepoint = match handle.wait_operation(token, Duration::from_secs(30)) {
+        Some(Operation::Completed { location, .. }) => location,
+        other => panic!("savepoint did not complete: {other:?}"),
+    };
+    finish(handle);
+    // Flip a byte of the state file where the server keeps it (s3s-fs: objects are files).
+    let file = common::s3::object_file(&savepoint, "keyed-");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let env = job_env_on_s3(&paths, &base.join("ck"), &["-s", &savepoint.to_string()]);
+    counting_job(&env, &paths, 1);
+    let outcome = env.execute_async("damaged").unwrap().wait();
+    assert_eq!(outcome.status, weir::JobStatus::Failed);
+    let failure = outcome.failure.unwrap_or_default();
+    assert!(
+        failure.contains(&savepoint.to_string()) && failure.contains("checksum mismatch"),
+        "names the damaged file on S3: {failure}"
+    );
+}

@@ -300,19 +300,21 @@ impl BlobStore {
             .map_err(|e| self.failed("cannot copy", from, e))
     }
 
-    /// Streams `key` into the local file `to` (created or truncated); returns its size.
-    pub fn download(&self, key: &str, to: &std::path::Path) -> Result<u64> {
+    /// Streams `key` into the local file `to` (created or truncated); returns its size and CRC32C,
+    /// computed on the way, so checking the copy needs no second read.
+    pub fn download(&self, key: &str, to: &std::path::Path) -> Result<(u64, u32)> {
         use std::io::Write;
         let path = self.path(key);
         let store = self.store.clone();
         let local =
             |e: std::io::Error| StorageError::Open { location: to.display().to_string(), reason: e.to_string() };
         let mut file = std::fs::File::create(to).map_err(local)?;
-        let mut size = 0u64;
+        let (mut size, mut crc) = (0u64, 0u32);
         let result: std::result::Result<(), object_store::Error> = runtime().block_on(async {
             let mut stream = store.get(&path).await?.into_stream();
             while let Some(chunk) = stream.try_next().await? {
                 size += chunk.len() as u64;
+                crc = crc32c::crc32c_append(crc, &chunk);
                 file.write_all(&chunk)
                     .map_err(|e| object_store::Error::Generic { store: "local file", source: Box::new(e) })?;
             }
@@ -320,7 +322,7 @@ impl BlobStore {
         });
         result.map_err(|e| self.failed("cannot download", key, e))?;
         file.sync_all().map_err(local)?;
-        Ok(size)
+        Ok((size, crc))
     }
 
     /// Checks that the store answers and that its bucket exists, with one cheap listing: for a job
@@ -458,7 +460,7 @@ mod tests {
         assert_eq!(dirs, ["sub"]);
         store.copy("chk-1/state-0", "chk-1/sub/copy").unwrap();
         let local = tempfile::NamedTempFile::new().unwrap();
-        assert_eq!(store.download("chk-1/sub/copy", local.path()).unwrap(), 5);
+        assert_eq!(store.download("chk-1/sub/copy", local.path()).unwrap(), (5, crc32c::crc32c(b"hello")));
         assert_eq!(std::fs::read(local.path()).unwrap(), b"hello");
         store.delete("chk-1/state-0").unwrap();
         store.delete("chk-1/state-0").unwrap();

@@ -69,3 +69,20 @@ pub fn latest_checkpoint(base: &SnapshotUri) -> Option<SnapshotUri> {
         .max_by_key(|(id, _)| *id)
         .map(|(_, location)| location)
 }
+
+/// The local file in which the test server (s3s-fs, which keeps objects as files) stores the
+/// object of `dir` whose name starts with `prefix`: for tests that damage stored bytes.
+pub fn object_file(dir: &SnapshotUri, prefix: &str) -> PathBuf {
+    let SnapshotUri::S3 { bucket, prefix: key } = dir else { panic!("{dir} is not on S3") };
+    let port = std::env::var("WEIR_S3_PORT").unwrap_or_else(|_| "9000".into());
+    let tmp = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+    let root = std::env::var("WEIR_S3_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(tmp).join(format!("weir-s3-{port}")));
+    let dir = root.join("data").join(bucket).join(key);
+    let found = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path());
+    found
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()))
+}

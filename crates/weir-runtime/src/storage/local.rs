@@ -150,8 +150,24 @@ impl SnapshotStore for LocalStore {
         out.finish()
     }
 
-    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<u64> {
-        fs::copy(local(file)?, to)
+    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<(u64, u32)> {
+        let mut input = File::open(local(file)?)?;
+        let mut out = io::BufWriter::new(File::create(to)?);
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut size, mut crc) = (0u64, 0u32);
+        loop {
+            let n = match io::Read::read(&mut input, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            size += n as u64;
+            out.write_all(&buf[..n])?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok((size, crc))
     }
 
     fn canonical(&self, at: &SnapshotUri) -> SnapshotUri {

@@ -78,8 +78,8 @@ pub trait SnapshotStore: Send + Sync + Debug {
     fn remove_all(&self, dir: &SnapshotUri) -> io::Result<()>;
     /// Makes `to` a copy of `from` (a hard link where the file system allows).
     fn link_or_copy(&self, from: &SnapshotUri, to: &SnapshotUri) -> io::Result<()>;
-    /// Copies `file` to the local path `to`; returns its size.
-    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<u64>;
+    /// Copies `file` to the local path `to`; returns its size and CRC32C (computed while copying).
+    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<(u64, u32)>;
     /// The location without symbolic links or relative parts, so two spellings of one place
     /// compare equal (object storage locations already do).
     fn canonical(&self, at: &SnapshotUri) -> SnapshotUri;
@@ -190,7 +190,7 @@ impl SnapshotStore for Stores {
             copy_across(self, from, to)
         }
     }
-    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<u64> {
+    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<(u64, u32)> {
         self.route(file).download(file, to)
     }
     fn canonical(&self, at: &SnapshotUri) -> SnapshotUri {

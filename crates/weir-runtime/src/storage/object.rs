@@ -148,7 +148,7 @@ impl SnapshotStore for ObjectStores {
         store.copy(source, target).map_err(to_io)
     }
 
-    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<u64> {
+    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<(u64, u32)> {
         let (store, key) = self.locate(file)?;
         store.download(key, to).map_err(to_io)
     }

@@ -98,9 +98,18 @@ impl LoadedSnapshot {
             if let Some(parent) = local.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            store.download(&location, &local)?;
-            weir_state::checksum::verify_file(&local, *size, *crc32c, &format!("state file {location}"))
-                .map_err(io::Error::other)?;
+            let (found, crc) = store.download(&location, &local)?;
+            let damaged = |detail: String| {
+                io::Error::other(format!(
+                    "state file {location}: {detail}; the snapshot is damaged or the file belongs to another snapshot: restore from another checkpoint or savepoint"
+                ))
+            };
+            if found != *size {
+                return Err(damaged(format!("{found} bytes, the snapshot recorded {size}")));
+            }
+            if let Some(recorded) = crc32c.filter(|&r| r != crc) {
+                return Err(damaged(format!("checksum mismatch (recorded {recorded:08x}, computed {crc:08x})")));
+            }
             progress.done(*size);
             Ok(())
         };
