@@ -80,7 +80,10 @@ impl LoadedSnapshot {
             return Ok(());
         }
         let base = self.dir.parent().unwrap_or_else(|| self.dir.clone());
-        let root = tempfile::Builder::new().prefix("weir-restore-").tempdir()?;
+        let temp = std::env::temp_dir();
+        sweep_stale_staging(&temp);
+        let root =
+            tempfile::Builder::new().prefix(&format!("{STAGING_PREFIX}{}-", std::process::id())).tempdir_in(&temp)?;
         let mut files: Vec<(String, u64, Option<u32>)> = Vec::new();
         for s in self.metadata.operators.iter().flat_map(|op| &op.subtasks) {
             files.extend(s.keyed.iter().map(|k| (k.file.path.clone(), k.file.size, k.file.crc32c)));
@@ -133,6 +136,34 @@ impl LoadedSnapshot {
         progress.finish();
         let _ = self.staged.set(Arc::new(Staged { root, base }));
         Ok(())
+    }
+}
+
+/// Staging directories are `weir-restore-<pid>-<random>` in the temporary directory.
+const STAGING_PREFIX: &str = "weir-restore-";
+
+/// Deletes the staging directories of processes that are gone (killed before they could delete
+/// their own); those of live processes, and anything not named like one, stay.
+fn sweep_stale_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!("deleted {}, the restore copies of ended process {pid}", entry.path().display())
+                }
+                Err(e) => tracing::warn!("could not delete {}: {e}", entry.path().display()),
+            }
+        }
     }
 }
 
@@ -409,6 +440,23 @@ pub(crate) mod tests {
 
     fn path(uri: &SnapshotUri) -> &Path {
         uri.as_local().unwrap()
+    }
+
+    #[test]
+    fn staging_directories_of_ended_processes_are_swept_and_nothing_else() {
+        let temp = tempfile::tempdir().unwrap();
+        let own = format!("{STAGING_PREFIX}{}-a", std::process::id());
+        for name in ["weir-restore-4294967295-gone", own.as_str(), "weir-restore-notapid", "other-4294967295-x"] {
+            fs::create_dir(temp.path().join(name)).unwrap();
+            fs::write(temp.path().join(name).join("file"), b"x").unwrap();
+        }
+        sweep_stale_staging(temp.path());
+        let mut left: Vec<String> =
+            fs::read_dir(temp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut want: Vec<String> = vec![own.clone(), "other-4294967295-x".into(), "weir-restore-notapid".into()];
+        want.sort();
+        assert_eq!(left, want);
     }
 
     #[test]
