@@ -70,10 +70,11 @@ impl ObjectStores {
         Ok((store, prefix))
     }
 
-    /// Checks that the bucket exists and the credentials work, with one small listing.
+    /// Checks that the bucket exists and the credentials work, with one small listing (its first
+    /// object only, however many savepoints the prefix holds).
     pub fn check(&self, at: &SnapshotUri) -> io::Result<()> {
-        let (store, key) = self.locate(at)?;
-        store.list_dir(key).map(|_| ()).map_err(to_io)
+        let (store, _) = self.locate(at)?;
+        store.check().map_err(to_io)
     }
 }
 
