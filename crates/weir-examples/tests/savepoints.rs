@@ -134,10 +134,15 @@ fn committed(out: &Path) -> Vec<String> {
 
 /// Takes a savepoint in `paths.sp`, in the format the backend under test exercises.
 fn savepoint(handle: &JobHandle, paths: &Paths) -> PathBuf {
+    local(&savepoint_to(handle, &uri(&paths.sp), paths.backend.savepoint_format()))
+}
+
+/// Takes a savepoint of a running job into `target`; returns where it is.
+fn savepoint_to(handle: &JobHandle, target: &SnapshotUri, format: SavepointFormat) -> SnapshotUri {
     wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
-    let token = handle.trigger_savepoint(Some(&uri(&paths.sp)), paths.backend.savepoint_format()).unwrap();
+    let token = handle.trigger_savepoint(Some(target), format).unwrap();
     match handle.wait_operation(token, Duration::from_secs(30)) {
-        Some(Operation::Completed { location, .. }) => local(&location),
+        Some(Operation::Completed { location, .. }) => location,
         other => panic!("savepoint did not complete: {other:?}"),
     }
 }
@@ -565,12 +570,7 @@ backend_tests! {
         let handle = env.execute_async("on-s3").unwrap();
         append_keys(&paths.input, 0..10);
         wait_for("first counts", || committed(&paths.out).len() == 10);
-        wait_for("the job to run", || handle.status() == weir::JobStatus::Running);
-        let token = handle.trigger_savepoint(Some(&base.join("sp")), backend.savepoint_format()).unwrap();
-        let original = match handle.wait_operation(token, Duration::from_secs(30)) {
-            Some(Operation::Completed { location, .. }) => location,
-            other => panic!("savepoint did not complete: {other:?}"),
-        };
+        let original = savepoint_to(&handle, &base.join("sp"), backend.savepoint_format());
         assert!(original.to_string().starts_with(&format!("{base}/sp/savepoint-")), "{original}");
         finish(handle);
         append_keys(&paths.input, 0..10);
@@ -661,11 +661,7 @@ fn a_damaged_file_of_a_savepoint_on_s3_fails_the_restore_naming_it() {
     let handle = env.execute_async("on-s3").unwrap();
     append_keys(&paths.input, 0..10);
     wait_for("first counts", || committed(&paths.out).len() == 10);
-    let token = handle.trigger_savepoint(Some(&base.join("sp")), SavepointFormat::Canonical).unwrap();
-    let savepoint = match handle.wait_operation(token, Duration::from_secs(30)) {
-        Some(Operation::Completed { location, .. }) => location,
-        other => panic!("savepoint did not complete: {other:?}"),
-    };
+    let savepoint = savepoint_to(&handle, &base.join("sp"), SavepointFormat::Canonical);
     finish(handle);
     // Flip a byte of the state file where the server keeps it (s3s-fs: objects are files).
     let file = common::s3::object_file(&savepoint, "keyed-");

@@ -27,28 +27,35 @@ pub fn for_each_chunk(
     }
 }
 
+/// What to say of a file whose size is not the one `_metadata` recorded; `what` names the file.
+pub fn size_mismatch(what: &str, found: u64, size: u64) -> String {
+    damaged(format!("{what} has {found} bytes, the snapshot recorded {size}"))
+}
+
+/// What to say of a file whose CRC32C is not the one `_metadata` recorded.
+pub fn checksum_mismatch(what: &str, recorded: u32, computed: u32) -> String {
+    damaged(format!("{what}: checksum mismatch (recorded {recorded:08x}, computed {computed:08x})"))
+}
+
+fn damaged(detail: String) -> String {
+    format!(
+        "{detail}; the snapshot is damaged or the file belongs to another snapshot: restore from another checkpoint or savepoint"
+    )
+}
+
 /// Checks that the file at `path` has the size and (when recorded) the CRC32C that `_metadata`
 /// recorded; `what` names the file in the error ("state file", "RocksDB file '000012.sst'").
 pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> Result<(), StateError> {
     let io = |error| StateError::Io { path: path.to_path_buf(), error };
-    let damaged = |detail: String| {
-        StateError::CorruptFile {
-        path: path.to_path_buf(),
-        detail: format!(
-            "{detail}; the snapshot is damaged or the file belongs to another snapshot: restore from another checkpoint or savepoint"
-        ),
-    }
-    };
+    let corrupt = |detail| StateError::CorruptFile { path: path.to_path_buf(), detail };
     let found = std::fs::metadata(path).map_err(io)?.len();
     if found != size {
-        return Err(damaged(format!("{what} has {found} bytes, the snapshot recorded {size}")));
+        return Err(corrupt(size_mismatch(what, found, size)));
     }
     if let Some(recorded) = crc32c {
         let (_, computed) = for_each_chunk(std::fs::File::open(path).map_err(io)?, path, &mut |_| Ok(()))?;
         if computed != recorded {
-            return Err(damaged(format!(
-                "{what}: checksum mismatch (recorded {recorded:08x}, computed {computed:08x})"
-            )));
+            return Err(corrupt(checksum_mismatch(what, recorded, computed)));
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! savepoints in `<target>/savepoint-<job prefix>-<random>/`.
 
 use super::local::{create_savepoint_dir, savepoint_name, SavepointInProgress};
-use super::{CheckpointStorage, FileModes, S3Settings, SnapshotStore, SnapshotUri, StateOutput, Stores};
+use super::{CheckpointStorage, SnapshotStore, SnapshotUri, StateOutput, Stores};
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -20,19 +20,10 @@ pub struct FsCheckpointStorage {
 
 impl FsCheckpointStorage {
     /// Storage under `base` (a local directory or an `s3://` prefix); local files and directories
-    /// it creates are private to the user, S3 is reached with the AWS environment's settings.
+    /// it creates are private to the user, S3 is reached with the AWS environment's settings
+    /// ([`FsCheckpointStorage::with_stores`] for others).
     pub fn new(base: impl Into<SnapshotUri>) -> Self {
         FsCheckpointStorage { base: base.into(), stores: Stores::default(), in_progress: Default::default() }
-    }
-
-    pub fn with_modes(self, modes: FileModes) -> Self {
-        let s3 = self.stores.s3_settings().clone();
-        FsCheckpointStorage { stores: Stores::new(modes, s3), ..self }
-    }
-
-    pub fn with_s3(self, s3: S3Settings) -> Self {
-        let modes = self.stores.modes();
-        FsCheckpointStorage { stores: Stores::new(modes, s3), ..self }
     }
 
     pub fn with_stores(self, stores: Stores) -> Self {
@@ -77,11 +68,18 @@ impl CheckpointStorage for FsCheckpointStorage {
                 self.in_progress.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone(), savepoint);
                 Ok(dir)
             }
-            // No directories to create and no locks on object storage: a fresh random name. A
-            // savepoint abandoned by a killed process stays without `_metadata` (not a snapshot).
+            // No directories to create and no locks on object storage: a fresh random name with
+            // nothing under it (the listing also checks the bucket and credentials), so a failed
+            // savepoint's cleanup deletes only its own objects. A savepoint abandoned by a killed
+            // process stays without `_metadata` (not a snapshot).
             None => {
-                self.stores.check(target)?;
-                Ok(target.join(&savepoint_name(job)))
+                for _ in 0..10 {
+                    let dir = target.join(&savepoint_name(job));
+                    if self.stores.list(&dir)?.is_empty() {
+                        return Ok(dir);
+                    }
+                }
+                Err(io::Error::other(format!("Failed to create savepoint directory at {target}")))
             }
         }
     }

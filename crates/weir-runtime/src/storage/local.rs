@@ -151,22 +151,13 @@ impl SnapshotStore for LocalStore {
     }
 
     fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<(u64, u32)> {
-        let mut input = File::open(local(file)?)?;
-        let mut out = io::BufWriter::new(File::create(to)?);
-        let mut buf = vec![0u8; 1 << 20];
-        let (mut size, mut crc) = (0u64, 0u32);
-        loop {
-            let n = match io::Read::read(&mut input, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            size += n as u64;
-            out.write_all(&buf[..n])?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let from = local(file)?;
+        let mut out = File::create(to)?;
+        let copied = weir_state::checksum::for_each_chunk(File::open(from)?, from, &mut |chunk| {
+            out.write_all(chunk).map_err(|error| weir_state::StateError::Io { path: to.to_path_buf(), error })
+        });
+        let (size, crc) = copied.map_err(io::Error::other)?;
+        out.sync_all()?;
         Ok((size, crc))
     }
 
@@ -213,26 +204,41 @@ impl SavepointInProgress {
     }
 }
 
+/// Creates `marker` in `dir` and locks it for as long as the returned file lives: the mark that a
+/// live process owns `dir`. (A lock dies with its holder, a killed one too, and locks hold across
+/// pid namespaces, which a pid in a name would not.)
+pub(crate) fn lock_marker(dir: &Path, marker: &str, modes: FileModes) -> io::Result<File> {
+    let lock = modes.create_new(&dir.join(marker))?;
+    lock.try_lock().map_err(|e| io::Error::other(format!("cannot lock {}: {e}", dir.display())))?;
+    Ok(lock)
+}
+
+/// The directories under `parent` named `prefix…` (directories, not links) holding `marker`
+/// that nobody holds locked: the processes that made them are gone. Anything else is not listed.
+pub(crate) fn unlocked_dirs(parent: &Path, prefix: &str, marker: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|dir| {
+            let named = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix));
+            named
+                && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+                && File::open(dir.join(marker)).is_ok_and(|lock| lock.try_lock().is_ok())
+        })
+        .collect()
+}
+
 /// Deletes the savepoint directories under `target` that a killed process left half-written:
 /// marked in progress, without `_metadata`, and with nobody holding the marker's lock. Anything
 /// else (complete savepoints, directories Weir did not mark, those of live writers) stays.
 pub fn sweep_partial_savepoints(target: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(target) else {
-        return Vec::new();
-    };
     let mut deleted = Vec::new();
-    for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-        let named = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("savepoint-"));
-        let marker = dir.join(IN_PROGRESS_MARKER);
-        if !named || fs::symlink_metadata(&dir).map_or(true, |m| !m.is_dir()) || !marker.is_file() {
-            continue;
-        }
-        let Ok(lock) = File::open(&marker) else { continue };
-        if lock.try_lock().is_err() {
-            continue; // a live process is writing it
-        }
+    for dir in unlocked_dirs(target, "savepoint-", IN_PROGRESS_MARKER) {
         if dir.join(METADATA_FILE_NAME).exists() {
-            let _ = fs::remove_file(&marker); // complete; the writer died before tidying up
+            let _ = fs::remove_file(dir.join(IN_PROGRESS_MARKER)); // complete; the writer died before tidying up
             continue;
         }
         match fs::remove_dir_all(&dir) {
@@ -267,8 +273,7 @@ pub fn create_savepoint_dir(target: &Path, job: JobId, modes: FileModes) -> io::
         match modes.create_dir(&dir) {
             Ok(()) => {
                 let dir = fs::canonicalize(&dir).unwrap_or(dir);
-                let lock = modes.create_new(&dir.join(IN_PROGRESS_MARKER))?;
-                lock.try_lock().map_err(|e| io::Error::other(format!("cannot lock {}: {e}", dir.display())))?;
+                let lock = lock_marker(&dir, IN_PROGRESS_MARKER, modes)?;
                 return Ok(SavepointInProgress { dir, lock });
             }
             Err(e) => last = Some(e),

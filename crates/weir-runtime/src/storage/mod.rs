@@ -135,10 +135,6 @@ impl Stores {
         self.local.modes
     }
 
-    pub fn s3_settings(&self) -> &S3Settings {
-        self.object.settings()
-    }
-
     fn route(&self, at: &SnapshotUri) -> &dyn SnapshotStore {
         match at {
             SnapshotUri::Local(_) => &self.local,

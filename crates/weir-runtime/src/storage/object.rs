@@ -51,10 +51,6 @@ impl ObjectStores {
         ObjectStores { s3, open: Default::default() }
     }
 
-    pub fn settings(&self) -> &S3Settings {
-        &self.s3
-    }
-
     /// The bucket's store and the object key of `at`.
     fn locate<'a>(&self, at: &'a SnapshotUri) -> io::Result<(BlobStore, &'a str)> {
         let SnapshotUri::S3 { bucket, prefix } = at else {

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use weir_core::metadata::{self, FileScope, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
 use weir_core::{CheckpointId, JobId};
+use weir_state::checksum;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -34,6 +35,8 @@ pub enum LoadError {
 /// reference.
 #[derive(Debug)]
 struct Staged {
+    /// Held while the copies are in use, so another process's sweep leaves them alone.
+    _lock: std::fs::File,
     root: tempfile::TempDir,
     /// The location `root` stands for: the snapshot's parent (so `../shared/` is inside).
     base: SnapshotUri,
@@ -82,8 +85,8 @@ impl LoadedSnapshot {
         let base = self.dir.parent().unwrap_or_else(|| self.dir.clone());
         let temp = std::env::temp_dir();
         sweep_stale_staging(&temp);
-        let root =
-            tempfile::Builder::new().prefix(&format!("{STAGING_PREFIX}{}-", std::process::id())).tempdir_in(&temp)?;
+        let root = tempfile::Builder::new().prefix(STAGING_PREFIX).tempdir_in(&temp)?;
+        let lock = super::local::lock_marker(root.path(), STAGING_LOCK, super::FileModes::PRIVATE)?;
         let mut files: Vec<(String, u64, Option<u32>)> = Vec::new();
         for s in self.metadata.operators.iter().flat_map(|op| &op.subtasks) {
             files.extend(s.keyed.iter().map(|k| (k.file.path.clone(), k.file.size, k.file.crc32c)));
@@ -102,16 +105,12 @@ impl LoadedSnapshot {
                 std::fs::create_dir_all(parent)?;
             }
             let (found, crc) = store.download(&location, &local)?;
-            let damaged = |detail: String| {
-                io::Error::other(format!(
-                    "state file {location}: {detail}; the snapshot is damaged or the file belongs to another snapshot: restore from another checkpoint or savepoint"
-                ))
-            };
+            let what = format!("state file {location}");
             if found != *size {
-                return Err(damaged(format!("{found} bytes, the snapshot recorded {size}")));
+                return Err(io::Error::other(checksum::size_mismatch(&what, found, *size)));
             }
             if let Some(recorded) = crc32c.filter(|&r| r != crc) {
-                return Err(damaged(format!("checksum mismatch (recorded {recorded:08x}, computed {crc:08x})")));
+                return Err(io::Error::other(checksum::checksum_mismatch(&what, recorded, crc)));
             }
             progress.done(*size);
             Ok(())
@@ -134,35 +133,23 @@ impl LoadedSnapshot {
                 .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("download panicked"))))
         })?;
         progress.finish();
-        let _ = self.staged.set(Arc::new(Staged { root, base }));
+        let _ = self.staged.set(Arc::new(Staged { _lock: lock, root, base }));
         Ok(())
     }
 }
 
-/// Staging directories are `weir-restore-<pid>-<random>` in the temporary directory.
+/// Staging directories are `weir-restore-<random>` in the temporary directory, each with a lock
+/// file its process holds.
 const STAGING_PREFIX: &str = "weir-restore-";
+const STAGING_LOCK: &str = ".weir-restore.lock";
 
 /// Deletes the staging directories of processes that are gone (killed before they could delete
-/// their own); those of live processes, and anything not named like one, stay.
+/// their own: nobody holds their lock); those of live processes, and anything else, stay.
 fn sweep_stale_staging(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!("deleted {}, the restore copies of ended process {pid}", entry.path().display())
-                }
-                Err(e) => tracing::warn!("could not delete {}: {e}", entry.path().display()),
-            }
+    for stale in super::local::unlocked_dirs(dir, STAGING_PREFIX, STAGING_LOCK) {
+        match std::fs::remove_dir_all(&stale) {
+            Ok(()) => tracing::info!("deleted {}, the restore copies of a process that ended", stale.display()),
+            Err(e) => tracing::warn!("could not delete {}: {e}", stale.display()),
         }
     }
 }
@@ -445,18 +432,24 @@ pub(crate) mod tests {
     #[test]
     fn staging_directories_of_ended_processes_are_swept_and_nothing_else() {
         let temp = tempfile::tempdir().unwrap();
-        let own = format!("{STAGING_PREFIX}{}-a", std::process::id());
-        for name in ["weir-restore-4294967295-gone", own.as_str(), "weir-restore-notapid", "other-4294967295-x"] {
+        for name in ["weir-restore-live", "weir-restore-gone", "weir-restore-unmarked", "other"] {
             fs::create_dir(temp.path().join(name)).unwrap();
             fs::write(temp.path().join(name).join("file"), b"x").unwrap();
         }
+        let live = crate::storage::local::lock_marker(
+            &temp.path().join("weir-restore-live"),
+            STAGING_LOCK,
+            crate::storage::FileModes::PRIVATE,
+        )
+        .unwrap();
+        // What a killed process leaves: the lock file, with nobody holding it.
+        fs::write(temp.path().join("weir-restore-gone").join(STAGING_LOCK), b"").unwrap();
         sweep_stale_staging(temp.path());
         let mut left: Vec<String> =
             fs::read_dir(temp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
-        let mut want: Vec<String> = vec![own.clone(), "other-4294967295-x".into(), "weir-restore-notapid".into()];
-        want.sort();
-        assert_eq!(left, want);
+        assert_eq!(left, ["other", "weir-restore-live", "weir-restore-unmarked"]);
+        drop(live);
     }
 
     #[test]
