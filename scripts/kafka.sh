@@ -65,15 +65,10 @@ python() {
   echo "$venv/bin/python"
 }
 
-signal() {
-  running || { echo "no broker runs on port $port" >&2; exit 1; }
-  kill "-$1" "$(cat "$dir/pid")"
-}
-
 case "${1:-}" in
   start) start ;;
-  pause) signal STOP ;;
-  resume) signal CONT ;;
+  pause) signal_daemon STOP ;;
+  resume) signal_daemon CONT ;;
   stop) stop ;;
   brokers) echo "127.0.0.1:$port" ;;
   create-topic) shift; create_topic "$@" ;;

@@ -6,6 +6,7 @@
 #   scripts/s3.sh stop
 #   scripts/s3.sh endpoint              # prints http://127.0.0.1:PORT
 #   scripts/s3.sh create-bucket NAME
+#   scripts/s3.sh pause | resume        # freezes / thaws the server (requests hang, as on a stalled network)
 #
 # Port: WEIR_S3_PORT (default 9000). Credentials: WEIR_S3_ACCESS_KEY / WEIR_S3_SECRET_KEY (defaults
 # weir-test-access / weir-test-secret: a server for tests on this machine only). Data and pid
@@ -48,5 +49,7 @@ case "${1:-}" in
   stop) stop ;;
   endpoint) echo "http://127.0.0.1:$port" ;;
   create-bucket) shift; create_bucket "$@" ;;
-  *) echo "usage: $0 start|stop|endpoint|create-bucket NAME" >&2; exit 2 ;;
+  pause) signal_daemon STOP ;;
+  resume) signal_daemon CONT ;;
+  *) echo "usage: $0 start|stop|endpoint|create-bucket NAME|pause|resume" >&2; exit 2 ;;
 esac

@@ -38,6 +38,13 @@ start_daemon() {
   exit 1
 }
 
+# signal_daemon SIG: sends SIG to the running service (STOP freezes it, CONT thaws it: a service
+# that hangs rather than refuses, as a stalled network or server does).
+signal_daemon() {
+  running || { echo "no $name runs on port $port" >&2; exit 1; }
+  kill "-$1" "$(cat "$dir/pid")"
+}
+
 stop_daemon() {
   if running; then
     kill "$(cat "$dir/pid")" 2>/dev/null || true

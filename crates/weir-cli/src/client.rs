@@ -148,13 +148,7 @@ impl Client {
             }
             if Instant::now() >= next_report {
                 next_report += PROGRESS_EVERY;
-                if let (Some(files), Some(bytes)) = (v["progress"]["files"].as_u64(), v["progress"]["bytes"].as_u64()) {
-                    eprintln!(
-                        "In progress for {} s: {files} files, {:.1} MB written",
-                        started.elapsed().as_secs(),
-                        bytes as f64 / 1e6
-                    );
-                }
+                eprintln!("{}", progress_line(&v["progress"], started.elapsed()));
             }
             if Instant::now() > deadline {
                 bail!("timed out after {} s waiting for the operation", OPERATION_TIMEOUT.as_secs());
@@ -162,6 +156,21 @@ impl Client {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// How far a snapshot operation has got, from the `progress` of its REST status (none before
+/// the snapshot's directory is made).
+fn progress_line(progress: &Value, elapsed: Duration) -> String {
+    let field = |name: &str| progress[name].as_u64();
+    let seconds = elapsed.as_secs();
+    let (Some(files), Some(bytes)) = (field("files"), field("bytes")) else {
+        return format!("In progress for {seconds} s");
+    };
+    let subtasks = match (field("num_acknowledged_subtasks"), field("num_subtasks")) {
+        (Some(acknowledged), Some(total)) if total > 0 => format!("{acknowledged} of {total} subtasks acknowledged, "),
+        _ => String::new(),
+    };
+    format!("In progress for {seconds} s: {subtasks}{files} files, {:.1} MB written", bytes as f64 / 1e6)
 }
 
 /// How often a long operation reports its progress.
@@ -209,5 +218,18 @@ mod tests {
     fn formats_times_like_flink_list() {
         assert_eq!(super::format_time(0), "01.01.1970 00:00:00");
         assert_eq!(super::format_time(1_606_752_149_000), "30.11.2020 16:02:29");
+    }
+
+    #[test]
+    fn progress_lines_say_what_is_known() {
+        use serde_json::json;
+        use std::time::Duration;
+        let line = |v| super::progress_line(&v, Duration::from_millis(4_200));
+        assert_eq!(
+            line(json!({"files": 3, "bytes": 2_500_000, "num_acknowledged_subtasks": 1, "num_subtasks": 4})),
+            "In progress for 4 s: 1 of 4 subtasks acknowledged, 3 files, 2.5 MB written"
+        );
+        assert_eq!(line(json!({"files": 0, "bytes": 0})), "In progress for 4 s: 0 files, 0.0 MB written");
+        assert_eq!(line(json!(null)), "In progress for 4 s", "before the snapshot's directory is made");
     }
 }

@@ -201,7 +201,19 @@ fn the_server_going_away_fails_savepoints_and_checkpoints_cleanly_and_the_job_ca
     append(&input, &["a"]);
     wait_for("checkpoints complete again (the sink commits a=2)", || committed(&out).len() == 3);
     assert!(checkpoints()["counts"]["completed"].as_u64().unwrap() > completed_before);
-    let stdout = weir.ok(&["savepoint", &job, "s3://faults/sp"]);
+
+    // A server that hangs rather than refuses (frozen for 5 s): the savepoint waits it out, and the
+    // CLI says every two seconds that it is still at it.
+    server.script(&["pause"]);
+    let frozen = weir.spawn(&["savepoint", &job, "s3://faults/sp"]);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    server.script(&["resume"]);
+    let out = frozen.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for line in ["In progress for 2 s", "In progress for 4 s"] {
+        assert!(stderr.contains(line), "{line:?} in {stderr}");
+    }
     let savepoint = printed_location(&stdout);
     weir.ok(&["cancel", &job]);
     // Only the savepoint that completed has a _metadata; the failed one left no valid-looking

@@ -176,6 +176,12 @@ impl<S, T: Copy> Coordinator<S, T> {
         self.pending.keys().copied().collect()
     }
 
+    /// How many tasks have acknowledged snapshot `id`, of how many, while it is pending.
+    pub fn acknowledged(&self, id: CheckpointId) -> Option<(usize, usize)> {
+        let p = self.pending.get(&id)?;
+        Some((self.tasks.len().saturating_sub(p.waiting_for.len()), self.tasks.len()))
+    }
+
     /// The tasks may change between attempts (same graph, new deployment).
     pub fn set_tasks(&mut self, tasks: impl IntoIterator<Item = TaskKey>) {
         self.tasks = tasks.into_iter().collect();
@@ -446,12 +452,15 @@ mod tests {
     }
 
     #[test]
-    fn finalize_carries_every_ack_and_duplicates_are_ignored() {
+    fn finalize_carries_every_ack_and_duplicates_are_ignored_and_acks_are_counted() {
         let mut c: Coordinator<u32> = Coordinator::new(settings(10, 0, 1000, 0), tasks(2), 1, 0);
         c.tick(10);
+        assert_eq!(c.acknowledged(1), Some((0, 2)));
         assert!(c.acknowledge(1, TaskKey { vertex: 0, subtask: 0 }, 7).is_empty());
         assert!(c.acknowledge(1, TaskKey { vertex: 0, subtask: 0 }, 8).is_empty());
+        assert_eq!(c.acknowledged(1), Some((1, 2)), "a duplicate counts once");
         let a = c.acknowledge(1, TaskKey { vertex: 0, subtask: 1 }, 9);
+        assert_eq!(c.acknowledged(1), Some((2, 2)));
         match &a[..] {
             [Action::Finalize { id: 1, acks, .. }] => {
                 assert_eq!(acks.iter().map(|(_, s)| *s).collect::<Vec<_>>(), vec![7, 9]);

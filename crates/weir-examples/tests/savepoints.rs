@@ -630,7 +630,7 @@ backend_tests! {
 }
 
 #[test]
-fn a_slow_savepoint_reports_the_files_and_bytes_written_so_far() {
+fn a_slow_savepoint_reports_the_files_and_bytes_written_and_the_subtasks_acknowledged_so_far() {
     let paths = paths(Backend::HashMap);
     let mut env = job_env(&paths, &[]);
     env.set_checkpoint_storage(Arc::new(FaultyStorage::new(paths.ck.clone(), StorageFault::SlowSavepointWrites(500))));
@@ -641,14 +641,60 @@ fn a_slow_savepoint_reports_the_files_and_bytes_written_so_far() {
     let token = handle.trigger_savepoint(Some(&uri(&paths.sp)), SavepointFormat::Canonical).unwrap();
     let mut seen = None;
     wait_for("progress while the savepoint is written", || {
-        seen = handle.operation_progress(token).filter(|&(files, bytes)| files >= 1 && bytes > 0);
+        seen = handle.operation_progress(token).filter(|p| p.files >= 1 && p.bytes > 0);
         seen.is_some() || handle.operation(token) != Some(Operation::InProgress)
     });
-    assert!(seen.is_some(), "the operation ended before any progress was seen: {:?}", handle.operation(token));
+    let Some(seen) = seen else {
+        panic!("the operation ended before any progress was seen: {:?}", handle.operation(token))
+    };
     assert_eq!(handle.operation(token), Some(Operation::InProgress), "still writing (finishing the file takes 500 ms)");
+    assert!(
+        seen.subtasks >= 1 && seen.acknowledged_subtasks < seen.subtasks,
+        "the counting task has not acknowledged while it writes: {seen:?}"
+    );
     let done = handle.wait_operation(token, Duration::from_secs(30));
     assert!(matches!(done, Some(Operation::Completed { .. })), "{done:?}");
     assert_eq!(handle.operation_progress(token), None, "a finished operation has no progress");
+    finish(handle);
+}
+
+#[test]
+fn a_slow_restore_from_s3_reports_the_files_and_bytes_downloaded_of_all() {
+    let paths = paths(Backend::HashMap);
+    let base = common::s3::fresh_prefix("slow-restore");
+    let env = job_env_on_s3(&paths, &base.join("ck"), &[]);
+    counting_job(&env, &paths, 2);
+    let handle = env.execute_async("on-s3").unwrap();
+    append_keys(&paths.input, 0..20);
+    wait_for("first counts", || committed(&paths.out).len() == 20);
+    let savepoint = savepoint_to(&handle, &base.join("sp"), SavepointFormat::Canonical);
+    finish(handle);
+    let files: Vec<u64> = {
+        use weir::SnapshotStore;
+        let entries = common::s3::stores().list(&savepoint).unwrap();
+        entries.into_iter().filter(|e| e.name != "_metadata").map(|e| e.size).collect()
+    };
+    assert!(files.len() >= 2, "a state file per counting subtask: {files:?}");
+
+    let mut env = job_env_on_s3(&paths, &base.join("ck"), &["-s", &savepoint.to_string()]);
+    env.set_checkpoint_storage(Arc::new(FaultyStorage::new(base.join("ck"), StorageFault::SlowDownloads(1_500))));
+    counting_job(&env, &paths, 2);
+    let handle = env.execute_async("slow-restore").unwrap();
+    let mut seen = None;
+    wait_for("progress while the savepoint is downloaded", || {
+        seen = seen.take().or_else(|| handle.restore_progress());
+        seen.is_some() || handle.status() == weir::JobStatus::Running
+    });
+    let Some(seen) = seen else { panic!("the job ran before any restore progress was seen") };
+    assert_eq!(seen.snapshot, savepoint);
+    assert_eq!((seen.files, seen.files_total), (0, files.len() as u64), "{seen:?}");
+    assert_eq!((seen.bytes, seen.bytes_total), (0, files.iter().sum::<u64>()), "{seen:?}");
+    assert!(seen.bytes_total > 0);
+    wait_for("the restored job to run", || handle.status() == weir::JobStatus::Running);
+    assert_eq!(handle.restore_progress(), None, "a finished download has no progress");
+    append_keys(&paths.input, 0..20);
+    wait_for("counts that go on from the savepoint", || committed(&paths.out).len() == 40);
+    assert!(committed(&paths.out).iter().any(|l| l.starts_with("19 2 ")), "{:?}", committed(&paths.out));
     finish(handle);
 }
 

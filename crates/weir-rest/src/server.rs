@@ -262,7 +262,19 @@ async fn job(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Res
         return e.into_response();
     }
     let c = &state.control;
-    Json(json!({ "jid": c.job_id().to_hex(), "name": c.name(), "state": c.status().to_string() })).into_response()
+    let mut body = json!({ "jid": c.job_id().to_hex(), "name": c.name(), "state": c.status().to_string() });
+    // Weir adds how far the download of a snapshot on object storage has got while the job
+    // restores from it.
+    if let Some(p) = c.restore_progress() {
+        body["restore-progress"] = json!({
+            "snapshot": p.snapshot.to_string(),
+            "files": p.files,
+            "files-total": p.files_total,
+            "bytes": p.bytes,
+            "bytes-total": p.bytes_total,
+        });
+    }
+    Json(body).into_response()
 }
 
 #[derive(Deserialize)]
@@ -387,11 +399,18 @@ fn operation_status(state: &AppState, job: &str, trigger: &str, kind: TriggerKin
         );
     };
     let body = match op {
-        // Weir adds how far the snapshot has got (files and bytes written so far).
+        // Weir adds how far the snapshot has got: files and bytes written so far, and the
+        // subtasks that have acknowledged of all (Flink's checkpoint statistics' names).
         Operation::InProgress => match state.control.operation_progress(token) {
-            Some((files, bytes)) => {
-                json!({ "status": { "id": "IN_PROGRESS" }, "progress": { "files": files, "bytes": bytes } })
-            }
+            Some(p) => json!({
+                "status": { "id": "IN_PROGRESS" },
+                "progress": {
+                    "files": p.files,
+                    "bytes": p.bytes,
+                    "num_acknowledged_subtasks": p.acknowledged_subtasks,
+                    "num_subtasks": p.subtasks,
+                }
+            }),
             None => json!({ "status": { "id": "IN_PROGRESS" } }),
         },
         Operation::Completed { checkpoint_id, location } => match kind {

@@ -61,8 +61,8 @@ pub use weir_core::metadata::SavepointFormat;
 pub use weir_core::{CheckpointId, JobId, KeyHash, OperatorId};
 pub use weir_runtime::job::{latest_checkpoint, CheckpointStats, JobOutcome};
 pub use weir_runtime::storage::{
-    latest_checkpoint_in, CheckpointStorage, FsCheckpointStorage, LoadedSnapshot, SnapshotStore, SnapshotUri,
-    StateOutput, Stores,
+    latest_checkpoint_in, CheckpointStorage, Entry, EntryKind, FsCheckpointStorage, LoadedSnapshot, SnapshotStore,
+    SnapshotUri, StateOutput, Stores,
 };
 pub use weir_runtime::SplitIndex;
 pub use weir_runtime::{ClaimMode, ControlError, JobControl, JobHandle, JobStatus, Operation};

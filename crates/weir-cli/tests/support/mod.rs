@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Weir {
@@ -36,15 +36,22 @@ impl Weir {
 
     /// Runs `weir` in `cwd` with extra environment variables.
     pub fn cmd_with(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+        self.command(args).current_dir(cwd).envs(env.iter().copied()).output().unwrap()
+    }
+
+    /// Starts `weir` in the background with its output captured (`wait_with_output` collects it).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+        command
             .args(args)
-            .current_dir(cwd)
             .env("WEIR_HOME", self.home.path())
             .env("RUST_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
     }
 
     /// Runs a command that must succeed; returns its stdout.

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use weir::{CheckpointStorage, FsCheckpointStorage, JobId, SnapshotUri, StateOutput};
+use weir::{CheckpointStorage, Entry, EntryKind, FsCheckpointStorage, JobId, SnapshotStore, SnapshotUri, StateOutput};
 
 /// The committed output of an exactly-once file sink, sorted.
 pub fn committed_lines(dir: &Path) -> Vec<String> {
@@ -67,6 +67,9 @@ pub enum StorageFault {
     /// A savepoint's state files take this many milliseconds more to start and to finish (a slow
     /// disk or network; checkpoints stay fast).
     SlowSavepointWrites(u64),
+    /// Each download of a snapshot's file (restoring from object storage) takes this many
+    /// milliseconds more.
+    SlowDownloads(u64),
 }
 
 /// Where a test's checkpoints go.
@@ -118,6 +121,7 @@ pub fn local(location: &SnapshotUri) -> PathBuf {
 #[derive(Debug)]
 pub struct FaultyStorage {
     inner: FsCheckpointStorage,
+    slow_store: SlowStore,
     fault: StorageFault,
     state_files: AtomicU64,
     metadata: AtomicU64,
@@ -129,11 +133,17 @@ impl FaultyStorage {
     /// Storage under `base`, a local directory or a prefix on the tests' S3 server.
     pub fn new(base: impl Into<SnapshotUri>, fault: StorageFault) -> Self {
         let base = base.into();
-        let inner = match base {
-            SnapshotUri::S3 { .. } => FsCheckpointStorage::new(base).with_stores(s3::stores()),
-            local => FsCheckpointStorage::new(local),
+        let stores = match base {
+            SnapshotUri::S3 { .. } => s3::stores(),
+            _ => weir::Stores::default(),
         };
+        let delay = match fault {
+            StorageFault::SlowDownloads(ms) => std::time::Duration::from_millis(ms),
+            _ => std::time::Duration::ZERO,
+        };
+        let inner = FsCheckpointStorage::new(base).with_stores(stores.clone());
         FaultyStorage {
+            slow_store: SlowStore { inner: stores, download_delay: delay },
             inner,
             fault,
             state_files: AtomicU64::new(0),
@@ -238,8 +248,55 @@ impl CheckpointStorage for FaultyStorage {
     fn savepoint_location(&self, target: &SnapshotUri, job: JobId) -> io::Result<SnapshotUri> {
         self.inner.savepoint_location(target, job)
     }
-    fn store(&self) -> &dyn weir::SnapshotStore {
-        self.inner.store()
+    fn store(&self) -> &dyn SnapshotStore {
+        &self.slow_store
+    }
+}
+
+/// A store whose downloads take longer (a slow network), the rest as it is.
+#[derive(Debug)]
+struct SlowStore {
+    inner: weir::Stores,
+    download_delay: std::time::Duration,
+}
+
+impl SnapshotStore for SlowStore {
+    fn create(&self, file: &SnapshotUri) -> io::Result<Box<dyn StateOutput>> {
+        self.inner.create(file)
+    }
+    fn write_new(&self, file: &SnapshotUri, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_new(file, bytes)
+    }
+    fn read(&self, file: &SnapshotUri) -> io::Result<Vec<u8>> {
+        self.inner.read(file)
+    }
+    fn kind(&self, at: &SnapshotUri) -> io::Result<Option<EntryKind>> {
+        self.inner.kind(at)
+    }
+    fn list(&self, dir: &SnapshotUri) -> io::Result<Vec<Entry>> {
+        self.inner.list(dir)
+    }
+    fn make_dirs(&self, dir: &SnapshotUri) -> io::Result<()> {
+        self.inner.make_dirs(dir)
+    }
+    fn delete(&self, file: &SnapshotUri) -> io::Result<()> {
+        self.inner.delete(file)
+    }
+    fn remove_empty_dir(&self, dir: &SnapshotUri) -> io::Result<bool> {
+        self.inner.remove_empty_dir(dir)
+    }
+    fn remove_all(&self, dir: &SnapshotUri) -> io::Result<()> {
+        self.inner.remove_all(dir)
+    }
+    fn link_or_copy(&self, from: &SnapshotUri, to: &SnapshotUri) -> io::Result<()> {
+        self.inner.link_or_copy(from, to)
+    }
+    fn download(&self, file: &SnapshotUri, to: &Path) -> io::Result<(u64, u32)> {
+        std::thread::sleep(self.download_delay);
+        self.inner.download(file, to)
+    }
+    fn canonical(&self, at: &SnapshotUri) -> SnapshotUri {
+        self.inner.canonical(at)
     }
 }
 

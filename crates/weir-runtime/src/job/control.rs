@@ -130,6 +130,8 @@ pub(super) struct Shared {
     /// Where each savepoint or checkpoint operation is being written, once triggered.
     pub(super) operation_locations: Mutex<HashMap<u64, SnapshotUri>>,
     pub(super) write_progress: crate::storage::progress::WriteProgress,
+    /// The download of a remote snapshot the job is restoring from, while it runs.
+    pub(super) restore_progress: crate::storage::progress::RestoreProgress,
     pub(super) next_token: Mutex<u64>,
     pub(super) savepoint_dir: Option<SnapshotUri>,
     pub(super) job_dir: Option<SnapshotUri>,
@@ -268,10 +270,16 @@ impl JobControl {
         lock(&self.shared.operations).get(&token).cloned()
     }
 
-    /// How far an operation in progress has got: (files, bytes) written into its snapshot so far.
-    pub fn operation_progress(&self, token: u64) -> Option<(u64, u64)> {
+    /// How far an operation in progress has got.
+    pub fn operation_progress(&self, token: u64) -> Option<crate::storage::progress::SnapshotProgress> {
         let location = lock(&self.shared.operation_locations).get(&token).cloned()?;
         self.shared.write_progress.of(&location)
+    }
+
+    /// How far the download of the snapshot being restored has got, while the job restores from
+    /// object storage.
+    pub fn restore_progress(&self) -> Option<crate::storage::progress::TransferStatus> {
+        self.shared.restore_progress.status()
     }
 
     /// Waits until the operation is no longer in progress, or `timeout` passes.

@@ -172,7 +172,7 @@ impl Master {
             Some(latest) => {
                 let snapshot = latest.data.snapshot.clone();
                 // A snapshot on object storage is restored from local copies of its files.
-                if let Err(e) = snapshot.stage(self.storage.store()) {
+                if let Err(e) = snapshot.stage(self.storage.store(), &self.shared.restore_progress) {
                     let cause = format!("cannot download {} for the restore: {e}", snapshot.dir);
                     return Step::Failover { cause, kind: FailureKind::Restore };
                 }
@@ -271,7 +271,9 @@ impl Master {
             }
             MasterMsg::Ack { attempt, id, task, states } => {
                 let actions = if attempt == current {
-                    self.coordinator.acknowledge(id, task, states)
+                    let actions = self.coordinator.acknowledge(id, task, states);
+                    self.report_acknowledged(id);
+                    actions
                 } else {
                     vec![Action::DiscardLate { id, task, state: states }]
                 };
@@ -349,6 +351,15 @@ impl Master {
         }
     }
 
+    /// Publishes how many subtasks have acknowledged a pending snapshot, for its progress.
+    fn report_acknowledged(&self, id: CheckpointId) {
+        if let (Some((acknowledged, subtasks)), Some((location, _))) =
+            (self.coordinator.acknowledged(id), self.locations.get(&id))
+        {
+            self.shared.write_progress.acknowledged(location, acknowledged, subtasks);
+        }
+    }
+
     fn finish_sources(&self) {
         for t in self.tasks.iter().filter(|t| t.is_source) {
             let _ = t.control.send(Control::FinishSource);
@@ -387,6 +398,7 @@ impl Master {
                             });
                         }
                         self.locations.insert(id, (loc.clone(), Instant::now()));
+                        self.report_acknowledged(id);
                         let stop = operation.is_some() && self.stopping.map(|(t, _)| t) == operation;
                         let barrier =
                             Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop, full };

@@ -2,11 +2,12 @@
 //! latest checkpoint, deleting what a snapshot owns (and only that), and staging a remote
 //! snapshot's files on local disk so the backends restore from local files.
 
+use super::progress::{RestoreProgress, Transfer};
 use super::{EntryKind, SnapshotStore, SnapshotUri};
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use weir_core::metadata::{self, FileScope, MetadataError, SnapshotMetadata, METADATA_FILE_NAME};
@@ -77,8 +78,9 @@ impl LoadedSnapshot {
 
     /// Copies the files of a snapshot on object storage to a local directory (once; nothing to do
     /// for a local snapshot), several at a time, checking each file's size and checksum against
-    /// `_metadata`, and logging progress while it takes long.
-    pub fn stage(&self, store: &dyn SnapshotStore) -> io::Result<()> {
+    /// `_metadata`. How far it has got is published in `progress` and, past a couple of seconds,
+    /// logged every two seconds.
+    pub fn stage(&self, store: &dyn SnapshotStore, progress: &RestoreProgress) -> io::Result<()> {
         if self.dir.as_local().is_some() || self.staged.get().is_some() {
             return Ok(());
         }
@@ -94,12 +96,31 @@ impl LoadedSnapshot {
         }
         let mut seen = HashSet::new();
         files.retain(|(reference, ..)| seen.insert(self.resolve(reference)));
-        let progress = Progress::new("Downloading", &files.iter().map(|f| f.1).collect::<Vec<_>>(), &self.dir);
+        let transfer = Arc::new(Transfer::new(self.dir.clone(), &files.iter().map(|f| f.1).collect::<Vec<_>>()));
+        progress.started(transfer.clone());
+        let result = self.download_all(store, &files, &root, &base, &transfer);
+        progress.ended();
+        result?;
+        tracing::info!("Downloaded {} for the restore: {}", self.dir, transfer.status());
+        let _ = self.staged.set(Arc::new(Staged { _lock: lock, root, base }));
+        Ok(())
+    }
+
+    /// Downloads `files` into `root`, [`DOWNLOADS_IN_FLIGHT`] at a time, while this thread logs
+    /// progress every [`PROGRESS_EVERY`].
+    fn download_all(
+        &self,
+        store: &dyn SnapshotStore,
+        files: &[(String, u64, Option<u32>)],
+        root: &tempfile::TempDir,
+        base: &SnapshotUri,
+        transfer: &Transfer,
+    ) -> io::Result<()> {
         let next = AtomicUsize::new(0);
         let fetch = |(reference, size, crc32c): &(String, u64, Option<u32>)| -> io::Result<()> {
             let location = self.resolve(reference);
             let rel =
-                location.relative_to(&base).ok_or_else(|| io::Error::other(format!("{location} is outside {base}")))?;
+                location.relative_to(base).ok_or_else(|| io::Error::other(format!("{location} is outside {base}")))?;
             let local = root.path().join(rel);
             if let Some(parent) = local.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -112,7 +133,7 @@ impl LoadedSnapshot {
             if let Some(recorded) = crc32c.filter(|&r| r != crc) {
                 return Err(io::Error::other(checksum::checksum_mismatch(&what, recorded, crc)));
             }
-            progress.done(*size);
+            transfer.file_done(*size);
             Ok(())
         };
         std::thread::scope(|scope| {
@@ -128,13 +149,18 @@ impl LoadedSnapshot {
                     })
                 })
                 .collect();
+            let mut next_report = Instant::now() + PROGRESS_EVERY;
+            while !workers.iter().all(|w| w.is_finished()) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() >= next_report {
+                    next_report += PROGRESS_EVERY;
+                    tracing::info!("Downloading {} for the restore: {}", self.dir, transfer.status());
+                }
+            }
             workers
                 .into_iter()
                 .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("download panicked"))))
-        })?;
-        progress.finish();
-        let _ = self.staged.set(Arc::new(Staged { _lock: lock, root, base }));
-        Ok(())
+        })
     }
 }
 
@@ -157,62 +183,8 @@ fn sweep_stale_staging(dir: &Path) {
 /// Files downloaded at once when staging a snapshot.
 const DOWNLOADS_IN_FLIGHT: usize = 8;
 
-/// Bytes and files of a long transfer, logged every few seconds (short ones stay quiet).
-pub(crate) struct Progress<'a> {
-    doing: &'static str,
-    what: &'a SnapshotUri,
-    files: usize,
-    bytes: u64,
-    files_done: AtomicUsize,
-    bytes_done: AtomicU64,
-    started: Instant,
-    last_report_ms: AtomicU64,
-}
-
-impl<'a> Progress<'a> {
-    const EVERY: Duration = Duration::from_secs(2);
-
-    pub(crate) fn new(doing: &'static str, sizes: &[u64], what: &'a SnapshotUri) -> Self {
-        Progress {
-            doing,
-            what,
-            files: sizes.len(),
-            bytes: sizes.iter().sum(),
-            files_done: AtomicUsize::new(0),
-            bytes_done: AtomicU64::new(0),
-            started: Instant::now(),
-            last_report_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn done(&self, bytes: u64) {
-        let files = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let now = self.started.elapsed();
-        let last = Duration::from_millis(self.last_report_ms.load(Ordering::Relaxed));
-        if now >= last + Self::EVERY {
-            self.last_report_ms.store(now.as_millis() as u64, Ordering::Relaxed);
-            tracing::info!(
-                "{} {}: {files} of {} files, {bytes} of {} bytes",
-                self.doing,
-                self.what,
-                self.files,
-                self.bytes
-            );
-        }
-    }
-
-    fn finish(&self) {
-        tracing::info!(
-            "{} {}: {} files, {} bytes in {} ms",
-            self.doing,
-            self.what,
-            self.files,
-            self.bytes,
-            self.started.elapsed().as_millis()
-        );
-    }
-}
+/// How often a long download logs how far it has got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Loads a snapshot from its directory or its `_metadata` file.
 pub fn load_snapshot(store: &dyn SnapshotStore, pointer: &SnapshotUri) -> Result<LoadedSnapshot, LoadError> {
