@@ -5,6 +5,7 @@
 #   scripts/s3.sh start                 # starts it unless it runs
 #   scripts/s3.sh stop
 #   scripts/s3.sh endpoint              # prints http://127.0.0.1:PORT
+#   scripts/s3.sh pid                   # prints the running server's process id
 #   scripts/s3.sh create-bucket NAME
 #   scripts/s3.sh pause | resume        # freezes / thaws the server (requests hang, as on a stalled network)
 #
@@ -48,8 +49,9 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   endpoint) echo "http://127.0.0.1:$port" ;;
+  pid) running && cat "$dir/pid" || { echo "no $name runs on port $port" >&2; exit 1; } ;;
   create-bucket) shift; create_bucket "$@" ;;
   pause) signal_daemon STOP ;;
   resume) signal_daemon CONT ;;
-  *) echo "usage: $0 start|stop|endpoint|create-bucket NAME|pause|resume" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|endpoint|pid|create-bucket NAME|pause|resume" >&2; exit 2 ;;
 esac

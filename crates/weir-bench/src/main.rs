@@ -31,6 +31,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod connectors;
 mod count;
+mod object_storage;
 mod rocksdb;
 mod savepoints;
 mod windows;
@@ -60,9 +61,21 @@ struct Args {
     /// Records per Kafka measurement in the connectors suite.
     #[arg(long, default_value_t = 2_000_000)]
     kafka_records: u64,
+    /// Key counts of the savepoints and object-storage suites (default 1000000,10000000).
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<u64>,
     /// Rows per PostgreSQL measurement in the connectors suite.
     #[arg(long, default_value_t = 300_000)]
     postgres_rows: u64,
+}
+
+/// The key counts given, or 10^6 and 10^7.
+fn key_counts(given: &[u64]) -> Vec<u64> {
+    if given.is_empty() {
+        vec![1_000_000, 10_000_000]
+    } else {
+        given.to_vec()
+    }
 }
 
 #[derive(Serialize, serde::Deserialize, Debug)]
@@ -227,7 +240,7 @@ fn main() -> anyhow::Result<()> {
         "engine" => {}
         "savepoints" => {
             std::env::set_var("RUST_LOG", "warn");
-            let report = savepoints::run(&[1_000_000, 10_000_000])?;
+            let report = savepoints::run(&key_counts(&args.keys))?;
             std::fs::write(
                 &out,
                 serde_json::to_string_pretty(&serde_json::json!({ "benchmark": "savepoints", "report": report }))?,
@@ -237,7 +250,7 @@ fn main() -> anyhow::Result<()> {
         }
         "object-storage" => {
             std::env::set_var("RUST_LOG", "warn");
-            let results = savepoints::run_object_storage(&[1_000_000, 10_000_000], args.repeat.max(1))?;
+            let results = object_storage::run(&key_counts(&args.keys), args.repeat.max(1))?;
             std::fs::write(
                 &out,
                 serde_json::to_string_pretty(

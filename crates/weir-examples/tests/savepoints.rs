@@ -9,6 +9,7 @@ use common::wait_for;
 use common::{local, uri, Backend, FaultyStorage, StorageFault};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use weir::connectors::{FileSink, FileSource, GeneratorSource};
@@ -656,6 +657,29 @@ fn a_slow_savepoint_reports_the_files_and_bytes_written_and_the_subtasks_acknowl
     assert!(matches!(done, Some(Operation::Completed { .. })), "{done:?}");
     assert_eq!(handle.operation_progress(token), None, "a finished operation has no progress");
     finish(handle);
+}
+
+#[test]
+fn a_hanging_savepoint_target_does_not_hold_up_cancel_and_leaves_nothing_behind() {
+    let paths = paths(Backend::HashMap);
+    let mut env = job_env(&paths, &[]);
+    let storage = Arc::new(FaultyStorage::new(paths.ck.clone(), StorageFault::HoldSavepointLocation));
+    env.set_checkpoint_storage(storage.clone());
+    counting_job(&env, &paths, 1);
+    let handle = env.execute_async("hanging").unwrap();
+    append_keys(&paths.input, 0..10);
+    wait_for("the counts", || committed(&paths.out).len() == 10);
+    let held = storage.gate.write().unwrap();
+    let token = handle.trigger_savepoint(Some(&uri(&paths.sp)), SavepointFormat::Canonical).unwrap();
+    wait_for("the savepoint's directory to be asked for", || storage.fired.load(Ordering::SeqCst) == 1);
+    handle.cancel();
+    // The master handles the cancel while its storage work hangs: the savepoint fails at once.
+    wait_for("the savepoint to fail with the cancel", || handle.operation(token) != Some(Operation::InProgress));
+    assert!(matches!(handle.operation(token), Some(Operation::Failed { .. })), "{:?}", handle.operation(token));
+    drop(held);
+    assert_eq!(handle.wait().status, weir::JobStatus::Canceled);
+    // The directory made once the store answered again was for a savepoint that will never be.
+    assert!(listing(&paths.sp).is_empty(), "nothing is left of the savepoint: {:?}", listing(&paths.sp));
 }
 
 #[test]

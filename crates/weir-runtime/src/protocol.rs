@@ -17,16 +17,60 @@ pub type AckedState = Vec<(OperatorId, SubtaskSnapshot)>;
 
 /// Messages to the job master, from tasks and from the job handle.
 pub enum MasterMsg {
-    TaskInitialized { attempt: u32, task: TaskKey },
-    Ack { attempt: u32, id: CheckpointId, task: TaskKey, states: AckedState },
-    Decline { attempt: u32, id: CheckpointId, task: TaskKey, reason: String },
-    SourceExhausted { attempt: u32, task: TaskKey },
-    TaskFinished { attempt: u32, task: TaskKey },
-    TaskCanceled { attempt: u32, task: TaskKey },
-    TaskFailed { attempt: u32, task: TaskKey, failure: TaskFailure },
-    TriggerSavepoint { token: u64, target: SnapshotUri, format: SavepointFormat, mode: SavepointMode },
-    TriggerCheckpoint { token: u64 },
+    TaskInitialized {
+        attempt: u32,
+        task: TaskKey,
+    },
+    Ack {
+        attempt: u32,
+        id: CheckpointId,
+        task: TaskKey,
+        states: AckedState,
+    },
+    Decline {
+        attempt: u32,
+        id: CheckpointId,
+        task: TaskKey,
+        reason: String,
+    },
+    SourceExhausted {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskFinished {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskCanceled {
+        attempt: u32,
+        task: TaskKey,
+    },
+    TaskFailed {
+        attempt: u32,
+        task: TaskKey,
+        failure: TaskFailure,
+    },
+    TriggerSavepoint {
+        token: u64,
+        target: SnapshotUri,
+        format: SavepointFormat,
+        mode: SavepointMode,
+    },
+    TriggerCheckpoint {
+        token: u64,
+    },
     Cancel,
+    /// The master's storage thread made the directory of snapshot `id`, or could not.
+    SnapshotLocation {
+        id: CheckpointId,
+        location: std::io::Result<SnapshotUri>,
+    },
+    /// The master's storage thread wrote snapshot `id`'s `_metadata` and read it back (with the
+    /// bytes of the files directly in its directory), or says why it could not.
+    MetadataWritten {
+        id: CheckpointId,
+        result: Result<(LoadedSnapshot, u64), String>,
+    },
 }
 
 /// What a savepoint request does to the job.

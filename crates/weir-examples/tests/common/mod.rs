@@ -70,6 +70,9 @@ pub enum StorageFault {
     /// Each download of a snapshot's file (restoring from object storage) takes this many
     /// milliseconds more.
     SlowDownloads(u64),
+    /// Making a savepoint's directory hangs while the test holds [`FaultyStorage::gate`] (a
+    /// storage endpoint that stops answering).
+    HoldSavepointLocation,
 }
 
 /// Where a test's checkpoints go.
@@ -127,6 +130,8 @@ pub struct FaultyStorage {
     metadata: AtomicU64,
     pub fired: Arc<AtomicU64>,
     last_id: Mutex<u64>,
+    /// Held (written) by a test to hold savepoint directories back.
+    pub gate: Arc<std::sync::RwLock<()>>,
 }
 
 impl FaultyStorage {
@@ -150,6 +155,7 @@ impl FaultyStorage {
             metadata: AtomicU64::new(0),
             fired: Arc::new(AtomicU64::new(0)),
             last_id: Mutex::new(0),
+            gate: Arc::default(),
         }
     }
 }
@@ -246,6 +252,10 @@ impl CheckpointStorage for FaultyStorage {
         self.inner.discard_incomplete(location)
     }
     fn savepoint_location(&self, target: &SnapshotUri, job: JobId) -> io::Result<SnapshotUri> {
+        if self.fault == StorageFault::HoldSavepointLocation {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+            let _wait = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        }
         self.inner.savepoint_location(target, job)
     }
     fn store(&self) -> &dyn SnapshotStore {

@@ -74,8 +74,16 @@ pub(super) struct Master {
     pub(super) restarts: u32,
     pub(super) restart: RestartBackoff,
     pub(super) tasks: Vec<DeployedTask>,
-    /// Directory and trigger time of each pending snapshot.
+    /// Directory and trigger time of each pending snapshot whose directory exists.
     pub(super) locations: HashMap<CheckpointId, (SnapshotUri, Instant)>,
+    /// Snapshots triggered whose directory the storage thread is making: kind, requester, full,
+    /// and when they were triggered.
+    pub(super) triggering: HashMap<CheckpointId, (SnapshotKind, Option<Requester>, bool, Instant)>,
+    /// Snapshots whose `_metadata` is written and read back, until the coordinator completes
+    /// them: the snapshot and the bytes directly in its directory.
+    pub(super) written: HashMap<CheckpointId, (Arc<LoadedSnapshot>, u64)>,
+    /// Where the storage work goes (see [`super::io`]).
+    pub(super) io: super::io::IoThread,
     pub(super) exhausted: HashSet<TaskKey>,
     pub(super) finished: HashSet<TaskKey>,
     pub(super) finish_after_notify: bool,
@@ -146,7 +154,7 @@ impl Master {
             self.discard_incomplete(&loc);
         }
         with(&self.shared.in_progress, |n| *n = 0);
-        self.remove_empty_job_dir();
+        self.finish_storage_work();
         if let Some(f) = &failure {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
         }
@@ -155,7 +163,7 @@ impl Master {
     }
 
     /// Waits out the restart delay; true if the job was cancelled meanwhile.
-    fn wait_or_cancel(&self, delay: Duration) -> bool {
+    fn wait_or_cancel(&mut self, delay: Duration) -> bool {
         let deadline = Instant::now() + delay;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -346,9 +354,78 @@ impl Master {
                 let actions = self.coordinator.request(SnapshotKind::Checkpoint, requester, self.now());
                 self.execute_all(actions)
             }
+            MasterMsg::SnapshotLocation { id, location } => self.located(id, location),
+            MasterMsg::MetadataWritten { id, result } => {
+                let outcome = result.map(|(snapshot, own_bytes)| {
+                    self.written.insert(id, (Arc::new(snapshot), own_bytes));
+                });
+                let actions = self.coordinator.finalized(id, outcome, self.now());
+                let step = self.execute_all(actions);
+                // Completing took it; if the snapshot was aborted meanwhile, it goes.
+                self.written.remove(&id);
+                step
+            }
             MasterMsg::TaskCanceled { .. } | MasterMsg::TaskInitialized { .. } => Step::Continue,
             _ => Step::Continue, // messages of an earlier attempt
         }
+    }
+
+    /// The job ends once its storage work is done (unless the store hangs): directories made for
+    /// snapshots that will never be are deleted, then the job's directory if nothing is left in it.
+    fn finish_storage_work(&mut self) {
+        let mut done = self.io.drain(CLEANUP_TIMEOUT);
+        if done {
+            while let Ok(msg) = self.rx.try_recv() {
+                if let MasterMsg::SnapshotLocation { location: Ok(loc), .. } = msg {
+                    self.discard_incomplete(&loc);
+                }
+            }
+            self.remove_empty_job_dir();
+            done = self.io.drain(CLEANUP_TIMEOUT);
+        }
+        if !done {
+            tracing::warn!(
+                "Job {}: the checkpoint storage has not finished its work after {} s; the job ends without it (what is left behind has no _metadata and never restores)",
+                self.job_id,
+                CLEANUP_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    /// The storage thread made (or failed to make) the directory of snapshot `id`: its barriers go
+    /// out, or it is declined. A snapshot aborted meanwhile only has its directory deleted.
+    fn located(&mut self, id: CheckpointId, location: std::io::Result<SnapshotUri>) -> Step {
+        let triggered = self.triggering.remove(&id);
+        let (Some((kind, token, full, triggered_at)), true) = (triggered, self.coordinator.acknowledged(id).is_some())
+        else {
+            if let Ok(loc) = location {
+                self.discard_incomplete(&loc);
+            }
+            return Step::Continue;
+        };
+        let loc = match location {
+            Ok(loc) => loc,
+            Err(e) => {
+                let reason = FailureReason::Declined(format!("cannot create the snapshot directory: {e}"));
+                let actions = self.coordinator.decline(id, reason, self.now());
+                return self.execute_all(actions);
+            }
+        };
+        tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
+        let operation = token.and_then(Requester::operation);
+        if let Some(t) = operation {
+            with(&self.shared.operation_locations, |l| {
+                l.insert(t, loc.clone());
+            });
+        }
+        self.locations.insert(id, (loc.clone(), triggered_at));
+        self.report_acknowledged(id);
+        let stop = operation.is_some() && self.stopping.map(|(t, _)| t) == operation;
+        let barrier = Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop, full };
+        for t in self.tasks.iter().filter(|t| t.is_source) {
+            let _ = t.control.send(Control::Trigger(barrier.clone()));
+        }
+        Step::Continue
     }
 
     /// Publishes how many subtasks have acknowledged a pending snapshot, for its progress.
@@ -376,98 +453,90 @@ impl Master {
                 step = s;
             }
         }
-        with(&self.shared.in_progress, |n| *n = self.locations.len() as u64);
+        with(&self.shared.in_progress, |n| *n = self.coordinator.pending_ids().len() as u64);
         step
     }
 
     fn execute(&mut self, action: Action<AckedState, Requester>) -> (Vec<Action<AckedState, Requester>>, Option<Step>) {
         match action {
             Action::Trigger { id, kind, timestamp_ms: _, token, full } => {
-                let operation = token.and_then(Requester::operation);
-                let location = match operation.and_then(|t| self.savepoint_targets.remove(&t)) {
-                    Some(target) if kind.is_savepoint() => self.storage.savepoint_location(&target, self.job_id),
-                    _ if self.has_checkpoint_dir => self.storage.checkpoint_location(self.job_id, id),
-                    _ => Err(std::io::Error::other("no checkpoint directory configured (execution.checkpointing.dir)")),
-                };
-                match location {
-                    Ok(loc) => {
-                        tracing::info!("Triggering checkpoint {id} (type={kind:?}) for job {}.", self.job_id);
-                        if let Some(t) = operation {
-                            with(&self.shared.operation_locations, |l| {
-                                l.insert(t, loc.clone());
-                            });
-                        }
-                        self.locations.insert(id, (loc.clone(), Instant::now()));
-                        self.report_acknowledged(id);
-                        let stop = operation.is_some() && self.stopping.map(|(t, _)| t) == operation;
-                        let barrier =
-                            Barrier { id, kind, timestamp_ms: wall_clock_ms(), location: Arc::new(loc), stop, full };
-                        for t in self.tasks.iter().filter(|t| t.is_source) {
-                            let _ = t.control.send(Control::Trigger(barrier.clone()));
-                        }
-                        (Vec::new(), None)
-                    }
-                    Err(e) => {
-                        let reason = FailureReason::Declined(format!("cannot create the snapshot directory: {e}"));
-                        (self.coordinator.decline(id, reason, self.now()), None)
-                    }
+                let target = token
+                    .and_then(Requester::operation)
+                    .and_then(|t| self.savepoint_targets.remove(&t))
+                    .filter(|_| kind.is_savepoint());
+                self.triggering.insert(id, (kind, token, full, Instant::now()));
+                let (storage, tx, job, has_dir) =
+                    (self.storage.clone(), self.tx.clone(), self.job_id, self.has_checkpoint_dir);
+                self.io.submit(move || {
+                    let location = match target {
+                        Some(target) => storage.savepoint_location(&target, job),
+                        None if has_dir => storage.checkpoint_location(job, id),
+                        None => Err(std::io::Error::other(
+                            "no checkpoint directory configured (execution.checkpointing.dir)",
+                        )),
+                    };
+                    let _ = tx.send(MasterMsg::SnapshotLocation { id, location });
+                });
+                (Vec::new(), None)
+            }
+            Action::Finalize { id, kind, timestamp_ms: _, acks } => match self.metadata(id, kind, acks) {
+                Ok((location, bytes)) => {
+                    let (storage, tx) = (self.storage.clone(), self.tx.clone());
+                    self.io.submit(move || {
+                        let result = write_and_read_back(storage.as_ref(), id, &location, &bytes);
+                        let _ = tx.send(MasterMsg::MetadataWritten { id, result });
+                    });
+                    (Vec::new(), None)
                 }
-            }
-            Action::Finalize { id, kind, timestamp_ms: _, acks } => {
-                let outcome = self.write_metadata(id, kind, acks);
-                (self.coordinator.finalized(id, outcome, self.now()), None)
-            }
+                Err(e) => (self.coordinator.finalized(id, Err(e), self.now()), None),
+            },
             Action::Completed { id, kind, token } => {
-                let Some((loc, started)) = self.locations.remove(&id) else {
+                let (Some((loc, started)), Some((snapshot, own_bytes))) =
+                    (self.locations.remove(&id), self.written.remove(&id))
+                else {
                     return (Vec::new(), None);
                 };
-                match load_snapshot(self.storage.store(), &loc) {
-                    Ok(snapshot) => {
-                        let (size, written) = self.snapshot_sizes(&snapshot);
-                        tracing::info!(
-                            "Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).",
-                            self.job_id,
-                            started.elapsed().as_millis()
-                        );
-                        with(&self.shared.completed, |c| {
-                            c.push(CheckpointStats {
-                                id,
-                                kind,
-                                location: loc.clone(),
-                                duration: started.elapsed(),
-                                state_size: size,
-                                checkpointed_size: written,
-                            });
-                            if c.len() > 100 {
-                                c.remove(0);
-                            }
-                        });
-                        if kind.is_savepoint() {
-                            // Savepoints never enter the store: they are the user's, never deleted.
-                            tracing::info!("Savepoint stored in {loc}.");
-                        } else {
-                            self.completed_since_start = true;
-                            self.registry.register(id, reusable_files(&snapshot), true);
-                            let subsumed = self.store.add(Retained {
-                                id,
-                                is_savepoint: false,
-                                ownership: Ownership::Job,
-                                data: Completed { snapshot: Arc::new(snapshot) },
-                            });
-                            for gone in subsumed {
-                                self.discard_retained(&gone);
-                            }
-                        }
-                        if let Some(t) = token.and_then(Requester::operation) {
-                            self.finish_operation(t, Operation::Completed { checkpoint_id: id, location: loc.clone() });
-                        }
+                let (size, written) = self.snapshot_sizes(&snapshot, own_bytes);
+                tracing::info!(
+                    "Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).",
+                    self.job_id,
+                    started.elapsed().as_millis()
+                );
+                with(&self.shared.completed, |c| {
+                    c.push(CheckpointStats {
+                        id,
+                        kind,
+                        location: loc.clone(),
+                        duration: started.elapsed(),
+                        state_size: size,
+                        checkpointed_size: written,
+                    });
+                    if c.len() > 100 {
+                        c.remove(0);
                     }
-                    Err(e) => {
-                        tracing::error!("snapshot {id} was written but cannot be read back: {e}");
-                        if let Some(t) = token.and_then(Requester::operation) {
-                            self.finish_operation(t, Operation::Failed { message: e.to_string() });
-                        }
+                });
+                if kind.is_savepoint() {
+                    // Savepoints never enter the store: they are the user's, never deleted.
+                    tracing::info!("Savepoint stored in {loc}.");
+                } else {
+                    self.completed_since_start = true;
+                    self.registry.register(id, reusable_files(&snapshot), true);
+                    let subsumed = self.store.add(Retained {
+                        id,
+                        is_savepoint: false,
+                        ownership: Ownership::Job,
+                        data: Completed { snapshot },
+                    });
+                    for gone in subsumed {
+                        self.discard_retained(&gone);
                     }
+                }
+                if let Some(t) = token.and_then(Requester::operation) {
+                    // Reported once the storage work queued before it (deleting what this
+                    // checkpoint subsumed) is done: whoever asked then sees retention applied.
+                    let (shared, completed) =
+                        (self.shared.clone(), Operation::Completed { checkpoint_id: id, location: loc.clone() });
+                    self.io.submit(move || finish_operation(&shared, t, completed));
                 }
                 let stop =
                     token.and_then(Requester::operation).is_some_and(|t| self.stopping.is_some_and(|(s, _)| s == t));
@@ -539,19 +608,7 @@ impl Master {
             Action::DiscardLate { id, state, .. } => {
                 let retained = self.store.iter().any(|e| e.id == id);
                 if !retained && !self.locations.contains_key(&id) && self.has_checkpoint_dir {
-                    if let Some(dir) = &self.shared.job_dir {
-                        let loc = dir.join(&format!("chk-{id}"));
-                        // Data files the late task uploaded to shared/ that nothing references.
-                        for (_, sub) in &state {
-                            for f in sub.native.iter().flat_map(|n| &n.files) {
-                                let file = loc.resolve(&f.file.path);
-                                if !self.registry.contains(&file) {
-                                    storage::delete_file_and_empty_dir(self.storage.store(), &file);
-                                }
-                            }
-                        }
-                        self.discard_incomplete(&loc);
-                    }
+                    self.discard_late(id, &state);
                 }
                 (Vec::new(), None)
             }
@@ -563,9 +620,14 @@ impl Master {
 
     /// A savepoint or checkpoint request that reached the master while the job was not running
     /// (it was RUNNING when asked, then failed over): it fails at once, so nobody waits for it.
-    fn refuse_operation(&self, msg: MasterMsg, state: &str) {
+    fn refuse_operation(&mut self, msg: MasterMsg, state: &str) {
         let token = match msg {
             MasterMsg::TriggerSavepoint { token, .. } | MasterMsg::TriggerCheckpoint { token } => token,
+            // The directory of a snapshot the failover aborted: nothing will use it.
+            MasterMsg::SnapshotLocation { id, location } => {
+                self.located(id, location);
+                return;
+            }
             _ => return,
         };
         let message = format!("job {} is {state}; retry once it runs again", self.job_id);
@@ -573,21 +635,17 @@ impl Master {
     }
 
     fn finish_operation(&self, token: u64, outcome: Operation) {
-        with(&self.shared.operation_locations, |l| {
-            l.remove(&token);
-        });
-        with(&self.shared.operations, |ops| {
-            ops.insert(token, outcome);
-        });
+        finish_operation(&self.shared, token, outcome);
     }
 
-    fn write_metadata(
+    /// Snapshot `id`'s directory and `_metadata`, from the acknowledged states.
+    fn metadata(
         &self,
         id: CheckpointId,
         kind: SnapshotKind,
         acks: Vec<(TaskKey, AckedState)>,
-    ) -> Result<(), String> {
-        let (storage, Some((loc, _))) = (&self.storage, self.locations.get(&id)) else {
+    ) -> Result<(SnapshotUri, Vec<u8>), String> {
+        let Some((loc, _)) = self.locations.get(&id) else {
             return Err("no checkpoint location".into());
         };
         let mut by_op: HashMap<OperatorId, Vec<metadata::SubtaskSnapshot>> = HashMap::new();
@@ -621,11 +679,42 @@ impl Master {
             operators,
         };
         let bytes = metadata::encode(&meta).map_err(|e| e.to_string())?;
-        storage
-            .write_metadata(loc, &bytes)
-            .map_err(|e| format!("writing {}: {e}", loc.join(metadata::METADATA_FILE_NAME)))
+        Ok((loc.clone(), bytes))
     }
 }
+
+fn finish_operation(shared: &Shared, token: u64, outcome: Operation) {
+    with(&shared.operation_locations, |l| {
+        l.remove(&token);
+    });
+    with(&shared.operations, |ops| {
+        ops.insert(token, outcome);
+    });
+}
+
+/// Writes a snapshot's `_metadata` last, then reads the snapshot back as a restore would: a
+/// snapshot that cannot be read back does not complete.
+fn write_and_read_back(
+    storage: &dyn CheckpointStorage,
+    id: CheckpointId,
+    location: &SnapshotUri,
+    bytes: &[u8],
+) -> Result<(LoadedSnapshot, u64), String> {
+    storage
+        .write_metadata(location, bytes)
+        .map_err(|e| format!("writing {}: {e}", location.join(metadata::METADATA_FILE_NAME)))?;
+    let snapshot = load_snapshot(storage.store(), location)
+        .map_err(|e| format!("snapshot {id} was written but cannot be read back: {e}"))?;
+    let own_bytes = storage
+        .store()
+        .list(location)
+        .map(|entries| entries.iter().filter(|e| e.kind == storage::EntryKind::File).map(|e| e.size).sum())
+        .unwrap_or(0);
+    Ok((snapshot, own_bytes))
+}
+
+/// How long an ending job waits for its storage work (deleting what it no longer keeps).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

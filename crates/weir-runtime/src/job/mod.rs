@@ -10,6 +10,7 @@
 
 mod control;
 mod deploy;
+mod io;
 mod master;
 mod restore;
 mod retention;
@@ -191,6 +192,9 @@ pub fn submit(
         restart,
         tasks: Vec::new(),
         locations: HashMap::new(),
+        triggering: HashMap::new(),
+        written: HashMap::new(),
+        io: io::IoThread::start(format!("job-storage-{job_id}")).map_err(|e| JobError::Spawn(e.to_string()))?,
         exhausted: HashSet::new(),
         finished: HashSet::new(),
         finish_after_notify: false,

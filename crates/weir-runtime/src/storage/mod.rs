@@ -131,6 +131,12 @@ impl Stores {
         Stores::new(if private { FileModes::PRIVATE } else { FileModes::UMASK }, S3Settings::from_config(config))
     }
 
+    /// Local paths on the file system, `s3://` buckets in this process's memory: for tests of
+    /// object-storage behaviour that need no server.
+    pub fn with_buckets_in_memory() -> Self {
+        Stores { local: local::LocalStore { modes: FileModes::PRIVATE }, object: object::ObjectStores::in_memory() }
+    }
+
     pub fn modes(&self) -> FileModes {
         self.local.modes
     }

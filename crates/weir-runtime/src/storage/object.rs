@@ -16,6 +16,8 @@ use weir_storage::{BlobStore, BlobWriter, S3Settings, StorageError};
 pub struct ObjectStores {
     s3: S3Settings,
     open: Arc<Mutex<HashMap<String, BlobStore>>>,
+    /// Buckets live in this process's memory instead of on an S3 endpoint (tests).
+    in_memory: bool,
 }
 
 fn to_io(e: StorageError) -> io::Error {
@@ -48,7 +50,13 @@ impl StateOutput for ObjectOutput {
 
 impl ObjectStores {
     pub fn new(s3: S3Settings) -> Self {
-        ObjectStores { s3, open: Default::default() }
+        ObjectStores { s3, open: Default::default(), in_memory: false }
+    }
+
+    /// Every bucket in this process's memory: object storage's semantics (no directories, no
+    /// rename, create-if-absent) without a server, for tests of what is built on them.
+    pub fn in_memory() -> Self {
+        ObjectStores { s3: S3Settings::default(), open: Default::default(), in_memory: true }
     }
 
     /// The bucket's store and the object key of `at`.
@@ -60,8 +68,12 @@ impl ObjectStores {
         if let Some(store) = open.get(bucket) {
             return Ok((store.clone(), prefix));
         }
-        let root = SnapshotUri::S3 { bucket: bucket.clone(), prefix: String::new() };
-        let store = BlobStore::open(&root, &self.s3).map_err(to_io)?;
+        let store = if self.in_memory {
+            BlobStore::in_memory()
+        } else {
+            let root = SnapshotUri::S3 { bucket: bucket.clone(), prefix: String::new() };
+            BlobStore::open(&root, &self.s3).map_err(to_io)?
+        };
         open.insert(bucket.clone(), store.clone());
         Ok((store, prefix))
     }

@@ -596,4 +596,81 @@ pub(crate) mod tests {
         dispose_snapshot(s.store(), &two, &[]).unwrap();
         assert!(!shared.join("b").exists(), "the last reference went");
     }
+
+    /// Storage under `s3://bucket/base`, its buckets in memory.
+    fn in_memory_s3() -> FsCheckpointStorage {
+        let base = SnapshotUri::parse("s3://bucket/base").unwrap();
+        FsCheckpointStorage::new(base).with_stores(crate::storage::Stores::with_buckets_in_memory())
+    }
+
+    /// Every object under `prefix`, as `a/b` keys relative to it.
+    fn objects(store: &dyn SnapshotStore, prefix: &SnapshotUri) -> Vec<String> {
+        let mut found = Vec::new();
+        for e in store.list(prefix).unwrap() {
+            match e.kind {
+                EntryKind::Dir => {
+                    found.extend(objects(store, &prefix.join(&e.name)).into_iter().map(|o| format!("{}/{o}", e.name)))
+                }
+                _ => found.push(e.name),
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn on_object_storage_incremental_checkpoints_dispose_exactly_their_objects() {
+        let s = in_memory_s3();
+        let store = s.store();
+        let job = JobId([5; 16]);
+        let job_dir = s.initialize(job).unwrap();
+        for name in ["a", "b"] {
+            store.write_new(&job_dir.join("shared").join(name), b"sst").unwrap();
+        }
+        let one = s.checkpoint_location(job, 1).unwrap();
+        s.write_metadata(&one, &meta_referencing(1, &["../shared/a", "../shared/b"])).unwrap();
+        let two = s.checkpoint_location(job, 2).unwrap();
+        store.write_new(&two.join("own"), b"x").unwrap();
+        s.write_metadata(&two, &meta_referencing(2, &["../shared/b", "own"])).unwrap();
+        // A prefix with objects that is not a snapshot: refused, nothing deleted.
+        store.write_new(&job_dir.join("notes").join("readme"), b"mine").unwrap();
+        let before = objects(store, &job_dir);
+        assert!(dispose_snapshot(store, &job_dir.join("notes"), &[]).is_err());
+        assert!(dispose_snapshot(store, &job_dir, &[]).is_err());
+        assert_eq!(objects(store, &job_dir), before);
+        assert_eq!(latest_checkpoint_in(store, &job_dir).map(|(id, _)| id), Some(2));
+
+        dispose_snapshot(store, &one, &[]).unwrap();
+        assert_eq!(objects(store, &job_dir), ["chk-2/_metadata", "chk-2/own", "notes/readme", "shared/b"]);
+        dispose_snapshot(store, &two.join("_metadata"), &[]).unwrap();
+        assert_eq!(objects(store, &job_dir), ["notes/readme"], "the last reference to b went with chk-2");
+    }
+
+    #[test]
+    fn staging_a_snapshot_from_object_storage_checks_every_file() {
+        use crate::storage::progress::RestoreProgress;
+        let s = in_memory_s3();
+        let store = s.store();
+        let loc = s.checkpoint_location(JobId([6; 16]), 1).unwrap();
+        let body = b"keyed state".to_vec();
+        store.write_new(&loc.join("state"), &body).unwrap();
+        let mut m = metadata::decode(&meta_referencing(1, &["state"]), "m").unwrap();
+        let file = &mut m.operators[0].subtasks[0].keyed.as_mut().unwrap().file;
+        (file.size, file.crc32c) = (body.len() as u64, Some(crc32c::crc32c(&body)));
+        s.write_metadata(&loc, &metadata::encode(&m).unwrap()).unwrap();
+
+        let snapshot = load_snapshot(store, &loc).unwrap();
+        assert_eq!(snapshot.local_path("state"), None, "nothing is local before staging");
+        let progress = RestoreProgress::default();
+        snapshot.stage(store, &progress).unwrap();
+        assert_eq!(fs::read(snapshot.local_path("state").unwrap()).unwrap(), body);
+        assert_eq!(progress.status(), None, "the download is over");
+
+        // The object changed behind the snapshot's back (same size, other bytes).
+        store.delete(&loc.join("state")).unwrap();
+        store.write_new(&loc.join("state"), b"keyed STATE").unwrap();
+        let damaged = load_snapshot(store, &loc).unwrap();
+        let err = damaged.stage(store, &progress).unwrap_err().to_string();
+        assert!(err.contains(&loc.join("state").to_string()) && err.contains("checksum mismatch"), "{err}");
+    }
 }
