@@ -15,7 +15,7 @@
 set -euo pipefail
 
 port="${WEIR_KAFKA_PORT:-9092}"
-dir="${WEIR_KAFKA_DIR:-${TMPDIR:-/tmp}/weir-kafka-$port}"
+dir="$(realpath -m "${WEIR_KAFKA_DIR:-${TMPDIR:-/tmp}/weir-kafka-$port}")"
 url="tcp://127.0.0.1:$port"
 tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
 venv="${WEIR_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/py-kafka}"

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 port="${WEIR_PG_PORT:-55432}"
-dir="${WEIR_PG_DIR:-${TMPDIR:-/tmp}/weir-postgres-$port}"
+dir="$(realpath -m "${WEIR_PG_DIR:-${TMPDIR:-/tmp}/weir-postgres-$port}")"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -15,7 +15,7 @@
 set -euo pipefail
 
 port="${WEIR_S3_PORT:-9000}"
-dir="${WEIR_S3_DIR:-${TMPDIR:-/tmp}/weir-s3-$port}"
+dir="$(realpath -m "${WEIR_S3_DIR:-${TMPDIR:-/tmp}/weir-s3-$port}")"
 access="${WEIR_S3_ACCESS_KEY:-weir-test-access}"
 secret="${WEIR_S3_SECRET_KEY:-weir-test-secret}"
 bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"

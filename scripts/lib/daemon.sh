@@ -20,7 +20,9 @@ start_daemon() {
     exit 1
   fi
   mkdir -p "$dir"
-  nohup "$@" >"$dir/$log" 2>&1 &
+  # Started from its own directory: a daemon outlives the checkout that started it, and one whose
+  # working directory is deleted fails requests that resolve paths (s3s-fs answers 500).
+  (cd "$dir" && exec nohup "$@" >"$dir/$log" 2>&1) &
   echo $! >"$dir/pid"
   for _ in $(seq 1 100); do
     if listening; then

@@ -67,6 +67,10 @@ struct Args {
     /// Rows per PostgreSQL measurement in the connectors suite.
     #[arg(long, default_value_t = 300_000)]
     postgres_rows: u64,
+    /// A configuration entry for every job the engine, rocksdb and windows suites run (repeatable),
+    /// e.g. `--set state.backend.rocksdb.writebuffer.size=16mb`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 /// The key counts given, or 10^6 and 10^7.
@@ -96,6 +100,12 @@ struct Result {
     /// Throughput of every repetition (records/s), when repeated.
     #[serde(default)]
     runs_records_per_second: Vec<f64>,
+    /// Distinct keys of the large-state shape.
+    #[serde(default)]
+    keys: Option<u64>,
+    /// The `--set` entries the job ran with.
+    #[serde(default)]
+    settings: Vec<String>,
 }
 
 /// `"w" + n`, built with one allocation (what `format!` does with several).
@@ -127,7 +137,34 @@ pub(crate) fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
-fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
+/// What a `--single` run measures beyond its spec.
+#[derive(Clone, Default)]
+struct SingleOptions {
+    seconds: u64,
+    /// Distinct keys of the large-state shape (default 10^6).
+    keys: Option<u64>,
+    settings: Vec<String>,
+}
+
+impl SingleOptions {
+    fn from_args(args: &Args) -> Self {
+        SingleOptions { seconds: args.seconds, keys: args.keys.first().copied(), settings: args.settings.clone() }
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut out = vec!["--seconds".to_string(), self.seconds.to_string()];
+        if let Some(k) = self.keys {
+            out.extend(["--keys".to_string(), k.to_string()]);
+        }
+        for s in &self.settings {
+            out.extend(["--set".to_string(), s.clone()]);
+        }
+        out
+    }
+}
+
+fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
+    let seconds = options.seconds;
     let parts: Vec<&str> = spec.split(',').collect();
     let (shape, p, interval, backend) = match parts[..] {
         [shape, p, interval] => (shape, p, interval, "hashmap"),
@@ -146,6 +183,10 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
     config.set("state.backend.type", backend)?;
     config.set("state.backend.rocksdb.localdir", dir.path().join("rocksdb").to_str().context("temp dir")?)?;
     config.set("execution.checkpointing.incremental", "true")?;
+    for entry in &options.settings {
+        let (key, value) = entry.split_once('=').with_context(|| format!("--set {entry}: expected KEY=VALUE"))?;
+        config.set(key.trim(), value.trim())?;
+    }
     let env = StreamEnv::with_config(config);
     let progress = Progress::new();
     let source = if shape == "windows" { None } else { Some(env.source(GeneratorSource::counter()).uid("source")) };
@@ -162,9 +203,10 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         }
         "large-state" => {
             let counter = Count::<u64>::new(progress.clone());
+            let keys = options.keys.unwrap_or(1_000_000);
             source
                 .context("source")?
-                .map(|i: u64| i % 1_000_000)
+                .map(move |i: u64| i % keys)
                 .uid("map")
                 .key_by(|k: &u64| *k)
                 .process::<(), _>(counter)
@@ -201,15 +243,14 @@ fn run_single(spec: &str, seconds: u64) -> anyhow::Result<Result> {
         checkpoint_bytes_avg: some(checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n),
         peak_rss_bytes: peak_rss(),
         runs_records_per_second: Vec::new(),
+        keys: (shape == "large-state").then(|| options.keys.unwrap_or(1_000_000)),
+        settings: options.settings.clone(),
     })
 }
 
 /// Runs one configuration in a child process and parses its JSON line.
-fn run_child(exe: &std::path::Path, spec: &str, seconds: u64) -> anyhow::Result<Result> {
-    let out = Command::new(exe)
-        .args(["--single", spec, "--seconds", &seconds.to_string()])
-        .env("RUST_LOG", "warn")
-        .output()?;
+fn run_child(exe: &std::path::Path, spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
+    let out = Command::new(exe).args(["--single", spec]).args(options.to_args()).env("RUST_LOG", "warn").output()?;
     if !out.status.success() {
         bail!("{spec} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -220,8 +261,12 @@ fn run_child(exe: &std::path::Path, spec: &str, seconds: u64) -> anyhow::Result<
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(spec) = &args.single {
-        std::env::set_var("RUST_LOG", "warn");
-        let r = run_single(spec, args.seconds)?;
+        // RUST_LOG=weir_rocksdb=info with `--set state.backend.rocksdb.statistics=true` shows the
+        // RocksDB profile when the job ends.
+        if std::env::var_os("RUST_LOG").is_none() {
+            std::env::set_var("RUST_LOG", "warn");
+        }
+        let r = run_single(spec, &SingleOptions::from_args(&args))?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
@@ -291,7 +336,7 @@ fn main() -> anyhow::Result<()> {
                 let spec = format!("{shape},{p},{interval},{backend}");
                 let mut runs = Vec::new();
                 for _ in 0..args.repeat.max(1) {
-                    runs.push(run_child(&exe, &spec, args.seconds)?);
+                    runs.push(run_child(&exe, &spec, &SingleOptions::from_args(&args))?);
                 }
                 runs.sort_by(|a, b| a.records_per_second.total_cmp(&b.records_per_second));
                 let rates: Vec<f64> = runs.iter().map(|r| r.records_per_second).collect();

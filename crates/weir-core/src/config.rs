@@ -60,6 +60,11 @@ pub mod keys {
     pub const ROCKSDB_WRITE_BUFFER_RATIO: &str = "state.backend.rocksdb.memory.write-buffer-ratio";
     pub const ROCKSDB_WRITE_BACK_CACHE_RATIO: &str = "state.backend.rocksdb.memory.write-back-cache-ratio";
     pub const ROCKSDB_WRITE_BUFFER_SIZE: &str = "state.backend.rocksdb.writebuffer.size";
+    pub const ROCKSDB_STATISTICS: &str = "state.backend.rocksdb.statistics";
+    pub const ROCKSDB_USE_BLOOM_FILTER: &str = "state.backend.rocksdb.use-bloom-filter";
+    pub const ROCKSDB_BLOOM_BITS_PER_KEY: &str = "state.backend.rocksdb.bloom-filter.bits-per-key";
+    pub const ROCKSDB_PARTITIONED_INDEX_FILTERS: &str = "state.backend.rocksdb.memory.partitioned-index-filters";
+    pub const ROCKSDB_BLOCK_SIZE: &str = "state.backend.rocksdb.block.blocksize";
     pub const RECOVERY_PATH: &str = "execution.state-recovery.path";
     pub const RECOVERY_CLAIM_MODE: &str = "execution.state-recovery.claim-mode";
     pub const RECOVERY_IGNORE_UNCLAIMED: &str = "execution.state-recovery.ignore-unclaimed-state";
@@ -112,8 +117,13 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: ROCKSDB_MEMORY_MANAGED, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Bound the memory of each RocksDB instance by the fixed-per-slot budget; false leaves RocksDB's own defaults (unbounded)." },
     KeyDef { name: ROCKSDB_MEMORY_FIXED, deprecated: &[], ty: ValueType::MemorySize, default: Some("128 mb"), doc: "Memory budget of the RocksDB instance of each keyed operator subtask: write-back cache, write buffers and block cache (Weir applies it per subtask)." },
     KeyDef { name: ROCKSDB_WRITE_BUFFER_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.5"), doc: "Share of RocksDB's part of the memory budget given to write buffers (memtables); the rest is block cache." },
-    KeyDef { name: ROCKSDB_WRITE_BACK_CACHE_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.25"), doc: "Share of the fixed-per-slot budget given to the write-back cache of value and reducing state in front of RocksDB (Weir-specific); 0 disables it." },
+    KeyDef { name: ROCKSDB_WRITE_BACK_CACHE_RATIO, deprecated: &[], ty: ValueType::Fraction, default: Some("0.5"), doc: "Share of the fixed-per-slot budget given to the write-back cache of value and reducing state in front of RocksDB (Weir-specific); 0 disables it." },
     KeyDef { name: ROCKSDB_WRITE_BUFFER_SIZE, deprecated: &[], ty: ValueType::MemorySize, default: None, doc: "Size of one memtable; unset derives it from the write-buffer budget, at most 4 mb. Larger memtables flush less often (fewer, larger SST files: fewer compactions between incremental checkpoints)." },
+    KeyDef { name: ROCKSDB_USE_BLOOM_FILTER, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Bloom filters in SST files and memtables, so a lookup skips the files without its key." },
+    KeyDef { name: ROCKSDB_BLOOM_BITS_PER_KEY, deprecated: &[], ty: ValueType::Multiplier, default: Some("10"), doc: "Bits per key of the bloom filters (10: about 1 % false positives)." },
+    KeyDef { name: ROCKSDB_PARTITIONED_INDEX_FILTERS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Partition index and filter blocks and pin only their top level in the block cache, so large files' filters do not crowd the cache." },
+    KeyDef { name: ROCKSDB_BLOCK_SIZE, deprecated: &[], ty: ValueType::MemorySize, default: Some("4 kb"), doc: "Size of an SST data block." },
+    KeyDef { name: ROCKSDB_STATISTICS, deprecated: &[], ty: ValueType::Bool, default: Some("false"), doc: "Collect RocksDB's statistics and the task thread's RocksDB perf counters, and log them with the write-back cache's counts when an instance closes (Weir-specific; for profiling, costs some throughput)." },
     KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Location, default: None, doc: "Snapshot to restore from (`-s`)." },
     KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },
     KeyDef { name: RECOVERY_IGNORE_UNCLAIMED, deprecated: &["execution.savepoint.ignore-unclaimed-state"], ty: ValueType::Bool, default: Some("false"), doc: "Skip snapshot state that maps to no operator (`-n`)." },

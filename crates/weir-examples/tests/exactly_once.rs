@@ -147,7 +147,7 @@ fn run_once(seed: u64, backend: Backend, storage: Storage) -> RunStats {
     if backend == Backend::RocksDb {
         // The write-back cache: none, room for about a dozen rows (so rows are evicted between
         // checkpoints and failures), or the default.
-        let ratio = ["0", "0.0001", "0.25"][rng.below(3) as usize];
+        let ratio = ["0", "0.0001", "0.5"][rng.below(3) as usize];
         config.set("state.backend.rocksdb.memory.write-back-cache-ratio", ratio).unwrap();
     }
     let mut env = StreamEnv::with_config(config);

@@ -17,14 +17,16 @@
 //!   key-group ranges when parallelism changes.
 //! * [`snapshot`]: the asynchronous part of snapshots.
 //! * `workdir`: locked working directories, and deleting those a killed process left.
+//! * `statistics`: the opt-in profile of an instance.
 
 pub mod restore;
 pub mod settings;
 pub mod snapshot;
+mod statistics;
 pub mod store;
 mod workdir;
 
-pub use settings::{MemoryBudget, RocksDbSettings};
+pub use settings::{MemoryBudget, RocksDbSettings, TableSettings};
 pub use store::RocksDbStore;
 
 use std::sync::Arc;
@@ -55,6 +57,7 @@ impl StoreFactory for RocksDbStateBackend {
         let store = Box::new(RocksDbStore::open(self.settings.clone(), ctx, restored)?);
         Ok(match self.settings.write_back_cache {
             0 => store,
+            bytes if self.settings.statistics => Box::new(WriteBackCache::new(store, bytes).report_on_drop()),
             bytes => Box::new(WriteBackCache::new(store, bytes)),
         })
     }

@@ -3,15 +3,16 @@
 use crate::restore;
 use crate::settings::RocksDbSettings;
 use crate::snapshot::{RocksDbSnapshot, Uploads};
+use crate::statistics::Profile;
 use crate::workdir::{self, WorkingDir};
 use crate::{db_err, io_err};
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteOptions, DB};
+use rocksdb::{Cache, ColumnFamily, ReadOptions, WriteBatch, WriteOptions, DB};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use weir_core::metadata::StateMeta;
 use weir_core::{CheckpointId, KeyGroupRange};
-use weir_state::{KvStore, RestoredKeyedState, SnapshotRequest, StateError, StoreContext, StoreSnapshot};
+use weir_state::{KvStore, RestoredKeyedState, RowWrite, SnapshotRequest, StateError, StoreContext, StoreSnapshot};
 
 /// Column family of a state: prefixed, so no state name collides with RocksDB's `default`.
 pub(crate) fn cf_name(state: &str) -> String {
@@ -42,8 +43,11 @@ pub struct RocksDbStore {
     /// Column family names of declared states, by state index.
     declared: Vec<String>,
     write: WriteOptions,
+    /// Built once: a get with default options creates and frees them in C on every call.
+    read: ReadOptions,
     uploads: Arc<Mutex<Uploads>>,
     _cache: Option<Cache>,
+    profile: Option<Profile>,
 }
 
 impl RocksDbStore {
@@ -63,6 +67,7 @@ impl RocksDbStore {
             ctx.subtask,
             &unique[..8]
         )))?;
+        let profile = settings.statistics.then(Profile::start);
         let cache = settings.cache().map_err(db_err("creating the block cache"))?;
         let options = settings.options(cache.as_ref());
         let opened = restore::open_instance(&workdir.path, &options, ctx, restored, settings.incremental);
@@ -84,8 +89,10 @@ impl RocksDbStore {
             known,
             declared: Vec::new(),
             write,
+            read: ReadOptions::default(),
             uploads: Arc::new(Mutex::new(Uploads { baseline, pending: BTreeMap::new() })),
             _cache: cache,
+            profile,
         })
     }
 
@@ -104,6 +111,10 @@ impl RocksDbStore {
 
 impl Drop for RocksDbStore {
     fn drop(&mut self) {
+        if let (Some(profile), Some(db)) = (&self.profile, &self.db) {
+            let column_families: Vec<String> = self.known.keys().map(|state| cf_name(state)).collect();
+            profile.report(db, &column_families);
+        }
         drop(self.db.take());
         let dir = &self.workdir.path;
         if let Err(e) = std::fs::remove_dir_all(dir) {
@@ -130,7 +141,7 @@ impl KvStore for RocksDbStore {
 
     fn get(&mut self, state: usize, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
         let cf = self.cf(state)?;
-        match self.db().get_pinned_cf(cf, key).map_err(db_err("reading state"))? {
+        match self.db().get_pinned_cf_opt(cf, key, &self.read).map_err(db_err("reading state"))? {
             Some(v) => {
                 out.clear();
                 out.extend_from_slice(&v);
@@ -153,6 +164,18 @@ impl KvStore for RocksDbStore {
     fn delete(&mut self, state: usize, key: &[u8]) -> Result<(), StateError> {
         let cf = self.cf(state)?;
         self.db().delete_cf_opt(cf, key, &self.write).map_err(db_err("deleting state"))
+    }
+
+    fn write_rows(&mut self, rows: &[RowWrite<'_>]) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for row in rows {
+            let cf = self.cf(row.state)?;
+            match row.value {
+                Some(value) => batch.put_cf(cf, row.key, value),
+                None => batch.delete_cf(cf, row.key),
+            }
+        }
+        self.db().write_opt(batch, &self.write).map_err(db_err("writing state"))
     }
 
     fn scan_prefix(

@@ -8,7 +8,7 @@ use weir_core::key_group::key_group_range_for_subtask;
 use weir_core::location::SnapshotUri;
 use weir_core::metadata::{SavepointFormat, SnapshotKind};
 use weir_core::{JobId, KeyGroupRange, OperatorId};
-use weir_rocksdb::{MemoryBudget, RocksDbSettings, RocksDbStateBackend};
+use weir_rocksdb::{MemoryBudget, RocksDbSettings, RocksDbStateBackend, TableSettings};
 use weir_state::*;
 
 /// Files of one snapshot in a directory; shared files go to `<dir>/../shared`.
@@ -56,6 +56,9 @@ fn backends(tmp: &Path) -> Vec<StateBackend> {
         incremental: false,
         write_buffer_size: None,
         write_back_cache: 1 << 20,
+        // Exercises the profile's reporting (logged when each instance closes).
+        statistics: true,
+        table: TableSettings::default(),
     };
     vec![StateBackend::HashMap, StateBackend::Store(Arc::new(RocksDbStateBackend::new(settings)))]
 }

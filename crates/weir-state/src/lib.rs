@@ -39,10 +39,10 @@ pub use descriptors::{
 pub use error::StateError;
 pub use heap::{HeapKeyedBackend, HeapSnapshot};
 pub use operator::{OperatorStateSnapshot, OperatorStateStore};
-pub use serialized::{KvStore, StoreFactory};
+pub use serialized::{KvStore, RowWrite, StoreFactory};
 pub use snapshot::{
     KeyedSnapshot, NewFile, ResolvedNativeHandle, RestoredKeyedState, SnapshotFiles, SnapshotRequest, StateOutput,
     StoreSnapshot, WrittenKeyedState,
 };
 pub use timers::{FiredTimer, TimeDomain, TimerServiceId};
-pub use write_back::WriteBackCache;
+pub use write_back::{CacheCounts, WriteBackCache};

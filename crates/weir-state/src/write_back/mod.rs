@@ -15,52 +15,80 @@
 //! * A prefix scan or prefix delete of a cached state (rare: declaring a state reads its first
 //!   row) first writes back that state's dirty rows, so the store sees what the cache holds.
 
+mod rows;
+
 use crate::error::StateError;
 use crate::format::{StateKind, StateMeta};
-use crate::serialized::KvStore;
+use crate::serialized::{KvStore, RowWrite};
 use crate::snapshot::{SnapshotRequest, StoreSnapshot};
-use lru::LruCache;
-use rustc_hash::FxBuildHasher;
+use rows::{RowTable, TakenRow};
 use weir_core::CheckpointId;
 
-/// Bytes an entry costs beyond its key and value: the hash table slot, the LRU links and the two
-/// allocations' headers. An estimate: the budget bounds memory, it does not measure it.
-const ENTRY_OVERHEAD: usize = 96;
+/// Eviction frees a sixty-fourth of the budget at once, so rows reach the store in sorted batches
+/// of thousands (a 64 MB cache of small rows: about 20000) instead of one call per row.
+const EVICTION_SLICE: usize = 64;
 
-struct Row {
-    /// `None`: the row is known not to exist (read as missing, or deleted).
-    value: Option<Vec<u8>>,
-    dirty: bool,
-}
+/// Rows per batch when a snapshot writes back the dirty rows.
+const WRITE_BACK_BATCH: usize = 4096;
 
-impl Row {
-    fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
-        key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
-    }
+/// What the cache did since it was created: the numbers a profile of a state-heavy job needs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that went to the store.
+    pub misses: u64,
+    /// Rows evicted to stay within the budget.
+    pub evictions: u64,
+    /// Evicted rows that were dirty, so written to the store.
+    pub evicted_dirty: u64,
+    /// Dirty rows written to the store by snapshots and scans.
+    pub written_back: u64,
 }
 
 /// A [`KvStore`] that caches value and reducing rows of `inner`, within `budget` bytes.
 pub struct WriteBackCache {
     inner: Box<dyn KvStore>,
     /// Key: state index (u32, big-endian) ++ row key.
-    rows: LruCache<Vec<u8>, Row, FxBuildHasher>,
+    rows: RowTable,
     /// Whether each declared state goes through the cache.
     cached: Vec<bool>,
-    bytes: usize,
     budget: usize,
     key_buf: Vec<u8>,
+    /// The batch being evicted; kept to reuse its allocation.
+    evicted: Vec<TakenRow>,
+    counts: CacheCounts,
+    /// Log `counts` when dropped.
+    report: bool,
 }
 
 impl WriteBackCache {
     pub fn new(inner: Box<dyn KvStore>, budget: usize) -> Self {
         WriteBackCache {
             inner,
-            rows: LruCache::unbounded_with_hasher(FxBuildHasher),
+            rows: RowTable::new(budget),
             cached: Vec::new(),
-            bytes: 0,
             budget,
             key_buf: Vec::new(),
+            evicted: Vec::new(),
+            counts: CacheCounts::default(),
+            report: false,
         }
+    }
+
+    /// Logs the cache's counts when it is dropped (at the end of the subtask).
+    pub fn report_on_drop(mut self) -> Self {
+        self.report = true;
+        self
+    }
+
+    pub fn counts(&self) -> CacheCounts {
+        self.counts
+    }
+
+    /// Bytes the cached rows take in memory, as the budget counts them.
+    pub fn bytes(&self) -> usize {
+        self.rows.bytes()
     }
 
     fn is_cached(&self, state: usize) -> bool {
@@ -76,54 +104,55 @@ impl WriteBackCache {
 
     /// Sets the row in `key_buf` to `value`, dirty.
     fn set(&mut self, value: Option<&[u8]>) -> Result<(), StateError> {
-        if let Some(row) = self.rows.get_mut(self.key_buf.as_slice()) {
-            let before = Row::cost(&self.key_buf, &row.value);
-            match (&mut row.value, value) {
-                (Some(old), Some(new)) => {
-                    old.clear();
-                    old.extend_from_slice(new);
-                }
-                (slot, new) => *slot = new.map(<[u8]>::to_vec),
-            }
-            row.dirty = true;
-            let after = Row::cost(&self.key_buf, &row.value);
-            self.bytes = self.bytes + after - before;
-        } else {
-            let value = value.map(<[u8]>::to_vec);
-            self.bytes += Row::cost(&self.key_buf, &value);
-            self.rows.push(self.key_buf.clone(), Row { value, dirty: true });
+        match self.rows.find(&self.key_buf) {
+            Some(at) => self.rows.set(at, value),
+            None => self.rows.insert(&self.key_buf, value, true),
         }
         self.evict()
     }
 
-    /// Evicts least recently used rows until the cache is within its budget, writing back dirty
-    /// ones.
+    /// Once the cache is over its budget, evicts least recently used rows until it is a slice
+    /// ([`EVICTION_SLICE`]) under it, and writes the dirty ones back in one sorted batch.
     fn evict(&mut self) -> Result<(), StateError> {
-        while self.bytes > self.budget {
-            let Some((key, row)) = self.rows.pop_lru() else {
+        if self.rows.bytes() <= self.budget {
+            return Ok(());
+        }
+        let target = self.budget - self.budget / EVICTION_SLICE;
+        let mut evicted = std::mem::take(&mut self.evicted);
+        while self.rows.bytes() > target {
+            let Some(row) = self.rows.pop_oldest() else {
                 break;
             };
-            self.bytes -= Row::cost(&key, &row.value);
+            self.counts.evictions += 1;
             if row.dirty {
-                if let Err(e) = write_row(self.inner.as_mut(), &key, &row.value) {
-                    // Keep the change: the row stays, dirty, and the error reaches the caller.
-                    self.bytes += Row::cost(&key, &row.value);
-                    self.rows.push(key, row);
-                    return Err(e);
-                }
+                evicted.push(row);
             }
         }
-        Ok(())
+        self.counts.evicted_dirty += evicted.len() as u64;
+        evicted.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        let written = write_rows(self.inner.as_mut(), evicted.iter().map(|r| (r.key(), r.value())));
+        if written.is_err() {
+            // Keep the changes: the rows stay, dirty, and the error reaches the caller.
+            for row in evicted.drain(..) {
+                self.rows.restore(row);
+            }
+        }
+        evicted.clear();
+        self.evicted = evicted;
+        written
     }
 
-    /// Writes back the dirty rows of `state` (every state when `None`); they stay cached, clean.
+    /// Writes back the dirty rows of `state` (every state when `None`), sorted, in batches; they
+    /// stay cached, clean.
     fn write_back(&mut self, state: Option<usize>) -> Result<(), StateError> {
         let prefix = state.map(|s| (s as u32).to_be_bytes());
-        for (key, row) in self.rows.iter_mut() {
-            if row.dirty && prefix.is_none_or(|p| key.starts_with(&p)) {
-                write_row(self.inner.as_mut(), key, &row.value)?;
-                row.dirty = false;
+        let dirty = self.rows.dirty_sorted(prefix.as_ref().map_or(&[][..], |p| &p[..]));
+        for batch in dirty.chunks(WRITE_BACK_BATCH) {
+            write_rows(self.inner.as_mut(), batch.iter().map(|&at| self.rows.row(at)))?;
+            for &at in batch {
+                self.rows.mark_clean(at);
             }
+            self.counts.written_back += batch.len() as u64;
         }
         Ok(())
     }
@@ -131,23 +160,43 @@ impl WriteBackCache {
     /// Drops the cached rows of `state` whose row key starts with `prefix`.
     fn forget(&mut self, state: usize, prefix: &[u8]) {
         self.compose(state, prefix);
-        let doomed: Vec<Vec<u8>> =
-            self.rows.iter().filter(|(k, _)| k.starts_with(&self.key_buf)).map(|(k, _)| k.clone()).collect();
-        for key in doomed {
-            if let Some(row) = self.rows.pop(key.as_slice()) {
-                self.bytes -= Row::cost(&key, &row.value);
-            }
-        }
+        self.rows.remove_prefix(&self.key_buf);
     }
 }
 
-/// Writes one cached row (cache key: state ++ row key) to the store.
-fn write_row(store: &mut dyn KvStore, cache_key: &[u8], value: &Option<Vec<u8>>) -> Result<(), StateError> {
-    let (state, key) = cache_key.split_at(4);
-    let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]) as usize;
-    match value {
-        Some(v) => store.put(state, key, v),
-        None => store.delete(state, key),
+/// Writes cached rows (cache key: state ++ row key) to the store in one batch.
+fn write_rows<'a>(
+    store: &mut dyn KvStore,
+    rows: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Result<(), StateError> {
+    let batch: Vec<RowWrite<'a>> = rows
+        .map(|(cache_key, value)| {
+            let (state, key) = cache_key.split_at(4);
+            let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]) as usize;
+            RowWrite { state, key, value }
+        })
+        .collect();
+    if batch.is_empty() {
+        return Ok(());
+    }
+    store.write_rows(&batch)
+}
+
+impl Drop for WriteBackCache {
+    fn drop(&mut self) {
+        if self.report {
+            let c = self.counts;
+            tracing::info!(
+                hits = c.hits,
+                misses = c.misses,
+                evictions = c.evictions,
+                evicted_dirty = c.evicted_dirty,
+                written_back = c.written_back,
+                rows = self.rows.len(),
+                bytes = self.rows.bytes(),
+                "write-back cache counts"
+            );
+        }
     }
 }
 
@@ -169,8 +218,9 @@ impl KvStore for WriteBackCache {
             return self.inner.get(state, key, out);
         }
         self.compose(state, key);
-        if let Some(row) = self.rows.get(self.key_buf.as_slice()) {
-            return Ok(match &row.value {
+        if let Some(at) = self.rows.find(&self.key_buf) {
+            self.counts.hits += 1;
+            return Ok(match self.rows.value(at) {
                 Some(v) => {
                     out.clear();
                     out.extend_from_slice(v);
@@ -179,10 +229,9 @@ impl KvStore for WriteBackCache {
                 None => false,
             });
         }
+        self.counts.misses += 1;
         let found = self.inner.get(state, key, out)?;
-        let value = found.then(|| out.clone());
-        self.bytes += Row::cost(&self.key_buf, &value);
-        self.rows.push(self.key_buf.clone(), Row { value, dirty: false });
+        self.rows.insert(&self.key_buf, found.then_some(out.as_slice()), false);
         self.evict()?;
         Ok(found)
     }
@@ -253,6 +302,8 @@ mod tests {
     struct MemStore {
         rows: Rows,
         writes: Arc<Mutex<usize>>,
+        /// Rows of each batch `write_rows` got.
+        batches: Arc<Mutex<Vec<usize>>>,
         states: usize,
     }
 
@@ -300,6 +351,17 @@ mod tests {
         fn delete(&mut self, state: usize, key: &[u8]) -> Result<(), StateError> {
             self.wrote();
             self.rows.lock().unwrap().remove(&(state, key.to_vec()));
+            Ok(())
+        }
+        fn write_rows(&mut self, rows: &[RowWrite<'_>]) -> Result<(), StateError> {
+            assert!(rows.windows(2).all(|w| (w[0].state, w[0].key) < (w[1].state, w[1].key)), "sorted");
+            self.batches.lock().unwrap().push(rows.len());
+            for row in rows {
+                match row.value {
+                    Some(v) => self.put(row.state, row.key, v)?,
+                    None => self.delete(row.state, row.key)?,
+                }
+            }
             Ok(())
         }
         fn scan_prefix(
@@ -354,25 +416,52 @@ mod tests {
         assert_eq!(*mem.writes.lock().unwrap(), 1, "a clean row is not written again");
     }
 
+    /// Cache key of row `k` of state 0.
+    fn cached(k: u32) -> Vec<u8> {
+        [&0u32.to_be_bytes()[..], &k.to_be_bytes()].concat()
+    }
+
     #[test]
-    fn a_full_cache_writes_back_the_least_recently_used_rows() {
-        // Room for ten rows: a 4-byte state prefix, a 4-byte key and a 4-byte value each.
+    fn a_full_cache_writes_back_the_least_recently_used_rows_in_sorted_batches() {
+        const BUDGET: usize = 64 << 10;
+        const ROWS: u32 = 5000;
         let mem = MemStore::default();
-        let mut cache = WriteBackCache::new(Box::new(mem.clone()), 10 * (ENTRY_OVERHEAD + 4 + 4 + 4));
+        let mut cache = WriteBackCache::new(Box::new(mem.clone()), BUDGET);
         let s = cache.declare(&meta("v", StateKind::Value)).unwrap();
-        for k in 0..20u32 {
+        // Keys put in descending order, so a batch sorted by key is not the eviction order.
+        for k in (0..ROWS).rev() {
             cache.put(s, &k.to_be_bytes(), b"1234").unwrap();
+            assert!(cache.bytes() <= BUDGET, "{} bytes after row {k}", cache.bytes());
         }
+        let counts = cache.counts();
+        let evicted = counts.evictions as u32;
+        assert!(evicted > ROWS / 2, "{evicted} rows evicted");
+        assert_eq!(counts.evicted_dirty, counts.evictions);
         let stored = mem.rows();
-        assert_eq!(stored.len(), 10, "the ten oldest rows were evicted into the store");
-        assert!((0..10u32).all(|k| stored.contains_key(&(s, k.to_be_bytes().to_vec()))));
-        assert!((0..20u32).all(|k| get(&mut cache, s, &k.to_be_bytes()) == Some(b"1234".to_vec())));
-        // Reading a row makes it recent: the next eviction takes another one.
+        assert_eq!(stored.len(), evicted as usize);
+        assert!((ROWS - evicted..ROWS).all(|k| stored.contains_key(&(s, k.to_be_bytes().to_vec()))), "the oldest");
+        let batches = mem.batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().sum::<usize>(), evicted as usize, "every eviction went through a batch");
+        assert!(batches.iter().all(|&n| n > 10), "rows are evicted a slice at a time: {batches:?}");
+
+        // A cycle through more rows than fit evicts each row before it is read again.
+        assert!((0..ROWS).rev().all(|k| get(&mut cache, s, &k.to_be_bytes()) == Some(b"1234".to_vec())));
+        let counts = cache.counts();
+        assert_eq!((counts.hits, counts.misses), (0, ROWS as u64));
+
+        // Reading a row makes it recent: the next eviction takes others.
         cache.snapshot(&REQUEST).unwrap();
-        get(&mut cache, s, &10u32.to_be_bytes());
-        cache.put(s, &99u32.to_be_bytes(), b"1234").unwrap();
-        assert!(cache.rows.contains(&[&0u32.to_be_bytes()[..], &10u32.to_be_bytes()].concat()));
-        assert!(!cache.rows.contains(&[&0u32.to_be_bytes()[..], &11u32.to_be_bytes()].concat()));
+        let mut by_age = (0..ROWS).rev().filter(|&k| cache.rows.contains(&cached(k)));
+        let (oldest, second) = (by_age.next().unwrap(), by_age.next().unwrap());
+        assert_eq!(get(&mut cache, s, &oldest.to_be_bytes()), Some(b"1234".to_vec()));
+        let before = cache.counts().evictions;
+        let mut k = 10_000u32;
+        while cache.counts().evictions == before {
+            cache.put(s, &k.to_be_bytes(), b"1234").unwrap();
+            k += 1;
+        }
+        assert!(cache.rows.contains(&cached(oldest)));
+        assert!(!cache.rows.contains(&cached(second)));
     }
 
     #[test]

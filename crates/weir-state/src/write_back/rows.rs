@@ -1,0 +1,339 @@
+//! The write-back cache's table of rows: compact, because every byte a row costs here is a row
+//! fewer that fits the budget, and a keyed state that fits avoids a store read and write per
+//! record.
+//!
+//! A row is one allocation (its cache key followed by its value) referenced from a slot of a slab;
+//! the slots form an intrusive least-recently-used list by index, and a hash table of slot indices
+//! finds them. About 40 bytes per small row beyond its bytes, against about 150 for a general LRU
+//! map of owned keys and values (three allocations and a boxed node per row). The budget counts
+//! what the table really holds: row allocations rounded up to the allocator's granule, the slots
+//! in use, and the hash table, which is sized once for as many rows as the budget could hold (so
+//! it never grows past the budget by doubling).
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
+use std::hash::Hasher;
+
+/// No slot (end of the LRU list).
+const NIL: u32 = u32::MAX;
+
+/// Allocations are rounded up to this many bytes (the granule of common allocators, mimalloc's
+/// and glibc's included), plus nothing for a header: an estimate of the cost, on the safe side
+/// for small rows.
+const GRANULE: usize = 16;
+
+/// Bytes per hash-table bucket: the slot index and its control byte.
+const BUCKET_BYTES: usize = std::mem::size_of::<u32>() + 1;
+
+/// The least a row can cost: its slot, one granule of data, and its share of a hash table that
+/// is at most seven eighths full.
+const MIN_ROW_BYTES: usize = SLOT_BYTES + GRANULE + BUCKET_BYTES * 8 / 7;
+
+/// A slot, and its place in the free list once freed.
+const SLOT_BYTES: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<u32>();
+
+/// One cached row.
+struct Slot {
+    /// Key ++ value; empty when the slot is free.
+    data: Box<[u8]>,
+    key_len: u32,
+    /// Towards the most recently used row.
+    newer: u32,
+    /// Towards the least recently used row.
+    older: u32,
+    /// The row is known not to exist (read as missing, or deleted).
+    absent: bool,
+    /// Changed since it was last written to the store.
+    pub(super) dirty: bool,
+}
+
+impl Slot {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        (!self.absent).then(|| &self.data[self.key_len as usize..])
+    }
+}
+
+/// A row taken out of the table (evicted or removed).
+pub(super) struct TakenRow {
+    data: Box<[u8]>,
+    key_len: u32,
+    absent: bool,
+    pub(super) dirty: bool,
+}
+
+impl TakenRow {
+    pub(super) fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    pub(super) fn value(&self) -> Option<&[u8]> {
+        (!self.absent).then(|| &self.data[self.key_len as usize..])
+    }
+}
+
+/// Rows by key, in least-recently-used order.
+pub(super) struct RowTable {
+    index: HashTable<u32>,
+    slots: Vec<Slot>,
+    /// Free slots, reused before the slab grows.
+    free: Vec<u32>,
+    newest: u32,
+    oldest: u32,
+    /// Bytes of the rows' allocations.
+    row_bytes: usize,
+    /// The slot the last lookup found: a read-modify-write of one key looks it up once.
+    last: u32,
+}
+
+fn hash(key: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(key);
+    h.finish()
+}
+
+fn allocation(len: usize) -> usize {
+    len.div_ceil(GRANULE) * GRANULE
+}
+
+impl RowTable {
+    /// A table for at most `budget` bytes.
+    pub(super) fn new(budget: usize) -> Self {
+        // Room for the most rows the budget can hold, plus the one inserted before an eviction.
+        let most_rows = budget / MIN_ROW_BYTES + 1;
+        RowTable {
+            index: HashTable::with_capacity(most_rows),
+            // Reserved, not touched: memory is used as slots are.
+            slots: Vec::with_capacity(most_rows),
+            free: Vec::new(),
+            newest: NIL,
+            oldest: NIL,
+            row_bytes: 0,
+            last: NIL,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// What the table holds in memory: its rows, their slots and the hash table. Freed slots are
+    /// reused before the slab grows, so the slab stays within what the most rows at once needed.
+    pub(super) fn bytes(&self) -> usize {
+        self.row_bytes + self.len() * SLOT_BYTES + self.index.capacity() * BUCKET_BYTES * 8 / 7
+    }
+
+    #[cfg(test)]
+    pub(super) fn contains(&self, key: &[u8]) -> bool {
+        self.index.find(hash(key), |&i| self.slots[i as usize].key() == key).is_some()
+    }
+
+    /// The slot of `key`, made the most recently used; `None` when not cached.
+    pub(super) fn find(&mut self, key: &[u8]) -> Option<u32> {
+        let at = if self.last != NIL && self.slots[self.last as usize].key() == key {
+            self.last
+        } else {
+            let slots = &self.slots;
+            *self.index.find(hash(key), |&i| slots[i as usize].key() == key)?
+        };
+        self.last = at;
+        self.touch(at);
+        Some(at)
+    }
+
+    pub(super) fn value(&self, at: u32) -> Option<&[u8]> {
+        self.slots[at as usize].value()
+    }
+
+    /// Replaces the value of the row in slot `at`, dirty.
+    pub(super) fn set(&mut self, at: u32, value: Option<&[u8]>) {
+        let slot = &mut self.slots[at as usize];
+        slot.dirty = true;
+        slot.absent = value.is_none();
+        let key_len = slot.key_len as usize;
+        let value = value.unwrap_or_default();
+        if slot.data.len() == key_len + value.len() {
+            slot.data[key_len..].copy_from_slice(value);
+            return;
+        }
+        let data = [slot.key(), value].concat().into_boxed_slice();
+        self.row_bytes = self.row_bytes - allocation(slot.data.len()) + allocation(data.len());
+        slot.data = data;
+    }
+
+    /// Adds a row that is not in the table, as the most recently used.
+    pub(super) fn insert(&mut self, key: &[u8], value: Option<&[u8]>, dirty: bool) {
+        let data = [key, value.unwrap_or_default()].concat().into_boxed_slice();
+        self.row_bytes += allocation(data.len());
+        let slot = Slot { data, key_len: key.len() as u32, newer: NIL, older: NIL, absent: value.is_none(), dirty };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = slot;
+                at
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.index.insert_unique(hash(key), at, |&i| hash(slots[i as usize].key()));
+        self.link_newest(at);
+        self.last = at;
+    }
+
+    /// Takes out the least recently used row.
+    pub(super) fn pop_oldest(&mut self) -> Option<TakenRow> {
+        (self.oldest != NIL).then(|| self.take(self.oldest))
+    }
+
+    /// Takes out every row whose key starts with `prefix`.
+    pub(super) fn remove_prefix(&mut self, prefix: &[u8]) {
+        let doomed: Vec<u32> =
+            self.index.iter().copied().filter(|&i| self.slots[i as usize].key().starts_with(prefix)).collect();
+        for at in doomed {
+            self.take(at);
+        }
+    }
+
+    /// The slots of the dirty rows whose key starts with `prefix`, in key order (four bytes per
+    /// row: a checkpoint of a cache full of changes does not copy it).
+    pub(super) fn dirty_sorted(&self, prefix: &[u8]) -> Vec<u32> {
+        let mut dirty: Vec<u32> = self
+            .index
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let slot = &self.slots[i as usize];
+                slot.dirty && slot.key().starts_with(prefix)
+            })
+            .collect();
+        dirty.sort_unstable_by(|&a, &b| self.slots[a as usize].key().cmp(self.slots[b as usize].key()));
+        dirty
+    }
+
+    /// The key and value of the row in slot `at`.
+    pub(super) fn row(&self, at: u32) -> (&[u8], Option<&[u8]>) {
+        let slot = &self.slots[at as usize];
+        (slot.key(), slot.value())
+    }
+
+    pub(super) fn mark_clean(&mut self, at: u32) {
+        self.slots[at as usize].dirty = false;
+    }
+
+    /// Puts a taken row back, as the most recently used (a failed write-back keeps its rows).
+    pub(super) fn restore(&mut self, row: TakenRow) {
+        let value = row.value().map(<[u8]>::to_vec);
+        self.insert(row.key(), value.as_deref(), row.dirty);
+    }
+
+    fn take(&mut self, at: u32) -> TakenRow {
+        self.unlink(at);
+        let slot = &mut self.slots[at as usize];
+        let data = std::mem::take(&mut slot.data);
+        let (key_len, absent, dirty) = (slot.key_len, slot.absent, slot.dirty);
+        let key = &data[..key_len as usize];
+        if let Ok(entry) = self.index.find_entry(hash(key), |&i| i == at) {
+            entry.remove();
+        }
+        self.row_bytes -= allocation(data.len());
+        self.free.push(at);
+        if self.last == at {
+            self.last = NIL;
+        }
+        TakenRow { data, key_len, absent, dirty }
+    }
+
+    fn touch(&mut self, at: u32) {
+        if self.newest != at {
+            self.unlink(at);
+            self.link_newest(at);
+        }
+    }
+
+    fn link_newest(&mut self, at: u32) {
+        let old_newest = self.newest;
+        {
+            let slot = &mut self.slots[at as usize];
+            slot.newer = NIL;
+            slot.older = old_newest;
+        }
+        match old_newest {
+            NIL => self.oldest = at,
+            n => self.slots[n as usize].newer = at,
+        }
+        self.newest = at;
+    }
+
+    fn unlink(&mut self, at: u32) {
+        let (newer, older) = {
+            let slot = &self.slots[at as usize];
+            (slot.newer, slot.older)
+        };
+        match newer {
+            NIL => self.newest = older,
+            n => self.slots[n as usize].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.slots[o as usize].newer = newer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_oldest_first(t: &mut RowTable) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(row) = t.pop_oldest() {
+            out.push(row.key().to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn finds_updates_and_evicts_in_least_recently_used_order() {
+        let mut t = RowTable::new(1 << 20);
+        t.insert(b"a", Some(b"1"), false);
+        t.insert(b"b", None, true);
+        t.insert(b"c", Some(b"3"), false);
+        let a = t.find(b"a").unwrap();
+        assert_eq!(t.value(a), Some(&b"1"[..]));
+        t.set(a, Some(b"longer value"));
+        let b = t.find(b"b").unwrap();
+        assert_eq!(t.value(b), None);
+        assert!(t.find(b"x").is_none());
+        assert_eq!(t.len(), 3);
+        let dirty: Vec<&[u8]> = t.dirty_sorted(b"").into_iter().map(|at| t.row(at).0).collect();
+        assert_eq!(dirty, vec![&b"a"[..], &b"b"[..]]);
+        assert_eq!(keys_oldest_first(&mut t), vec![b"c".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.row_bytes, 0);
+        assert!(t.bytes() < 1 << 20, "the table fits its budget: {}", t.bytes());
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_prefix_removal_forgets_rows() {
+        let mut t = RowTable::new(1 << 20);
+        for k in 0..100u8 {
+            t.insert(&[k / 10, k], Some(&[k]), true);
+        }
+        let used = t.slots.len();
+        t.remove_prefix(&[3]);
+        assert_eq!(t.len(), 90);
+        assert!(t.find(&[3, 35]).is_none());
+        for k in 0..10u8 {
+            t.insert(&[200, k], None, false);
+        }
+        assert_eq!(t.slots.len(), used, "the ten freed slots were reused");
+        let at = t.find(&[4, 45]).unwrap();
+        assert_eq!(t.value(at), Some(&[45u8][..]));
+        assert_eq!(t.len(), 100);
+    }
+}
