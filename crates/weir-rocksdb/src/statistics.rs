@@ -56,6 +56,25 @@ impl Profile {
             tracing::info!("rocksdb perf counters of the task thread: {}", counters.join(" "));
         }
         tracing::info!("rocksdb statistics:\n{}", property("rocksdb.options-statistics"));
+        // Where the instance's memory is when it closes.
+        let memory: Vec<String> = [
+            "rocksdb.cur-size-all-mem-tables",
+            "rocksdb.block-cache-usage",
+            "rocksdb.block-cache-pinned-usage",
+            "rocksdb.estimate-table-readers-mem",
+        ]
+        .iter()
+        .map(|name| {
+            let per_cf = column_families
+                .iter()
+                .filter_map(|cf| db.cf_handle(cf))
+                .filter_map(|cf| db.property_int_value_cf(cf, *name).ok().flatten());
+            // Column families share the block cache: its figures are the same in each.
+            let total: u64 = if name.contains("block-cache") { per_cf.max().unwrap_or(0) } else { per_cf.sum() };
+            format!("{}={total}", name.trim_start_matches("rocksdb."))
+        })
+        .collect();
+        tracing::info!("rocksdb memory: {}", memory.join(" "));
         for name in column_families {
             if let Some(cf) = db.cf_handle(name) {
                 let stats = db.property_value_cf(cf, "rocksdb.cfstats-no-file-histogram").ok().flatten();

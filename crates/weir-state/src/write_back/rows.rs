@@ -2,16 +2,19 @@
 //! fewer that fits the budget, and a keyed state that fits avoids a store read and write per
 //! record.
 //!
-//! A row is one allocation (its cache key followed by its value) referenced from a slot of a slab;
-//! the slots form an intrusive least-recently-used list by index, and a hash table of slot indices
-//! finds them. About 40 bytes per small row beyond its bytes, against about 150 for a general LRU
-//! map of owned keys and values (three allocations and a boxed node per row). The budget counts
-//! what the table really holds: row allocations rounded up to the allocator's granule, the slots
-//! in use, and the hash table, which is sized once for as many rows as the budget could hold (so
-//! it never grows past the budget by doubling).
+//! A row (its cache key followed by its value) lives in a slot of a slab, inline when it is small
+//! (most keyed-state rows: a key group, a key and a count fit in 24 bytes), in an allocation of
+//! its own otherwise; the slots form an intrusive least-recently-used list by index, and a hash
+//! table of slot indices finds them. A small row costs about 58 bytes, against about 150 in a
+//! general LRU map of owned keys and values (three allocations and a boxed node per row), and
+//! evicting and loading rows allocates nothing, so a cache that churns does not fragment the heap.
+//! The budget counts what the table really holds: spilled rows' allocations rounded up to the
+//! allocator's granule, the slots in use, and the hash table, which is sized once for as many rows
+//! as the budget could hold (so it never grows past the budget by doubling).
 
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
+use smallvec::SmallVec;
 use std::hash::Hasher;
 
 /// No slot (end of the LRU list).
@@ -25,9 +28,20 @@ const GRANULE: usize = 16;
 /// Bytes per hash-table bucket: the slot index and its control byte.
 const BUCKET_BYTES: usize = std::mem::size_of::<u32>() + 1;
 
-/// The least a row can cost: its slot, one granule of data, and its share of a hash table that
-/// is at most seven eighths full.
-const MIN_ROW_BYTES: usize = SLOT_BYTES + GRANULE + BUCKET_BYTES * 8 / 7;
+/// The least a row can cost: its slot and its share of a hash table at most seven eighths full.
+const MIN_ROW_BYTES: usize = SLOT_BYTES + BUCKET_BYTES * 8 / 7;
+
+/// Key and value bytes kept in the slot itself.
+type RowBytes = SmallVec<[u8; 24]>;
+
+/// What a row's bytes cost beyond its slot.
+fn heap_bytes(data: &RowBytes) -> usize {
+    if data.spilled() {
+        data.capacity().div_ceil(GRANULE) * GRANULE
+    } else {
+        0
+    }
+}
 
 /// A slot, and its place in the free list once freed.
 const SLOT_BYTES: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<u32>();
@@ -35,7 +49,7 @@ const SLOT_BYTES: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<u32>
 /// One cached row.
 struct Slot {
     /// Key ++ value; empty when the slot is free.
-    data: Box<[u8]>,
+    data: RowBytes,
     key_len: u32,
     /// Towards the most recently used row.
     newer: u32,
@@ -59,7 +73,7 @@ impl Slot {
 
 /// A row taken out of the table (evicted or removed).
 pub(super) struct TakenRow {
-    data: Box<[u8]>,
+    data: RowBytes,
     key_len: u32,
     absent: bool,
     pub(super) dirty: bool,
@@ -83,10 +97,12 @@ pub(super) struct RowTable {
     free: Vec<u32>,
     newest: u32,
     oldest: u32,
-    /// Bytes of the rows' allocations.
+    /// Bytes of the allocations of rows too large for their slot.
     row_bytes: usize,
     /// The slot the last lookup found: a read-modify-write of one key looks it up once.
     last: u32,
+    /// The hash table's buckets, allocated once.
+    index_bytes: usize,
 }
 
 fn hash(key: &[u8]) -> u64 {
@@ -95,17 +111,15 @@ fn hash(key: &[u8]) -> u64 {
     h.finish()
 }
 
-fn allocation(len: usize) -> usize {
-    len.div_ceil(GRANULE) * GRANULE
-}
-
 impl RowTable {
     /// A table for at most `budget` bytes.
     pub(super) fn new(budget: usize) -> Self {
         // Room for the most rows the budget can hold, plus the one inserted before an eviction.
         let most_rows = budget / MIN_ROW_BYTES + 1;
+        let index = HashTable::with_capacity(most_rows);
         RowTable {
-            index: HashTable::with_capacity(most_rows),
+            index_bytes: index.capacity() * BUCKET_BYTES * 8 / 7,
+            index,
             // Reserved, not touched: memory is used as slots are.
             slots: Vec::with_capacity(most_rows),
             free: Vec::new(),
@@ -123,7 +137,7 @@ impl RowTable {
     /// What the table holds in memory: its rows, their slots and the hash table. Freed slots are
     /// reused before the slab grows, so the slab stays within what the most rows at once needed.
     pub(super) fn bytes(&self) -> usize {
-        self.row_bytes + self.len() * SLOT_BYTES + self.index.capacity() * BUCKET_BYTES * 8 / 7
+        self.row_bytes + self.len() * SLOT_BYTES + self.index_bytes
     }
 
     #[cfg(test)]
@@ -159,15 +173,22 @@ impl RowTable {
             slot.data[key_len..].copy_from_slice(value);
             return;
         }
-        let data = [slot.key(), value].concat().into_boxed_slice();
-        self.row_bytes = self.row_bytes - allocation(slot.data.len()) + allocation(data.len());
-        slot.data = data;
+        let before = heap_bytes(&slot.data);
+        slot.data.truncate(key_len);
+        slot.data.extend_from_slice(value);
+        slot.data.shrink_to_fit();
+        self.row_bytes = self.row_bytes - before + heap_bytes(&slot.data);
     }
 
-    /// Adds a row that is not in the table, as the most recently used.
+    /// Adds a row that is not in the table, as the most recently used. Keys are never empty.
     pub(super) fn insert(&mut self, key: &[u8], value: Option<&[u8]>, dirty: bool) {
-        let data = [key, value.unwrap_or_default()].concat().into_boxed_slice();
-        self.row_bytes += allocation(data.len());
+        debug_assert!(!key.is_empty(), "an empty key marks a free slot");
+        self.make_room_in_index();
+        let value_bytes = value.unwrap_or_default();
+        let mut data = RowBytes::with_capacity(key.len() + value_bytes.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value_bytes);
+        self.row_bytes += heap_bytes(&data);
         let slot = Slot { data, key_len: key.len() as u32, newer: NIL, older: NIL, absent: value.is_none(), dirty };
         let at = match self.free.pop() {
             Some(at) => {
@@ -183,6 +204,24 @@ impl RowTable {
         self.index.insert_unique(hash(key), at, |&i| hash(slots[i as usize].key()));
         self.link_newest(at);
         self.last = at;
+    }
+
+    /// Erased rows can leave tombstones in the hash table, which use up its spare room; with none
+    /// left, an insert would make hashbrown double the table (past the budget: it was measured
+    /// growing the cache's memory by a third) instead of rehashing it in place. Rebuilding it in
+    /// its own allocation costs one pass over the rows, once per as many erasures as the table has
+    /// spare room for (about a million for a 64 MB cache).
+    fn make_room_in_index(&mut self) {
+        if self.index.len() < self.index.capacity() {
+            return;
+        }
+        self.index.clear();
+        let slots = &self.slots;
+        for (at, slot) in slots.iter().enumerate() {
+            if slot.key_len > 0 {
+                self.index.insert_unique(hash(slot.key()), at as u32, |&i| hash(slots[i as usize].key()));
+            }
+        }
     }
 
     /// Takes out the least recently used row.
@@ -236,11 +275,12 @@ impl RowTable {
         let slot = &mut self.slots[at as usize];
         let data = std::mem::take(&mut slot.data);
         let (key_len, absent, dirty) = (slot.key_len, slot.absent, slot.dirty);
+        slot.key_len = 0;
         let key = &data[..key_len as usize];
         if let Ok(entry) = self.index.find_entry(hash(key), |&i| i == at) {
             entry.remove();
         }
-        self.row_bytes -= allocation(data.len());
+        self.row_bytes -= heap_bytes(&data);
         self.free.push(at);
         if self.last == at {
             self.last = NIL;
@@ -316,6 +356,41 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert_eq!(t.row_bytes, 0);
         assert!(t.bytes() < 1 << 20, "the table fits its budget: {}", t.bytes());
+    }
+
+    #[test]
+    fn small_rows_live_in_their_slot_and_large_ones_are_counted() {
+        let mut t = RowTable::new(1 << 20);
+        t.insert(b"key", Some(&[7; 21]), true);
+        assert_eq!(t.row_bytes, 0, "24 bytes fit the slot");
+        let at = t.find(b"key").unwrap();
+        t.set(at, Some(&[8; 40]));
+        assert_eq!(t.row_bytes, 48, "43 bytes spill into an allocation of 48");
+        assert_eq!(t.value(at), Some(&[8u8; 40][..]));
+        t.set(at, Some(&[9]));
+        assert_eq!(t.row_bytes, 0, "back in the slot");
+        assert_eq!(t.value(at), Some(&[9u8][..]));
+        t.insert(b"big", Some(&[1; 100]), false);
+        let big = t.pop_oldest().unwrap();
+        assert_eq!((big.key(), big.value()), (&b"key"[..], Some(&[9u8][..])));
+        drop(t.pop_oldest());
+        assert_eq!(t.row_bytes, 0);
+    }
+
+    #[test]
+    fn churn_never_grows_the_hash_table() {
+        let mut t = RowTable::new(64 << 10);
+        let allocated = t.index.allocation_size();
+        let most = t.index.capacity() * 3 / 4;
+        for k in 0..200_000u32 {
+            t.insert(&k.to_be_bytes(), Some(b"v"), false);
+            if t.len() > most {
+                t.pop_oldest();
+            }
+        }
+        assert_eq!(t.index.allocation_size(), allocated, "erasures' tombstones were cleared in place");
+        assert!(t.find(&199_999u32.to_be_bytes()).is_some());
+        assert_eq!(t.len(), most);
     }
 
     #[test]
