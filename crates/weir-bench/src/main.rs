@@ -324,7 +324,7 @@ fn main() -> anyhow::Result<()> {
     }
     let rocks = args.suite == "rocksdb";
     let (shapes, intervals, backends): (&[&str], &[u64], &[&str]) = match args.suite.as_str() {
-        "rocksdb" => (&["reference"], &[0, 10_000], &["rocksdb"]),
+        "rocksdb" => (&["reference", "large-state"], &[0, 10_000], &["rocksdb"]),
         "windows" => (&["windows"], &[10_000, 1_000], &["hashmap", "rocksdb"]),
         _ => (&["reference", "large-state"], &[0, 10_000, 1_000], &["hashmap"]),
     };
