@@ -66,13 +66,7 @@ pub trait KvStore: Send {
     /// Writes `rows` as one batch. The write-back cache hands them over sorted by state and key,
     /// which an ordered store inserts more cheaply than the same rows one call at a time.
     fn write_rows(&mut self, rows: &[RowWrite<'_>]) -> Result<(), StateError> {
-        for row in rows {
-            match row.value {
-                Some(value) => self.put(row.state, row.key, value)?,
-                None => self.delete(row.state, row.key)?,
-            }
-        }
-        Ok(())
+        write_each_row(self, rows)
     }
     /// Calls `f` with each row whose key starts with `prefix`, in key order, until it returns
     /// false.
@@ -87,6 +81,17 @@ pub trait KvStore: Send {
     fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError>;
     /// Checkpoint `id` completed: its files may be referenced by later incremental checkpoints.
     fn checkpoint_complete(&mut self, id: CheckpointId);
+}
+
+/// Writes `rows` one put or delete at a time: [`KvStore::write_rows`] of a store without batches.
+pub fn write_each_row<S: KvStore + ?Sized>(store: &mut S, rows: &[RowWrite<'_>]) -> Result<(), StateError> {
+    for row in rows {
+        match row.value {
+            Some(value) => store.put(row.state, row.key, value)?,
+            None => store.delete(row.state, row.key)?,
+        }
+    }
+    Ok(())
 }
 
 /// Creates a store for one operator subtask, restoring its state.

@@ -356,13 +356,7 @@ mod tests {
         fn write_rows(&mut self, rows: &[RowWrite<'_>]) -> Result<(), StateError> {
             assert!(rows.windows(2).all(|w| (w[0].state, w[0].key) < (w[1].state, w[1].key)), "sorted");
             self.batches.lock().unwrap().push(rows.len());
-            for row in rows {
-                match row.value {
-                    Some(v) => self.put(row.state, row.key, v)?,
-                    None => self.delete(row.state, row.key)?,
-                }
-            }
-            Ok(())
+            crate::serialized::write_each_row(self, rows)
         }
         fn scan_prefix(
             &mut self,
