@@ -4,7 +4,9 @@
 //! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores), and
 //! `cargo run --release -p weir-bench -- --suite windows` (event-time windows, both backends), and
 //! `cargo run --release -p weir-bench -- --suite connectors` (Kafka source and sink, PostgreSQL sink), and
-//! `cargo run --release -p weir-bench -- --suite object-storage` (savepoints and restores on S3 vs local disk).
+//! `cargo run --release -p weir-bench -- --suite object-storage` (savepoints and restores on S3 vs local disk), and
+//! `cargo run --release -p weir-bench -- --suite all --quick` (every suite, short: the regression guard, one
+//! JSON file to compare between commits).
 //!
 //! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
@@ -67,10 +69,27 @@ struct Args {
     /// Rows per PostgreSQL measurement in the connectors suite.
     #[arg(long, default_value_t = 300_000)]
     postgres_rows: u64,
+    /// A short run of every measurement (with `--suite all`, the regression guard: a few minutes):
+    /// 4 s windows, one run each, 10^6 keys, smaller connector volumes.
+    #[arg(long)]
+    quick: bool,
     /// A configuration entry for every job the engine, rocksdb and windows suites run (repeatable),
     /// e.g. `--set state.backend.rocksdb.writebuffer.size=16mb`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     settings: Vec<String>,
+}
+
+impl Args {
+    fn quick(self) -> Args {
+        Args {
+            seconds: 4,
+            repeat: 1,
+            keys: if self.keys.is_empty() { vec![1_000_000] } else { self.keys },
+            kafka_records: 300_000,
+            postgres_rows: 50_000,
+            ..self
+        }
+    }
 }
 
 /// The key counts given, or 10^6 and 10^7.
@@ -248,6 +267,87 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
     })
 }
 
+/// Every suite, in the order `--suite all` runs them.
+const SUITES: &[&str] = &["engine", "rocksdb", "windows", "savepoints", "object-storage", "connectors"];
+
+fn machine() -> serde_json::Value {
+    serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) })
+}
+
+/// The commit measured, so results of two commits can be told apart (`None` outside a checkout).
+fn git_commit() -> Option<String> {
+    let out = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// One suite's results, as `--suite NAME` writes them.
+fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
+    std::env::set_var("RUST_LOG", "warn");
+    let throughput_matrix: (&[&str], &[u64], &[&str]) = match suite {
+        "savepoints" => {
+            let report = savepoints::run(&key_counts(&args.keys))?;
+            return Ok(serde_json::json!({ "benchmark": "savepoints", "report": report }));
+        }
+        "object-storage" => {
+            let results = object_storage::run(&key_counts(&args.keys), args.repeat.max(1))?;
+            return Ok(serde_json::json!({ "benchmark": "object-storage", "results": results }));
+        }
+        "connectors" => {
+            let report = connectors::run(args.kafka_records, args.postgres_rows, args.repeat)?;
+            return Ok(serde_json::json!({ "benchmark": "connectors", "machine": machine(), "report": report }));
+        }
+        "rocksdb" => (&["reference", "large-state"], &[0, 10_000], &["rocksdb"]),
+        "windows" => (&["windows"], &[10_000, 1_000], &["hashmap", "rocksdb"]),
+        "engine" => (&["reference", "large-state"], &[0, 10_000, 1_000], &["hashmap"]),
+        other => bail!("unknown suite '{other}': all, {}", SUITES.join(", ")),
+    };
+    let results = throughput(throughput_matrix, args)?;
+    if suite == "rocksdb" {
+        let keys = if args.quick { 1_000_000 } else { 10_000_000 };
+        let report = rocksdb::run(keys)?;
+        return Ok(serde_json::json!({
+            "benchmark": "rocksdb", "machine": machine(), "throughput": results, "snapshots": report
+        }));
+    }
+    Ok(serde_json::json!({ "benchmark": suite, "machine": machine(), "results": results }))
+}
+
+/// Every (shape, backend, parallelism 1 and 2, checkpoint interval), each run `--repeat` times in
+/// a child process; the median run, with every run's rate.
+fn throughput((shapes, intervals, backends): (&[&str], &[u64], &[&str]), args: &Args) -> anyhow::Result<Vec<Result>> {
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for (&shape, &backend) in shapes.iter().flat_map(|s| backends.iter().map(move |b| (s, b))) {
+        for p in [1, 2] {
+            for &interval in intervals {
+                let spec = format!("{shape},{p},{interval},{backend}");
+                let mut runs = Vec::new();
+                for _ in 0..args.repeat.max(1) {
+                    runs.push(run_child(&exe, &spec, &SingleOptions::from_args(args))?);
+                }
+                runs.sort_by(|a, b| a.records_per_second.total_cmp(&b.records_per_second));
+                let rates: Vec<f64> = runs.iter().map(|r| r.records_per_second).collect();
+                let mut r = runs.swap_remove(runs.len() / 2);
+                r.runs_records_per_second = rates;
+                eprintln!(
+                    "{:<12} {:<8} p={} checkpoints={:>6}: {:>6.2} M records/s (median), {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
+                    r.shape,
+                    r.backend,
+                    r.parallelism,
+                    if interval == 0 { "none".to_string() } else { format!("{} s", interval / 1000) },
+                    r.records_per_second / 1e6,
+                    r.checkpoints,
+                    r.checkpoint_duration_ms_avg.unwrap_or(0.0),
+                    r.checkpoint_bytes_avg.unwrap_or(0.0),
+                    r.peak_rss_bytes as f64 / 1e6
+                );
+                results.push(r);
+            }
+        }
+    }
+    Ok(results)
+}
+
 /// Runs one configuration in a child process and parses its JSON line.
 fn run_child(exe: &std::path::Path, spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
     let out = Command::new(exe).args(["--single", spec]).args(options.to_args()).env("RUST_LOG", "warn").output()?;
@@ -277,106 +377,27 @@ fn main() -> anyhow::Result<()> {
         println!("{v}");
         return Ok(());
     }
+    let args = if args.quick { args.quick() } else { args };
     let out = args.out.clone().unwrap_or_else(|| format!("bench-results/{}.json", args.suite));
     if let Some(parent) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(parent)?;
     }
-    match args.suite.as_str() {
-        "engine" => {}
-        "savepoints" => {
-            std::env::set_var("RUST_LOG", "warn");
-            let report = savepoints::run(&key_counts(&args.keys))?;
-            std::fs::write(
-                &out,
-                serde_json::to_string_pretty(&serde_json::json!({ "benchmark": "savepoints", "report": report }))?,
-            )?;
-            eprintln!("wrote {out}");
-            return Ok(());
+    let report = if args.suite == "all" {
+        let mut all = serde_json::json!({
+            "benchmark": "all",
+            "quick": args.quick,
+            "commit": git_commit(),
+            "machine": machine(),
+        });
+        for suite in SUITES {
+            eprintln!("== {suite}");
+            all[*suite] = run_suite(suite, &args)?;
         }
-        "object-storage" => {
-            std::env::set_var("RUST_LOG", "warn");
-            let results = object_storage::run(&key_counts(&args.keys), args.repeat.max(1))?;
-            std::fs::write(
-                &out,
-                serde_json::to_string_pretty(
-                    &serde_json::json!({ "benchmark": "object-storage", "results": results }),
-                )?,
-            )?;
-            eprintln!("wrote {out}");
-            return Ok(());
-        }
-        "connectors" => {
-            std::env::set_var("RUST_LOG", "warn");
-            let report = connectors::run(args.kafka_records, args.postgres_rows, args.repeat)?;
-            let machine =
-                serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-            std::fs::write(
-                &out,
-                serde_json::to_string_pretty(
-                    &serde_json::json!({ "benchmark": "connectors", "machine": machine, "report": report }),
-                )?,
-            )?;
-            eprintln!("wrote {out}");
-            return Ok(());
-        }
-        "rocksdb" | "windows" => {}
-        other => bail!("unknown suite '{other}': engine, savepoints, object-storage, rocksdb, windows or connectors"),
-    }
-    let rocks = args.suite == "rocksdb";
-    let (shapes, intervals, backends): (&[&str], &[u64], &[&str]) = match args.suite.as_str() {
-        "rocksdb" => (&["reference", "large-state"], &[0, 10_000], &["rocksdb"]),
-        "windows" => (&["windows"], &[10_000, 1_000], &["hashmap", "rocksdb"]),
-        _ => (&["reference", "large-state"], &[0, 10_000, 1_000], &["hashmap"]),
+        all
+    } else {
+        run_suite(&args.suite, &args)?
     };
-    let exe = std::env::current_exe()?;
-    let mut results = Vec::new();
-    for (&shape, &backend) in shapes.iter().flat_map(|s| backends.iter().map(move |b| (s, b))) {
-        for p in [1, 2] {
-            for &interval in intervals {
-                let spec = format!("{shape},{p},{interval},{backend}");
-                let mut runs = Vec::new();
-                for _ in 0..args.repeat.max(1) {
-                    runs.push(run_child(&exe, &spec, &SingleOptions::from_args(&args))?);
-                }
-                runs.sort_by(|a, b| a.records_per_second.total_cmp(&b.records_per_second));
-                let rates: Vec<f64> = runs.iter().map(|r| r.records_per_second).collect();
-                let mut r = runs.swap_remove(runs.len() / 2);
-                r.runs_records_per_second = rates;
-                eprintln!(
-                    "{:<12} {:<8} p={} checkpoints={:>6}: {:>6.2} M records/s (median), {} checkpoints (avg {:.1} ms, {:.0} bytes), peak RSS {:.1} MB",
-                    r.shape,
-                    r.backend,
-                    r.parallelism,
-                    if interval == 0 { "none".to_string() } else { format!("{} s", interval / 1000) },
-                    r.records_per_second / 1e6,
-                    r.checkpoints,
-                    r.checkpoint_duration_ms_avg.unwrap_or(0.0),
-                    r.checkpoint_bytes_avg.unwrap_or(0.0),
-                    r.peak_rss_bytes as f64 / 1e6
-                );
-                results.push(r);
-            }
-        }
-    }
-    let machine = serde_json::json!({ "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) });
-    if rocks {
-        std::env::set_var("RUST_LOG", "warn");
-        let report = rocksdb::run(10_000_000)?;
-        std::fs::write(
-            &out,
-            serde_json::to_string_pretty(&serde_json::json!({
-                "benchmark": "rocksdb", "machine": machine, "throughput": results, "snapshots": report
-            }))?,
-        )?;
-        eprintln!("wrote {out}");
-        return Ok(());
-    }
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(
-            &serde_json::json!({ "benchmark": args.suite, "machine": machine, "results": results }),
-        )?,
-    )?;
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("wrote {out}");
     Ok(())
 }
