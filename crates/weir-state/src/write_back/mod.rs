@@ -21,7 +21,7 @@ use crate::error::StateError;
 use crate::format::{StateKind, StateMeta};
 use crate::serialized::{KvStore, RowWrite};
 use crate::snapshot::{SnapshotRequest, StoreSnapshot};
-use rows::{RowTable, TakenRow};
+use rows::{Row, RowTable};
 use weir_core::CheckpointId;
 
 /// Eviction frees a sixty-fourth of the budget at once, so rows reach the store in sorted batches
@@ -56,7 +56,7 @@ pub struct WriteBackCache {
     budget: usize,
     key_buf: Vec<u8>,
     /// The batch being evicted; kept to reuse its allocation.
-    evicted: Vec<TakenRow>,
+    evicted: Vec<Row>,
     counts: CacheCounts,
     /// Log `counts` when dropped.
     report: bool,

@@ -39,29 +39,35 @@ fn heap_bytes(data: &RowBytes) -> usize {
 /// A slot, and its place in the free list once freed.
 const SLOT_BYTES: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<u32>();
 
-/// One cached row.
-struct Slot {
-    /// Key ++ value; empty when the slot is free.
+/// A row: its key and value bytes, and what the cache knows of it.
+pub(super) struct Row {
+    /// Key ++ value; empty when its slot is free.
     data: RowBytes,
+    /// 0 when its slot is free (keys are never empty).
     key_len: u32,
-    /// Towards the most recently used row.
-    newer: u32,
-    /// Towards the least recently used row.
-    older: u32,
     /// The row is known not to exist (read as missing, or deleted).
     absent: bool,
     /// Changed since it was last written to the store.
     pub(super) dirty: bool,
 }
 
-impl Slot {
-    fn key(&self) -> &[u8] {
+impl Row {
+    pub(super) fn key(&self) -> &[u8] {
         &self.data[..self.key_len as usize]
     }
 
-    fn value(&self) -> Option<&[u8]> {
+    pub(super) fn value(&self) -> Option<&[u8]> {
         (!self.absent).then(|| &self.data[self.key_len as usize..])
     }
+}
+
+/// A cached row and its place in the LRU list.
+struct Slot {
+    row: Row,
+    /// Towards the most recently used row.
+    newer: u32,
+    /// Towards the least recently used row.
+    older: u32,
 }
 
 /// Slots in chunks of fixed capacity: growing never copies the slots (a doubling vector of a
@@ -104,24 +110,6 @@ impl std::ops::Index<u32> for Slab {
 impl std::ops::IndexMut<u32> for Slab {
     fn index_mut(&mut self, at: u32) -> &mut Slot {
         &mut self.chunks[(at >> CHUNK_BITS) as usize][(at & ((1 << CHUNK_BITS) - 1)) as usize]
-    }
-}
-
-/// A row taken out of the table (evicted or removed).
-pub(super) struct TakenRow {
-    data: RowBytes,
-    key_len: u32,
-    absent: bool,
-    pub(super) dirty: bool,
-}
-
-impl TakenRow {
-    pub(super) fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
-    }
-
-    pub(super) fn value(&self) -> Option<&[u8]> {
-        (!self.absent).then(|| &self.data[self.key_len as usize..])
     }
 }
 
@@ -175,16 +163,16 @@ impl RowTable {
 
     #[cfg(test)]
     pub(super) fn contains(&self, key: &[u8]) -> bool {
-        self.index.find(hash(key), |&i| self.slots[i].key() == key).is_some()
+        self.index.find(hash(key), |&i| self.slots[i].row.key() == key).is_some()
     }
 
     /// The slot of `key`, made the most recently used; `None` when not cached.
     pub(super) fn find(&mut self, key: &[u8]) -> Option<u32> {
-        let at = if self.last != NIL && self.slots[self.last].key() == key {
+        let at = if self.last != NIL && self.slots[self.last].row.key() == key {
             self.last
         } else {
             let slots = &self.slots;
-            *self.index.find(hash(key), |&i| slots[i].key() == key)?
+            *self.index.find(hash(key), |&i| slots[i].row.key() == key)?
         };
         self.last = at;
         self.touch(at);
@@ -192,25 +180,25 @@ impl RowTable {
     }
 
     pub(super) fn value(&self, at: u32) -> Option<&[u8]> {
-        self.slots[at].value()
+        self.slots[at].row.value()
     }
 
     /// Replaces the value of the row in slot `at`, dirty.
     pub(super) fn set(&mut self, at: u32, value: Option<&[u8]>) {
-        let slot = &mut self.slots[at];
-        slot.dirty = true;
-        slot.absent = value.is_none();
-        let key_len = slot.key_len as usize;
+        let row = &mut self.slots[at].row;
+        row.dirty = true;
+        row.absent = value.is_none();
+        let key_len = row.key_len as usize;
         let value = value.unwrap_or_default();
-        if slot.data.len() == key_len + value.len() {
-            slot.data[key_len..].copy_from_slice(value);
+        if row.data.len() == key_len + value.len() {
+            row.data[key_len..].copy_from_slice(value);
             return;
         }
-        let before = heap_bytes(&slot.data);
-        slot.data.truncate(key_len);
-        slot.data.extend_from_slice(value);
-        slot.data.shrink_to_fit();
-        self.row_bytes = self.row_bytes - before + heap_bytes(&slot.data);
+        let before = heap_bytes(&row.data);
+        row.data.truncate(key_len);
+        row.data.extend_from_slice(value);
+        row.data.shrink_to_fit();
+        self.row_bytes = self.row_bytes - before + heap_bytes(&row.data);
     }
 
     /// Adds a row that is not in the table, as the most recently used. Keys are never empty.
@@ -222,7 +210,8 @@ impl RowTable {
         data.extend_from_slice(key);
         data.extend_from_slice(value_bytes);
         self.row_bytes += heap_bytes(&data);
-        let slot = Slot { data, key_len: key.len() as u32, newer: NIL, older: NIL, absent: value.is_none(), dirty };
+        let row = Row { data, key_len: key.len() as u32, absent: value.is_none(), dirty };
+        let slot = Slot { row, newer: NIL, older: NIL };
         let at = match self.free.pop() {
             Some(at) => {
                 self.slots[at] = slot;
@@ -231,7 +220,7 @@ impl RowTable {
             None => self.slots.push(slot),
         };
         let slots = &self.slots;
-        self.index.insert_unique(hash(key), at, |&i| hash(slots[i].key()));
+        self.index.insert_unique(hash(key), at, |&i| hash(slots[i].row.key()));
         self.link_newest(at);
         self.last = at;
     }
@@ -246,11 +235,11 @@ impl RowTable {
             return;
         }
         let slots = &self.slots;
-        let rehash = |&i: &u32| hash(slots[i].key());
+        let rehash = |&i: &u32| hash(slots[i].row.key());
         self.index.clear();
         for (at, slot) in slots.iter() {
-            if slot.key_len > 0 {
-                self.index.insert_unique(hash(slot.key()), at, rehash);
+            if slot.row.key_len > 0 {
+                self.index.insert_unique(hash(slot.row.key()), at, rehash);
             }
         }
         if self.index.len() == self.index.capacity() {
@@ -260,14 +249,14 @@ impl RowTable {
     }
 
     /// Takes out the least recently used row.
-    pub(super) fn pop_oldest(&mut self) -> Option<TakenRow> {
+    pub(super) fn pop_oldest(&mut self) -> Option<Row> {
         (self.oldest != NIL).then(|| self.take(self.oldest))
     }
 
     /// Takes out every row whose key starts with `prefix`.
     pub(super) fn remove_prefix(&mut self, prefix: &[u8]) {
         let doomed: Vec<u32> =
-            self.index.iter().copied().filter(|&i| self.slots[i].key().starts_with(prefix)).collect();
+            self.index.iter().copied().filter(|&i| self.slots[i].row.key().starts_with(prefix)).collect();
         for at in doomed {
             self.take(at);
         }
@@ -281,46 +270,43 @@ impl RowTable {
             .iter()
             .copied()
             .filter(|&i| {
-                let slot = &self.slots[i];
-                slot.dirty && slot.key().starts_with(prefix)
+                let row = &self.slots[i].row;
+                row.dirty && row.key().starts_with(prefix)
             })
             .collect();
-        dirty.sort_unstable_by(|&a, &b| self.slots[a].key().cmp(self.slots[b].key()));
+        dirty.sort_unstable_by(|&a, &b| self.slots[a].row.key().cmp(self.slots[b].row.key()));
         dirty
     }
 
     /// The key and value of the row in slot `at`.
     pub(super) fn row(&self, at: u32) -> (&[u8], Option<&[u8]>) {
-        let slot = &self.slots[at];
-        (slot.key(), slot.value())
+        let row = &self.slots[at].row;
+        (row.key(), row.value())
     }
 
     pub(super) fn mark_clean(&mut self, at: u32) {
-        self.slots[at].dirty = false;
+        self.slots[at].row.dirty = false;
     }
 
     /// Puts a taken row back, as the most recently used (a failed write-back keeps its rows).
-    pub(super) fn restore(&mut self, row: TakenRow) {
+    pub(super) fn restore(&mut self, row: Row) {
         let value = row.value().map(<[u8]>::to_vec);
         self.insert(row.key(), value.as_deref(), row.dirty);
     }
 
-    fn take(&mut self, at: u32) -> TakenRow {
+    fn take(&mut self, at: u32) -> Row {
         self.unlink(at);
-        let slot = &mut self.slots[at];
-        let data = std::mem::take(&mut slot.data);
-        let (key_len, absent, dirty) = (slot.key_len, slot.absent, slot.dirty);
-        slot.key_len = 0;
-        let key = &data[..key_len as usize];
-        if let Ok(entry) = self.index.find_entry(hash(key), |&i| i == at) {
+        let free = Row { data: RowBytes::new(), key_len: 0, absent: true, dirty: false };
+        let row = std::mem::replace(&mut self.slots[at].row, free);
+        if let Ok(entry) = self.index.find_entry(hash(row.key()), |&i| i == at) {
             entry.remove();
         }
-        self.row_bytes -= heap_bytes(&data);
+        self.row_bytes -= heap_bytes(&row.data);
         self.free.push(at);
         if self.last == at {
             self.last = NIL;
         }
-        TakenRow { data, key_len, absent, dirty }
+        row
     }
 
     fn touch(&mut self, at: u32) {
