@@ -63,7 +63,8 @@ struct Args {
     /// Records per Kafka measurement in the connectors suite.
     #[arg(long, default_value_t = 2_000_000)]
     kafka_records: u64,
-    /// Key counts of the savepoints and object-storage suites (default 1000000,10000000).
+    /// Key counts of the savepoints and object-storage suites (default 1000000,10000000); the first
+    /// is also the large-state shape's (default 1000000).
     #[arg(long, value_delimiter = ',')]
     keys: Vec<u64>,
     /// Rows per PostgreSQL measurement in the connectors suite.
@@ -156,6 +157,9 @@ pub(crate) fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
+/// Distinct keys of the large-state shape unless `--keys` says otherwise.
+const LARGE_STATE_KEYS: u64 = 1_000_000;
+
 /// What a `--single` run measures beyond its spec.
 #[derive(Clone, Default)]
 struct SingleOptions {
@@ -222,7 +226,7 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
         }
         "large-state" => {
             let counter = Count::<u64>::new(progress.clone());
-            let keys = options.keys.unwrap_or(1_000_000);
+            let keys = options.keys.unwrap_or(LARGE_STATE_KEYS);
             source
                 .context("source")?
                 .map(move |i: u64| i % keys)
@@ -262,7 +266,7 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
         checkpoint_bytes_avg: some(checkpoints.iter().map(|c| c.state_size as f64).sum::<f64>() / n),
         peak_rss_bytes: peak_rss(),
         runs_records_per_second: Vec::new(),
-        keys: (shape == "large-state").then(|| options.keys.unwrap_or(1_000_000)),
+        keys: (shape == "large-state").then(|| options.keys.unwrap_or(LARGE_STATE_KEYS)),
         settings: options.settings.clone(),
     })
 }

@@ -52,9 +52,17 @@ pub struct TableSettings {
     pub block_size: usize,
 }
 
+/// Defaults of [`TableSettings`], also what the configuration falls back to.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+const BLOCK_SIZE: usize = 4 << 10;
+
 impl Default for TableSettings {
     fn default() -> Self {
-        TableSettings { bloom_bits_per_key: Some(10.0), partitioned_index_filters: true, block_size: 4 << 10 }
+        TableSettings {
+            bloom_bits_per_key: Some(BLOOM_BITS_PER_KEY),
+            partitioned_index_filters: true,
+            block_size: BLOCK_SIZE,
+        }
     }
 }
 
@@ -82,9 +90,9 @@ impl RocksDbSettings {
                 bloom_bits_per_key: config
                     .get_bool(keys::ROCKSDB_USE_BLOOM_FILTER)
                     .unwrap_or(true)
-                    .then(|| config.get_multiplier(keys::ROCKSDB_BLOOM_BITS_PER_KEY).unwrap_or(10.0)),
+                    .then(|| config.get_multiplier(keys::ROCKSDB_BLOOM_BITS_PER_KEY).unwrap_or(BLOOM_BITS_PER_KEY)),
                 partitioned_index_filters: config.get_bool(keys::ROCKSDB_PARTITIONED_INDEX_FILTERS).unwrap_or(true),
-                block_size: config.get_memory_size(keys::ROCKSDB_BLOCK_SIZE).map_or(4 << 10, |b| b as usize),
+                block_size: config.get_memory_size(keys::ROCKSDB_BLOCK_SIZE).map_or(BLOCK_SIZE, |b| b as usize),
             },
         }
     }
@@ -104,6 +112,27 @@ impl RocksDbSettings {
         if self.statistics {
             o.enable_statistics();
         }
+        // The table layout applies with or without a memory budget: a setting is never ignored.
+        let mut table = BlockBasedOptions::default();
+        table.set_block_size(self.table.block_size);
+        if self.table.partitioned_index_filters {
+            // Only the small top level of each index and filter stays pinned; the partitions
+            // come and go with the cache like data blocks. A whole-file filter of a large SST
+            // is bigger than a shard of the block cache (64 shards for 32 MB; 10^6 keys make
+            // 1.2 MB of filter), so it was dropped after each use and read back from disk for
+            // the next lookup (measured: 0.03 M records/s, against 0.11 partitioned).
+            table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+            table.set_partition_filters(true);
+            table.set_pin_top_level_index_and_filter(true);
+        }
+        if let Some(bits) = self.table.bloom_bits_per_key {
+            table.set_bloom_filter(bits, false);
+            table.set_whole_key_filtering(true);
+            // Memtables get a whole-key filter too: a lookup skips those without the key
+            // (measured: 2.4 -> 0.16 us per lookup of a key not in them).
+            o.set_memtable_prefix_bloom_ratio(0.02);
+            o.set_memtable_whole_key_filtering(true);
+        }
         if let (Some(m), Some(cache)) = (self.memory, cache) {
             let write_buffers = m.write_buffer_bytes().max(2 << 20);
             // The sum of all column families' memtables; reaching it flushes the largest.
@@ -111,32 +140,12 @@ impl RocksDbSettings {
             let memtable = self.write_buffer_size.unwrap_or((write_buffers / 2).clamp(1 << 20, MAX_MEMTABLE_BYTES));
             o.set_write_buffer_size(memtable);
             o.set_max_write_buffer_number(2);
-            let mut table = BlockBasedOptions::default();
             table.set_block_cache(cache);
-            table.set_block_size(self.table.block_size);
             // Index and filter blocks count against the cache instead of growing with the data.
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            if self.table.partitioned_index_filters {
-                // Only the small top level of each index and filter stays pinned; the partitions
-                // come and go with the cache like data blocks. A whole-file filter of a large SST
-                // is bigger than a shard of the block cache (64 shards for 32 MB; 10^6 keys make
-                // 1.2 MB of filter), so it was dropped after each use and read back from disk for
-                // the next lookup (measured: 0.03 M records/s, against 0.11 partitioned).
-                table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-                table.set_partition_filters(true);
-                table.set_pin_top_level_index_and_filter(true);
-            }
-            if let Some(bits) = self.table.bloom_bits_per_key {
-                table.set_bloom_filter(bits, false);
-                table.set_whole_key_filtering(true);
-                // Memtables get a whole-key filter too: a lookup skips those without the key
-                // (measured: 2.4 -> 0.16 us per lookup of a key not in them).
-                o.set_memtable_prefix_bloom_ratio(0.02);
-                o.set_memtable_whole_key_filtering(true);
-            }
-            o.set_block_based_table_factory(&table);
         }
+        o.set_block_based_table_factory(&table);
         o
     }
 

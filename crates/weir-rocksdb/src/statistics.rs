@@ -54,6 +54,8 @@ impl Profile {
             let counters: Vec<String> =
                 PERF_METRICS.iter().map(|(name, metric)| format!("{name}={}", perf.metric(*metric))).collect();
             tracing::info!("rocksdb perf counters of the task thread: {}", counters.join(" "));
+            // The thread may go on with other work: no more timers around its calls.
+            set_perf_stats(PerfStatsLevel::Disable);
         }
         tracing::info!("rocksdb statistics:\n{}", property("rocksdb.options-statistics"));
         // Where the instance's memory is when it closes.
