@@ -54,12 +54,24 @@ fn run_iteration(seed: u64, backend: Backend, storage: Storage) -> (u32, u32) {
         // checkpoint (under load, a job can be killed before its first checkpoint completes).
         let kill = kills < 2 || (restores == 0 && kills < 8);
         let kill_after = if kill { Some(Duration::from_millis(100 + rand(500))) } else { None };
+        // After two random kills without a checkpoint to restore (slow checkpoints on a loaded
+        // machine, on S3 above all), the next kill waits until one exists, so a restore happens.
+        let wait_for_checkpoint = kills >= 2 && restores == 0;
+        let mut checkpoint_seen = false;
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break Some(status);
             }
-            if kill_after.is_some_and(|k| started.elapsed() >= k) {
+            let due = kill_after.is_some_and(|k| started.elapsed() >= k);
+            if due && wait_for_checkpoint && !checkpoint_seen {
+                checkpoint_seen = latest_checkpoint_at(&ck).is_some();
+                if !checkpoint_seen {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+            if due {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills += 1;
