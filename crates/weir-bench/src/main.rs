@@ -1,7 +1,8 @@
 //! `cargo run --release -p weir-bench -- [--seconds S] [--out FILE]` (the engine suite), and
 //! `cargo run --release -p weir-bench -- --suite savepoints` (savepoint and restore times), and
 //! `cargo run --release -p weir-bench -- --suite rocksdb` (the rocksdb backend: throughput of the
-//! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores), and
+//! reference shape, full vs incremental checkpoints, native vs canonical savepoints, restores;
+//! `--suite rocksdb-snapshots` runs only its snapshot part), and
 //! `cargo run --release -p weir-bench -- --suite windows` (event-time windows, both backends), and
 //! `cargo run --release -p weir-bench -- --suite connectors` (Kafka source and sink, PostgreSQL sink), and
 //! `cargo run --release -p weir-bench -- --suite object-storage` (savepoints and restores on S3 vs local disk), and
@@ -12,7 +13,9 @@
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
 //! * `reference`: counter source → map `i` to `"w" + (i % 1000)` → key_by → count in keyed
 //!   `ValueState<u64>` (1000 keys); the shape Flink 2.3 runs at ~6.6 M records/s (p=1) and
-//!   ~8.3 M/s (p=2) on this machine.
+//!   ~8.3 M/s (p=2) on this machine. The key is borrowed from the record (`key_by_ref(|w| w)`,
+//!   as Flink's `keyBy(w -> w)`); `reference-computed-key` (`--single` only) clones it instead
+//!   (`key_by(|w| w.clone())`), to show what a key allocated per record costs.
 //! * `large-state`: the same with 10^6 distinct u64 keys.
 //!
 //! Throughput is measured after a one-second warm-up over the given window.
@@ -220,6 +223,16 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
                 .context("source")?
                 .map(|i: u64| word(i % 1000))
                 .uid("map")
+                .key_by_ref(|w: &String| w)
+                .process::<(), _>(counter)
+                .uid("count");
+        }
+        "reference-computed-key" => {
+            let counter = Count::<String>::new(progress.clone());
+            source
+                .context("source")?
+                .map(|i: u64| word(i % 1000))
+                .uid("map")
                 .key_by(|w: &String| w.clone())
                 .process::<(), _>(counter)
                 .uid("count");
@@ -299,6 +312,13 @@ fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
         "connectors" => {
             let report = connectors::run(args.kafka_records, args.postgres_rows, args.repeat)?;
             return Ok(serde_json::json!({ "benchmark": "connectors", "machine": machine(), "report": report }));
+        }
+        "rocksdb-snapshots" => {
+            let keys = if args.quick { 1_000_000 } else { 10_000_000 };
+            let report = rocksdb::run(keys)?;
+            return Ok(
+                serde_json::json!({ "benchmark": "rocksdb-snapshots", "machine": machine(), "snapshots": report }),
+            );
         }
         "rocksdb" => (&["reference", "large-state"], &[0, 10_000], &["rocksdb"]),
         "windows" => (&["windows"], &[10_000, 1_000], &["hashmap", "rocksdb"]),

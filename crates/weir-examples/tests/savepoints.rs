@@ -193,6 +193,83 @@ backend_tests! {
     }
 }
 
+/// Counts per word and reports where: `word count subtask`.
+#[derive(Clone, Default)]
+struct CountWords {
+    state: Option<ValueState<u64>>,
+    subtask: u32,
+}
+
+impl KeyedProcessFunction<String, String, String> for CountWords {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, String>) -> Result<(), BoxError> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        self.subtask = ctx.subtask();
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        word: String,
+        ctx: &mut Context<'_, String>,
+        out: &mut Collector<'_, String>,
+    ) -> Result<(), BoxError> {
+        assert_eq!(ctx.key(), &word, "the function sees the record's own key");
+        let h = self.state.ok_or("not opened")?;
+        let n = h.value(ctx)?.unwrap_or(0) + 1;
+        h.update(ctx, n)?;
+        out.collect(format!("{word} {n} {}", self.subtask));
+        Ok(())
+    }
+}
+
+backend_tests! {
+    fn a_borrowed_key_selector_partitions_and_restores_like_a_computed_one(backend) {
+        // Round 1 keys by a computed (cloned) key at p=1; round 2 restores its savepoint into the
+        // same job keyed by `key_by_ref` at p=3: same key groups, so every word continues its count
+        // on the subtask that owns its key group.
+        let paths = paths(backend);
+        let words: Vec<String> = (0..30).map(|i| format!("wörd-{i}")).collect();
+        let mut snapshot: Option<PathBuf> = None;
+        for (round, p) in [1u32, 3].into_iter().enumerate() {
+            let restore = snapshot.as_ref().map(|s| s.to_str().unwrap().to_string());
+            let args: Vec<&str> = restore.as_deref().map(|s| vec!["-s", s]).unwrap_or_default();
+            let env = job_env(&paths, &args);
+            let lines = env
+                .source(FileSource::follow(&paths.input))
+                .uid("source")
+                .set_parallelism(1)
+                .map(|line: String| line.trim().to_string())
+                .uid("trim")
+                .set_parallelism(1);
+            let keyed = if round == 0 { lines.key_by(|w: &String| w.clone()) } else { lines.key_by_ref(|w: &String| w) };
+            keyed
+                .process(CountWords::default())
+                .uid("count")
+                .set_parallelism(p)
+                .set_max_parallelism(MAX_P)
+                .sink(FileSink::new(&paths.out))
+                .uid("sink")
+                .set_parallelism(1);
+            let handle = env.execute_async("borrowed-keys").unwrap();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&paths.input).unwrap();
+            for w in &words {
+                writeln!(f, "{w}").unwrap();
+            }
+            drop(f);
+            wait_for("this round's counts", || committed(&paths.out).len() == words.len() * (round + 1));
+            snapshot = Some(savepoint(&handle, &paths));
+            finish(handle);
+        }
+        let lines = committed(&paths.out);
+        for w in &words {
+            let second: Vec<&String> = lines.iter().filter(|l| l.starts_with(&format!("{w} 2 "))).collect();
+            assert_eq!(second.len(), 1, "{w} continued from its restored count once: {lines:?}");
+            let subtask: u32 = second[0].rsplit(' ').next().unwrap().parse().unwrap();
+            let kg = weir_core::key_group::assign_to_key_group(w, MAX_P);
+            assert_eq!(subtask, weir_core::key_group::operator_index_for_key_group(MAX_P, 3, kg), "{w}");
+        }
+    }
+}
+
 backend_tests! {
     fn a_moved_savepoint_restores_from_its_new_place(backend) {
         let paths = paths(backend);

@@ -115,7 +115,67 @@ impl<I, O: Send, R: IntoIterator<Item = O>, F: FnMut(I) -> R + Send> Output<I> f
 
 // ---- keyed process ---------------------------------------------------------------------------
 
-pub(crate) type KeySelector<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+/// How a keyed operator gets a record's key: computed from the record (`key_by`), or borrowed from
+/// it (`key_by_ref`) and copied into a key the operator keeps, so that a `String` key costs a copy
+/// into memory already held instead of an allocation and a free per record.
+pub(crate) enum KeySelector<K, T> {
+    Computed(Arc<dyn Fn(&T) -> K + Send + Sync>),
+    Borrowed(Arc<dyn for<'a> Fn(&'a T) -> &'a K + Send + Sync>),
+}
+
+/// A record's key, as its operator holds it while the record is processed.
+pub(crate) enum SelectedKey<'c, K> {
+    Computed(K),
+    Held(&'c K),
+}
+
+impl<K> std::ops::Deref for SelectedKey<'_, K> {
+    type Target = K;
+    #[inline]
+    fn deref(&self) -> &K {
+        match self {
+            SelectedKey::Computed(k) => k,
+            SelectedKey::Held(k) => k,
+        }
+    }
+}
+
+impl<K, T> Clone for KeySelector<K, T> {
+    fn clone(&self) -> Self {
+        match self {
+            KeySelector::Computed(f) => KeySelector::Computed(f.clone()),
+            KeySelector::Borrowed(f) => KeySelector::Borrowed(f.clone()),
+        }
+    }
+}
+
+impl<K: Key, T> KeySelector<K, T> {
+    /// The key of `record`: computed, or borrowed and copied into `held` (reusing its memory).
+    #[inline]
+    pub(crate) fn select<'c>(&self, record: &T, held: &'c mut Option<K>) -> SelectedKey<'c, K> {
+        match self {
+            KeySelector::Computed(f) => SelectedKey::Computed(f(record)),
+            KeySelector::Borrowed(f) => {
+                let key = f(record);
+                if let Some(held) = held.as_mut() {
+                    held.clone_from(key);
+                } else {
+                    *held = Some(key.clone());
+                }
+                SelectedKey::Held(held.get_or_insert_with(|| key.clone()))
+            }
+        }
+    }
+
+    /// The key's hash, which routes the record to the subtask owning its key group.
+    #[inline]
+    pub(crate) fn key_hash(&self, record: &T) -> i32 {
+        match self {
+            KeySelector::Computed(f) => f(record).key_hash(),
+            KeySelector::Borrowed(f) => f(record).key_hash(),
+        }
+    }
+}
 
 pub(crate) struct KeyedProcessSpec<K, I, O, F> {
     pub f: F,
@@ -143,7 +203,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
             operator: core.name.clone(),
         };
         f.open(&mut rc).map_err(|e| user_error(&core.name, e))?;
-        let op = KeyedProcessOp { f, key: self.key.clone(), core, next, _types: PhantomData };
+        let op = KeyedProcessOp { f, key: self.key.clone(), current_key: None, core, next, _types: PhantomData };
         Ok(Instance::Operator(erase_output::<I>(Box::new(op))))
     }
 }
@@ -154,6 +214,8 @@ const USER_TIMERS: &str = "user-timers";
 struct KeyedProcessOp<K, I, O, F> {
     f: F,
     key: KeySelector<K, I>,
+    /// The current record's key (kept, so a borrowed key reuses its memory).
+    current_key: Option<K>,
     core: KeyedCore<K>,
     next: Box<dyn Output<O>>,
     _types: PhantomData<fn(I)>,
@@ -193,7 +255,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> for KeyedProcessOp<K, I, O, F> {
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
-        let key = (self.key)(&record);
+        let key = self.key.select(&record, &mut self.current_key);
         let core = &mut self.core;
         let scope = core.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", core.name)))?;
         let mut ctx = Context { scope, timestamp, domain: None, time: &core.time, side: &mut core.side };

@@ -202,7 +202,18 @@ impl<T: Record> DataStream<T> {
 
     /// Partitions the stream by key. `key` must be deterministic: it decides the key group.
     pub fn key_by<K: Key, F: Fn(&T) -> K + Send + Sync + 'static>(self, key: F) -> KeyedStream<K, T> {
-        KeyedStream { stream: self, key: Arc::new(key) }
+        KeyedStream { stream: self, key: KeySelector::Computed(Arc::new(key)) }
+    }
+
+    /// Partitions the stream by a key borrowed from each record: `.key_by_ref(|e: &Event| &e.user)`
+    /// partitions exactly as `.key_by(|e: &Event| e.user.clone())` (same key groups, same state,
+    /// savepoints interchangeable), but the keyed operator copies each key into memory it keeps
+    /// instead of allocating a new key per record.
+    pub fn key_by_ref<K: Key, F>(self, key: F) -> KeyedStream<K, T>
+    where
+        F: for<'a> Fn(&'a T) -> &'a K + Send + Sync + 'static,
+    {
+        KeyedStream { stream: self, key: KeySelector::Borrowed(Arc::new(key)) }
     }
 
     pub fn sink<S: SinkFunction<T> + Clone + Sync>(self, sink: S) -> SinkStream {
@@ -242,7 +253,7 @@ impl<K: Key, T: Record> KeyedStream<K, T> {
     /// Adds a keyed operator (state, timers, side outputs) behind a key-group edge.
     pub(crate) fn add_keyed<O: Record>(self, name: &str, spec: Arc<dyn NodeSpec>) -> DataStream<O> {
         let key = self.key.clone();
-        let hash: KeyHashFn<T> = Arc::new(move |t: &T| key(t).key_hash());
+        let hash: KeyHashFn<T> = Arc::new(move |t: &T| key.key_hash(t));
         let mut stream = self.stream;
         stream.edge = EdgeKind::KeyGroup;
         let node = NodeBuilder {

@@ -84,7 +84,8 @@ where
             scratch: Vec::new(),
             _types: PhantomData,
         };
-        let op = WindowOperator { key: self.key.clone(), windows, finish: self.finish.clone(), core, next };
+        let op =
+            WindowOperator { key: self.key.clone(), spare_key: None, windows, finish: self.finish.clone(), core, next };
         Ok(Instance::Operator(erase_output::<T>(Box::new(op))))
     }
 }
@@ -383,6 +384,8 @@ fn plan_merge<K: Key>(
 
 struct WindowOperator<K, T, O, I: Incremental<T>, F> {
     key: KeySelector<K, T>,
+    /// The last record's key, whose memory the next key reuses.
+    spare_key: Option<K>,
     windows: Windows<K, T, I>,
     finish: F,
     core: KeyedCore<K>,
@@ -464,23 +467,21 @@ where
                 })
             }
         };
-        let key = (self.key)(&record);
+        let mut current = self.spare_key.take();
+        let key = self.key.select(&record, &mut current);
         let watermark = self.core.time.watermark;
         let late_copy = self.windows.is_late_element(time, watermark).then(|| record.clone());
         let mut scope = self.core.backend.scope(&key).map_err(|e| self.windows.err(e))?;
         let added = self.windows.add(&mut scope, record, time, watermark).map_err(|e| self.windows.err(e))?;
-        match added {
-            Added::Fired(fired) => {
-                for (window, acc) in fired {
-                    self.emit_window(&key, &window, acc)?;
-                }
-                Ok(())
-            }
+        let result = match added {
+            Added::Fired(fired) => fired.into_iter().try_for_each(|(window, acc)| self.emit_window(&key, &window, acc)),
             Added::Late => match late_copy {
                 Some(record) => self.route_late(record, timestamp),
                 None => Ok(()),
             },
-        }
+        };
+        self.spare_key = current;
+        result
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {

@@ -9,7 +9,6 @@
 use crate::codec;
 use crate::error::StateError;
 use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
-use rustc_hash::FxHashMap;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -22,19 +21,22 @@ use weir_core::KeyGroupRange;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
+use key_map::{hash_key, KeyMap};
+
+mod key_map;
 
 /// One key group of one state. Owned while no snapshot holds it, so a write is a plain `&mut`;
 /// a snapshot turns it into a shared `Arc`, and the first write after that takes it back (copying
 /// it only if the snapshot still holds it). `Arc::make_mut` on every write would pay an atomic
 /// compare-and-swap per record.
 enum Group<K, V> {
-    Owned(FxHashMap<K, V>),
-    Shared(Arc<FxHashMap<K, V>>),
+    Owned(KeyMap<K, V>),
+    Shared(Arc<KeyMap<K, V>>),
 }
 
 impl<K: Key, V: StateData> Group<K, V> {
     #[inline]
-    fn map(&self) -> &FxHashMap<K, V> {
+    fn map(&self) -> &KeyMap<K, V> {
         match self {
             Group::Owned(m) => m,
             Group::Shared(m) => m,
@@ -42,7 +44,7 @@ impl<K: Key, V: StateData> Group<K, V> {
     }
 
     #[inline]
-    fn map_mut(&mut self) -> &mut FxHashMap<K, V> {
+    fn map_mut(&mut self) -> &mut KeyMap<K, V> {
         if let Group::Shared(_) = self {
             self.take_back();
         }
@@ -54,13 +56,13 @@ impl<K: Key, V: StateData> Group<K, V> {
 
     #[cold]
     fn take_back(&mut self) {
-        if let Group::Shared(shared) = std::mem::replace(self, Group::Owned(FxHashMap::default())) {
+        if let Group::Shared(shared) = std::mem::replace(self, Group::Owned(KeyMap::default())) {
             *self = Group::Owned(Arc::try_unwrap(shared).unwrap_or_else(|still_held| (*still_held).clone()));
         }
     }
 
     /// The group for a snapshot; from now on it is shared until the next write.
-    fn freeze(&mut self) -> Arc<FxHashMap<K, V>> {
+    fn freeze(&mut self) -> Arc<KeyMap<K, V>> {
         if let Group::Owned(m) = self {
             *self = Group::Shared(Arc::new(std::mem::take(m)));
         }
@@ -164,7 +166,7 @@ impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
 
 struct FrozenTable<K, V> {
     meta: StateMeta,
-    groups: Vec<Arc<FxHashMap<K, V>>>,
+    groups: Vec<Arc<KeyMap<K, V>>>,
 }
 
 impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
@@ -309,7 +311,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             return Ok(slot);
         }
         let n = self.key_groups.count as usize;
-        let mut groups: Vec<FxHashMap<K, V>> = (0..n).map(|_| FxHashMap::default()).collect();
+        let mut groups: Vec<KeyMap<K, V>> = (0..n).map(|_| KeyMap::default()).collect();
         if let Some(raw) = self.restored.remove(name) {
             if let Err(detail) = meta.check_restored(&raw.meta) {
                 self.restored.insert(name.to_string(), raw);
@@ -368,11 +370,11 @@ impl<K: Key> HeapKeyedBackend<K> {
 
     /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
     /// would mean a routing bug.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn scope<'a>(&'a mut self, key: &'a K) -> Result<HeapScope<'a, K>, StateError> {
         let kg = assign_to_key_group(key, self.max_parallelism);
         match self.key_groups.offset_of(kg) {
-            Some(group) => Ok(HeapScope { backend: self, key, group }),
+            Some(group) => Ok(HeapScope { backend: self, key, group, hash: hash_key(key) }),
             None => Err(StateError::MisroutedKey { key_group: kg, owned: self.key_groups }),
         }
     }
@@ -408,11 +410,12 @@ impl<K: Key> HeapKeyedBackend<K> {
     }
 }
 
-/// Heap state access for the current key.
+/// Heap state access for the current key, hashed once for all of a record's lookups.
 pub(crate) struct HeapScope<'a, K> {
     backend: &'a mut HeapKeyedBackend<K>,
     key: &'a K,
     group: usize,
+    hash: u64,
 }
 
 impl<K: Key> HeapScope<'_, K> {
@@ -436,41 +439,31 @@ impl<K: Key> HeapScope<'_, K> {
 
     #[inline]
     pub(crate) fn get<V: StateData>(&self, slot: usize) -> Option<&V> {
-        self.backend.table::<V>(slot).groups[self.group].map().get(self.key)
+        self.backend.table::<V>(slot).groups[self.group].map().get(self.hash, self.key)
     }
 
+    /// The current key's value of `slot`, inserted with `init` when it has none.
     #[inline]
     pub(crate) fn entry<V: StateData>(&mut self, slot: usize, init: impl FnOnce() -> V) -> &mut V {
-        let (key, group) = (self.key, self.group);
-        let map = self.backend.table_mut::<V>(slot).groups[group].map_mut();
-        if !map.contains_key(key) {
-            map.insert(key.clone(), init());
-        }
-        match map.get_mut(key) {
-            Some(v) => v,
-            None => unreachable!("inserted above"),
-        }
+        let (key, group, hash) = (self.key, self.group, self.hash);
+        self.backend.table_mut::<V>(slot).groups[group].map_mut().get_or_insert_with(hash, key, init)
     }
 
     #[inline]
     pub(crate) fn put<V: StateData>(&mut self, slot: usize, value: V) {
-        let (key, group) = (self.key, self.group);
+        let (key, group, hash) = (self.key, self.group, self.hash);
         let map = self.backend.table_mut::<V>(slot).groups[group].map_mut();
-        match map.get_mut(key) {
+        match map.get_mut(hash, key) {
             Some(v) => *v = value,
-            None => {
-                map.insert(key.clone(), value);
-            }
+            None => map.insert_new(hash, key.clone(), value),
         }
     }
 
     pub(crate) fn remove<V: StateData>(&mut self, slot: usize) -> Option<V> {
-        let (key, group) = (self.key, self.group);
+        let (key, group, hash) = (self.key, self.group, self.hash);
         let table = self.backend.table_mut::<V>(slot);
-        if !table.groups[group].map().contains_key(key) {
-            return None;
-        }
-        table.groups[group].map_mut().remove(key)
+        table.groups[group].map().get(hash, key)?;
+        table.groups[group].map_mut().remove(hash, key)
     }
 
     /// Changes the current key's namespaces of `slot` in place, with one hash lookup when the key
@@ -481,20 +474,20 @@ impl<K: Key> HeapScope<'_, K> {
         slot: usize,
         f: impl FnOnce(&mut VecMap<N, V>),
     ) {
-        let (key, group) = (self.key, self.group);
+        let (key, group, hash) = (self.key, self.group, self.hash);
         let map = self.backend.table_mut::<VecMap<N, V>>(slot).groups[group].map_mut();
-        match map.get_mut(key) {
+        match map.get_mut(hash, key) {
             Some(entries) => {
                 f(entries);
                 if entries.is_empty() {
-                    map.remove(key);
+                    map.remove(hash, key);
                 }
             }
             None => {
                 let mut entries = VecMap::default();
                 f(&mut entries);
                 if !entries.is_empty() {
-                    map.insert(key.clone(), entries);
+                    map.insert_new(hash, key.clone(), entries);
                 }
             }
         }
