@@ -8,13 +8,18 @@
 //!   read-only, and the rows of the subtask's key groups are copied into a fresh database.
 //! * Canonical: the key groups of the subtask are read from the key-group files into a fresh
 //!   database.
+//!
+//! Rows copied into a fresh database (the last two cases) are written as SST files, each column
+//! family's rows in key order, and ingested at the end ([`SstLoad`]): no memtable, no write-ahead
+//! log, and nothing to compact, since the files land in the bottom level of the empty instance.
+//! Row-by-row puts spent most of a large restore in memtable inserts, flushes and compactions.
 
 use crate::snapshot::{open_read_only, Uploaded};
 use crate::store::{cf_name, prefix_end, scan};
 use crate::{db_err, io_err, BACKEND_NAME};
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, IngestExternalFileOptions, Options, SstFileWriter, WriteOptions, DB};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use weir_core::metadata::StateMeta;
 use weir_core::KeyGroupRange;
 use weir_state::serialized::{key_group_prefix, read_canonical_rows};
@@ -22,8 +27,10 @@ use weir_state::{ResolvedNativeHandle, RestoredKeyedState, StateError, StoreCont
 
 type Opened = (DB, BTreeMap<String, StateMeta>, BTreeMap<String, Uploaded>);
 
-/// Bytes buffered in a write batch before it is written.
-const BATCH_BYTES: usize = 8 << 20;
+/// Size at which a column family's SST file is finished and the next one started.
+const SST_FILE_BYTES: u64 = 64 << 20;
+/// Threads one subtask's canonical restore builds SST files with, at most.
+const MAX_RESTORE_THREADS: usize = 8;
 
 pub(crate) fn open_instance(
     instance_dir: &Path,
@@ -45,8 +52,11 @@ pub(crate) fn open_instance(
     }
     let mut known = BTreeMap::new();
     let mut db = DB::open(options, &db_dir).map_err(db_err("creating the RocksDB instance"))?;
-    let mut batch = Batch::default();
-    for (i, native) in restored.native.iter().enumerate() {
+    let mut load = SstLoad::new(instance_dir.join("ingest"), options)?;
+    // In key-group order, so that each column family's rows arrive in key order.
+    let mut natives: Vec<&ResolvedNativeHandle> = restored.native.iter().collect();
+    natives.sort_by_key(|n| n.handle.key_groups.start);
+    for (i, native) in natives.into_iter().enumerate() {
         let temp = instance_dir.join(format!("restore-{i}"));
         link_files(native, &temp)?;
         let names = cf_names(native);
@@ -54,13 +64,13 @@ pub(crate) fn open_instance(
         for meta in &native.handle.states {
             ensure_cf(&mut db, options, &mut known, meta)?;
             let name = cf_name(&meta.name);
-            let (Some(from), Some(_)) = (source.cf_handle(&name), db.cf_handle(&name)) else {
+            let Some(from) = source.cf_handle(&name) else {
                 continue;
             };
             for kg in native.handle.key_groups.intersection(&ctx.key_groups).iter() {
                 let mut failure = None;
                 scan(&source, from, &key_group_prefix(kg), &mut |k, v| {
-                    if let Err(e) = batch.put(&db, &name, k, v) {
+                    if let Err(e) = load.put(&name, k, v) {
                         failure = Some(e);
                         return false;
                     }
@@ -75,13 +85,85 @@ pub(crate) fn open_instance(
         let _ = std::fs::remove_dir_all(&temp);
     }
     if !restored.files.is_empty() {
-        read_canonical_rows(restored, ctx.key_groups, &mut |meta, key, value| {
-            ensure_cf(&mut db, options, &mut known, meta)?;
-            batch.put(&db, &cf_name(&meta.name), key, value)
-        })?;
+        for (metas, chunk) in load_canonical_in_parallel(instance_dir, options, restored, ctx.key_groups)? {
+            for meta in &metas {
+                ensure_cf(&mut db, options, &mut known, meta)?;
+            }
+            load.take_files_of(chunk)?;
+        }
     }
-    batch.flush(&db)?;
+    load.ingest(&db)?;
     Ok((db, known, BTreeMap::new()))
+}
+
+/// Writes the canonical rows of `range` as SST files, the range split into one contiguous chunk
+/// of key groups per core (each chunk's rows are a disjoint key range, so its files never overlap
+/// another's). Building SST files is most of a restore's time, and one subtask has a whole machine
+/// to itself while it restores. Returns each chunk's files and the states it found.
+fn load_canonical_in_parallel<'o>(
+    instance_dir: &Path,
+    options: &'o Options,
+    restored: &RestoredKeyedState,
+    range: KeyGroupRange,
+) -> Result<Vec<(Vec<StateMeta>, SstLoad<'o>)>, StateError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_RESTORE_THREADS);
+    let chunks = split_range(range, threads as u32);
+    std::thread::scope(|scope| {
+        let running: Vec<_> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let dir = instance_dir.join(format!("ingest-{i}"));
+                std::thread::Builder::new()
+                    .name(format!("restore-{i}"))
+                    .spawn_scoped(scope, move || load_canonical(dir, options, restored, chunk))
+                    .map_err(|e| StateError::Backend(format!("starting a restore thread: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(StateError::Backend("a restore thread panicked".into()))))
+            .collect()
+    })
+}
+
+/// One chunk of [`load_canonical_in_parallel`].
+fn load_canonical<'o>(
+    dir: PathBuf,
+    options: &'o Options,
+    restored: &RestoredKeyedState,
+    range: KeyGroupRange,
+) -> Result<(Vec<StateMeta>, SstLoad<'o>), StateError> {
+    let mut load = SstLoad::new(dir, options)?;
+    let mut metas: Vec<StateMeta> = Vec::new();
+    // Rows come state by state, key group by key group: look at the state only when it changes.
+    let mut current: Option<(StateMeta, String)> = None;
+    read_canonical_rows(restored, range, &mut |meta, key, value| {
+        let cf = match &current {
+            Some((m, cf)) if m == meta => cf,
+            _ => {
+                if !metas.contains(meta) {
+                    metas.push(meta.clone());
+                }
+                &current.insert((meta.clone(), cf_name(&meta.name))).1
+            }
+        };
+        load.put(cf, key, value)
+    })?;
+    Ok((metas, load))
+}
+
+/// `range` in `n` contiguous chunks of nearly equal size (fewer when it has fewer key groups).
+fn split_range(range: KeyGroupRange, n: u32) -> Vec<KeyGroupRange> {
+    let n = n.clamp(1, range.count.max(1));
+    (0..n)
+        .map(|i| {
+            let from = range.start + (range.count as u64 * i as u64 / n as u64) as u32;
+            let to = range.start + (range.count as u64 * (i as u64 + 1) / n as u64) as u32;
+            KeyGroupRange { start: from, count: to - from }
+        })
+        .filter(|c| c.count > 0)
+        .collect()
 }
 
 fn open_clipped(
@@ -188,29 +270,117 @@ fn ensure_cf(
     }
 }
 
-/// Rows on their way into the database, written in batches without a write-ahead log.
-#[derive(Default)]
-struct Batch {
-    batch: WriteBatch,
-    bytes: usize,
+/// Rows bound for a fresh database, written as SST files per column family (each family's rows
+/// in ascending key order, which `SstFileWriter` checks) and ingested at the end. The files are
+/// moved into the database; whatever is left (a failed restore) goes with the instance directory.
+struct SstLoad<'o> {
+    dir: PathBuf,
+    options: &'o Options,
+    /// Column families by name, with the one rows last went to first to look at.
+    families: Vec<(String, FamilyFiles<'o>)>,
+    last: usize,
+    files_started: usize,
+    /// Directories of loads whose files were taken over, removed after ingestion.
+    extra_dirs: Vec<PathBuf>,
 }
 
-impl Batch {
-    fn put(&mut self, db: &DB, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        let handle = db.cf_handle(cf).ok_or_else(|| StateError::Backend(format!("column family {cf} missing")))?;
-        self.batch.put_cf(handle, key, value);
-        self.bytes += key.len() + value.len();
-        if self.bytes >= BATCH_BYTES {
-            self.flush(db)?;
+struct FamilyFiles<'o> {
+    open: Option<SstFileWriter<'o>>,
+    done: Vec<PathBuf>,
+}
+
+impl<'o> SstLoad<'o> {
+    fn new(dir: PathBuf, options: &'o Options) -> Result<Self, StateError> {
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(SstLoad { dir, options, families: Vec::new(), last: 0, files_started: 0, extra_dirs: Vec::new() })
+    }
+
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        if self.families.get(self.last).is_none_or(|(name, _)| name != cf) {
+            self.last = match self.families.iter().position(|(name, _)| name == cf) {
+                Some(i) => i,
+                None => {
+                    self.families.push((cf.to_string(), FamilyFiles { open: None, done: Vec::new() }));
+                    self.families.len() - 1
+                }
+            };
+        }
+        let family = &mut self.families[self.last].1;
+        let writer = match &mut family.open {
+            Some(w) => w,
+            None => {
+                let path = self.dir.join(format!("{:06}.sst", self.files_started));
+                self.files_started += 1;
+                let writer = SstFileWriter::create(self.options);
+                writer.open(&path).map_err(db_err("starting an SST file of restored state"))?;
+                family.done.push(path);
+                family.open.insert(writer)
+            }
+        };
+        writer.put(key, value).map_err(|e| {
+            StateError::Backend(format!(
+                "writing restored state of column family {cf} into {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        if writer.file_size() >= SST_FILE_BYTES {
+            finish(family)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self, db: &DB) -> Result<(), StateError> {
-        let batch = std::mem::take(&mut self.batch);
-        self.bytes = 0;
-        let mut write = WriteOptions::default();
-        write.disable_wal(true);
-        db.write_opt(batch, &write).map_err(db_err("writing restored state"))
+    /// Adds the files of another load (of a disjoint key range) to be ingested with these.
+    fn take_files_of(&mut self, mut other: SstLoad<'o>) -> Result<(), StateError> {
+        for (cf, mut family) in other.families.drain(..) {
+            finish(&mut family)?;
+            match self.families.iter_mut().find(|(name, _)| *name == cf) {
+                Some((_, mine)) => mine.done.append(&mut family.done),
+                None => self.families.push((cf, family)),
+            }
+        }
+        self.extra_dirs.push(other.dir.clone());
+        self.extra_dirs.append(&mut other.extra_dirs);
+        Ok(())
+    }
+
+    /// Finishes every file and ingests each column family's files into `db`.
+    fn ingest(mut self, db: &DB) -> Result<(), StateError> {
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        for (cf, family) in &mut self.families {
+            finish(family)?;
+            let handle = db.cf_handle(cf).ok_or_else(|| StateError::Backend(format!("column family {cf} missing")))?;
+            let files = std::mem::take(&mut family.done);
+            db.ingest_external_file_cf_opts(handle, &ingest, files).map_err(db_err("ingesting restored state"))?;
+        }
+        for dir in std::iter::once(&self.dir).chain(&self.extra_dirs) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+}
+
+fn finish(family: &mut FamilyFiles<'_>) -> Result<(), StateError> {
+    match family.open.take() {
+        Some(mut writer) => writer.finish().map_err(db_err("finishing an SST file of restored state")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_splits_into_contiguous_chunks_covering_it_once() {
+        for (start, count, n) in [(0, 128, 2), (5, 7, 3), (10, 3, 8), (0, 1, 4), (3, 0, 2), (0, 32768, 8)] {
+            let range = KeyGroupRange { start, count };
+            let chunks = split_range(range, n);
+            let groups: Vec<u32> = chunks.iter().flat_map(|c| c.iter()).collect();
+            assert_eq!(groups, range.iter().collect::<Vec<_>>(), "{range:?} in {n}");
+            assert!(chunks.len() as u32 <= n.min(count.max(1)));
+            let sizes: Vec<u32> = chunks.iter().map(|c| c.count).collect();
+            assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1, "{sizes:?}");
+        }
     }
 }

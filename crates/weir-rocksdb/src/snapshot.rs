@@ -153,7 +153,7 @@ impl RocksDbSnapshot {
     ) -> Result<WrittenKeyedState, StateError> {
         let names: Vec<String> = self.states.iter().map(|s| cf_name(&s.name)).collect();
         let db = open_read_only(&RocksDbSettings::reader_options(), &self.dir, &names)?;
-        let mut rows = CheckpointRows { db: &db, names: &names };
+        let rows = CheckpointRows { db: &db, names: &names };
         if rows.is_empty()? {
             return Ok(WrittenKeyedState::default());
         }
@@ -161,7 +161,7 @@ impl RocksDbSnapshot {
         states.sort_by(|a, b| a.name.cmp(&b.name));
         let NewFile { out, reference, location } = files.create_exclusive(name).map_err(StateError::Write)?;
         created.push(location.clone());
-        let (out, written) = write_canonical(out, self.key_groups, &states, &mut rows)?;
+        let (out, written) = write_canonical(out, self.key_groups, &states, &rows)?;
         out.finish().map_err(storage_err(&location))?;
         Ok(WrittenKeyedState { keyed: Some(written.into_handle(reference, self.key_groups)), native: None })
     }
@@ -247,7 +247,7 @@ impl CheckpointRows<'_> {
 
 impl RowSource for CheckpointRows<'_> {
     fn scan_key_group(
-        &mut self,
+        &self,
         state: usize,
         key_group: u32,
         f: &mut weir_state::serialized::RowSink<'_>,

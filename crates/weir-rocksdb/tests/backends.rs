@@ -318,3 +318,49 @@ fn working_directories_are_removed_when_the_backend_is_dropped() {
     drop(b);
     assert_eq!(std::fs::read_dir(tmp.path().join("local")).unwrap().count(), 0);
 }
+
+#[test]
+fn canonical_restores_into_rocksdb_load_rows_in_key_order_whatever_the_files_order() {
+    // Two heap subtasks (p=2 of max 16) write a canonical savepoint each, with map entries whose
+    // user keys are negative and positive numbers: their MessagePack bytes sort unlike their
+    // values, which is how map state orders them in a canonical file. One rocksdb subtask
+    // restores both files, listed last range first: RocksDB's bulk load takes rows only in key
+    // order, so the restore must order files and rows itself.
+    let tmp = tempfile::tempdir().unwrap();
+    let max_p = 16;
+    let user_keys = [-300i64, -5, -1, 0, 1, 127, 128, 70_000];
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    let mut restored = RestoredKeyedState::default();
+    for subtask in [1u32, 0] {
+        let range = key_group_range_for_subtask(max_p, 2, subtask);
+        let mut heap =
+            KeyedStateBackend::create(&StateBackend::HashMap, &ctx(max_p, range), &RestoredKeyedState::default())
+                .unwrap();
+        let map = heap.map_state(&MapStateDescriptor::<i64, String>::new("m")).unwrap();
+        let count = heap.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            if range.offset_of(weir_core::key_group::assign_to_key_group(key, max_p)).is_none() {
+                continue;
+            }
+            let mut s = heap.scope(key).unwrap();
+            for uk in user_keys {
+                map.put(&mut s, uk, format!("{key}:{uk}")).unwrap();
+            }
+            count.update(&mut s, i as u64).unwrap();
+        }
+        let files = snapshot(&mut heap, &tmp.path().join(format!("sp-{subtask}")), CANONICAL, 1).files;
+        restored.files.extend(files);
+    }
+    let rocks = backends(tmp.path()).remove(1);
+    let mut r =
+        KeyedStateBackend::create(&rocks, &ctx(max_p, KeyGroupRange::inclusive(0, max_p - 1)), &restored).unwrap();
+    let map = r.map_state(&MapStateDescriptor::<i64, String>::new("m")).unwrap();
+    let count = r.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let mut s = r.scope(key).unwrap();
+        let entries = map.entries(&mut s).unwrap();
+        let want: Vec<(i64, String)> = user_keys.iter().map(|uk| (*uk, format!("{key}:{uk}"))).collect();
+        assert_eq!(entries, want, "{key}");
+        assert_eq!(count.value(&mut s).unwrap(), Some(i as u64), "{key}");
+    }
+}

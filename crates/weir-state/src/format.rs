@@ -79,16 +79,127 @@ impl<W: Write> StateFileWriter<W> {
 
     /// Writes the next key group's payload (built with [`push_entries`]).
     pub fn write_key_group(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.write_block(&Block::frame(payload))
+    }
+
+    /// Writes a key group's block framed (and checksummed) by whoever encoded it.
+    fn write_block(&mut self, block: &Block<'_>) -> io::Result<()> {
         self.offsets.push(self.written);
-        self.put(&(payload.len() as u32).to_be_bytes())?;
-        self.put(&crc32c::crc32c(payload).to_be_bytes())?;
-        self.put(payload)
+        self.inner.write_all(&block.head)?;
+        self.inner.write_all(&block.payload)?;
+        let len = block.head.len() + block.payload.len();
+        self.crc = crc32c::crc32c_combine(self.crc, block.crc, len);
+        self.written += len as u64;
+        Ok(())
+    }
+
+    /// Writes key groups `0..count` (indices within the file's range) in order, each payload
+    /// built by an encoder (see [`push_entries`]). Large files are encoded on several threads at
+    /// once, each with an encoder of its own from `new_encoder`, while this thread writes blocks
+    /// in order as they come: at most [`BLOCKS_AHEAD`] encoded blocks per thread wait in memory,
+    /// and the bytes written are the same whatever the number of threads.
+    pub fn write_key_groups<E>(
+        &mut self,
+        count: usize,
+        parallel: bool,
+        new_encoder: &(dyn Fn() -> E + Sync),
+    ) -> Result<(), StateError>
+    where
+        E: FnMut(usize, &mut Vec<u8>) -> Result<(), StateError>,
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if parallel { cores.min(MAX_ENCODE_THREADS) } else { 1 };
+        self.write_key_groups_on(threads, count, new_encoder)
+    }
+
+    fn write_key_groups_on<E>(
+        &mut self,
+        threads: usize,
+        count: usize,
+        new_encoder: &(dyn Fn() -> E + Sync),
+    ) -> Result<(), StateError>
+    where
+        E: FnMut(usize, &mut Vec<u8>) -> Result<(), StateError>,
+    {
+        let threads = threads.min(count);
+        if threads <= 1 {
+            let mut encode = new_encoder();
+            let mut payload = Vec::new();
+            for index in 0..count {
+                payload.clear();
+                encode(index, &mut payload)?;
+                self.write_key_group(&payload).map_err(StateError::Write)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|scope| {
+            let mut queues = Vec::with_capacity(threads);
+            for first in 0..threads {
+                let (send, receive) = std::sync::mpsc::sync_channel::<Result<Block<'static>, StateError>>(BLOCKS_AHEAD);
+                // Written payloads go back to their encoder, so a large snapshot does not fault in
+                // fresh pages for every key group.
+                let (recycle, reuse) = std::sync::mpsc::channel::<Vec<u8>>();
+                queues.push((receive, recycle));
+                let spawned =
+                    std::thread::Builder::new().name(format!("encode-{first}")).spawn_scoped(scope, move || {
+                        let mut encode = new_encoder();
+                        for index in (first..count).step_by(threads) {
+                            let mut payload = reuse.try_recv().unwrap_or_default();
+                            payload.clear();
+                            let block = encode(index, &mut payload).map(|()| Block::frame(payload));
+                            let failed = block.is_err();
+                            // The writer hung up (it failed): stop.
+                            if send.send(block).is_err() || failed {
+                                return;
+                            }
+                        }
+                    });
+                if let Err(e) = spawned {
+                    return Err(StateError::Write(e));
+                }
+            }
+            for index in 0..count {
+                let (blocks, recycle) = &queues[index % threads];
+                let block = blocks.recv().map_err(|_| {
+                    StateError::Write(io::Error::other(format!("the encoder of key group index {index} stopped")))
+                })??;
+                self.write_block(&block).map_err(StateError::Write)?;
+                if let std::borrow::Cow::Owned(payload) = block.payload {
+                    let _ = recycle.send(payload);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Returns the writer and what was written.
     pub fn finish(mut self) -> io::Result<(W, WrittenFile)> {
         self.inner.flush()?;
         Ok((self.inner, WrittenFile { offsets: self.offsets, size: self.written, crc32c: self.crc }))
+    }
+}
+
+/// Threads a file's key groups are encoded on, at most.
+const MAX_ENCODE_THREADS: usize = 8;
+/// Encoded key groups each encoding thread may have waiting for the writer.
+pub const BLOCKS_AHEAD: usize = 2;
+
+/// A key group's block as written: `len | crc32c(payload) | payload`, with the CRC32C of all of
+/// it (combined into the whole file's checksum without reading the payload again).
+struct Block<'p> {
+    head: [u8; 8],
+    payload: std::borrow::Cow<'p, [u8]>,
+    crc: u32,
+}
+
+impl<'p> Block<'p> {
+    fn frame(payload: impl Into<std::borrow::Cow<'p, [u8]>>) -> Block<'p> {
+        let payload = payload.into();
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        head[4..].copy_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &payload);
+        Block { head, payload, crc }
     }
 }
 
@@ -112,7 +223,8 @@ pub fn push_entries<'a>(
 }
 
 /// One state's entries within a key group: `(state index, [(key, value)])`.
-pub type KeyGroupEntries = Vec<(u16, Vec<(Vec<u8>, Vec<u8>)>)>;
+/// One key group's block: each state's entries, borrowed from the block's bytes.
+pub type KeyGroupEntries<'b> = Vec<(u16, Vec<(&'b [u8], &'b [u8])>)>;
 
 /// Reads key groups of a state file by offset.
 #[derive(Debug)]
@@ -158,8 +270,14 @@ impl StateFileReader {
         &self.header
     }
 
-    /// Reads the block of `key_group` at `offset` and verifies its checksum.
-    pub fn read_key_group(&mut self, key_group: u32, offset: u64) -> Result<KeyGroupEntries, StateError> {
+    /// Reads the block of `key_group` at `offset` into `payload` and verifies its checksum; the
+    /// entries borrow from `payload` (a restore copies only what it keeps).
+    pub fn read_key_group<'b>(
+        &mut self,
+        key_group: u32,
+        offset: u64,
+        payload: &'b mut Vec<u8>,
+    ) -> Result<KeyGroupEntries<'b>, StateError> {
         let path = self.path.clone();
         let corrupt = |detail: String| StateError::CorruptFile { path: path.clone(), detail };
         self.file.seek(SeekFrom::Start(offset)).map_err(|error| StateError::Io { path: path.clone(), error })?;
@@ -167,23 +285,23 @@ impl StateFileReader {
         self.file.read_exact(&mut fixed).map_err(|_| corrupt(format!("truncated at key group {key_group}")))?;
         let len = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
         let stored = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-        let mut payload = Vec::new();
+        payload.clear();
         (&mut self.file)
             .take(len as u64)
-            .read_to_end(&mut payload)
+            .read_to_end(payload)
             .map_err(|error| StateError::Io { path: path.clone(), error })?;
         if payload.len() != len {
             return Err(corrupt(format!("truncated at key group {key_group}")));
         }
-        if crc32c::crc32c(&payload) != stored {
+        if crc32c::crc32c(payload) != stored {
             return Err(corrupt(format!("checksum mismatch in key group {key_group}")));
         }
-        parse_payload(&payload).ok_or_else(|| corrupt(format!("malformed block of key group {key_group}")))
+        parse_payload(payload).ok_or_else(|| corrupt(format!("malformed block of key group {key_group}")))
     }
 }
 
 /// Receives one state's entries of one key group: (file, state, key group, entries).
-pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StateError> + 'a;
+pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, &[(&[u8], &[u8])]) -> Result<(), StateError> + 'a;
 
 /// Reads the key groups of `range` from key-group files and hands each state's entries of a key
 /// group to `f` as (path of the file, state, key group, entries). Both backends restore through it.
@@ -196,23 +314,24 @@ pub fn read_key_groups(
         crate::checksum::verify_file(path, handle.file.size, handle.file.crc32c, "state file")?;
         let mut reader = StateFileReader::open(path)?;
         let states = reader.header().states.clone();
+        let mut payload = Vec::new();
         for (i, kg) in handle.key_groups.iter().enumerate() {
             if range.offset_of(kg).is_none() {
                 continue;
             }
-            for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i])? {
+            for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i], &mut payload)? {
                 let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
                     path: path.clone(),
                     detail: format!("key group {kg} refers to undeclared state index {state_index}"),
                 })?;
-                f(path, meta, kg, entries)?;
+                f(path, meta, kg, &entries)?;
             }
         }
     }
     Ok(())
 }
 
-fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries> {
+fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries<'_>> {
     fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if p.len() < n {
             return None;
@@ -231,9 +350,9 @@ fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries> {
         let mut entries = Vec::with_capacity(count.min(1 << 20));
         for _ in 0..count {
             let kl = u32_of(&mut p)?;
-            let k = take(&mut p, kl)?.to_vec();
+            let k = take(&mut p, kl)?;
             let vl = u32_of(&mut p)?;
-            let v = take(&mut p, vl)?.to_vec();
+            let v = take(&mut p, vl)?;
             entries.push((k, v));
         }
         out.push((idx, entries));
@@ -267,8 +386,9 @@ mod tests {
         assert_eq!(written.crc32c, crc32c::crc32c(&std::fs::read(&path).unwrap()), "the whole file's checksum");
         let mut r = StateFileReader::open(&path).unwrap();
         assert_eq!(r.header(), &header);
-        let kg4 = r.read_key_group(4, offsets[1]).unwrap();
-        assert_eq!(kg4, vec![(0, vec![(4u32.to_be_bytes().to_vec(), vec![4, 4, 4])])]);
+        let mut buf = Vec::new();
+        let kg4 = r.read_key_group(4, offsets[1], &mut buf).unwrap();
+        assert_eq!(kg4, vec![(0, vec![(&4u32.to_be_bytes()[..], &[4u8, 4, 4][..])])]);
 
         // A flipped byte in a block is caught by that block's checksum, naming the key group.
         let mut bytes = std::fs::read(&path).unwrap();
@@ -276,8 +396,45 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let mut r = StateFileReader::open(&path).unwrap();
-        let err = r.read_key_group(5, offsets[2]).unwrap_err().to_string();
+        let err = r.read_key_group(5, offsets[2], &mut buf).unwrap_err().to_string();
         assert!(err.contains("checksum mismatch in key group 5") && err.contains(path.to_str().unwrap()), "{err}");
+    }
+
+    #[test]
+    fn key_groups_encoded_on_several_threads_write_the_same_bytes_and_stop_at_an_error() {
+        let header = FileHeader { key_groups: KeyGroupRange::inclusive(0, 40), states: Vec::new() };
+        let encoder = || {
+            |index: usize, payload: &mut Vec<u8>| {
+                let entries = (0..index % 7).map(|i| (vec![index as u8, i as u8], vec![i as u8; index]));
+                let entries: Vec<(Vec<u8>, Vec<u8>)> = entries.collect();
+                push_entries(payload, 0, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                Ok(())
+            }
+        };
+        let write = |threads: usize| {
+            let mut w = StateFileWriter::new(Vec::new(), &header).unwrap();
+            w.write_key_groups_on(threads, 41, &encoder).unwrap();
+            w.finish().unwrap()
+        };
+        let (one, written) = write(1);
+        assert_eq!(written.crc32c, crc32c::crc32c(&one), "the whole file's checksum");
+        for threads in [2, 3, 8, 64] {
+            let (many, w) = write(threads);
+            assert_eq!(many, one, "{threads} threads");
+            assert_eq!((w.offsets, w.crc32c), (written.offsets.clone(), written.crc32c));
+        }
+        let failing = || {
+            |index: usize, payload: &mut Vec<u8>| {
+                if index == 17 {
+                    return Err(StateError::Encode { name: "s".into(), detail: "key group 17".into() });
+                }
+                payload.push(1);
+                Ok(())
+            }
+        };
+        let mut w = StateFileWriter::new(Vec::new(), &header).unwrap();
+        let err = w.write_key_groups_on(3, 41, &failing).unwrap_err().to_string();
+        assert!(err.contains("key group 17"), "{err}");
     }
 
     #[test]

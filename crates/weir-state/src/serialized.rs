@@ -487,97 +487,149 @@ pub fn canonical_to_rows(
 }
 
 /// Reads the key groups `range` of canonical state files and hands each row to `row` as
-/// (state, row key with key-group prefix, value).
+/// (state, row key with key-group prefix, value), each state's rows in ascending key order (what
+/// a store's bulk loader needs): files are read by key group, and the rows of a key group are
+/// sorted when their canonical order is not the bytes' (map entries are ordered by user key value).
 pub fn read_canonical_rows(
     restored: &RestoredKeyedState,
     range: KeyGroupRange,
     row: &mut StateRowSink<'_>,
 ) -> Result<(), StateError> {
-    let (mut row_key, mut scratch) = (Vec::new(), Vec::new());
-    read_key_groups(&restored.files, range, &mut |path, meta, kg, entries| {
+    let mut files = restored.files.clone();
+    files.sort_by_key(|(_, handle)| handle.key_groups.start);
+    let mut rows = RowBuffer::default();
+    let mut scratch = Vec::new();
+    read_key_groups(&files, range, &mut |path, meta, kg, entries| {
+        rows.clear();
         for (k, v) in entries {
             let mut emit = |suffix: &[u8], value: &[u8]| {
-                row_key.clear();
-                row_key.extend_from_slice(&key_group_prefix(kg));
-                row_key.extend_from_slice(suffix);
-                row(meta, &row_key, value)
+                rows.push(kg, suffix, value);
+                Ok(())
             };
-            canonical_to_rows(meta.kind, &k, &v, &mut emit, &mut scratch).map_err(|detail| {
-                StateError::CorruptFile { path: path.to_path_buf(), detail: format!("state '{}': {detail}", meta.name) }
+            canonical_to_rows(meta.kind, k, v, &mut emit, &mut scratch).map_err(|detail| StateError::CorruptFile {
+                path: path.to_path_buf(),
+                detail: format!("state '{}': {detail}", meta.name),
             })?;
         }
-        Ok(())
+        rows.for_each_sorted(|key, value| row(meta, key, value))
     })
 }
 
+/// Rows of one state's key group, back to back in one buffer: (key start, value start, value end).
+#[derive(Default)]
+struct RowBuffer {
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl RowBuffer {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    fn push(&mut self, key_group: u32, suffix: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&key_group_prefix(key_group));
+        self.bytes.extend_from_slice(suffix);
+        let value_start = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.spans.push((start, value_start, self.bytes.len()));
+    }
+
+    fn for_each_sorted(&mut self, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>) -> Result<(), StateError> {
+        let bytes = &self.bytes;
+        let key = |&(k, v, _): &(usize, usize, usize)| &bytes[k..v];
+        if !self.spans.is_sorted_by(|a, b| key(a) <= key(b)) {
+            self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        }
+        self.spans.iter().try_for_each(|&(k, v, e)| f(&bytes[k..v], &bytes[v..e]))
+    }
+}
+
 /// Rows of one key group of one state, in key order: (row key without the key-group prefix, value).
-pub trait RowSource {
-    fn scan_key_group(&mut self, state: usize, key_group: u32, f: &mut RowSink<'_>) -> Result<(), StateError>;
+/// Shared by the threads that encode key groups in parallel.
+pub trait RowSource: Sync {
+    fn scan_key_group(&self, state: usize, key_group: u32, f: &mut RowSink<'_>) -> Result<(), StateError>;
 }
 
 /// Writes rows as a canonical key-group file, in the format the heap backend writes, so either
-/// backend restores it. `states` must be sorted by name, as the heap backend orders them.
+/// backend restores it. `states` must be sorted by name, as the heap backend orders them. Key
+/// groups are encoded on several threads (see [`StateFileWriter::write_key_groups`]).
 pub fn write_canonical<W: Write>(
     out: W,
     key_groups: KeyGroupRange,
     states: &[StateMeta],
-    rows: &mut dyn RowSource,
+    rows: &dyn RowSource,
 ) -> Result<(W, crate::format::WrittenFile), StateError> {
     let header = FileHeader { key_groups, states: states.to_vec() };
     let mut writer = StateFileWriter::new(out, &header).map_err(StateError::Write)?;
-    let mut payload = Vec::new();
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for kg in key_groups.iter() {
-        payload.clear();
-        for (index, meta) in states.iter().enumerate() {
-            entries.clear();
-            let mut current: Option<MapEntry> = None;
-            let mut bad = None;
-            rows.scan_key_group(index, kg, &mut |row_key, value| {
-                match meta.kind {
-                    StateKind::Value | StateKind::Reducing | StateKind::Timers => {
-                        entries.push((row_key.to_vec(), value.to_vec()))
+    writer.write_key_groups(key_groups.count as usize, true, &|| {
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        move |local, payload: &mut Vec<u8>| {
+            let kg = key_groups.start + local as u32;
+            for (index, meta) in states.iter().enumerate() {
+                entries.clear();
+                canonical_entries(rows, index, meta, kg, &mut entries)?;
+                push_entries(payload, index as u16, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            }
+            Ok(())
+        }
+    })?;
+    writer.finish().map_err(StateError::Write)
+}
+
+/// The canonical entries of one state's key group, from its rows.
+fn canonical_entries(
+    rows: &dyn RowSource,
+    index: usize,
+    meta: &StateMeta,
+    kg: u32,
+    entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), StateError> {
+    let mut current: Option<MapEntry> = None;
+    let mut bad = None;
+    rows.scan_key_group(index, kg, &mut |row_key, value| {
+        match meta.kind {
+            StateKind::Value | StateKind::Reducing | StateKind::Timers => {
+                entries.push((row_key.to_vec(), value.to_vec()))
+            }
+            StateKind::List => {
+                let count = codec::split_values(value).count();
+                let mut v = Vec::with_capacity(value.len() + 5);
+                codec::write_array_header(count, &mut v);
+                v.extend_from_slice(value);
+                entries.push((row_key.to_vec(), v));
+            }
+            StateKind::Map => {
+                let key_len = match codec::value_len(row_key) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        bad = Some(e);
+                        return Ok(());
                     }
-                    StateKind::List => {
-                        let count = codec::split_values(value).count();
-                        let mut v = Vec::with_capacity(value.len() + 5);
-                        codec::write_array_header(count, &mut v);
-                        v.extend_from_slice(value);
-                        entries.push((row_key.to_vec(), v));
-                    }
-                    StateKind::Map => {
-                        let key_len = match codec::value_len(row_key) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                bad = Some(e);
-                                return Ok(());
-                            }
-                        };
-                        let (key, user_key) = row_key.split_at(key_len);
-                        match &mut current {
-                            Some((k, list)) if k.as_slice() == key => list.push((user_key.to_vec(), value.to_vec())),
-                            _ => {
-                                if let Some(done) = current.take() {
-                                    entries.push(encode_map(done));
-                                }
-                                current = Some((key.to_vec(), vec![(user_key.to_vec(), value.to_vec())]));
-                            }
+                };
+                let (key, user_key) = row_key.split_at(key_len);
+                match &mut current {
+                    Some((k, list)) if k.as_slice() == key => list.push((user_key.to_vec(), value.to_vec())),
+                    _ => {
+                        if let Some(done) = current.take() {
+                            entries.push(encode_map(done));
                         }
+                        current = Some((key.to_vec(), vec![(user_key.to_vec(), value.to_vec())]));
                     }
                 }
-                Ok(())
-            })?;
-            if let Some(detail) = bad {
-                return Err(StateError::Encode { name: meta.name.clone(), detail });
             }
-            if let Some(done) = current.take() {
-                entries.push(encode_map(done));
-            }
-            push_entries(&mut payload, index as u16, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
         }
-        writer.write_key_group(&payload).map_err(StateError::Write)?;
+        Ok(())
+    })?;
+    if let Some(detail) = bad {
+        return Err(StateError::Encode { name: meta.name.clone(), detail });
     }
-    writer.finish().map_err(StateError::Write)
+    if let Some(done) = current.take() {
+        entries.push(encode_map(done));
+    }
+    Ok(())
 }
 
 fn encode_map((key, entries): MapEntry) -> (Vec<u8>, Vec<u8>) {

@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         .flat_map(parse_word_count)
         .uid("parse")
         .name("Parse")
-        .key_by(|wc: &WordCount| wc.word.clone())
+        .key_by_ref(|wc: &WordCount| &wc.word)
         .sum(|wc: &mut WordCount| &mut wc.frequency)
         .uid("sum")
         .name("Sum");

@@ -292,7 +292,7 @@ impl<K: Key> HeapKeyedBackend<K> {
         let range = self.key_groups;
         read_key_groups(handles, range, &mut |_, meta, kg, entries| {
             let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.clone(), vec![Vec::new(); n]));
-            slot.1[(kg - range.start) as usize].extend(entries);
+            slot.1[(kg - range.start) as usize].extend(entries.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
             Ok(())
         })?;
         for (name, (meta, groups)) in raw {
@@ -498,6 +498,10 @@ impl<K: Key> HeapScope<'_, K> {
     }
 }
 
+/// Entries from which a snapshot's key groups are encoded on several threads: below, starting
+/// threads costs more than it saves (a checkpoint of a small state every second).
+const PARALLEL_ENCODE_ENTRIES: usize = 1 << 16;
+
 /// A frozen snapshot of a keyed backend, written to a state file off the task thread.
 pub struct HeapSnapshot {
     key_groups: KeyGroupRange,
@@ -518,17 +522,19 @@ impl HeapSnapshot {
     pub fn write<W: Write>(&self, out: W) -> Result<(W, crate::format::WrittenFile), StateError> {
         let header =
             FileHeader { key_groups: self.key_groups, states: self.tables.iter().map(|t| t.meta().clone()).collect() };
-        let io = StateError::Write;
-        let mut writer = StateFileWriter::new(out, &header).map_err(io)?;
-        let (mut payload, mut buf) = (Vec::new(), EncodeBuffer::default());
-        for local in 0..self.key_groups.count as usize {
-            payload.clear();
-            for (index, table) in self.tables.iter().enumerate() {
-                table.write_group(local, index as u16, &mut payload, &mut buf)?;
+        let mut writer = StateFileWriter::new(out, &header).map_err(StateError::Write)?;
+        let groups = self.key_groups.count as usize;
+        let entries: usize = self.tables.iter().map(|t| (0..groups).map(|g| t.group_len(g)).sum::<usize>()).sum();
+        writer.write_key_groups(groups, entries >= PARALLEL_ENCODE_ENTRIES, &|| {
+            let mut buf = EncodeBuffer::default();
+            move |local, payload: &mut Vec<u8>| {
+                for (index, table) in self.tables.iter().enumerate() {
+                    table.write_group(local, index as u16, payload, &mut buf)?;
+                }
+                Ok(())
             }
-            writer.write_key_group(&payload).map_err(io)?;
-        }
-        writer.finish().map_err(io)
+        })?;
+        writer.finish().map_err(StateError::Write)
     }
 }
 
