@@ -217,25 +217,15 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
     let progress = Progress::new();
     let source = if shape == "windows" { None } else { Some(env.source(GeneratorSource::counter()).uid("source")) };
     match shape {
-        "reference" => {
+        "reference" | "reference-computed-key" => {
             let counter = Count::<String>::new(progress.clone());
-            source
-                .context("source")?
-                .map(|i: u64| word(i % 1000))
-                .uid("map")
-                .key_by_ref(|w: &String| w)
-                .process::<(), _>(counter)
-                .uid("count");
-        }
-        "reference-computed-key" => {
-            let counter = Count::<String>::new(progress.clone());
-            source
-                .context("source")?
-                .map(|i: u64| word(i % 1000))
-                .uid("map")
-                .key_by(|w: &String| w.clone())
-                .process::<(), _>(counter)
-                .uid("count");
+            let words = source.context("source")?.map(|i: u64| word(i % 1000)).uid("map");
+            let keyed = if shape == "reference" {
+                words.key_by_ref(|w: &String| w)
+            } else {
+                words.key_by(|w: &String| w.clone())
+            };
+            keyed.process::<(), _>(counter).uid("count");
         }
         "large-state" => {
             let counter = Count::<u64>::new(progress.clone());
@@ -314,8 +304,7 @@ fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
             return Ok(serde_json::json!({ "benchmark": "connectors", "machine": machine(), "report": report }));
         }
         "rocksdb-snapshots" => {
-            let keys = if args.quick { 1_000_000 } else { 10_000_000 };
-            let report = rocksdb::run(keys)?;
+            let report = rocksdb_snapshots(args)?;
             return Ok(
                 serde_json::json!({ "benchmark": "rocksdb-snapshots", "machine": machine(), "snapshots": report }),
             );
@@ -327,13 +316,17 @@ fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
     };
     let results = throughput(throughput_matrix, args)?;
     if suite == "rocksdb" {
-        let keys = if args.quick { 1_000_000 } else { 10_000_000 };
-        let report = rocksdb::run(keys)?;
+        let report = rocksdb_snapshots(args)?;
         return Ok(serde_json::json!({
             "benchmark": "rocksdb", "machine": machine(), "throughput": results, "snapshots": report
         }));
     }
     Ok(serde_json::json!({ "benchmark": suite, "machine": machine(), "results": results }))
+}
+
+/// The rocksdb suite's checkpoints, savepoints and restores: 10^7 keys (10^6 with `--quick`).
+fn rocksdb_snapshots(args: &Args) -> anyhow::Result<rocksdb::Report> {
+    rocksdb::run(if args.quick { 1_000_000 } else { 10_000_000 })
 }
 
 /// Every (shape, backend, parallelism 1 and 2, checkpoint interval), each run `--repeat` times in

@@ -20,25 +20,24 @@ use weir::{
 
 const MAX_P: u32 = 13;
 
-/// Counts per key and reports the subtask that holds the key: `key count subtask`.
+/// Counts per key (the record is its own key) and reports the subtask that holds the key:
+/// `key count subtask`.
 #[derive(Clone, Default)]
 struct CountWhere {
     state: Option<ValueState<u64>>,
     subtask: u32,
 }
 
-impl KeyedProcessFunction<u64, u64, String> for CountWhere {
-    fn open(&mut self, ctx: &mut RuntimeContext<'_, u64>) -> Result<(), BoxError> {
+impl<K: weir::Key + std::fmt::Display> KeyedProcessFunction<K, K, String> for CountWhere {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_, K>) -> Result<(), BoxError> {
         self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
         self.subtask = ctx.subtask();
         Ok(())
     }
-    fn process(
-        &mut self,
-        key: u64,
-        ctx: &mut Context<'_, u64>,
-        out: &mut Collector<'_, String>,
-    ) -> Result<(), BoxError> {
+    fn process(&mut self, key: K, ctx: &mut Context<'_, K>, out: &mut Collector<'_, String>) -> Result<(), BoxError> {
+        if ctx.key() != &key {
+            return Err(weir::Unrecoverable::boxed(format!("scoped to key {:?} for record {key}", ctx.key())));
+        }
         let h = self.state.ok_or("not opened")?;
         let n = h.value(ctx)?.unwrap_or(0) + 1;
         h.update(ctx, n)?;
@@ -193,34 +192,6 @@ backend_tests! {
     }
 }
 
-/// Counts per word and reports where: `word count subtask`.
-#[derive(Clone, Default)]
-struct CountWords {
-    state: Option<ValueState<u64>>,
-    subtask: u32,
-}
-
-impl KeyedProcessFunction<String, String, String> for CountWords {
-    fn open(&mut self, ctx: &mut RuntimeContext<'_, String>) -> Result<(), BoxError> {
-        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
-        self.subtask = ctx.subtask();
-        Ok(())
-    }
-    fn process(
-        &mut self,
-        word: String,
-        ctx: &mut Context<'_, String>,
-        out: &mut Collector<'_, String>,
-    ) -> Result<(), BoxError> {
-        assert_eq!(ctx.key(), &word, "the function sees the record's own key");
-        let h = self.state.ok_or("not opened")?;
-        let n = h.value(ctx)?.unwrap_or(0) + 1;
-        h.update(ctx, n)?;
-        out.collect(format!("{word} {n} {}", self.subtask));
-        Ok(())
-    }
-}
-
 backend_tests! {
     fn a_borrowed_key_selector_partitions_and_restores_like_a_computed_one(backend) {
         // Round 1 keys by a computed (cloned) key at p=1; round 2 restores its savepoint into the
@@ -242,7 +213,7 @@ backend_tests! {
                 .set_parallelism(1);
             let keyed = if round == 0 { lines.key_by(|w: &String| w.clone()) } else { lines.key_by_ref(|w: &String| w) };
             keyed
-                .process(CountWords::default())
+                .process(CountWhere::default())
                 .uid("count")
                 .set_parallelism(p)
                 .set_max_parallelism(MAX_P)

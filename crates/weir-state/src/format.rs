@@ -96,7 +96,7 @@ impl<W: Write> StateFileWriter<W> {
     /// Writes key groups `0..count` (indices within the file's range) in order, each payload
     /// built by an encoder (see [`push_entries`]). Large files are encoded on several threads at
     /// once, each with an encoder of its own from `new_encoder`, while this thread writes blocks
-    /// in order as they come: at most [`BLOCKS_AHEAD`] encoded blocks per thread wait in memory,
+    /// in order as they come: at most two encoded blocks per thread wait in memory,
     /// and the bytes written are the same whatever the number of threads.
     pub fn write_key_groups<E>(
         &mut self,
@@ -182,7 +182,7 @@ impl<W: Write> StateFileWriter<W> {
 /// Threads a file's key groups are encoded on, at most.
 const MAX_ENCODE_THREADS: usize = 8;
 /// Encoded key groups each encoding thread may have waiting for the writer.
-pub const BLOCKS_AHEAD: usize = 2;
+const BLOCKS_AHEAD: usize = 2;
 
 /// A key group's block as written: `len | crc32c(payload) | payload`, with the CRC32C of all of
 /// it (combined into the whole file's checksum without reading the payload again).
@@ -195,10 +195,12 @@ struct Block<'p> {
 impl<'p> Block<'p> {
     fn frame(payload: impl Into<std::borrow::Cow<'p, [u8]>>) -> Block<'p> {
         let payload = payload.into();
+        let payload_crc = crc32c::crc32c(&payload);
         let mut head = [0u8; 8];
         head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-        head[4..].copy_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &payload);
+        head[4..].copy_from_slice(&payload_crc.to_be_bytes());
+        // One pass over the payload: the block's CRC is the head's combined with the payload's.
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&head), payload_crc, payload.len());
         Block { head, payload, crc }
     }
 }
@@ -222,8 +224,8 @@ pub fn push_entries<'a>(
     }
 }
 
-/// One state's entries within a key group: `(state index, [(key, value)])`.
-/// One key group's block: each state's entries, borrowed from the block's bytes.
+/// One key group's block: each state's entries, `(state index, [(key, value)])`, borrowed from the
+/// block's bytes.
 pub type KeyGroupEntries<'b> = Vec<(u16, Vec<(&'b [u8], &'b [u8])>)>;
 
 /// Reads key groups of a state file by offset.

@@ -27,6 +27,7 @@ pub mod operator;
 mod scope_ops;
 pub mod serialized;
 pub mod snapshot;
+mod sorted_entries;
 pub mod timers;
 pub mod vec_map;
 pub mod write_back;

@@ -21,6 +21,7 @@ use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::error::StateError;
 use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
 use crate::snapshot::{RestoredKeyedState, SnapshotRequest, StoreSnapshot};
+use crate::sorted_entries::SortedEntries;
 use crate::timers::TimerQueues;
 use std::any::Any;
 use std::io::Write;
@@ -497,13 +498,14 @@ pub fn read_canonical_rows(
 ) -> Result<(), StateError> {
     let mut files = restored.files.clone();
     files.sort_by_key(|(_, handle)| handle.key_groups.start);
-    let mut rows = RowBuffer::default();
+    let mut rows = SortedEntries::default();
     let mut scratch = Vec::new();
     read_key_groups(&files, range, &mut |path, meta, kg, entries| {
         rows.clear();
+        let prefix = key_group_prefix(kg);
         for (k, v) in entries {
             let mut emit = |suffix: &[u8], value: &[u8]| {
-                rows.push(kg, suffix, value);
+                rows.push_bytes(&[&prefix, suffix], value);
                 Ok(())
             };
             canonical_to_rows(meta.kind, k, v, &mut emit, &mut scratch).map_err(|detail| StateError::CorruptFile {
@@ -511,40 +513,8 @@ pub fn read_canonical_rows(
                 detail: format!("state '{}': {detail}", meta.name),
             })?;
         }
-        rows.for_each_sorted(|key, value| row(meta, key, value))
+        rows.sorted().try_for_each(|(key, value)| row(meta, key, value))
     })
-}
-
-/// Rows of one state's key group, back to back in one buffer: (key start, value start, value end).
-#[derive(Default)]
-struct RowBuffer {
-    bytes: Vec<u8>,
-    spans: Vec<(usize, usize, usize)>,
-}
-
-impl RowBuffer {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.spans.clear();
-    }
-
-    fn push(&mut self, key_group: u32, suffix: &[u8], value: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(&key_group_prefix(key_group));
-        self.bytes.extend_from_slice(suffix);
-        let value_start = self.bytes.len();
-        self.bytes.extend_from_slice(value);
-        self.spans.push((start, value_start, self.bytes.len()));
-    }
-
-    fn for_each_sorted(&mut self, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>) -> Result<(), StateError> {
-        let bytes = &self.bytes;
-        let key = |&(k, v, _): &(usize, usize, usize)| &bytes[k..v];
-        if !self.spans.is_sorted_by(|a, b| key(a) <= key(b)) {
-            self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-        }
-        self.spans.iter().try_for_each(|&(k, v, e)| f(&bytes[k..v], &bytes[v..e]))
-    }
 }
 
 /// Rows of one key group of one state, in key order: (row key without the key-group prefix, value).

@@ -157,12 +157,9 @@ impl<K: Key, T> KeySelector<K, T> {
             KeySelector::Computed(f) => SelectedKey::Computed(f(record)),
             KeySelector::Borrowed(f) => {
                 let key = f(record);
-                if let Some(held) = held.as_mut() {
-                    held.clone_from(key);
-                } else {
-                    *held = Some(key.clone());
-                }
-                SelectedKey::Held(held.get_or_insert_with(|| key.clone()))
+                let held = held.get_or_insert_with(|| key.clone());
+                held.clone_from(key);
+                SelectedKey::Held(held)
             }
         }
     }

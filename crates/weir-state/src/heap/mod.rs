@@ -9,6 +9,7 @@
 use crate::codec;
 use crate::error::StateError;
 use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
+use crate::sorted_entries::SortedEntries;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -102,51 +103,8 @@ trait TableSnapshot: Send + Sync {
         index: usize,
         state_index: u16,
         payload: &mut Vec<u8>,
-        buf: &mut EncodeBuffer,
+        buf: &mut SortedEntries,
     ) -> Result<(), StateError>;
-}
-
-/// Scratch space for encoding one key group: all keys and values back to back, and where each
-/// entry's key and value lie (`key start`, `value start`, `value end`).
-#[derive(Default)]
-struct EncodeBuffer {
-    bytes: Vec<u8>,
-    /// `(first 8 key bytes as a big-endian number, key start, value start, value end)`: the
-    /// prefix orders most entries without comparing byte slices.
-    spans: Vec<(u64, usize, usize, usize)>,
-}
-
-impl EncodeBuffer {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.spans.clear();
-    }
-
-    /// Appends one entry, its key and value written by the two functions.
-    fn push<E>(
-        &mut self,
-        key: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-        value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let key_start = self.bytes.len();
-        key(&mut self.bytes)?;
-        let value_start = self.bytes.len();
-        value(&mut self.bytes)?;
-        let mut prefix = [0u8; 8];
-        let key_bytes = &self.bytes[key_start..value_start];
-        let n = key_bytes.len().min(8);
-        prefix[..n].copy_from_slice(&key_bytes[..n]);
-        self.spans.push((u64::from_be_bytes(prefix), key_start, value_start, self.bytes.len()));
-        Ok(())
-    }
-
-    /// Sorts the entries by key bytes and appends them to `payload`.
-    fn flush_sorted(&mut self, state_index: u16, payload: &mut Vec<u8>) {
-        let bytes = &self.bytes;
-        // Same order as comparing the key bytes: a zero-padded prefix sorts like the bytes it holds.
-        self.spans.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| bytes[a.1..a.2].cmp(&bytes[b.1..b.2])));
-        push_entries(payload, state_index, self.spans.iter().map(|&(_, k, v, e)| (&bytes[k..v], &bytes[v..e])));
-    }
 }
 
 impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
@@ -181,14 +139,14 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         index: usize,
         state_index: u16,
         payload: &mut Vec<u8>,
-        buf: &mut EncodeBuffer,
+        buf: &mut SortedEntries,
     ) -> Result<(), StateError> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
         buf.clear();
         for (k, v) in self.groups[index].iter() {
             buf.push(|b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)?;
         }
-        buf.flush_sorted(state_index, payload);
+        push_entries(payload, state_index, buf.sorted());
         Ok(())
     }
 }
@@ -212,17 +170,13 @@ impl TableSnapshot for RawTable {
         index: usize,
         state_index: u16,
         payload: &mut Vec<u8>,
-        buf: &mut EncodeBuffer,
+        buf: &mut SortedEntries,
     ) -> Result<(), StateError> {
         buf.clear();
         for (k, v) in &self.groups[index] {
-            let copy = |bytes: &[u8], b: &mut Vec<u8>| -> Result<(), std::convert::Infallible> {
-                b.extend_from_slice(bytes);
-                Ok(())
-            };
-            let Ok(()) = buf.push(|b| copy(k, b), |b| copy(v, b));
+            buf.push_bytes(&[k], v);
         }
-        buf.flush_sorted(state_index, payload);
+        push_entries(payload, state_index, buf.sorted());
         Ok(())
     }
 }
@@ -246,7 +200,7 @@ impl TableSnapshot for FrozenTimers {
         index: usize,
         state_index: u16,
         payload: &mut Vec<u8>,
-        _buf: &mut EncodeBuffer,
+        _buf: &mut SortedEntries,
     ) -> Result<(), StateError> {
         let group = &self.groups[index];
         push_entries(payload, state_index, group.iter().map(|t| (t.as_slice(), &[][..])));
@@ -526,7 +480,7 @@ impl HeapSnapshot {
         let groups = self.key_groups.count as usize;
         let entries: usize = self.tables.iter().map(|t| (0..groups).map(|g| t.group_len(g)).sum::<usize>()).sum();
         writer.write_key_groups(groups, entries >= PARALLEL_ENCODE_ENTRIES, &|| {
-            let mut buf = EncodeBuffer::default();
+            let mut buf = SortedEntries::default();
             move |local, payload: &mut Vec<u8>| {
                 for (index, table) in self.tables.iter().enumerate() {
                     table.write_group(local, index as u16, payload, &mut buf)?;
