@@ -19,6 +19,11 @@ fi
 ./scripts/kafka.sh python >/dev/null
 # An S3-compatible server (s3s-fs) for the object-storage tests (installed with cargo on first use).
 ./scripts/s3.sh start
+# Apache Flink's own CLI (a Java program, from PyPI's Flink distribution) for the tests that drive
+# Weir's REST API with it; installed once here rather than by several test processes at a time.
+./scripts/flink-cli.sh path >/dev/null
+# Headless Chromium and playwright-core for the web UI's test (Debian's package and npm; once).
+./scripts/browser.sh path >/dev/null
 # PostgreSQL with two-phase commit for the exactly-once sink's tests (installed from Debian when missing).
 ./scripts/postgres.sh start
 

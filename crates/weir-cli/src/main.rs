@@ -252,12 +252,14 @@ fn list(all: bool, token: Option<String>) {
     for entry in registry.list() {
         let client = Client::new(&entry.address, &entry.id, token.clone());
         let status = client.verify().unwrap_or_else(|_| "UNREACHABLE".into());
-        // Flink's line, then the REST address (where --address and HTTP clients reach the job).
+        // Flink's line, then the REST address (where --address, Flink's `-m` and HTTP clients
+        // reach the job) and the job's web UI.
         let line = format!(
-            "{} : {} : {} ({status}) at http://{}",
+            "{} : {} : {} ({status}) at http://{} (web UI http://{}/)",
             client::format_time(entry.started_ms),
             entry.id,
             entry.name,
+            entry.address,
             entry.address
         );
         match status.as_str() {

@@ -134,6 +134,7 @@ fn restarts_until_attempts_are_exhausted_then_fails_with_the_cause() {
         .sink(AlwaysFails)
         .uid("fails");
     let handle = env.execute_async("failing").unwrap();
+    let control = handle.control();
     let mut statuses = vec![handle.status()];
     let deadline = Instant::now() + Duration::from_secs(20);
     while !handle.status().is_terminal() && Instant::now() < deadline {
@@ -153,6 +154,19 @@ fn restarts_until_attempts_are_exhausted_then_fails_with_the_cause() {
     );
     assert!(statuses.contains(&JobStatus::Restarting), "observed {statuses:?}");
     assert!(statuses.contains(&JobStatus::Running), "observed {statuses:?}");
+    // The exception history (REST /jobs/:id/exceptions): each failure once, with the task that
+    // failed, in order; the timestamps say when the job entered each status.
+    let exceptions: Vec<_> = control.exceptions().entries().cloned().collect();
+    assert_eq!(exceptions.len(), 3, "{exceptions:?}");
+    for e in &exceptions {
+        assert!(e.message.contains("injected: cannot write record 50"), "{e:?}");
+        assert_eq!(e.task.as_deref(), Some("Source -> Sink (1/1)"), "{e:?}");
+    }
+    assert!(exceptions.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+    let times = control.status_timestamps();
+    let (running, failed) = (times.get(JobStatus::Running).unwrap(), times.get(JobStatus::Failed).unwrap());
+    assert!(times.get(JobStatus::Created).unwrap() <= running && running <= failed);
+    assert!(times.get(JobStatus::Restarting).is_some());
 }
 
 /// A sink whose first snapshot takes longer than the checkpoint timeout.
@@ -192,6 +206,7 @@ fn an_expired_checkpoint_fails_over_at_tolerable_zero_and_the_job_recovers() {
         .sink(sink.clone())
         .uid("slow");
     let handle = env.execute_async("expiry").unwrap();
+    let control = handle.control();
     let failed_checkpoints = {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !handle.status().is_terminal() && Instant::now() < deadline {
@@ -203,6 +218,14 @@ fn an_expired_checkpoint_fails_over_at_tolerable_zero_and_the_job_recovers() {
     assert_eq!(outcome.status, JobStatus::Finished, "{:?}", outcome.failure);
     assert!(failed_checkpoints >= 1, "the slow checkpoint must have expired");
     assert_eq!(outcome.restarts, 1, "tolerable failures 0: the expiry fails the job over once");
+    // The failed checkpoint is in the history with why and when, as Flink's statistics show it.
+    let history = control.checkpoint_history();
+    let expired = history.failed_recent().find(|f| f.message == "Checkpoint expired before completing.");
+    let expired = expired.unwrap_or_else(|| panic!("{:?}", history.failed_recent().collect::<Vec<_>>()));
+    assert!(expired.failure_timestamp_ms >= expired.trigger_timestamp_ms + 100, "{expired:?}");
+    assert!(history.pending().is_empty(), "nothing is pending once the job ended");
+    assert!(history.completed_recent().all(|c| c.trigger_timestamp_ms <= c.completed_timestamp_ms));
+    assert!(history.completed_recent().all(|c| c.vertices.len() == 1 && c.num_subtasks == 1));
 }
 
 /// Fails once, at the first record after `armed` is set.

@@ -2,44 +2,42 @@
 //! itself stays free of async. Handlers only call the job's `JobControl`; long operations are
 //! triggered and then polled, as in Flink.
 
+use crate::{checkpoint_stats, metrics, operations, views};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weir_core::location::SnapshotUri;
-use weir_core::metadata::{SavepointFormat, SnapshotKind};
-use weir_runtime::job::CheckpointStats;
-use weir_runtime::storage::dispose_snapshot;
-use weir_runtime::{ControlError, JobControl, Operation};
+use views::JobView;
+use weir_runtime::JobControl;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum TriggerKind {
+pub(crate) enum TriggerKind {
     Savepoint,
     Checkpoint,
 }
 
-struct Trigger {
-    token: u64,
-    kind: TriggerKind,
+pub(crate) struct Trigger {
+    pub token: u64,
+    pub kind: TriggerKind,
     /// The final status has been returned to a client at least once.
-    reported: bool,
+    pub reported: bool,
 }
 
-struct AppState {
-    control: JobControl,
-    triggers: Mutex<HashMap<String, Trigger>>,
-    disposals: Mutex<HashMap<String, Result<(), String>>>,
+pub(crate) struct AppState {
+    pub control: JobControl,
+    pub rates: metrics::Rates,
+    pub triggers: Mutex<HashMap<String, Trigger>>,
+    pub disposals: Mutex<HashMap<String, Result<(), String>>>,
 }
 
 impl AppState {
-    fn triggers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Trigger>> {
+    pub(crate) fn triggers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Trigger>> {
         self.triggers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -81,25 +79,52 @@ pub fn serve(control: JobControl, bind: &str, port: u16, token: Option<String>) 
     let listener = std::net::TcpListener::bind((bind, port))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState { control, triggers: Mutex::default(), disposals: Mutex::default() });
-    let app = Router::new()
+    let state = Arc::new(AppState {
+        control,
+        rates: metrics::Rates::default(),
+        triggers: Mutex::default(),
+        disposals: Mutex::default(),
+    });
+    // Flink's clients address version 1 explicitly (`/v1/jobs/overview`); without a prefix the
+    // same API answers, as in Flink.
+    let api = Router::new()
+        .route("/overview", get(overview))
+        .route("/config", get(dashboard_config))
         .route("/jobs", get(jobs))
-        .route("/jobs/{job}", get(job).patch(cancel))
-        .route("/jobs/{job}/savepoints", post(trigger_savepoint))
-        .route("/jobs/{job}/savepoints/{trigger}", get(savepoint_status))
-        .route("/jobs/{job}/stop", post(stop))
-        .route("/jobs/{job}/checkpoints", get(checkpoint_statistics).post(trigger_checkpoint))
-        .route("/jobs/{job}/checkpoints/{trigger}", get(checkpoint_status))
-        .route("/savepoint-disposal", post(dispose))
-        .route("/savepoint-disposal/{trigger}", get(disposal_status))
+        .route("/jobs/overview", get(jobs_overview))
+        .route("/jobs/{job}", get(job))
+        .route("/jobs/{job}/status", get(job_status))
+        .route("/jobs/{job}/plan", get(job_plan))
+        .route("/jobs/{job}/config", get(job_config))
+        .route("/jobs/{job}/exceptions", get(job_exceptions))
+        .route("/jobs/{job}/checkpoints", get(checkpoint_statistics))
+        .route("/jobs/{job}/checkpoints/config", get(checkpoint_config))
+        .route("/jobs/{job}/checkpoints/details/{checkpoint}", get(checkpoint_details))
+        .route("/jobs/{job}/metrics", get(job_metrics))
+        .route("/jobs/{job}/vertices/{vertex}/metrics", get(vertex_metrics))
+        .merge(operations::routes());
+    let app = Router::new()
+        .nest("/v1", api.clone())
+        .merge(api)
+        .route("/metrics", get(prometheus))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(move |request, next| authenticate(token.clone(), request, next)))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    let sampled = state.clone();
     let thread = std::thread::Builder::new().name(format!("rest-{addr}")).spawn(move || {
         runtime.block_on(async move {
+            // Counts every second, for rates per second.
+            tokio::spawn(async move {
+                let mut every_second = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every_second.tick().await;
+                    sampled.rates.sample(&sampled.control);
+                }
+            });
             let listener = match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => l,
                 Err(e) => return tracing::error!("REST server cannot listen: {e}"),
@@ -117,9 +142,9 @@ pub fn serve(control: JobControl, bind: &str, port: u16, token: Option<String>) 
 }
 
 /// An error answer in Flink's shape: `{"errors": [message]}`.
-struct ApiError {
-    status: StatusCode,
-    message: String,
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -183,11 +208,11 @@ async fn json_errors(response: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError { status, message: message.into() }.into_response()
 }
 
-fn check_job(state: &AppState, job: &str) -> Result<(), ApiError> {
+pub(crate) fn check_job(state: &AppState, job: &str) -> Result<(), ApiError> {
     if job == state.control.job_id().to_hex() {
         Ok(())
     } else {
@@ -195,387 +220,126 @@ fn check_job(state: &AppState, job: &str) -> Result<(), ApiError> {
     }
 }
 
-fn control_error(e: ControlError, property: &str) -> Response {
-    match e {
-        ControlError::NoSavepointDir => error(
-            StatusCode::BAD_REQUEST,
-            format!("Config key [execution.checkpointing.savepoint-dir] is not set. Property [{property}] must be provided."),
-        ),
-        ControlError::NotRunning { .. } => error(StatusCode::CONFLICT, e.to_string()),
-        ControlError::NoCheckpointDir(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        ControlError::Gone(_) => error(StatusCode::GONE, e.to_string()),
+/// A GET handler answering from the job's current view, after checking the job id.
+fn answer(state: &AppState, job: &str, build: impl FnOnce(&JobView) -> Value) -> Response {
+    match check_job(state, job) {
+        Ok(()) => Json(build(&JobView::of(&state.control))).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
-fn parse_format(format: Option<&str>) -> Result<SavepointFormat, ApiError> {
-    match format.map(str::to_ascii_uppercase).as_deref() {
-        None | Some("CANONICAL") => Ok(SavepointFormat::Canonical),
-        Some("NATIVE") => Ok(SavepointFormat::Native),
-        Some(other) => Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!(
-                "Could not parse value '{other}' for enum SavepointFormatType. Expected one of: [CANONICAL, NATIVE]"
-            ),
-        }),
-    }
+async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(views::overview(&JobView::of(&state.control)))
 }
 
-/// A location as clients give it: a plain path, or a `file:` or `s3://` URI as Weir reports them.
-fn location(path: &str) -> Result<SnapshotUri, weir_core::location::SnapshotUriError> {
-    SnapshotUri::parse(path)
-}
-
-fn new_trigger_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// Registers a trigger, or returns the id of an identical earlier request (idempotent retries).
-fn trigger(
-    state: &AppState,
-    requested: Option<String>,
-    kind: TriggerKind,
-    start: impl FnOnce() -> Result<u64, ControlError>,
-    property: &str,
-) -> Response {
-    if let Some(id) = &requested {
-        if state.triggers().contains_key(id) {
-            return (StatusCode::ACCEPTED, Json(json!({ "request-id": id }))).into_response();
-        }
-    }
-    match start() {
-        Ok(token) => {
-            let id = requested.unwrap_or_else(new_trigger_id);
-            state.triggers().insert(id.clone(), Trigger { token, kind, reported: false });
-            (StatusCode::ACCEPTED, Json(json!({ "request-id": id }))).into_response()
-        }
-        Err(e) => control_error(e, property),
-    }
+async fn dashboard_config() -> Json<Value> {
+    Json(views::dashboard_config())
 }
 
 async fn jobs(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let c = &state.control;
-    Json(json!({ "jobs": [ { "id": c.job_id().to_hex(), "status": c.status().to_string() } ] }))
+    Json(views::jobs(&JobView::of(&state.control)))
+}
+
+async fn jobs_overview(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(views::jobs_overview(&JobView::of(&state.control)))
 }
 
 async fn job(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    let c = &state.control;
-    let mut body = json!({ "jid": c.job_id().to_hex(), "name": c.name(), "state": c.status().to_string() });
-    // Weir adds how far the download of a snapshot on object storage has got while the job
-    // restores from it.
-    if let Some(p) = c.restore_progress() {
-        body["restore-progress"] = json!({
-            "snapshot": p.snapshot.to_string(),
-            "files": p.files,
-            "files-total": p.files_total,
-            "bytes": p.bytes,
-            "bytes-total": p.bytes_total,
-        });
-    }
-    Json(body).into_response()
+    let records = metrics::vertex_records(&state.control);
+    answer(&state, &job, |v| views::job_details(v, &|i| records.get(i).copied().unwrap_or_default()))
 }
 
-#[derive(Deserialize)]
-struct CancelQuery {
-    mode: Option<String>,
+#[derive(serde::Deserialize)]
+struct MetricsQuery {
+    get: Option<String>,
 }
 
-async fn cancel(State(state): State<Arc<AppState>>, Path(job): Path<String>, Query(q): Query<CancelQuery>) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    match q.mode.as_deref() {
-        None | Some("cancel") => {
-            state.control.cancel();
-            (StatusCode::ACCEPTED, Json(json!({}))).into_response()
-        }
-        Some(other) => error(StatusCode::BAD_REQUEST, format!("unknown mode '{other}'; use mode=cancel")),
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct SavepointRequest {
-    #[serde(rename = "target-directory")]
-    target_directory: Option<String>,
-    #[serde(rename = "cancel-job", default)]
-    cancel_job: bool,
-    #[serde(rename = "formatType")]
-    format_type: Option<String>,
-    #[serde(rename = "triggerId")]
-    trigger_id: Option<String>,
-}
-
-async fn trigger_savepoint(
+async fn job_metrics(
     State(state): State<Arc<AppState>>,
     Path(job): Path<String>,
-    body: Option<Json<SavepointRequest>>,
+    Query(q): Query<MetricsQuery>,
 ) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    let req = body.map(|Json(b)| b).unwrap_or_default();
-    if req.cancel_job {
-        return error(StatusCode::BAD_REQUEST, "cancel-job (cancel with savepoint) is deprecated in Flink and not offered by Weir; use POST /jobs/:jobid/stop");
-    }
-    let format = match parse_format(req.format_type.as_deref()) {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let target = match req.target_directory.as_deref().map(location).transpose() {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let control = state.control.clone();
-    trigger(
-        &state,
-        req.trigger_id,
-        TriggerKind::Savepoint,
-        || control.trigger_savepoint(target.as_ref(), format),
-        "target-directory",
-    )
-}
-
-#[derive(Deserialize, Default)]
-struct StopRequest {
-    #[serde(rename = "targetDirectory")]
-    target_directory: Option<String>,
-    #[serde(default)]
-    drain: bool,
-    #[serde(rename = "formatType")]
-    format_type: Option<String>,
-    #[serde(rename = "triggerId")]
-    trigger_id: Option<String>,
-}
-
-async fn stop(
-    State(state): State<Arc<AppState>>,
-    Path(job): Path<String>,
-    body: Option<Json<StopRequest>>,
-) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    let req = body.map(|Json(b)| b).unwrap_or_default();
-    let format = match parse_format(req.format_type.as_deref()) {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let target = match req.target_directory.as_deref().map(location).transpose() {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let control = state.control.clone();
-    let drain = req.drain;
-    trigger(
-        &state,
-        req.trigger_id,
-        TriggerKind::Savepoint,
-        || control.stop_with_savepoint(target.as_ref(), format, drain),
-        "targetDirectory",
-    )
-}
-
-fn operation_status(state: &AppState, job: &str, trigger: &str, kind: TriggerKind) -> Response {
-    let what = if kind == TriggerKind::Savepoint { "savepoint" } else { "checkpoint" };
-    let token = {
-        let mut triggers = state.triggers();
-        match triggers.get_mut(trigger).filter(|t| t.kind == kind) {
-            Some(t) => {
-                let op = state.control.operation(t.token);
-                if op.as_ref().is_some_and(|o| *o != Operation::InProgress) {
-                    t.reported = true;
-                }
-                op.map(|op| (op, t.token))
-            }
-            None => None,
-        }
-    };
-    let Some((op, token)) = token else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("There is no {what} operation with triggerId={trigger} for job {job}."),
-        );
-    };
-    let body = match op {
-        // Weir adds how far the snapshot has got: files and bytes written so far, and the
-        // subtasks that have acknowledged of all (Flink's checkpoint statistics' names).
-        Operation::InProgress => match state.control.operation_progress(token) {
-            Some(p) => json!({
-                "status": { "id": "IN_PROGRESS" },
-                "progress": {
-                    "files": p.files,
-                    "bytes": p.bytes,
-                    "num_acknowledged_subtasks": p.acknowledged_subtasks,
-                    "num_subtasks": p.subtasks,
-                }
-            }),
-            None => json!({ "status": { "id": "IN_PROGRESS" } }),
-        },
-        Operation::Completed { checkpoint_id, location } => match kind {
-            TriggerKind::Savepoint => {
-                json!({ "status": { "id": "COMPLETED" }, "operation": { "location": location.to_string() } })
-            }
-            TriggerKind::Checkpoint => {
-                json!({ "status": { "id": "COMPLETED" }, "operation": { "checkpointId": checkpoint_id } })
-            }
-        },
-        Operation::Failed { message } => {
-            let cause = json!({ "class": "weir.CheckpointException", "stack-trace": message });
-            match kind {
-                TriggerKind::Savepoint => {
-                    json!({ "status": { "id": "COMPLETED" }, "operation": { "failure-cause": cause } })
-                }
-                TriggerKind::Checkpoint => {
-                    json!({ "status": { "id": "COMPLETED" }, "operation": { "failureCause": cause } })
-                }
-            }
-        }
-    };
-    Json(body).into_response()
-}
-
-async fn savepoint_status(
-    State(state): State<Arc<AppState>>,
-    Path((job, trigger)): Path<(String, String)>,
-) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    operation_status(&state, &job, &trigger, TriggerKind::Savepoint)
-}
-
-#[derive(Deserialize, Default)]
-struct CheckpointRequest {
-    #[serde(rename = "checkpointType")]
-    checkpoint_type: Option<String>,
-    #[serde(rename = "triggerId")]
-    trigger_id: Option<String>,
-}
-
-async fn trigger_checkpoint(
-    State(state): State<Arc<AppState>>,
-    Path(job): Path<String>,
-    body: Option<Json<CheckpointRequest>>,
-) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    let req = body.map(|Json(b)| b).unwrap_or_default();
-    match req.checkpoint_type.as_deref().map(str::to_ascii_uppercase).as_deref() {
-        None | Some("CONFIGURED") | Some("FULL") => {}
-        Some("INCREMENTAL") => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Triggering an incremental checkpoint explicitly is not supported; use CONFIGURED or FULL",
-            )
-        }
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("Could not parse value '{other}' for checkpointType. Expected one of: [CONFIGURED, FULL]"),
-            )
-        }
-    }
-    let control = state.control.clone();
-    trigger(&state, req.trigger_id, TriggerKind::Checkpoint, || control.trigger_checkpoint(), "checkpointType")
-}
-
-async fn checkpoint_status(
-    State(state): State<Arc<AppState>>,
-    Path((job, trigger)): Path<(String, String)>,
-) -> Response {
-    if let Err(e) = check_job(&state, &job) {
-        return e.into_response();
-    }
-    operation_status(&state, &job, &trigger, TriggerKind::Checkpoint)
-}
-
-fn stats_json(s: &CheckpointStats) -> Value {
-    let is_savepoint = s.kind.is_savepoint();
-    json!({
-        "className": "completed",
-        "id": s.id,
-        "status": "COMPLETED",
-        "is_savepoint": is_savepoint,
-        "savepointFormat": match s.kind { SnapshotKind::Savepoint { format: SavepointFormat::Native } => Some("NATIVE"), SnapshotKind::Savepoint { .. } => Some("CANONICAL"), SnapshotKind::Checkpoint => None },
-        "checkpoint_type": if is_savepoint { "SAVEPOINT" } else { "CHECKPOINT" },
-        "state_size": s.state_size,
-        "checkpointed_size": s.checkpointed_size,
-        "end_to_end_duration": s.duration.as_millis() as u64,
-        "external_path": s.location.to_string(),
+    answer(&state, &job, |v| {
+        let samples = metrics::samples(v.control, &state.rates);
+        let job_scope: Vec<_> = samples.into_iter().filter(|s| s.scope == metrics::Scope::Job).collect();
+        metrics::rest(v.control, &job_scope, q.get.as_deref())
     })
 }
 
-async fn checkpoint_statistics(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+async fn vertex_metrics(
+    State(state): State<Arc<AppState>>,
+    Path((job, vertex)): Path<(String, String)>,
+    Query(q): Query<MetricsQuery>,
+) -> Response {
     if let Err(e) = check_job(&state, &job) {
         return e.into_response();
     }
     let c = &state.control;
-    let completed = c.completed_checkpoints();
-    let failed = c.failed_checkpoints();
-    let latest_checkpoint = completed.iter().rev().find(|s| !s.kind.is_savepoint()).map(stats_json);
-    let latest_savepoint = completed.iter().rev().find(|s| s.kind.is_savepoint()).map(stats_json);
-    let restored = c
-        .restored_from()
-        .map(|r| json!({ "id": r.checkpoint_id, "is_savepoint": r.is_savepoint, "external_path": r.path.to_string() }));
-    let history: Vec<Value> = completed.iter().rev().take(10).map(stats_json).collect();
-    Json(json!({
-        "counts": {
-            "restored": u64::from(restored.is_some()),
-            "total": completed.len() as u64 + failed + c.checkpoints_in_progress(),
-            "in_progress": c.checkpoints_in_progress(),
-            "completed": completed.len(),
-            "failed": failed,
-        },
-        "latest": { "completed": latest_checkpoint, "savepoint": latest_savepoint, "failed": null, "restored": restored },
-        "history": history,
-    }))
-    .into_response()
-}
-
-#[derive(Deserialize)]
-struct DisposalRequest {
-    #[serde(rename = "savepoint-path")]
-    savepoint_path: Option<String>,
-}
-
-async fn dispose(State(state): State<Arc<AppState>>, body: Option<Json<DisposalRequest>>) -> Response {
-    let Some(path) = body.and_then(|Json(b)| b.savepoint_path) else {
-        return error(StatusCode::BAD_REQUEST, "Field savepoint-path must not be omitted or be null.");
+    let Some(index) = c.info().vertices.iter().position(|v| v.id == vertex) else {
+        return error(StatusCode::NOT_FOUND, format!("Vertex {vertex} of job {job} not found"));
     };
-    let path = match location(&path) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    let in_vertex = |s: &metrics::Sample| match s.scope {
+        metrics::Scope::Task { vertex, .. } | metrics::Scope::Operator { vertex, .. } => vertex == index,
+        metrics::Scope::Job => false,
     };
-    // This job's checkpoints, and those of every other running job this machine knows of.
-    let mut owned: Vec<(String, SnapshotUri)> = state
-        .control
-        .checkpoint_job_dir()
-        .filter(|_| !state.control.status().is_terminal())
-        .map(|d| (state.control.job_id().to_hex(), d))
-        .into_iter()
-        .collect();
-    owned.extend(crate::Registry::default_location().owned_dirs());
-    let storage = state.control.storage();
-    let outcome = dispose_snapshot(storage.store(), &path, &owned).map(|_| ()).map_err(|e| e.to_string());
-    let id = new_trigger_id();
-    state.disposals.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), outcome);
-    Json(json!({ "request-id": id })).into_response()
+    let samples: Vec<_> = metrics::samples(c, &state.rates).into_iter().filter(in_vertex).collect();
+    Json(metrics::rest(c, &samples, q.get.as_deref())).into_response()
 }
 
-async fn disposal_status(State(state): State<Arc<AppState>>, Path(trigger): Path<String>) -> Response {
-    let outcome = state.disposals.lock().unwrap_or_else(|p| p.into_inner()).get(&trigger).cloned();
-    match outcome {
-        None => {
-            error(StatusCode::NOT_FOUND, format!("There is no savepoint disposal operation with triggerId={trigger}."))
-        }
-        Some(Ok(())) => Json(json!({ "status": { "id": "COMPLETED" }, "operation": {} })).into_response(),
-        Some(Err(message)) => Json(json!({
-            "status": { "id": "COMPLETED" },
-            "operation": { "failure-cause": { "class": "weir.DisposeException", "stack-trace": message } }
-        }))
-        .into_response(),
+/// Prometheus scrapes this (text format 0.0.4), as it scrapes Flink's `PrometheusReporter`.
+async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
+    let samples = metrics::samples(&state.control, &state.rates);
+    let text = metrics::prometheus(&state.control, &samples);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn job_status(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    answer(&state, &job, views::status)
+}
+
+async fn job_plan(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    answer(&state, &job, |v| json!({ "plan": views::plan(v) }))
+}
+
+async fn job_config(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    answer(&state, &job, views::job_config)
+}
+
+async fn job_exceptions(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    answer(&state, &job, |v| views::exceptions(&v.control.exceptions()))
+}
+
+async fn checkpoint_statistics(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    answer(&state, &job, |v| {
+        let c = v.control;
+        let restored = c.restored_from();
+        // The restore happened when the job first ran.
+        let restore_time = restored.as_ref().and(v.timestamps.get(weir_runtime::JobStatus::Running));
+        checkpoint_stats::statistics(c.info(), &c.checkpoint_history(), restored.as_ref(), restore_time, v.now_ms)
+    })
+}
+
+async fn checkpoint_config(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    answer(&state, &job, |v| checkpoint_stats::config(&v.control.info().checkpoint_config))
+}
+
+async fn checkpoint_details(
+    State(state): State<Arc<AppState>>,
+    Path((job, checkpoint)): Path<(String, String)>,
+) -> Response {
+    if let Err(e) = check_job(&state, &job) {
+        return e.into_response();
+    }
+    let c = &state.control;
+    let found = checkpoint
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| checkpoint_stats::details(c.info(), &c.checkpoint_history(), id, views::now_ms()));
+    match found {
+        Some(body) => Json(body).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("Could not find checkpointing statistics for checkpoint {checkpoint}."),
+        ),
     }
 }

@@ -2,6 +2,7 @@
 //! partitioners that pick a channel, and the input side that aligns barriers and combines
 //! watermarks across channels.
 
+use crate::metrics::WriterMetrics;
 use crate::operator::{
     Barrier, ChainEvent, Control, Next, Output, SnapshotCapture, TaskEnv, TaskError, TaskResult, WatermarkStatus,
 };
@@ -106,12 +107,18 @@ pub struct NetworkWriter<T> {
     partitioner: Partitioner<T>,
     batch_size: usize,
     next: usize,
+    metrics: WriterMetrics,
 }
 
 impl<T: Record> NetworkWriter<T> {
-    pub fn new(senders: Vec<Sender<Message<T>>>, partitioner: Partitioner<T>, batch_size: usize) -> Self {
+    pub fn new(
+        senders: Vec<Sender<Message<T>>>,
+        partitioner: Partitioner<T>,
+        batch_size: usize,
+        metrics: WriterMetrics,
+    ) -> Self {
         let buffers = senders.iter().map(|_| Batch::with_capacity(batch_size)).collect();
-        NetworkWriter { senders, buffers, partitioner, batch_size: batch_size.max(1), next: 0 }
+        NetworkWriter { senders, buffers, partitioner, batch_size: batch_size.max(1), next: 0, metrics }
     }
 
     #[inline]
@@ -124,9 +131,27 @@ impl<T: Record> NetworkWriter<T> {
         Ok(())
     }
 
+    /// Sends a full or flushed batch; counted here, once per batch, not per record. A broadcast
+    /// edge counts what its first channel gets (every channel gets every record).
     fn send_batch(&mut self, channel: usize) -> TaskResult {
         let batch = std::mem::replace(&mut self.buffers[channel], Batch::with_capacity(self.batch_size));
-        self.senders[channel].send(Message::Records(batch)).map_err(|_| TaskError::Disconnected)
+        if channel == 0 || !matches!(self.partitioner, Partitioner::Broadcast) {
+            self.metrics.records_sent.add(batch.len() as u64);
+        }
+        self.send(channel, Message::Records(batch))
+    }
+
+    /// Sends, timing the wait when the channel is full: the consumer is back-pressuring.
+    fn send(&mut self, channel: usize, message: Message<T>) -> TaskResult {
+        let message = match self.senders[channel].try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(m)) => m,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(TaskError::Disconnected),
+        };
+        let blocked = std::time::Instant::now();
+        let sent = self.senders[channel].send(message).map_err(|_| TaskError::Disconnected);
+        self.metrics.backpressured_nanos.add(blocked.elapsed().as_nanos() as u64);
+        sent
     }
 
     fn flush(&mut self) -> TaskResult {
@@ -140,8 +165,8 @@ impl<T: Record> NetworkWriter<T> {
 
     fn broadcast_message(&mut self, make: impl Fn() -> Message<T>) -> TaskResult {
         self.flush()?;
-        for s in &self.senders {
-            s.send(make()).map_err(|_| TaskError::Disconnected)?;
+        for c in 0..self.senders.len() {
+            self.send(c, make())?;
         }
         Ok(())
     }
@@ -474,6 +499,7 @@ pub trait StreamType: Send + Sync {
         senders: Vec<Box<dyn Any + Send>>,
         partitioner: &ErasedPartitioner,
         batch_size: usize,
+        metrics: WriterMetrics,
     ) -> TaskResult<Box<dyn Any + Send>>;
     /// A `Box<dyn Output<T>>` fanning out to `outputs` (each a `Box<dyn Output<T>>`).
     fn tee(&self, outputs: Vec<Box<dyn Any + Send>>) -> TaskResult<Box<dyn Any + Send>>;
@@ -553,6 +579,7 @@ impl<T: Record> StreamType for TypeOps<T> {
         senders: Vec<Box<dyn Any + Send>>,
         partitioner: &ErasedPartitioner,
         batch_size: usize,
+        metrics: WriterMetrics,
     ) -> TaskResult<Box<dyn Any + Send>> {
         let senders = senders
             .into_iter()
@@ -570,7 +597,7 @@ impl<T: Record> StreamType for TypeOps<T> {
                 Partitioner::KeyGroup { key_hash, max_parallelism: *max_parallelism }
             }
         };
-        Ok(erase_output::<T>(Box::new(NetworkWriter::new(senders, partitioner, batch_size))))
+        Ok(erase_output::<T>(Box::new(NetworkWriter::new(senders, partitioner, batch_size, metrics))))
     }
 
     fn tee(&self, outputs: Vec<Box<dyn Any + Send>>) -> TaskResult<Box<dyn Any + Send>> {

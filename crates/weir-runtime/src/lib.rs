@@ -11,6 +11,7 @@
 pub mod channel;
 pub mod graph;
 pub mod job;
+pub mod metrics;
 pub mod operator;
 pub mod protocol;
 pub mod storage;

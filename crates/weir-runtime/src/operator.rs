@@ -278,6 +278,8 @@ pub struct OperatorContext {
     pub processing_time: ProcessingTimeService,
     /// `pipeline.auto-watermark-interval`: how often watermark generators emit; `None` when 0.
     pub auto_watermark_interval: Option<Duration>,
+    /// Where the operator counts its records in (see [`crate::metrics`]).
+    pub metrics: crate::metrics::OperatorMetrics,
 }
 
 impl OperatorContext {

@@ -42,6 +42,8 @@ pub(crate) struct TaskPlan {
     pub restore_watermarks: bool,
     /// The task's wake-ups, shared by its operators.
     pub processing_time: crate::operator::ProcessingTimeService,
+    /// Where its operators and network writers count.
+    pub metrics: Arc<crate::metrics::JobMetrics>,
 }
 
 pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
@@ -192,6 +194,7 @@ fn build_node(plan: &mut TaskPlan, node: usize) -> TaskResult<Instance> {
         state_backend: plan.state_backend.clone(),
         processing_time: plan.processing_time.clone(),
         auto_watermark_interval: plan.auto_watermark_interval,
+        metrics: plan.metrics.operator(node, subtask),
     };
     n.spec.instantiate(ctx, downstream, side_outputs)
 }
@@ -222,7 +225,8 @@ fn build_outputs(
             let senders =
                 plan.senders.remove(&e).ok_or_else(|| TaskError::Internal(format!("no channels for edge {e}")))?;
             let partitioner = graph.partitioner(e, graph.nodes[edge.to].max_parallelism);
-            outputs.push(ty.writer(senders, &partitioner, plan.batch_size)?);
+            let metrics = plan.metrics.writer(e, plan.key.subtask);
+            outputs.push(ty.writer(senders, &partitioner, plan.batch_size, metrics)?);
         }
     }
     if outputs.is_empty() {

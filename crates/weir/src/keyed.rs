@@ -20,6 +20,7 @@ pub(crate) struct KeyedCore<K> {
     /// The stop-with-savepoint this operator passed: until it is aborted no timer fires, since
     /// the savepoint holds the timers and the job restored from it fires them.
     suspended_for: Option<weir_core::CheckpointId>,
+    pub metrics: weir_runtime::metrics::OperatorMetrics,
 }
 
 impl<K: Key> KeyedCore<K> {
@@ -54,6 +55,7 @@ impl<K: Key> KeyedCore<K> {
             operator_id: ctx.operator_id,
             name,
             suspended_for: None,
+            metrics: ctx.metrics.clone(),
         };
         core.schedule_processing_timers();
         Ok(core)
@@ -86,6 +88,7 @@ impl<K: Key> KeyedCore<K> {
     /// the current event time — and returns the timers' time domain and time to fire, if the
     /// event makes some due.
     pub fn on_event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult<Option<(TimeDomain, i64)>> {
+        self.metrics.observe(event);
         match event {
             ChainEvent::Barrier(capture) => {
                 let keyed = self

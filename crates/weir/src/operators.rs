@@ -14,6 +14,7 @@ use weir_core::watermark::MAX_WATERMARK;
 use weir_core::OperatorId;
 use weir_runtime::channel::{erase_output, unerase_output, InputEnd, Record, SideOutputs};
 use weir_runtime::graph::{Instance, NodeSpec};
+use weir_runtime::metrics::OperatorMetrics;
 use weir_runtime::operator::{CapturedOperator, Next, OperatorContext};
 use weir_runtime::{
     ChainEvent, Control, Output, SnapshotCapture, SourceRunner, TaskEnv, TaskError, TaskResult, Timestamp,
@@ -41,7 +42,7 @@ fn operator_state(ctx: &OperatorContext) -> OperatorStateStore {
 // ---- stateless chained operators -------------------------------------------------------------
 
 /// Wraps a function and the downstream output into a chained operator.
-pub(crate) type BuildChained<I, O, F> = fn(F, Box<dyn Output<O>>) -> Box<dyn Output<I>>;
+pub(crate) type BuildChained<I, O, F> = fn(F, Box<dyn Output<O>>, OperatorMetrics) -> Box<dyn Output<I>>;
 
 /// Builds a chained operator from its function and its downstream output.
 pub(crate) struct ChainedSpec<I, O, F> {
@@ -52,26 +53,29 @@ pub(crate) struct ChainedSpec<I, O, F> {
 impl<I: Record, O: Record, F: Clone + Send + Sync + 'static> NodeSpec for ChainedSpec<I, O, F> {
     fn instantiate(
         &self,
-        _ctx: OperatorContext,
+        ctx: OperatorContext,
         downstream: Box<dyn Any + Send>,
         _side_outputs: SideOutputs,
     ) -> TaskResult<Instance> {
         let next = unerase_output::<O>(downstream)?;
-        Ok(Instance::Operator(erase_output::<I>((self.build)(self.f.clone(), next))))
+        Ok(Instance::Operator(erase_output::<I>((self.build)(self.f.clone(), next, ctx.metrics))))
     }
 }
 
 pub(crate) struct MapOp<F, O> {
     pub f: F,
     pub next: Box<dyn Output<O>>,
+    pub metrics: OperatorMetrics,
 }
 
 impl<I, O: Send, F: FnMut(I) -> O + Send> Output<I> for MapOp<F, O> {
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
+        self.metrics.records_in.inc();
         self.next.emit((self.f)(record), timestamp)
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.metrics.observe(event);
         self.next.event(event)
     }
 }
@@ -79,11 +83,13 @@ impl<I, O: Send, F: FnMut(I) -> O + Send> Output<I> for MapOp<F, O> {
 pub(crate) struct FilterOp<F, T> {
     pub f: F,
     pub next: Box<dyn Output<T>>,
+    pub metrics: OperatorMetrics,
 }
 
 impl<T: Send, F: FnMut(&T) -> bool + Send> Output<T> for FilterOp<F, T> {
     #[inline]
     fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        self.metrics.records_in.inc();
         if (self.f)(&record) {
             self.next.emit(record, timestamp)
         } else {
@@ -91,6 +97,7 @@ impl<T: Send, F: FnMut(&T) -> bool + Send> Output<T> for FilterOp<F, T> {
         }
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.metrics.observe(event);
         self.next.event(event)
     }
 }
@@ -98,17 +105,20 @@ impl<T: Send, F: FnMut(&T) -> bool + Send> Output<T> for FilterOp<F, T> {
 pub(crate) struct FlatMapOp<F, O> {
     pub f: F,
     pub next: Box<dyn Output<O>>,
+    pub metrics: OperatorMetrics,
 }
 
 impl<I, O: Send, R: IntoIterator<Item = O>, F: FnMut(I) -> R + Send> Output<I> for FlatMapOp<F, O> {
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
+        self.metrics.records_in.inc();
         for o in (self.f)(record) {
             self.next.emit(o, timestamp)?;
         }
         Ok(())
     }
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.metrics.observe(event);
         self.next.event(event)
     }
 }
@@ -252,6 +262,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> for KeyedProcessOp<K, I, O, F> {
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
+        self.core.metrics.records_in.inc();
         let key = self.key.select(&record, &mut self.current_key);
         let core = &mut self.core;
         let scope = core.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", core.name)))?;
@@ -294,7 +305,13 @@ impl<T: Record, S: SinkFunction<T> + Clone + Sync> NodeSpec for SinkSpec<T, S> {
             attempt: ctx.attempt,
         })
         .map_err(|e| user_error(&ctx.task_name(), e))?;
-        let op = SinkOp { sink, operator_id: ctx.operator_id, name: ctx.task_name(), _types: PhantomData };
+        let op = SinkOp {
+            sink,
+            operator_id: ctx.operator_id,
+            name: ctx.task_name(),
+            metrics: ctx.metrics.clone(),
+            _types: PhantomData,
+        };
         Ok(Instance::Operator(erase_output::<T>(Box::new(op))))
     }
 }
@@ -303,16 +320,19 @@ struct SinkOp<T, S> {
     sink: S,
     operator_id: OperatorId,
     name: String,
+    metrics: OperatorMetrics,
     _types: PhantomData<fn(T)>,
 }
 
 impl<T: Record, S: SinkFunction<T>> Output<T> for SinkOp<T, S> {
     #[inline]
     fn emit(&mut self, record: T, _timestamp: Option<Timestamp>) -> TaskResult {
+        self.metrics.records_in.inc();
         self.sink.invoke(record).map_err(|e| user_error(&self.name, e))
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.metrics.observe(event);
         let name = &self.name;
         match event {
             ChainEvent::Barrier(capture) => {
@@ -358,7 +378,8 @@ impl<T: Record, S: SourceFunction<T> + Clone + Sync> NodeSpec for SourceSpec<T, 
     ) -> TaskResult<Instance> {
         let mut chain = unerase_output::<T>(downstream)?;
         if let Some(strategy) = &self.watermarks {
-            chain = Box::new(TimestampsAndWatermarks::new(strategy, &ctx, chain));
+            // Part of the source: its records are the source's output, not counted as input.
+            chain = Box::new(TimestampsAndWatermarks::new(strategy, &ctx, chain, OperatorMetrics::default()));
         }
         let mut source = self.source.clone();
         let state = operator_state(&ctx);

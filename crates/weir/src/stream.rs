@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use weir_runtime::channel::{KeyHashFn, Record, TypeOps};
 use weir_runtime::graph::{EdgeKind, NodeBuilder, NodeSpec};
+use weir_runtime::metrics::OperatorMetrics;
 use weir_runtime::Output;
 use weir_state::{Key, StateData, ValueState, ValueStateDescriptor};
 
@@ -133,8 +134,9 @@ impl<T: Record> DataStream<T> {
         fn build<T, O: Send + 'static, F: FnMut(T) -> O + Send + 'static>(
             f: F,
             next: Box<dyn Output<O>>,
+            metrics: OperatorMetrics,
         ) -> Box<dyn Output<T>> {
-            Box::new(MapOp { f, next })
+            Box::new(MapOp { f, next, metrics })
         }
         self.add("Map", false, Arc::new(ChainedSpec::<T, O, F> { f, build: build::<T, O, F> }), None)
     }
@@ -151,8 +153,8 @@ impl<T: Record> DataStream<T> {
             others.iter().all(|o| Rc::ptr_eq(&o.env, &self.env)),
             "union: every stream must come from the same StreamEnv"
         );
-        fn build<T: Send + 'static>(_: (), next: Box<dyn Output<T>>) -> Box<dyn Output<T>> {
-            Box::new(MapOp { f: |record: T| record, next })
+        fn build<T: Send + 'static>(_: (), next: Box<dyn Output<T>>, metrics: OperatorMetrics) -> Box<dyn Output<T>> {
+            Box::new(MapOp { f: |record: T| record, next, metrics })
         }
         let spec = Arc::new(ChainedSpec::<T, T, ()> { f: (), build: build::<T> });
         let node = NodeBuilder::new("Union", spec, Some(Arc::new(TypeOps::<T>::new())));
@@ -165,8 +167,9 @@ impl<T: Record> DataStream<T> {
         fn build<T: Send + 'static, F: FnMut(&T) -> bool + Send + 'static>(
             f: F,
             next: Box<dyn Output<T>>,
+            metrics: OperatorMetrics,
         ) -> Box<dyn Output<T>> {
-            Box::new(FilterOp { f, next })
+            Box::new(FilterOp { f, next, metrics })
         }
         self.add("Filter", false, Arc::new(ChainedSpec::<T, T, F> { f, build: build::<T, F> }), None)
     }
@@ -182,8 +185,9 @@ impl<T: Record> DataStream<T> {
         fn build<T, O: Send + 'static, R: IntoIterator<Item = O>, F: FnMut(T) -> R + Send + 'static>(
             f: F,
             next: Box<dyn Output<O>>,
+            metrics: OperatorMetrics,
         ) -> Box<dyn Output<T>> {
-            Box::new(FlatMapOp { f, next })
+            Box::new(FlatMapOp { f, next, metrics })
         }
         self.add("FlatMap", false, Arc::new(ChainedSpec::<T, O, F> { f, build: build::<T, O, R, F> }), None)
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use weir_core::watermark::{Timestamp, MAX_WATERMARK, MIN_WATERMARK};
 use weir_runtime::channel::Record;
 use weir_runtime::graph::{Instance, NodeSpec};
+use weir_runtime::metrics::OperatorMetrics;
 use weir_runtime::operator::{CapturedOperator, OperatorContext};
 use weir_runtime::{ChainEvent, Output, ProcessingTimeService, SplitEvent, SplitIndex, TaskResult, WatermarkStatus};
 
@@ -132,7 +133,8 @@ impl<T: Record> NodeSpec for WatermarksSpec<T> {
         _side_outputs: weir_runtime::channel::SideOutputs,
     ) -> TaskResult<Instance> {
         let next = weir_runtime::channel::unerase_output::<T>(downstream)?;
-        let op = TimestampsAndWatermarks::new(&self.strategy, &ctx, next);
+        let metrics = ctx.metrics.clone();
+        let op = TimestampsAndWatermarks::new(&self.strategy, &ctx, next, metrics);
         Ok(Instance::Operator(weir_runtime::channel::erase_output::<T>(Box::new(op))))
     }
 }
@@ -233,10 +235,18 @@ pub(crate) struct TimestampsAndWatermarks<T> {
     idle: bool,
     /// The operator its watermark is recorded under in snapshots.
     operator_id: weir_core::OperatorId,
+    metrics: OperatorMetrics,
 }
 
 impl<T: Record> TimestampsAndWatermarks<T> {
-    pub(crate) fn new(strategy: &WatermarkStrategy<T>, ctx: &OperatorContext, next: Box<dyn Output<T>>) -> Self {
+    /// `metrics`: where records in are counted (the operator's own, or nothing when the strategy
+    /// runs inside a source).
+    pub(crate) fn new(
+        strategy: &WatermarkStrategy<T>,
+        ctx: &OperatorContext,
+        next: Box<dyn Output<T>>,
+        metrics: OperatorMetrics,
+    ) -> Self {
         let clock = ctx.processing_time.clone();
         let interval = ctx.auto_watermark_interval;
         let idleness = strategy.idleness.map(|d| d.as_millis() as Timestamp);
@@ -258,6 +268,7 @@ impl<T: Record> TimestampsAndWatermarks<T> {
             announced: current == MIN_WATERMARK,
             idle: false,
             operator_id: ctx.operator_id,
+            metrics,
         }
     }
 
@@ -346,6 +357,7 @@ impl<T: Record> TimestampsAndWatermarks<T> {
 impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
     #[inline]
     fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        self.metrics.records_in.inc();
         let timestamp = self.assign(&record, timestamp);
         self.announce()?;
         let Some(ts) = timestamp else { return self.next.emit(record, None) };
@@ -355,6 +367,7 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
 
     #[inline]
     fn emit_in_split(&mut self, split: SplitIndex, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        self.metrics.records_in.inc();
         let timestamp = self.assign(&record, timestamp);
         self.announce()?;
         let Some(ts) = timestamp else { return self.next.emit(record, None) };
@@ -393,6 +406,7 @@ impl<T: Record> Output<T> for TimestampsAndWatermarks<T> {
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.metrics.observe(event);
         match event {
             ChainEvent::Watermark(w) if *w == MAX_WATERMARK => {
                 if self.current < MAX_WATERMARK || !self.announced {
@@ -474,9 +488,10 @@ mod tests {
             state_backend: Default::default(),
             processing_time: ProcessingTimeService::default(),
             auto_watermark_interval: Some(Duration::from_millis(200)),
+            metrics: OperatorMetrics::default(),
         };
         let strategy = WatermarkStrategy::<u64>::for_monotonous_timestamps();
-        (TimestampsAndWatermarks::new(&strategy, &ctx, Box::new(seen.clone())), seen)
+        (TimestampsAndWatermarks::new(&strategy, &ctx, Box::new(seen.clone()), OperatorMetrics::default()), seen)
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The job's control API: its status, the handle that waits for it, and the cloneable control
 //! the REST server and tools use (savepoints, stop, checkpoints, cancel, statistics).
 
+use super::info::JobInfo;
+use super::stats::{CheckpointHistory, CheckpointStats, ExceptionHistory, StatusTimestamps};
 use crate::protocol::{MasterMsg, SavepointMode};
 use crate::task;
 use crossbeam_channel::Sender;
@@ -10,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weir_core::location::SnapshotUri;
-use weir_core::metadata::{SavepointFormat, SnapshotKind};
+use weir_core::metadata::SavepointFormat;
 use weir_core::{CheckpointId, JobId};
 
 /// Job status, as Flink names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobStatus {
     Created,
     Running,
@@ -94,20 +96,6 @@ pub struct JobOutcome {
     pub restarts: u32,
 }
 
-/// Statistics of one completed checkpoint.
-#[derive(Debug, Clone)]
-pub struct CheckpointStats {
-    pub id: CheckpointId,
-    pub kind: SnapshotKind,
-    pub location: SnapshotUri,
-    pub duration: Duration,
-    /// Bytes of everything the snapshot references (its full size), `_metadata` included.
-    pub state_size: u64,
-    /// Bytes this snapshot wrote: less than `state_size` for an incremental checkpoint, which
-    /// references files earlier checkpoints uploaded.
-    pub checkpointed_size: u64,
-}
-
 /// The snapshot a job was started from.
 #[derive(Debug, Clone)]
 pub struct RestoredFrom {
@@ -121,8 +109,13 @@ pub struct RestoredFrom {
 pub(super) struct Shared {
     pub(super) name: String,
     pub(super) status: Mutex<Option<JobStatus>>,
-    pub(super) completed: Mutex<Vec<CheckpointStats>>,
-    pub(super) failed_checkpoints: Mutex<u64>,
+    /// What the job is: vertices, operators, checkpoint settings.
+    pub(super) info: JobInfo,
+    pub(super) history: Mutex<CheckpointHistory>,
+    pub(super) exceptions: Mutex<ExceptionHistory>,
+    pub(super) status_timestamps: Mutex<StatusTimestamps>,
+    pub(super) metrics: Arc<crate::metrics::JobMetrics>,
+    pub(super) graph: Option<Arc<crate::graph::JobGraph>>,
     /// Checkpoints and savepoints triggered and not yet completed or failed.
     pub(super) in_progress: Mutex<u64>,
     pub(super) restarts: Mutex<u32>,
@@ -303,13 +296,45 @@ impl JobControl {
         let _ = self.tx.send(MasterMsg::Cancel);
     }
 
-    /// Completed checkpoints so far, oldest first.
+    /// Completed checkpoints and savepoints, oldest first (the most recent
+    /// [`super::stats::HISTORY_KEPT`]).
     pub fn completed_checkpoints(&self) -> Vec<CheckpointStats> {
-        lock(&self.shared.completed).clone()
+        self.checkpoint_history().completed_recent().cloned().collect()
     }
 
+    /// Checkpoints and savepoints that failed since the job was submitted.
     pub fn failed_checkpoints(&self) -> u64 {
-        lock(&self.shared.failed_checkpoints)
+        self.checkpoint_history().failed_total()
+    }
+
+    /// Pending, completed and failed checkpoints and savepoints.
+    pub fn checkpoint_history(&self) -> CheckpointHistory {
+        lock(&self.shared.history)
+    }
+
+    /// The failures the job restarted from or ended with.
+    pub fn exceptions(&self) -> ExceptionHistory {
+        lock(&self.shared.exceptions)
+    }
+
+    /// When the job last entered each status.
+    pub fn status_timestamps(&self) -> StatusTimestamps {
+        lock(&self.shared.status_timestamps)
+    }
+
+    /// The job's metrics (records in and out, watermarks, back pressure).
+    pub fn metrics(&self) -> &crate::metrics::JobMetrics {
+        &self.shared.metrics
+    }
+
+    /// The job graph the metrics are read against.
+    pub fn graph(&self) -> Option<&crate::graph::JobGraph> {
+        self.shared.graph.as_deref()
+    }
+
+    /// What the job is: its vertices and operators, and its checkpoint settings.
+    pub fn info(&self) -> &JobInfo {
+        &self.shared.info
     }
 
     /// Checkpoints and savepoints in flight right now.

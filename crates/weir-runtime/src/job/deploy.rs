@@ -46,6 +46,7 @@ impl Master {
             receivers.insert(e, r);
         }
         self.tasks.clear();
+        self.shared.metrics.reset();
         for (v, chain) in graph.chains.iter().enumerate() {
             for s in 0..chain.parallelism as usize {
                 let mut task_senders = HashMap::new();
@@ -80,6 +81,7 @@ impl Master {
                     auto_watermark_interval: self.settings.auto_watermark_interval,
                     restore_watermarks: self.settings.restore_watermarks,
                     processing_time: Default::default(),
+                    metrics: self.shared.metrics.clone(),
                 };
                 let thread = task::spawn(plan).map_err(|e| format!("cannot start a task thread: {e}"))?;
                 self.tasks.push(DeployedTask {

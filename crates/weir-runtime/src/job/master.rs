@@ -1,10 +1,11 @@
 //! The job master: deploys tasks, drives the checkpoint coordinator, keeps the completed-checkpoint
 //! store, and restarts the job from the latest checkpoint when a task fails.
 
-use super::control::{with, CheckpointStats, JobOutcome, JobStatus, Operation, Shared};
+use super::control::{with, JobOutcome, JobStatus, Operation, Shared};
 use super::deploy::DeployedTask;
 use super::restore::reusable_files;
 use super::settings::Settings;
+use super::stats::{CheckpointStats, ExceptionRecord};
 use crate::graph::JobGraph;
 use crate::operator::{Barrier, Control};
 use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan, SavepointMode};
@@ -87,6 +88,8 @@ pub(super) struct Master {
     pub(super) exhausted: HashSet<TaskKey>,
     pub(super) finished: HashSet<TaskKey>,
     pub(super) finish_after_notify: bool,
+    /// The task whose failure is failing the job over, as Flink names tasks.
+    pub(super) failed_task: Option<String>,
 }
 
 pub(super) enum Step {
@@ -103,15 +106,36 @@ impl Master {
     fn set_status(&self, status: JobStatus) {
         tracing::info!("Job {} ({}) switched to {status}.", self.name, self.job_id);
         with(&self.shared.status, |s| *s = Some(status));
+        with(&self.shared.status_timestamps, |t| t.entered(status, wall_clock_ms()));
+    }
+
+    /// Adds a failure to the exception history (Flink's `/jobs/:id/exceptions`).
+    fn record_exception(&mut self, message: &str) {
+        let record = ExceptionRecord {
+            timestamp_ms: wall_clock_ms(),
+            message: message.to_string(),
+            task: self.failed_task.take(),
+        };
+        with(&self.shared.exceptions, |e| e.record(record));
+    }
+
+    fn note_failed_task(&mut self, task: TaskKey) {
+        self.failed_task = self.shared.info.vertices.get(task.vertex as usize).map(|v| v.task_name(task.subtask));
     }
 
     pub(super) fn run(mut self) -> JobOutcome {
         let (status, failure) = loop {
             match self.deploy_and_run() {
-                Step::End(status, failure) => break (status, failure),
+                Step::End(status, failure) => {
+                    if let Some(f) = &failure {
+                        self.record_exception(f);
+                    }
+                    break (status, failure);
+                }
                 Step::Continue => continue,
                 Step::Failover { cause, kind } => {
                     tracing::warn!("Job {} ({}) failed: {cause}", self.name, self.job_id);
+                    self.record_exception(&cause);
                     let actions = self.coordinator.abort_all(FailureReason::TaskFailure);
                     self.execute_all(actions);
                     self.stop_tasks();
@@ -154,6 +178,7 @@ impl Master {
             self.discard_incomplete(&loc);
         }
         with(&self.shared.in_progress, |n| *n = 0);
+        with(&self.shared.history, |h| h.clear_pending());
         self.finish_storage_work();
         if let Some(f) = &failure {
             tracing::error!("Job {} ({}) failed: {f}", self.name, self.job_id);
@@ -217,7 +242,8 @@ impl Master {
                 }
                 // Any failure while tasks restore and open counts as a failed restore: retrying reads
                 // the same snapshot again.
-                Ok(MasterMsg::TaskFailed { attempt, failure, .. }) if attempt == self.attempt => {
+                Ok(MasterMsg::TaskFailed { attempt, failure, task }) if attempt == self.attempt => {
+                    self.note_failed_task(task);
                     // Unless it says a restart cannot fix it, it is a failed restore.
                     let kind = match failure.kind() {
                         FailureKind::Unrecoverable => FailureKind::Unrecoverable,
@@ -317,7 +343,8 @@ impl Master {
                 }
                 Step::Continue
             }
-            MasterMsg::TaskFailed { attempt, failure, .. } if attempt == current => {
+            MasterMsg::TaskFailed { attempt, failure, task } if attempt == current => {
+                self.note_failed_task(task);
                 Step::Failover { cause: failure.to_string(), kind: failure.kind() }
             }
             MasterMsg::TriggerSavepoint { token, target, format, mode } => {
@@ -465,6 +492,7 @@ impl Master {
                     .and_then(|t| self.savepoint_targets.remove(&t))
                     .filter(|_| kind.is_savepoint());
                 self.triggering.insert(id, (kind, token, full, Instant::now()));
+                with(&self.shared.history, |h| h.triggered(id, kind, wall_clock_ms()));
                 let (storage, tx, job, has_dir) =
                     (self.storage.clone(), self.tx.clone(), self.job_id, self.has_checkpoint_dir);
                 self.io.submit(move || {
@@ -497,23 +525,27 @@ impl Master {
                     return (Vec::new(), None);
                 };
                 let (size, written) = self.snapshot_sizes(&snapshot, own_bytes);
+                let vertices = self.vertex_sizes(&snapshot);
                 tracing::info!(
                     "Completed checkpoint {id} for job {} ({size} bytes, checkpointDuration={} ms).",
                     self.job_id,
                     started.elapsed().as_millis()
                 );
-                with(&self.shared.completed, |c| {
-                    c.push(CheckpointStats {
+                let num_subtasks = self.tasks.len() as u32;
+                with(&self.shared.history, |h| {
+                    let now = wall_clock_ms();
+                    h.completed(CheckpointStats {
                         id,
                         kind,
                         location: loc.clone(),
                         duration: started.elapsed(),
                         state_size: size,
                         checkpointed_size: written,
-                    });
-                    if c.len() > 100 {
-                        c.remove(0);
-                    }
+                        trigger_timestamp_ms: h.trigger_time(id, now),
+                        completed_timestamp_ms: now,
+                        num_subtasks,
+                        vertices,
+                    })
                 });
                 if kind.is_savepoint() {
                     // Savepoints never enter the store: they are the user's, never deleted.
@@ -557,7 +589,7 @@ impl Master {
             Action::Aborted { id, kind, reason, token } => {
                 let what = if kind.is_savepoint() { "Savepoint" } else { "Checkpoint" };
                 tracing::warn!("{what} {id} of job {} failed: {}", self.job_id, reason.message());
-                with(&self.shared.failed_checkpoints, |n| *n += 1);
+                with(&self.shared.history, |h| h.failed(id, kind, reason.message(), wall_clock_ms()));
                 // A failed snapshot leaves nothing that looks like one.
                 if let Some((loc, _)) = self.locations.remove(&id) {
                     self.discard_incomplete(&loc);

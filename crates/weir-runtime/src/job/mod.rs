@@ -10,14 +10,17 @@
 
 mod control;
 mod deploy;
+pub mod info;
 mod io;
 mod master;
 mod restore;
 mod retention;
 mod settings;
+pub mod stats;
 
 pub use control::*;
 use control::{with, Shared};
+pub use stats::CheckpointStats;
 
 use crate::graph::JobGraph;
 use crate::storage::{self, load_snapshot, CheckpointStorage, FsCheckpointStorage, LoadError};
@@ -154,6 +157,7 @@ pub fn submit(
     let next_id = restored.as_ref().map(|r| r.checkpoint_id + 1).unwrap_or(INITIAL_CHECKPOINT_ID);
     let tasks = task_keys(&graph);
     let (tx, rx) = crossbeam_channel::unbounded();
+    let graph = Arc::new(graph);
     let shared = Arc::new(Shared {
         name: name.to_string(),
         savepoint_dir: config.get_location(keys::SAVEPOINT_DIR),
@@ -161,6 +165,8 @@ pub fn submit(
         restored: restored.clone(),
         storage: Some(storage.clone()),
         write_progress,
+        info: info::JobInfo::new(&graph, &settings, config, state_backend.name()),
+        graph: Some(graph.clone()),
         ..Shared::default()
     });
     let mut coordinator = Coordinator::new(settings.coordinator.clone(), tasks, next_id, 0);
@@ -176,7 +182,7 @@ pub fn submit(
         registry,
         state_backend,
         settings,
-        graph: Arc::new(graph),
+        graph,
         storage,
         has_checkpoint_dir,
         restored_from_snapshot: restored.is_some(),
@@ -198,8 +204,10 @@ pub fn submit(
         exhausted: HashSet::new(),
         finished: HashSet::new(),
         finish_after_notify: false,
+        failed_task: None,
     };
     with(&shared.status, |s| *s = Some(JobStatus::Created));
+    with(&shared.status_timestamps, |t| t.entered(JobStatus::Created, master::wall_clock_ms()));
     let thread = std::thread::Builder::new()
         .name(format!("job-master-{job_id}"))
         .spawn(move || master.run())

@@ -5,6 +5,7 @@
 
 use super::master::{Completed, Master};
 use super::restore::native_files;
+use super::stats::VertexCheckpointStats;
 use crate::protocol::AckedState;
 use crate::storage::{self, EntryKind, LoadedSnapshot, SnapshotUri};
 use std::collections::HashSet;
@@ -102,6 +103,34 @@ impl Master {
             }
         });
         self.discard_incomplete(&loc);
+    }
+
+    /// Per vertex of the job, the bytes of the files its operators' state is in, and of those the
+    /// bytes this snapshot wrote (files in its directory, and data files outside it that no earlier
+    /// snapshot registered). `_metadata` belongs to no vertex.
+    pub(super) fn vertex_sizes(&self, snapshot: &LoadedSnapshot) -> Vec<VertexCheckpointStats> {
+        let graph = &self.graph;
+        let mut sizes = vec![VertexCheckpointStats::default(); graph.chains.len()];
+        let mut seen = HashSet::new();
+        for op in &snapshot.metadata.operators {
+            let Some(node) = graph.nodes.iter().find(|n| n.operator_id == op.operator_id) else { continue };
+            let vertex = &mut sizes[node.chain];
+            for subtask in &op.subtasks {
+                let keyed = subtask.keyed.iter().map(|k| &k.file);
+                let native = subtask.native.iter().flat_map(|n| n.files.iter().map(|f| &f.file));
+                for file in keyed.chain(native) {
+                    let path = snapshot.resolve(&file.path);
+                    if !seen.insert(path.clone()) {
+                        continue;
+                    }
+                    vertex.state_size += file.size;
+                    if path.starts_with(&snapshot.dir) || !self.registry.contains(&path) {
+                        vertex.checkpointed_size += file.size;
+                    }
+                }
+            }
+        }
+        sizes
     }
 
     /// The snapshot's full size and the bytes it wrote itself (`own_bytes`, the files in its

@@ -416,7 +416,10 @@ where
 
     /// Late data goes to its side output when one is set.
     fn route_late(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
-        let Some(tag) = &self.windows.settings.late_data else { return Ok(()) };
+        let Some(tag) = &self.windows.settings.late_data else {
+            self.core.metrics.late_records_dropped.inc();
+            return Ok(());
+        };
         match self.core.side.outputs.get::<T>(tag) {
             Some(out) => out.emit(record, timestamp),
             None => Ok(()),
@@ -455,6 +458,7 @@ where
     F: Finish<K, I::Out, O>,
 {
     fn emit(&mut self, record: T, timestamp: Option<Timestamp>) -> TaskResult {
+        self.core.metrics.records_in.inc();
         let assigner = &self.windows.settings.assigner;
         let time = match (assigner.time(), timestamp) {
             (WindowTime::ProcessingTime, _) => self.core.time.processing.now(),
@@ -477,7 +481,10 @@ where
             Added::Fired(fired) => fired.into_iter().try_for_each(|(window, acc)| self.emit_window(&key, &window, acc)),
             Added::Late => match late_copy {
                 Some(record) => self.route_late(record, timestamp),
-                None => Ok(()),
+                None => {
+                    self.core.metrics.late_records_dropped.inc();
+                    Ok(())
+                }
             },
         };
         self.spare_key = current;
