@@ -353,6 +353,15 @@ fn prometheus_scrapes_show_counts_moving_and_checkpoints_completing() {
     assert!(last_id(&later) > id0, "lastCompletedCheckpointId follows the checkpoints");
     assert!(sum_of(&later, "flink_jobmanager_job_lastCheckpointDuration", "") >= 0.0);
     assert!(sum_of(&later, "flink_jobmanager_job_lastCheckpointFullSize", "") > 0.0);
+    // RocksDB's own gauges per state, as Flink's RocksDB native metrics: the 10 keys are in.
+    let keys = |s: &[(String, String, f64)]| {
+        s.iter().filter(|(n, ..)| n.ends_with("_rocksdb_estimate_num_keys")).map(|(_, _, v)| v).sum::<f64>()
+    };
+    wait_for("RocksDB's key estimate", || keys(&scrape(&url)) >= 10.0);
+    assert!(later
+        .iter()
+        .any(|(n, ..)| n.starts_with("flink_taskmanager_job_task_operator_")
+            && n.ends_with("_rocksdb_total_sst_files_size")));
     // The source generates 2000 records/s: after a few seconds the rate shows it.
     wait_for("a rate", || {
         sum_of(&scrape(&url), "flink_taskmanager_job_task_operator_numRecordsInPerSecond", process) > 100.0

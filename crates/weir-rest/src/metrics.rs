@@ -6,6 +6,7 @@
 //! Counts come from the runtime ([`weir_runtime::metrics`]); rates per second are computed here
 //! from samples taken every second over the last minute, as Flink's `MeterView` averages over 60 s.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -28,7 +29,8 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub scope: Scope,
-    pub name: &'static str,
+    /// Flink's name; a state store's own gauges are named `<state>.rocksdb.<property>`.
+    pub name: Cow<'static, str>,
     pub value: Value,
 }
 
@@ -170,40 +172,57 @@ pub fn samples(control: &JobControl, rates: &Rates) -> Vec<Sample> {
             |op: Option<usize>, what: &str| Value::Number(rates.per_second(&key(vertex, subtask, op, what)));
         let backpressured_ms_per_s = rates.per_second(&key(vertex, subtask, None, "bp")) / 1e6;
         all.extend([
-            Sample { scope: task.clone(), name: "numRecordsIn", value: Value::Number(r.task_in as f64) },
-            Sample { scope: task.clone(), name: "numRecordsOut", value: Value::Number(r.task_out as f64) },
-            Sample { scope: task.clone(), name: "numRecordsInPerSecond", value: per_second(None, "in") },
-            Sample { scope: task.clone(), name: "numRecordsOutPerSecond", value: per_second(None, "out") },
-            Sample { scope: task.clone(), name: "currentInputWatermark", value: watermark(r.task_watermark) },
+            Sample { scope: task.clone(), name: "numRecordsIn".into(), value: Value::Number(r.task_in as f64) },
+            Sample { scope: task.clone(), name: "numRecordsOut".into(), value: Value::Number(r.task_out as f64) },
+            Sample { scope: task.clone(), name: "numRecordsInPerSecond".into(), value: per_second(None, "in") },
+            Sample { scope: task.clone(), name: "numRecordsOutPerSecond".into(), value: per_second(None, "out") },
+            Sample { scope: task.clone(), name: "currentInputWatermark".into(), value: watermark(r.task_watermark) },
             Sample {
                 scope: task.clone(),
-                name: "backPressuredTimeMsPerSecond",
+                name: "backPressuredTimeMsPerSecond".into(),
                 value: Value::Number(backpressured_ms_per_s.min(1000.0).round()),
             },
             Sample {
                 scope: task.clone(),
-                name: "accumulateBackPressuredTimeMs",
+                name: "accumulateBackPressuredTimeMs".into(),
                 value: Value::Number((r.backpressured_nanos / 1_000_000) as f64),
             },
         ]);
         for (operator, o) in r.operators.iter().enumerate() {
             let scope = Scope::Operator { vertex, subtask, operator };
             all.extend([
-                Sample { scope: scope.clone(), name: "numRecordsIn", value: Value::Number(o.records_in as f64) },
-                Sample { scope: scope.clone(), name: "numRecordsOut", value: Value::Number(o.records_out as f64) },
-                Sample { scope: scope.clone(), name: "numRecordsInPerSecond", value: per_second(Some(operator), "in") },
+                Sample { scope: scope.clone(), name: "numRecordsIn".into(), value: Value::Number(o.records_in as f64) },
                 Sample {
                     scope: scope.clone(),
-                    name: "numRecordsOutPerSecond",
+                    name: "numRecordsOut".into(),
+                    value: Value::Number(o.records_out as f64),
+                },
+                Sample {
+                    scope: scope.clone(),
+                    name: "numRecordsInPerSecond".into(),
+                    value: per_second(Some(operator), "in"),
+                },
+                Sample {
+                    scope: scope.clone(),
+                    name: "numRecordsOutPerSecond".into(),
                     value: per_second(Some(operator), "out"),
                 },
-                Sample { scope: scope.clone(), name: "currentInputWatermark", value: watermark(o.input_watermark) },
                 Sample {
                     scope: scope.clone(),
-                    name: "numLateRecordsDropped",
+                    name: "currentInputWatermark".into(),
+                    value: watermark(o.input_watermark),
+                },
+                Sample {
+                    scope: scope.clone(),
+                    name: "numLateRecordsDropped".into(),
                     value: Value::Number(o.late_records_dropped as f64),
                 },
             ]);
+            all.extend(o.native.iter().map(|(name, v)| Sample {
+                scope: scope.clone(),
+                name: name.clone().into(),
+                value: Value::Number(*v),
+            }));
         }
     });
     all
@@ -220,7 +239,7 @@ fn job_samples(control: &JobControl) -> Vec<Sample> {
         _ => 0,
     };
     let restore = control.restored_from().and(timestamps.get(JobStatus::Running));
-    let n = |name, v: f64| Sample { scope: Scope::Job, name, value: Value::Number(v) };
+    let n = |name: &'static str, v: f64| Sample { scope: Scope::Job, name: name.into(), value: Value::Number(v) };
     let pending = history.pending().len() as f64;
     let mut samples = vec![
         n("numRestarts", f64::from(control.restarts())),
@@ -238,7 +257,7 @@ fn job_samples(control: &JobControl) -> Vec<Sample> {
     ];
     samples.push(Sample {
         scope: Scope::Job,
-        name: "lastCheckpointExternalPath",
+        name: "lastCheckpointExternalPath".into(),
         value: Value::Text(last.map_or_else(|| "n/a".to_string(), |c| c.location.to_string())),
     });
     samples
@@ -294,18 +313,18 @@ pub fn prometheus(control: &JobControl, samples: &[Sample]) -> String {
     let attempt = control.restarts();
     // One process runs the whole job: it is the "task manager" of every task.
     let tm_id = label(&format!("{host}:{}", std::process::id()));
-    let mut families: Vec<(String, Vec<String>)> = Vec::new();
+    // By family: its name, the metric's own name and scope (for HELP), and its samples.
+    let mut families: Vec<(String, String, &str, Vec<String>)> = Vec::new();
     for s in samples {
         let Value::Number(v) = s.value else { continue };
-        let (family, labels) = match s.scope {
-            Scope::Job => (
-                format!("flink_jobmanager_job_{}", s.name),
-                format!(r#"job_id="{job_id}",host="{}",job_name="{job_name}""#, escape(&host)),
-            ),
+        let (scope, labels) = match s.scope {
+            Scope::Job => {
+                ("jobmanager_job", format!(r#"job_id="{job_id}",host="{}",job_name="{job_name}""#, escape(&host)))
+            }
             Scope::Task { vertex, subtask } => {
                 let vertex = &info.vertices[vertex];
                 (
-                    format!("flink_taskmanager_job_task_{}", s.name),
+                    "taskmanager_job_task",
                     format!(
                         r#"job_id="{job_id}",task_id="{}",task_attempt_id="{job_id}_{}_{subtask}_{attempt}",host="{}",task_name="{}",task_attempt_num="{attempt}",job_name="{job_name}",tm_id="{tm_id}",subtask_index="{subtask}""#,
                         vertex.id,
@@ -319,7 +338,7 @@ pub fn prometheus(control: &JobControl, samples: &[Sample]) -> String {
                 let vertex = &info.vertices[vertex];
                 let op = &vertex.operators[operator];
                 (
-                    format!("flink_taskmanager_job_task_operator_{}", s.name),
+                    "taskmanager_job_task_operator",
                     format!(
                         r#"job_id="{job_id}",task_id="{}",task_attempt_id="{job_id}_{}_{subtask}_{attempt}",host="{}",operator_id="{}",operator_name="{}",task_name="{}",task_attempt_num="{attempt}",job_name="{job_name}",tm_id="{tm_id}",subtask_index="{subtask}""#,
                         vertex.id,
@@ -332,16 +351,18 @@ pub fn prometheus(control: &JobControl, samples: &[Sample]) -> String {
                 )
             }
         };
+        // Metric names become part of the family name: `.` and `-` (RocksDB's) as `_`.
+        let name: String =
+            s.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let family = format!("flink_{scope}_{name}");
         let line = format!("{family}{{{labels},}} {}", prometheus_number(v));
-        match families.iter_mut().find(|(f, _)| *f == family) {
-            Some((_, lines)) => lines.push(line),
-            None => families.push((family, vec![line])),
+        match families.iter_mut().find(|(f, ..)| *f == family) {
+            Some((.., lines)) => lines.push(line),
+            None => families.push((family, s.name.to_string(), scope, vec![line])),
         }
     }
     let mut text = String::new();
-    for (family, lines) in families {
-        let name = family.rsplit('_').next().unwrap_or(&family);
-        let scope = family.trim_start_matches("flink_").trim_end_matches(name).trim_end_matches('_');
+    for (family, name, scope, lines) in families {
         let _ = writeln!(text, "# HELP {family} {name} (scope: {scope})");
         let _ = writeln!(text, "# TYPE {family} gauge");
         for line in lines {

@@ -48,7 +48,23 @@ pub struct RocksDbStore {
     uploads: Arc<Mutex<Uploads>>,
     _cache: Option<Cache>,
     profile: Option<Profile>,
+    native_metrics: weir_state::NativeMetrics,
 }
+
+/// RocksDB's properties reported per state (column family), as Flink's RocksDB native metrics
+/// name them (`<state>.rocksdb.<property>`): sampled at open, at every declared state and at
+/// every snapshot, on the task thread.
+const NATIVE_PROPERTIES: [&str; 9] = [
+    "rocksdb.estimate-num-keys",
+    "rocksdb.estimate-live-data-size",
+    "rocksdb.total-sst-files-size",
+    "rocksdb.cur-size-all-mem-tables",
+    "rocksdb.block-cache-usage",
+    "rocksdb.num-running-compactions",
+    "rocksdb.num-running-flushes",
+    "rocksdb.estimate-pending-compaction-bytes",
+    "rocksdb.background-errors",
+];
 
 impl RocksDbStore {
     /// Creates the instance in a fresh working directory and restores `restored` into it.
@@ -93,7 +109,22 @@ impl RocksDbStore {
             uploads: Arc::new(Mutex::new(Uploads { baseline, pending: BTreeMap::new() })),
             _cache: cache,
             profile,
+            native_metrics: ctx.native_metrics.clone(),
         })
+    }
+
+    fn sample_native_metrics(&self) {
+        let db = self.db();
+        let mut values = Vec::new();
+        for state in self.known.keys() {
+            let Some(cf) = db.cf_handle(&cf_name(state)) else { continue };
+            for property in NATIVE_PROPERTIES {
+                if let Ok(Some(v)) = db.property_int_value_cf(cf, property) {
+                    values.push((format!("{state}.{property}"), v as f64));
+                }
+            }
+        }
+        self.native_metrics.set(values);
     }
 
     fn db(&self) -> &DB {
@@ -136,6 +167,7 @@ impl KvStore for RocksDbStore {
             }
         }
         self.declared.push(name);
+        self.sample_native_metrics();
         Ok(self.declared.len() - 1)
     }
 
@@ -199,6 +231,7 @@ impl KvStore for RocksDbStore {
     }
 
     fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError> {
+        self.sample_native_metrics();
         let dir = self.workdir.path.join(format!("chk-{}", request.id));
         if dir.exists() {
             // Left by an earlier attempt at this id that failed before its writer ran.

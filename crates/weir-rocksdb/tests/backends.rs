@@ -65,6 +65,7 @@ fn backends(tmp: &Path) -> Vec<StateBackend> {
 
 fn ctx(max_p: u32, range: KeyGroupRange) -> StoreContext {
     StoreContext {
+        native_metrics: Default::default(),
         job_id: JobId([1; 16]),
         operator_id: OperatorId::from_uid("count"),
         operator: "Count (1/1)".into(),

@@ -68,6 +68,8 @@ pub struct OperatorMetrics {
     pub input_watermark: Gauge,
     /// `numLateRecordsDropped` (window operators).
     pub late_records_dropped: Counter,
+    /// What the operator's state store reports about itself (RocksDB's native properties).
+    pub native: weir_state::NativeMetrics,
 }
 
 impl Default for OperatorMetrics {
@@ -76,6 +78,7 @@ impl Default for OperatorMetrics {
             records_in: Counter::default(),
             input_watermark: Gauge::new(NO_WATERMARK),
             late_records_dropped: Counter::default(),
+            native: Default::default(),
         }
     }
 }
@@ -107,12 +110,14 @@ struct Registry {
 }
 
 /// A reading of one operator subtask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OperatorReading {
     pub records_in: u64,
     pub records_out: u64,
     pub input_watermark: i64,
     pub late_records_dropped: u64,
+    /// The state store's own gauges, by name.
+    pub native: Vec<(String, f64)>,
 }
 
 /// The job's metrics; the runtime registers counters as it deploys tasks, readers take readings.
@@ -161,6 +166,7 @@ impl JobMetrics {
             records_out,
             input_watermark: own.map_or(NO_WATERMARK, |m| m.input_watermark.get()),
             late_records_dropped: own.map_or(0, |m| m.late_records_dropped.get()),
+            native: own.map(|m| m.native.read()).unwrap_or_default(),
         }
     }
 

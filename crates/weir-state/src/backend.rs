@@ -43,6 +43,8 @@ impl StateBackend {
 /// Which operator subtask a backend serves.
 #[derive(Debug, Clone)]
 pub struct StoreContext {
+    /// Where the store reports gauges about itself (RocksDB's native properties).
+    pub native_metrics: NativeMetrics,
     pub job_id: JobId,
     pub operator_id: OperatorId,
     /// Display name with the subtask, for errors.
@@ -50,6 +52,22 @@ pub struct StoreContext {
     pub subtask: u32,
     pub max_parallelism: u32,
     pub key_groups: KeyGroupRange,
+}
+
+/// Gauges a store reports about itself, by name (RocksDB's native properties, as Flink's
+/// `state.backend.rocksdb.metrics.*` report them), set by the task thread when it samples them
+/// and read by the metric reporters. Sampling on the task thread keeps the store single-threaded.
+#[derive(Debug, Clone, Default)]
+pub struct NativeMetrics(Arc<std::sync::Mutex<Vec<(String, f64)>>>);
+
+impl NativeMetrics {
+    pub fn set(&self, values: Vec<(String, f64)>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = values;
+    }
+
+    pub fn read(&self) -> Vec<(String, f64)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Keyed state of one operator subtask.

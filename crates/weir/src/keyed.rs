@@ -34,6 +34,7 @@ impl<K: Key> KeyedCore<K> {
         };
         let restore_error = |error| TaskError::Restore { operator: name.clone(), error };
         let store_ctx = StoreContext {
+            native_metrics: ctx.metrics.native.clone(),
             job_id: ctx.job_id,
             operator_id: ctx.operator_id,
             operator: name.clone(),
