@@ -291,6 +291,36 @@ fn rest_answers_have_flinks_shapes() {
     weir.ok(&["cancel", &job]);
 }
 
+/// A job that fails over: its exception history has Flink's shape (recorded from a failing Flink
+/// 2.3 job), names the failed task, and the restarts show in the job metrics.
+#[test]
+fn exceptions_of_a_failing_job_have_flinks_shape() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = keyed_count_args("100 ms", &dir.path().join("ck"), &dir.path().join("out"));
+    args.extend(["--fail-at-count".to_string(), "30".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let job = weir.run_detached(&args);
+    let base = format!("http://{}/v1/jobs/{job}", weir.address(&job));
+    let mut exceptions = Value::Null;
+    wait_for("a failure in the exception history", || {
+        exceptions = http("GET", &format!("{base}/exceptions"), None).1;
+        exceptions["exceptionHistory"]["entries"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    let mut differences = Vec::new();
+    shape_differences("exceptions", &flink_json("job_exceptions_failed.json"), &exceptions, &mut differences);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    let entry = &exceptions["exceptionHistory"]["entries"][0];
+    assert_eq!(entry["taskName"], "Source -> KeyedProcess -> Sink (1/1)", "{entry}");
+    assert!(entry["stacktrace"].as_str().unwrap().contains("injected failure: key"), "{entry}");
+    wait_for("the restart counted", || {
+        let (_, m) = http("GET", &format!("{base}/metrics?get=numRestarts"), None);
+        m[0]["value"].as_str().and_then(|v| v.parse::<u32>().ok()) >= Some(1)
+    });
+    weir.ok(&["cancel", &job]);
+    weir.wait_gone(&job);
+}
+
 /// One Prometheus family's label names, from a line `name{a="x",b="y",} value`.
 fn label_names(line: &str) -> BTreeSet<String> {
     let labels = &line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()];

@@ -7,6 +7,16 @@ use weir::{BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, V
 #[derive(Clone, Default)]
 pub struct CountPerKey {
     count: Option<ValueState<u64>>,
+    /// Fails the task when a key's count reaches this (an injected failure, for tests of what
+    /// a failing job reports); after the restart the key reaches it again.
+    fail_at_count: Option<u64>,
+}
+
+impl CountPerKey {
+    /// A counter that fails whenever a key's count reaches `count`.
+    pub fn failing_at(count: Option<u64>) -> CountPerKey {
+        CountPerKey { count: None, fail_at_count: count }
+    }
 }
 
 impl KeyedProcessFunction<u64, (u64, u64), String> for CountPerKey {
@@ -23,6 +33,9 @@ impl KeyedProcessFunction<u64, (u64, u64), String> for CountPerKey {
     ) -> Result<(), BoxError> {
         let count = self.count.ok_or("count state used before open")?;
         let n = count.value(ctx)?.unwrap_or(0) + 1;
+        if self.fail_at_count == Some(n) {
+            return Err(format!("injected failure: key {key} reached count {n}").into());
+        }
         count.update(ctx, n)?;
         out.collect(format!("{key} {n}"));
         Ok(())

@@ -309,7 +309,7 @@ pub fn prometheus(control: &JobControl, samples: &[Sample]) -> String {
     let info = control.info();
     let job_id = control.job_id().to_hex();
     let job_name = label(control.name());
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let host = crate::views::host();
     let attempt = control.restarts();
     // One process runs the whole job: it is the "task manager" of every task.
     let tm_id = label(&format!("{host}:{}", std::process::id()));

@@ -117,6 +117,11 @@ impl<'a> JobView<'a> {
     }
 }
 
+/// The machine's host name, as the metrics' `host` label has it.
+pub fn host() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -382,8 +387,9 @@ pub fn exceptions(history: &ExceptionHistory) -> Value {
                 "stacktrace": e.message,
                 "timestamp": e.timestamp_ms,
                 "taskName": e.task,
-                "endpoint": null,
-                "taskManagerId": null,
+                // One process runs every task: its host, and the task manager id the metrics use.
+                "endpoint": e.task.as_ref().map(|_| host()),
+                "taskManagerId": e.task.as_ref().map(|_| format!("{}:{}", host(), std::process::id())),
                 "failureLabels": {},
                 "concurrentExceptions": [],
             })

@@ -3,7 +3,7 @@
 //! exactly-once, every key `k` has the lines `k 1`, `k 2`, ... `k n_k` exactly once.
 //!
 //! ```text
-//! keyed-count [-s SNAPSHOT] [-p N] [-D key=value]... --output DIR --count N --keys K [--rate R]
+//! keyed-count [-s SNAPSHOT] [-p N] [-D key=value]... --output DIR --count N --keys K [--rate R] [--fail-at-count C]
 //! ```
 
 use anyhow::Context;
@@ -24,6 +24,9 @@ struct Args {
     /// Records per second over all subtasks.
     #[arg(long)]
     rate: Option<f64>,
+    /// Fail whenever a key's count reaches this (an injected failure; restarts reach it again).
+    #[arg(long)]
+    fail_at_count: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     env.source(source)
         .uid("generator")
         .key_by(|r: &(u64, u64)| r.0)
-        .process(CountPerKey::default())
+        .process(CountPerKey::failing_at(args.fail_at_count))
         .uid("count")
         .sink(FileSink::new(&args.output))
         .uid("sink");
