@@ -37,6 +37,40 @@ impl Counter {
     }
 }
 
+/// Records an operator was handed, counted in a plain field of the operator and published to the
+/// shared count every [`RecordsIn::PUBLISH_EVERY`] records and at every event that passes the
+/// operator (barriers, watermarks, flushes, timers): a count readers see at most that many records
+/// behind while records flow, and exact at every checkpoint. Counting into the shared count per
+/// record cost the reference job 3-4 % (a load and store through a pointer, per operator); this
+/// costs an add and a predictable branch.
+#[derive(Debug, Clone, Default)]
+pub struct RecordsIn {
+    local: u64,
+    shared: Counter,
+}
+
+impl RecordsIn {
+    pub const PUBLISH_EVERY: u64 = 256;
+
+    #[inline(always)]
+    pub fn inc(&mut self) {
+        self.local += 1;
+        if self.local.is_multiple_of(Self::PUBLISH_EVERY) {
+            self.publish();
+        }
+    }
+
+    #[inline]
+    pub fn publish(&self) {
+        self.shared.0.store(self.local, Ordering::Relaxed);
+    }
+
+    /// The published count.
+    pub fn get(&self) -> u64 {
+        self.shared.get()
+    }
+}
+
 /// A value set by one thread and read by others (a watermark).
 #[derive(Debug, Clone)]
 pub struct Gauge(Arc<AtomicI64>);
@@ -63,7 +97,7 @@ pub const NO_WATERMARK: i64 = i64::MIN;
 #[derive(Debug, Clone)]
 pub struct OperatorMetrics {
     /// `numRecordsIn`: records the operator was handed (a source's stays 0).
-    pub records_in: Counter,
+    pub records_in: RecordsIn,
     /// `currentInputWatermark`.
     pub input_watermark: Gauge,
     /// `numLateRecordsDropped` (window operators).
@@ -75,7 +109,7 @@ pub struct OperatorMetrics {
 impl Default for OperatorMetrics {
     fn default() -> Self {
         OperatorMetrics {
-            records_in: Counter::default(),
+            records_in: RecordsIn::default(),
             input_watermark: Gauge::new(NO_WATERMARK),
             late_records_dropped: Counter::default(),
             native: Default::default(),
@@ -84,9 +118,11 @@ impl Default for OperatorMetrics {
 }
 
 impl OperatorMetrics {
-    /// Notes what an event tells about the operator's input (its watermark).
+    /// Publishes the records counted, and notes what an event tells about the operator's input
+    /// (its watermark).
     #[inline]
     pub fn observe(&self, event: &crate::operator::ChainEvent<'_>) {
+        self.records_in.publish();
         if let crate::operator::ChainEvent::Watermark(w) = event {
             self.input_watermark.set(*w);
         }
@@ -209,8 +245,17 @@ mod tests {
     #[test]
     fn a_restart_starts_the_counts_over() {
         let m = JobMetrics::default();
-        m.operator(0, 0).records_in.add(7);
+        let mut counted = m.operator(0, 0);
+        for _ in 0..7 {
+            counted.records_in.inc();
+        }
+        assert_eq!(m.operator(0, 0).records_in.get(), 0, "published every 256 records or at an event");
+        counted.observe(&crate::operator::ChainEvent::Flush);
         assert_eq!(m.operator(0, 0).records_in.get(), 7, "the same subtask shares its counter");
+        for _ in 0..RecordsIn::PUBLISH_EVERY - 7 {
+            counted.records_in.inc();
+        }
+        assert_eq!(m.operator(0, 0).records_in.get(), RecordsIn::PUBLISH_EVERY);
         m.reset();
         assert_eq!(m.operator(0, 0).records_in.get(), 0);
         assert_eq!(m.operator(0, 1).input_watermark.get(), NO_WATERMARK);

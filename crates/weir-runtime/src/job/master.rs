@@ -591,9 +591,13 @@ impl Master {
                 tracing::warn!("{what} {id} of job {} failed: {}", self.job_id, reason.message());
                 with(&self.shared.history, |h| h.failed(id, kind, reason.message(), wall_clock_ms()));
                 // A failed snapshot leaves nothing that looks like one.
-                if let Some((loc, _)) = self.locations.remove(&id) {
-                    self.discard_incomplete(&loc);
-                }
+                let discarding = match self.locations.remove(&id) {
+                    Some((loc, _)) => {
+                        self.discard_incomplete(&loc);
+                        true
+                    }
+                    None => false,
+                };
                 if !kind.is_savepoint() {
                     self.delete_unreferenced_shared_files();
                 }
@@ -603,7 +607,15 @@ impl Master {
                 let mut step = None;
                 if let Some(t) = token.and_then(Requester::operation) {
                     let message = format!("{what} {id} failed: {}", reason.message());
-                    self.finish_operation(t, Operation::Failed { message });
+                    if discarding {
+                        // Reported once the deletion of its directory queued above is done: whoever
+                        // asked then finds nothing that looks like a savepoint.
+                        let shared = self.shared.clone();
+                        self.io.submit(move || finish_operation(&shared, t, Operation::Failed { message }));
+                    } else {
+                        // No directory yet (the storage may hang making it): reported at once.
+                        self.finish_operation(t, Operation::Failed { message });
+                    }
                     if let Some((_, mode)) = self.stopping.filter(|(s, _)| *s == t) {
                         self.stopping = None;
                         if mode == SavepointMode::Drain {
