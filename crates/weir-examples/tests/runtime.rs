@@ -354,3 +354,46 @@ fn union_merges_inputs_and_recovers_exactly_once() {
     let got = weir::connectors::FileSink::read_committed(&out).unwrap();
     assert_eq!(got, weir_examples::keyed_count::expected_output(10_000, 10), "every record of both inputs once");
 }
+
+/// Fails with an error a restart cannot fix at its 100th record.
+#[derive(Clone)]
+struct FailsAtHundred {
+    seen: u64,
+}
+
+impl SinkFunction<u64> for FailsAtHundred {
+    fn invoke(&mut self, _: u64) -> Result<(), BoxError> {
+        self.seen += 1;
+        if self.seen == 100 {
+            return Err(Box::new(weir::Unrecoverable("injected: cannot go on".into())));
+        }
+        Ok(())
+    }
+}
+
+/// When a task fails, the tasks that send to it see their channels close and fail too ("a
+/// connected task has stopped"). The failure that counts is the first task's own: the job fails at
+/// once because that failure cannot be fixed by a restart, its cause and its exception history
+/// name it, whichever failure reaches the master first.
+#[test]
+fn the_failing_task_is_blamed_not_the_tasks_it_disconnects() {
+    for round in 0..50 {
+        let dir = tempfile::tempdir().unwrap();
+        let env = StreamEnv::with_config(config(&[
+            ("execution.checkpointing.interval", "50 ms"),
+            ("execution.checkpointing.dir", dir.path().to_str().unwrap()),
+            ("parallelism.default", "2"),
+        ]));
+        env.source(GeneratorSource::counter()).uid("numbers").rebalance().sink(FailsAtHundred { seen: 0 }).uid("fails");
+        let handle = env.execute_async("blame").unwrap();
+        let control = handle.control();
+        let outcome = handle.wait();
+        let cause = outcome.failure.clone().unwrap_or_default();
+        assert_eq!(outcome.status, JobStatus::Failed, "round {round}: {cause}");
+        assert_eq!(outcome.restarts, 0, "round {round}: a failure a restart cannot fix is not restarted: {cause}");
+        assert!(cause.contains("injected: cannot go on"), "round {round}: {cause}");
+        let exceptions: Vec<_> = control.exceptions().entries().cloned().collect();
+        assert_eq!(exceptions.len(), 1, "round {round}: {exceptions:?}");
+        assert!(exceptions[0].task.as_deref().is_some_and(|t| t.starts_with("Sink (")), "{exceptions:?}");
+    }
+}

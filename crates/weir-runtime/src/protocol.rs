@@ -101,6 +101,12 @@ pub enum FailureCause {
 }
 
 impl TaskFailure {
+    /// A task whose channel to another task closed: the other task stopped, and its own failure
+    /// is the one that counts (it may reach the master later, after dropping its operators).
+    pub fn is_secondary(&self) -> bool {
+        matches!(self.cause, FailureCause::Error(TaskError::Disconnected))
+    }
+
     /// What the failure means for the job, from its type.
     pub fn kind(&self) -> FailureKind {
         match &self.cause {

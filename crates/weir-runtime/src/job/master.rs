@@ -8,7 +8,7 @@ use super::settings::Settings;
 use super::stats::{CheckpointStats, ExceptionRecord};
 use crate::graph::JobGraph;
 use crate::operator::{Barrier, Control};
-use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan, SavepointMode};
+use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan, SavepointMode, TaskFailure};
 use crate::storage::{self, load_snapshot, CheckpointStorage, LoadedSnapshot};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, HashSet};
@@ -90,7 +90,15 @@ pub(super) struct Master {
     pub(super) finish_after_notify: bool,
     /// The task whose failure is failing the job over, as Flink names tasks.
     pub(super) failed_task: Option<String>,
+    /// A task that failed because a connected task stopped, held until
+    /// [`SECONDARY_FAILURE_GRACE`] has passed in case the stopped task's own failure follows.
+    pub(super) secondary_failure: Option<(TaskFailure, TaskKey, Instant)>,
 }
+
+/// How long a failure that only says a connected task stopped waits for that task's own failure:
+/// a failing task drops its operators (closing a RocksDB instance can take a while) before it
+/// reports, so its neighbours often report first.
+const SECONDARY_FAILURE_GRACE: Duration = Duration::from_secs(2);
 
 pub(super) enum Step {
     Continue,
@@ -269,11 +277,22 @@ impl Master {
         self.exhausted.clear();
         self.finished.clear();
         self.finish_after_notify = false;
+        self.secondary_failure = None;
         loop {
-            let timeout = match self.coordinator.next_deadline_ms() {
+            let mut timeout = match self.coordinator.next_deadline_ms() {
                 Some(d) => Duration::from_millis(d.saturating_sub(self.now())),
                 None => Duration::from_secs(3600),
             };
+            if let Some(since) = self.secondary_failure.as_ref().map(|(.., since)| *since) {
+                let left = SECONDARY_FAILURE_GRACE.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    timeout = timeout.min(left);
+                } else if let Some((failure, task, _)) = self.secondary_failure.take() {
+                    // No failure of its own came: the secondary one is all there is.
+                    self.note_failed_task(task);
+                    return Step::Failover { cause: failure.to_string(), kind: failure.kind() };
+                }
+            }
             let msg = match self.rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -344,6 +363,13 @@ impl Master {
                 Step::Continue
             }
             MasterMsg::TaskFailed { attempt, failure, task } if attempt == current => {
+                if failure.is_secondary() {
+                    if self.secondary_failure.is_none() {
+                        self.secondary_failure = Some((failure, task, Instant::now()));
+                    }
+                    return Step::Continue;
+                }
+                self.secondary_failure = None;
                 self.note_failed_task(task);
                 Step::Failover { cause: failure.to_string(), kind: failure.kind() }
             }

@@ -205,6 +205,7 @@ pub fn submit(
         finished: HashSet::new(),
         finish_after_notify: false,
         failed_task: None,
+        secondary_failure: None,
     };
     with(&shared.status, |s| *s = Some(JobStatus::Created));
     with(&shared.status_timestamps, |t| t.entered(JobStatus::Created, master::wall_clock_ms()));
