@@ -62,74 +62,56 @@ fn checkpoint_type(kind: SnapshotKind) -> &'static str {
     }
 }
 
-/// The fields every entry has, whatever its status. Weir aligns barriers and keeps no in-flight
-/// data, so the unaligned-checkpoint figures are 0, as Flink reports them for aligned ones.
-fn base(class: &str, status: &str, id: u64, kind: SnapshotKind, trigger_ms: u64) -> Map<String, Value> {
-    let Value::Object(map) = json!({
+/// The fields every entry has, as a snapshot not (yet) acknowledged has them. Weir aligns
+/// barriers and keeps no in-flight data, so the unaligned-checkpoint figures are 0, as Flink
+/// reports them for aligned ones.
+fn base(class: &str, status: &str, id: u64, kind: SnapshotKind, trigger_ms: u64, subtasks: u32, took_ms: u64) -> Value {
+    json!({
         "className": class,
         "id": id,
         "status": status,
         "is_savepoint": kind.is_savepoint(),
         "savepointFormat": savepoint_format(kind),
         "trigger_timestamp": trigger_ms,
+        "latest_ack_timestamp": -1,
+        "checkpointed_size": 0,
+        "state_size": 0,
+        "end_to_end_duration": took_ms,
         "alignment_buffered": 0,
         "processed_data": 0,
         "persisted_data": 0,
+        "num_subtasks": subtasks,
+        "num_acknowledged_subtasks": 0,
         "checkpoint_type": checkpoint_type(kind),
         "tasks": {},
-    }) else {
-        unreachable!("a JSON object literal")
-    };
-    map
+    })
 }
 
 pub fn completed(s: &CheckpointStats) -> Value {
-    let mut m = base("completed", "COMPLETED", s.id, s.kind, s.trigger_timestamp_ms);
-    m.extend([
-        ("latest_ack_timestamp".into(), json!(s.completed_timestamp_ms)),
-        ("checkpointed_size".into(), json!(s.checkpointed_size)),
-        ("state_size".into(), json!(s.state_size)),
-        ("end_to_end_duration".into(), json!(s.duration.as_millis() as u64)),
-        ("num_subtasks".into(), json!(s.num_subtasks)),
-        ("num_acknowledged_subtasks".into(), json!(s.num_subtasks)),
-        ("external_path".into(), json!(s.location.to_string())),
-        // Whether the files are gone is known only by looking; Flink reports what it deleted
-        // itself, and a retained snapshot is not discarded.
-        ("discarded".into(), json!(false)),
-    ]);
-    Value::Object(m)
+    let took = s.duration.as_millis() as u64;
+    let mut v = base("completed", "COMPLETED", s.id, s.kind, s.trigger_timestamp_ms, s.num_subtasks, took);
+    v["latest_ack_timestamp"] = json!(s.completed_timestamp_ms);
+    v["checkpointed_size"] = json!(s.checkpointed_size);
+    v["state_size"] = json!(s.state_size);
+    v["num_acknowledged_subtasks"] = json!(s.num_subtasks);
+    v["external_path"] = json!(s.location.to_string());
+    // Whether the files are gone is known only by looking; Flink reports what it deleted itself,
+    // and a retained snapshot is not discarded.
+    v["discarded"] = json!(false);
+    v
 }
 
-fn failed(f: &FailedCheckpoint, num_subtasks: u32) -> Value {
-    let mut m = base("failed", "FAILED", f.id, f.kind, f.trigger_timestamp_ms);
-    m.extend([
-        ("latest_ack_timestamp".into(), json!(-1)),
-        ("checkpointed_size".into(), json!(0)),
-        ("state_size".into(), json!(0)),
-        ("end_to_end_duration".into(), json!(f.failure_timestamp_ms.saturating_sub(f.trigger_timestamp_ms))),
-        ("num_subtasks".into(), json!(num_subtasks)),
-        ("num_acknowledged_subtasks".into(), json!(0)),
-        ("failure_timestamp".into(), json!(f.failure_timestamp_ms)),
-        ("failure_message".into(), json!(f.message)),
-    ]);
-    Value::Object(m)
+fn failed(f: &FailedCheckpoint, subtasks: u32) -> Value {
+    let took = f.failure_timestamp_ms.saturating_sub(f.trigger_timestamp_ms);
+    let mut v = base("failed", "FAILED", f.id, f.kind, f.trigger_timestamp_ms, subtasks, took);
+    v["failure_timestamp"] = json!(f.failure_timestamp_ms);
+    v["failure_message"] = json!(f.message);
+    v
 }
 
-fn in_progress(p: &PendingCheckpoint, num_subtasks: u32, now_ms: u64) -> Value {
-    let mut m = base("in_progress", "IN_PROGRESS", p.id, p.kind, p.trigger_timestamp_ms);
-    m.extend([
-        ("latest_ack_timestamp".into(), json!(-1)),
-        ("checkpointed_size".into(), json!(0)),
-        ("state_size".into(), json!(0)),
-        ("end_to_end_duration".into(), json!(now_ms.saturating_sub(p.trigger_timestamp_ms))),
-        ("num_subtasks".into(), json!(num_subtasks)),
-        ("num_acknowledged_subtasks".into(), json!(0)),
-    ]);
-    Value::Object(m)
-}
-
-fn num_subtasks(info: &JobInfo) -> u32 {
-    info.vertices.iter().map(|v| v.parallelism).sum()
+fn in_progress(p: &PendingCheckpoint, subtasks: u32, now_ms: u64) -> Value {
+    let took = now_ms.saturating_sub(p.trigger_timestamp_ms);
+    base("in_progress", "IN_PROGRESS", p.id, p.kind, p.trigger_timestamp_ms, subtasks, took)
 }
 
 /// `GET /jobs/:id/checkpoints`.
@@ -140,7 +122,7 @@ pub fn statistics(
     restore_timestamp_ms: Option<u64>,
     now_ms: u64,
 ) -> Value {
-    let subtasks = num_subtasks(info);
+    let subtasks = info.num_subtasks();
     let done: Vec<&CheckpointStats> = history.completed_recent().collect();
     let column = |f: fn(&CheckpointStats) -> u64| summary(&done.iter().map(|s| f(s)).collect::<Vec<_>>());
     let zeros = summary(&vec![0; done.len()]);
@@ -193,7 +175,7 @@ pub fn statistics(
 /// Weir times a snapshot as a whole, so a vertex's last acknowledgement and duration are the
 /// snapshot's (its completion); sizes are the vertex's own.
 pub fn details(info: &JobInfo, history: &CheckpointHistory, id: u64, now_ms: u64) -> Option<Value> {
-    let subtasks = num_subtasks(info);
+    let subtasks = info.num_subtasks();
     let (mut entry, status, done) = if let Some(s) = history.completed_recent().find(|s| s.id == id) {
         (completed(s), "COMPLETED", Some(s))
     } else if let Some(f) = history.failed_recent().find(|f| f.id == id) {

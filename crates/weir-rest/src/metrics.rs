@@ -11,7 +11,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use weir_runtime::metrics::NO_WATERMARK;
 use weir_runtime::{JobControl, JobStatus};
 
 /// Samples kept per series: one a second for a minute.
@@ -159,87 +158,58 @@ pub fn vertex_records(control: &JobControl) -> Vec<(u64, u64)> {
     totals
 }
 
-fn watermark(w: i64) -> Value {
-    Value::Number(if w == NO_WATERMARK { i64::MIN as f64 } else { w as f64 })
+impl Sample {
+    fn number(scope: &Scope, name: impl Into<Cow<'static, str>>, value: f64) -> Sample {
+        Sample { scope: scope.clone(), name: name.into(), value: Value::Number(value) }
+    }
 }
 
-/// Every metric of the job, now.
+/// Every metric of the job, now. (A watermark not yet seen is `Long.MIN_VALUE`, as in Flink.)
 pub fn samples(control: &JobControl, rates: &Rates) -> Vec<Sample> {
     let mut all = job_samples(control);
     for_each_subtask(control, |vertex, subtask, r| {
+        let per_second = |op: Option<usize>, what: &str| rates.per_second(&key(vertex, subtask, op, what));
         let task = Scope::Task { vertex, subtask };
-        let per_second =
-            |op: Option<usize>, what: &str| Value::Number(rates.per_second(&key(vertex, subtask, op, what)));
-        let backpressured_ms_per_s = rates.per_second(&key(vertex, subtask, None, "bp")) / 1e6;
+        let backpressured_ms_per_s = (per_second(None, "bp") / 1e6).min(1000.0).round();
         all.extend([
-            Sample { scope: task.clone(), name: "numRecordsIn".into(), value: Value::Number(r.task_in as f64) },
-            Sample { scope: task.clone(), name: "numRecordsOut".into(), value: Value::Number(r.task_out as f64) },
-            Sample { scope: task.clone(), name: "numRecordsInPerSecond".into(), value: per_second(None, "in") },
-            Sample { scope: task.clone(), name: "numRecordsOutPerSecond".into(), value: per_second(None, "out") },
-            Sample { scope: task.clone(), name: "currentInputWatermark".into(), value: watermark(r.task_watermark) },
-            Sample {
-                scope: task.clone(),
-                name: "backPressuredTimeMsPerSecond".into(),
-                value: Value::Number(backpressured_ms_per_s.min(1000.0).round()),
-            },
-            Sample {
-                scope: task.clone(),
-                name: "accumulateBackPressuredTimeMs".into(),
-                value: Value::Number((r.backpressured_nanos / 1_000_000) as f64),
-            },
+            Sample::number(&task, "numRecordsIn", r.task_in as f64),
+            Sample::number(&task, "numRecordsOut", r.task_out as f64),
+            Sample::number(&task, "numRecordsInPerSecond", per_second(None, "in")),
+            Sample::number(&task, "numRecordsOutPerSecond", per_second(None, "out")),
+            Sample::number(&task, "currentInputWatermark", r.task_watermark as f64),
+            Sample::number(&task, "backPressuredTimeMsPerSecond", backpressured_ms_per_s),
+            Sample::number(&task, "accumulateBackPressuredTimeMs", (r.backpressured_nanos / 1_000_000) as f64),
         ]);
         for (operator, o) in r.operators.iter().enumerate() {
             let scope = Scope::Operator { vertex, subtask, operator };
             all.extend([
-                Sample { scope: scope.clone(), name: "numRecordsIn".into(), value: Value::Number(o.records_in as f64) },
-                Sample {
-                    scope: scope.clone(),
-                    name: "numRecordsOut".into(),
-                    value: Value::Number(o.records_out as f64),
-                },
-                Sample {
-                    scope: scope.clone(),
-                    name: "numRecordsInPerSecond".into(),
-                    value: per_second(Some(operator), "in"),
-                },
-                Sample {
-                    scope: scope.clone(),
-                    name: "numRecordsOutPerSecond".into(),
-                    value: per_second(Some(operator), "out"),
-                },
-                Sample {
-                    scope: scope.clone(),
-                    name: "currentInputWatermark".into(),
-                    value: watermark(o.input_watermark),
-                },
-                Sample {
-                    scope: scope.clone(),
-                    name: "numLateRecordsDropped".into(),
-                    value: Value::Number(o.late_records_dropped as f64),
-                },
+                Sample::number(&scope, "numRecordsIn", o.records_in as f64),
+                Sample::number(&scope, "numRecordsOut", o.records_out as f64),
+                Sample::number(&scope, "numRecordsInPerSecond", per_second(Some(operator), "in")),
+                Sample::number(&scope, "numRecordsOutPerSecond", per_second(Some(operator), "out")),
+                Sample::number(&scope, "currentInputWatermark", o.input_watermark as f64),
+                Sample::number(&scope, "numLateRecordsDropped", o.late_records_dropped as f64),
             ]);
-            all.extend(o.native.iter().map(|(name, v)| Sample {
-                scope: scope.clone(),
-                name: name.clone().into(),
-                value: Value::Number(*v),
-            }));
+            let node = control.graph().map_or(0, |g| g.chains[vertex].nodes[operator]);
+            let native = control.metrics().native(node, subtask);
+            all.extend(native.into_iter().map(|(name, v)| Sample::number(&scope, name, v)));
         }
     });
     all
 }
 
 /// The job scope: restarts, uptime and the checkpoint figures of Flink's `CheckpointStatsTracker`.
-fn job_samples(control: &JobControl) -> Vec<Sample> {
+pub fn job_samples(control: &JobControl) -> Vec<Sample> {
     let history = control.checkpoint_history();
     let last = history.completed_recent().next_back();
     let timestamps = control.status_timestamps();
-    let now = crate::views::now_ms();
+    let now = weir_runtime::job::stats::wall_clock_ms();
     let uptime = match (control.status(), timestamps.get(JobStatus::Running)) {
         (JobStatus::Running, Some(since)) => now.saturating_sub(since),
         _ => 0,
     };
-    let restore = control.restored_from().and(timestamps.get(JobStatus::Running));
-    let n = |name: &'static str, v: f64| Sample { scope: Scope::Job, name: name.into(), value: Value::Number(v) };
+    let restore = control.restored_from().and(timestamps.first(JobStatus::Running));
+    let n = |name: &'static str, v: f64| Sample::number(&Scope::Job, name, v);
     let pending = history.pending().len() as f64;
     let mut samples = vec![
         n("numRestarts", f64::from(control.restarts())),

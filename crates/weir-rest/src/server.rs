@@ -246,7 +246,7 @@ async fn jobs_overview(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 async fn job(State(state): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
     let records = metrics::vertex_records(&state.control);
-    answer(&state, &job, |v| views::job_details(v, &|i| records.get(i).copied().unwrap_or_default()))
+    answer(&state, &job, |v| views::job_details(v, &records))
 }
 
 #[derive(serde::Deserialize)]
@@ -259,11 +259,7 @@ async fn job_metrics(
     Path(job): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> Response {
-    answer(&state, &job, |v| {
-        let samples = metrics::samples(v.control, &state.rates);
-        let job_scope: Vec<_> = samples.into_iter().filter(|s| s.scope == metrics::Scope::Job).collect();
-        metrics::rest(v.control, &job_scope, q.get.as_deref())
-    })
+    answer(&state, &job, |v| metrics::rest(v.control, &metrics::job_samples(v.control), q.get.as_deref()))
 }
 
 async fn vertex_metrics(
@@ -313,8 +309,8 @@ async fn checkpoint_statistics(State(state): State<Arc<AppState>>, Path(job): Pa
     answer(&state, &job, |v| {
         let c = v.control;
         let restored = c.restored_from();
-        // The restore happened when the job first ran.
-        let restore_time = restored.as_ref().and(v.timestamps.get(weir_runtime::JobStatus::Running));
+        // The snapshot given with -s was restored when the job first ran.
+        let restore_time = restored.as_ref().and(v.timestamps.first(weir_runtime::JobStatus::Running));
         checkpoint_stats::statistics(c.info(), &c.checkpoint_history(), restored.as_ref(), restore_time, v.now_ms)
     })
 }
@@ -331,10 +327,9 @@ async fn checkpoint_details(
         return e.into_response();
     }
     let c = &state.control;
-    let found = checkpoint
-        .parse::<u64>()
-        .ok()
-        .and_then(|id| checkpoint_stats::details(c.info(), &c.checkpoint_history(), id, views::now_ms()));
+    let found = checkpoint.parse::<u64>().ok().and_then(|id| {
+        checkpoint_stats::details(c.info(), &c.checkpoint_history(), id, weir_runtime::job::stats::wall_clock_ms())
+    });
     match found {
         Some(body) => Json(body).into_response(),
         None => error(

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 use weir_runtime::job::info::JobInfo;
-use weir_runtime::job::stats::{ExceptionHistory, StatusTimestamps};
+use weir_runtime::job::stats::{wall_clock_ms, ExceptionHistory, StatusTimestamps};
 use weir_runtime::{JobControl, JobStatus};
 
 /// The Flink version whose REST API Weir answers like; Flink's tools read `flink-version`.
@@ -54,7 +54,7 @@ impl<'a> JobView<'a> {
             id: control.job_id().to_hex(),
             status: control.status(),
             timestamps: control.status_timestamps(),
-            now_ms: now_ms(),
+            now_ms: wall_clock_ms(),
         }
     }
 
@@ -97,10 +97,6 @@ impl<'a> JobView<'a> {
         }
     }
 
-    fn num_tasks(&self) -> u32 {
-        self.info().vertices.iter().map(|v| v.parallelism).sum()
-    }
-
     /// Tasks per execution state, with `lower` names and `total` as `/jobs/overview` has them,
     /// or upper-case names as job details have them.
     fn task_counts(&self, tasks: u32, lower: bool) -> Value {
@@ -122,17 +118,13 @@ pub fn host() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// `GET /overview`: one process is one "task manager" whose slots are the job's tasks.
 pub fn overview(v: &JobView) -> Value {
     let count = |s: JobStatus| u32::from(v.status == s);
     json!({
         "taskmanagers": 1,
-        "slots-total": v.num_tasks(),
-        "slots-available": if v.status.is_terminal() { v.num_tasks() } else { 0 },
+        "slots-total": v.info().num_subtasks(),
+        "slots-available": if v.status.is_terminal() { v.info().num_subtasks() } else { 0 },
         "jobs-running": u32::from(!v.status.is_terminal()),
         "jobs-finished": count(JobStatus::Finished),
         "jobs-cancelled": count(JobStatus::Canceled),
@@ -174,7 +166,7 @@ fn job_summary(v: &JobView) -> Value {
         "duration": v.duration_ms(),
         "state": v.status.to_string(),
         "last-modification": v.last_modification_ms(),
-        "tasks": v.task_counts(v.num_tasks(), true),
+        "tasks": v.task_counts(v.info().num_subtasks(), true),
         "pending-operators": 0,
     })
 }
@@ -234,9 +226,9 @@ pub fn plan(v: &JobView) -> Value {
     json!({ "jid": v.id, "name": v.control.name(), "type": "STREAMING", "nodes": nodes })
 }
 
-/// `GET /jobs/:id`: details with vertices. Record counts per vertex come from the job's metrics
-/// (`metrics` holds, per vertex id, records read and written).
-pub fn job_details(v: &JobView, vertex_records: &dyn Fn(usize) -> (u64, u64)) -> Value {
+/// `GET /jobs/:id`: details with vertices; `vertex_records` holds, per vertex in the job's
+/// order, the records it read and wrote (from the job's metrics).
+pub fn job_details(v: &JobView, vertex_records: &[(u64, u64)]) -> Value {
     let info = v.info();
     let mut timestamps = Map::new();
     for s in STATUSES {
@@ -251,7 +243,7 @@ pub fn job_details(v: &JobView, vertex_records: &dyn Fn(usize) -> (u64, u64)) ->
         .iter()
         .enumerate()
         .map(|(i, vertex)| {
-            let (read, written) = vertex_records(i);
+            let (read, written) = vertex_records.get(i).copied().unwrap_or_default();
             json!({
                 "id": vertex.id,
                 "slotSharingGroupId": v.id,
@@ -296,7 +288,7 @@ pub fn job_details(v: &JobView, vertex_records: &dyn Fn(usize) -> (u64, u64)) ->
         "now": v.now_ms,
         "timestamps": timestamps,
         "vertices": vertices,
-        "status-counts": v.task_counts(v.num_tasks(), false),
+        "status-counts": v.task_counts(v.info().num_subtasks(), false),
         "plan": plan(v),
         "pending-operators": 0,
     });

@@ -146,14 +146,12 @@ struct Registry {
 }
 
 /// A reading of one operator subtask.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OperatorReading {
     pub records_in: u64,
     pub records_out: u64,
     pub input_watermark: i64,
     pub late_records_dropped: u64,
-    /// The state store's own gauges, by name.
-    pub native: Vec<(String, f64)>,
 }
 
 /// The job's metrics; the runtime registers counters as it deploys tasks, readers take readings.
@@ -202,8 +200,13 @@ impl JobMetrics {
             records_out,
             input_watermark: own.map_or(NO_WATERMARK, |m| m.input_watermark.get()),
             late_records_dropped: own.map_or(0, |m| m.late_records_dropped.get()),
-            native: own.map(|m| m.native.read()).unwrap_or_default(),
         }
+    }
+
+    /// What the state store of operator `node`'s subtask reports about itself (RocksDB's
+    /// properties), by name; read only where served, not by the per-second rate sampling.
+    pub fn native(&self, node: usize, subtask: u32) -> Vec<(String, f64)> {
+        self.registry().operators.get(&(node, subtask)).map(|m| m.native.read()).unwrap_or_default()
     }
 
     /// Records the network writer of `edge` sent from `subtask`.

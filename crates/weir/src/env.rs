@@ -347,10 +347,6 @@ struct Registered {
     _server: weir_rest::RestServer,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Where to resume the job, as a `file:` URI: its latest checkpoint that still exists, else its
 /// latest savepoint that does (a job stopped with a savepoint has deleted its checkpoints).
 fn resume_point(control: &weir_runtime::JobControl) -> Option<String> {
@@ -370,7 +366,7 @@ impl Registered {
             name: name.to_string(),
             pid: std::process::id(),
             address: server.address().to_string(),
-            started_ms: now_ms(),
+            started_ms: weir_runtime::job::stats::wall_clock_ms(),
             checkpoint_dir: handle.checkpoint_job_dir().map(|d| match d {
                 weir_core::location::SnapshotUri::Local(path) => {
                     weir_core::location::SnapshotUri::Local(std::path::absolute(&path).unwrap_or(path)).to_string()
@@ -415,7 +411,10 @@ impl Drop for Registered {
         let status = self.control.status();
         let entry = weir_rest::RegistryEntry {
             last_checkpoint: resume_point(&self.control),
-            ended: Some(weir_rest::Ended { status: status.to_string(), at_ms: now_ms() }),
+            ended: Some(weir_rest::Ended {
+                status: status.to_string(),
+                at_ms: weir_runtime::job::stats::wall_clock_ms(),
+            }),
             ..self.entry.clone()
         };
         if let Err(e) = self.registry.register(&entry) {

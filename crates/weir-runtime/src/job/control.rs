@@ -16,7 +16,7 @@ use weir_core::metadata::SavepointFormat;
 use weir_core::{CheckpointId, JobId};
 
 /// Job status, as Flink names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
     Created,
     Running,

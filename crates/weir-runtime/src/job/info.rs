@@ -83,6 +83,11 @@ pub struct JobInfo {
 }
 
 impl JobInfo {
+    /// Tasks of the job: the subtasks of all its vertices.
+    pub fn num_subtasks(&self) -> u32 {
+        self.vertices.iter().map(|v| v.parallelism).sum()
+    }
+
     pub(super) fn new(graph: &JobGraph, settings: &Settings, config: &Configuration, state_backend: &str) -> JobInfo {
         let vertices = graph
             .chains

@@ -5,7 +5,7 @@ use super::control::{with, JobOutcome, JobStatus, Operation, Shared};
 use super::deploy::DeployedTask;
 use super::restore::reusable_files;
 use super::settings::Settings;
-use super::stats::{CheckpointStats, ExceptionRecord};
+use super::stats::{wall_clock_ms, CheckpointStats, ExceptionRecord};
 use crate::graph::JobGraph;
 use crate::operator::{Barrier, Control};
 use crate::protocol::{AckedState, FailureKind, MasterMsg, RestorePlan, SavepointMode, TaskFailure};
@@ -13,7 +13,7 @@ use crate::storage::{self, load_snapshot, CheckpointStorage, LoadedSnapshot};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use weir_core::assignment;
 use weir_core::coordinator::{Action, Coordinator, FailureReason, TaskKey};
 use weir_core::location::SnapshotUri;
@@ -785,7 +785,3 @@ fn write_and_read_back(
 
 /// How long an ending job waits for its storage work (deleting what it no longer keeps).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub(super) fn wall_clock_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}

@@ -208,7 +208,7 @@ pub fn submit(
         secondary_failure: None,
     };
     with(&shared.status, |s| *s = Some(JobStatus::Created));
-    with(&shared.status_timestamps, |t| t.entered(JobStatus::Created, master::wall_clock_ms()));
+    with(&shared.status_timestamps, |t| t.entered(JobStatus::Created, stats::wall_clock_ms()));
     let thread = std::thread::Builder::new()
         .name(format!("job-master-{job_id}"))
         .spawn(move || master.run())

@@ -160,21 +160,32 @@ impl ExceptionHistory {
     }
 }
 
-/// When the job last entered each status (wall clock, ms since the Unix epoch).
+/// When the job first and last entered each status (wall clock, ms since the Unix epoch).
 #[derive(Debug, Clone, Default)]
-pub struct StatusTimestamps(Vec<(JobStatus, u64)>);
+pub struct StatusTimestamps(Vec<(JobStatus, u64, u64)>);
 
 impl StatusTimestamps {
     pub(super) fn entered(&mut self, status: JobStatus, now_ms: u64) {
-        match self.0.iter_mut().find(|(s, _)| *s == status) {
-            Some(entry) => entry.1 = now_ms,
-            None => self.0.push((status, now_ms)),
+        match self.0.iter_mut().find(|(s, ..)| *s == status) {
+            Some(entry) => entry.2 = now_ms,
+            None => self.0.push((status, now_ms, now_ms)),
         }
     }
 
+    /// When the job last entered `status`.
     pub fn get(&self, status: JobStatus) -> Option<u64> {
-        self.0.iter().find(|(s, _)| *s == status).map(|(_, t)| *t)
+        self.0.iter().find(|(s, ..)| *s == status).map(|(.., last)| *last)
     }
+
+    /// When the job first entered `status` (for RUNNING: when its restored state was loaded).
+    pub fn first(&self, status: JobStatus) -> Option<u64> {
+        self.0.iter().find(|(s, ..)| *s == status).map(|(_, first, _)| *first)
+    }
+}
+
+/// Milliseconds since the Unix epoch: the unit of every timestamp here (and of Flink's REST API).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn push_capped<T>(list: &mut VecDeque<T>, item: T, cap: usize) {
@@ -253,6 +264,7 @@ mod tests {
         t.entered(JobStatus::Restarting, 20);
         t.entered(JobStatus::Running, 30);
         assert_eq!(t.get(JobStatus::Running), Some(30));
+        assert_eq!(t.first(JobStatus::Running), Some(10));
         assert_eq!(t.get(JobStatus::Restarting), Some(20));
         assert_eq!(t.get(JobStatus::Failed), None);
     }
