@@ -165,8 +165,15 @@ fn shape_differences(path: &str, flink: &Value, weir: &Value, out: &mut Vec<Stri
             }
         }
         (Value::Array(f), Value::Array(w)) => {
-            if let (Some(fv), Some(wv)) = (f.first(), w.first()) {
-                shape_differences(&format!("{path}[0]"), fv, wv, out);
+            // Entries of different kinds (a checkpoint history holds in-progress, completed and
+            // failed checkpoints, each with its own fields) are compared with an entry of the same
+            // status, whatever the order the job's timing gave them.
+            if let Some(fv) = f.first() {
+                let same_status =
+                    w.iter().find(|wv| fv.get("status").is_some() && wv.get("status") == fv.get("status"));
+                if let Some(wv) = same_status.or(w.first()) {
+                    shape_differences(&format!("{path}[0]"), fv, wv, out);
+                }
             }
         }
         (f, w) if kind(f) == kind(w) => {}
