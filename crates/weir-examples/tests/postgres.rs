@@ -244,6 +244,7 @@ fn upsert_mode_keeps_the_latest_total_per_word() {
     let words: Vec<&str> = (0..3000).map(|i| ["u", "v", "w", "u", "u"][i % 5]).collect();
     kafka.produce(&topic, None, &word_lines(&words));
     let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_word-count"));
     let child = cmd
         .args(["-D", "execution.checkpointing.interval=50 ms", "-D", "weir.rest.enabled=false"])
@@ -255,8 +256,9 @@ fn upsert_mode_keeps_the_latest_total_per_word() {
             dir.path().join("ck").to_str().unwrap(),
         ])
         .args(["--postgres", url, "--table", &table])
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let want = vec![
@@ -264,7 +266,15 @@ fn upsert_mode_keeps_the_latest_total_per_word() {
         "WordCount{word='v', frequency=600}".to_string(),
         "WordCount{word='w', frequency=600}".to_string(),
     ];
-    wait_for("the final totals", || word_rows(url, &table) == want);
+    // Not `wait_for`: a run that never gets there shows what the table held and what the job did.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut got = word_rows(url, &table);
+    while got != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        got = word_rows(url, &table);
+    }
     kill(child);
-    assert_eq!(word_rows(url, &table), want);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(got == want, "the table holds {got:?}, not {want:?}; the job's log ends:\n{}", tail.join("\n"));
 }

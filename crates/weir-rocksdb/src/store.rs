@@ -183,6 +183,20 @@ impl KvStore for RocksDbStore {
         }
     }
 
+    fn get_many(
+        &mut self,
+        state: usize,
+        keys: &[&[u8]],
+        found: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StateError> {
+        let cf = self.cf(state)?;
+        let values = self.db().batched_multi_get_cf_opt(cf, keys, false, &self.read);
+        for (i, value) in values.into_iter().enumerate() {
+            found(i, value.map_err(db_err("reading state"))?.as_deref());
+        }
+        Ok(())
+    }
+
     fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let cf = self.cf(state)?;
         self.db().put_cf_opt(cf, key, value, &self.write).map_err(db_err("writing state"))

@@ -50,17 +50,22 @@ impl SnapshotFiles for DirFiles {
 }
 
 fn backends(tmp: &Path) -> Vec<StateBackend> {
+    vec![StateBackend::HashMap, rocksdb(tmp, 1 << 20)]
+}
+
+/// The rocksdb backend with a write-back cache of `cache` bytes.
+fn rocksdb(tmp: &Path, cache: usize) -> StateBackend {
     let settings = RocksDbSettings {
         local_dir: tmp.join("local"),
         memory: Some(MemoryBudget { bytes: 8 << 20, write_buffer_ratio: 0.5 }),
         incremental: false,
         write_buffer_size: None,
-        write_back_cache: 1 << 20,
+        write_back_cache: cache,
         // Exercises the profile's reporting (logged when each instance closes).
         statistics: true,
         table: TableSettings::default(),
     };
-    vec![StateBackend::HashMap, StateBackend::Store(Arc::new(RocksDbStateBackend::new(settings)))]
+    StateBackend::Store(Arc::new(RocksDbStateBackend::new(settings)))
 }
 
 fn ctx(max_p: u32, range: KeyGroupRange) -> StoreContext {
@@ -156,6 +161,44 @@ fn check(b: &mut KeyedStateBackend<String>, h: &Handles, keys: u32, max_p: u32, 
 
 const CANONICAL: SnapshotKind = SnapshotKind::Savepoint { format: SavepointFormat::Canonical };
 const NATIVE: SnapshotKind = SnapshotKind::Savepoint { format: SavepointFormat::Native };
+
+/// Prefetching (RocksDB's batched `MultiGet` into the write-back cache) is a hint: with a cache
+/// far smaller than the state, reads that follow a prefetch of present, absent, repeated and
+/// other subtasks' keys return what they return without it, and the backend asks for batching
+/// only while its reads miss.
+#[test]
+fn a_prefetch_changes_no_read_and_is_asked_for_only_while_reads_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let half = KeyGroupRange::inclusive(0, 63);
+    for (choice, misses) in [(StateBackend::HashMap, false), (rocksdb(tmp.path(), 64 << 10), true)] {
+        let mut b = KeyedStateBackend::create(&choice, &ctx(128, half), &RestoredKeyedState::default()).unwrap();
+        let h = declare(&mut b);
+        assert!(!b.prefetch_worthwhile(), "{}: no reads yet", choice.name());
+        let owned: Vec<String> = (0..4000)
+            .map(|k| format!("key-{k}"))
+            .filter(|k| half.offset_of(weir_core::key_group::assign_to_key_group(k, 128)).is_some())
+            .collect();
+        for _ in 0..3 {
+            for key in &owned {
+                let mut s = b.scope(key).unwrap();
+                let n = h.count.value(&mut s).unwrap().unwrap_or(0);
+                h.count.update(&mut s, n + 1).unwrap();
+            }
+        }
+        assert_eq!(b.prefetch_worthwhile(), misses, "{}: a 64 KB cache misses every read", choice.name());
+        let mut keys: Vec<String> = (0..4000).rev().map(|k| format!("key-{k}")).collect();
+        keys.extend(["absent".to_string(), "key-7".to_string(), "key-7".to_string()]);
+        for batch in keys.chunks(256) {
+            b.prefetch(batch).unwrap();
+            for key in
+                batch.iter().filter(|k| half.offset_of(weir_core::key_group::assign_to_key_group(*k, 128)).is_some())
+            {
+                let want = owned.contains(key).then_some(3);
+                assert_eq!(h.count.value(&mut b.scope(key).unwrap()).unwrap(), want, "{}: {key}", choice.name());
+            }
+        }
+    }
+}
 
 #[test]
 fn every_state_kind_round_trips_between_any_two_backends_through_a_canonical_savepoint() {

@@ -224,6 +224,29 @@ impl<K: Key> KeyedStateBackend<K> {
         Ok(KeyScope { inner })
     }
 
+    /// Whether a keyed operator should hold records back in small batches and [`Self::prefetch`]
+    /// their keys' state: only a store whose reads often miss its cache gains from it.
+    pub fn prefetch_worthwhile(&self) -> bool {
+        match self {
+            KeyedStateBackend::Heap(_) => false,
+            KeyedStateBackend::Serialized(s) => s.prefetch_worthwhile(),
+        }
+    }
+
+    /// Loads the state rows the records with `keys` (in order) are about to read, in one batched
+    /// lookup; a hint that changes no result.
+    pub fn prefetch(&mut self, keys: &[K]) -> Result<(), StateError> {
+        match self {
+            KeyedStateBackend::Heap(_) => Ok(()),
+            KeyedStateBackend::Serialized(s) => s.prefetch(keys),
+        }
+    }
+
+    /// Whether the backend can prefetch at all (a serialized store); decided once per operator.
+    pub fn can_prefetch(&self) -> bool {
+        matches!(self, KeyedStateBackend::Serialized(_))
+    }
+
     /// The synchronous part of a snapshot.
     pub fn snapshot(&mut self, request: &SnapshotRequest) -> Result<KeyedSnapshot, StateError> {
         match self {

@@ -64,6 +64,33 @@ pub trait KvStore: Send {
     /// Appends `operand` to the row's value (list state).
     fn append(&mut self, state: usize, key: &[u8], operand: &[u8]) -> Result<(), StateError>;
     fn delete(&mut self, state: usize, key: &[u8]) -> Result<(), StateError>;
+    /// Reads several rows of `state` at once, calling `found` with each key's index in `keys`
+    /// and its value (`None`: no such row). A store with a batched lookup (RocksDB's `MultiGet`
+    /// sorts the keys and walks each file once for all of them) overrides it.
+    fn get_many(
+        &mut self,
+        state: usize,
+        keys: &[&[u8]],
+        found: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StateError> {
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let present = self.get(state, key, &mut out)?;
+            found(i, present.then_some(out.as_slice()));
+        }
+        Ok(())
+    }
+    /// A hint: `keys` of `state` are about to be read, one record after another. A store with a
+    /// cache in front loads the missing ones with one [`KvStore::get_many`]; the default does
+    /// nothing. Never changes what a read returns.
+    fn prefetch(&mut self, _state: usize, _keys: &[&[u8]]) -> Result<(), StateError> {
+        Ok(())
+    }
+    /// Whether [`KvStore::prefetch`] is worth the keyed operator's batching now: true while reads
+    /// miss a cache often.
+    fn prefetch_worthwhile(&self) -> bool {
+        false
+    }
     /// Writes `rows` as one batch. The write-back cache hands them over sorted by state and key,
     /// which an ordered store inserts more cheaply than the same rows one call at a time.
     fn write_rows(&mut self, rows: &[RowWrite<'_>]) -> Result<(), StateError> {
@@ -121,6 +148,11 @@ pub struct SerializedKeyedBackend<K> {
     read_buf: Vec<u8>,
     /// Timer queues, in memory for firing order; each timer is also a row of its queue's table.
     pub(crate) timers: TimerQueues,
+    /// States (bit per index, the first 64) read by the current key's row: what a prefetch loads.
+    read_by_key: u64,
+    /// Row keys of a prefetch, back to back, and where each ends.
+    prefetch_rows: Vec<u8>,
+    prefetch_ends: Vec<usize>,
     _key: PhantomData<fn(K)>,
 }
 
@@ -136,6 +168,9 @@ impl<K: Key> SerializedKeyedBackend<K> {
             value_buf: Vec::new(),
             read_buf: Vec::new(),
             timers: TimerQueues::new(key_groups),
+            read_by_key: 0,
+            prefetch_rows: Vec::new(),
+            prefetch_ends: Vec::new(),
             _key: PhantomData,
         }
     }
@@ -256,6 +291,47 @@ impl<K: Key> SerializedKeyedBackend<K> {
         Ok(SerializedScope { backend: self, key, key_group: kg })
     }
 
+    /// Whether holding records back to [`Self::prefetch`] their rows pays now: some state is
+    /// read by key and the store's reads miss its cache often.
+    pub(crate) fn prefetch_worthwhile(&self) -> bool {
+        self.read_by_key != 0 && self.store.prefetch_worthwhile()
+    }
+
+    /// Loads the rows of `keys` (the next records' keys, in order) of every state read by key so
+    /// far, so the records that follow find them in the store's cache. Keys this subtask does not
+    /// own are skipped: their record fails on its own.
+    pub(crate) fn prefetch(&mut self, keys: &[K]) -> Result<(), StateError> {
+        self.prefetch_rows.clear();
+        self.prefetch_ends.clear();
+        for key in keys {
+            let kg = assign_to_key_group(key, self.max_parallelism);
+            if self.key_groups.offset_of(kg).is_none() {
+                continue;
+            }
+            self.prefetch_rows.extend_from_slice(&key_group_prefix(kg));
+            codec::encode_into(key, &mut self.prefetch_rows)
+                .map_err(|detail| StateError::Encode { name: "<key>".into(), detail })?;
+            self.prefetch_ends.push(self.prefetch_rows.len());
+        }
+        let mut start = 0;
+        let rows: Vec<&[u8]> = self
+            .prefetch_ends
+            .iter()
+            .map(|&end| {
+                let row = &self.prefetch_rows[start..end];
+                start = end;
+                row
+            })
+            .collect();
+        let mut states = self.read_by_key;
+        while states != 0 {
+            let state = states.trailing_zeros() as usize;
+            states &= states - 1;
+            self.store.prefetch(state, &rows)?;
+        }
+        Ok(())
+    }
+
     pub fn snapshot(&mut self, request: &SnapshotRequest) -> Result<Box<dyn StoreSnapshot>, StateError> {
         self.store.snapshot(request)
     }
@@ -333,7 +409,14 @@ impl<K: Key> SerializedScope<'_, K> {
     /// `read_buf`.
     fn read(&mut self, state: usize, user_key_row: bool) -> Result<bool, StateError> {
         let b = &mut *self.backend;
-        let key = if user_key_row { &b.scratch } else { &b.key_buf };
+        let key = if user_key_row {
+            &b.scratch
+        } else {
+            if state < 64 {
+                b.read_by_key |= 1 << state;
+            }
+            &b.key_buf
+        };
         b.store.get(state, key, &mut b.read_buf)
     }
 

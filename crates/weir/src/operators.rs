@@ -210,7 +210,19 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
             operator: core.name.clone(),
         };
         f.open(&mut rc).map_err(|e| user_error(&core.name, e))?;
-        let op = KeyedProcessOp { f, key: self.key.clone(), current_key: None, core, next, _types: PhantomData };
+        let batching = core.backend.can_prefetch();
+        let op = KeyedProcessOp {
+            f,
+            key: self.key.clone(),
+            current_key: None,
+            batching,
+            held: Vec::new(),
+            held_keys: Vec::new(),
+            unbatched: 0,
+            core,
+            next,
+            _types: PhantomData,
+        };
         Ok(Instance::Operator(erase_output::<I>(Box::new(op))))
     }
 }
@@ -218,14 +230,47 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
 /// The timer service of keyed process functions, named as Flink names it.
 const USER_TIMERS: &str = "user-timers";
 
+/// Records a keyed operator holds back to prefetch their state in one batched lookup.
+const PREFETCH_BATCH: usize = 256;
+
 struct KeyedProcessOp<K, I, O, F> {
     f: F,
     key: KeySelector<K, I>,
     /// The current record's key (kept, so a borrowed key reuses its memory).
     current_key: Option<K>,
+    /// The backend can prefetch (a serialized store). When its reads miss its cache often, records
+    /// are held back in batches of [`PREFETCH_BATCH`], their keys' rows are read with one batched
+    /// lookup, and then the records are processed one by one, in order, as they would have been.
+    /// Every event (barrier, watermark, timer, flush on idle input, end) processes the held
+    /// records first, so nothing held crosses a snapshot or waits on a quiet input.
+    batching: bool,
+    held: Vec<(I, Option<Timestamp>)>,
+    held_keys: Vec<K>,
+    /// Records to pass straight on before asking the backend again whether batching pays.
+    unbatched: usize,
     core: KeyedCore<K>,
     next: Box<dyn Output<O>>,
     _types: PhantomData<fn(I)>,
+}
+
+/// Runs the function on one record of `key`.
+#[inline]
+fn process_keyed<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>>(
+    f: &mut F,
+    core: &mut KeyedCore<K>,
+    next: &mut dyn Output<O>,
+    key: &K,
+    record: I,
+    timestamp: Option<Timestamp>,
+) -> TaskResult {
+    core.metrics.records_in.inc();
+    let scope = core.backend.scope(key).map_err(|e| TaskError::Internal(format!("{}: {e}", core.name)))?;
+    let mut ctx = Context { scope, timestamp, domain: None, time: &core.time, side: &mut core.side };
+    let mut out = Collector::new(next, timestamp);
+    let result = f.process(record, &mut ctx, &mut out);
+    out.finish()?;
+    core.side.take_error()?;
+    result.map_err(|e| user_error(&core.name, e))
 }
 
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProcessOp<K, I, O, F> {
@@ -257,24 +302,64 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
         }
         Ok(())
     }
+
+    /// Whether the next record is held back: while a batch is open, and otherwise when the
+    /// backend says prefetching pays (asked once per [`PREFETCH_BATCH`] records passed on).
+    #[inline]
+    fn hold_back(&mut self) -> bool {
+        if !self.held.is_empty() {
+            return true;
+        }
+        if self.unbatched > 0 {
+            self.unbatched -= 1;
+            return false;
+        }
+        if self.core.backend.prefetch_worthwhile() {
+            return true;
+        }
+        self.unbatched = PREFETCH_BATCH;
+        false
+    }
+
+    /// Prefetches the held records' state, then processes them in order.
+    fn process_held(&mut self) -> TaskResult {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        self.held_keys.clear();
+        for (record, _) in &self.held {
+            let key = self.key.select(record, &mut self.current_key);
+            self.held_keys.push(K::clone(&key));
+        }
+        let core = &mut self.core;
+        core.backend
+            .prefetch(&self.held_keys)
+            .map_err(|e| TaskError::State { operator: core.name.clone(), error: e })?;
+        let mut held = std::mem::take(&mut self.held);
+        for ((record, timestamp), key) in held.drain(..).zip(&self.held_keys) {
+            process_keyed(&mut self.f, &mut self.core, &mut *self.next, key, record, timestamp)?;
+        }
+        self.held = held;
+        Ok(())
+    }
 }
 
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> for KeyedProcessOp<K, I, O, F> {
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
-        self.core.metrics.records_in.inc();
+        if self.batching && self.hold_back() {
+            self.held.push((record, timestamp));
+            if self.held.len() >= PREFETCH_BATCH {
+                self.process_held()?;
+            }
+            return Ok(());
+        }
         let key = self.key.select(&record, &mut self.current_key);
-        let core = &mut self.core;
-        let scope = core.backend.scope(&key).map_err(|e| TaskError::Internal(format!("{}: {e}", core.name)))?;
-        let mut ctx = Context { scope, timestamp, domain: None, time: &core.time, side: &mut core.side };
-        let mut out = Collector::new(&mut *self.next, timestamp);
-        let result = self.f.process(record, &mut ctx, &mut out);
-        out.finish()?;
-        core.side.take_error()?;
-        result.map_err(|e| user_error(&core.name, e))
+        process_keyed(&mut self.f, &mut self.core, &mut *self.next, &key, record, timestamp)
     }
 
     fn event(&mut self, event: &mut ChainEvent<'_>) -> TaskResult {
+        self.process_held()?;
         if let Some((domain, time)) = self.core.on_event(event)? {
             self.fire_timers(domain, time)?;
         }

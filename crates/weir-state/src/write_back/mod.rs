@@ -31,6 +31,13 @@ const EVICTION_SLICE: usize = 64;
 /// Rows per batch when a snapshot writes back the dirty rows.
 const WRITE_BACK_BATCH: usize = 4096;
 
+/// Reads over which the miss rate is measured to decide whether prefetching pays.
+const PREFETCH_WINDOW: u32 = 4096;
+
+/// Prefetching pays once more than one read in this many misses: a batched lookup saves store
+/// work per miss, while holding records back costs every record a little.
+const PREFETCH_MISS_RATIO: u32 = 8;
+
 /// What the cache did since it was created: the numbers a profile of a state-heavy job needs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheCounts {
@@ -44,6 +51,27 @@ pub struct CacheCounts {
     pub evicted_dirty: u64,
     /// Dirty rows written to the store by snapshots and scans.
     pub written_back: u64,
+    /// Rows loaded by prefetches (reads of them then count as hits).
+    pub prefetched: u64,
+}
+
+/// The miss rate of the latest reads, which decides whether prefetching pays.
+#[derive(Debug, Default)]
+struct MissWindow {
+    reads: u32,
+    misses: u32,
+    prefetch: bool,
+}
+
+impl MissWindow {
+    fn record(&mut self, reads: u32, misses: u32) {
+        self.reads += reads;
+        self.misses += misses;
+        if self.reads >= PREFETCH_WINDOW {
+            self.prefetch = self.misses * PREFETCH_MISS_RATIO > self.reads;
+            *self = MissWindow { prefetch: self.prefetch, ..Default::default() };
+        }
+    }
 }
 
 /// A [`KvStore`] that caches value and reducing rows of `inner`, within `budget` bytes.
@@ -58,6 +86,7 @@ pub struct WriteBackCache {
     /// The batch being evicted; kept to reuse its allocation.
     evicted: Vec<Row>,
     counts: CacheCounts,
+    misses: MissWindow,
     /// Log `counts` when dropped.
     report: bool,
 }
@@ -72,6 +101,7 @@ impl WriteBackCache {
             key_buf: Vec::new(),
             evicted: Vec::new(),
             counts: CacheCounts::default(),
+            misses: MissWindow::default(),
             report: false,
         }
     }
@@ -97,9 +127,7 @@ impl WriteBackCache {
 
     /// `key_buf` = the cache key of (state, row key).
     fn compose(&mut self, state: usize, key: &[u8]) {
-        self.key_buf.clear();
-        self.key_buf.extend_from_slice(&(state as u32).to_be_bytes());
-        self.key_buf.extend_from_slice(key);
+        compose_into(&mut self.key_buf, state, key)
     }
 
     /// Sets the row in `key_buf` to `value`, dirty.
@@ -164,6 +192,13 @@ impl WriteBackCache {
     }
 }
 
+/// `buf` = the cache key of (state, row key).
+fn compose_into(buf: &mut Vec<u8>, state: usize, key: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&(state as u32).to_be_bytes());
+    buf.extend_from_slice(key);
+}
+
 /// Writes cached rows (cache key: state ++ row key) to the store in one batch.
 fn write_rows<'a>(
     store: &mut dyn KvStore,
@@ -192,6 +227,7 @@ impl Drop for WriteBackCache {
                 evictions = c.evictions,
                 evicted_dirty = c.evicted_dirty,
                 written_back = c.written_back,
+                prefetched = c.prefetched,
                 rows = self.rows.len(),
                 bytes = self.rows.bytes(),
                 "write-back cache counts"
@@ -220,6 +256,7 @@ impl KvStore for WriteBackCache {
         self.compose(state, key);
         if let Some(at) = self.rows.find(&self.key_buf) {
             self.counts.hits += 1;
+            self.misses.record(1, 0);
             return Ok(match self.rows.value(at) {
                 Some(v) => {
                     out.clear();
@@ -230,10 +267,49 @@ impl KvStore for WriteBackCache {
             });
         }
         self.counts.misses += 1;
+        self.misses.record(1, 1);
         let found = self.inner.get(state, key, out)?;
         self.rows.insert(&self.key_buf, found.then_some(out.as_slice()), false);
         self.evict()?;
         Ok(found)
+    }
+
+    /// Loads the rows of `keys` the cache does not hold with one [`KvStore::get_many`] of the
+    /// store, as clean rows (absent ones too, so their reads skip the store as well). Rows are
+    /// added in the records' order, as reads would add them: a cache slot's place in memory
+    /// follows first use (sorting them cost a cyclic key pattern a fifth of its throughput once
+    /// every row was cached, its slots no longer in the order it reads them).
+    fn prefetch(&mut self, state: usize, keys: &[&[u8]]) -> Result<(), StateError> {
+        if !self.is_cached(state) {
+            return Ok(());
+        }
+        let mut missing: Vec<&[u8]> = Vec::with_capacity(keys.len());
+        for &key in keys {
+            self.compose(state, key);
+            if !self.rows.contains(&self.key_buf) {
+                missing.push(key);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (rows, key_buf, mut loaded) = (&mut self.rows, &mut self.key_buf, 0u32);
+        self.inner.get_many(state, &missing, &mut |i, value| {
+            compose_into(key_buf, state, missing[i]);
+            // A key twice in the batch is loaded once.
+            if !rows.contains(key_buf) {
+                rows.insert(key_buf, value, false);
+                loaded += 1;
+            }
+        })?;
+        self.counts.prefetched += u64::from(loaded);
+        self.misses.record(0, loaded);
+        // Over the budget by at most the batch's rows until now.
+        self.evict()
+    }
+
+    fn prefetch_worthwhile(&self) -> bool {
+        self.misses.prefetch
     }
 
     fn put(&mut self, state: usize, key: &[u8], value: &[u8]) -> Result<(), StateError> {
@@ -472,6 +548,43 @@ mod tests {
         assert!(mem.rows().is_empty());
     }
 
+    #[test]
+    fn a_prefetch_loads_missing_rows_in_one_batch_so_the_reads_that_follow_hit() {
+        let mem = MemStore::default();
+        for k in 0..100u32 {
+            mem.rows.lock().unwrap().insert((0, k.to_be_bytes().to_vec()), vec![k as u8]);
+        }
+        let mut cache = WriteBackCache::new(Box::new(mem.clone()), 1 << 20);
+        let s = cache.declare(&meta("v", StateKind::Value)).unwrap();
+        assert_eq!(get(&mut cache, s, &7u32.to_be_bytes()), Some(vec![7]));
+        assert!(!cache.prefetch_worthwhile(), "one miss is no pattern yet");
+        // Rows 0..200 twice over, row 7 already cached, 100..200 not in the store.
+        let rows: Vec<[u8; 4]> = (0..200u32).chain(0..200).map(u32::to_be_bytes).collect();
+        let keys: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+        cache.prefetch(s, &keys).unwrap();
+        assert_eq!(cache.counts().prefetched, 199, "each missing row once");
+        for k in 0..200u32 {
+            assert_eq!(get(&mut cache, s, &k.to_be_bytes()), (k < 100).then(|| vec![k as u8]));
+        }
+        assert_eq!((cache.counts().hits, cache.counts().misses), (200, 1));
+        assert!(cache.prefetch(s, &keys).is_ok());
+        assert_eq!(cache.counts().prefetched, 199, "cached rows are not loaded again");
+    }
+
+    #[test]
+    fn prefetching_pays_while_reads_miss_often() {
+        let mut window = MissWindow::default();
+        window.record(PREFETCH_WINDOW - 1, PREFETCH_WINDOW - 1);
+        assert!(!window.prefetch, "decided once per window");
+        window.record(1, 0);
+        assert!(window.prefetch);
+        // Reads that hit because a prefetch loaded them count as the misses they replaced.
+        window.record(PREFETCH_WINDOW, PREFETCH_WINDOW / PREFETCH_MISS_RATIO + 1);
+        assert!(window.prefetch);
+        window.record(PREFETCH_WINDOW, PREFETCH_WINDOW / PREFETCH_MISS_RATIO);
+        assert!(!window.prefetch, "one miss in {PREFETCH_MISS_RATIO} reads or fewer");
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Get(usize, u8),
@@ -480,6 +593,7 @@ mod tests {
         Delete(usize, u8),
         Scan(usize),
         DeletePrefix(usize, u8),
+        Prefetch(usize, Vec<u8>),
         Snapshot,
     }
 
@@ -491,7 +605,8 @@ mod tests {
             (0..8u8, any::<u8>()).prop_map(|(k, v)| Op::Append(k, v)),
             (state.clone(), 0..8u8).prop_map(|(s, k)| Op::Delete(s, k)),
             state.clone().prop_map(Op::Scan),
-            (state, 0..8u8).prop_map(|(s, k)| Op::DeletePrefix(s, k)),
+            (state.clone(), 0..8u8).prop_map(|(s, k)| Op::DeletePrefix(s, k)),
+            (state, prop::collection::vec(0..8u8, 0..6)).prop_map(|(s, ks)| Op::Prefetch(s, ks)),
             Just(Op::Snapshot),
         ]
     }
@@ -541,6 +656,12 @@ mod tests {
                     Op::DeletePrefix(s, k) => {
                         reference.delete_prefix(s, &[k / 4]).unwrap();
                         cache.delete_prefix(s, &[k / 4]).unwrap();
+                    }
+                    // A hint only: nothing to compare until the next read.
+                    Op::Prefetch(s, ks) => {
+                        let rows: Vec<[u8; 2]> = ks.iter().map(|&k| row(k)).collect();
+                        let keys: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+                        cache.prefetch(s, &keys).unwrap();
                     }
                     Op::Snapshot => {
                         cache.snapshot(&REQUEST).unwrap();

@@ -168,7 +168,7 @@ impl RowTable {
         self.row_bytes + self.len() * SLOT_BYTES + self.index.allocation_size()
     }
 
-    #[cfg(test)]
+    /// Whether `key` is cached; unlike [`RowTable::find`], not a use of the row.
     pub(super) fn contains(&self, key: &[u8]) -> bool {
         self.index.find(hash(key), |&i| self.slots[i].row.key() == key).is_some()
     }
