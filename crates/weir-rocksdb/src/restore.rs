@@ -15,7 +15,7 @@
 //! Row-by-row puts spent most of a large restore in memtable inserts, flushes and compactions.
 
 use crate::snapshot::{open_read_only, Uploaded};
-use crate::store::{cf_name, prefix_end, scan};
+use crate::store::{cf_name, prefix_end, scan, Reading};
 use crate::{db_err, io_err, BACKEND_NAME};
 use rocksdb::{ColumnFamilyDescriptor, IngestExternalFileOptions, Options, SstFileWriter, WriteOptions, DB};
 use std::collections::BTreeMap;
@@ -69,7 +69,7 @@ pub(crate) fn open_instance(
             };
             for kg in native.handle.key_groups.intersection(&ctx.key_groups).iter() {
                 let mut failure = None;
-                scan(&source, from, &key_group_prefix(kg), &mut |k, v| {
+                scan(&source, from, &key_group_prefix(kg), Reading::Once, &mut |k, v| {
                     if let Err(e) = load.put(&name, k, v) {
                         failure = Some(e);
                         return false;

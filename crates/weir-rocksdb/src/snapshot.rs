@@ -9,7 +9,7 @@
 //!   canonical key-group file.
 
 use crate::settings::RocksDbSettings;
-use crate::store::{cf_name, scan};
+use crate::store::{cf_name, scan, Reading};
 use crate::{db_err, io_err, storage_err, BACKEND_NAME};
 use rocksdb::DB;
 use std::collections::BTreeMap;
@@ -233,7 +233,7 @@ impl CheckpointRows<'_> {
             let cf =
                 self.db.cf_handle(name).ok_or_else(|| StateError::Backend(format!("column family {name} missing")))?;
             let mut any = false;
-            scan(self.db, cf, &[], &mut |_, _| {
+            scan(self.db, cf, &[], Reading::Once, &mut |_, _| {
                 any = true;
                 false
             })?;
@@ -257,7 +257,7 @@ impl RowSource for CheckpointRows<'_> {
         let cf = self.db.cf_handle(name).ok_or_else(|| StateError::Backend(format!("column family {name} missing")))?;
         let prefix = key_group_prefix(key_group);
         let mut failure = None;
-        scan(self.db, cf, &prefix, &mut |k, v| match f(&k[prefix.len()..], v) {
+        scan(self.db, cf, &prefix, Reading::Once, &mut |k, v| match f(&k[prefix.len()..], v) {
             Ok(()) => true,
             Err(e) => {
                 failure = Some(e);

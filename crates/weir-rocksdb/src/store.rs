@@ -231,7 +231,7 @@ impl KvStore for RocksDbStore {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
         let cf = self.cf(state)?;
-        scan(self.db(), cf, prefix, f)
+        scan(self.db(), cf, prefix, Reading::State, f)
     }
 
     fn delete_prefix(&mut self, state: usize, prefix: &[u8]) -> Result<(), StateError> {
@@ -273,14 +273,26 @@ impl KvStore for RocksDbStore {
     }
 }
 
+/// What a scan is for, which decides whether the blocks it reads are worth caching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Reading state a job uses: its blocks may be read again soon.
+    State,
+    /// Reading a snapshot's files once, start to end (canonical savepoints, restores): caching
+    /// each block would only evict others, at a cache insertion per block.
+    Once,
+}
+
 /// Calls `f` for each row of `cf` starting with `prefix`, in key order, until it returns false.
 pub(crate) fn scan(
     db: &DB,
     cf: &ColumnFamily,
     prefix: &[u8],
+    reading: Reading,
     f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StateError> {
     let mut opts = ReadOptions::default();
+    opts.fill_cache(reading == Reading::State);
     if !prefix.is_empty() {
         opts.set_iterate_lower_bound(prefix.to_vec());
         if let Some(end) = prefix_end(prefix) {
