@@ -84,6 +84,11 @@ impl RocksDbStore {
             &unique[..8]
         )))?;
         let profile = settings.statistics.then(Profile::start);
+        if profile.is_none() {
+            // RocksDB counts every operation in a thread-local perf context unless told not to;
+            // from Debian's shared library each count is a call to resolve the thread-local.
+            rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
+        }
         let cache = settings.cache().map_err(db_err("creating the block cache"))?;
         let options = settings.options(cache.as_ref());
         let opened = restore::open_instance(&workdir.path, &options, ctx, restored, settings.incremental);
@@ -293,6 +298,10 @@ pub(crate) fn scan(
 ) -> Result<(), StateError> {
     let mut opts = ReadOptions::default();
     opts.fill_cache(reading == Reading::State);
+    if reading == Reading::Once {
+        // Snapshot threads are never profiled: no perf counts per row (see `RocksDbStore::open`).
+        rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
+    }
     if !prefix.is_empty() {
         opts.set_iterate_lower_bound(prefix.to_vec());
         if let Some(end) = prefix_end(prefix) {
