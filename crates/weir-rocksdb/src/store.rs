@@ -83,12 +83,6 @@ impl RocksDbStore {
             ctx.subtask,
             &unique[..8]
         )))?;
-        let profile = settings.statistics.then(Profile::start);
-        if profile.is_none() {
-            // RocksDB counts every operation in a thread-local perf context unless told not to;
-            // from Debian's shared library each count is a call to resolve the thread-local.
-            rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
-        }
         let cache = settings.cache().map_err(db_err("creating the block cache"))?;
         let options = settings.options(cache.as_ref());
         let opened = restore::open_instance(&workdir.path, &options, ctx, restored, settings.incremental);
@@ -99,6 +93,13 @@ impl RocksDbStore {
                 return Err(e);
             }
         };
+        // After the restore, whose reads of snapshot files turn the thread's perf counters off.
+        let profile = settings.statistics.then(Profile::start);
+        if profile.is_none() {
+            // RocksDB counts every operation in a thread-local perf context unless told not to;
+            // from Debian's shared library each count is a call to resolve the thread-local.
+            rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
+        }
         let mut write = WriteOptions::default();
         // Checkpoints, not a write-ahead log, make state durable.
         write.disable_wal(true);

@@ -285,9 +285,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
             return Err(StateError::MisroutedKey { key_group: kg, owned: self.key_groups });
         }
         self.key_buf.clear();
-        self.key_buf.extend_from_slice(&key_group_prefix(kg));
-        codec::encode_into(key, &mut self.key_buf)
-            .map_err(|detail| StateError::Encode { name: "<key>".into(), detail })?;
+        push_key_row(kg, key, &mut self.key_buf)?;
         Ok(SerializedScope { backend: self, key, key_group: kg })
     }
 
@@ -308,9 +306,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
             if self.key_groups.offset_of(kg).is_none() {
                 continue;
             }
-            self.prefetch_rows.extend_from_slice(&key_group_prefix(kg));
-            codec::encode_into(key, &mut self.prefetch_rows)
-                .map_err(|detail| StateError::Encode { name: "<key>".into(), detail })?;
+            push_key_row(kg, key, &mut self.prefetch_rows)?;
             self.prefetch_ends.push(self.prefetch_rows.len());
         }
         let mut start = 0;
@@ -339,6 +335,13 @@ impl<K: Key> SerializedKeyedBackend<K> {
     pub fn checkpoint_complete(&mut self, id: CheckpointId) {
         self.store.checkpoint_complete(id)
     }
+}
+
+/// Appends the row key prefix of `key` (in key group `kg`): key group ++ encoded key.
+#[inline]
+fn push_key_row<K: Key>(kg: u32, key: &K, out: &mut Vec<u8>) -> Result<(), StateError> {
+    out.extend_from_slice(&key_group_prefix(kg));
+    codec::encode_into(key, out).map_err(|detail| StateError::Encode { name: "<key>".into(), detail })
 }
 
 /// Serialized state access for the current key.

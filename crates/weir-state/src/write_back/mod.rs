@@ -69,7 +69,7 @@ impl MissWindow {
         self.misses += misses;
         if self.reads >= PREFETCH_WINDOW {
             self.prefetch = self.misses * PREFETCH_MISS_RATIO > self.reads;
-            *self = MissWindow { prefetch: self.prefetch, ..Default::default() };
+            (self.reads, self.misses) = (0, 0);
         }
     }
 }
