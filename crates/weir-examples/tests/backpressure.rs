@@ -53,8 +53,10 @@ fn slow_sink_bounds_in_flight_records_and_checkpoints_complete() {
     let handle = env.execute_async("backpressure").unwrap();
 
     // What can be in flight: per channel `capacity` batches plus one being filled and one being
-    // processed, for every producer/consumer pair of the keyed exchange.
-    let bound = parallelism * parallelism * (capacity + 2) * batch + parallelism * batch;
+    // processed, for every producer/consumer pair of the keyed exchange, and the records each
+    // keyed subtask holds back to process together (up to 1024 on the heap backend).
+    let held_back = 1024;
+    let bound = parallelism * parallelism * (capacity + 2) * batch + parallelism * (batch + held_back);
     let started = Instant::now();
     let mut max_in_flight = 0;
     while started.elapsed() < Duration::from_secs(3) {

@@ -1,6 +1,7 @@
 //! What only the rocksdb backend does, end to end through the API and the files on disk:
 //! incremental checkpoints (size, sharing, exactly the referenced files kept, both claim modes),
-//! state larger than the memory budget, and switching backends through a canonical savepoint.
+//! state larger than the memory budget, and switching backends through a canonical savepoint;
+//! and records a keyed operator holds back in batches, on both backends.
 
 mod common;
 
@@ -82,6 +83,11 @@ struct Job {
 }
 
 fn start(dir: &Path, input: &Path, extra: &[(&str, String)], payload: usize) -> Job {
+    start_keyed(dir, input, extra, payload, false)
+}
+
+/// [`start`], with the key borrowed from the record (`key_by_ref`) when `borrowed`.
+fn start_keyed(dir: &Path, input: &Path, extra: &[(&str, String)], payload: usize, borrowed: bool) -> Job {
     let mut args = vec!["job".to_string()];
     for (k, v) in extra {
         args.extend(["-D".to_string(), format!("{k}={v}")]);
@@ -89,11 +95,13 @@ fn start(dir: &Path, input: &Path, extra: &[(&str, String)], payload: usize) -> 
     let (mut env, _) = StreamEnv::from_arg_list(args).unwrap();
     env.set(weir::config_keys::CHECKPOINT_DIR, dir.join("ck").to_str().unwrap()).unwrap();
     let seen = Seen::default();
-    env.source(FileSource::follow(input))
+    let keys = env
+        .source(FileSource::follow(input))
         .uid("source")
         .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
-        .uid("parse")
-        .key_by(|k: &u64| *k)
+        .uid("parse");
+    let keyed = if borrowed { keys.key_by_ref(|k: &u64| k) } else { keys.key_by(|k: &u64| *k) };
+    keyed
         .process(Padded { state: None, payload })
         .uid("padded")
         .set_max_parallelism(128)
@@ -198,12 +206,23 @@ fn restart_from_latest_checkpoint(
     args: &mut Vec<(&'static str, String)>,
     payload: usize,
 ) -> Job {
+    restart_keyed(job, dir, input, args, payload, false)
+}
+
+fn restart_keyed(
+    job: Job,
+    dir: &Path,
+    input: &Path,
+    args: &mut Vec<(&'static str, String)>,
+    payload: usize,
+    borrowed: bool,
+) -> Job {
     let job_dir = job.handle.checkpoint_job_dir().map(|d| local(&d)).unwrap();
     job.handle.cancel();
     job.handle.wait();
     let latest = retained(&job_dir).pop().unwrap();
     args.push(("execution.state-recovery.path", latest.display().to_string()));
-    start(dir, input, args, payload)
+    start_keyed(dir, input, args, payload, borrowed)
 }
 
 fn rocksdb(dir: &Path, incremental: bool) -> Vec<(&'static str, String)> {
@@ -361,22 +380,16 @@ fn state_four_times_the_memory_budget_runs_checkpoints_and_restores() {
     job2.handle.wait();
 }
 
-/// With a write-back cache far smaller than the state, every read misses it and the keyed
-/// operator holds records back in batches to prefetch their rows with one batched RocksDB lookup.
-/// The records still reach the sink in input order with the counts a plain run gives, the last
-/// ones (not a whole batch) arrive while the input is quiet, and a checkpoint taken in between
-/// restores to counts that continue exactly.
-#[test]
-fn records_held_back_for_prefetching_keep_their_order_and_do_not_wait_for_more_input() {
+/// Runs `keys` distinct keys four times over (then 37 more) through the padded count, checks that
+/// the sink saw every record in input order with the counts a plain run gives (the last records,
+/// not a whole batch, arrive while the input is quiet), takes a checkpoint, restarts from it and
+/// checks that the counts continue exactly.
+fn held_records_keep_their_order(mut args: Vec<(&'static str, String)>, keys: u64, payload: usize, borrowed: bool) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("keys.txt");
-    let keys = 3000u64;
     let first: Vec<u64> = (0..4).flat_map(|_| 0..keys).chain(0..37).collect();
     append(&input, first.iter().copied());
-    let mut args = rocksdb(dir.path(), false);
-    // 512 KB of cache for about 900 KB of rows (a 200-byte payload per key).
-    args.push(("state.backend.rocksdb.memory.fixed-per-slot", "1 mb".into()));
-    let job = start(dir.path(), &input, &args, 200);
+    let job = start_keyed(dir.path(), &input, &args, payload, borrowed);
     wait_records(&job, first.len() as u64);
     let expected = |lines: &[u64], counts: &mut std::collections::HashMap<u64, u64>| -> Vec<(u64, u64)> {
         lines
@@ -391,13 +404,42 @@ fn records_held_back_for_prefetching_keep_their_order_and_do_not_wait_for_more_i
     let mut counts = std::collections::HashMap::new();
     assert!(job.seen.order.lock().unwrap().as_slice() == expected(&first, &mut counts), "input order and counts");
     checkpoint(&job);
-    let job2 = restart_from_latest_checkpoint(job, dir.path(), &input, &mut args, 200);
+    let job2 = restart_keyed(job, dir.path(), &input, &mut args, payload, borrowed);
     let more: Vec<u64> = (0..keys).rev().step_by(3).collect();
     append(&input, more.iter().copied());
     wait_records(&job2, more.len() as u64);
     assert!(job2.seen.order.lock().unwrap().as_slice() == expected(&more, &mut counts), "restored counts continue");
     job2.handle.cancel();
     job2.handle.wait();
+}
+
+/// With a write-back cache far smaller than the state, every read misses it and the keyed
+/// operator holds records back in batches to prefetch their rows with one batched RocksDB lookup.
+#[test]
+fn records_held_back_for_prefetching_keep_their_order_and_do_not_wait_for_more_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = rocksdb(dir.path(), false);
+    // 512 KB of cache for about 900 KB of rows (a 200-byte payload per key).
+    args.push(("state.backend.rocksdb.memory.fixed-per-slot", "1 mb".into()));
+    held_records_keep_their_order(args, 3000, 200, false);
+}
+
+/// On the heap, a keyed operator holds records back to locate their keys together while the
+/// state it reads fits the CPU's caches, and passes them straight on once the state outgrows
+/// them (here 30000 keys, about 1.2 MB of entries): the order and the counts are the same either
+/// way, with the key computed from the record or borrowed from it.
+#[test]
+fn records_held_back_on_the_heap_keep_their_order_as_the_state_grows() {
+    let heap = |dir: &Path| {
+        let mut args = Backend::HashMap.settings(dir);
+        args.push(("execution.checkpointing.num-retained", "2".into()));
+        args.push(("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION".into()));
+        args
+    };
+    let dir = tempfile::tempdir().unwrap();
+    held_records_keep_their_order(heap(dir.path()), 3000, 16, false);
+    held_records_keep_their_order(heap(dir.path()), 3000, 16, true);
+    held_records_keep_their_order(heap(dir.path()), 30_000, 16, true);
 }
 
 fn savepoint(job: &Job, dir: &Path, format: SavepointFormat) -> PathBuf {

@@ -19,6 +19,7 @@ use crate::timers::{queue_name, FiredTimer, TimeDomain, TimerServiceId};
 use crate::vec_map::VecMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use weir_core::key_group::assign_to_key_group;
 use weir_core::{CheckpointId, JobId, KeyGroupRange, OperatorId};
 
 /// Which keyed backend operators use.
@@ -217,18 +218,38 @@ impl<K: Key> KeyedStateBackend<K> {
     /// with the caller's work).
     #[inline(always)]
     pub fn scope<'a>(&'a mut self, key: &'a K) -> Result<KeyScope<'a, K>, StateError> {
+        let at = self.locate(key);
+        self.scope_at(key, at)
+    }
+
+    /// Where `key`'s state is: its key group and, on the heap, its in-memory hash. Locating a
+    /// batch of records before scoping them ([`Self::scope_at`]) lets their hash chains run side
+    /// by side instead of each stalling the record it belongs to.
+    #[inline]
+    pub fn locate(&self, key: &K) -> KeyLocation {
+        match self {
+            KeyedStateBackend::Heap(h) => h.locate(key),
+            KeyedStateBackend::Serialized(s) => KeyLocation::new(assign_to_key_group(key, s.max_parallelism), 0),
+        }
+    }
+
+    /// Scopes state access to `key`, located by [`Self::locate`] on this backend.
+    #[inline(always)]
+    pub fn scope_at<'a>(&'a mut self, key: &'a K, at: KeyLocation) -> Result<KeyScope<'a, K>, StateError> {
         let inner = match self {
-            KeyedStateBackend::Heap(h) => Scope::Heap(h.scope(key)?),
-            KeyedStateBackend::Serialized(s) => Scope::Serialized(s.scope(key)?),
+            KeyedStateBackend::Heap(h) => Scope::Heap(h.scope_at(key, at)?),
+            KeyedStateBackend::Serialized(s) => Scope::Serialized(s.scope_at(key, at.key_group)?),
         };
         Ok(KeyScope { inner })
     }
 
-    /// Whether a keyed operator should hold records back in small batches and [`Self::prefetch`]
-    /// their keys' state: only a store whose reads often miss its cache gains from it.
-    pub fn prefetch_worthwhile(&self) -> bool {
+    /// Whether a keyed operator gains from holding records back in batches now. On the heap:
+    /// while the state it reads by key fits a core's faster caches, so the batch's keys are
+    /// located together ([`Self::locate`]) and their hash chains overlap. In a store: while its
+    /// reads often miss its cache, so the batch's rows are read in one lookup ([`Self::prefetch`]).
+    pub fn batching_pays(&self) -> bool {
         match self {
-            KeyedStateBackend::Heap(_) => false,
+            KeyedStateBackend::Heap(h) => h.batching_pays(),
             KeyedStateBackend::Serialized(s) => s.prefetch_worthwhile(),
         }
     }
@@ -259,6 +280,24 @@ impl<K: Key> KeyedStateBackend<K> {
         if let KeyedStateBackend::Serialized(s) = self {
             s.checkpoint_complete(id)
         }
+    }
+}
+
+/// Where a key's state is in a backend, computed by [`KeyedStateBackend::locate`]: its key
+/// group, and on the heap its in-memory hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLocation {
+    key_group: u32,
+    hash: u64,
+}
+
+impl KeyLocation {
+    pub(crate) fn new(key_group: u32, hash: u64) -> Self {
+        KeyLocation { key_group, hash }
+    }
+
+    pub(crate) fn parts(self) -> (u32, u64) {
+        (self.key_group, self.hash)
     }
 }
 

@@ -115,9 +115,11 @@ impl<T> ReducingStateDescriptor<T> {
 
 impl<T: StateData> ValueState<T> {
     /// The current key's value.
+    #[inline]
     pub fn value<K: Key>(&self, scope: &mut KeyScope<'_, K>) -> Result<Option<T>, StateError> {
         scope.inner.value_get(self.slot)
     }
+    #[inline]
     pub fn update<K: Key>(&self, scope: &mut KeyScope<'_, K>, value: T) -> Result<(), StateError> {
         scope.inner.value_set(self.slot, value)
     }

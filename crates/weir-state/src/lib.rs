@@ -32,7 +32,7 @@ pub mod timers;
 pub mod vec_map;
 pub mod write_back;
 
-pub use backend::{KeyScope, KeyedStateBackend, NativeMetrics, StateBackend, StoreContext};
+pub use backend::{KeyLocation, KeyScope, KeyedStateBackend, NativeMetrics, StateBackend, StoreContext};
 pub use descriptors::{
     Key, ListState, ListStateDescriptor, MapState, MapStateDescriptor, NamespacedState, ReducingState,
     ReducingStateDescriptor, StateData, ValueState, ValueStateDescriptor,

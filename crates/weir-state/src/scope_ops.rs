@@ -50,9 +50,11 @@ pub(crate) trait KeyedOps {
 }
 
 impl<K: Key> KeyedOps for HeapScope<'_, K> {
+    #[inline]
     fn value_get<T: StateData>(&mut self, slot: usize) -> Result<Option<T>, StateError> {
         Ok(self.get::<T>(slot).cloned())
     }
+    #[inline]
     fn value_set<T: StateData>(&mut self, slot: usize, value: T) -> Result<(), StateError> {
         self.put(slot, value);
         Ok(())
@@ -230,9 +232,11 @@ macro_rules! dispatch {
 }
 
 impl<K: Key> KeyedOps for Scope<'_, K> {
+    #[inline]
     fn value_get<T: StateData>(&mut self, slot: usize) -> Result<Option<T>, StateError> {
         dispatch!(self, value_get::<T>(slot))
     }
+    #[inline]
     fn value_set<T: StateData>(&mut self, slot: usize, value: T) -> Result<(), StateError> {
         dispatch!(self, value_set::<T>(slot, value))
     }

@@ -137,7 +137,7 @@ struct Declared {
 /// Typed keyed state over a [`KvStore`].
 pub struct SerializedKeyedBackend<K> {
     store: Box<dyn KvStore>,
-    max_parallelism: u32,
+    pub(crate) max_parallelism: u32,
     key_groups: KeyGroupRange,
     declared: Vec<Declared>,
     /// Row key prefix of the current key: key group ++ key.
@@ -279,8 +279,7 @@ impl<K: Key> SerializedKeyedBackend<K> {
         Ok(Some((kg, timer)))
     }
 
-    pub(crate) fn scope<'a>(&'a mut self, key: &'a K) -> Result<SerializedScope<'a, K>, StateError> {
-        let kg = assign_to_key_group(key, self.max_parallelism);
+    pub(crate) fn scope_at<'a>(&'a mut self, key: &'a K, kg: u32) -> Result<SerializedScope<'a, K>, StateError> {
         if self.key_groups.offset_of(kg).is_none() {
             return Err(StateError::MisroutedKey { key_group: kg, owned: self.key_groups });
         }

@@ -7,6 +7,7 @@
 
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hash};
+use weir_core::key_group::KeyHash;
 
 #[derive(Clone)]
 pub(crate) struct KeyMap<K, V> {
@@ -25,7 +26,7 @@ pub(crate) fn hash_key<K: Hash + ?Sized>(key: &K) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }
 
-impl<K: Hash + Eq, V> KeyMap<K, V> {
+impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
@@ -37,12 +38,12 @@ impl<K: Hash + Eq, V> KeyMap<K, V> {
     /// The value of `key`, whose hash is `hash`.
     #[inline]
     pub(crate) fn get(&self, hash: u64, key: &K) -> Option<&V> {
-        self.table.find(hash, |(k, _)| k == key).map(|(_, v)| v)
+        self.table.find(hash, |(k, _)| k.same_key(key)).map(|(_, v)| v)
     }
 
     #[inline]
     pub(crate) fn get_mut(&mut self, hash: u64, key: &K) -> Option<&mut V> {
-        self.table.find_mut(hash, |(k, _)| k == key).map(|(_, v)| v)
+        self.table.find_mut(hash, |(k, _)| k.same_key(key)).map(|(_, v)| v)
     }
 
     /// The value of `key`, inserted with `init` when it has none.
@@ -51,7 +52,7 @@ impl<K: Hash + Eq, V> KeyMap<K, V> {
     where
         K: Clone,
     {
-        let entry = self.table.entry(hash, |(k, _)| k == key, |(k, _)| hash_key(k));
+        let entry = self.table.entry(hash, |(k, _)| k.same_key(key), |(k, _)| hash_key(k));
         &mut entry.or_insert_with(|| (key.clone(), init())).into_mut().1
     }
 
@@ -71,7 +72,7 @@ impl<K: Hash + Eq, V> KeyMap<K, V> {
     }
 
     pub(crate) fn remove(&mut self, hash: u64, key: &K) -> Option<V> {
-        let entry = self.table.find_entry(hash, |(k, _)| k == key).ok()?;
+        let entry = self.table.find_entry(hash, |(k, _)| k.same_key(key)).ok()?;
         Some(entry.remove().0 .1)
     }
 }

@@ -22,7 +22,8 @@ use weir_core::KeyGroupRange;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
-use key_map::{hash_key, KeyMap};
+pub(crate) use key_map::hash_key;
+use key_map::KeyMap;
 
 mod key_map;
 
@@ -83,12 +84,13 @@ struct Table<K, V> {
     reduce: Option<ReduceFn<V>>,
 }
 
-/// A table of any value type, as the backend stores it.
-trait AnyTable<K>: Send {
+/// A table of any value type, as the backend stores it. A state handle's lookup turns it back
+/// into its typed table through `dyn Any` (an upcast, then one type check).
+trait AnyTable<K>: Any + Send {
     fn meta(&self) -> &StateMeta;
     fn snapshot(&mut self) -> Box<dyn TableSnapshot>;
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// About how many bytes its entries take (not counting what they point to).
+    fn footprint(&self) -> usize;
 }
 
 /// A frozen view of one state's key groups, encoded off the task thread.
@@ -114,11 +116,9 @@ impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
     fn snapshot(&mut self) -> Box<dyn TableSnapshot> {
         Box::new(FrozenTable { meta: self.meta.clone(), groups: self.groups.iter_mut().map(Group::freeze).collect() })
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
+    fn footprint(&self) -> usize {
+        let entries: usize = self.groups.iter().map(|g| g.map().len()).sum();
+        entries * (std::mem::size_of::<(K, V)>() + 1)
     }
 }
 
@@ -208,6 +208,10 @@ impl TableSnapshot for FrozenTimers {
     }
 }
 
+/// Entries of the states read by key beyond which records are not batched: about the size of a
+/// core's second-level cache.
+const BATCHING_MAX_BYTES: usize = 1 << 20;
+
 /// Keyed state of one operator subtask: the key groups it owns, its declared states and timers.
 pub struct HeapKeyedBackend<K> {
     max_parallelism: u32,
@@ -216,6 +220,9 @@ pub struct HeapKeyedBackend<K> {
     by_name: HashMap<String, usize>,
     restored: BTreeMap<String, RawTable>,
     pub(crate) timers: TimerQueues,
+    /// States (bit per slot, the first 64) read by key: their size decides whether batching
+    /// pays.
+    read_by_key: u64,
 }
 
 impl<K: Key> HeapKeyedBackend<K> {
@@ -227,6 +234,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             by_name: HashMap::new(),
             restored: BTreeMap::new(),
             timers: TimerQueues::new(key_groups),
+            read_by_key: 0,
         }
     }
 
@@ -259,7 +267,7 @@ impl<K: Key> HeapKeyedBackend<K> {
         let name = meta.name.as_str();
         if let Some(&slot) = self.by_name.get(name) {
             let table = &self.tables[slot];
-            if *table.meta() != meta || table.as_any().downcast_ref::<Table<K, V>>().is_none() {
+            if *table.meta() != meta || (&**table as &dyn Any).downcast_ref::<Table<K, V>>().is_none() {
                 return Err(StateError::DuplicateName { name: name.to_string() });
             }
             return Ok(slot);
@@ -322,13 +330,39 @@ impl<K: Key> HeapKeyedBackend<K> {
         self.timers.add::<K>(name, 0, restored, self.max_parallelism)
     }
 
-    /// Scopes state access to `key`. Fails when the key does not belong to this subtask, which
-    /// would mean a routing bug.
+    /// Whether a keyed operator gains from holding records back in batches and locating their
+    /// keys together ([`Self::locate`]) before it processes them: while the states it reads by
+    /// key fit in a core's faster caches, so a record's wait is its hash chain, which the batch
+    /// overlaps. Larger state waits on memory, and there holding records back loses: measured,
+    /// the reference shape (1000 keys) gained 15-20 %, 10^6 keys lost a quarter.
+    pub(crate) fn batching_pays(&self) -> bool {
+        let mut slots = self.read_by_key;
+        let mut bytes = 0;
+        while slots != 0 {
+            let slot = slots.trailing_zeros() as usize;
+            slots &= slots - 1;
+            bytes += self.tables[slot].footprint();
+        }
+        bytes <= BATCHING_MAX_BYTES
+    }
+
+    /// Where `key`'s state is: its key group and its in-memory hash.
+    #[inline]
+    pub(crate) fn locate(&self, key: &K) -> crate::backend::KeyLocation {
+        crate::backend::KeyLocation::new(assign_to_key_group(key, self.max_parallelism), hash_key(key))
+    }
+
+    /// Scopes state access to `key`, located by the keyed backend (key group and hash). Fails
+    /// when the key does not belong to this subtask, which would mean a routing bug.
     #[inline(always)]
-    pub(crate) fn scope<'a>(&'a mut self, key: &'a K) -> Result<HeapScope<'a, K>, StateError> {
-        let kg = assign_to_key_group(key, self.max_parallelism);
+    pub(crate) fn scope_at<'a>(
+        &'a mut self,
+        key: &'a K,
+        at: crate::backend::KeyLocation,
+    ) -> Result<HeapScope<'a, K>, StateError> {
+        let (kg, hash) = at.parts();
         match self.key_groups.offset_of(kg) {
-            Some(group) => Ok(HeapScope { backend: self, key, group, hash: hash_key(key) }),
+            Some(group) => Ok(HeapScope { backend: self, key, group, hash }),
             None => Err(StateError::MisroutedKey { key_group: kg, owned: self.key_groups }),
         }
     }
@@ -349,7 +383,7 @@ impl<K: Key> HeapKeyedBackend<K> {
 
     #[inline]
     fn table<V: 'static>(&self, slot: usize) -> &Table<K, V> {
-        match self.tables[slot].as_any().downcast_ref() {
+        match (&*self.tables[slot] as &dyn Any).downcast_ref() {
             Some(t) => t,
             None => panic!("state handle used with another operator's keyed state"),
         }
@@ -357,7 +391,7 @@ impl<K: Key> HeapKeyedBackend<K> {
 
     #[inline]
     fn table_mut<V: 'static>(&mut self, slot: usize) -> &mut Table<K, V> {
-        match self.tables[slot].as_any_mut().downcast_mut() {
+        match (&mut *self.tables[slot] as &mut dyn Any).downcast_mut() {
             Some(t) => t,
             None => panic!("state handle used with another operator's keyed state"),
         }
@@ -392,7 +426,10 @@ impl<K: Key> HeapScope<'_, K> {
     }
 
     #[inline]
-    pub(crate) fn get<V: StateData>(&self, slot: usize) -> Option<&V> {
+    pub(crate) fn get<V: StateData>(&mut self, slot: usize) -> Option<&V> {
+        if slot < 64 && self.backend.read_by_key & (1 << slot) == 0 {
+            self.backend.read_by_key |= 1 << slot;
+        }
         self.backend.table::<V>(slot).groups[self.group].map().get(self.hash, self.key)
     }
 
@@ -672,9 +709,125 @@ mod tests {
     }
 
     #[test]
+    fn batching_pays_while_the_state_read_by_key_fits_the_cpu_caches() {
+        let mut b: KeyedStateBackend<u64> = heap(128, KeyGroupRange::inclusive(0, 127));
+        let read = b.value_state(&ValueStateDescriptor::<u64>::new("read")).unwrap();
+        let written = b.value_state(&ValueStateDescriptor::<u64>::new("written")).unwrap();
+        assert!(b.batching_pays(), "empty");
+        // 100000 entries only written (17 bytes each): not read by key, so they do not count.
+        for k in 0..100_000u64 {
+            written.update(&mut b.scope(&k).unwrap(), k).unwrap();
+        }
+        assert!(b.batching_pays(), "state written, not read");
+        for k in 0..50_000u64 {
+            let mut s = b.scope(&k).unwrap();
+            let n = read.value(&mut s).unwrap().unwrap_or(0);
+            read.update(&mut s, n + 1).unwrap();
+        }
+        assert!(b.batching_pays(), "850 KB read by key");
+        for k in 50_000..70_000u64 {
+            read.update(&mut b.scope(&k).unwrap(), 1).unwrap();
+        }
+        assert!(!b.batching_pays(), "1.2 MB read by key");
+    }
+
+    #[test]
     fn misrouted_keys_are_reported() {
         let mut b: KeyedStateBackend<i32> = heap(128, KeyGroupRange::inclusive(0, 31));
         // Integer 0 belongs to key group 94.
         assert!(matches!(b.scope(&0).err(), Some(StateError::MisroutedKey { key_group: 94, .. })));
+    }
+
+    /// One step of a record's work on the current key.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Read(usize),
+        Write(usize, u64),
+        Clear(usize),
+        Append(u64),
+        Reduce(i64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..2usize).prop_map(Step::Read),
+            (0..2usize, 0..100u64).prop_map(|(s, v)| Step::Write(s, v)),
+            (0..2usize).prop_map(Step::Clear),
+            (0..100u64).prop_map(Step::Append),
+            (-5..5i64).prop_map(Step::Reduce),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever records do to their states (reads, writes, clears, inserts that grow the
+        /// tables, snapshots that freeze key groups in between), every read returns what a plain
+        /// map holds, and a snapshot holds what the map held when it was taken.
+        #[test]
+        fn scopes_read_what_was_written(
+            records in proptest::collection::vec((0..40u32, proptest::collection::vec(step(), 1..6), 0..8u8), 1..150)
+        ) {
+            let mut b: KeyedStateBackend<String> = heap(128, KeyGroupRange::inclusive(0, 127));
+            let values = [
+                b.value_state(&ValueStateDescriptor::<u64>::new("a")).unwrap(),
+                b.value_state(&ValueStateDescriptor::<u64>::new("b")).unwrap(),
+            ];
+            let list = b.list_state(&ListStateDescriptor::<u64>::new("l")).unwrap();
+            let sum = b.reducing_state(&ReducingStateDescriptor::new("r", |a: &i64, b: &i64| a + b)).unwrap();
+            type Model = BTreeMap<(usize, String), Vec<i64>>;
+            let mut model: Model = BTreeMap::new();
+            let mut taken: Option<(HeapSnapshot, Model)> = None;
+            for (key, steps, snapshot) in records {
+                let key = format!("key-{key}");
+                let mut s = b.scope(&key).unwrap();
+                for step in steps {
+                    match step {
+                        Step::Read(i) => {
+                            let expected = model.get(&(i, key.clone())).map(|v| v[0] as u64);
+                            proptest::prop_assert_eq!(values[i].value(&mut s).unwrap(), expected);
+                        }
+                        Step::Write(i, v) => {
+                            values[i].update(&mut s, v).unwrap();
+                            model.insert((i, key.clone()), vec![v as i64]);
+                        }
+                        Step::Clear(i) => {
+                            values[i].clear(&mut s).unwrap();
+                            model.remove(&(i, key.clone()));
+                        }
+                        Step::Append(v) => {
+                            list.add(&mut s, v).unwrap();
+                            model.entry((2, key.clone())).or_default().push(v as i64);
+                        }
+                        Step::Reduce(v) => {
+                            let total = sum.add(&mut s, v).unwrap();
+                            let stored = model.entry((3, key.clone())).or_insert_with(|| vec![0]);
+                            stored[0] += v;
+                            proptest::prop_assert_eq!(total, stored[0]);
+                        }
+                    }
+                }
+                let expected_list: Vec<u64> =
+                    model.get(&(2, key.clone())).map(|l| l.iter().map(|&v| v as u64).collect()).unwrap_or_default();
+                proptest::prop_assert_eq!(list.get(&mut s).unwrap(), expected_list);
+                match snapshot {
+                    0 => taken = Some((frozen(&mut b), model.clone())),
+                    1 => drop(frozen(&mut b)),
+                    _ => {}
+                }
+            }
+            if let Some((snap, at_snapshot)) = taken {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("f");
+                let (_, written) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
+                let handle = written.into_handle("f".into(), snap.key_groups());
+                let mut r: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
+                let a = r.value_state(&ValueStateDescriptor::<u64>::new("a")).unwrap();
+                for k in 0..40 {
+                    let key = format!("key-{k}");
+                    let expected = at_snapshot.get(&(0, key.clone())).map(|v| v[0] as u64);
+                    proptest::prop_assert_eq!(a.value(&mut r.scope(&key).unwrap()).unwrap(), expected);
+                }
+            }
+        }
     }
 }
