@@ -562,8 +562,11 @@ mod tests {
         dir: &std::path::Path,
         name: &str,
     ) -> (PathBuf, KeyedStateHandle) {
+        write_frozen(&frozen(backend), dir, name)
+    }
+
+    fn write_frozen(snap: &HeapSnapshot, dir: &std::path::Path, name: &str) -> (PathBuf, KeyedStateHandle) {
         let path = dir.join(name);
-        let snap = frozen(backend);
         let (_, written) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
         (path, written.into_handle(name.into(), snap.key_groups()))
     }
@@ -612,10 +615,8 @@ mod tests {
             v.update(&mut b.scope(&k).unwrap(), 2).unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let (_, written) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
-        let handle = written.into_handle("f".into(), snap.key_groups());
-        let mut r: KeyedStateBackend<u64> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
+        let file = write_frozen(&snap, dir.path(), "f");
+        let mut r: KeyedStateBackend<u64> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
         let v = r.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
         for k in 0..1000u64 {
             assert_eq!(v.value(&mut r.scope(&k).unwrap()).unwrap(), Some(1), "key {k}");
@@ -817,10 +818,8 @@ mod tests {
             }
             if let Some((snap, at_snapshot)) = taken {
                 let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("f");
-                let (_, written) = snap.write(std::fs::File::create(&path).unwrap()).unwrap();
-                let handle = written.into_handle("f".into(), snap.key_groups());
-                let mut r: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[(path, handle)]);
+                let file = write_frozen(&snap, dir.path(), "f");
+                let mut r: KeyedStateBackend<String> = restored(128, KeyGroupRange::inclusive(0, 127), &[file]);
                 let a = r.value_state(&ValueStateDescriptor::<u64>::new("a")).unwrap();
                 for k in 0..40 {
                     let key = format!("key-{k}");
