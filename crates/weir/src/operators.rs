@@ -244,11 +244,12 @@ struct KeyedProcessOp<K, I, O, F> {
     key: KeySelector<K, I>,
     /// The current record's key (kept, so a borrowed key reuses its memory).
     current_key: Option<K>,
-    /// Records held back while batching pays ([`weir_state::KeyedStateBackend::batching_pays`]), up to
-    /// `batch`: in a store their rows are then read with one batched lookup, on the heap their
-    /// keys are located together; then they are processed one by one, in order, as they would
-    /// have been. Every event (barrier, watermark, timer, flush on idle input, end) processes
-    /// the held records first, so nothing held crosses a snapshot or waits on a quiet input.
+    /// Records held back, up to `batch`, while batching pays
+    /// ([`weir_state::KeyedStateBackend::batching_pays`]): in a store their rows are then read
+    /// with one batched lookup, on the heap their keys are located together; then they are
+    /// processed one by one, in order, as they would have been. Every event (barrier, watermark,
+    /// timer, flush on idle input, end) processes the held records first, so nothing held crosses
+    /// a snapshot or waits on a quiet input.
     held: Vec<(I, Option<Timestamp>)>,
     /// The held records' keys: all of them to prefetch, or the computed ones while locating.
     held_keys: Vec<K>,
