@@ -220,7 +220,8 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
             held_at: Vec::new(),
             prefetching,
             batch: if prefetching { PREFETCH_BATCH } else { LOCATE_BATCH },
-            unbatched: 0,
+            batching: false,
+            until_asked: 0,
             core,
             next,
             _types: PhantomData,
@@ -258,8 +259,11 @@ struct KeyedProcessOp<K, I, O, F> {
     /// The backend is a store, which prefetches rows (else the heap, which locates keys).
     prefetching: bool,
     batch: usize,
-    /// Records to pass straight on before asking the backend again whether batching pays.
-    unbatched: usize,
+    /// What the backend said when last asked whether batching pays, and the records left until
+    /// it is asked again: once per `batch` records, however often events cut batches short (the
+    /// heap's answer sums its states' key groups).
+    batching: bool,
+    until_asked: usize,
     core: KeyedCore<K>,
     next: Box<dyn Output<O>>,
     _types: PhantomData<fn(I)>,
@@ -318,21 +322,20 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
     }
 
     /// Whether the next record is held back: while a batch is open, and otherwise when the
-    /// backend says batching pays (asked again after a batch's worth of records passed on).
+    /// backend last said batching pays.
     #[inline]
     fn hold_back(&mut self) -> bool {
         if !self.held.is_empty() {
             return true;
         }
-        if self.unbatched > 0 {
-            self.unbatched -= 1;
-            return false;
+        if self.until_asked == 0 {
+            self.batching = self.core.backend.batching_pays();
+            self.until_asked = self.batch;
         }
-        if self.core.backend.batching_pays() {
-            return true;
+        if !self.batching {
+            self.until_asked -= 1;
         }
-        self.unbatched = self.batch;
-        false
+        self.batching
     }
 
     /// Processes the held records in order, after prefetching their rows (a store) or locating
@@ -341,6 +344,7 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
         if self.held.is_empty() {
             return Ok(());
         }
+        self.until_asked = self.until_asked.saturating_sub(self.held.len());
         self.held_keys.clear();
         if !self.prefetching {
             return self.process_located();
