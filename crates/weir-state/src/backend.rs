@@ -19,7 +19,6 @@ use crate::timers::{queue_name, FiredTimer, TimeDomain, TimerServiceId};
 use crate::vec_map::VecMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use weir_core::key_group::assign_to_key_group;
 use weir_core::{CheckpointId, JobId, KeyGroupRange, OperatorId};
 
 /// Which keyed backend operators use.
@@ -229,7 +228,7 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn locate(&self, key: &K) -> KeyLocation {
         match self {
             KeyedStateBackend::Heap(h) => h.locate(key),
-            KeyedStateBackend::Serialized(s) => KeyLocation::new(assign_to_key_group(key, s.max_parallelism), 0),
+            KeyedStateBackend::Serialized(s) => s.locate(key),
         }
     }
 
@@ -244,7 +243,7 @@ impl<K: Key> KeyedStateBackend<K> {
     }
 
     /// Whether a keyed operator gains from holding records back in batches now. On the heap:
-    /// while the state it reads by key fits a core's faster caches, so the batch's keys are
+    /// while its state fits a core's faster caches, so the batch's keys are
     /// located together ([`Self::locate`]) and their hash chains overlap. In a store: while its
     /// reads often miss its cache, so the batch's rows are read in one lookup ([`Self::prefetch`]).
     pub fn batching_pays(&self) -> bool {

@@ -137,7 +137,7 @@ struct Declared {
 /// Typed keyed state over a [`KvStore`].
 pub struct SerializedKeyedBackend<K> {
     store: Box<dyn KvStore>,
-    pub(crate) max_parallelism: u32,
+    max_parallelism: u32,
     key_groups: KeyGroupRange,
     declared: Vec<Declared>,
     /// Row key prefix of the current key: key group ++ key.
@@ -277,6 +277,12 @@ impl<K: Key> SerializedKeyedBackend<K> {
         self.scratch.extend_from_slice(&weir_core::timers::encode(&timer));
         self.store.delete(self.timers.queues[queue].table, &self.scratch)?;
         Ok(Some((kg, timer)))
+    }
+
+    /// Where `key`'s rows are: its key group.
+    #[inline]
+    pub(crate) fn locate(&self, key: &K) -> crate::backend::KeyLocation {
+        crate::backend::KeyLocation::new(assign_to_key_group(key, self.max_parallelism), 0)
     }
 
     pub(crate) fn scope_at<'a>(&'a mut self, key: &'a K, kg: u32) -> Result<SerializedScope<'a, K>, StateError> {
