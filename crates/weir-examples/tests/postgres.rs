@@ -12,9 +12,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One word-count run: Kafka `topic` → totals → exactly-once files in `dir/out` and a row per
-/// total in PostgreSQL `table`; restored from `restore`; logs (info) to `log`.
+/// How word-count writes its totals to PostgreSQL.
+#[derive(Clone, Copy, PartialEq)]
+enum Rows {
+    /// A row per total.
+    Insert,
+    /// A row per word, its latest total (word-count's default).
+    Upsert,
+}
+
+/// One word-count run: Kafka `topic` → totals → exactly-once files in `dir/out` and rows in
+/// PostgreSQL `table`; restored from `restore`; logs (info) to `log`.
 fn word_count(dir: &Path, topic: &str, url: &str, table: &str, restore: Option<&Path>, log: &Path) -> Child {
+    word_count_writing(Rows::Insert, dir, topic, url, table, restore, log)
+}
+
+fn word_count_writing(
+    rows: Rows,
+    dir: &Path,
+    topic: &str,
+    url: &str,
+    table: &str,
+    restore: Option<&Path>,
+    log: &Path,
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_word-count"));
     cmd.args(["-D", "execution.checkpointing.interval=50 ms", "-D", "weir.rest.enabled=false"]);
     if let Some(path) = restore {
@@ -22,7 +43,8 @@ fn word_count(dir: &Path, topic: &str, url: &str, table: &str, restore: Option<&
     }
     cmd.args(["--kafka-brokers", &kafka().brokers, "--topic", topic, "--quiet"])
         .args(["--output", dir.join("out").to_str().unwrap(), "--checkpoints", dir.join("ck").to_str().unwrap()])
-        .args(["--postgres", url, "--table", table, "--postgres-insert"])
+        .args(["--postgres", url, "--table", table])
+        .args(if rows == Rows::Insert { &["--postgres-insert"][..] } else { &[] })
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -120,16 +142,19 @@ fn kill_dash_nine_kafka_to_postgres_including_between_prepare_and_commit() {
         let words: Vec<&str> = (0..1000).map(|_| ["a", "b", "c", "d", "e"][rng.below(5) as usize]).collect();
         let producer = kafka.produce_at(&topic, 300.0, word_lines(&words));
         let want = word_count_truth(&words);
+        // Every other run upserts: a row per word, its latest total.
+        let (rows, want_in_table) =
+            if run % 2 == 0 { (Rows::Insert, want.clone()) } else { (Rows::Upsert, latest_totals(&words)) };
         let dir = tempfile::tempdir().unwrap();
         let mut observer = connect(url);
         let mut logs = Vec::new();
         for attempt in 0..4 {
             let log = dir.path().join(format!("log{attempt}"));
             logs.push(log.clone());
-            let child =
-                word_count(dir.path(), &topic, url, &table, latest_checkpoint(&dir.path().join("ck")).as_deref(), &log);
+            let restore = latest_checkpoint(&dir.path().join("ck"));
+            let child = word_count_writing(rows, dir.path(), &topic, url, &table, restore.as_deref(), &log);
             if attempt == 3 {
-                wait_for("every total in the table", || word_rows(url, &table).len() >= want.len());
+                wait_for("every total in the table", || word_rows(url, &table) == want_in_table);
                 std::thread::sleep(Duration::from_millis(300));
                 kill(child);
                 break;
@@ -149,7 +174,7 @@ fn kill_dash_nine_kafka_to_postgres_including_between_prepare_and_commit() {
         }
         producer.join().unwrap();
         let got = word_rows(url, &table);
-        assert!(got == want, "run {run}: table {table}: {}", diff(&got, &want));
+        assert!(got == want_in_table, "run {run}: table {table}: {}", diff(&got, &want_in_table));
         let files = committed_lines(&dir.path().join("out"));
         assert!(files == want, "run {run}: files: {}", diff(&files, &want));
         assert!(prepared(&mut observer, &prefix(&table)).is_empty(), "run {run}: nothing stays prepared");
@@ -233,48 +258,90 @@ fn postgres_going_away_during_commits_loses_nothing_and_doubles_nothing() {
     postgres_script("stop", port);
 }
 
+/// What an upsert table ends with: a row per word, its total.
+fn latest_totals(words: &[&str]) -> Vec<String> {
+    let mut totals = std::collections::BTreeMap::new();
+    for w in words {
+        *totals.entry(*w).or_insert(0u64) += 1;
+    }
+    totals.iter().map(|(w, n)| format!("WordCount{{word='{w}', frequency={n}}}")).collect()
+}
+
+/// Waits until `table` holds `want` (at most 90 s), then kills the job; a run that never gets
+/// there shows what the table held and how the job's log ends.
+fn await_table_then_kill(child: Child, url: &str, table: &str, want: &[String], log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut got = word_rows(url, table);
+    while got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        got = word_rows(url, table);
+    }
+    kill(child);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(got == want, "the table holds {got:?}, not {want:?}; the job's log ends:\n{}", tail.join("\n"));
+}
+
 #[test]
 fn upsert_mode_keeps_the_latest_total_per_word() {
-    // word-count's default PostgreSQL table: one row per word, its latest total (many updates of
-    // one word land in one statement; the last one wins).
+    // word-count's default PostgreSQL table: one row per word, its latest total. Thousands of
+    // updates of three words per checkpoint interval: every interval's transaction upserts the
+    // keys the previous one (prepared, not yet committed) holds locks on. The sink used to wait
+    // for those locks inside the server, where the commit that releases them could never reach
+    // it: the job hung with an empty table.
     let url = postgres();
     let kafka = kafka();
     let topic = kafka.create_topic("pg-upsert", 2);
     let table = table_name("pg_upsert");
-    let words: Vec<&str> = (0..3000).map(|i| ["u", "v", "w", "u", "u"][i % 5]).collect();
+    let words: Vec<&str> = (0..40_000).map(|i| ["u", "v", "w", "u", "u"][i % 5]).collect();
     kafka.produce(&topic, None, &word_lines(&words));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_word-count"));
-    let child = cmd
-        .args(["-D", "execution.checkpointing.interval=50 ms", "-D", "weir.rest.enabled=false"])
-        .args(["--kafka-brokers", &kafka.brokers, "--topic", &topic, "--quiet"])
-        .args([
-            "--output",
-            dir.path().join("out").to_str().unwrap(),
-            "--checkpoints",
-            dir.path().join("ck").to_str().unwrap(),
-        ])
-        .args(["--postgres", url, "--table", &table])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let want = vec![
-        "WordCount{word='u', frequency=1800}".to_string(),
-        "WordCount{word='v', frequency=600}".to_string(),
-        "WordCount{word='w', frequency=600}".to_string(),
-    ];
-    // Not `wait_for`: a run that never gets there shows what the table held and what the job did.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let mut got = word_rows(url, &table);
-    while got != want && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        got = word_rows(url, &table);
-    }
+    let child = word_count_writing(Rows::Upsert, dir.path(), &topic, url, &table, None, &log);
+    let want = latest_totals(&words);
+    await_table_then_kill(child, url, &table, &want, &log);
+}
+
+#[test]
+fn a_key_locked_by_another_client_holds_rows_back_and_checkpoints_go_on() {
+    // Another client locks a word's row while totals flow. The sink's upserts give up on the
+    // lock after a moment and hold their rows (in memory and in the checkpoints) instead of
+    // waiting inside the server, so checkpoints keep completing. The job is killed while the
+    // row is still locked, after the last record: only the checkpoint has that word's final
+    // total, and the restore writes it.
+    let url = postgres();
+    let kafka = kafka();
+    let topic = kafka.create_topic("pg-locked", 1);
+    let table = table_name("pg_locked");
+    let words: Vec<&str> = (0..6000).map(|i| ["u", "v", "w"][i % 3]).collect();
+    let want = latest_totals(&words);
+    let producer = kafka.produce_at(&topic, 1500.0, word_lines(&words));
+    let dir = tempfile::tempdir().unwrap();
+    let (log, ck) = (dir.path().join("log"), dir.path().join("ck"));
+    let child = word_count_writing(Rows::Upsert, dir.path(), &topic, url, &table, None, &log);
+    wait_for("a row for every word", || word_rows(url, &table).len() == 3);
+    let mut locker = connect(url);
+    let mut lock = locker.transaction().unwrap();
+    lock.execute(&format!("SELECT 1 FROM \"{table}\" WHERE word = 'u' FOR UPDATE"), &[]).unwrap();
+    let locked_at = latest_checkpoint_id(&ck).unwrap_or(0);
+    wait_for("checkpoints completing while the row is locked", || {
+        latest_checkpoint_id(&ck).unwrap_or(0) >= locked_at + 5
+    });
+    producer.join().unwrap();
+    // The job's files commit a line per total with each checkpoint: all there, and a checkpoint
+    // after the last record completed.
+    let out = dir.path().join("out");
+    wait_for("a checkpoint after the last record", || committed_lines(&out).len() == words.len());
     kill(child);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-    assert!(got == want, "the table holds {got:?}, not {want:?}; the job's log ends:\n{}", tail.join("\n"));
+    let table_at_kill = word_rows(url, &table);
+    lock.rollback().unwrap();
+    assert!(table_at_kill != want, "the locked row's rows were held back: {table_at_kill:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stayed locked"), "the log says why rows were held back:\n{text}");
+    let log = dir.path().join("log-restored");
+    let checkpoint = latest_checkpoint(&ck).unwrap();
+    let child = word_count_writing(Rows::Upsert, dir.path(), &topic, url, &table, Some(&checkpoint), &log);
+    await_table_then_kill(child, url, &table, &want, &log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("row(s) the restored snapshot held back"), "the restore wrote held rows:\n{text}");
 }

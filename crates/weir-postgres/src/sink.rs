@@ -8,6 +8,14 @@
 //! is gone was committed already, by the notification before the crash or by an earlier restore
 //! from the same snapshot), and prepared transactions of this sink that no snapshot lists are
 //! rolled back (rows after the snapshot, which the restored job writes again).
+//!
+//! A prepared transaction keeps its row locks until `COMMIT PREPARED`, which the subtask runs when
+//! it is told the checkpoint completed. An upsert of a key that a prepared transaction holds waits
+//! for that commit, and a subtask waiting inside the server can never be told: the job would hang.
+//! So an upsert sink never writes while its own prepared transactions wait for their commit, and
+//! a write that still finds a key locked (by another subtask or client) gives up after
+//! [`LOCK_TIMEOUT`] and is rolled back to before it. Either way the rows are *held*: kept in memory
+//! (the last row per key) and, at a barrier, in the snapshot, then written once the locks are gone.
 
 use crate::sql::{self, last_row_per_key, quote_literal, transaction_id, writer_of, WriteMode};
 use crate::value::SqlValue;
@@ -20,10 +28,21 @@ use weir::{
 };
 
 const STATE: &str = "prepared-transactions";
+/// Rows of an upsert sink held back at a barrier: part of the checkpoint's output that no
+/// transaction holds yet.
+const HELD: &str = "held-rows";
 /// Rows sent per statement.
 const BATCH: usize = 1000;
 /// SQLSTATE `undefined_object`: `COMMIT PREPARED` of an id that is not prepared.
 const UNDEFINED_OBJECT: &str = "42704";
+/// SQLSTATE `lock_not_available`: a statement waited longer than `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// How long an upsert waits for a locked key before the sink holds its rows back instead: long
+/// enough for another client's short transaction, short enough that a subtask never stalls its
+/// checkpoints on a lock that only a checkpoint's completion releases.
+const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+/// The SQL savepoint a write of an upsert sink can be rolled back to.
+const BEFORE_WRITE: &str = "weir_before_write";
 /// Attempts at `COMMIT PREPARED` when the checkpoint completes, before the job fails (and its
 /// restore commits it).
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -34,6 +53,12 @@ struct Prepared {
     checkpoint_id: CheckpointId,
     gid: String,
     writer: u32,
+}
+
+/// A row held back in a snapshot (a struct, so that fields can be added).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeldRow {
+    values: Vec<SqlValue>,
 }
 
 type RowFn<T> = Arc<dyn Fn(&T) -> Vec<SqlValue> + Send + Sync>;
@@ -52,7 +77,13 @@ pub struct PostgresSink<T> {
     committer: Exclusive<Option<Client>>,
     subtask: u32,
     run: String,
+    /// Rows not sent yet: buffered up to a statement's worth, or held back (upsert only).
     rows: Vec<Vec<SqlValue>>,
+    /// How many rows `invoke` gathers before it tries to send them: one statement's worth, more
+    /// while rows are held back (so that holding does not dedupe the held rows at every record).
+    send_at: usize,
+    /// Whether the job's log says yet that rows were held back for a lock of someone else's.
+    warned_locked: bool,
     in_transaction: bool,
     pending: Vec<Prepared>,
 }
@@ -103,13 +134,17 @@ impl<T> PostgresSink<T> {
             subtask: 0,
             run: String::new(),
             rows: Vec::new(),
+            send_at: BATCH,
+            warned_locked: false,
             in_transaction: false,
             pending: Vec::new(),
         }
     }
 
     /// Upserts instead: a row replaces the table's row with the same `key` columns (which need a
-    /// unique index).
+    /// unique index). The rows of one key should reach one subtask (`key_by` the key before the
+    /// sink), as in Flink: rows of one key from two subtasks land in no defined order, and lock
+    /// each other's keys until checkpoints complete.
     pub fn upsert(mut self, key: &[&str]) -> Self {
         self.config.mode = WriteMode::Upsert { key: key.iter().map(|c| c.to_string()).collect() };
         self
@@ -141,13 +176,27 @@ impl<T> PostgresSink<T> {
             .map_err(|e| self.context(&format!("cannot connect to {}", redact(&self.config.url)), e))
     }
 
-    /// The writer's connection.
+    /// The writer's connection (an upsert sink's waits at most [`LOCK_TIMEOUT`] for a lock).
     fn client(&mut self) -> Result<&mut Client, BoxError> {
         if self.client.get_mut().is_none() {
-            let client = self.connect()?;
+            let mut client = self.connect()?;
+            if self.upsert_key().is_some() {
+                let set = format!("SET lock_timeout = {}", LOCK_TIMEOUT.as_millis());
+                client.batch_execute(&set).map_err(|e| self.context("cannot set lock_timeout", e))?;
+            }
             *self.client.get_mut() = Some(client);
         }
         Ok(self.client.get_mut().as_mut().expect("connected above"))
+    }
+
+    /// The positions of the upsert key's columns (`None`: plain inserts).
+    fn upsert_key(&self) -> Option<Vec<usize>> {
+        match &self.config.mode {
+            WriteMode::Upsert { key } => {
+                Some(key.iter().filter_map(|k| self.config.columns.iter().position(|c| c == k)).collect())
+            }
+            WriteMode::Insert => None,
+        }
     }
 
     /// The committer's connection, made again when it broke.
@@ -159,16 +208,22 @@ impl<T> PostgresSink<T> {
         Ok(self.committer.get_mut().as_mut().expect("connected above"))
     }
 
-    /// Sends the buffered rows into the open transaction (beginning it if needed).
-    fn flush(&mut self) -> Result<(), BoxError> {
+    /// Sends the buffered rows into the open transaction (beginning it if needed). An upsert
+    /// sink holds them back instead while a key may be locked, unless `may_hold` is false (the
+    /// stream's end, when this subtask's own prepared transactions are committed already); see
+    /// the module's doc.
+    fn flush(&mut self, may_hold: bool) -> Result<(), BoxError> {
         if self.rows.is_empty() {
             return Ok(());
         }
         let mut rows = std::mem::take(&mut self.rows);
-        if let WriteMode::Upsert { key } = &self.config.mode {
-            let positions: Vec<usize> =
-                key.iter().filter_map(|k| self.config.columns.iter().position(|c| c == k)).collect();
-            rows = last_row_per_key(rows, &positions);
+        let upsert_key = self.upsert_key();
+        if let Some(positions) = &upsert_key {
+            rows = last_row_per_key(rows, positions);
+            if may_hold && !self.pending.is_empty() {
+                self.hold(rows);
+                return Ok(());
+            }
         }
         let (table, columns, mode) = (self.config.table.clone(), self.config.columns.clone(), self.config.mode.clone());
         let begin = !self.in_transaction;
@@ -176,6 +231,10 @@ impl<T> PostgresSink<T> {
         let result = (|| -> Result<(), postgres::Error> {
             if begin {
                 client.batch_execute("BEGIN")?;
+            }
+            if upsert_key.is_some() {
+                let lock_timeout = if may_hold { "" } else { "SET LOCAL lock_timeout = 0; " };
+                client.batch_execute(&format!("{lock_timeout}SAVEPOINT {BEFORE_WRITE}"))?;
             }
             for chunk in rows.chunks(BATCH) {
                 let statement = sql::write_statement(&table, &columns, &mode, chunk.len());
@@ -185,9 +244,37 @@ impl<T> PostgresSink<T> {
             }
             Ok(())
         })();
-        // A failed statement aborts the transaction: the job restarts from its last checkpoint.
         self.in_transaction = true;
-        result.map_err(|e| self.context("cannot write rows", e))
+        match result {
+            Ok(()) => {
+                self.send_at = BATCH;
+                Ok(())
+            }
+            Err(e) if may_hold && upsert_key.is_some() && e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
+                // Someone else's transaction holds a key: undo this write, keep the transaction.
+                let client = self.client()?;
+                client
+                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {BEFORE_WRITE}"))
+                    .map_err(|e| self.context("cannot roll back a write that found a key locked", e))?;
+                if !std::mem::replace(&mut self.warned_locked, true) {
+                    tracing::warn!(
+                        "PostgreSQL sink (table {table}) subtask {}: a key stayed locked for {} ms by another transaction; rows are held back until it is released (another subtask writing the same keys? key_by the upsert key before the sink)",
+                        self.subtask,
+                        LOCK_TIMEOUT.as_millis()
+                    );
+                }
+                self.hold(rows);
+                Ok(())
+            }
+            // A failed statement aborts the transaction: the job restarts from its last checkpoint.
+            Err(e) => Err(self.context("cannot write rows", e)),
+        }
+    }
+
+    /// Keeps deduplicated rows for a later flush; `invoke` tries again once as many new rows came.
+    fn hold(&mut self, rows: Vec<Vec<SqlValue>>) {
+        self.send_at = BATCH.max(2 * rows.len());
+        self.rows = rows;
     }
 
     /// Commits a prepared transaction; one that is not prepared any more was committed already.
@@ -272,7 +359,19 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
         self.client()?;
         self.committer()?;
         let restored: Vec<Prepared> = ctx.state.list(STATE)?;
-        self.recover(restored, ctx.parallelism, ctx.state.is_restored())
+        self.recover(restored, ctx.parallelism, ctx.state.is_restored())?;
+        // Rows the snapshot held back go first into the first transaction.
+        let held: Vec<HeldRow> = ctx.state.list(HELD)?;
+        if !held.is_empty() {
+            tracing::info!(
+                "PostgreSQL sink (table {}) subtask {}: {} row(s) the restored snapshot held back go into the first transaction",
+                self.config.table,
+                self.subtask,
+                held.len()
+            );
+        }
+        self.rows = held.into_iter().map(|r| r.values).collect();
+        Ok(())
     }
 
     fn invoke(&mut self, value: T) -> Result<(), BoxError> {
@@ -288,8 +387,8 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
             .into());
         }
         self.rows.push(row);
-        if self.rows.len() >= BATCH {
-            self.flush()?;
+        if self.rows.len() >= self.send_at {
+            self.flush(true)?;
         }
         Ok(())
     }
@@ -299,7 +398,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
         checkpoint_id: CheckpointId,
         state: &mut OperatorStateSnapshot,
     ) -> Result<(), BoxError> {
-        self.flush()?;
+        self.flush(true)?;
         if self.in_transaction {
             let gid = transaction_id(&self.config.prefix, self.subtask, checkpoint_id, &self.run);
             let client = self.client()?;
@@ -314,7 +413,9 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
             self.in_transaction = false;
             self.pending.push(Prepared { checkpoint_id, gid, writer: self.subtask });
         }
-        put_list(state, STATE, Redistribution::Union, &self.pending)
+        put_list(state, STATE, Redistribution::Union, &self.pending)?;
+        let held: Vec<HeldRow> = self.rows.iter().map(|values| HeldRow { values: values.clone() }).collect();
+        put_list(state, HELD, Redistribution::Split, &held)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: CheckpointId) -> Result<(), BoxError> {
@@ -322,18 +423,20 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
     }
 
     fn end_of_input(&mut self) -> Result<(), BoxError> {
-        self.flush()
+        self.flush(true)
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {
-        self.flush()?;
+        // The prepared transactions first: they hold older rows, and locks the rest may need.
+        self.commit_up_to(CheckpointId::MAX)?;
+        self.flush(false)?;
         if std::mem::take(&mut self.in_transaction) {
             let client = self.client()?;
             client
                 .batch_execute("COMMIT")
                 .map_err(|e| format!("PostgreSQL sink (table {}): cannot commit: {e}", self.config.table))?;
         }
-        self.commit_up_to(CheckpointId::MAX)
+        Ok(())
     }
 
     fn is_stateful(&self) -> bool {

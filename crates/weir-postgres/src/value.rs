@@ -1,10 +1,12 @@
 //! Column values: a few SQL types, converted to the column's type where that loses nothing.
 
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use serde::{Deserialize, Serialize};
 use std::error::Error;
 
-/// One column's value in a row.
-#[derive(Debug, Clone, PartialEq)]
+/// One column's value in a row. Its serde form is part of the sink's snapshot format (rows held
+/// back, docs/formats.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SqlValue {
     Null,
     Bool(bool),
