@@ -87,7 +87,9 @@ impl KeyHash for bool {
 impl KeyHash for str {
     /// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + unit`.
     /// One pass over the bytes for ASCII (its bytes are its own UTF-16 code units), noting
-    /// whether any byte was not ASCII; only such strings are hashed again, by code unit.
+    /// whether any byte was not ASCII; only such strings are hashed again, by code unit. (Four
+    /// bytes a step, one multiplication of `h` per step, took 1 % of the reference benchmark's
+    /// instructions and no measurable time: batched records overlap this chain already.)
     #[inline]
     fn key_hash(&self) -> i32 {
         let (mut h, mut any_high) = (0i32, 0u8);
@@ -98,12 +100,17 @@ impl KeyHash for str {
         if any_high < 0x80 {
             return h;
         }
-        self.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+        java_string_hash_utf16(self)
     }
     #[inline]
     fn same_key(&self, other: &Self) -> bool {
         same_bytes(self.as_bytes(), other.as_bytes())
     }
+}
+
+/// Java's `String.hashCode` by its definition, over UTF-16 code units.
+fn java_string_hash_utf16(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
 }
 
 impl KeyHash for String {
@@ -480,6 +487,12 @@ mod tests {
                 next = r.end() + 1;
             }
             prop_assert_eq!(next, max_p);
+        }
+
+        /// The one pass over the bytes of ASCII text is Java's definition (over UTF-16 units).
+        #[test]
+        fn ascii_string_hash_is_javas(ascii in "[ -~]{0,40}") {
+            prop_assert_eq!(ascii.as_str().key_hash(), java_string_hash_utf16(&ascii));
         }
 
         #[test]

@@ -25,6 +25,7 @@ mod env;
 mod error;
 mod exclusive;
 mod functions;
+mod held;
 mod keyed;
 mod operators;
 mod rest_access;

@@ -4,6 +4,7 @@ use crate::functions::{
     BoxError, Collector, Context, KeyedProcessFunction, RuntimeContext, SideEmitter, SinkContext, SinkFunction,
     SourceContext, SourceFunction, SourcePoll,
 };
+use crate::held::HeldRecords;
 use crate::keyed::KeyedCore;
 use crate::watermarks::{TimestampsAndWatermarks, WatermarkStrategy};
 use std::any::Any;
@@ -210,18 +211,11 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
             operator: core.name.clone(),
         };
         f.open(&mut rc).map_err(|e| user_error(&core.name, e))?;
-        let prefetching = core.backend.can_prefetch();
         let op = KeyedProcessOp {
             f,
             key: self.key.clone(),
             current_key: None,
-            held: Vec::new(),
-            held_keys: Vec::new(),
-            held_at: Vec::new(),
-            prefetching,
-            batch: if prefetching { PREFETCH_BATCH } else { LOCATE_BATCH },
-            batching: false,
-            until_asked: 0,
+            held: HeldRecords::new(&core.backend),
             core,
             next,
             _types: PhantomData,
@@ -233,37 +227,13 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O> + Clone + Sy
 /// The timer service of keyed process functions, named as Flink names it.
 const USER_TIMERS: &str = "user-timers";
 
-/// Records a keyed operator holds back to prefetch their state in one batched lookup.
-const PREFETCH_BATCH: usize = 256;
-
-/// Records a keyed operator on the heap backend holds back to locate their keys together:
-/// measured on the reference shape, 256 gained 15 %, 1024 and 4096 about 20 %.
-const LOCATE_BATCH: usize = 1024;
-
 struct KeyedProcessOp<K, I, O, F> {
     f: F,
     key: KeySelector<K, I>,
     /// The current record's key (kept, so a borrowed key reuses its memory).
     current_key: Option<K>,
-    /// Records held back, up to `batch`, while batching pays
-    /// ([`weir_state::KeyedStateBackend::batching_pays`]): in a store their rows are then read
-    /// with one batched lookup, on the heap their keys are located together; then they are
-    /// processed one by one, in order, as they would have been. Every event (barrier, watermark,
-    /// timer, flush on idle input, end) processes the held records first, so nothing held crosses
-    /// a snapshot or waits on a quiet input.
-    held: Vec<(I, Option<Timestamp>)>,
-    /// The held records' keys: all of them to prefetch, or the computed ones while locating.
-    held_keys: Vec<K>,
-    /// Where the held records' keys are (the heap).
-    held_at: Vec<KeyLocation>,
-    /// The backend is a store, which prefetches rows (else the heap, which locates keys).
-    prefetching: bool,
-    batch: usize,
-    /// What the backend said when last asked whether batching pays, and the records left until
-    /// it is asked again: once per `batch` records, however often events cut batches short (the
-    /// heap's answer sums its states' key groups).
-    batching: bool,
-    until_asked: usize,
+    /// Records held back while batching pays (see [`crate::held`]).
+    held: HeldRecords<K, I>,
     core: KeyedCore<K>,
     next: Box<dyn Output<O>>,
     _types: PhantomData<fn(I)>,
@@ -321,88 +291,27 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
         Ok(())
     }
 
-    /// Whether the next record is held back: while a batch is open, and otherwise when the
-    /// backend last said batching pays.
-    #[inline]
-    fn hold_back(&mut self) -> bool {
-        if !self.held.is_empty() {
-            return true;
-        }
-        if self.until_asked == 0 {
-            self.batching = self.core.backend.batching_pays();
-            self.until_asked = self.batch;
-        }
-        if !self.batching {
-            self.until_asked -= 1;
-        }
-        self.batching
-    }
-
-    /// Processes the held records in order, after prefetching their rows (a store) or locating
-    /// their keys together (the heap).
+    /// Processes the held records in order, after finding their state together.
     fn process_held(&mut self) -> TaskResult {
         if self.held.is_empty() {
             return Ok(());
         }
-        self.until_asked = self.until_asked.saturating_sub(self.held.len());
-        self.held_keys.clear();
-        if !self.prefetching {
-            return self.process_located();
-        }
-        for (record, _) in &self.held {
-            let key = self.key.select(record, &mut self.current_key);
-            self.held_keys.push(K::clone(&key));
-        }
         let core = &mut self.core;
-        core.backend
-            .prefetch(&self.held_keys)
+        self.held
+            .find_state(&self.key, &mut self.current_key, &mut core.backend)
             .map_err(|e| TaskError::State { operator: core.name.clone(), error: e })?;
-        let mut held = std::mem::take(&mut self.held);
-        for ((record, timestamp), key) in held.drain(..).zip(&self.held_keys) {
-            let at = self.core.backend.locate(key);
-            process_keyed(&mut self.f, &mut self.core, &mut *self.next, key, at, record, timestamp)?;
-        }
-        self.held = held;
-        Ok(())
-    }
-
-    /// Locates every held record's key (computed keys are kept for the second pass), then
-    /// processes the records in order.
-    fn process_located(&mut self) -> TaskResult {
-        self.held_at.clear();
-        for (record, _) in &self.held {
-            let at = match &self.key {
-                KeySelector::Computed(f) => {
-                    let key = f(record);
-                    let at = self.core.backend.locate(&key);
-                    self.held_keys.push(key);
-                    at
-                }
-                KeySelector::Borrowed(f) => self.core.backend.locate(f(record)),
-            };
-            self.held_at.push(at);
-        }
-        let mut held = std::mem::take(&mut self.held);
-        let mut computed = self.held_keys.drain(..);
-        for ((record, timestamp), &at) in held.drain(..).zip(&self.held_at) {
-            let key = match computed.next() {
-                Some(key) => SelectedKey::Computed(key),
-                None => self.key.select(&record, &mut self.current_key),
-            };
-            process_keyed(&mut self.f, &mut self.core, &mut *self.next, &key, at, record, timestamp)?;
-        }
-        drop(computed);
-        self.held = held;
-        Ok(())
+        let (f, next) = (&mut self.f, &mut self.next);
+        self.held.process(&self.key, &mut self.current_key, |key, at, record, timestamp| {
+            process_keyed(f, core, &mut **next, key, at, record, timestamp)
+        })
     }
 }
 
 impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> Output<I> for KeyedProcessOp<K, I, O, F> {
     #[inline]
     fn emit(&mut self, record: I, timestamp: Option<Timestamp>) -> TaskResult {
-        if self.hold_back() {
-            self.held.push((record, timestamp));
-            if self.held.len() >= self.batch {
+        if self.held.holds(&self.core.backend) {
+            if self.held.push(record, timestamp) {
                 self.process_held()?;
             }
             return Ok(());
