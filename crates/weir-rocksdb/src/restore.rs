@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use weir_core::metadata::StateMeta;
 use weir_core::KeyGroupRange;
+use weir_state::checksum::CheckedFiles;
 use weir_state::serialized::{key_group_prefix, read_canonical_rows};
 use weir_state::{ResolvedNativeHandle, RestoredKeyedState, StateError, StoreContext};
 
@@ -48,7 +49,7 @@ pub(crate) fn open_instance(
     }
     let covering = restored.native.iter().find(|n| n.handle.key_groups.contains_range(&ctx.key_groups));
     if let Some(base) = covering {
-        return open_clipped(&db_dir, options, base, ctx.key_groups, incremental);
+        return open_clipped(&db_dir, options, base, &restored.checked, ctx.key_groups, incremental);
     }
     let mut known = BTreeMap::new();
     let mut db = DB::open(options, &db_dir).map_err(db_err("creating the RocksDB instance"))?;
@@ -58,7 +59,7 @@ pub(crate) fn open_instance(
     natives.sort_by_key(|n| n.handle.key_groups.start);
     for (i, native) in natives.into_iter().enumerate() {
         let temp = instance_dir.join(format!("restore-{i}"));
-        link_files(native, &temp)?;
+        link_files(native, &restored.checked, &temp)?;
         let names = cf_names(native);
         let source = open_read_only(options, &temp, &names)?;
         for meta in &native.handle.states {
@@ -170,10 +171,11 @@ fn open_clipped(
     db_dir: &Path,
     options: &Options,
     base: &ResolvedNativeHandle,
+    checked: &CheckedFiles,
     range: KeyGroupRange,
     incremental: bool,
 ) -> Result<Opened, StateError> {
-    link_files(base, db_dir)?;
+    link_files(base, checked, db_dir)?;
     let names = cf_names(base);
     let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, options.clone()));
     let db = DB::open_cf_descriptors(options, db_dir, descriptors)
@@ -218,7 +220,7 @@ fn cf_names(native: &ResolvedNativeHandle) -> Vec<String> {
 /// Makes a native handle's files a RocksDB directory: SST files are hard-linked (immutable, and
 /// RocksDB only ever unlinks them), the others copied (RocksDB writes to them). Falls back to
 /// copying where linking is impossible (another file system).
-fn link_files(native: &ResolvedNativeHandle, dir: &Path) -> Result<(), StateError> {
+fn link_files(native: &ResolvedNativeHandle, checked: &CheckedFiles, dir: &Path) -> Result<(), StateError> {
     if native.handle.backend != BACKEND_NAME {
         return Err(StateError::Backend(format!("native state of backend '{}'", native.handle.backend)));
     }
@@ -236,7 +238,7 @@ fn link_files(native: &ResolvedNativeHandle, dir: &Path) -> Result<(), StateErro
         // RocksDB checks block checksums only when it reads a block, so a damaged file would
         // fail the job later, half-restored in effect: check every byte before opening.
         let what = format!("RocksDB file '{}'", file.name);
-        weir_state::checksum::verify_file(source, file.file.size, file.crc32c, &what)?;
+        checked.verify(source, file.file.size, file.crc32c, &what)?;
         let target = dir.join(&file.name);
         let linked = file.name.ends_with(".sst") && std::fs::hard_link(source, &target).is_ok();
         if !linked {

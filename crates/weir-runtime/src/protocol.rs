@@ -141,4 +141,6 @@ pub enum FailureKind {
 pub struct RestorePlan {
     pub snapshot: Arc<LoadedSnapshot>,
     pub operators: HashMap<OperatorId, Vec<SubtaskAssignment>>,
+    /// The state files its subtasks checked already: each is read for its checksum once.
+    pub checked_files: Arc<weir_state::checksum::CheckedFiles>,
 }

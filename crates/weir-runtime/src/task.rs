@@ -155,7 +155,7 @@ fn restored_state(
         })
         .collect::<TaskResult<_>>()?;
     Ok(RestoredState {
-        keyed: RestoredKeyedState { files, native },
+        keyed: RestoredKeyedState { files, native, checked: r.checked_files.clone() },
         operator_lists: a.operator_lists.clone(),
         watermark: a.watermark.filter(|_| restore_watermarks),
     })

@@ -94,7 +94,7 @@ impl<K: Key> KeyedStateBackend<K> {
         match choice {
             StateBackend::HashMap => {
                 let mut heap = HeapKeyedBackend::new(ctx.max_parallelism, ctx.key_groups);
-                heap.restore(&restored.files)?;
+                heap.restore(restored)?;
                 Ok(KeyedStateBackend::Heap(heap))
             }
             StateBackend::Store(factory) => {

@@ -3,8 +3,10 @@
 //! another snapshot, is refused before the job starts.
 
 use crate::error::StateError;
+use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Reads `input` (at `path`) to its end, giving each chunk to `f`; returns the size and CRC32C.
 pub fn for_each_chunk(
@@ -43,6 +45,40 @@ fn damaged(detail: String) -> String {
     )
 }
 
+/// The files one restore has checked. Subtasks that share a file (after a rescale every subtask
+/// reads its key groups from the same files) then read it for its checksum once between them,
+/// not once each: the others wait for that check. A file that failed is checked again by each
+/// subtask that asks, so each reports its own error.
+#[derive(Debug, Default)]
+pub struct CheckedFiles {
+    checked: Mutex<HashMap<FileId, Arc<OnceLock<bool>>>>,
+}
+
+/// A file as `_metadata` records it: path, size and CRC32C.
+type FileId = (PathBuf, u64, Option<u32>);
+
+impl CheckedFiles {
+    /// [`verify_file`], once per file for everyone sharing this.
+    pub fn verify(&self, path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> Result<(), StateError> {
+        let once = {
+            let mut checked = self.checked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            checked.entry((path.to_path_buf(), size, crc32c)).or_default().clone()
+        };
+        let mut checked_here = None;
+        let passed = *once.get_or_init(|| {
+            let result = verify_file(path, size, crc32c, what);
+            let passed = result.is_ok();
+            checked_here = Some(result);
+            passed
+        });
+        match checked_here {
+            Some(result) => result,
+            None if passed => Ok(()),
+            None => verify_file(path, size, crc32c, what),
+        }
+    }
+}
+
 /// Checks that the file at `path` has the size and (when recorded) the CRC32C that `_metadata`
 /// recorded; `what` names the file in the error ("state file", "RocksDB file '000012.sst'").
 pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> Result<(), StateError> {
@@ -59,4 +95,28 @@ pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_checks_each_file_once_and_every_failure_for_each_subtask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(&path, b"key groups").unwrap();
+        let (size, crc) = (10, Some(crc32c::crc32c(b"key groups")));
+        let checked = CheckedFiles::default();
+        checked.verify(&path, size, crc, "state file").unwrap();
+        // Damaged after the first subtask checked it: the others of this restore do not read it
+        // again (their blocks' own checksums still guard what they read); a new restore does.
+        std::fs::write(&path, b"key grouPs").unwrap();
+        checked.verify(&path, size, crc, "state file").unwrap();
+        let next_restore = CheckedFiles::default();
+        let err = next_restore.verify(&path, size, crc, "state file").unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        let again = next_restore.verify(&path, size, crc, "state file").unwrap_err().to_string();
+        assert_eq!(again, err, "a failed file fails for every subtask that asks");
+    }
 }

@@ -310,10 +310,11 @@ pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, &[(&[u8], &[u8])])
 pub fn read_key_groups(
     files: &[(PathBuf, weir_core::metadata::KeyedStateHandle)],
     range: KeyGroupRange,
+    checked: &crate::checksum::CheckedFiles,
     f: &mut KeyGroupSink<'_>,
 ) -> Result<(), StateError> {
     for (path, handle) in files {
-        crate::checksum::verify_file(path, handle.file.size, handle.file.crc32c, "state file")?;
+        checked.verify(path, handle.file.size, handle.file.crc32c, "state file")?;
         let mut reader = StateFileReader::open(path)?;
         let states = reader.header().states.clone();
         let mut payload = Vec::new();

@@ -591,7 +591,7 @@ pub fn read_canonical_rows(
     files.sort_by_key(|(_, handle)| handle.key_groups.start);
     let mut rows = SortedEntries::default();
     let mut scratch = Vec::new();
-    read_key_groups(&files, range, &mut |path, meta, kg, entries| {
+    read_key_groups(&files, range, &restored.checked, &mut |path, meta, kg, entries| {
         rows.clear();
         let prefix = key_group_prefix(kg);
         for (k, v) in entries {

@@ -100,6 +100,8 @@ impl KeyedSnapshot {
 pub struct RestoredKeyedState {
     pub files: Vec<(PathBuf, KeyedStateHandle)>,
     pub native: Vec<ResolvedNativeHandle>,
+    /// The files the restore's subtasks checked already (shared by all of them).
+    pub checked: std::sync::Arc<crate::checksum::CheckedFiles>,
 }
 
 impl RestoredKeyedState {

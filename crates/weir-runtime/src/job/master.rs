@@ -224,7 +224,11 @@ impl Master {
                     &self.graph.operator_infos(),
                     true,
                 ) {
-                    Ok(a) => Some(Arc::new(RestorePlan { snapshot, operators: a.operators })),
+                    Ok(a) => Some(Arc::new(RestorePlan {
+                        snapshot,
+                        operators: a.operators,
+                        checked_files: Default::default(),
+                    })),
                     Err(e) => {
                         return Step::End(
                             JobStatus::Failed,

@@ -9,14 +9,14 @@
 use crate::codec;
 use crate::error::StateError;
 use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
+use crate::snapshot::RestoredKeyedState;
 use crate::sorted_entries::SortedEntries;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use weir_core::key_group::assign_to_key_group;
-use weir_core::metadata::KeyedStateHandle;
+
 use weir_core::KeyGroupRange;
 
 use crate::descriptors::{Key, ReduceFn, StateData};
@@ -243,11 +243,11 @@ impl<K: Key> HeapKeyedBackend<K> {
 
     /// Reads the key groups this backend owns from restored state files. Call before declaring
     /// states. `handles` pair each handle with its file's resolved path.
-    pub fn restore(&mut self, handles: &[(PathBuf, KeyedStateHandle)]) -> Result<(), StateError> {
+    pub fn restore(&mut self, restored: &RestoredKeyedState) -> Result<(), StateError> {
         let n = self.key_groups.count as usize;
         let mut raw: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
         let range = self.key_groups;
-        read_key_groups(handles, range, &mut |_, meta, kg, entries| {
+        read_key_groups(&restored.files, range, &restored.checked, &mut |_, meta, kg, entries| {
             let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.clone(), vec![Vec::new(); n]));
             slot.1[(kg - range.start) as usize].extend(entries.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
             Ok(())
@@ -520,7 +520,9 @@ mod tests {
     use super::*;
     use crate::backend::KeyedStateBackend;
     use crate::descriptors::*;
+    use std::path::PathBuf;
     use weir_core::key_group::key_group_range_for_subtask;
+    use weir_core::metadata::KeyedStateHandle;
 
     fn heap<K: Key>(max_p: u32, range: KeyGroupRange) -> KeyedStateBackend<K> {
         KeyedStateBackend::Heap(HeapKeyedBackend::new(max_p, range))
@@ -532,7 +534,7 @@ mod tests {
         files: &[(PathBuf, KeyedStateHandle)],
     ) -> KeyedStateBackend<K> {
         let mut b = HeapKeyedBackend::new(max_p, range);
-        b.restore(files).unwrap();
+        b.restore(&RestoredKeyedState { files: files.to_vec(), ..Default::default() }).unwrap();
         KeyedStateBackend::Heap(b)
     }
 
