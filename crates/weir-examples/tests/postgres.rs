@@ -345,3 +345,33 @@ fn a_key_locked_by_another_client_holds_rows_back_and_checkpoints_go_on() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("row(s) the restored snapshot held back"), "the restore wrote held rows:\n{text}");
 }
+
+#[test]
+fn inserting_a_duplicate_of_a_unique_key_fails_with_the_fix_instead_of_hanging() {
+    // A table whose word is its primary key, written in insert mode: the second total of a word
+    // is a duplicate. When the first is in a prepared transaction, the insert waits for its
+    // commit, which this subtask would never get to run: the sink gives up on the lock after a
+    // while and fails, saying what to do (as it does when the first is committed already).
+    let url = postgres();
+    let kafka = kafka();
+    let topic = kafka.create_topic("pg-dup", 1);
+    let table = table_name("pg_dup");
+    connect(url)
+        .batch_execute(&format!("CREATE TABLE \"{table}\" (word TEXT PRIMARY KEY, frequency BIGINT NOT NULL)"))
+        .unwrap();
+    let words: Vec<&str> = (0..40).map(|i| ["a", "b"][i % 2]).collect();
+    let producer = kafka.produce_at(&topic, 20.0, word_lines(&words));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let child = word_count_writing(Rows::Insert, dir.path(), &topic, url, &table, None, &log);
+    wait_for("the failure", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("write rows that share a key with PostgresSink::upsert")
+    });
+    kill(child);
+    producer.join().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("PostgreSQL sink (table {table})")), "the failure names the table:\n{text}");
+    assert!(text.contains("duplicate key value") || text.contains("lock timeout"), "and PostgreSQL's reason:\n{text}");
+}
