@@ -375,3 +375,50 @@ fn inserting_a_duplicate_of_a_unique_key_fails_with_the_fix_instead_of_hanging()
     assert!(text.contains(&format!("PostgreSQL sink (table {table})")), "the failure names the table:\n{text}");
     assert!(text.contains("duplicate key value") || text.contains("lock timeout"), "and PostgreSQL's reason:\n{text}");
 }
+
+#[test]
+fn an_upsert_transaction_rolled_back_for_a_lock_is_written_again() {
+    // The sink driven directly, one subtask. A statement's worth of rows goes into the open
+    // transaction; the next upsert meets a row another client locked, and the sink rolls the
+    // whole transaction back: the rows it had written come back as held rows, with the rest,
+    // and land once the lock is gone. Were they forgotten, 'v' and 'w' would never reach the
+    // table (nothing after them updates them).
+    use weir::{OperatorStateSnapshot, OperatorStateStore, SinkContext, SinkFunction};
+    let url = postgres();
+    let table = table_name("pg_again");
+    let configured =
+        weir_postgres::PostgresSink::insert(url, table.as_str(), &["word", "frequency"], |r: &(String, i64)| {
+            vec![r.0.as_str().into(), r.1.into()]
+        })
+        .upsert(&["word"]);
+    configured.create_table("word TEXT PRIMARY KEY, frequency BIGINT NOT NULL").unwrap();
+    let mut sink = configured.clone();
+    let state = OperatorStateStore::default();
+    sink.open(&SinkContext { subtask: 0, parallelism: 1, state: &state, attempt: 0 }).unwrap();
+    let checkpoint = |sink: &mut weir_postgres::PostgresSink<(String, i64)>, id: u64| {
+        sink.snapshot_state(id, &mut OperatorStateSnapshot::default()).unwrap();
+        sink.notify_checkpoint_complete(id).unwrap();
+    };
+    sink.invoke(("u".to_string(), 1)).unwrap();
+    checkpoint(&mut sink, 1);
+    assert_eq!(word_rows(url, &table), vec!["WordCount{word='u', frequency=1}"]);
+    let mut locker = connect(url);
+    let mut lock = locker.transaction().unwrap();
+    lock.execute(&format!("SELECT 1 FROM \"{table}\" WHERE word = 'u' FOR UPDATE"), &[]).unwrap();
+    for i in 0..1000i64 {
+        sink.invoke((["v", "w"][i as usize % 2].to_string(), i)).unwrap(); // the 1000th sends them
+    }
+    sink.invoke(("u".to_string(), 2)).unwrap();
+    checkpoint(&mut sink, 2); // 'u' is locked: rolled back, all held
+    assert_eq!(word_rows(url, &table), vec!["WordCount{word='u', frequency=1}"], "nothing of interval 2 yet");
+    lock.rollback().unwrap();
+    checkpoint(&mut sink, 3);
+    assert_eq!(
+        word_rows(url, &table),
+        vec![
+            "WordCount{word='u', frequency=2}",
+            "WordCount{word='v', frequency=998}",
+            "WordCount{word='w', frequency=999}"
+        ]
+    );
+}

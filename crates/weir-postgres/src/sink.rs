@@ -15,11 +15,13 @@
 //! and a subtask waiting inside the server can never be told: the job would hang. So an upsert
 //! sink never writes while its own prepared transactions wait for their commit, and an upsert
 //! that still finds a key locked (by another subtask or client) gives up after
-//! [`UPSERT_LOCK_TIMEOUT`] and is rolled back to a savepoint taken before it. Either way the rows
-//! are *held*: kept in memory (the last row per key) and, at a barrier, in the snapshot, then
-//! written once the locks are gone. An insert that waits [`INSERT_LOCK_TIMEOUT`] fails the job
-//! (its restore retries), naming the likely duplicate and the fix: inserts take no savepoints,
-//! whose subtransactions cost every write (8 % of the insert benchmark).
+//! [`UPSERT_LOCK_TIMEOUT`]: the open transaction is rolled back, and the rows it held, which the
+//! sink keeps until the transaction is prepared, are written again later. Either way the rows are
+//! *held*: kept in memory (the last row per key) and, at a barrier, in the snapshot, then written
+//! once the locks are gone. No savepoints: each would be a subtransaction, which cost every write
+//! (8 % of the insert benchmark) and, past 64 in a transaction, every other session's snapshots.
+//! An insert that waits [`INSERT_LOCK_TIMEOUT`] fails the job (its restore retries), naming the
+//! likely duplicate and the fix.
 
 use crate::sql::{self, last_row_per_key, quote_literal, transaction_id, writer_of, WriteMode};
 use crate::value::SqlValue;
@@ -49,8 +51,6 @@ const UPSERT_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long an insert waits for a lock before the job fails: past a schema change or another
 /// client's transaction, and not forever on a duplicate of a row this sink has prepared.
 const INSERT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
-/// The SQL savepoint an upsert can be rolled back to.
-const BEFORE_WRITE: &str = "weir_before_write";
 /// Attempts at `COMMIT PREPARED` when the checkpoint completes, before the job fails (and its
 /// restore commits it).
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -87,6 +87,9 @@ pub struct PostgresSink<T> {
     run: String,
     /// Rows not sent yet: buffered up to a statement's worth, or held back (upsert only).
     rows: Vec<Vec<SqlValue>>,
+    /// The rows an upsert sink sent into the open transaction, written again if a lock makes it
+    /// roll the transaction back.
+    written: Vec<Vec<SqlValue>>,
     /// How many rows `invoke` gathers before it tries to send them: one statement's worth, more
     /// while rows are held back (so that holding does not dedupe the held rows at every record).
     send_at: usize,
@@ -142,6 +145,7 @@ impl<T> PostgresSink<T> {
             subtask: 0,
             run: String::new(),
             rows: Vec::new(),
+            written: Vec::new(),
             send_at: BATCH,
             warned_locked: false,
             in_transaction: false,
@@ -244,11 +248,8 @@ impl<T> PostgresSink<T> {
             if begin {
                 client.batch_execute("BEGIN")?;
             }
-            let upsert = upsert_key.is_some();
-            match (upsert, may_hold) {
-                (true, true) => client.batch_execute(&format!("SAVEPOINT {BEFORE_WRITE}"))?,
-                (true, false) => client.batch_execute("SET LOCAL lock_timeout = 0")?,
-                (false, _) => {}
+            if upsert_key.is_some() && !may_hold {
+                client.batch_execute("SET LOCAL lock_timeout = 0")?;
             }
             for chunk in rows.chunks(BATCH) {
                 let statement = sql::write_statement(&table, &columns, &mode, chunk.len());
@@ -256,24 +257,25 @@ impl<T> PostgresSink<T> {
                     chunk.iter().flatten().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
                 client.execute(statement.as_str(), &params)?;
             }
-            if upsert && may_hold {
-                // One savepoint at a time: each is a subtransaction until the transaction ends.
-                client.batch_execute(&format!("RELEASE SAVEPOINT {BEFORE_WRITE}"))?;
-            }
             Ok(())
         })();
         self.in_transaction = true;
-        match result {
-            Ok(()) => {
+        match (result, &upsert_key) {
+            (Ok(()), _) => {
                 self.send_at = BATCH;
+                if upsert_key.is_some() {
+                    self.written.extend(rows);
+                }
                 Ok(())
             }
-            Err(e) if may_hold && upsert_key.is_some() && e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
-                // Someone else's transaction holds a key: undo this write, keep the transaction.
+            (Err(e), Some(positions)) if may_hold && has_code(&e, LOCK_NOT_AVAILABLE) => {
+                // Someone else's transaction holds a key: the open transaction is lost (a failed
+                // statement aborts it); its rows and these are written again later.
                 let client = self.client()?;
-                client
-                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {BEFORE_WRITE}"))
-                    .map_err(|e| self.context("cannot roll back a write that found a key locked", e))?;
+                client.batch_execute("ROLLBACK").map_err(|e| self.context("cannot roll back", e))?;
+                self.in_transaction = false;
+                let mut again = std::mem::take(&mut self.written);
+                again.extend(rows);
                 if !std::mem::replace(&mut self.warned_locked, true) {
                     tracing::warn!(
                         "PostgreSQL sink (table {table}) subtask {}: a key stayed locked for {} ms by another transaction; rows are held back until it is released (another subtask writing the same keys? key_by the upsert key before the sink)",
@@ -281,14 +283,14 @@ impl<T> PostgresSink<T> {
                         UPSERT_LOCK_TIMEOUT.as_millis()
                     );
                 }
-                self.hold(rows);
+                self.hold(last_row_per_key(again, positions));
                 Ok(())
             }
-            Err(e) if upsert_key.is_none() && e.code().map(|c| c.code()) == Some(UNIQUE_VIOLATION) => Err(self.context(
+            (Err(e), None) if has_code(&e, UNIQUE_VIOLATION) => Err(self.context(
                 "cannot insert rows (write rows that share a key with PostgresSink::upsert, or give the table no unique index on it)",
                 e,
             )),
-            Err(e) if upsert_key.is_none() && e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
+            (Err(e), None) if has_code(&e, LOCK_NOT_AVAILABLE) => {
                 let waited = format!(
                     "cannot insert rows: waited {} s for a lock (most likely a duplicate of a unique key in a transaction of this sink that waits for its checkpoint to complete: write rows that share a key with PostgresSink::upsert, or give the table no unique index on it; else another client's lock)",
                     INSERT_LOCK_TIMEOUT.as_secs()
@@ -296,7 +298,7 @@ impl<T> PostgresSink<T> {
                 Err(self.context(&waited, e))
             }
             // A failed statement aborts the transaction: the job restarts from its last checkpoint.
-            Err(e) => Err(self.context("cannot write rows", e)),
+            (Err(e), _) => Err(self.context("cannot write rows", e)),
         }
     }
 
@@ -311,7 +313,7 @@ impl<T> PostgresSink<T> {
         let client = self.committer()?;
         match client.batch_execute(&format!("COMMIT PREPARED {}", quote_literal(gid))) {
             Ok(()) => Ok(true),
-            Err(e) if e.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) => Ok(false),
+            Err(e) if has_code(&e, UNDEFINED_OBJECT) => Ok(false),
             Err(e) => Err(self.context(&format!("cannot commit prepared transaction '{gid}'"), e)),
         }
     }
@@ -444,6 +446,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
                 return Err(self.context(&format!("cannot prepare transaction '{gid}'{hint}"), e));
             }
             self.in_transaction = false;
+            self.written.clear();
             self.pending.push(Prepared { checkpoint_id, gid, writer: self.subtask });
         }
         put_list(state, STATE, Redistribution::Union, &self.pending)?;
@@ -468,6 +471,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
             client.batch_execute("COMMIT").map_err(|e| {
                 format!("PostgreSQL sink (table {}): cannot commit: {}", self.config.table, describe(&e))
             })?;
+            self.written.clear();
         }
         Ok(())
     }
@@ -475,6 +479,11 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
     fn is_stateful(&self) -> bool {
         true
     }
+}
+
+/// Whether the server answered with SQLSTATE `code`.
+fn has_code(e: &postgres::Error, code: &str) -> bool {
+    e.code().is_some_and(|c| c.code() == code)
 }
 
 /// A PostgreSQL error in the server's own words: the error's `Display` says only "db error" for
