@@ -15,8 +15,8 @@
 //! and a subtask waiting inside the server can never be told: the job would hang. So an upsert
 //! sink never writes while its own prepared transactions wait for their commit, and an upsert
 //! that still finds a key locked (by another subtask or client) gives up after
-//! [`UPSERT_LOCK_TIMEOUT`]: the open transaction is rolled back, and the rows it held, which the
-//! sink keeps until the transaction is prepared, are written again later. Either way the rows are
+//! [`UPSERT_LOCK_TIMEOUT`]: the open transaction is rolled back, and the rows already sent into
+//! it, which the sink keeps until the transaction is prepared, are written again later. Either way the rows are
 //! *held*: kept in memory (the last row per key) and, at a barrier, in the snapshot, then written
 //! once the locks are gone. No savepoints: each would be a subtransaction, which cost every write
 //! (8 % of the insert benchmark) and, past 64 in a transaction, every other session's snapshots.

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
 use weir_core::key_group::assign_to_key_group;
-
 use weir_core::KeyGroupRange;
 
 use crate::descriptors::{Key, ReduceFn, StateData};
@@ -241,8 +240,8 @@ impl<K: Key> HeapKeyedBackend<K> {
         self.max_parallelism
     }
 
-    /// Reads the key groups this backend owns from restored state files. Call before declaring
-    /// states. `handles` pair each handle with its file's resolved path.
+    /// Reads the key groups this backend owns from the restored state files (each checked once
+    /// per restore, with the other subtasks). Call before declaring states.
     pub fn restore(&mut self, restored: &RestoredKeyedState) -> Result<(), StateError> {
         let n = self.key_groups.count as usize;
         let mut raw: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
