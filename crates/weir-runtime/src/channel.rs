@@ -146,10 +146,10 @@ impl<T: Record> NetworkWriter<T> {
         let message = match self.senders[channel].try_send(message) {
             Ok(()) => return Ok(()),
             Err(crossbeam_channel::TrySendError::Full(m)) => m,
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(TaskError::Disconnected),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(TaskError::Disconnected.into()),
         };
         let blocked = std::time::Instant::now();
-        let sent = self.senders[channel].send(message).map_err(|_| TaskError::Disconnected);
+        let sent = self.senders[channel].send(message).map_err(|_| TaskError::Disconnected.into());
         self.metrics.backpressured_nanos.add(blocked.elapsed().as_nanos() as u64);
         sent
     }
@@ -410,7 +410,7 @@ impl<T: Record> InputGate<T> {
                         }
                     }
                 },
-                Ready::Disconnected => return Err(TaskError::Disconnected),
+                Ready::Disconnected => return Err(TaskError::Disconnected.into()),
                 Ready::Input(_, Message::Records(batch)) => batch.emit_to(&mut *self.head)?,
                 Ready::Input(i, Message::Barrier(b)) => self.on_barrier(i, b, env)?,
                 Ready::Input(i, Message::Watermark(w)) => {
@@ -555,7 +555,7 @@ impl<T> Default for TypeOps<T> {
 }
 
 pub(crate) fn downcast<X: 'static>(b: Box<dyn Any + Send>, what: &str) -> TaskResult<X> {
-    b.downcast::<X>().map(|b| *b).map_err(|_| TaskError::Internal(format!("type mismatch while wiring {what}")))
+    b.downcast::<X>().map(|b| *b).map_err(|_| TaskError::Internal(format!("type mismatch while wiring {what}")).into())
 }
 
 /// Creates a `Box<dyn Output<T>>` erased for the graph.

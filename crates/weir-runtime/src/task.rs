@@ -58,7 +58,7 @@ pub(crate) fn spawn(plan: TaskPlan) -> std::io::Result<JoinHandle<()>> {
             Ok(Err(e)) => MasterMsg::TaskFailed {
                 attempt,
                 task: key,
-                failure: TaskFailure { task: name, cause: FailureCause::Error(e) },
+                failure: TaskFailure { task: name, cause: FailureCause::Error(*e) },
             },
             Err(panic) => MasterMsg::TaskFailed {
                 attempt,
@@ -136,10 +136,10 @@ fn restored_state(
     };
     let local = |reference: &str| {
         r.snapshot.local_path(reference).ok_or_else(|| {
-            TaskError::Internal(format!(
+            Box::new(TaskError::Internal(format!(
                 "operator '{operator}': {} was not downloaded before the restore",
                 r.snapshot.resolve(reference)
-            ))
+            )))
         })
     };
     let files = a.keyed.iter().map(|h| Ok((local(&h.file.path)?, h.clone()))).collect::<TaskResult<_>>()?;
@@ -218,7 +218,7 @@ fn build_outputs(
             match build_node(plan, edge.to)? {
                 Instance::Operator(o) => outputs.push(o),
                 Instance::Source(_) => {
-                    return Err(TaskError::Internal("a source cannot be chained behind an operator".into()))
+                    return Err(TaskError::Internal("a source cannot be chained behind an operator".into()).into())
                 }
             }
         } else {

@@ -36,7 +36,7 @@ pub struct Collector<'a, T> {
     /// The event timestamp records get: the input record's (or the event-time timer's), as Flink's
     /// `TimestampedCollector` does.
     timestamp: Option<i64>,
-    error: Option<TaskError>,
+    error: Option<Box<TaskError>>,
     /// A source's side outputs (keyed functions emit theirs through their `Context`).
     side: Option<&'a mut SideEmitter>,
 }
@@ -58,10 +58,10 @@ impl<'a, T> Collector<'a, T> {
             return;
         }
         let Some(side) = self.side.as_deref_mut() else {
-            self.error = Some(TaskError::Internal(format!(
+            self.error = Some(Box::new(TaskError::Internal(format!(
                 "side output '{}': a keyed function emits side outputs with ctx.output(&tag, value)",
                 tag.id
-            )));
+            ))));
             return;
         };
         if let Some(out) = side.outputs.get::<X>(&tag.id) {
@@ -260,7 +260,7 @@ pub(crate) struct OperatorTime {
 /// Side outputs, and the first error emitting to one raised (reported once the function returns).
 pub(crate) struct SideEmitter {
     pub outputs: SideOutputs,
-    pub error: Option<TaskError>,
+    pub error: Option<Box<TaskError>>,
 }
 
 impl SideEmitter {

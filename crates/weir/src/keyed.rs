@@ -63,12 +63,12 @@ impl<K: Key> KeyedCore<K> {
     }
 
     /// A restored state the operator declares does not fit the snapshot.
-    pub fn restore_error(&self, error: StateError) -> TaskError {
-        TaskError::Restore { operator: self.name.clone(), error }
+    pub fn restore_error(&self, error: StateError) -> Box<TaskError> {
+        Box::new(TaskError::Restore { operator: self.name.clone(), error })
     }
 
-    pub fn state_error(&self, error: StateError) -> TaskError {
-        TaskError::State { operator: self.name.clone(), error }
+    pub fn state_error(&self, error: StateError) -> Box<TaskError> {
+        Box::new(TaskError::State { operator: self.name.clone(), error })
     }
 
     /// Removes and returns the earliest timer of `domain` due at `time`.

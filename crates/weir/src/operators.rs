@@ -22,15 +22,15 @@ use weir_runtime::{
 };
 use weir_state::{Key, KeyLocation, OperatorStateSnapshot, OperatorStateStore, TimeDomain};
 
-pub(crate) fn user_error(operator: &str, e: BoxError) -> TaskError {
+pub(crate) fn user_error(operator: &str, e: BoxError) -> Box<TaskError> {
     let e = match e.downcast::<TaskError>() {
-        Ok(task_error) => return *task_error,
+        Ok(task_error) => return task_error,
         Err(e) => e,
     };
-    match e.downcast::<crate::functions::Unrecoverable>() {
+    Box::new(match e.downcast::<crate::functions::Unrecoverable>() {
         Ok(u) => TaskError::Unrecoverable { operator: operator.to_string(), message: u.0 },
         Err(e) => TaskError::User { operator: operator.to_string(), message: e.to_string() },
-    }
+    })
 }
 
 fn operator_state(ctx: &OperatorContext) -> OperatorStateStore {

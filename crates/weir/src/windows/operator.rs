@@ -130,8 +130,8 @@ enum Added<A> {
 }
 
 impl<K: Key, T: Record, I: Incremental<T>> Windows<K, T, I> {
-    fn err(&self, e: StateError) -> TaskError {
-        TaskError::State { operator: self.name.clone(), error: e }
+    fn err(&self, e: StateError) -> Box<TaskError> {
+        Box::new(TaskError::State { operator: self.name.clone(), error: e })
     }
 
     fn domain(&self) -> TimeDomain {
@@ -465,10 +465,10 @@ where
             (WindowTime::EventTime, Some(ts)) => ts,
             (WindowTime::EventTime, None) if assigner.is_global() => 0,
             (WindowTime::EventTime, None) => {
-                return Err(TaskError::Unrecoverable {
+                return Err(Box::new(TaskError::Unrecoverable {
                     operator: self.core.name.clone(),
                     message: "a record without an event timestamp reached an event-time window; give its source a watermark strategy with a timestamp assigner (StreamEnv::from_source or assign_timestamps_and_watermarks), or use processing-time windows".into(),
-                })
+                }))
             }
         };
         let mut current = self.spare_key.take();
