@@ -1,5 +1,5 @@
 //! The connectors suite: the Kafka source into a keyed count (p=1, p=2), the at-least-once Kafka
-//! sink, and the exactly-once PostgreSQL sink, against the broker and server the tests use
+//! sink, and the exactly-once PostgreSQL sink (inserts, and upserts of a new key per record), against the broker and server the tests use
 //! (`scripts/kafka.sh`, `scripts/postgres.sh`), with 10 s checkpoints. Beside each, the same work
 //! done by the client library alone (no engine), to say where the time goes. Each measurement runs
 //! in a process of its own (peak RSS is per process).
@@ -132,14 +132,26 @@ pub fn run_part(part: &str, p: u32, records: u64, target: &str) -> anyhow::Resul
             }
             json!({ "records": n })
         }
-        // Generator → PostgresSink (exactly-once, inserts) into table `target`.
-        "postgres" => {
+        // Generator → PostgresSink (exactly-once) into table `target`: inserts of 1000 words, or
+        // upserts of a new key per record (what an upsert sink keeps of its open transaction is
+        // what grows then).
+        "postgres" | "postgres-upsert" => {
             let (config, _dir) = config(p)?;
             let url = script("postgres.sh", &["url"])?;
-            let sink = PostgresSink::insert(url.as_str(), target, &["k", "n"], |i: &u64| {
-                vec![word(i % 1000).into(), (*i).into()]
-            });
-            sink.create_table("k TEXT NOT NULL, n BIGINT NOT NULL").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let sink = if part == "postgres" {
+                let sink = PostgresSink::insert(url.as_str(), target, &["k", "n"], |i: &u64| {
+                    vec![word(i % 1000).into(), (*i).into()]
+                });
+                sink.create_table("k TEXT NOT NULL, n BIGINT NOT NULL").map_err(|e| anyhow::anyhow!("{e}"))?;
+                sink
+            } else {
+                let sink = PostgresSink::insert(url.as_str(), target, &["k", "n"], |i: &u64| {
+                    vec![word(*i).into(), (*i).into()]
+                })
+                .upsert(&["k"]);
+                sink.create_table("k TEXT PRIMARY KEY, n BIGINT NOT NULL").map_err(|e| anyhow::anyhow!("{e}"))?;
+                sink
+            };
             let env = StreamEnv::with_config(config);
             env.source(GeneratorSource::counter().with_count(records)).uid("generator").sink(sink).uid("postgres");
             env.execute("bench-postgres")?;
@@ -226,6 +238,7 @@ pub fn run(records: u64, pg_rows: u64, repeat: usize) -> anyhow::Result<Value> {
         script("kafka.sh", &["create-topic", &raw, "2"])?;
         runs.push(child(&exe, "produce", 1, records, &raw)?);
         runs.push(child(&exe, "postgres", 1, pg_rows, &unique("bench_pg"))?);
+        runs.push(child(&exe, "postgres-upsert", 1, pg_rows, &unique("bench_pg_up"))?);
         runs.push(child(&exe, "postgres-client", 1, pg_rows, &unique("bench_pg_raw"))?);
     }
     // Medians per part and parallelism.

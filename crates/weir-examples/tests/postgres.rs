@@ -422,3 +422,39 @@ fn an_upsert_transaction_rolled_back_for_a_lock_is_written_again() {
         ]
     );
 }
+
+#[test]
+fn an_upsert_transaction_past_max_rows_kept_fails_on_a_lock_and_loses_nothing() {
+    // The sink driven directly, one subtask, keeping at most 100 keys' rows. 1000 words go into
+    // the open transaction; the next upsert meets a row another client locked. The sink cannot
+    // write those 1000 again after a rollback, so it fails (the job would restart from its last
+    // checkpoint) naming the setting, and the table holds only what checkpoint 1 committed.
+    // A sink that rewrote nothing would leave the same table: the error is what tells them apart.
+    use weir::{OperatorStateSnapshot, OperatorStateStore, SinkContext, SinkFunction};
+    let url = postgres();
+    let table = table_name("pg_kept");
+    let configured =
+        weir_postgres::PostgresSink::insert(url, table.as_str(), &["word", "frequency"], |r: &(String, i64)| {
+            vec![r.0.as_str().into(), r.1.into()]
+        })
+        .upsert(&["word"])
+        .max_rows_kept(100);
+    configured.create_table("word TEXT PRIMARY KEY, frequency BIGINT NOT NULL").unwrap();
+    let mut sink = configured.clone();
+    let state = OperatorStateStore::default();
+    sink.open(&SinkContext { subtask: 0, parallelism: 1, state: &state, attempt: 0 }).unwrap();
+    sink.invoke(("u".to_string(), 1)).unwrap();
+    sink.snapshot_state(1, &mut OperatorStateSnapshot::default()).unwrap();
+    sink.notify_checkpoint_complete(1).unwrap();
+    let mut locker = connect(url);
+    let mut lock = locker.transaction().unwrap();
+    lock.execute(&format!("SELECT 1 FROM \"{table}\" WHERE word = 'u' FOR UPDATE"), &[]).unwrap();
+    for i in 0..2000i64 {
+        sink.invoke((format!("w{i}"), i)).unwrap(); // two statements of 1000 distinct words
+    }
+    sink.invoke(("u".to_string(), 2)).unwrap();
+    let err = sink.snapshot_state(2, &mut OperatorStateSnapshot::default()).unwrap_err().to_string();
+    assert!(err.contains("max_rows_kept") && err.contains(&table) && err.contains("locked"), "{err}");
+    lock.rollback().unwrap();
+    assert_eq!(word_rows(url, &table), vec!["WordCount{word='u', frequency=1}"]);
+}

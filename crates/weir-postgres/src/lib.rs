@@ -5,6 +5,6 @@ mod sink;
 mod sql;
 mod value;
 
-pub use sink::PostgresSink;
+pub use sink::{PostgresSink, DEFAULT_MAX_ROWS_KEPT};
 pub use sql::WriteMode;
 pub use value::SqlValue;

@@ -18,7 +18,10 @@
 //! [`UPSERT_LOCK_TIMEOUT`]: the open transaction is rolled back, and the rows already sent into
 //! it, which the sink keeps until the transaction is prepared, are written again later. Either way the rows are
 //! *held*: kept in memory (the last row per key) and, at a barrier, in the snapshot, then written
-//! once the locks are gone. No savepoints: each would be a subtransaction, which cost every write
+//! once the locks are gone. The rows sent are kept as the last row per key, for at most
+//! [`PostgresSink::max_rows_kept`] keys: a transaction with more keys than that is not rolled
+//! back for a lock but fails the job, which restarts from its last checkpoint (memory stays
+//! bounded, nothing is lost). No savepoints: each would be a subtransaction, which cost every write
 //! (8 % of the insert benchmark) and, past 64 in a transaction, every other session's snapshots.
 //! An insert that waits [`INSERT_LOCK_TIMEOUT`] fails the job (its restore retries), naming the
 //! likely duplicate and the fix.
@@ -51,6 +54,9 @@ const UPSERT_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long an insert waits for a lock before the job fails: past a schema change or another
 /// client's transaction, and not forever on a duplicate of a row this sink has prepared.
 const INSERT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Distinct keys an upsert sink keeps of its open transaction, by default (see
+/// [`PostgresSink::max_rows_kept`]).
+pub const DEFAULT_MAX_ROWS_KEPT: usize = 100_000;
 /// Attempts at `COMMIT PREPARED` when the checkpoint completes, before the job fails (and its
 /// restore commits it).
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -89,7 +95,7 @@ pub struct PostgresSink<T> {
     rows: Vec<Vec<SqlValue>>,
     /// The rows an upsert sink sent into the open transaction, written again if a lock makes it
     /// roll the transaction back.
-    written: Vec<Vec<SqlValue>>,
+    written: SentRows,
     /// How many rows `invoke` gathers before it tries to send them: one statement's worth, more
     /// while rows are held back (so that holding does not dedupe the held rows at every record).
     send_at: usize,
@@ -108,12 +114,53 @@ struct Config<T> {
     mode: WriteMode,
     row: RowFn<T>,
     prefix: String,
+    max_rows_kept: usize,
 }
 
 impl<T: Clone> Clone for PostgresSink<T> {
     /// The configuration, with no connection or subtask state (one copy per subtask).
     fn clone(&self) -> Self {
         Self::configured(self.config.clone())
+    }
+}
+
+/// The rows an upsert sink sent into its open transaction: the last row per key, while they are
+/// not found to hold more than `limit` keys. Deduplicated when they pass the limit or have
+/// doubled since the last time, so keeping costs amortized constant time per row and at most
+/// about twice the limit in rows (more keys than the limit are found at the next deduplication).
+#[derive(Default)]
+struct SentRows {
+    rows: Vec<Vec<SqlValue>>,
+    /// Deduplicate when this many rows are kept (0: past the limit).
+    dedupe_at: usize,
+    /// More keys were sent than the limit: the rows are no longer kept.
+    overflowed: bool,
+}
+
+impl SentRows {
+    fn keep(&mut self, rows: Vec<Vec<SqlValue>>, key_positions: &[usize], limit: usize) {
+        if self.overflowed {
+            return;
+        }
+        self.rows.extend(rows);
+        let past_limit = limit.saturating_add(1);
+        if self.rows.len() < if self.dedupe_at == 0 { past_limit } else { self.dedupe_at } {
+            return;
+        }
+        self.rows = last_row_per_key(std::mem::take(&mut self.rows), key_positions);
+        if self.rows.len() > limit {
+            *self = SentRows { overflowed: true, ..SentRows::default() };
+            return;
+        }
+        self.dedupe_at = (2 * self.rows.len()).max(past_limit);
+    }
+
+    /// The rows to write again, in the order they were sent (a key's may repeat), or `None` when
+    /// they were too many to keep.
+    fn take(&mut self) -> Option<Vec<Vec<SqlValue>>> {
+        let overflowed = self.overflowed;
+        let rows = std::mem::take(self).rows;
+        (!overflowed).then_some(rows)
     }
 }
 
@@ -134,6 +181,7 @@ impl<T> PostgresSink<T> {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             mode: WriteMode::Insert,
             row: Arc::new(row),
+            max_rows_kept: DEFAULT_MAX_ROWS_KEPT,
         })
     }
 
@@ -145,7 +193,7 @@ impl<T> PostgresSink<T> {
             subtask: 0,
             run: String::new(),
             rows: Vec::new(),
-            written: Vec::new(),
+            written: SentRows::default(),
             send_at: BATCH,
             warned_locked: false,
             in_transaction: false,
@@ -159,6 +207,16 @@ impl<T> PostgresSink<T> {
     /// each other's keys until checkpoints complete.
     pub fn upsert(mut self, key: &[&str]) -> Self {
         self.config.mode = WriteMode::Upsert { key: key.iter().map(|c| c.to_string()).collect() };
+        self
+    }
+
+    /// How many keys' rows an upsert sink keeps of its open transaction (default
+    /// [`DEFAULT_MAX_ROWS_KEPT`]), to write them again if a lock makes it roll the transaction
+    /// back. A transaction that has written more keys and then meets a lock fails the job
+    /// instead (it restarts from its last checkpoint, so nothing is lost), naming this setting:
+    /// raise it, at the cost of memory, for intervals that write that many keys.
+    pub fn max_rows_kept(mut self, rows: usize) -> Self {
+        self.config.max_rows_kept = rows;
         self
     }
 
@@ -263,8 +321,8 @@ impl<T> PostgresSink<T> {
         match (result, &upsert_key) {
             (Ok(()), _) => {
                 self.send_at = BATCH;
-                if upsert_key.is_some() {
-                    self.written.extend(rows);
+                if let Some(positions) = &upsert_key {
+                    self.written.keep(rows, positions, self.config.max_rows_kept);
                 }
                 Ok(())
             }
@@ -274,7 +332,14 @@ impl<T> PostgresSink<T> {
                 let client = self.client()?;
                 client.batch_execute("ROLLBACK").map_err(|e| self.context("cannot roll back", e))?;
                 self.in_transaction = false;
-                let mut again = std::mem::take(&mut self.written);
+                let Some(mut again) = self.written.take() else {
+                    let fix = format!(
+                        "a key stayed locked for {} ms by another transaction, and the rolled-back transaction had written more keys than the sink keeps to write again ({}); the job restarts from its last checkpoint. key_by the upsert key before the sink, or raise PostgresSink::max_rows_kept",
+                        UPSERT_LOCK_TIMEOUT.as_millis(),
+                        self.config.max_rows_kept
+                    );
+                    return Err(self.context(&fix, e));
+                };
                 again.extend(rows);
                 if !std::mem::replace(&mut self.warned_locked, true) {
                     tracing::warn!(
@@ -446,7 +511,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
                 return Err(self.context(&format!("cannot prepare transaction '{gid}'{hint}"), e));
             }
             self.in_transaction = false;
-            self.written.clear();
+            self.written = SentRows::default();
             self.pending.push(Prepared { checkpoint_id, gid, writer: self.subtask });
         }
         put_list(state, STATE, Redistribution::Union, &self.pending)?;
@@ -471,7 +536,7 @@ impl<T: Send + 'static> SinkFunction<T> for PostgresSink<T> {
             client.batch_execute("COMMIT").map_err(|e| {
                 format!("PostgreSQL sink (table {}): cannot commit: {}", self.config.table, describe(&e))
             })?;
-            self.written.clear();
+            self.written = SentRows::default();
         }
         Ok(())
     }
@@ -519,5 +584,42 @@ mod tests {
         assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("host=h user=u"), "host=h user=u");
+    }
+
+    fn rows(keys: impl IntoIterator<Item = i64>, value: i64) -> Vec<Vec<super::SqlValue>> {
+        keys.into_iter().map(|k| vec![k.into(), value.into()]).collect()
+    }
+
+    #[test]
+    fn sent_rows_keep_the_last_row_per_key_within_about_twice_the_limit() {
+        let mut sent = super::SentRows::default();
+        for round in 0..50 {
+            sent.keep(rows(0..30, round), &[0], 100);
+            assert!(sent.rows.len() <= 200, "{} rows kept", sent.rows.len());
+        }
+        let mut again = super::last_row_per_key(sent.take().expect("30 keys are within the limit"), &[0]);
+        let mut want = rows(0..30, 49);
+        again.sort_by_key(|r| r[0].key_text());
+        want.sort_by_key(|r| r[0].key_text());
+        assert_eq!(again, want, "the last row of each key");
+        assert!(sent.rows.is_empty() && !sent.overflowed, "taken");
+    }
+
+    #[test]
+    fn sent_rows_past_the_limit_are_dropped_and_say_so() {
+        let mut sent = super::SentRows::default();
+        sent.keep(rows(0..100, 1), &[0], 100);
+        sent.keep(rows(0..100, 2), &[0], 100); // duplicates only: still 100 keys
+        assert_eq!(sent.rows.len(), 100);
+        // Found past the limit at the next deduplication, when the rows have doubled.
+        sent.keep(rows(100..150, 1), &[0], 100);
+        assert!(!sent.overflowed && sent.rows.len() == 150, "not deduplicated yet");
+        sent.keep(rows(150..200, 1), &[0], 100);
+        assert!(sent.overflowed && sent.rows.is_empty(), "200 keys");
+        sent.keep(rows(0..10, 3), &[0], 100);
+        assert!(sent.rows.is_empty(), "nothing is kept after overflowing");
+        assert_eq!(sent.take(), None);
+        sent.keep(rows(0..10, 4), &[0], 100);
+        assert_eq!(sent.take().map(|r| r.len()), Some(10), "a new transaction keeps again");
     }
 }
