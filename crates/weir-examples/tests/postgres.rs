@@ -376,6 +376,26 @@ fn inserting_a_duplicate_of_a_unique_key_fails_with_the_fix_instead_of_hanging()
     assert!(text.contains("duplicate key value") || text.contains("lock timeout"), "and PostgreSQL's reason:\n{text}");
 }
 
+type WordSink = weir_postgres::PostgresSink<(String, i64)>;
+
+/// An upsert sink of `(word, frequency)` rows into a new table named after `name`, opened as
+/// subtask 0 of 1, to be driven directly; `configure` adds settings.
+fn opened_word_upsert_sink(url: &str, name: &str, configure: impl FnOnce(WordSink) -> WordSink) -> (WordSink, String) {
+    use weir::{OperatorStateStore, SinkContext, SinkFunction};
+    let table = table_name(name);
+    let configured = configure(
+        weir_postgres::PostgresSink::insert(url, table.as_str(), &["word", "frequency"], |r: &(String, i64)| {
+            vec![r.0.as_str().into(), r.1.into()]
+        })
+        .upsert(&["word"]),
+    );
+    configured.create_table("word TEXT PRIMARY KEY, frequency BIGINT NOT NULL").unwrap();
+    let mut sink = configured.clone();
+    let state = OperatorStateStore::default();
+    sink.open(&SinkContext { subtask: 0, parallelism: 1, state: &state, attempt: 0 }).unwrap();
+    (sink, table)
+}
+
 #[test]
 fn an_upsert_transaction_rolled_back_for_a_lock_is_written_again() {
     // The sink driven directly, one subtask. A statement's worth of rows goes into the open
@@ -383,19 +403,10 @@ fn an_upsert_transaction_rolled_back_for_a_lock_is_written_again() {
     // whole transaction back: the rows it had written come back as held rows, with the rest,
     // and land once the lock is gone. Were they forgotten, 'v' and 'w' would never reach the
     // table (nothing after them updates them).
-    use weir::{OperatorStateSnapshot, OperatorStateStore, SinkContext, SinkFunction};
+    use weir::{OperatorStateSnapshot, SinkFunction};
     let url = postgres();
-    let table = table_name("pg_again");
-    let configured =
-        weir_postgres::PostgresSink::insert(url, table.as_str(), &["word", "frequency"], |r: &(String, i64)| {
-            vec![r.0.as_str().into(), r.1.into()]
-        })
-        .upsert(&["word"]);
-    configured.create_table("word TEXT PRIMARY KEY, frequency BIGINT NOT NULL").unwrap();
-    let mut sink = configured.clone();
-    let state = OperatorStateStore::default();
-    sink.open(&SinkContext { subtask: 0, parallelism: 1, state: &state, attempt: 0 }).unwrap();
-    let checkpoint = |sink: &mut weir_postgres::PostgresSink<(String, i64)>, id: u64| {
+    let (mut sink, table) = opened_word_upsert_sink(url, "pg_again", |s| s);
+    let checkpoint = |sink: &mut WordSink, id: u64| {
         sink.snapshot_state(id, &mut OperatorStateSnapshot::default()).unwrap();
         sink.notify_checkpoint_complete(id).unwrap();
     };
@@ -430,19 +441,9 @@ fn an_upsert_transaction_past_max_rows_kept_fails_on_a_lock_and_loses_nothing() 
     // write those 1000 again after a rollback, so it fails (the job would restart from its last
     // checkpoint) naming the setting, and the table holds only what checkpoint 1 committed.
     // A sink that rewrote nothing would leave the same table: the error is what tells them apart.
-    use weir::{OperatorStateSnapshot, OperatorStateStore, SinkContext, SinkFunction};
+    use weir::{OperatorStateSnapshot, SinkFunction};
     let url = postgres();
-    let table = table_name("pg_kept");
-    let configured =
-        weir_postgres::PostgresSink::insert(url, table.as_str(), &["word", "frequency"], |r: &(String, i64)| {
-            vec![r.0.as_str().into(), r.1.into()]
-        })
-        .upsert(&["word"])
-        .max_rows_kept(100);
-    configured.create_table("word TEXT PRIMARY KEY, frequency BIGINT NOT NULL").unwrap();
-    let mut sink = configured.clone();
-    let state = OperatorStateStore::default();
-    sink.open(&SinkContext { subtask: 0, parallelism: 1, state: &state, attempt: 0 }).unwrap();
+    let (mut sink, table) = opened_word_upsert_sink(url, "pg_kept", |s| s.max_rows_kept(100));
     sink.invoke(("u".to_string(), 1)).unwrap();
     sink.snapshot_state(1, &mut OperatorStateSnapshot::default()).unwrap();
     sink.notify_checkpoint_complete(1).unwrap();
