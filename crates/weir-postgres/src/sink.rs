@@ -334,7 +334,7 @@ impl<T> PostgresSink<T> {
                 self.in_transaction = false;
                 let Some(mut again) = self.written.take() else {
                     let fix = format!(
-                        "a key stayed locked for {} ms by another transaction, and the rolled-back transaction had written more keys than the sink keeps to write again ({}); the job restarts from its last checkpoint. key_by the upsert key before the sink, or raise PostgresSink::max_rows_kept",
+                        "a key stayed locked for {} ms by another transaction, and the rolled-back transaction had written more keys than the sink keeps to write again ({}), so the job fails instead (nothing of that transaction was committed): key_by the upsert key before the sink, or raise PostgresSink::max_rows_kept",
                         UPSERT_LOCK_TIMEOUT.as_millis(),
                         self.config.max_rows_kept
                     );

@@ -83,7 +83,7 @@ struct Table<K, V> {
 }
 
 /// A table of any value type, as the backend stores it. A state handle's lookup turns it back
-/// into its typed table through `dyn Any` (an upcast, then one type check).
+/// into its typed table after comparing the `TypeId` recorded when it was declared.
 trait AnyTable<K>: Any + Send {
     fn meta(&self) -> &StateMeta;
     fn snapshot(&mut self) -> Box<dyn TableSnapshot>;
