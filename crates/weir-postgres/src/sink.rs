@@ -16,13 +16,14 @@
 //! sink never writes while its own prepared transactions wait for their commit, and an upsert
 //! that still finds a key locked (by another subtask or client) gives up after
 //! [`UPSERT_LOCK_TIMEOUT`]: the open transaction is rolled back, and the rows already sent into
-//! it, which the sink keeps until the transaction is prepared, are written again later. Either way the rows are
-//! *held*: kept in memory (the last row per key) and, at a barrier, in the snapshot, then written
-//! once the locks are gone. The rows sent are kept as the last row per key, for at most
-//! [`PostgresSink::max_rows_kept`] keys: a transaction with more keys than that is not rolled
-//! back for a lock but fails the job, which restarts from its last checkpoint (memory stays
-//! bounded, nothing is lost). No savepoints: each would be a subtransaction, which cost every write
-//! (8 % of the insert benchmark) and, past 64 in a transaction, every other session's snapshots.
+//! it, which the sink keeps until the transaction is prepared, are written again later. Either
+//! way the rows are *held*: kept in memory (the last row per key) and, at a barrier, in the
+//! snapshot, then written once the locks are gone. The rows sent are kept as the last row per
+//! key, for at most [`PostgresSink::max_rows_kept`] keys: a transaction that sent more and then
+//! meets a lock is rolled back and fails the job, whose restart resumes from its last checkpoint
+//! (memory stays bounded, nothing is lost). No savepoints: each would be a subtransaction, which
+//! cost every write (8 % of the insert benchmark) and, past 64 in a transaction, every other
+//! session's snapshots.
 //! An insert that waits [`INSERT_LOCK_TIMEOUT`] fails the job (its restore retries), naming the
 //! likely duplicate and the fix.
 
