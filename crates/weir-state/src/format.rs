@@ -12,6 +12,7 @@
 //! the key groups it owns and reads nothing else. Integers are big-endian.
 
 use crate::error::StateError;
+use crate::sorted_entries::SortedEntries;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -79,7 +80,7 @@ impl<W: Write> StateFileWriter<W> {
 
     /// Writes the next key group's payload (built with [`push_entries`]).
     pub fn write_key_group(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.write_block(&Block::frame(payload))
+        self.write_block(&Block::frame(payload)?)
     }
 
     /// Writes a key group's block framed (and checksummed) by whoever encoded it.
@@ -146,7 +147,8 @@ impl<W: Write> StateFileWriter<W> {
                         for index in (first..count).step_by(threads) {
                             let mut payload = reuse.try_recv().unwrap_or_default();
                             payload.clear();
-                            let block = encode(index, &mut payload).map(|()| Block::frame(payload));
+                            let block = encode(index, &mut payload)
+                                .and_then(|()| Block::frame(payload).map_err(StateError::Write));
                             let failed = block.is_err();
                             // The writer hung up (it failed): stop.
                             if send.send(block).is_err() || failed {
@@ -193,15 +195,21 @@ struct Block<'p> {
 }
 
 impl<'p> Block<'p> {
-    fn frame(payload: impl Into<std::borrow::Cow<'p, [u8]>>) -> Block<'p> {
+    fn frame(payload: impl Into<std::borrow::Cow<'p, [u8]>>) -> io::Result<Block<'p>> {
         let payload = payload.into();
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            io::Error::other(format!(
+                "a key group's entries take {} bytes, more than the 4 GiB a state file's block can hold",
+                payload.len()
+            ))
+        })?;
         let payload_crc = crc32c::crc32c(&payload);
         let mut head = [0u8; 8];
-        head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        head[..4].copy_from_slice(&len.to_be_bytes());
         head[4..].copy_from_slice(&payload_crc.to_be_bytes());
         // One pass over the payload: the block's CRC is the head's combined with the payload's.
         let crc = crc32c::crc32c_combine(crc32c::crc32c(&head), payload_crc, payload.len());
-        Block { head, payload, crc }
+        Ok(Block { head, payload, crc })
     }
 }
 
@@ -222,6 +230,16 @@ pub fn push_entries<'a>(
         payload.extend_from_slice(&(v.len() as u32).to_be_bytes());
         payload.extend_from_slice(v);
     }
+}
+
+/// Appends one state's entries of one key group to a block payload, sorted by key bytes.
+pub(crate) fn push_sorted_entries(payload: &mut Vec<u8>, state_index: u16, entries: &mut SortedEntries) {
+    if entries.is_empty() {
+        return;
+    }
+    payload.extend_from_slice(&state_index.to_be_bytes());
+    payload.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    entries.append_sorted(payload);
 }
 
 /// One key group's block: each state's entries, `(state index, [(key, value)])`, borrowed from the

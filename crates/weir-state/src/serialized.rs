@@ -596,8 +596,8 @@ pub fn read_canonical_rows(
         let prefix = key_group_prefix(kg);
         for (k, v) in entries {
             let mut emit = |suffix: &[u8], value: &[u8]| {
-                rows.push_bytes(&[&prefix, suffix], value);
-                Ok(())
+                rows.push_bytes(&[&prefix, suffix], value)
+                    .map_err(|e| StateError::Encode { name: meta.name.clone(), detail: format!("key group {kg}: {e}") })
             };
             canonical_to_rows(meta.kind, k, v, &mut emit, &mut scratch).map_err(|detail| StateError::CorruptFile {
                 path: path.to_path_buf(),

@@ -1,61 +1,170 @@
 //! Entries gathered in any order and read back in key-byte order: how a key group's entries reach
 //! a state file (sorted, so the same state always writes the same bytes) and how a restore's rows
 //! reach a store's bulk loader (which takes keys only in ascending order).
+//!
+//! Entries are kept framed as a block payload frames them (`u32 key length | key | u32 value
+//! length | value`, big-endian), so writing a sorted key group is one copy per entry, and each is
+//! found by a 16-byte span: sorting moves half the bytes a span of three offsets would.
 
 /// Keys and values back to back in one buffer, so gathering allocates nothing per entry.
 #[derive(Default)]
 pub(crate) struct SortedEntries {
     bytes: Vec<u8>,
-    /// `(first 8 key bytes as a big-endian number, key start, value start, value end)`: the
-    /// prefix orders most entries without comparing byte slices.
-    spans: Vec<(u64, usize, usize, usize)>,
+    spans: Vec<Span>,
+}
+
+/// Where one framed entry is, and the first 8 bytes of its key as a big-endian number (zero
+/// padded), which orders most entries without comparing byte slices.
+#[derive(Clone, Copy)]
+struct Span {
+    prefix: u64,
+    start: u32,
+    len: u32,
+}
+
+/// The entries of one state in one key group reached 4 GiB, more than a block of a state file
+/// can frame (its lengths are 32-bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("its entries in one key group exceed 4 GiB, the most a state file's block can hold")
+    }
+}
+
+impl From<TooLarge> for String {
+    fn from(e: TooLarge) -> String {
+        e.to_string()
+    }
 }
 
 impl SortedEntries {
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
     }
 
     /// Appends one entry, its key and value written by the two functions.
-    pub(crate) fn push<E>(
+    pub(crate) fn push<E: From<TooLarge>>(
         &mut self,
         key: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
         value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let key_start = self.bytes.len();
-        key(&mut self.bytes)?;
-        let value_start = self.bytes.len();
-        value(&mut self.bytes)?;
+        let start = self.bytes.len();
+        let key_start = start + 4;
+        let key_end = framed(&mut self.bytes, key)?;
+        framed(&mut self.bytes, value)?;
         let mut prefix = [0u8; 8];
-        let key_bytes = &self.bytes[key_start..value_start];
+        let key_bytes = &self.bytes[key_start..key_end];
         let n = key_bytes.len().min(8);
         prefix[..n].copy_from_slice(&key_bytes[..n]);
-        self.spans.push((u64::from_be_bytes(prefix), key_start, value_start, self.bytes.len()));
+        let end = u32::try_from(self.bytes.len()).map_err(|_| TooLarge)?;
+        // `start` < `end`, which fits.
+        self.spans.push(Span { prefix: u64::from_be_bytes(prefix), start: start as u32, len: end - start as u32 });
         Ok(())
     }
 
     /// Appends an entry whose key is `key_parts` one after the other.
-    pub(crate) fn push_bytes(&mut self, key_parts: &[&[u8]], value: &[u8]) {
-        let copy = |b: &mut Vec<u8>, parts: &[&[u8]]| -> Result<(), std::convert::Infallible> {
+    pub(crate) fn push_bytes(&mut self, key_parts: &[&[u8]], value: &[u8]) -> Result<(), TooLarge> {
+        let copy = |b: &mut Vec<u8>, parts: &[&[u8]]| -> Result<(), TooLarge> {
             parts.iter().for_each(|p| b.extend_from_slice(p));
             Ok(())
         };
-        let Ok(()) = self.push(|b| copy(b, key_parts), |b| copy(b, &[value]));
+        self.push(|b| copy(b, key_parts), |b| copy(b, &[value]))
     }
 
-    /// The entries in key-byte order (sorted here unless they came in order).
-    pub(crate) fn sorted(&mut self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+    /// Sorts the entries by key bytes (unless they came in order): by prefix with a radix sort,
+    /// then each run of equal prefixes by the rest of its keys.
+    fn sort(&mut self) {
         let bytes = &self.bytes;
+        let spans = &mut self.spans;
         // Same order as comparing the key bytes: a zero-padded prefix sorts like the bytes it holds.
-        let order = |a: &(u64, usize, usize, usize), b: &(u64, usize, usize, usize)| {
-            a.0.cmp(&b.0).then_with(|| bytes[a.1..a.2].cmp(&bytes[b.1..b.2]))
-        };
-        if !self.spans.is_sorted_by(|a, b| order(a, b).is_le()) {
-            self.spans.sort_unstable_by(order);
+        let order = |a: &Span, b: &Span| a.prefix.cmp(&b.prefix).then_with(|| key_of(bytes, a).cmp(key_of(bytes, b)));
+        if spans.is_sorted_by(|a, b| order(a, b).is_le()) {
+            return;
         }
-        self.spans.iter().map(|&(_, k, v, e)| (&bytes[k..v], &bytes[v..e]))
+        radsort::sort_by_key(spans, |s| s.prefix);
+        let mut rest = &mut spans[..];
+        while let Some(first) = rest.first() {
+            let run = rest.iter().position(|s| s.prefix != first.prefix).unwrap_or(rest.len());
+            let (same, after) = rest.split_at_mut(run);
+            if same.len() > 1 {
+                same.sort_unstable_by(|a, b| key_of(bytes, a).cmp(key_of(bytes, b)));
+            }
+            rest = after;
+        }
     }
+
+    /// Appends the entries to `out` in key-byte order, each framed as a block payload frames it.
+    pub(crate) fn append_sorted(&mut self, out: &mut Vec<u8>) {
+        self.sort();
+        out.reserve(self.bytes.len());
+        // Most entries are short. Copying a fixed-size window and cutting `out` back to the entry
+        // lets the compiler inline the copy, where a copy of any length calls `memcpy` per entry
+        // (a fifth of the encoding time). The padding keeps every window within `bytes`.
+        let end = self.bytes.len();
+        self.bytes.resize(end + COPY_WINDOW, 0);
+        for span in &self.spans {
+            let (start, len) = (span.start as usize, span.len as usize);
+            if len <= COPY_WINDOW {
+                let at = out.len();
+                let window: &[u8; COPY_WINDOW] =
+                    self.bytes[start..start + COPY_WINDOW].try_into().expect("a window within the padded buffer");
+                out.extend_from_slice(window);
+                out.truncate(at + len);
+            } else {
+                out.extend_from_slice(&self.bytes[start..start + len]);
+            }
+        }
+        self.bytes.truncate(end);
+    }
+
+    /// The entries in key-byte order, as (key, value).
+    pub(crate) fn sorted(&mut self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+        self.sort();
+        let bytes = &self.bytes;
+        self.spans.iter().map(|s| {
+            let entry = &bytes[s.start as usize..(s.start + s.len) as usize];
+            let (key, rest) = unframe(entry);
+            (key, unframe(rest).0)
+        })
+    }
+}
+
+/// Bytes copied per entry at once by [`SortedEntries::append_sorted`].
+const COPY_WINDOW: usize = 32;
+
+/// Appends `u32 length | what write appends`; returns where it ends.
+fn framed<E: From<TooLarge>>(
+    bytes: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<usize, E> {
+    let at = bytes.len();
+    bytes.extend_from_slice(&[0; 4]);
+    write(bytes)?;
+    let len = u32::try_from(bytes.len() - at - 4).map_err(|_| TooLarge)?;
+    bytes[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(bytes.len())
+}
+
+/// The first framed field of `framed` and what follows it (a span always holds whole fields).
+fn unframe(framed: &[u8]) -> (&[u8], &[u8]) {
+    let (len, rest) = framed.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    rest.split_at(len)
+}
+
+fn key_of<'b>(bytes: &'b [u8], span: &Span) -> &'b [u8] {
+    unframe(&bytes[span.start as usize..]).0
 }
 
 #[cfg(test)]
@@ -67,7 +176,7 @@ mod tests {
         let mut entries = SortedEntries::default();
         // Keys sharing an 8-byte prefix, a key that is a prefix of another, and an empty key.
         for (key, value) in [("abcdefgh-2", "x"), ("b", "y"), ("abcdefgh-1", "z"), ("abcdefgh", "w"), ("", "e")] {
-            entries.push_bytes(&[key.as_bytes()], value.as_bytes());
+            entries.push_bytes(&[key.as_bytes()], value.as_bytes()).unwrap();
         }
         let got: Vec<(&[u8], &[u8])> = entries.sorted().collect();
         let want: Vec<(&[u8], &[u8])> =
@@ -76,8 +185,30 @@ mod tests {
                 .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
                 .collect();
         assert_eq!(got, want);
+        let mut framed = vec![7];
+        entries.append_sorted(&mut framed);
+        let mut want_framed = vec![7];
+        for (k, v) in &want {
+            for field in [k, v] {
+                want_framed.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                want_framed.extend_from_slice(field);
+            }
+        }
+        assert_eq!(framed, want_framed, "framed as a block payload frames entries");
+        // Entries longer than the copy window.
+        let long = [b'x'; 100];
         entries.clear();
-        entries.push_bytes(&[b"k", b"2"], b"v");
+        entries.push_bytes(&[&long], &long).unwrap();
+        entries.push_bytes(&[b"a"], &long).unwrap();
+        let mut framed = Vec::new();
+        entries.append_sorted(&mut framed);
+        let want_long: Vec<u8> = [&b"a"[..], &long, &long, &long]
+            .iter()
+            .flat_map(|field| (field.len() as u32).to_be_bytes().into_iter().chain(field.iter().copied()))
+            .collect();
+        assert_eq!(framed, want_long, "entries longer than the copy window");
+        entries.clear();
+        entries.push_bytes(&[b"k", b"2"], b"v").unwrap();
         assert_eq!(entries.sorted().collect::<Vec<_>>(), vec![(&b"k2"[..], &b"v"[..])], "key parts joined");
     }
 }

@@ -8,7 +8,9 @@
 
 use crate::codec;
 use crate::error::StateError;
-use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
+use crate::format::{
+    push_entries, push_sorted_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta,
+};
 use crate::snapshot::RestoredKeyedState;
 use crate::sorted_entries::SortedEntries;
 use std::any::{Any, TypeId};
@@ -144,7 +146,7 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         for (k, v) in self.groups[index].iter() {
             buf.push(|b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)?;
         }
-        push_entries(payload, state_index, buf.sorted());
+        push_sorted_entries(payload, state_index, buf);
         Ok(())
     }
 }
@@ -172,9 +174,10 @@ impl TableSnapshot for RawTable {
     ) -> Result<(), StateError> {
         buf.clear();
         for (k, v) in &self.groups[index] {
-            buf.push_bytes(&[k], v);
+            buf.push_bytes(&[k], v)
+                .map_err(|e| StateError::Encode { name: self.meta.name.clone(), detail: e.to_string() })?;
         }
-        push_entries(payload, state_index, buf.sorted());
+        push_sorted_entries(payload, state_index, buf);
         Ok(())
     }
 }
