@@ -127,11 +127,22 @@ pub fn run(keys: &[u64], repeat: usize) -> Result<Vec<ObjectStorageResult>> {
         for &k in keys {
             let (mut local, mut remote) = (Vec::new(), Vec::new());
             for i in 0..repeat {
-                let run =
-                    SavepointRun { target: &local_target, extra: &backend, stores: &stores, format: variant.format() };
+                let run = SavepointRun {
+                    target: &local_target,
+                    extra: &backend,
+                    stores: &stores,
+                    format: variant.format(),
+                    then_stop: false,
+                };
                 local.push(run.measure(k, &[1], &|| 0.0)?.0);
                 let target = SnapshotUri::parse(&format!("s3://weir-bench/run-{}-{i}", std::process::id()))?;
-                let run = SavepointRun { target: &target, extra: &with_s3, stores: &stores, format: variant.format() };
+                let run = SavepointRun {
+                    target: &target,
+                    extra: &with_s3,
+                    stores: &stores,
+                    format: variant.format(),
+                    then_stop: false,
+                };
                 remote.push(run.measure(k, &[1], &server_cpu)?);
             }
             let r = compare(variant, k, &local, &remote);

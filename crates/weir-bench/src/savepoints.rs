@@ -1,7 +1,9 @@
 //! `--suite savepoints`: savepoint duration and size, and restore time (start of the job to its
 //! first processed record) for 10^6 and 10^7 keys, canonical format, heap backend; restores at
-//! parallelism 1 and 2 from a parallelism-1 savepoint. Also measures the disk's sequential write
-//! bandwidth, the yardstick for savepoint writing.
+//! parallelism 1 and 2 from a parallelism-1 savepoint. A savepoint of the running job (which keeps
+//! processing while its state is written), then a stop with a savepoint (the sources stop at the
+//! barrier, so the state is written with the cores to itself: an upgrade's downtime). Also
+//! measures the disk's sequential write bandwidth, the yardstick for savepoint writing.
 
 use crate::count::{start_keyed_count, Progress};
 use anyhow::{bail, Result};
@@ -20,6 +22,11 @@ pub struct SavepointResult {
     pub savepoint_seconds: f64,
     pub savepoint_bytes: u64,
     pub savepoint_mb_per_second: f64,
+    /// Stop with a savepoint, request to completion (measured by the savepoints suite only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_savepoint_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_savepoint_mb_per_second: Option<f64>,
     pub restore_p1_seconds: f64,
     pub restore_p2_seconds: f64,
 }
@@ -67,8 +74,13 @@ pub(crate) fn wait_while_running(handle: &weir::JobHandle, what: &str, mut cond:
 
 fn one(keys: u64, work: &Path) -> Result<SavepointResult> {
     let target = SnapshotUri::Local(work.join("sp"));
-    let run =
-        SavepointRun { target: &target, extra: &[], stores: &Stores::default(), format: SavepointFormat::Canonical };
+    let run = SavepointRun {
+        target: &target,
+        extra: &[],
+        stores: &Stores::default(),
+        format: SavepointFormat::Canonical,
+        then_stop: true,
+    };
     Ok(run.measure(keys, &[1, 2], &|| 0.0)?.0)
 }
 
@@ -79,6 +91,8 @@ pub(crate) struct SavepointRun<'a> {
     pub extra: &'a [(&'a str, String)],
     pub stores: &'a Stores,
     pub format: SavepointFormat,
+    /// After the savepoint, stop the job with another and time that too.
+    pub then_stop: bool,
 }
 
 /// CPU seconds another process (the S3 server) spent during the savepoint and during the
@@ -108,9 +122,25 @@ impl SavepointRun<'_> {
         };
         let savepoint_seconds = t.elapsed().as_secs_f64();
         let savepoint_cpu = server_cpu() - cpu;
-        handle.cancel();
-        handle.wait();
         let savepoint_bytes = tree_size(self.stores, &location)?;
+        let mut stop_savepoint = None;
+        if self.then_stop {
+            let t = Instant::now();
+            let token = handle.stop_with_savepoint(Some(self.target), self.format, false)?;
+            match handle.wait_operation(token, Duration::from_secs(900)) {
+                Some(Operation::Completed { location, .. }) => {
+                    let seconds = t.elapsed().as_secs_f64();
+                    let bytes = tree_size(self.stores, &location)?;
+                    stop_savepoint = Some((seconds, bytes as f64 / 1e6 / seconds));
+                    self.stores.remove_all(&location).ok();
+                }
+                other => bail!("stop with a savepoint of {keys} keys did not complete: {other:?}"),
+            }
+        }
+        if stop_savepoint.is_none() {
+            handle.cancel();
+        }
+        handle.wait();
 
         let mut restore = [0.0; 2];
         let mut restore_cpu = 0.0;
@@ -132,6 +162,8 @@ impl SavepointRun<'_> {
             savepoint_seconds,
             savepoint_bytes,
             savepoint_mb_per_second: savepoint_bytes as f64 / 1e6 / savepoint_seconds,
+            stop_savepoint_seconds: stop_savepoint.map(|s| s.0),
+            stop_savepoint_mb_per_second: stop_savepoint.map(|s| s.1),
             restore_p1_seconds: restore[0],
             restore_p2_seconds: restore[1],
         };
@@ -174,11 +206,13 @@ pub fn run(keys: &[u64]) -> Result<Report> {
     for &k in keys {
         let r = one(k, work.path())?;
         eprintln!(
-            "{:>9} keys: savepoint {:.2} s, {:.1} MB ({:.0} MB/s); restore to first record: p=1 {:.2} s, p=2 {:.2} s",
+            "{:>9} keys: savepoint {:.2} s, {:.1} MB ({:.0} MB/s); stop with a savepoint {:.2} s ({:.0} MB/s); restore to first record: p=1 {:.2} s, p=2 {:.2} s",
             r.keys,
             r.savepoint_seconds,
             r.savepoint_bytes as f64 / 1e6,
             r.savepoint_mb_per_second,
+            r.stop_savepoint_seconds.unwrap_or(f64::NAN),
+            r.stop_savepoint_mb_per_second.unwrap_or(f64::NAN),
             r.restore_p1_seconds,
             r.restore_p2_seconds
         );
