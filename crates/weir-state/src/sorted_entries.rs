@@ -170,6 +170,7 @@ fn key_of<'b>(bytes: &'b [u8], span: &Span) -> &'b [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Just;
 
     #[test]
     fn entries_come_back_in_key_byte_order_with_their_values() {
@@ -210,5 +211,45 @@ mod tests {
         entries.clear();
         entries.push_bytes(&[b"k", b"2"], b"v").unwrap();
         assert_eq!(entries.sorted().collect::<Vec<_>>(), vec![(&b"k2"[..], &b"v"[..])], "key parts joined");
+    }
+
+    proptest::proptest! {
+        /// Whatever the keys (short, long, sharing 8-byte prefixes, prefixes of each other, zero
+        /// bytes), the entries come back in the order of their key bytes, framed or not, and each
+        /// with its own value.
+        #[test]
+        fn entries_come_back_as_a_byte_order_sort_would_give_them(
+            keys in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prop_oneof![Just(0u8), Just(b'a'), Just(0xff), proptest::num::u8::ANY], 0..12), 0..3usize),
+                0..200
+            )
+        ) {
+            let mut entries = SortedEntries::default();
+            let mut want: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for (i, (tail, shared)) in keys.into_iter().enumerate() {
+                // Some keys start with a common 8-byte head, so their prefixes tie.
+                let key: Vec<u8> = if shared > 0 { [&b"abcdefgh"[..], &tail].concat() } else { tail };
+                let value = (i as u32).to_be_bytes().repeat(1 + i % 10);
+                entries.push_bytes(&[&key], &value).unwrap();
+                want.push((key, value));
+            }
+            want.sort();
+            let got: Vec<(Vec<u8>, Vec<u8>)> = entries.sorted().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            // Equal keys (which a state never has) may come in either order; compare keys, then values per key.
+            proptest::prop_assert_eq!(got.iter().map(|e| &e.0).collect::<Vec<_>>(), want.iter().map(|e| &e.0).collect::<Vec<_>>());
+            let mut got_sorted = got.clone();
+            got_sorted.sort();
+            proptest::prop_assert_eq!(&got_sorted, &want);
+            let mut framed = Vec::new();
+            entries.append_sorted(&mut framed);
+            let mut want_framed = Vec::new();
+            for (k, v) in &got {
+                for field in [k, v] {
+                    want_framed.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                    want_framed.extend_from_slice(field);
+                }
+            }
+            proptest::prop_assert_eq!(framed, want_framed);
+        }
     }
 }
