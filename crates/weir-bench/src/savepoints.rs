@@ -137,7 +137,7 @@ impl SavepointRun<'_> {
                 other => bail!("stop with a savepoint of {keys} keys did not complete: {other:?}"),
             }
         }
-        if stop_savepoint.is_none() {
+        if !self.then_stop {
             handle.cancel();
         }
         handle.wait();

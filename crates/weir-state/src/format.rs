@@ -38,6 +38,8 @@ pub struct StateFileWriter<W: Write> {
     written: u64,
     offsets: Vec<u64>,
     crc: u32,
+    /// The file's first key group, to name a key group in an error.
+    first_key_group: u32,
 }
 
 /// A finished key-group file: where each key group starts, its size and its CRC32C.
@@ -62,7 +64,13 @@ impl WrittenFile {
 impl<W: Write> StateFileWriter<W> {
     pub fn new(inner: W, header: &FileHeader) -> io::Result<Self> {
         let head = rmp_serde::to_vec_named(header).map_err(io::Error::other)?;
-        let mut writer = StateFileWriter { inner, written: 0, offsets: Vec::new(), crc: 0 };
+        let mut writer = StateFileWriter {
+            inner,
+            written: 0,
+            offsets: Vec::new(),
+            crc: 0,
+            first_key_group: header.key_groups.start,
+        };
         writer.put(&KEYED_MAGIC)?;
         writer.put(&KEYED_VERSION.to_be_bytes())?;
         writer.put(&(head.len() as u32).to_be_bytes())?;
@@ -80,7 +88,8 @@ impl<W: Write> StateFileWriter<W> {
 
     /// Writes the next key group's payload (built with [`push_entries`]).
     pub fn write_key_group(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.write_block(&Block::frame(payload)?)
+        let key_group = self.first_key_group + self.offsets.len() as u32;
+        self.write_block(&Block::frame(payload, key_group)?)
     }
 
     /// Writes a key group's block framed (and checksummed) by whoever encoded it.
@@ -141,14 +150,16 @@ impl<W: Write> StateFileWriter<W> {
                 // fresh pages for every key group.
                 let (recycle, reuse) = std::sync::mpsc::channel::<Vec<u8>>();
                 queues.push((receive, recycle));
+                let first_key_group = self.first_key_group;
                 let spawned =
                     std::thread::Builder::new().name(format!("encode-{first}")).spawn_scoped(scope, move || {
                         let mut encode = new_encoder();
                         for index in (first..count).step_by(threads) {
                             let mut payload = reuse.try_recv().unwrap_or_default();
                             payload.clear();
-                            let block = encode(index, &mut payload)
-                                .and_then(|()| Block::frame(payload).map_err(StateError::Write));
+                            let block = encode(index, &mut payload).and_then(|()| {
+                                Block::frame(payload, first_key_group + index as u32).map_err(StateError::Write)
+                            });
                             let failed = block.is_err();
                             // The writer hung up (it failed): stop.
                             if send.send(block).is_err() || failed {
@@ -195,11 +206,11 @@ struct Block<'p> {
 }
 
 impl<'p> Block<'p> {
-    fn frame(payload: impl Into<std::borrow::Cow<'p, [u8]>>) -> io::Result<Block<'p>> {
+    fn frame(payload: impl Into<std::borrow::Cow<'p, [u8]>>, key_group: u32) -> io::Result<Block<'p>> {
         let payload = payload.into();
         let len = u32::try_from(payload.len()).map_err(|_| {
             io::Error::other(format!(
-                "a key group's entries take {} bytes, more than the 4 GiB a state file's block can hold",
+                "the entries of key group {key_group} take {} bytes, more than the 4 GiB a state file's block can hold; {BLOCK_LIMIT_WAY_OUT}",
                 payload.len()
             ))
         })?;
@@ -213,6 +224,17 @@ impl<'p> Block<'p> {
     }
 }
 
+/// What a user can do about a key group past a block's 32-bit length.
+pub(crate) const BLOCK_LIMIT_WAY_OUT: &str = "spread such state over more keys (one key's value or list this large \
+     belongs in a map or under several keys), or use the rocksdb backend, whose checkpoints and native savepoints \
+     have no such limit";
+
+/// Starts one state's entries in a block payload: `u16 state index | u32 entry count`.
+fn push_state_head(payload: &mut Vec<u8>, state_index: u16, count: usize) {
+    payload.extend_from_slice(&state_index.to_be_bytes());
+    payload.extend_from_slice(&(count as u32).to_be_bytes());
+}
+
 /// Appends one state's entries of one key group to a block payload.
 pub fn push_entries<'a>(
     payload: &mut Vec<u8>,
@@ -222,8 +244,7 @@ pub fn push_entries<'a>(
     if entries.len() == 0 {
         return;
     }
-    payload.extend_from_slice(&state_index.to_be_bytes());
-    payload.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    push_state_head(payload, state_index, entries.len());
     for (k, v) in entries {
         payload.extend_from_slice(&(k.len() as u32).to_be_bytes());
         payload.extend_from_slice(k);
@@ -237,8 +258,7 @@ pub(crate) fn push_sorted_entries(payload: &mut Vec<u8>, state_index: u16, entri
     if entries.is_empty() {
         return;
     }
-    payload.extend_from_slice(&state_index.to_be_bytes());
-    payload.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    push_state_head(payload, state_index, entries.len());
     entries.append_sorted(payload);
 }
 

@@ -22,6 +22,13 @@ struct Span {
     len: u32,
 }
 
+impl Span {
+    /// The framed entry's bytes within the buffer (`start + len` fits: see `push`).
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
 /// The entries of one state in one key group reached 4 GiB, more than a block of a state file
 /// can frame (its lengths are 32-bit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +36,11 @@ pub(crate) struct TooLarge;
 
 impl std::fmt::Display for TooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("its entries in one key group exceed 4 GiB, the most a state file's block can hold")
+        write!(
+            f,
+            "its entries in one key group exceed 4 GiB, the most a state file's block can hold; {}",
+            crate::format::BLOCK_LIMIT_WAY_OUT
+        )
     }
 }
 
@@ -114,15 +125,16 @@ impl SortedEntries {
         let end = self.bytes.len();
         self.bytes.resize(end + COPY_WINDOW, 0);
         for span in &self.spans {
-            let (start, len) = (span.start as usize, span.len as usize);
-            if len <= COPY_WINDOW {
+            let entry = span.range();
+            if entry.len() <= COPY_WINDOW {
                 let at = out.len();
-                let window: &[u8; COPY_WINDOW] =
-                    self.bytes[start..start + COPY_WINDOW].try_into().expect("a window within the padded buffer");
+                let window: &[u8; COPY_WINDOW] = self.bytes[entry.start..entry.start + COPY_WINDOW]
+                    .try_into()
+                    .expect("a window within the padded buffer");
                 out.extend_from_slice(window);
-                out.truncate(at + len);
+                out.truncate(at + entry.len());
             } else {
-                out.extend_from_slice(&self.bytes[start..start + len]);
+                out.extend_from_slice(&self.bytes[entry]);
             }
         }
         self.bytes.truncate(end);
@@ -133,8 +145,7 @@ impl SortedEntries {
         self.sort();
         let bytes = &self.bytes;
         self.spans.iter().map(|s| {
-            let entry = &bytes[s.start as usize..(s.start + s.len) as usize];
-            let (key, rest) = unframe(entry);
+            let (key, rest) = unframe(&bytes[s.range()]);
             (key, unframe(rest).0)
         })
     }
