@@ -46,14 +46,18 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
         self.table.find_mut(hash, |(k, _)| k.same_key(key)).map(|(_, v)| v)
     }
 
-    /// The value of `key`, inserted with `init` when it has none.
+    /// The value of `key`, inserted with `init` when it has none; and whether it was inserted.
     #[inline]
-    pub(crate) fn get_or_insert_with(&mut self, hash: u64, key: &K, init: impl FnOnce() -> V) -> &mut V
+    pub(crate) fn get_or_insert_with(&mut self, hash: u64, key: &K, init: impl FnOnce() -> V) -> (&mut V, bool)
     where
         K: Clone,
     {
-        let entry = self.table.entry(hash, |(k, _)| k.same_key(key), |(k, _)| hash_key(k));
-        &mut entry.or_insert_with(|| (key.clone(), init())).into_mut().1
+        match self.table.entry(hash, |(k, _)| k.same_key(key), |(k, _)| hash_key(k)) {
+            hashbrown::hash_table::Entry::Occupied(found) => (&mut found.into_mut().1, false),
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                (&mut vacant.insert((key.clone(), init())).into_mut().1, true)
+            }
+        }
     }
 
     /// Inserts `key`, which must not be in the map yet.
@@ -86,7 +90,7 @@ mod tests {
         let mut map = KeyMap::<String, u32>::default();
         for i in 0..1000 {
             let k = format!("k{i}");
-            *map.get_or_insert_with(hash_key(&k), &k, || 0) += i;
+            *map.get_or_insert_with(hash_key(&k), &k, || 0).0 += i;
         }
         map.insert("k7".to_string(), 70);
         assert_eq!(map.len(), 1000);

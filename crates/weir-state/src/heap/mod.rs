@@ -82,6 +82,11 @@ struct Table<K, V> {
     meta: StateMeta,
     groups: Vec<Group<K, V>>,
     reduce: Option<ReduceFn<V>>,
+    /// Entries over all key groups, counted as they come and go: the keyed operator asks for the
+    /// footprint once per batch of records, and summing the key groups' lengths instead took half
+    /// of a job's time at max parallelism 32768 (5.5 M records/s on the reference shape instead
+    /// of 15).
+    entries: usize,
 }
 
 /// A table of any value type, as the backend stores it. A state handle's lookup turns it back
@@ -91,6 +96,9 @@ trait AnyTable<K>: Any + Send {
     fn snapshot(&mut self) -> Box<dyn TableSnapshot>;
     /// About how many bytes its entries take (not counting what they point to).
     fn footprint(&self) -> usize;
+    /// The entries counted, and those the key groups hold.
+    #[cfg(test)]
+    fn entries_counted_and_held(&self) -> (usize, usize);
 }
 
 /// A frozen view of one state's key groups, encoded off the task thread.
@@ -117,8 +125,11 @@ impl<K: Key, V: StateData> AnyTable<K> for Table<K, V> {
         Box::new(FrozenTable { meta: self.meta.clone(), groups: self.groups.iter_mut().map(Group::freeze).collect() })
     }
     fn footprint(&self) -> usize {
-        let entries: usize = self.groups.iter().map(|g| g.map().len()).sum();
-        entries * (std::mem::size_of::<(K, V)>() + 1)
+        self.entries * (std::mem::size_of::<(K, V)>() + 1)
+    }
+    #[cfg(test)]
+    fn entries_counted_and_held(&self) -> (usize, usize) {
+        (self.entries, self.groups.iter().map(|g| g.map().len()).sum())
     }
 }
 
@@ -296,7 +307,8 @@ impl<K: Key> HeapKeyedBackend<K> {
             }
         }
         let name = name.to_string();
-        let table = Table::<K, V> { meta, groups: groups.into_iter().map(Group::Owned).collect(), reduce };
+        let entries = groups.iter().map(KeyMap::len).sum();
+        let table = Table::<K, V> { meta, groups: groups.into_iter().map(Group::Owned).collect(), reduce, entries };
         self.tables.push(Box::new(table));
         self.table_types.push(TypeId::of::<Table<K, V>>());
         self.by_name.insert(name, self.tables.len() - 1);
@@ -438,16 +450,23 @@ impl<K: Key> HeapScope<'_, K> {
     #[inline]
     pub(crate) fn entry<V: StateData>(&mut self, slot: usize, init: impl FnOnce() -> V) -> &mut V {
         let (key, group, hash) = (self.key, self.group, self.hash);
-        self.backend.table_mut::<V>(slot).groups[group].map_mut().get_or_insert_with(hash, key, init)
+        let table = self.backend.table_mut::<V>(slot);
+        let (value, inserted) = table.groups[group].map_mut().get_or_insert_with(hash, key, init);
+        table.entries += usize::from(inserted);
+        value
     }
 
     #[inline]
     pub(crate) fn put<V: StateData>(&mut self, slot: usize, value: V) {
         let (key, group, hash) = (self.key, self.group, self.hash);
-        let map = self.backend.table_mut::<V>(slot).groups[group].map_mut();
+        let table = self.backend.table_mut::<V>(slot);
+        let map = table.groups[group].map_mut();
         match map.get_mut(hash, key) {
             Some(v) => *v = value,
-            None => map.insert_new(hash, key.clone(), value),
+            None => {
+                map.insert_new(hash, key.clone(), value);
+                table.entries += 1;
+            }
         }
     }
 
@@ -455,7 +474,9 @@ impl<K: Key> HeapScope<'_, K> {
         let (key, group, hash) = (self.key, self.group, self.hash);
         let table = self.backend.table_mut::<V>(slot);
         table.groups[group].map().get(hash, key)?;
-        table.groups[group].map_mut().remove(hash, key)
+        let removed = table.groups[group].map_mut().remove(hash, key);
+        table.entries -= usize::from(removed.is_some());
+        removed
     }
 
     /// Changes the current key's namespaces of `slot` in place, with one hash lookup when the key
@@ -467,12 +488,14 @@ impl<K: Key> HeapScope<'_, K> {
         f: impl FnOnce(&mut VecMap<N, V>),
     ) {
         let (key, group, hash) = (self.key, self.group, self.hash);
-        let map = self.backend.table_mut::<VecMap<N, V>>(slot).groups[group].map_mut();
+        let table = self.backend.table_mut::<VecMap<N, V>>(slot);
+        let map = table.groups[group].map_mut();
         match map.get_mut(hash, key) {
             Some(entries) => {
                 f(entries);
                 if entries.is_empty() {
                     map.remove(hash, key);
+                    table.entries -= 1;
                 }
             }
             None => {
@@ -480,6 +503,7 @@ impl<K: Key> HeapScope<'_, K> {
                 f(&mut entries);
                 if !entries.is_empty() {
                     map.insert_new(hash, key.clone(), entries);
+                    table.entries += 1;
                 }
             }
         }
@@ -566,6 +590,57 @@ mod tests {
         name: &str,
     ) -> (PathBuf, KeyedStateHandle) {
         write_frozen(&frozen(backend), dir, name)
+    }
+
+    /// Each table's counted entries, which must be the entries its key groups hold.
+    fn counted_entries<K: Key>(backend: &KeyedStateBackend<K>) -> Vec<usize> {
+        let KeyedStateBackend::Heap(h) = backend else { unreachable!("heap tests") };
+        h.tables
+            .iter()
+            .map(|t| {
+                let (counted, held) = t.entries_counted_and_held();
+                assert_eq!(counted, held, "state '{}': entries counted vs held", t.meta().name);
+                counted
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_are_counted_through_every_change_and_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = KeyGroupRange::inclusive(0, 127);
+        let mut b = heap::<u64>(128, range);
+        let value = b.value_state(&ValueStateDescriptor::<u64>::new("value")).unwrap();
+        let list = b.list_state(&ListStateDescriptor::<u64>::new("list")).unwrap();
+        let windows = b.namespaced_state::<u64, u64>("windows", "window:test").unwrap();
+        for k in 0..100u64 {
+            let mut s = b.scope(&k).unwrap();
+            value.update(&mut s, k).unwrap();
+            value.update(&mut s, k + 1).unwrap();
+            list.add(&mut s, k).unwrap();
+            list.add(&mut s, k).unwrap();
+            windows.compute(&mut s, 1, |_| Some(k)).unwrap();
+            windows.compute(&mut s, 2, |_| Some(k)).unwrap();
+        }
+        assert_eq!(counted_entries(&b), vec![100, 100, 100]);
+        // A snapshot shares the key groups; writes after it take them back, counted alike.
+        let _snapshot = frozen(&mut b);
+        for k in 0..30u64 {
+            let mut s = b.scope(&k).unwrap();
+            value.clear(&mut s).unwrap();
+            value.clear(&mut s).unwrap();
+            list.clear(&mut s).unwrap();
+            windows.remove(&mut s, &1).unwrap();
+            windows.remove(&mut s, &2).unwrap();
+            windows.remove(&mut s, &2).unwrap();
+        }
+        assert_eq!(counted_entries(&b), vec![70, 70, 70]);
+        let files = [write_snapshot(&mut b, dir.path(), "counted")];
+        let mut restored = restored::<u64>(128, range, &files);
+        restored.value_state(&ValueStateDescriptor::<u64>::new("value")).unwrap();
+        restored.list_state(&ListStateDescriptor::<u64>::new("list")).unwrap();
+        restored.namespaced_state::<u64, u64>("windows", "window:test").unwrap();
+        assert_eq!(counted_entries(&restored), vec![70, 70, 70]);
     }
 
     fn write_frozen(snap: &HeapSnapshot, dir: &std::path::Path, name: &str) -> (PathBuf, KeyedStateHandle) {
