@@ -9,7 +9,7 @@
 //! `cargo run --release -p weir-bench -- --suite all --quick` (every suite, short: the regression guard, one
 //! JSON file to compare between commits).
 //!
-//! Runs each configuration in a child process (so peak RSS is its own): two job shapes, the heap
+//! Runs each configuration in a child process (so peak RSS is its own): three job shapes, the heap
 //! backend, parallelism 1 and 2, without checkpoints and with 10 s and 1 s checkpoints.
 //! * `reference`: counter source → map `i` to `"w" + (i % 1000)` → key_by → count in keyed
 //!   `ValueState<u64>` (1000 keys); the shape Flink 2.3 runs at ~6.6 M records/s (p=1) and
@@ -17,6 +17,9 @@
 //!   as Flink's `keyBy(w -> w)`); `reference-computed-key` (`--single` only) clones it instead
 //!   (`key_by(|w| w.clone())`), to show what a key allocated per record costs.
 //! * `large-state`: the same with 10^6 distinct u64 keys.
+//! * `reference-max-parallelism`: the reference shape with `pipeline.max-parallelism: 32768`
+//!   (Flink's upper bound, which jobs set to keep room for scaling out): 1000 keys over that many
+//!   key groups, each group's state and each checkpoint block mostly empty.
 //!
 //! Throughput is measured after a one-second warm-up over the given window.
 
@@ -209,6 +212,9 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
     config.set("state.backend.type", backend)?;
     config.set("state.backend.rocksdb.localdir", dir.path().join("rocksdb").to_str().context("temp dir")?)?;
     config.set("execution.checkpointing.incremental", "true")?;
+    if shape == "reference-max-parallelism" {
+        config.set("pipeline.max-parallelism", "32768")?;
+    }
     for entry in &options.settings {
         let (key, value) = entry.split_once('=').with_context(|| format!("--set {entry}: expected KEY=VALUE"))?;
         config.set(key.trim(), value.trim())?;
@@ -217,10 +223,10 @@ fn run_single(spec: &str, options: &SingleOptions) -> anyhow::Result<Result> {
     let progress = Progress::new();
     let source = if shape == "windows" { None } else { Some(env.source(GeneratorSource::counter()).uid("source")) };
     match shape {
-        "reference" | "reference-computed-key" => {
+        "reference" | "reference-computed-key" | "reference-max-parallelism" => {
             let counter = Count::<String>::new(progress.clone());
             let words = source.context("source")?.map(|i: u64| word(i % 1000)).uid("map");
-            let keyed = if shape == "reference" {
+            let keyed = if shape != "reference-computed-key" {
                 words.key_by_ref(|w: &String| w)
             } else {
                 words.key_by(|w: &String| w.clone())
@@ -311,7 +317,7 @@ fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
         }
         "rocksdb" => (&["reference", "large-state"], &[0, 10_000], &["rocksdb"]),
         "windows" => (&["windows"], &[10_000, 1_000], &["hashmap", "rocksdb"]),
-        "engine" => (&["reference", "large-state"], &[0, 10_000, 1_000], &["hashmap"]),
+        "engine" => (&["reference", "large-state", "reference-max-parallelism"], &[0, 10_000, 1_000], &["hashmap"]),
         other => bail!("unknown suite '{other}': all, {}", SUITES.join(", ")),
     };
     let results = throughput(throughput_matrix, args)?;
