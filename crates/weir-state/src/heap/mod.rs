@@ -89,6 +89,32 @@ struct Table<K, V> {
     entries: usize,
 }
 
+impl<K: Key, V: StateData> Table<K, V> {
+    /// Key group `group`'s value of `key`, inserted with `init` when it has none.
+    #[inline]
+    fn get_or_insert_with(&mut self, group: usize, hash: u64, key: &K, init: impl FnOnce() -> V) -> &mut V {
+        let (value, inserted) = self.groups[group].map_mut().get_or_insert_with(hash, key, init);
+        self.entries += usize::from(inserted);
+        value
+    }
+
+    /// Inserts `key`, which key group `group` does not hold yet.
+    #[inline]
+    fn insert_new(&mut self, group: usize, hash: u64, key: K, value: V) {
+        self.groups[group].map_mut().insert_new(hash, key, value);
+        self.entries += 1;
+    }
+
+    /// Removes `key` from key group `group`; a key group that does not hold it is not taken back
+    /// from a snapshot that shares it.
+    fn remove(&mut self, group: usize, hash: u64, key: &K) -> Option<V> {
+        self.groups[group].map().get(hash, key)?;
+        let removed = self.groups[group].map_mut().remove(hash, key);
+        self.entries -= usize::from(removed.is_some());
+        removed
+    }
+}
+
 /// A table of any value type, as the backend stores it. A state handle's lookup turns it back
 /// into its typed table after comparing the `TypeId` recorded when it was declared.
 trait AnyTable<K>: Any + Send {
@@ -450,33 +476,22 @@ impl<K: Key> HeapScope<'_, K> {
     #[inline]
     pub(crate) fn entry<V: StateData>(&mut self, slot: usize, init: impl FnOnce() -> V) -> &mut V {
         let (key, group, hash) = (self.key, self.group, self.hash);
-        let table = self.backend.table_mut::<V>(slot);
-        let (value, inserted) = table.groups[group].map_mut().get_or_insert_with(hash, key, init);
-        table.entries += usize::from(inserted);
-        value
+        self.backend.table_mut::<V>(slot).get_or_insert_with(group, hash, key, init)
     }
 
     #[inline]
     pub(crate) fn put<V: StateData>(&mut self, slot: usize, value: V) {
         let (key, group, hash) = (self.key, self.group, self.hash);
         let table = self.backend.table_mut::<V>(slot);
-        let map = table.groups[group].map_mut();
-        match map.get_mut(hash, key) {
+        match table.groups[group].map_mut().get_mut(hash, key) {
             Some(v) => *v = value,
-            None => {
-                map.insert_new(hash, key.clone(), value);
-                table.entries += 1;
-            }
+            None => table.insert_new(group, hash, key.clone(), value),
         }
     }
 
     pub(crate) fn remove<V: StateData>(&mut self, slot: usize) -> Option<V> {
         let (key, group, hash) = (self.key, self.group, self.hash);
-        let table = self.backend.table_mut::<V>(slot);
-        table.groups[group].map().get(hash, key)?;
-        let removed = table.groups[group].map_mut().remove(hash, key);
-        table.entries -= usize::from(removed.is_some());
-        removed
+        self.backend.table_mut::<V>(slot).remove(group, hash, key)
     }
 
     /// Changes the current key's namespaces of `slot` in place, with one hash lookup when the key
@@ -489,21 +504,18 @@ impl<K: Key> HeapScope<'_, K> {
     ) {
         let (key, group, hash) = (self.key, self.group, self.hash);
         let table = self.backend.table_mut::<VecMap<N, V>>(slot);
-        let map = table.groups[group].map_mut();
-        match map.get_mut(hash, key) {
+        match table.groups[group].map_mut().get_mut(hash, key) {
             Some(entries) => {
                 f(entries);
                 if entries.is_empty() {
-                    map.remove(hash, key);
-                    table.entries -= 1;
+                    table.remove(group, hash, key);
                 }
             }
             None => {
                 let mut entries = VecMap::default();
                 f(&mut entries);
                 if !entries.is_empty() {
-                    map.insert_new(hash, key.clone(), entries);
-                    table.entries += 1;
+                    table.insert_new(group, hash, key.clone(), entries);
                 }
             }
         }
