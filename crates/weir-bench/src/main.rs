@@ -35,8 +35,9 @@ use weir::{Configuration, StreamEnv};
 /// A job binary picks its allocator; like most high-throughput Rust services, this one uses
 /// mimalloc (records are small, short-lived allocations).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
+mod allocator;
 mod connectors;
 mod count;
 mod object_storage;

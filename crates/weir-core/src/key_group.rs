@@ -20,6 +20,14 @@ pub const UPPER_BOUND_MAX_PARALLELISM: u32 = 1 << 15;
 pub trait KeyHash {
     fn key_hash(&self) -> i32;
 
+    /// Whether `key_hash` tells these keys apart well enough to find them in memory too, so a
+    /// record hashes its key once: for strings, whose Java hash mixes every character (as Flink's
+    /// heap state finds them by `hashCode`), and for 32-bit integers, which it maps one to one.
+    /// Not for keys whose Java hash folds wider values together (`Long`'s `v ^ v >>> 32` gives
+    /// every `(x << 32) | x` the same hash) or combines fields (`31 * h(a) + h(b)`): those are
+    /// hashed again, by their bytes.
+    const LOCATES_IN_MEMORY: bool = false;
+
     /// Whether two keys are the same key: `==`, except that strings compare their bytes inline
     /// (the heap state backend compares the current key on every lookup, and a call into the C
     /// library's `memcmp` for a few bytes cost the reference benchmark about 8 % of its time).
@@ -51,12 +59,14 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl KeyHash for i32 {
+    const LOCATES_IN_MEMORY: bool = true;
     fn key_hash(&self) -> i32 {
         *self
     }
 }
 
 impl KeyHash for u32 {
+    const LOCATES_IN_MEMORY: bool = true;
     fn key_hash(&self) -> i32 {
         *self as i32
     }
@@ -85,6 +95,7 @@ impl KeyHash for bool {
 }
 
 impl KeyHash for str {
+    const LOCATES_IN_MEMORY: bool = true;
     /// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + unit`.
     /// One pass over the bytes for ASCII (its bytes are its own UTF-16 code units), noting
     /// whether any byte was not ASCII; only such strings are hashed again, by code unit. (Four
@@ -114,6 +125,7 @@ fn java_string_hash_utf16(s: &str) -> i32 {
 }
 
 impl KeyHash for String {
+    const LOCATES_IN_MEMORY: bool = true;
     #[inline]
     fn key_hash(&self) -> i32 {
         self.as_str().key_hash()
@@ -125,6 +137,7 @@ impl KeyHash for String {
 }
 
 impl<T: KeyHash + ?Sized> KeyHash for &T {
+    const LOCATES_IN_MEMORY: bool = T::LOCATES_IN_MEMORY;
     fn key_hash(&self) -> i32 {
         (**self).key_hash()
     }

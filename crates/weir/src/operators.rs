@@ -298,12 +298,10 @@ impl<K: Key, I: Record, O: Record, F: KeyedProcessFunction<K, I, O>> KeyedProces
         }
         let core = &mut self.core;
         self.held
-            .find_state(&self.key, &mut self.current_key, &mut core.backend)
+            .find_state(&self.key, &mut core.backend)
             .map_err(|e| TaskError::State { operator: core.name.clone(), error: e })?;
         let (f, next) = (&mut self.f, &mut self.next);
-        self.held.process(&self.key, &mut self.current_key, |key, at, record, timestamp| {
-            process_keyed(f, core, &mut **next, key, at, record, timestamp)
-        })
+        self.held.process(|key, at, record, timestamp| process_keyed(f, core, &mut **next, key, at, record, timestamp))
     }
 }
 

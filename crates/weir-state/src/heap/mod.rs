@@ -17,13 +17,13 @@ use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
-use weir_core::key_group::assign_to_key_group;
+use weir_core::key_group::{assign_to_key_group, key_group_for_hash};
 use weir_core::KeyGroupRange;
 
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
-use key_map::{hash_key, KeyMap};
+use key_map::{hash_key_with, KeyMap};
 
 mod key_map;
 
@@ -383,7 +383,11 @@ impl<K: Key> HeapKeyedBackend<K> {
     /// Where `key`'s state is: its key group and its in-memory hash.
     #[inline]
     pub(crate) fn locate(&self, key: &K) -> crate::backend::KeyLocation {
-        crate::backend::KeyLocation::new(assign_to_key_group(key, self.max_parallelism), hash_key(key))
+        let key_hash = key.key_hash();
+        crate::backend::KeyLocation::new(
+            key_group_for_hash(key_hash, self.max_parallelism),
+            hash_key_with(key, key_hash),
+        )
     }
 
     /// Scopes state access to `key`, located by the keyed backend (key group and hash). Fails
