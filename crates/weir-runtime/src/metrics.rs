@@ -60,6 +60,13 @@ impl RecordsIn {
         }
     }
 
+    /// Counts a batch of `n` records handed over at once, and publishes the count.
+    #[inline]
+    pub fn add_batch(&mut self, n: u64) {
+        self.local += n;
+        self.publish();
+    }
+
     #[inline]
     pub fn publish(&self) {
         self.shared.0.store(self.local, Ordering::Relaxed);

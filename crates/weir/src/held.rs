@@ -70,6 +70,10 @@ impl<K: Key, I> HeldRecords<K, I> {
         self.records.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
     /// Whether the next record is held back: while a batch is open, and otherwise when the
     /// backend last said batching pays.
     #[inline]
