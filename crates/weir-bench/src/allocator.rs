@@ -24,25 +24,30 @@ fn plain(align: usize, size: usize) -> bool {
     align <= MAX_PLAIN_ALIGN && align <= size
 }
 
+type Plain = unsafe extern "C" fn(usize) -> *mut c_void;
+type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+
+/// A new allocation for `layout`, from mimalloc's plain function when the layout allows.
+#[inline]
+unsafe fn allocate(layout: Layout, plain_fn: Plain, aligned_fn: Aligned) -> *mut u8 {
+    if plain(layout.align(), layout.size()) {
+        plain_fn(layout.size()) as *mut u8
+    } else {
+        aligned_fn(layout.size(), layout.align()) as *mut u8
+    }
+}
+
 // SAFETY: every function forwards to mimalloc, whose plain and aligned functions return memory
 // aligned as `plain` requires (see the module's comment) or null, and free either kind.
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.align(), layout.size()) {
-            mi::mi_malloc(layout.size()) as *mut u8
-        } else {
-            mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
-        }
+        allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.align(), layout.size()) {
-            mi::mi_zalloc(layout.size()) as *mut u8
-        } else {
-            mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
-        }
+        allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned)
     }
 
     #[inline]
