@@ -27,8 +27,9 @@ const LOCATE_BATCH: usize = 1024;
 
 pub(crate) struct HeldRecords<K, I> {
     records: Vec<(I, Option<Timestamp>)>,
-    /// The held records' keys, in order (those past the batch's records are left from earlier
-    /// batches, for their memory).
+    /// The held records' keys, in order: computed, or copies of borrowed keys made into the
+    /// memory of an earlier batch's keys. Those past the batch's records are left from earlier
+    /// batches (at most one batch of keys).
     keys: Vec<K>,
     /// Where each held record's state is.
     at: Vec<KeyLocation>,
