@@ -386,7 +386,7 @@ impl<K: Key> HeapKeyedBackend<K> {
         let key_hash = key.key_hash();
         crate::backend::KeyLocation::new(
             key_group_for_hash(key_hash, self.max_parallelism),
-            hash_key_with(key, key_hash),
+            hash_key_with(key, || key_hash),
         )
     }
 
