@@ -5,20 +5,30 @@
 # the round. Writes JSON (default bench-results/vs-flink-SHAPE-BACKEND.json): every rate, each
 # round's ratio, and the medians over all rounds. A benchmark, not a test: about 2.5 minutes a round.
 #
-#   scripts/bench-vs-flink.sh SHAPE BACKEND [ROUNDS] [OUT]
+#   scripts/bench-vs-flink.sh [-p PARALLELISM] SHAPE BACKEND [ROUNDS] [OUT]
 #   scripts/bench-vs-flink.sh reference hashmap 4
 #   scripts/bench-vs-flink.sh large-state rocksdb 3
+#   scripts/bench-vs-flink.sh -p 2 reference hashmap 3
 #
 # SHAPE is `reference` (1000 String keys) or `large-state` (10^6 u64 keys); BACKEND `hashmap` or
-# `rocksdb`. p=1, 10 s checkpoints on both sides, each at its default memory.
+# `rocksdb`. p=1 unless -p says otherwise, 10 s checkpoints on both sides, each at its default
+# memory.
 set -euo pipefail
 
-usage="usage: bench-vs-flink.sh SHAPE BACKEND [ROUNDS] [OUT]"
+usage="usage: bench-vs-flink.sh [-p PARALLELISM] SHAPE BACKEND [ROUNDS] [OUT]"
+parallelism=1
+while getopts p: option; do
+  case "$option" in
+    p) parallelism=$OPTARG ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
 shape=${1:?$usage}
 backend=${2:?$usage}
 rounds=${3:-4}
 cd "$(dirname "$0")/.."
-out=${4:-bench-results/vs-flink-$shape-$backend.json}
+out=${4:-bench-results/vs-flink-$shape-$backend-p$parallelism.json}
 case "$shape" in
   reference) flink_shape=reference ;;
   large-state) flink_shape=large-state:1000000 ;;
@@ -30,19 +40,20 @@ cargo build --release -q -p weir-bench
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for round in $(seq 1 "$rounds"); do
-  ./scripts/flink-bench.sh "$flink_shape" "$backend" 7 "" "$work/flink-$round.json"
+  ./scripts/flink-bench.sh -p "$parallelism" "$flink_shape" "$backend" 7 "" "$work/flink-$round.json"
   for run in 1 2 3; do
-    target/release/weir-bench --single "$shape,1,10000,$backend" --seconds 10 --out "$work/weir.json" |
+    target/release/weir-bench --single "$shape,$parallelism,10000,$backend" --seconds 10 --out "$work/weir.json" |
       tail -n 1 >"$work/weir-$round-$run.json"
   done
   echo "round $round of $rounds done" >&2
 done
 
 mkdir -p "$(dirname "$out")"
-python3 - "$work" "$rounds" "$shape" "$backend" "$out" <<'PY'
+python3 - "$work" "$rounds" "$shape" "$backend" "$parallelism" "$out" <<'PY'
 import json, statistics, sys
-work, rounds, shape, backend, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-result = {"shape": shape, "backend": backend, "parallelism": 1, "checkpoint_interval_ms": 10000, "rounds": []}
+work, rounds, shape, backend, parallelism, out = sys.argv[1:7]
+rounds = int(rounds)
+result = {"shape": shape, "backend": backend, "parallelism": int(parallelism), "checkpoint_interval_ms": 10000, "rounds": []}
 for r in range(1, rounds + 1):
     flink = json.load(open(f"{work}/flink-{r}.json"))
     weir = [json.load(open(f"{work}/weir-{r}-{k}.json"))["records_per_second"] for k in (1, 2, 3)]

@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
 # Apache Flink 2.3 on this machine, running Weir's benchmark shapes (scripts/flink/Shapes.java;
-# p=1, 10 s checkpoints): the reference figures docs/benchmarks.md compares Weir's with.
+# 10 s checkpoints, p=1 unless -p says otherwise): the reference figures docs/benchmarks.md
+# compares Weir's with.
 # Starts a local Flink cluster of its own, samples the keyed vertex's records read every 10 s,
 # stops the cluster, and writes JSON (default bench-results/flink-SHAPE-BACKEND.json): every
 # sample's rate and the median of all but the first (the JIT's warm-up). A benchmark, not a test.
 #
-#   scripts/flink-bench.sh SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]
+#   scripts/flink-bench.sh [-p PARALLELISM] SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]
 #   scripts/flink-bench.sh reference hashmap 7
+#   scripts/flink-bench.sh -p 2 reference hashmap 7
 #   scripts/flink-bench.sh large-state:10000000 rocksdb 14       # Flink's default managed memory
 #   scripts/flink-bench.sh large-state:1000000 rocksdb 8 128m    # the memory Weir's default budget gives
 #
 # SHAPE is `reference` (1000 String keys) or `large-state:KEYS` (u64 keys), as weir-bench names
 # them; BACKEND `hashmap` or `rocksdb`. Weir's side of the comparison:
-# `weir-bench --single reference,1,10000,hashmap`.
+# `weir-bench --single reference,1,10000,hashmap` (scripts/bench-vs-flink.sh runs both in turn).
 #
 # Uses the Flink distribution scripts/flink-cli.sh installs; compiles the job with javac
 # (Debian's openjdk-17-jdk-headless when missing). Flink's REST port 8081 must be free.
 set -euo pipefail
 
-usage="usage: flink-bench.sh SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]"
+usage="usage: flink-bench.sh [-p PARALLELISM] SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]"
+parallelism=1
+while getopts p: option; do
+  case "$option" in
+    p) parallelism=$OPTARG ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
 shape=${1:?$usage}
 backend=${2:?$usage}
 samples=${3:-7}
 managed=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
-out=${5:-$here/../bench-results/flink-${shape//:/-}-$backend.json}
+out=${5:-$here/../bench-results/flink-${shape//:/-}-$backend-p$parallelism.json}
 case "$shape" in
-  reference) job_args=(reference) ;;
-  large-state:*) job_args=(large-state "${shape#large-state:}") ;;
+  reference) job_args=("$parallelism" reference) ;;
+  large-state:*) job_args=("$parallelism" large-state "${shape#large-state:}") ;;
   *) echo "unknown shape '$shape': reference or large-state:KEYS" >&2; exit 2 ;;
 esac
 case "$backend" in
@@ -59,20 +69,20 @@ printf 'state:\n  backend:\n    type: %s\nexecution:\n  checkpointing:\n    dir:
   "$backend" "$work" >>"$work/conf/config.yaml"
 
 "$home/bin/jobmanager.sh" start >/dev/null
-tm_args=()
+tm_args=(-D "taskmanager.numberOfTaskSlots=$parallelism")
 if [ -n "$managed" ]; then
-  tm_args=(-D "taskmanager.memory.managed.size=$managed")
+  tm_args+=(-D "taskmanager.memory.managed.size=$managed")
 fi
 "$home/bin/taskmanager.sh" start "${tm_args[@]}" >/dev/null
 for _ in $(seq 1 60); do
-  curl -sf localhost:8081/overview | grep -q '"slots-available":1' && break
+  curl -sf localhost:8081/overview | grep -q "\"slots-available\":$parallelism" && break
   sleep 1
 done
 
 job=$("$home/bin/flink" run -d -c ref.Shapes "$work/shapes.jar" "${job_args[@]}" 2>&1 |
   grep -o 'JobID [0-9a-f]*' | awk '{print $2}')
 [ -n "$job" ] || { echo "the job did not start (logs in $work/log)" >&2; exit 1; }
-echo "Flink 2.3, $shape, $backend${managed:+, managed memory $managed}: keyed vertex records read" >&2
+echo "Flink 2.3, $shape, $backend, p=$parallelism${managed:+, managed memory $managed}: keyed vertex records read" >&2
 read_records() {
   curl -sf "localhost:8081/jobs/$job" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["vertices"][1]["metrics"]["read-records"])'
@@ -90,15 +100,15 @@ done
 "$home/bin/flink" cancel "$job" >/dev/null 2>&1 || true
 
 mkdir -p "$(dirname "$out")"
-python3 - "$out" "$shape" "$backend" "$managed" "${rates[@]}" <<'PY'
+python3 - "$out" "$shape" "$backend" "$parallelism" "$managed" "${rates[@]}" <<'PY'
 import json, statistics, sys
-out, shape, backend, managed, *rates = sys.argv[1:]
+out, shape, backend, parallelism, managed, *rates = sys.argv[1:]
 rates = [float(r) for r in rates]
 result = {
     "engine": "Apache Flink 2.3",
     "shape": shape,
     "backend": backend,
-    "parallelism": 1,
+    "parallelism": int(parallelism),
     "checkpoint_interval_ms": 10000,
     "managed_memory": managed or "default",
     "sample_seconds": 10,

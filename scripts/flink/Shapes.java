@@ -11,8 +11,8 @@ import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
 import org.apache.flink.util.Collector;
 
 /**
- * Weir's benchmark shapes (crates/weir-bench) on Apache Flink, p=1, 10 s checkpoints. Run by
- * scripts/flink-bench.sh.
+ * Weir's benchmark shapes (crates/weir-bench) on Apache Flink, 10 s checkpoints. Run by
+ * scripts/flink-bench.sh: {@code PARALLELISM SHAPE [KEYS]}.
  *
  * <ul>
  *   <li>{@code reference}: counter source -> "w" + (i % 1000) -> keyBy(w -> w) -> count in
@@ -22,9 +22,10 @@ import org.apache.flink.util.Collector;
  */
 public class Shapes {
     public static void main(String[] args) throws Exception {
-        final String shape = args[0];
+        final int parallelism = Integer.parseInt(args[0]);
+        final String shape = args[1];
         StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment();
-        env.setParallelism(1);
+        env.setParallelism(parallelism);
         env.enableCheckpointing(10_000);
         DataStream<Long> source = env.fromSequence(0, Long.MAX_VALUE).uid("source");
         DataStream<Long> counts;
@@ -33,7 +34,7 @@ public class Shapes {
                 .keyBy(w -> w)
                 .process(new Count<String>()).uid("count").returns(Types.LONG);
         } else if (shape.equals("large-state")) {
-            final long keys = Long.parseLong(args[1]);
+            final long keys = Long.parseLong(args[2]);
             counts = source.map(i -> i % keys).uid("key").returns(Types.LONG)
                 .keyBy(k -> k)
                 .process(new Count<Long>()).uid("count").returns(Types.LONG);
