@@ -2,7 +2,7 @@
 # Weir beside Apache Flink 2.3 on one shape, alternating, so that both see the same machine: each
 # round runs Flink (scripts/flink-bench.sh: 7 samples of 10 s, the first dropped as warm-up) then
 # Weir (`weir-bench --single`, 3 runs of 10 s after 1 s of warm-up), and compares the medians of
-# the round. Writes JSON (default bench-results/vs-flink-SHAPE-BACKEND.json): every rate, each
+# the round. Writes JSON (default bench-results/vs-flink-SHAPE-BACKEND-pP.json): every rate, each
 # round's ratio, and the medians over all rounds. A benchmark, not a test: about 2.5 minutes a round.
 #
 #   scripts/bench-vs-flink.sh [-p PARALLELISM] SHAPE BACKEND [ROUNDS] [OUT]

@@ -3,7 +3,7 @@
 # 10 s checkpoints, p=1 unless -p says otherwise): the reference figures docs/benchmarks.md
 # compares Weir's with.
 # Starts a local Flink cluster of its own, samples the keyed vertex's records read every 10 s,
-# stops the cluster, and writes JSON (default bench-results/flink-SHAPE-BACKEND.json): every
+# stops the cluster, and writes JSON (default bench-results/flink-SHAPE-BACKEND-pP.json): every
 # sample's rate and the median of all but the first (the JIT's warm-up). A benchmark, not a test.
 #
 #   scripts/flink-bench.sh [-p PARALLELISM] SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]
