@@ -16,14 +16,9 @@
 set -euo pipefail
 
 usage="usage: bench-vs-flink.sh [-p PARALLELISM] SHAPE BACKEND [ROUNDS] [OUT]"
-parallelism=1
-while getopts p: option; do
-  case "$option" in
-    p) parallelism=$OPTARG ;;
-    *) echo "$usage" >&2; exit 2 ;;
-  esac
-done
-shift $((OPTIND - 1))
+. "$(dirname "$0")/lib/options.sh"
+read_parallelism_option "$usage" "$@"
+shift "$options_used"
 shape=${1:?$usage}
 backend=${2:?$usage}
 rounds=${3:-4}

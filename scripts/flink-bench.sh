@@ -21,14 +21,9 @@
 set -euo pipefail
 
 usage="usage: flink-bench.sh [-p PARALLELISM] SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]"
-parallelism=1
-while getopts p: option; do
-  case "$option" in
-    p) parallelism=$OPTARG ;;
-    *) echo "$usage" >&2; exit 2 ;;
-  esac
-done
-shift $((OPTIND - 1))
+. "$(dirname "$0")/lib/options.sh"
+read_parallelism_option "$usage" "$@"
+shift "$options_used"
 shape=${1:?$usage}
 backend=${2:?$usage}
 samples=${3:-7}
