@@ -21,14 +21,14 @@
 set -euo pipefail
 
 usage="usage: flink-bench.sh [-p PARALLELISM] SHAPE BACKEND [SAMPLES] [MANAGED_MEMORY] [OUT]"
-. "$(dirname "$0")/lib/options.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib/options.sh"
 read_parallelism_option "$usage" "$@"
 shift "$options_used"
 shape=${1:?$usage}
 backend=${2:?$usage}
 samples=${3:-7}
 managed=${4:-}
-here=$(cd "$(dirname "$0")" && pwd)
 out=${5:-$here/../bench-results/flink-${shape//:/-}-$backend-p$parallelism.json}
 case "$shape" in
   reference) job_args=("$parallelism" reference) ;;
@@ -39,7 +39,12 @@ case "$backend" in
   hashmap | rocksdb) ;;
   *) echo "unknown backend '$backend': hashmap or rocksdb" >&2; exit 2 ;;
 esac
-[ "$samples" -ge 2 ] || { echo "SAMPLES must be at least 2 (the first is the warm-up)" >&2; exit 2; }
+[[ "$samples" =~ ^[0-9]+$ ]] && [ "$samples" -ge 2 ] ||
+  { echo "SAMPLES '$samples': a whole number of at least 2 (the first is the warm-up)" >&2; exit 2; }
+if curl -sf -o /dev/null localhost:8081/overview; then
+  echo "port 8081 already answers (a Flink cluster, or Weir's REST server?): this script starts a Flink cluster of its own there; stop that one and run it again" >&2
+  exit 1
+fi
 
 home=$(dirname "$(dirname "$("$here/flink-cli.sh" path)")")
 if ! command -v javac >/dev/null 2>&1; then
