@@ -231,7 +231,7 @@ pub(crate) const BLOCK_LIMIT_WAY_OUT: &str = "spread such state over more keys (
      have no such limit";
 
 /// Starts one state's entries in a block payload: `u16 state index | u32 entry count`.
-fn push_state_head(payload: &mut Vec<u8>, state_index: u16, count: usize) {
+pub(crate) fn push_state_head(payload: &mut Vec<u8>, state_index: u16, count: usize) {
     payload.extend_from_slice(&state_index.to_be_bytes());
     payload.extend_from_slice(&(count as u32).to_be_bytes());
 }
@@ -254,13 +254,19 @@ pub fn push_entries<'a>(
     }
 }
 
-/// Appends one state's entries of one key group to a block payload, sorted by key bytes.
-pub(crate) fn push_sorted_entries(payload: &mut Vec<u8>, state_index: u16, entries: &mut SortedEntries) {
+/// Appends one state's entries of one key group to a block payload, sorted by key bytes; `tag`
+/// is given each entry's tag in that order.
+pub(crate) fn push_sorted_entries(
+    payload: &mut Vec<u8>,
+    state_index: u16,
+    entries: &mut SortedEntries,
+    tag: impl FnMut(u32),
+) {
     if entries.is_empty() {
         return;
     }
     push_state_head(payload, state_index, entries.len());
-    entries.append_sorted(payload);
+    entries.append_sorted(payload, tag);
 }
 
 /// One key group's block: each state's entries, `(state index, [(key, value)])`, borrowed from the

@@ -9,10 +9,11 @@
 use crate::codec;
 use crate::error::StateError;
 use crate::format::{
-    push_entries, push_sorted_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta,
+    push_entries, push_sorted_entries, push_state_head, read_key_groups, FileHeader, StateFileWriter, StateKind,
+    StateMeta,
 };
 use crate::snapshot::RestoredKeyedState;
-use crate::sorted_entries::SortedEntries;
+use crate::sorted_entries::{framed, keys_ascend, SortedEntries};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -23,7 +24,7 @@ use weir_core::KeyGroupRange;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
-use key_map::{hash_key_with, KeyMap};
+use key_map::{hash_key_with, KeyMap, KeyOrder};
 
 mod key_map;
 
@@ -65,8 +66,12 @@ impl<K: Key, V: StateData> Group<K, V> {
 
     /// The group for a snapshot; from now on it is shared until the next write.
     fn freeze(&mut self) -> Arc<KeyMap<K, V>> {
-        if let Group::Owned(m) = self {
-            *self = Group::Shared(Arc::new(std::mem::take(m)));
+        match self {
+            Group::Owned(m) => {
+                m.freezing();
+                *self = Group::Shared(Arc::new(std::mem::take(m)));
+            }
+            Group::Shared(m) => m.freezing_again(),
         }
         match self {
             Group::Shared(m) => m.clone(),
@@ -179,13 +184,80 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         buf: &mut SortedEntries,
     ) -> Result<(), StateError> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
-        buf.clear();
-        for (k, v) in self.groups[index].iter() {
-            buf.push(|b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)?;
+        let map = &*self.groups[index];
+        let known_order = map.key_order();
+        if let Some(order) = known_order {
+            if write_in_key_order(map, order, state_index, payload).map_err(enc_err)? {
+                return Ok(());
+            }
+            tracing::debug!(state = %self.meta.name, "a key group's recorded key order did not hold; sorting it");
         }
-        push_sorted_entries(payload, state_index, buf);
+        let push = |buf: &mut SortedEntries, tag: u32, k: &K, v: &V| {
+            buf.push(tag, |b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)
+        };
+        if known_order.is_none() && map.key_order_wanted() {
+            buf.clear_tagged();
+            let mut every_bucket_fits = true;
+            for (bucket, k, v) in map.buckets() {
+                every_bucket_fits &= bucket.is_some();
+                push(buf, bucket.unwrap_or(0), k, v)?;
+            }
+            if every_bucket_fits && !buf.is_empty() {
+                let mut order: Box<KeyOrder> = vec![0; buf.len()].into();
+                let mut next = order.iter_mut();
+                push_sorted_entries(payload, state_index, buf, |bucket| {
+                    if let Some(slot) = next.next() {
+                        *slot = bucket;
+                    }
+                });
+                map.set_key_order(order);
+                return Ok(());
+            }
+        } else {
+            buf.clear();
+            for (k, v) in map.iter() {
+                push(buf, 0, k, v)?;
+            }
+        }
+        push_sorted_entries(payload, state_index, buf, |_| ());
         Ok(())
     }
+}
+
+/// Entries ahead of the one written that [`write_in_key_order`] asks the cache for.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Writes `map`'s entries in `order`, the key order a snapshot of the same keys recorded, instead
+/// of sorting them again. The order is checked (each bucket occupied, each key's bytes above the
+/// previous key's): false, and `payload` as it was, when it does not hold.
+fn write_in_key_order<K: Key, V: StateData>(
+    map: &KeyMap<K, V>,
+    order: &KeyOrder,
+    state_index: u16,
+    payload: &mut Vec<u8>,
+) -> Result<bool, String> {
+    if order.len() != map.len() {
+        return Ok(false);
+    }
+    let head = payload.len();
+    push_state_head(payload, state_index, order.len());
+    let entries_start = payload.len();
+    for (i, &bucket) in order.iter().enumerate() {
+        if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
+            map.prefetch(ahead);
+        }
+        let Some((k, v)) = map.entry_at(bucket) else {
+            payload.truncate(head);
+            return Ok(false);
+        };
+        framed(payload, |b| codec::encode_into(k, b))?;
+        framed(payload, |b| codec::encode_into(v, b))?;
+    }
+    if !keys_ascend(&payload[entries_start..]) {
+        payload.truncate(head);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Restored state not (yet) declared by the operator: kept as bytes, and written into later
@@ -214,7 +286,7 @@ impl TableSnapshot for RawTable {
             buf.push_bytes(&[k], v)
                 .map_err(|e| StateError::Encode { name: self.meta.name.clone(), detail: e.to_string() })?;
         }
-        push_sorted_entries(payload, state_index, buf);
+        push_sorted_entries(payload, state_index, buf, |_| ());
         Ok(())
     }
 }
@@ -803,6 +875,126 @@ mod tests {
         assert_eq!(write(keys), write(reversed));
     }
 
+    /// Each key group's recorded key order of the value state "v" (declared first): its length,
+    /// or `None` where no snapshot recorded one.
+    fn key_orders(backend: &KeyedStateBackend<u64>) -> Vec<Option<usize>> {
+        let KeyedStateBackend::Heap(h) = backend else { unreachable!("heap tests") };
+        h.table::<u64>(0).groups.iter().map(|g| g.map().key_order().map(<[u32]>::len)).collect()
+    }
+
+    /// The bytes a snapshot of `values` writes when nothing was recorded before: sorted afresh.
+    fn written_afresh(values: &BTreeMap<u64, u64>) -> Vec<u8> {
+        let mut b = heap::<u64>(128, KeyGroupRange::inclusive(0, 127));
+        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+        for (&k, &value) in values {
+            v.update(&mut b.scope(&k).unwrap(), value).unwrap();
+        }
+        frozen(&mut b).write(Vec::new()).unwrap().0
+    }
+
+    /// Whether every non-empty key group of "v" has a recorded order that holds for its keys.
+    fn written_in_recorded_orders(backend: &KeyedStateBackend<u64>) -> bool {
+        let KeyedStateBackend::Heap(h) = backend else { unreachable!("heap tests") };
+        h.table::<u64>(0).groups.iter().filter(|g| g.map().len() > 0).all(|g| {
+            let map = g.map();
+            map.key_order().is_some_and(|order| write_in_key_order(map, order, 0, &mut Vec::new()).unwrap())
+        })
+    }
+
+    #[test]
+    fn snapshots_write_in_the_key_order_recorded_where_keys_held_still() {
+        let mut b = heap::<u64>(128, KeyGroupRange::inclusive(0, 127));
+        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+        let mut values = BTreeMap::new();
+        for k in 0..5000u64 {
+            v.update(&mut b.scope(&k).unwrap(), k).unwrap();
+            values.insert(k, k);
+        }
+        let snapshot_matches = |b: &mut KeyedStateBackend<u64>, values: &BTreeMap<u64, u64>| {
+            assert_eq!(frozen(b).write(Vec::new()).unwrap().0, written_afresh(values));
+        };
+        // Keys came before the first snapshot: it records nothing; the second, the keys having
+        // held still since, records every key group's order.
+        snapshot_matches(&mut b, &values);
+        assert!(key_orders(&b).iter().all(Option::is_none), "keys came before the first snapshot");
+        snapshot_matches(&mut b, &values);
+        let KeyedStateBackend::Heap(h) = &b else { unreachable!() };
+        let lens: Vec<usize> = h.table::<u64>(0).groups.iter().map(|g| g.map().len()).collect();
+        assert_eq!(key_orders(&b), lens.iter().map(|&n| Some(n)).collect::<Vec<_>>(), "every key group recorded");
+        assert!(written_in_recorded_orders(&b));
+        // New values in place keep the order; a snapshot held while they are written (so the task
+        // copies its key groups) still writes what the state held when it was taken.
+        let held = frozen(&mut b);
+        let before = written_afresh(&values);
+        for k in (0..5000u64).step_by(3) {
+            v.update(&mut b.scope(&k).unwrap(), k * 10).unwrap();
+            values.insert(k, k * 10);
+        }
+        assert_eq!(held.write(Vec::new()).unwrap().0, before);
+        assert!(written_in_recorded_orders(&b), "values changed in place keep the order");
+        snapshot_matches(&mut b, &values);
+        // A key that comes, and one that goes, drop the order of their key groups only, until
+        // their keys hold still from one snapshot to the next.
+        let (new_key, gone_key) = (1_000_000u64, 17u64);
+        let changed = [new_key, gone_key].map(|k| assign_to_key_group(&k, 128) as usize);
+        v.update(&mut b.scope(&new_key).unwrap(), 1).unwrap();
+        v.clear(&mut b.scope(&gone_key).unwrap()).unwrap();
+        values.insert(new_key, 1);
+        values.remove(&gone_key);
+        for _ in 0..2 {
+            for (g, order) in key_orders(&b).iter().enumerate() {
+                assert_eq!(order.is_none(), changed.contains(&g), "key group {g}");
+            }
+            snapshot_matches(&mut b, &values);
+        }
+        assert!(written_in_recorded_orders(&b), "recorded once the keys held still");
+        // A key group whose keys change between every two snapshots never records one.
+        let churning = assign_to_key_group(&2_000_000u64, 128);
+        for key in (2_000_000u64..).filter(|k| assign_to_key_group(k, 128) == churning).take(4) {
+            v.update(&mut b.scope(&key).unwrap(), key).unwrap();
+            values.insert(key, key);
+            snapshot_matches(&mut b, &values);
+            assert_eq!(key_orders(&b)[churning as usize], None);
+        }
+    }
+
+    #[test]
+    fn a_recorded_order_that_does_not_hold_is_not_written() {
+        let mut b = heap::<u64>(128, KeyGroupRange::inclusive(0, 127));
+        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+        let mut values = BTreeMap::new();
+        for k in 0..3000u64 {
+            v.update(&mut b.scope(&k).unwrap(), k).unwrap();
+            values.insert(k, k);
+        }
+        let snapshot = frozen(&mut b);
+        let KeyedStateBackend::Heap(h) = &b else { unreachable!() };
+        let groups = &h.table::<u64>(0).groups;
+        // Three ways an order can fail: reversed, a bucket that holds nothing, one bucket short.
+        let buckets = |g: usize| -> Vec<u32> {
+            let mut b: Vec<(u32, u64)> = groups[g].map().buckets().map(|(b, k, _)| (b.unwrap(), *k)).collect();
+            b.sort_by_key(|&(_, k)| codec::encode(&k).unwrap());
+            b.into_iter().map(|(b, _)| b).collect()
+        };
+        let empty_bucket = |g: usize| (0u32..).find(|&b| groups[g].map().entry_at(b).is_none()).unwrap();
+        for (g, group) in groups.iter().enumerate() {
+            let mut order = buckets(g);
+            match g % 3 {
+                0 => order.reverse(),
+                1 => order[0] = empty_bucket(g),
+                _ => {
+                    order.pop();
+                }
+            }
+            let mut payload = vec![9];
+            assert!(!write_in_key_order(group.map(), &order, 0, &mut payload).unwrap(), "key group {g}");
+            assert_eq!(payload, vec![9], "left as it was");
+            group.map().set_key_order(order.into_boxed_slice());
+            assert!(group.map().key_order().is_some());
+        }
+        assert_eq!(snapshot.write(Vec::new()).unwrap().0, written_afresh(&values));
+    }
+
     #[test]
     fn batching_pays_while_the_keyed_state_fits_the_cpu_caches() {
         let mut b: KeyedStateBackend<u64> = heap(128, KeyGroupRange::inclusive(0, 127));
@@ -862,6 +1054,64 @@ mod tests {
             (0..100u64).prop_map(Step::Append),
             (-5..5i64).prop_map(Step::Reduce),
         ]
+    }
+
+    /// What happens to the value state "v" between snapshots.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Write(u64, u64),
+        Clear(u64),
+        /// A snapshot taken and written at once.
+        Snapshot,
+        /// A snapshot taken now and written at the next `WriteHeld`, the task writing meanwhile.
+        Hold,
+        WriteHeld,
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (0..600u64, 0..1000u64).prop_map(|(k, v)| Change::Write(k, v)),
+            1 => (0..600u64).prop_map(Change::Clear),
+            2 => Just(Change::Snapshot),
+            1 => Just(Change::Hold),
+            1 => Just(Change::WriteHeld),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever comes between snapshots (new values, keys that come and go, snapshots held
+        /// while the task writes), a snapshot writes the bytes a snapshot sorting afresh writes.
+        #[test]
+        fn snapshots_in_recorded_key_orders_write_what_sorting_afresh_writes(
+            changes in proptest::collection::vec(change(), 1..400)
+        ) {
+            let mut b = heap::<u64>(128, KeyGroupRange::inclusive(0, 127));
+            let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
+            let mut values = BTreeMap::new();
+            let mut held = None;
+            for change in changes {
+                match change {
+                    Change::Write(k, value) => {
+                        v.update(&mut b.scope(&k).unwrap(), value).unwrap();
+                        values.insert(k, value);
+                    }
+                    Change::Clear(k) => {
+                        v.clear(&mut b.scope(&k).unwrap()).unwrap();
+                        values.remove(&k);
+                    }
+                    Change::Snapshot => {
+                        proptest::prop_assert_eq!(frozen(&mut b).write(Vec::new()).unwrap().0, written_afresh(&values));
+                    }
+                    Change::Hold => held = Some((frozen(&mut b), values.clone())),
+                    Change::WriteHeld => {
+                        if let Some((snapshot, then)) = held.take() {
+                            proptest::prop_assert_eq!(snapshot.write(Vec::new()).unwrap().0, written_afresh(&then));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     proptest::proptest! {
