@@ -82,7 +82,9 @@ impl SortedEntries {
     }
 
     /// Appends one entry, its key and value written by the two functions; `tag` is kept if the
-    /// entries are tagged.
+    /// entries are tagged. Inlined into each of a snapshot's loops (a call per entry, where the
+    /// compiler chose one for two call sites, cost about a tenth of a savepoint).
+    #[inline(always)]
     pub(crate) fn push<E: From<TooLarge>>(
         &mut self,
         tag: u32,
@@ -237,6 +239,7 @@ pub(crate) fn keys_ascend(framed: &[u8]) -> bool {
 const COPY_WINDOW: usize = 32;
 
 /// Appends `u32 length | what write appends`; returns where it ends.
+#[inline(always)]
 pub(crate) fn framed<E: From<TooLarge>>(
     bytes: &mut Vec<u8>,
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
