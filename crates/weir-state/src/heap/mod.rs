@@ -901,15 +901,19 @@ mod tests {
         })
     }
 
-    #[test]
-    fn snapshots_write_in_the_key_order_recorded_where_keys_held_still() {
+    /// A heap backend whose value state "v" holds `k` for each key `k` below `keys`, and those values.
+    fn counted_keys(keys: u64) -> (KeyedStateBackend<u64>, ValueState<u64>, BTreeMap<u64, u64>) {
         let mut b = heap::<u64>(128, KeyGroupRange::inclusive(0, 127));
         let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
-        let mut values = BTreeMap::new();
-        for k in 0..5000u64 {
+        for k in 0..keys {
             v.update(&mut b.scope(&k).unwrap(), k).unwrap();
-            values.insert(k, k);
         }
+        (b, v, (0..keys).map(|k| (k, k)).collect())
+    }
+
+    #[test]
+    fn snapshots_write_in_the_key_order_recorded_where_keys_held_still() {
+        let (mut b, v, mut values) = counted_keys(5000);
         let snapshot_matches = |b: &mut KeyedStateBackend<u64>, values: &BTreeMap<u64, u64>| {
             assert_eq!(frozen(b).write(Vec::new()).unwrap().0, written_afresh(values));
         };
@@ -960,13 +964,7 @@ mod tests {
 
     #[test]
     fn a_recorded_order_that_does_not_hold_is_not_written() {
-        let mut b = heap::<u64>(128, KeyGroupRange::inclusive(0, 127));
-        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
-        let mut values = BTreeMap::new();
-        for k in 0..3000u64 {
-            v.update(&mut b.scope(&k).unwrap(), k).unwrap();
-            values.insert(k, k);
-        }
+        let (mut b, _, values) = counted_keys(3000);
         let snapshot = frozen(&mut b);
         let KeyedStateBackend::Heap(h) = &b else { unreachable!() };
         let groups = &h.table::<u64>(0).groups;
