@@ -28,9 +28,9 @@ pub(crate) struct KeyMap<K, V> {
 /// the snapshot records afterwards serves the task's copy as well (a copy keeps every entry in
 /// its bucket). A snapshot checks an order against the keys as it writes them.
 ///
-/// Recording costs the sort about a tenth more, so a snapshot records only where the keys held
-/// still since the snapshot before (`record`): a key group whose keys change between every two
-/// checkpoints never pays for an order it cannot use, and one whose keys settle is written in
+/// Recording costs a sorting snapshot about a seventh more, so a snapshot records only where keys
+/// held still since the snapshot before (`record`): a key group whose keys change between every
+/// two checkpoints never pays for an order it cannot use, and one whose keys settle is written in
 /// order from its third snapshot on.
 #[derive(Default)]
 pub(crate) struct KeyOrderPlace {
