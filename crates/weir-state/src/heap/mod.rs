@@ -185,8 +185,7 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
     ) -> Result<(), StateError> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
         let map = &*self.groups[index];
-        let known_order = map.key_order();
-        if let Some(order) = known_order {
+        if let Some(order) = map.key_order() {
             if write_in_key_order(map, order, state_index, payload).map_err(enc_err)? {
                 return Ok(());
             }
@@ -195,7 +194,8 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         let push = |buf: &mut SortedEntries, tag: u32, k: &K, v: &V| {
             buf.push(tag, |b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)
         };
-        if known_order.is_none() && map.key_order_wanted() {
+        // Wanted only where no order is recorded, so not after one that did not hold.
+        if map.key_order_wanted() {
             buf.clear_tagged();
             let mut every_bucket_fits = true;
             for (bucket, k, v) in map.buckets() {
