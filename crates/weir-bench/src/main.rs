@@ -296,7 +296,6 @@ fn git_commit() -> Option<String> {
 
 /// One suite's results, as `--suite NAME` writes them.
 fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
-    std::env::set_var("RUST_LOG", "warn");
     let throughput_matrix: (&[&str], &[u64], &[&str]) = match suite {
         "savepoints" => {
             let report = savepoints::run(&key_counts(&args.keys))?;
@@ -384,12 +383,13 @@ fn run_child(exe: &std::path::Path, spec: &str, options: &SingleOptions) -> anyh
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Quiet unless asked: RUST_LOG=info shows when each checkpoint and savepoint was triggered and
+    // completed; RUST_LOG=weir_rocksdb=info with `--set state.backend.rocksdb.statistics=true`
+    // shows the RocksDB profile when a job ends.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     if let Some(spec) = &args.single {
-        // RUST_LOG=weir_rocksdb=info with `--set state.backend.rocksdb.statistics=true` shows the
-        // RocksDB profile when the job ends.
-        if std::env::var_os("RUST_LOG").is_none() {
-            std::env::set_var("RUST_LOG", "warn");
-        }
         let r = run_single(spec, &SingleOptions::from_args(&args))?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());

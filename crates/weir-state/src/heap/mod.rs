@@ -13,7 +13,7 @@ use crate::format::{
     StateMeta,
 };
 use crate::snapshot::RestoredKeyedState;
-use crate::sorted_entries::{framed, keys_ascend, SortedEntries};
+use crate::sorted_entries::{framed, keys_ascend, SortedEntries, TooLarge};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -186,7 +186,7 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
         let map = &*self.groups[index];
         if let Some(order) = map.key_order() {
-            if write_in_key_order(map, order, state_index, payload).map_err(enc_err)? {
+            if write_in_key_order(map, order, state_index, payload, buf.written_starts()).map_err(enc_err)? {
                 return Ok(());
             }
             tracing::debug!(state = %self.meta.name, "a key group's recorded key order did not hold; sorting it");
@@ -235,25 +235,28 @@ fn write_in_key_order<K: Key, V: StateData>(
     order: &KeyOrder,
     state_index: u16,
     payload: &mut Vec<u8>,
+    starts: &mut Vec<u32>,
 ) -> Result<bool, String> {
-    if order.len() != map.len() {
+    let Some(cache) = map.bucket_prefetch().filter(|_| order.len() == map.len()) else {
         return Ok(false);
-    }
+    };
     let head = payload.len();
     push_state_head(payload, state_index, order.len());
     let entries_start = payload.len();
+    starts.clear();
     for (i, &bucket) in order.iter().enumerate() {
         if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
-            map.prefetch(ahead);
+            cache.prefetch(ahead);
         }
         let Some((k, v)) = map.entry_at(bucket) else {
             payload.truncate(head);
             return Ok(false);
         };
+        starts.push(u32::try_from(payload.len() - entries_start).map_err(|_| TooLarge)?);
         framed(payload, |b| codec::encode_into(k, b))?;
         framed(payload, |b| codec::encode_into(v, b))?;
     }
-    if !keys_ascend(&payload[entries_start..]) {
+    if !keys_ascend(&payload[entries_start..], starts) {
         payload.truncate(head);
         return Ok(false);
     }
@@ -897,7 +900,8 @@ mod tests {
         let KeyedStateBackend::Heap(h) = backend else { unreachable!("heap tests") };
         h.table::<u64>(0).groups.iter().filter(|g| g.map().len() > 0).all(|g| {
             let map = g.map();
-            map.key_order().is_some_and(|order| write_in_key_order(map, order, 0, &mut Vec::new()).unwrap())
+            map.key_order()
+                .is_some_and(|order| write_in_key_order(map, order, 0, &mut Vec::new(), &mut Vec::new()).unwrap())
         })
     }
 
@@ -985,7 +989,10 @@ mod tests {
                 }
             }
             let mut payload = vec![9];
-            assert!(!write_in_key_order(group.map(), &order, 0, &mut payload).unwrap(), "key group {g}");
+            assert!(
+                !write_in_key_order(group.map(), &order, 0, &mut payload, &mut Vec::new()).unwrap(),
+                "key group {g}"
+            );
             assert_eq!(payload, vec![9], "left as it was");
             group.map().set_key_order(order.into_boxed_slice());
             assert!(group.map().key_order().is_some());
