@@ -2,15 +2,98 @@
 //! any state as JSON without the job's types) and tolerant of added fields with defaults and of
 //! removed fields. Never depends on memory layout or `std::hash`.
 
+use rmp::Marker;
 use serde::de::{Deserialize, DeserializeOwned};
 use serde::Serialize;
+use std::any::Any;
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec_named(value).map_err(|e| e.to_string())
 }
 
-pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    rmp_serde::encode::write_named(out, value).map_err(|e| e.to_string())
+/// Appends `value`'s encoding to `out`. Integers and strings, most keys and counters, are written
+/// here, inlined into the caller's loop: through serde, rmp writes each with a call that a
+/// snapshot's loop could not inline (over a quarter of writing a heap snapshot in a recorded key
+/// order, measured). The bytes are rmp_serde's (`fast_paths_write_what_rmp_serde_writes`).
+#[inline(always)]
+pub fn encode_into<T: Serialize + 'static>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    let any = value as &dyn Any;
+    if let Some(&v) = any.downcast_ref::<u64>() {
+        write_uint(v, out);
+    } else if let Some(&v) = any.downcast_ref::<u32>() {
+        write_uint(v.into(), out);
+    } else if let Some(&v) = any.downcast_ref::<i64>() {
+        write_sint(v, out);
+    } else if let Some(&v) = any.downcast_ref::<i32>() {
+        write_sint(v.into(), out);
+    } else if let Some(v) = any.downcast_ref::<String>() {
+        write_str(v, out)?;
+    } else {
+        rmp_serde::encode::write_named(out, value).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A MessagePack unsigned integer in its shortest form, as `rmp::encode::write_uint` writes it.
+#[inline(always)]
+fn write_uint(v: u64, out: &mut Vec<u8>) {
+    if v < 128 {
+        out.push(v as u8);
+    } else if v < 1 << 8 {
+        out.extend_from_slice(&[Marker::U8.to_u8(), v as u8]);
+    } else if v < 1 << 16 {
+        out.push(Marker::U16.to_u8());
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v < 1 << 32 {
+        out.push(Marker::U32.to_u8());
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(Marker::U64.to_u8());
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// A MessagePack signed integer in its shortest form, as `rmp::encode::write_sint` writes it
+/// (non-negative values as unsigned ones).
+#[inline(always)]
+fn write_sint(v: i64, out: &mut Vec<u8>) {
+    if v >= 0 {
+        write_uint(v as u64, out);
+    } else if v >= -32 {
+        out.push(v as u8);
+    } else if v >= i8::MIN.into() {
+        out.extend_from_slice(&[Marker::I8.to_u8(), v as u8]);
+    } else if v >= i16::MIN.into() {
+        out.push(Marker::I16.to_u8());
+        out.extend_from_slice(&(v as i16).to_be_bytes());
+    } else if v >= i32::MIN.into() {
+        out.push(Marker::I32.to_u8());
+        out.extend_from_slice(&(v as i32).to_be_bytes());
+    } else {
+        out.push(Marker::I64.to_u8());
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// A MessagePack string, as `rmp::encode::write_str` writes it.
+#[inline(always)]
+fn write_str(v: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let len = v.len();
+    if len < 32 {
+        out.push(Marker::FixStr(len as u8).to_u8());
+    } else if len < 1 << 8 {
+        out.extend_from_slice(&[Marker::Str8.to_u8(), len as u8]);
+    } else if len < 1 << 16 {
+        out.push(Marker::Str16.to_u8());
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        let len =
+            u32::try_from(len).map_err(|_| format!("a string of {len} bytes is longer than MessagePack allows"))?;
+        out.push(Marker::Str32.to_u8());
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    out.extend_from_slice(v.as_bytes());
+    Ok(())
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
@@ -67,6 +150,59 @@ pub fn read_map_header(bytes: &[u8]) -> Result<(usize, &[u8]), String> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    fn as_rmp_serde_writes<T: Serialize + std::fmt::Debug + 'static>(value: T) {
+        let mut ours = vec![7];
+        encode_into(&value, &mut ours).unwrap();
+        let mut theirs = vec![7];
+        rmp_serde::encode::write_named(&mut theirs, &value).unwrap();
+        assert_eq!(ours, theirs, "{value:?}");
+    }
+
+    fn every_integer_type_writes_as_rmp_serde_does(v: i128) {
+        if let Ok(v) = u64::try_from(v) {
+            as_rmp_serde_writes(v);
+        }
+        if let Ok(v) = u32::try_from(v) {
+            as_rmp_serde_writes(v);
+        }
+        if let Ok(v) = i64::try_from(v) {
+            as_rmp_serde_writes(v);
+        }
+        if let Ok(v) = i32::try_from(v) {
+            as_rmp_serde_writes(v);
+        }
+        // A type without a fast path is encoded by rmp_serde itself.
+        if let Ok(v) = i16::try_from(v) {
+            as_rmp_serde_writes((v, f64::from(v)));
+        }
+    }
+
+    #[test]
+    fn fast_paths_write_what_rmp_serde_writes() {
+        // At and around every boundary between MessagePack's integer forms, both signs.
+        for edge in [0i128, 32, 128, 1 << 7, 1 << 8, 1 << 15, 1 << 16, 1 << 31, 1 << 32, 1 << 63, 1 << 64] {
+            for v in (edge - 2..=edge + 2).chain(-edge - 2..=-edge + 2) {
+                every_integer_type_writes_as_rmp_serde_does(v);
+            }
+        }
+        // Strings at and around the boundaries between fixstr, str8, str16 and str32.
+        for edge in [0usize, 32, 1 << 8, 1 << 16] {
+            for len in edge.saturating_sub(2)..=edge + 2 {
+                as_rmp_serde_writes("x".repeat(len));
+            }
+        }
+        as_rmp_serde_writes("é".repeat(40));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn integers_anywhere_write_what_rmp_serde_writes(v in proptest::prelude::any::<i64>(), u in proptest::prelude::any::<u64>()) {
+            every_integer_type_writes_as_rmp_serde_does(v.into());
+            every_integer_type_writes_as_rmp_serde_does(u.into());
+            every_integer_type_writes_as_rmp_serde_does((v >> (u % 64)).into());
+        }
+    }
 
     #[test]
     fn concatenated_values_split_back() {
