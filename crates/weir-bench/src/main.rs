@@ -40,6 +40,7 @@ static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 mod allocator;
 mod connectors;
 mod count;
+mod encoding;
 mod object_storage;
 mod rocksdb;
 mod savepoints;

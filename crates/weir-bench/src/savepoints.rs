@@ -5,7 +5,7 @@
 //! second recorded, as after checkpoints of keys that hold still), then a stop with a savepoint
 //! (the sources stop at the barrier, so the state is written with the cores to itself: an
 //! upgrade's downtime). Also measures the disk's sequential write bandwidth, the yardstick for
-//! savepoint writing.
+//! savepoint writing, and the heap backend's snapshot encoding apart from any job (`encoding`).
 
 use crate::count::{start_keyed_count, Progress};
 use anyhow::{bail, Result};
@@ -43,6 +43,8 @@ pub struct SavepointResult {
 pub struct Report {
     disk_sequential_write_mb_per_second: f64,
     results: Vec<SavepointResult>,
+    /// The heap backend's snapshot encoding apart from any job (see `encoding`).
+    encoding: Vec<crate::encoding::EncodingResult>,
 }
 
 pub(crate) fn start(
@@ -231,5 +233,11 @@ pub fn run(keys: &[u64]) -> Result<Report> {
         );
         results.push(r);
     }
-    Ok(Report { disk_sequential_write_mb_per_second: disk, results })
+    let mut encoding = Vec::new();
+    for &k in keys {
+        let e = crate::encoding::run(k)?;
+        eprintln!("{:>9} keys, encoding apart from any job: {e}", k);
+        encoding.push(e);
+    }
+    Ok(Report { disk_sequential_write_mb_per_second: disk, results, encoding })
 }

@@ -17,8 +17,10 @@ pub(crate) struct SortedEntries {
     /// Whether each entry is followed by its tag (untagged entries gather and copy as fast as
     /// before tags existed: 4 bytes more per entry cost about 4 % of encoding).
     tagged: bool,
-    /// Where the entries a snapshot wrote straight into a payload (in a recorded key order)
-    /// start, for [`keys_ascend`]: kept with the buffers an encoder reuses between key groups.
+    /// Entries a snapshot wrote from a recorded key order (`written`, when they are to be merged
+    /// with others; else straight into the payload) and where each starts (for [`keys_ascend`]):
+    /// kept with the buffers an encoder reuses between key groups.
+    written: Vec<u8>,
     written_starts: Vec<u32>,
 }
 
@@ -71,9 +73,9 @@ impl SortedEntries {
         self.spans.is_empty()
     }
 
-    /// Room for the starts of entries written elsewhere, for [`keys_ascend`].
-    pub(crate) fn written_starts(&mut self) -> &mut Vec<u32> {
-        &mut self.written_starts
+    /// Room for entries written from a recorded order, and for their starts (for [`keys_ascend`]).
+    pub(crate) fn written(&mut self) -> (&mut Vec<u8>, &mut Vec<u32>) {
+        (&mut self.written, &mut self.written_starts)
     }
 
     /// Empties the entries; those pushed next carry no tag.
@@ -246,6 +248,65 @@ pub(crate) fn keys_ascend(framed: &[u8], starts: &[u32]) -> bool {
     true
 }
 
+/// Where each entry of `framed` (entries as a block payload frames them, fewer than 4 GiB of
+/// them) starts, found by following the entries' lengths.
+pub(crate) fn entry_starts(framed: &[u8]) -> Vec<u32> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at < framed.len() {
+        starts.push(at as u32);
+        let (key, rest) = unframe(&framed[at..]);
+        at += 4 + key.len() + 4 + unframe(rest).0.len();
+    }
+    starts
+}
+
+/// Which of the two runs [`merge_framed`] took an entry from, and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Merged {
+    Many(usize),
+    Few(usize),
+}
+
+/// Appends to `out` the entries of two runs of framed entries (`many`, `few`, each with its
+/// entries' starts, each in key order), in key order; `starts` gets where each appended entry
+/// starts (from the end of `out` as it was), and `from` where each came from. Made for a few entries merged into many:
+/// each of `few` finds its place by a binary search, and the entries of `many` between two of
+/// them are copied at once.
+pub(crate) fn merge_framed(
+    many: (&[u8], &[u32]),
+    few: (&[u8], &[u32]),
+    out: &mut Vec<u8>,
+    starts: &mut Vec<u32>,
+    mut from: impl FnMut(Merged),
+) -> Result<(), TooLarge> {
+    let ((many, many_starts), (few, few_starts)) = (many, few);
+    let end_of = |run: &[u8], run_starts: &[u32], i: usize| run_starts.get(i).map_or(run.len(), |&s| s as usize);
+    let base = out.len();
+    let mut copy = |run: &[u8], run_starts: &[u32], range: std::ops::Range<usize>, out: &mut Vec<u8>| {
+        let (first, end) = (end_of(run, run_starts, range.start), end_of(run, run_starts, range.end));
+        let shift = (out.len() - base) as i64 - first as i64;
+        for &s in &run_starts[range] {
+            starts.push(u32::try_from(s as i64 + shift).map_err(|_| TooLarge)?);
+        }
+        out.extend_from_slice(&run[first..end]);
+        Ok::<(), TooLarge>(())
+    };
+    let mut next = 0;
+    for (j, &start) in few_starts.iter().enumerate() {
+        let k = key_at(few, start);
+        let place = next + many_starts[next..].partition_point(|&s| key_at(many, s) < k);
+        copy(many, many_starts, next..place, out)?;
+        (next..place).for_each(|i| from(Merged::Many(i)));
+        copy(few, few_starts, j..j + 1, out)?;
+        from(Merged::Few(j));
+        next = place;
+    }
+    copy(many, many_starts, next..many_starts.len(), out)?;
+    (next..many_starts.len()).for_each(|i| from(Merged::Many(i)));
+    Ok(())
+}
+
 /// Bytes copied per entry at once by [`SortedEntries::append_sorted`].
 const COPY_WINDOW: usize = 32;
 
@@ -271,7 +332,12 @@ fn unframe(framed: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn key_of<'b>(bytes: &'b [u8], span: &Span) -> &'b [u8] {
-    unframe(&bytes[span.start as usize..]).0
+    key_at(bytes, span.start)
+}
+
+/// The key of the framed entry at `start`.
+fn key_at(bytes: &[u8], start: u32) -> &[u8] {
+    unframe(&bytes[start as usize..]).0
 }
 
 #[cfg(test)]
@@ -323,16 +389,33 @@ mod tests {
         framed
     }
 
-    /// Where each entry of `framed` starts, found by following the entries' lengths.
-    fn entry_starts(framed: &[u8]) -> Vec<u32> {
-        let mut starts = Vec::new();
-        let mut at = 0;
-        while at < framed.len() {
-            starts.push(at as u32);
-            let (key, rest) = unframe(&framed[at..]);
-            at += 4 + key.len() + 4 + unframe(rest).0.len();
+    proptest::proptest! {
+        /// Two runs in key order merge into the one run sorting all their entries gives, each
+        /// entry's start and origin reported.
+        #[test]
+        fn runs_merge_as_sorting_them_together_would(
+            entries in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..6), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..60),
+            few_of in proptest::collection::vec(proptest::prelude::any::<bool>(), 60),
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3),
+        ) {
+            let all: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let (few, many): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|&i| few_of[i]);
+            let run = |part: &[usize]| framed_as_a_block(part.iter().map(|&i| all[i]));
+            let (many_run, few_run) = (run(&many), run(&few));
+            let mut out = prefix.clone();
+            let (mut starts, mut origins) = (Vec::new(), Vec::new());
+            merge_framed(
+                (&many_run, &entry_starts(&many_run)),
+                (&few_run, &entry_starts(&few_run)),
+                &mut out,
+                &mut starts,
+                |m| origins.push(match m { Merged::Many(i) => many[i], Merged::Few(j) => few[j] }),
+            ).unwrap();
+            proptest::prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+            proptest::prop_assert_eq!(&out[prefix.len()..], &framed_as_a_block(all.iter().copied())[..]);
+            proptest::prop_assert_eq!(starts, entry_starts(&out[prefix.len()..]));
+            proptest::prop_assert_eq!(origins, (0..all.len()).collect::<Vec<_>>());
         }
-        starts
     }
 
     proptest::proptest! {

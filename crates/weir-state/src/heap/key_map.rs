@@ -10,7 +10,7 @@
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use weir_core::key_group::KeyHash;
 
 #[derive(Clone)]
@@ -20,27 +20,70 @@ pub(crate) struct KeyMap<K, V> {
     /// them: the next snapshot of the same keys writes in that order without sorting again (the
     /// sort was most of a canonical snapshot's time). See [`KeyOrderPlace`].
     key_order: Option<Arc<KeyOrderPlace>>,
+    /// The buckets whose keys came or went since the keys of `key_order`'s place (kept only while
+    /// there is a place, and only while they are few).
+    changes: KeyChanges,
 }
 
-/// Where the snapshots of one set of keys keep its order. Bucket indices hold while no key comes
-/// or goes, so an insert or a removal drops the place (values change in place). The copies of a
-/// map share it: a snapshot freezes the map, the task copies it on its next write, and the order
-/// the snapshot records afterwards serves the task's copy as well (a copy keeps every entry in
-/// its bucket). A snapshot checks an order against the keys as it writes them.
+/// Where the snapshots of one set of keys keep its order. Bucket indices hold while the table
+/// neither grows nor rehashes (values change in place, a key that comes takes a free bucket, a
+/// key that goes frees its own); the map drops its place when the table might move its entries.
+/// The copies of a map share it: a snapshot freezes the map, the task copies it on its next
+/// write, and the order the snapshot records afterwards serves the task's copy as well (a copy
+/// keeps every entry in its bucket). A snapshot checks an order against the keys as it writes
+/// them.
 ///
+/// Keys that came or went since a recorded order are merged into it by the next snapshot
+/// (`since`): sorting the few new keys and leaving out the gone ones, instead of sorting all.
 /// Recording costs a sorting snapshot about a seventh more, so a snapshot records only where keys
-/// held still since the snapshot before (`record`): a key group whose keys change between every
-/// two checkpoints never pays for an order it cannot use, and one whose keys settle is written in
-/// order from its third snapshot on.
+/// held still or changed little since the snapshot before (`record`): a key group whose keys
+/// change wholesale between every two checkpoints never pays for an order it cannot use, and one
+/// whose keys settle or change slowly is written in order from its third snapshot on.
 #[derive(Default)]
 pub(crate) struct KeyOrderPlace {
     record: AtomicBool,
     order: OnceLock<Box<KeyOrder>>,
+    /// How these keys differ from those of a place whose order a snapshot recorded; taken by the
+    /// first snapshot that writes the key group, so that the place before is freed then.
+    since: Mutex<Option<KeysSince>>,
+}
+
+/// Buckets whose keys came (`added`: a bucket may be listed twice, or its key gone again) or went
+/// (`removed`) since the keys of a recorded order.
+#[derive(Clone, Default)]
+pub(crate) struct KeyChanges {
+    pub(crate) added: Vec<u32>,
+    pub(crate) removed: Vec<u32>,
+}
+
+impl KeyChanges {
+    fn len(&self) -> usize {
+        self.added.len() + self.removed.len()
+    }
+}
+
+/// A place's keys as those of `base`, whose order a snapshot recorded, with `changes`.
+pub(crate) struct KeysSince {
+    pub(crate) base: Arc<KeyOrderPlace>,
+    pub(crate) changes: KeyChanges,
+}
+
+impl KeysSince {
+    /// The order recorded for the keys before the changes.
+    pub(crate) fn base_order(&self) -> Option<&KeyOrder> {
+        self.base.order.get().map(|o| &**o)
+    }
+}
+
+/// Changes since a recorded order beyond which merging them is not worth keeping them: past
+/// half of the keys, a sort is about as fast.
+fn too_many_changes(changes: usize, len: usize) -> bool {
+    changes > len / 2
 }
 
 impl<K, V> Default for KeyMap<K, V> {
     fn default() -> Self {
-        KeyMap { table: HashTable::new(), key_order: None }
+        KeyMap { table: HashTable::new(), key_order: None, changes: KeyChanges::default() }
     }
 }
 
@@ -96,11 +139,18 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
     where
         K: Clone,
     {
+        self.before_growing();
+        let len_with_it = self.table.len() + 1;
         match self.table.entry(hash, |(k, _)| k.same_key(key), |(k, _)| hash_key(k)) {
             hashbrown::hash_table::Entry::Occupied(found) => (&mut found.into_mut().1, false),
             hashbrown::hash_table::Entry::Vacant(vacant) => {
-                self.key_order = None;
-                (&mut vacant.insert((key.clone(), init())).into_mut().1, true)
+                let inserted = vacant.insert((key.clone(), init()));
+                let bucket = inserted.bucket_index();
+                let value = &mut inserted.into_mut().1;
+                if self.key_order.is_some() {
+                    Self::key_changed(&mut self.key_order, &mut self.changes, bucket, true, len_with_it);
+                }
+                (value, true)
             }
         }
     }
@@ -108,8 +158,21 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
     /// Inserts `key`, which must not be in the map yet.
     #[inline]
     pub(crate) fn insert_new(&mut self, hash: u64, key: K, value: V) {
-        self.key_order = None;
-        self.table.insert_unique(hash, (key, value), |(k, _)| hash_key(k));
+        self.before_growing();
+        let bucket = self.table.insert_unique(hash, (key, value), |(k, _)| hash_key(k)).bucket_index();
+        if self.key_order.is_some() {
+            Self::key_changed(&mut self.key_order, &mut self.changes, bucket, true, self.table.len());
+        }
+    }
+
+    /// Called before anything that may insert: the table then makes room first, whether it
+    /// inserts or not, and when it has none left (as many entries as its capacity) it grows or
+    /// rehashes, moving its entries to other buckets.
+    #[inline]
+    fn before_growing(&mut self) {
+        if self.key_order.is_some() && self.table.len() == self.table.capacity() {
+            self.forget_key_order();
+        }
     }
 
     /// Inserts or replaces; for restores, which have no hash at hand.
@@ -123,8 +186,38 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
 
     pub(crate) fn remove(&mut self, hash: u64, key: &K) -> Option<V> {
         let entry = self.table.find_entry(hash, |(k, _)| k.same_key(key)).ok()?;
+        let bucket = entry.bucket_index();
+        let value = entry.remove().0 .1;
+        if self.key_order.is_some() {
+            Self::key_changed(&mut self.key_order, &mut self.changes, bucket, false, self.table.len());
+        }
+        Some(value)
+    }
+
+    /// Notes that the key in `bucket` came (`added`) or went, or forgets the order when changes
+    /// are too many to be worth merging.
+    #[cold]
+    fn key_changed(
+        key_order: &mut Option<Arc<KeyOrderPlace>>,
+        changes: &mut KeyChanges,
+        bucket: usize,
+        added: bool,
+        len: usize,
+    ) {
+        match u32::try_from(bucket) {
+            Ok(bucket) if !too_many_changes(changes.len() + 1, len) => {
+                if added { &mut changes.added } else { &mut changes.removed }.push(bucket);
+            }
+            _ => {
+                *key_order = None;
+                *changes = KeyChanges::default();
+            }
+        }
+    }
+
+    fn forget_key_order(&mut self) {
         self.key_order = None;
-        Some(entry.remove().0 .1)
+        self.changes = KeyChanges::default();
     }
 }
 
@@ -132,14 +225,30 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
 pub(crate) type KeyOrder = [u32];
 
 impl<K, V> KeyMap<K, V> {
-    /// Called as a snapshot freezes the map: a map that kept its place since the snapshot before
-    /// (no key came or went) is worth recording an order for; one without gets a place, which
-    /// the next snapshot finds if its keys hold still until then.
+    /// Called as a snapshot freezes the map. A map whose keys held still since the snapshot
+    /// before keeps its place, now worth recording an order for; one whose keys changed a little
+    /// since a recorded order gets a place that merges the changes into it; one whose keys
+    /// changed a little otherwise gets a place to record an order in; one without (its keys
+    /// never snapshotted, or changed much) gets a place, which the next snapshot finds if its
+    /// keys then hold still or change little.
     pub(crate) fn freezing(&mut self) {
-        match &self.key_order {
-            Some(place) => place.record.store(true, Ordering::Relaxed),
-            None => self.key_order = Some(Arc::default()),
-        }
+        let changes = std::mem::take(&mut self.changes);
+        let place = match self.key_order.take() {
+            Some(place) if changes.len() == 0 => {
+                place.record.store(true, Ordering::Relaxed);
+                place
+            }
+            Some(base) => {
+                let since = base.order.get().is_some().then(|| KeysSince { base, changes });
+                Arc::new(KeyOrderPlace {
+                    record: AtomicBool::new(true),
+                    since: Mutex::new(since),
+                    ..Default::default()
+                })
+            }
+            None => Arc::default(),
+        };
+        self.key_order = Some(place);
     }
 
     /// [`KeyMap::freezing`], for a map a snapshot froze before and nothing has written since:
@@ -150,9 +259,22 @@ impl<K, V> KeyMap<K, V> {
         }
     }
 
-    /// The buckets in key order, when a snapshot of these keys has sorted them.
+    /// The buckets in key order, when a snapshot of these keys has sorted them (for a map a
+    /// snapshot froze: one written since may hold keys that came or went).
     pub(crate) fn key_order(&self) -> Option<&KeyOrder> {
         self.key_order.as_ref()?.order.get().map(|o| &**o)
+    }
+
+    /// How the keys differ from those of an order a snapshot recorded, if they do and no snapshot
+    /// has taken that yet.
+    pub(crate) fn take_keys_since(&self) -> Option<KeysSince> {
+        let place = self.key_order.as_ref()?;
+        place.since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+
+    /// Whether `bucket` holds an entry.
+    pub(crate) fn is_occupied(&self, bucket: u32) -> bool {
+        self.table.get_bucket(bucket as usize).is_some()
     }
 
     /// Whether a snapshot that sorts the map should record the order for the next.
@@ -250,6 +372,42 @@ mod tests {
             let entry = map.table.get_bucket(bucket as usize).expect("an occupied bucket");
             assert_eq!(cache.entry(bucket), entry as *const (u64, [u8; 24]), "key {k}");
         }
+    }
+
+    /// A map at its capacity grows on its next lookup-or-insert, even of a key it holds, moving
+    /// its entries: the order is forgotten before. Short of its capacity, keys that come and go
+    /// are kept as changes to merge, until they outnumber half of the keys.
+    #[test]
+    fn an_order_outlives_keys_that_come_and_go_but_not_the_table_growing() {
+        let mut map = KeyMap::<u64, u64>::default();
+        let mut k = 0;
+        while map.len() < 100 || map.len() < map.table.capacity() {
+            map.insert(k, k);
+            k += 1;
+        }
+        map.freezing();
+        map.freezing();
+        map.set_key_order((0..map.len() as u32).collect());
+        let buckets = map.table.num_buckets();
+        assert_eq!(*map.get_or_insert_with(hash_key(&0u64), &0, || 0).0, 0);
+        assert!(map.key_order.is_none() && map.table.num_buckets() > buckets, "grown, order forgotten");
+
+        let mut map = KeyMap::<u64, u64>::default();
+        (0..200).for_each(|k| map.insert(k, k));
+        assert!(map.table.capacity() >= 221);
+        map.freezing();
+        assert!(map.key_order.is_some());
+        map.get_or_insert_with(hash_key(&500u64), &500, || 1);
+        map.remove(hash_key(&3u64), &3);
+        assert_eq!((map.changes.added.len(), map.changes.removed.len()), (1, 1));
+        for k in 1000..1020 {
+            map.insert(k, k);
+        }
+        assert!(map.key_order.is_some(), "22 changes among 220 keys");
+        for k in 10..110u64 {
+            map.remove(hash_key(&k), &k);
+        }
+        assert!(map.key_order.is_none() && map.changes.len() == 0, "too many changes to merge");
     }
 
     #[test]

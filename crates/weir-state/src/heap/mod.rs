@@ -13,7 +13,7 @@ use crate::format::{
     StateMeta,
 };
 use crate::snapshot::RestoredKeyedState;
-use crate::sorted_entries::{framed, keys_ascend, SortedEntries, TooLarge};
+use crate::sorted_entries::{entry_starts, framed, keys_ascend, merge_framed, Merged, SortedEntries, TooLarge};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -24,7 +24,7 @@ use weir_core::KeyGroupRange;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
-use key_map::{hash_key_with, KeyMap, KeyOrder};
+use key_map::{hash_key_with, KeyMap, KeyOrder, KeysSince};
 
 mod key_map;
 
@@ -186,10 +186,18 @@ impl<K: Key, V: StateData> TableSnapshot for FrozenTable<K, V> {
         let enc_err = |detail| StateError::Encode { name: self.meta.name.clone(), detail };
         let map = &*self.groups[index];
         if let Some(order) = map.key_order() {
-            if write_in_key_order(map, order, state_index, payload, buf.written_starts()).map_err(enc_err)? {
+            if write_in_key_order(map, order, state_index, payload, buf.written().1).map_err(enc_err)? {
                 return Ok(());
             }
             tracing::debug!(state = %self.meta.name, "a key group's recorded key order did not hold; sorting it");
+        } else if let Some(since) = map.take_keys_since() {
+            if let Some(base) = since.base_order() {
+                if let Some(order) = write_merging(map, &since, base, state_index, payload, buf).map_err(enc_err)? {
+                    map.set_key_order(order);
+                    return Ok(());
+                }
+                tracing::debug!(state = %self.meta.name, "a key group's key order merged with its changes did not hold; sorting it");
+            }
         }
         let push = |buf: &mut SortedEntries, tag: u32, k: &K, v: &V| {
             buf.push(tag, |b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).map_err(enc_err)
@@ -237,30 +245,108 @@ fn write_in_key_order<K: Key, V: StateData>(
     payload: &mut Vec<u8>,
     starts: &mut Vec<u32>,
 ) -> Result<bool, String> {
-    let Some(cache) = map.bucket_prefetch().filter(|_| order.len() == map.len()) else {
+    if order.len() != map.len() {
         return Ok(false);
-    };
+    }
     let head = payload.len();
     push_state_head(payload, state_index, order.len());
     let entries_start = payload.len();
-    starts.clear();
-    for (i, &bucket) in order.iter().enumerate() {
-        if let Some(&ahead) = order.get(i + PREFETCH_AHEAD) {
-            cache.prefetch(ahead);
-        }
-        let Some((k, v)) = map.entry_at(bucket) else {
-            payload.truncate(head);
-            return Ok(false);
-        };
-        starts.push(u32::try_from(payload.len() - entries_start).map_err(|_| TooLarge)?);
-        framed(payload, |b| codec::encode_into(k, b))?;
-        framed(payload, |b| codec::encode_into(v, b))?;
-    }
-    if !keys_ascend(&payload[entries_start..], starts) {
+    if !write_buckets(map, order, payload, starts)? || !keys_ascend(&payload[entries_start..], starts) {
         payload.truncate(head);
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Appends the entries of `buckets`, in that order, framed as a block payload frames them, and
+/// sets `starts` to where each starts (from the end of `out` as it was). False when a bucket
+/// holds no entry.
+fn write_buckets<K: Key, V: StateData>(
+    map: &KeyMap<K, V>,
+    buckets: &[u32],
+    out: &mut Vec<u8>,
+    starts: &mut Vec<u32>,
+) -> Result<bool, String> {
+    starts.clear();
+    let Some(cache) = map.bucket_prefetch() else {
+        return Ok(buckets.is_empty());
+    };
+    let from = out.len();
+    for (i, &bucket) in buckets.iter().enumerate() {
+        if let Some(&ahead) = buckets.get(i + PREFETCH_AHEAD) {
+            cache.prefetch(ahead);
+        }
+        let Some((k, v)) = map.entry_at(bucket) else {
+            return Ok(false);
+        };
+        starts.push(u32::try_from(out.len() - from).map_err(|_| TooLarge)?);
+        framed(out, |b| codec::encode_into(k, b))?;
+        framed(out, |b| codec::encode_into(v, b))?;
+    }
+    Ok(true)
+}
+
+/// Writes `map`'s entries in key order from the order recorded for its keys before `since`'s
+/// changes: the entries of that order whose keys did not go, merged with those that came,
+/// sorted (few, or the changes would not have been kept). Returns the order written, for the
+/// next snapshot; `None`, and `payload` as it was, when the result does not check out (as
+/// [`write_in_key_order`] checks).
+fn write_merging<K: Key, V: StateData>(
+    map: &KeyMap<K, V>,
+    since: &KeysSince,
+    base: &KeyOrder,
+    state_index: u16,
+    payload: &mut Vec<u8>,
+    buf: &mut SortedEntries,
+) -> Result<Option<Box<KeyOrder>>, String> {
+    let kept = without(base, &since.changes.removed);
+    let mut came = since.changes.added.clone();
+    came.sort_unstable();
+    came.dedup();
+    came.retain(|&b| map.is_occupied(b));
+    // An empty key group writes nothing (see `push_sorted_entries`).
+    if map.len() == 0 || kept.len() + came.len() != map.len() {
+        return Ok(None);
+    }
+    // The entries that came, sorted, with their buckets.
+    buf.clear_tagged();
+    for &bucket in &came {
+        let Some((k, v)) = map.entry_at(bucket) else { return Ok(None) };
+        buf.push(bucket, |b| codec::encode_into(k, b), |b| codec::encode_into(v, b))?;
+    }
+    let (mut fresh, mut fresh_order) = (Vec::new(), Vec::with_capacity(came.len()));
+    buf.append_sorted(&mut fresh, |bucket| fresh_order.push(bucket));
+    let fresh_starts = entry_starts(&fresh);
+    // Those that stayed, in the recorded order.
+    let (written, written_starts) = buf.written();
+    written.clear();
+    if !write_buckets(map, &kept, written, written_starts)? {
+        return Ok(None);
+    }
+    let head = payload.len();
+    push_state_head(payload, state_index, map.len());
+    let entries_start = payload.len();
+    let (mut starts, mut order) = (Vec::with_capacity(map.len()), Vec::with_capacity(map.len()));
+    merge_framed((written, written_starts), (&fresh, &fresh_starts), payload, &mut starts, |from| {
+        order.push(match from {
+            Merged::Many(i) => kept[i],
+            Merged::Few(j) => fresh_order[j],
+        })
+    })?;
+    if !keys_ascend(&payload[entries_start..], &starts) {
+        payload.truncate(head);
+        return Ok(None);
+    }
+    Ok(Some(order.into_boxed_slice()))
+}
+
+/// `order` without the buckets in `removed`.
+fn without(order: &KeyOrder, removed: &[u32]) -> Vec<u32> {
+    let Some(&last) = removed.iter().max() else { return order.to_vec() };
+    let mut gone = vec![0u64; last as usize / 64 + 1];
+    removed.iter().for_each(|&b| gone[b as usize / 64] |= 1 << (b % 64));
+    let went = |b: u32| gone.get(b as usize / 64).is_some_and(|w| w & (1 << (b % 64)) != 0);
+    order.iter().copied().filter(|&b| !went(b)).collect()
 }
 
 /// Restored state not (yet) declared by the operator: kept as bytes, and written into later
@@ -941,29 +1027,80 @@ mod tests {
         assert_eq!(held.write(Vec::new()).unwrap().0, before);
         assert!(written_in_recorded_orders(&b), "values changed in place keep the order");
         snapshot_matches(&mut b, &values);
-        // A key that comes, and one that goes, drop the order of their key groups only, until
-        // their keys hold still from one snapshot to the next.
+        // A key that comes and one that goes are merged into their key groups' orders by the
+        // next snapshot, which records the orders merged.
         let (new_key, gone_key) = (1_000_000u64, 17u64);
-        let changed = [new_key, gone_key].map(|k| assign_to_key_group(&k, 128) as usize);
         v.update(&mut b.scope(&new_key).unwrap(), 1).unwrap();
         v.clear(&mut b.scope(&gone_key).unwrap()).unwrap();
         values.insert(new_key, 1);
         values.remove(&gone_key);
-        for _ in 0..2 {
-            for (g, order) in key_orders(&b).iter().enumerate() {
-                assert_eq!(order.is_none(), changed.contains(&g), "key group {g}");
-            }
-            snapshot_matches(&mut b, &values);
-        }
-        assert!(written_in_recorded_orders(&b), "recorded once the keys held still");
-        // A key group whose keys change between every two snapshots never records one.
+        snapshot_matches(&mut b, &values);
+        assert!(written_in_recorded_orders(&b), "orders merged with the keys that came and went");
+        // A key group that gains a key between every two snapshots, or loses one, stays in order.
         let churning = assign_to_key_group(&2_000_000u64, 128);
-        for key in (2_000_000u64..).filter(|k| assign_to_key_group(k, 128) == churning).take(4) {
+        let mut keys = (2_000_000u64..).filter(|k| assign_to_key_group(k, 128) == churning);
+        for key in keys.by_ref().take(4) {
             v.update(&mut b.scope(&key).unwrap(), key).unwrap();
             values.insert(key, key);
+            let gone = *values.keys().find(|&&k| k < 2_000_000 && assign_to_key_group(&k, 128) == churning).unwrap();
+            v.clear(&mut b.scope(&gone).unwrap()).unwrap();
+            values.remove(&gone);
             snapshot_matches(&mut b, &values);
-            assert_eq!(key_orders(&b)[churning as usize], None);
+            assert!(written_in_recorded_orders(&b), "key {key} came, {gone} went");
         }
+        // Keys replaced wholesale are not worth merging: that key group sorts and records nothing
+        // until its keys hold still (or change little) from one snapshot to the next.
+        let old: Vec<u64> = values.keys().copied().filter(|k| assign_to_key_group(k, 128) == churning).collect();
+        for (gone, new) in old.iter().zip(keys.by_ref()) {
+            v.clear(&mut b.scope(gone).unwrap()).unwrap();
+            values.remove(gone);
+            v.update(&mut b.scope(&new).unwrap(), new).unwrap();
+            values.insert(new, new);
+        }
+        snapshot_matches(&mut b, &values);
+        assert_eq!(key_orders(&b)[churning as usize], None, "nothing recorded after keys replaced wholesale");
+        snapshot_matches(&mut b, &values);
+        assert_eq!(key_orders(&b)[churning as usize], Some(old.len()), "recorded once they held still");
+        assert!(written_in_recorded_orders(&b));
+    }
+
+    /// Each key group whose keys came and went since its order was recorded writes, from that
+    /// order and its changes, the bytes sorting it writes, and records its keys' order.
+    #[test]
+    fn keys_that_came_and_went_are_merged_into_the_recorded_order() {
+        let (mut b, v, _) = counted_keys(5000);
+        for _ in 0..2 {
+            frozen(&mut b).write(Vec::new()).unwrap();
+        }
+        for k in 0..300u64 {
+            v.update(&mut b.scope(&(10_000 + k)).unwrap(), k).unwrap();
+            v.clear(&mut b.scope(&k).unwrap()).unwrap();
+            // One that comes and goes again.
+            v.update(&mut b.scope(&(20_000 + k)).unwrap(), k).unwrap();
+            v.clear(&mut b.scope(&(20_000 + k)).unwrap()).unwrap();
+        }
+        let _snapshot = frozen(&mut b);
+        let KeyedStateBackend::Heap(h) = &b else { unreachable!() };
+        let mut merged_groups = 0;
+        for group in &h.table::<u64>(0).groups {
+            let map = group.map();
+            let Some(since) = map.take_keys_since() else { continue };
+            let mut merged = vec![7];
+            let base = since.base_order().expect("recorded before the changes");
+            let order = write_merging(map, &since, base, 0, &mut merged, &mut SortedEntries::default())
+                .unwrap()
+                .expect("merged");
+            let mut sorted = SortedEntries::default();
+            for (k, v) in map.iter() {
+                sorted.push(0, |b| codec::encode_into(k, b), |b| codec::encode_into(v, b)).unwrap();
+            }
+            let mut want = vec![7];
+            push_sorted_entries(&mut want, 0, &mut sorted, |_| ());
+            assert_eq!(merged, want);
+            assert!(write_in_key_order(map, &order, 0, &mut Vec::new(), &mut Vec::new()).unwrap());
+            merged_groups += 1;
+        }
+        assert!(merged_groups > 100, "{merged_groups} key groups merged");
     }
 
     #[test]
