@@ -1002,7 +1002,7 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_write_in_the_key_order_recorded_where_keys_held_still() {
+    fn snapshots_write_in_recorded_key_orders_as_keys_hold_still_or_change_little() {
         let (mut b, v, mut values) = counted_keys(5000);
         let snapshot_matches = |b: &mut KeyedStateBackend<u64>, values: &BTreeMap<u64, u64>| {
             assert_eq!(frozen(b).write(Vec::new()).unwrap().0, written_afresh(values));
