@@ -261,6 +261,20 @@ pub(crate) fn entry_starts(framed: &[u8]) -> Vec<u32> {
     starts
 }
 
+/// The `(key, value)` entries of `framed` (entries as a block payload frames them).
+pub(crate) fn framed_entries(framed: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = framed;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (key, after) = unframe(rest);
+        let (value, after) = unframe(after);
+        rest = after;
+        Some((key, value))
+    })
+}
+
 /// Which of the two runs [`merge_framed`] took an entry from, and its index there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Merged {

@@ -13,7 +13,9 @@ use crate::format::{
     StateMeta,
 };
 use crate::snapshot::RestoredKeyedState;
-use crate::sorted_entries::{entry_starts, framed, keys_ascend, merge_framed, Merged, SortedEntries, TooLarge};
+use crate::sorted_entries::{
+    entry_starts, framed, framed_entries, keys_ascend, merge_framed, Merged, SortedEntries, TooLarge,
+};
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -80,8 +82,34 @@ impl<K: Key, V: StateData> Group<K, V> {
     }
 }
 
-/// Encoded `(key, value)` entries.
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// Encoded `(key, value)` entries of one key group, framed back to back in one buffer (as a block
+/// payload frames them): a restore of 10^7 entries kept as two vectors each spent a third of its
+/// time allocating and freeing them.
+#[derive(Default, Clone)]
+struct Entries {
+    framed: Vec<u8>,
+    len: usize,
+}
+
+impl Entries {
+    /// Appends an entry read from a block, whose lengths are 32-bit already.
+    fn push(&mut self, key: &[u8], value: &[u8]) {
+        for field in [key, value] {
+            debug_assert!(u32::try_from(field.len()).is_ok(), "a field of a block");
+            self.framed.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            self.framed.extend_from_slice(field);
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        framed_entries(&self.framed)
+    }
+}
 
 struct Table<K, V> {
     meta: StateMeta,
@@ -371,7 +399,7 @@ impl TableSnapshot for RawTable {
         buf: &mut SortedEntries,
     ) -> Result<(), StateError> {
         buf.clear();
-        for (k, v) in &self.groups[index] {
+        for (k, v) in self.groups[index].iter() {
             buf.push_bytes(&[k], v)
                 .map_err(|e| StateError::Encode { name: self.meta.name.clone(), detail: e.to_string() })?;
         }
@@ -452,8 +480,9 @@ impl<K: Key> HeapKeyedBackend<K> {
         let mut raw: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
         let range = self.key_groups;
         read_key_groups(&restored.files, range, &restored.checked, &mut |_, meta, kg, entries| {
-            let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.clone(), vec![Vec::new(); n]));
-            slot.1[(kg - range.start) as usize].extend(entries.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+            let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.clone(), vec![Entries::default(); n]));
+            let group = &mut slot.1[(kg - range.start) as usize];
+            entries.iter().for_each(|(k, v)| group.push(k, v));
             Ok(())
         })?;
         for (name, (meta, groups)) in raw {
@@ -480,7 +509,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             }
             for (local, entries) in raw.groups.iter().enumerate() {
                 let kg = self.key_groups.start + local as u32;
-                for (kb, vb) in entries {
+                for (kb, vb) in entries.iter() {
                     let decode_err =
                         |what, detail| StateError::Decode { name: name.to_string(), key_group: kg, what, detail };
                     let key: K = codec::decode(kb).map_err(|d| decode_err("key", d))?;
@@ -525,7 +554,7 @@ impl<K: Key> HeapKeyedBackend<K> {
             }
             for (local, entries) in raw.groups.iter().enumerate() {
                 let kg = self.key_groups.start + local as u32;
-                restored.extend(entries.iter().map(|(timer, _)| (kg, timer.clone())));
+                restored.extend(entries.iter().map(|(timer, _)| (kg, timer.to_vec())));
             }
         }
         self.timers.add::<K>(name, 0, restored, self.max_parallelism)
