@@ -8,6 +8,7 @@
 //! * snapshots after keys came and went (0.1 % of the keys replaced before each), which merge the
 //!   changes into the recorded order.
 
+use crate::median;
 use anyhow::Result;
 use serde::Serialize;
 use weir_core::KeyGroupRange;
@@ -40,11 +41,6 @@ fn cpu_seconds() -> f64 {
     // SAFETY: writes the timespec we pass, nothing else.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(keys: u64) -> Result<EncodingResult> {

@@ -295,6 +295,12 @@ fn git_commit() -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The middle value (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// One suite's results, as `--suite NAME` writes them.
 fn run_suite(suite: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
     let throughput_matrix: (&[&str], &[u64], &[&str]) = match suite {

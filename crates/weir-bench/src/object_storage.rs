@@ -4,6 +4,7 @@
 //! machine's cores with the job, so the difference is the protocol's cost plus the server's CPU,
 //! which is measured (from /proc) and reported beside each S3 time.
 
+use crate::median;
 use crate::savepoints::{SavepointResult, SavepointRun};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -66,11 +67,6 @@ pub struct ObjectStorageResult {
     /// S3 time over local time (the aim: at most 2).
     savepoint_ratio: f64,
     restore_ratio: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn s3_script(args: &[&str]) -> Result<String> {

@@ -40,16 +40,13 @@ fn write_uint(v: u64, out: &mut Vec<u8>) {
     if v < 128 {
         out.push(v as u8);
     } else if v < 1 << 8 {
-        out.extend_from_slice(&[Marker::U8.to_u8(), v as u8]);
+        marked(out, Marker::U8, &[v as u8]);
     } else if v < 1 << 16 {
-        out.push(Marker::U16.to_u8());
-        out.extend_from_slice(&(v as u16).to_be_bytes());
+        marked(out, Marker::U16, &(v as u16).to_be_bytes());
     } else if v < 1 << 32 {
-        out.push(Marker::U32.to_u8());
-        out.extend_from_slice(&(v as u32).to_be_bytes());
+        marked(out, Marker::U32, &(v as u32).to_be_bytes());
     } else {
-        out.push(Marker::U64.to_u8());
-        out.extend_from_slice(&v.to_be_bytes());
+        marked(out, Marker::U64, &v.to_be_bytes());
     }
 }
 
@@ -62,16 +59,13 @@ fn write_sint(v: i64, out: &mut Vec<u8>) {
     } else if v >= -32 {
         out.push(v as u8);
     } else if v >= i8::MIN.into() {
-        out.extend_from_slice(&[Marker::I8.to_u8(), v as u8]);
+        marked(out, Marker::I8, &[v as u8]);
     } else if v >= i16::MIN.into() {
-        out.push(Marker::I16.to_u8());
-        out.extend_from_slice(&(v as i16).to_be_bytes());
+        marked(out, Marker::I16, &(v as i16).to_be_bytes());
     } else if v >= i32::MIN.into() {
-        out.push(Marker::I32.to_u8());
-        out.extend_from_slice(&(v as i32).to_be_bytes());
+        marked(out, Marker::I32, &(v as i32).to_be_bytes());
     } else {
-        out.push(Marker::I64.to_u8());
-        out.extend_from_slice(&v.to_be_bytes());
+        marked(out, Marker::I64, &v.to_be_bytes());
     }
 }
 
@@ -82,18 +76,24 @@ fn write_str(v: &str, out: &mut Vec<u8>) -> Result<(), String> {
     if len < 32 {
         out.push(Marker::FixStr(len as u8).to_u8());
     } else if len < 1 << 8 {
-        out.extend_from_slice(&[Marker::Str8.to_u8(), len as u8]);
+        marked(out, Marker::Str8, &[len as u8]);
     } else if len < 1 << 16 {
-        out.push(Marker::Str16.to_u8());
-        out.extend_from_slice(&(len as u16).to_be_bytes());
+        marked(out, Marker::Str16, &(len as u16).to_be_bytes());
     } else {
-        let len =
-            u32::try_from(len).map_err(|_| format!("a string of {len} bytes is longer than MessagePack allows"))?;
-        out.push(Marker::Str32.to_u8());
-        out.extend_from_slice(&len.to_be_bytes());
+        let len = u32::try_from(len).map_err(|_| {
+            format!("a string of {len} bytes is longer than MessagePack allows (4 GiB); keep it in smaller pieces")
+        })?;
+        marked(out, Marker::Str32, &len.to_be_bytes());
     }
     out.extend_from_slice(v.as_bytes());
     Ok(())
+}
+
+/// A marker and the bytes that follow it.
+#[inline(always)]
+fn marked(out: &mut Vec<u8>, marker: Marker, bytes: &[u8]) {
+    out.push(marker.to_u8());
+    out.extend_from_slice(bytes);
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {

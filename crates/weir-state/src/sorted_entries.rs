@@ -251,27 +251,23 @@ pub(crate) fn keys_ascend(framed: &[u8], starts: &[u32]) -> bool {
 /// Where each entry of `framed` (entries as a block payload frames them, fewer than 4 GiB of
 /// them) starts, found by following the entries' lengths.
 pub(crate) fn entry_starts(framed: &[u8]) -> Vec<u32> {
-    let mut starts = Vec::new();
-    let mut at = 0;
-    while at < framed.len() {
-        starts.push(at as u32);
-        let (key, rest) = unframe(&framed[at..]);
-        at += 4 + key.len() + 4 + unframe(rest).0.len();
-    }
-    starts
+    walk_framed(framed).map(|(start, _, _)| start as u32).collect()
 }
 
 /// The `(key, value)` entries of `framed` (entries as a block payload frames them).
 pub(crate) fn framed_entries(framed: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let mut rest = framed;
+    walk_framed(framed).map(|(_, key, value)| (key, value))
+}
+
+/// Each entry of `framed` as (where it starts, key, value).
+fn walk_framed(framed: &[u8]) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
+    let mut at = 0;
     std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let (key, after) = unframe(rest);
-        let (value, after) = unframe(after);
-        rest = after;
-        Some((key, value))
+        let start = at;
+        let (key, rest) = unframe(framed.get(start..).filter(|rest| !rest.is_empty())?);
+        let (value, _) = unframe(rest);
+        at = start + 8 + key.len() + value.len();
+        Some((start, key, value))
     })
 }
 
@@ -284,9 +280,9 @@ pub(crate) enum Merged {
 
 /// Appends to `out` the entries of two runs of framed entries (`many`, `few`, each with its
 /// entries' starts, each in key order), in key order; `starts` gets where each appended entry
-/// starts (from the end of `out` as it was), and `from` where each came from. Made for a few entries merged into many:
-/// each of `few` finds its place by a binary search, and the entries of `many` between two of
-/// them are copied at once.
+/// starts (from the end of `out` as it was), and `from` where each came from. Made for a few
+/// entries merged into many: each of `few` finds its place by a binary search, and the entries
+/// of `many` between two of them are copied at once.
 pub(crate) fn merge_framed(
     many: (&[u8], &[u32]),
     few: (&[u8], &[u32]),

@@ -19,10 +19,33 @@ pub(crate) struct KeyMap<K, V> {
     /// The table's occupied buckets in the order of their keys' bytes, once a snapshot has sorted
     /// them: the next snapshot of the same keys writes in that order without sorting again (the
     /// sort was most of a canonical snapshot's time). See [`KeyOrderPlace`].
-    key_order: Option<Arc<KeyOrderPlace>>,
-    /// The buckets whose keys came or went since the keys of `key_order`'s place (kept only while
-    /// there is a place, and only while they are few).
+    order: KeyOrderTracking,
+}
+
+/// The place of a map's key order (see [`KeyOrderPlace`]) and the buckets whose keys came or went
+/// since its keys (kept only while there is a place, and only while they are few).
+#[derive(Clone, Default)]
+struct KeyOrderTracking {
+    place: Option<Arc<KeyOrderPlace>>,
     changes: KeyChanges,
+}
+
+impl KeyOrderTracking {
+    fn forget(&mut self) {
+        *self = KeyOrderTracking::default();
+    }
+
+    /// Notes that the key in `bucket` came (`added`) or went, leaving `len` keys, or forgets the
+    /// order when the changes are too many to be worth merging.
+    #[cold]
+    fn key_changed(&mut self, bucket: usize, added: bool, len: usize) {
+        match u32::try_from(bucket) {
+            Ok(bucket) if !too_many_changes(self.changes.len() + 1, len) => {
+                if added { &mut self.changes.added } else { &mut self.changes.removed }.push(bucket);
+            }
+            _ => self.forget(),
+        }
+    }
 }
 
 /// Where the snapshots of one set of keys keep its order. Bucket indices hold while the table
@@ -83,7 +106,7 @@ fn too_many_changes(changes: usize, len: usize) -> bool {
 
 impl<K, V> Default for KeyMap<K, V> {
     fn default() -> Self {
-        KeyMap { table: HashTable::new(), key_order: None, changes: KeyChanges::default() }
+        KeyMap { table: HashTable::new(), order: KeyOrderTracking::default() }
     }
 }
 
@@ -147,8 +170,8 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
                 let inserted = vacant.insert((key.clone(), init()));
                 let bucket = inserted.bucket_index();
                 let value = &mut inserted.into_mut().1;
-                if self.key_order.is_some() {
-                    Self::key_changed(&mut self.key_order, &mut self.changes, bucket, true, len_with_it);
+                if self.order.place.is_some() {
+                    self.order.key_changed(bucket, true, len_with_it);
                 }
                 (value, true)
             }
@@ -160,8 +183,8 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
     pub(crate) fn insert_new(&mut self, hash: u64, key: K, value: V) {
         self.before_growing();
         let bucket = self.table.insert_unique(hash, (key, value), |(k, _)| hash_key(k)).bucket_index();
-        if self.key_order.is_some() {
-            Self::key_changed(&mut self.key_order, &mut self.changes, bucket, true, self.table.len());
+        if self.order.place.is_some() {
+            self.order.key_changed(bucket, true, self.table.len());
         }
     }
 
@@ -170,8 +193,8 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
     /// rehashes, moving its entries to other buckets.
     #[inline]
     fn before_growing(&mut self) {
-        if self.key_order.is_some() && self.table.len() == self.table.capacity() {
-            self.forget_key_order();
+        if self.order.place.is_some() && self.table.len() == self.table.capacity() {
+            self.order.forget();
         }
     }
 
@@ -188,36 +211,10 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
         let entry = self.table.find_entry(hash, |(k, _)| k.same_key(key)).ok()?;
         let bucket = entry.bucket_index();
         let value = entry.remove().0 .1;
-        if self.key_order.is_some() {
-            Self::key_changed(&mut self.key_order, &mut self.changes, bucket, false, self.table.len());
+        if self.order.place.is_some() {
+            self.order.key_changed(bucket, false, self.table.len());
         }
         Some(value)
-    }
-
-    /// Notes that the key in `bucket` came (`added`) or went, or forgets the order when changes
-    /// are too many to be worth merging.
-    #[cold]
-    fn key_changed(
-        key_order: &mut Option<Arc<KeyOrderPlace>>,
-        changes: &mut KeyChanges,
-        bucket: usize,
-        added: bool,
-        len: usize,
-    ) {
-        match u32::try_from(bucket) {
-            Ok(bucket) if !too_many_changes(changes.len() + 1, len) => {
-                if added { &mut changes.added } else { &mut changes.removed }.push(bucket);
-            }
-            _ => {
-                *key_order = None;
-                *changes = KeyChanges::default();
-            }
-        }
-    }
-
-    fn forget_key_order(&mut self) {
-        self.key_order = None;
-        self.changes = KeyChanges::default();
     }
 }
 
@@ -232,8 +229,8 @@ impl<K, V> KeyMap<K, V> {
     /// never snapshotted, or changed much) gets a place, which the next snapshot finds if its
     /// keys then hold still or change little.
     pub(crate) fn freezing(&mut self) {
-        let changes = std::mem::take(&mut self.changes);
-        let place = match self.key_order.take() {
+        let KeyOrderTracking { place, changes } = std::mem::take(&mut self.order);
+        let place = match place {
             Some(place) if changes.len() == 0 => {
                 place.record.store(true, Ordering::Relaxed);
                 place
@@ -248,13 +245,13 @@ impl<K, V> KeyMap<K, V> {
             }
             None => Arc::default(),
         };
-        self.key_order = Some(place);
+        self.order.place = Some(place);
     }
 
     /// [`KeyMap::freezing`], for a map a snapshot froze before and nothing has written since:
     /// its keys held still.
     pub(crate) fn freezing_again(&self) {
-        if let Some(place) = &self.key_order {
+        if let Some(place) = &self.order.place {
             place.record.store(true, Ordering::Relaxed);
         }
     }
@@ -262,30 +259,25 @@ impl<K, V> KeyMap<K, V> {
     /// The buckets in key order, when a snapshot of these keys has sorted them (for a map a
     /// snapshot froze: one written since may hold keys that came or went).
     pub(crate) fn key_order(&self) -> Option<&KeyOrder> {
-        self.key_order.as_ref()?.order.get().map(|o| &**o)
+        self.order.place.as_ref()?.order.get().map(|o| &**o)
     }
 
     /// How the keys differ from those of an order a snapshot recorded, if they do and no snapshot
     /// has taken that yet.
     pub(crate) fn take_keys_since(&self) -> Option<KeysSince> {
-        let place = self.key_order.as_ref()?;
+        let place = self.order.place.as_ref()?;
         place.since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
-    }
-
-    /// Whether `bucket` holds an entry.
-    pub(crate) fn is_occupied(&self, bucket: u32) -> bool {
-        self.table.get_bucket(bucket as usize).is_some()
     }
 
     /// Whether a snapshot that sorts the map should record the order for the next.
     pub(crate) fn key_order_wanted(&self) -> bool {
-        self.key_order.as_ref().is_some_and(|p| p.record.load(Ordering::Relaxed) && p.order.get().is_none())
+        self.order.place.as_ref().is_some_and(|p| p.record.load(Ordering::Relaxed) && p.order.get().is_none())
     }
 
     /// Records the buckets in key order (those [`KeyMap::buckets`] gave, sorted); the first
     /// order recorded for these keys stands.
     pub(crate) fn set_key_order(&self, order: Box<KeyOrder>) {
-        if let Some(place) = &self.key_order {
+        if let Some(place) = &self.order.place {
             let _ = place.order.set(order);
         }
     }
@@ -390,24 +382,24 @@ mod tests {
         map.set_key_order((0..map.len() as u32).collect());
         let buckets = map.table.num_buckets();
         assert_eq!(*map.get_or_insert_with(hash_key(&0u64), &0, || 0).0, 0);
-        assert!(map.key_order.is_none() && map.table.num_buckets() > buckets, "grown, order forgotten");
+        assert!(map.order.place.is_none() && map.table.num_buckets() > buckets, "grown, order forgotten");
 
         let mut map = KeyMap::<u64, u64>::default();
         (0..200).for_each(|k| map.insert(k, k));
         assert!(map.table.capacity() >= 221);
         map.freezing();
-        assert!(map.key_order.is_some());
+        assert!(map.order.place.is_some());
         map.get_or_insert_with(hash_key(&500u64), &500, || 1);
         map.remove(hash_key(&3u64), &3);
-        assert_eq!((map.changes.added.len(), map.changes.removed.len()), (1, 1));
+        assert_eq!((map.order.changes.added.len(), map.order.changes.removed.len()), (1, 1));
         for k in 1000..1020 {
             map.insert(k, k);
         }
-        assert!(map.key_order.is_some(), "22 changes among 220 keys");
+        assert!(map.order.place.is_some(), "22 changes among 220 keys");
         for k in 10..110u64 {
             map.remove(hash_key(&k), &k);
         }
-        assert!(map.key_order.is_none() && map.changes.len() == 0, "too many changes to merge");
+        assert!(map.order.place.is_none() && map.order.changes.len() == 0, "too many changes to merge");
     }
 
     #[test]

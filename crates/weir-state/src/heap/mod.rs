@@ -328,18 +328,18 @@ fn write_merging<K: Key, V: StateData>(
     buf: &mut SortedEntries,
 ) -> Result<Option<Box<KeyOrder>>, String> {
     let kept = without(base, &since.changes.removed);
-    let mut came = since.changes.added.clone();
-    came.sort_unstable();
-    came.dedup();
-    came.retain(|&b| map.is_occupied(b));
+    let mut added = since.changes.added.clone();
+    added.sort_unstable();
+    added.dedup();
+    // Those whose keys are still there.
+    let came: Vec<_> = added.into_iter().filter_map(|b| map.entry_at(b).map(|(k, v)| (b, k, v))).collect();
     // An empty key group writes nothing (see `push_sorted_entries`).
     if map.len() == 0 || kept.len() + came.len() != map.len() {
         return Ok(None);
     }
     // The entries that came, sorted, with their buckets.
     buf.clear_tagged();
-    for &bucket in &came {
-        let Some((k, v)) = map.entry_at(bucket) else { return Ok(None) };
+    for &(bucket, k, v) in &came {
         buf.push(bucket, |b| codec::encode_into(k, b), |b| codec::encode_into(v, b))?;
     }
     let (mut fresh, mut fresh_order) = (Vec::new(), Vec::with_capacity(came.len()));
