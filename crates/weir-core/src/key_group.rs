@@ -272,6 +272,20 @@ impl KeyGroupRange {
     pub fn iter(&self) -> impl Iterator<Item = u32> {
         self.start..self.start + self.count
     }
+
+    /// This range in `n` contiguous chunks of nearly equal size, in order (fewer when it has
+    /// fewer key groups; none when it is empty): how a subtask spreads work over its cores.
+    pub fn split(&self, n: u32) -> Vec<KeyGroupRange> {
+        let n = n.clamp(1, self.count.max(1));
+        (0..n)
+            .map(|i| {
+                let from = self.start + (self.count as u64 * i as u64 / n as u64) as u32;
+                let to = self.start + (self.count as u64 * (i as u64 + 1) / n as u64) as u32;
+                KeyGroupRange { start: from, count: to - from }
+            })
+            .filter(|c| c.count > 0)
+            .collect()
+    }
 }
 
 impl fmt::Debug for KeyGroupRange {
@@ -340,6 +354,19 @@ mod tests {
                 (r.start, r.end())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_range_splits_into_contiguous_chunks_covering_it_once() {
+        for (start, count, n) in [(0, 128, 2), (5, 7, 3), (10, 3, 8), (0, 1, 4), (3, 0, 2), (0, 32768, 8)] {
+            let range = KeyGroupRange { start, count };
+            let chunks = range.split(n);
+            let groups: Vec<u32> = chunks.iter().flat_map(|c| c.iter()).collect();
+            assert_eq!(groups, range.iter().collect::<Vec<_>>(), "{range:?} in {n}");
+            assert!(chunks.len() as u32 <= n.min(count.max(1)));
+            let sizes: Vec<u32> = chunks.iter().map(|c| c.count).collect();
+            assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1, "{sizes:?}");
+        }
     }
 
     #[test]

@@ -24,14 +24,12 @@ use weir_core::metadata::StateMeta;
 use weir_core::KeyGroupRange;
 use weir_state::checksum::CheckedFiles;
 use weir_state::serialized::{key_group_prefix, read_canonical_rows};
-use weir_state::{ResolvedNativeHandle, RestoredKeyedState, StateError, StoreContext};
+use weir_state::{parallel, ResolvedNativeHandle, RestoredKeyedState, StateError, StoreContext};
 
 type Opened = (DB, BTreeMap<String, StateMeta>, BTreeMap<String, Uploaded>);
 
 /// Size at which a column family's SST file is finished and the next one started.
 const SST_FILE_BYTES: u64 = 64 << 20;
-/// Threads one subtask's canonical restore builds SST files with, at most.
-const MAX_RESTORE_THREADS: usize = 8;
 
 pub(crate) fn open_instance(
     instance_dir: &Path,
@@ -107,24 +105,8 @@ fn load_canonical_in_parallel<'o>(
     restored: &RestoredKeyedState,
     range: KeyGroupRange,
 ) -> Result<Vec<(Vec<StateMeta>, SstLoad<'o>)>, StateError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_RESTORE_THREADS);
-    let chunks = split_range(range, threads as u32);
-    std::thread::scope(|scope| {
-        let running: Vec<_> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, chunk)| {
-                let dir = instance_dir.join(format!("ingest-{i}"));
-                std::thread::Builder::new()
-                    .name(format!("restore-{i}"))
-                    .spawn_scoped(scope, move || load_canonical(dir, options, restored, chunk))
-                    .map_err(|e| StateError::Backend(format!("starting a restore thread: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        running
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err(StateError::Backend("a restore thread panicked".into()))))
-            .collect()
+    parallel::for_each_chunk(range, parallel::threads(), |i, chunk| {
+        load_canonical(instance_dir.join(format!("ingest-{i}")), options, restored, chunk)
     })
 }
 
@@ -152,19 +134,6 @@ fn load_canonical<'o>(
         load.put(cf, key, value)
     })?;
     Ok((metas, load))
-}
-
-/// `range` in `n` contiguous chunks of nearly equal size (fewer when it has fewer key groups).
-fn split_range(range: KeyGroupRange, n: u32) -> Vec<KeyGroupRange> {
-    let n = n.clamp(1, range.count.max(1));
-    (0..n)
-        .map(|i| {
-            let from = range.start + (range.count as u64 * i as u64 / n as u64) as u32;
-            let to = range.start + (range.count as u64 * (i as u64 + 1) / n as u64) as u32;
-            KeyGroupRange { start: from, count: to - from }
-        })
-        .filter(|c| c.count > 0)
-        .collect()
 }
 
 fn open_clipped(
@@ -366,23 +335,5 @@ fn finish(family: &mut FamilyFiles<'_>) -> Result<(), StateError> {
     match family.open.take() {
         Some(mut writer) => writer.finish().map_err(db_err("finishing an SST file of restored state")),
         None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_range_splits_into_contiguous_chunks_covering_it_once() {
-        for (start, count, n) in [(0, 128, 2), (5, 7, 3), (10, 3, 8), (0, 1, 4), (3, 0, 2), (0, 32768, 8)] {
-            let range = KeyGroupRange { start, count };
-            let chunks = split_range(range, n);
-            let groups: Vec<u32> = chunks.iter().flat_map(|c| c.iter()).collect();
-            assert_eq!(groups, range.iter().collect::<Vec<_>>(), "{range:?} in {n}");
-            assert!(chunks.len() as u32 <= n.min(count.max(1)));
-            let sizes: Vec<u32> = chunks.iter().map(|c| c.count).collect();
-            assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1, "{sizes:?}");
-        }
     }
 }

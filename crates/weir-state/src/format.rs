@@ -121,8 +121,7 @@ impl<W: Write> StateFileWriter<W> {
     where
         E: FnMut(usize, &mut Vec<u8>) -> Result<(), StateError>,
     {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = if parallel { cores.min(MAX_ENCODE_THREADS) } else { 1 };
+        let threads = if parallel { crate::parallel::threads() } else { 1 };
         self.write_key_groups_on(threads, count, new_encoder)
     }
 
@@ -196,8 +195,6 @@ impl<W: Write> StateFileWriter<W> {
     }
 }
 
-/// Threads a file's key groups are encoded on, at most.
-const MAX_ENCODE_THREADS: usize = 8;
 /// Encoded key groups each encoding thread may have waiting for the writer.
 const BLOCKS_AHEAD: usize = 2;
 

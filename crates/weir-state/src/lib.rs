@@ -24,6 +24,7 @@ pub mod error;
 pub mod format;
 pub mod heap;
 pub mod operator;
+pub mod parallel;
 mod scope_ops;
 pub mod serialized;
 pub mod snapshot;

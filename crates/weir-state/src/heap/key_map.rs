@@ -198,12 +198,38 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
         }
     }
 
-    /// Inserts or replaces; for restores, which have no hash at hand.
+    /// Inserts or replaces.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, key: K, value: V) {
         let hash = hash_key(&key);
+        self.insert_hashed(hash, key, value);
+    }
+
+    fn insert_hashed(&mut self, hash: u64, key: K, value: V) {
         match self.get_mut(hash, &key) {
             Some(v) => *v = value,
             None => self.insert_new(hash, key, value),
+        }
+    }
+
+    /// Inserts or replaces every `(key, value)` of `entries`, whose hashes are `hashes`: a
+    /// restore's. Each insert into a table larger than a core's cache misses it where the key's
+    /// probe starts (two fifths of a restore's time went there), so the table is sized for all of
+    /// them first (growing to them rehashed every entry about twice) and the buckets where later
+    /// keys' probes start are asked for ahead.
+    pub(crate) fn insert_all(&mut self, hashes: &[u64], entries: impl IntoIterator<Item = (K, V)>) {
+        self.order.forget();
+        self.table.reserve(hashes.len(), |(k, _)| hash_key(k));
+        let last_bucket = self.table.num_buckets().saturating_sub(1);
+        let mut prefetch = None;
+        for (i, ((key, value), &hash)) in entries.into_iter().zip(hashes).enumerate() {
+            if let (Some(buckets), Some(&ahead)) = (&prefetch, hashes.get(i + INSERTS_AHEAD)) {
+                BucketPrefetch::prefetch(buckets, (ahead as usize & last_bucket) as u32);
+            }
+            self.insert_hashed(hash, key, value);
+            if prefetch.is_none() {
+                prefetch = self.bucket_prefetch();
+            }
         }
     }
 
@@ -217,6 +243,9 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
         Some(value)
     }
 }
+
+/// Inserts ahead of the one being made whose buckets [`KeyMap::insert_all`] asks the cache for.
+const INSERTS_AHEAD: usize = 16;
 
 /// The buckets of a map in key order, as [`KeyMap::key_order`] hands them out.
 pub(crate) type KeyOrder = [u32];
@@ -364,6 +393,35 @@ mod tests {
             let entry = map.table.get_bucket(bucket as usize).expect("an occupied bucket");
             assert_eq!(cache.entry(bucket), entry as *const (u64, [u8; 24]), "key {k}");
         }
+    }
+
+    /// A restore's inserts, made all at once, hold what inserting one by one holds: a key given
+    /// twice keeps its last value, a key the map held is replaced, and the map forgets its order
+    /// (making room may move its entries).
+    #[test]
+    fn inserting_all_at_once_holds_what_inserting_each_holds() {
+        let mut one_by_one = KeyMap::<u64, u64>::default();
+        let mut at_once = KeyMap::<u64, u64>::default();
+        for k in 0..300u64 {
+            one_by_one.insert(k, k);
+            at_once.insert(k, k);
+        }
+        at_once.freezing();
+        assert!(at_once.order.place.is_some());
+        let entries: Vec<(u64, u64)> = (200..5000u64).chain(4000..4100).map(|k| (k, k * 7)).collect();
+        let hashes: Vec<u64> = entries.iter().map(|(k, _)| hash_key(k)).collect();
+        for &(k, v) in &entries {
+            one_by_one.insert(k, v);
+        }
+        at_once.insert_all(&hashes, entries);
+        assert!(at_once.order.place.is_none(), "order forgotten");
+        let sorted = |m: &KeyMap<u64, u64>| {
+            let mut all: Vec<(u64, u64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            all.sort();
+            all
+        };
+        assert_eq!(at_once.len(), 5000);
+        assert_eq!(sorted(&at_once), sorted(&one_by_one));
     }
 
     /// A map at its capacity grows on its next lookup-or-insert, even of a key it holds, moving

@@ -12,6 +12,7 @@ use crate::format::{
     push_entries, push_sorted_entries, push_state_head, read_key_groups, FileHeader, StateFileWriter, StateKind,
     StateMeta,
 };
+use crate::parallel;
 use crate::snapshot::RestoredKeyedState;
 use crate::sorted_entries::{
     entry_starts, framed, framed_entries, keys_ascend, merge_framed, Merged, SortedEntries, TooLarge,
@@ -26,7 +27,7 @@ use weir_core::KeyGroupRange;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::timers::TimerQueues;
 use crate::vec_map::VecMap;
-use key_map::{hash_key_with, KeyMap, KeyOrder, KeysSince};
+use key_map::{hash_key, hash_key_with, KeyMap, KeyOrder, KeysSince};
 
 mod key_map;
 
@@ -474,17 +475,36 @@ impl<K: Key> HeapKeyedBackend<K> {
     }
 
     /// Reads the key groups this backend owns from the restored state files (each checked once
-    /// per restore, with the other subtasks). Call before declaring states.
+    /// per restore, with the other subtasks). Call before declaring states. A large state is read
+    /// on every core, each reading a contiguous chunk of the key groups: nothing else runs while
+    /// a job restores.
     pub fn restore(&mut self, restored: &RestoredKeyedState) -> Result<(), StateError> {
-        let n = self.key_groups.count as usize;
-        let mut raw: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
         let range = self.key_groups;
-        read_key_groups(&restored.files, range, &restored.checked, &mut |_, meta, kg, entries| {
-            let slot = raw.entry(meta.name.clone()).or_insert_with(|| (meta.clone(), vec![Entries::default(); n]));
-            let group = &mut slot.1[(kg - range.start) as usize];
-            entries.iter().for_each(|(k, v)| group.push(k, v));
-            Ok(())
+        let bytes: u64 = restored.files.iter().map(|(_, handle)| handle.file.size).sum();
+        let chunks = if bytes >= PARALLEL_RESTORE_BYTES { parallel::threads() * CHUNKS_PER_THREAD } else { 1 };
+        let chunks = parallel::for_each_chunk(range, chunks, |_, chunk| {
+            let mut states: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
+            read_key_groups(&restored.files, chunk, &restored.checked, &mut |_, meta, kg, entries| {
+                let (_, groups) = states
+                    .entry(meta.name.clone())
+                    .or_insert_with(|| (meta.clone(), vec![Entries::default(); chunk.count as usize]));
+                let group = &mut groups[(kg - chunk.start) as usize];
+                entries.iter().for_each(|(k, v)| group.push(k, v));
+                Ok(())
+            })?;
+            Ok((chunk, states))
         })?;
+        let mut raw: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
+        for (chunk, states) in chunks {
+            for (name, (meta, groups)) in states {
+                let (_, all) =
+                    raw.entry(name).or_insert_with(|| (meta, vec![Entries::default(); range.count as usize]));
+                let at = (chunk.start - range.start) as usize;
+                for (slot, group) in all[at..].iter_mut().zip(groups) {
+                    *slot = group;
+                }
+            }
+        }
         for (name, (meta, groups)) in raw {
             self.restored.insert(name, RawTable { meta, groups: Arc::new(groups) });
         }
@@ -500,28 +520,16 @@ impl<K: Key> HeapKeyedBackend<K> {
             }
             return Ok(slot);
         }
-        let n = self.key_groups.count as usize;
-        let mut groups: Vec<KeyMap<K, V>> = (0..n).map(|_| KeyMap::default()).collect();
-        if let Some(raw) = self.restored.remove(name) {
-            if let Err(detail) = meta.check_restored(&raw.meta) {
-                self.restored.insert(name.to_string(), raw);
-                return Err(StateError::Incompatible(detail));
-            }
-            for (local, entries) in raw.groups.iter().enumerate() {
-                let kg = self.key_groups.start + local as u32;
-                for (kb, vb) in entries.iter() {
-                    let decode_err =
-                        |what, detail| StateError::Decode { name: name.to_string(), key_group: kg, what, detail };
-                    let key: K = codec::decode(kb).map_err(|d| decode_err("key", d))?;
-                    let actual = assign_to_key_group(&key, self.max_parallelism);
-                    if actual != kg {
-                        return Err(StateError::KeyGroupMismatch { name: name.to_string(), stored: kg, actual });
-                    }
-                    let value: V = codec::decode(vb).map_err(|d| decode_err("value", d))?;
-                    groups[local].insert(key, value);
+        let groups = match self.restored.remove(name) {
+            Some(raw) => {
+                if let Err(detail) = meta.check_restored(&raw.meta) {
+                    self.restored.insert(name.to_string(), raw);
+                    return Err(StateError::Incompatible(detail));
                 }
+                self.decode_restored(name, &raw.groups)?
             }
-        }
+            None => (0..self.key_groups.count).map(|_| KeyMap::default()).collect(),
+        };
         let name = name.to_string();
         let entries = groups.iter().map(KeyMap::len).sum();
         let table = Table::<K, V> { meta, groups: groups.into_iter().map(Group::Owned).collect(), reduce, entries };
@@ -529,6 +537,20 @@ impl<K: Key> HeapKeyedBackend<K> {
         self.table_types.push(TypeId::of::<Table<K, V>>());
         self.by_name.insert(name, self.tables.len() - 1);
         Ok(self.tables.len() - 1)
+    }
+
+    /// The maps of a restored state's key groups, decoded on every core when they are many.
+    fn decode_restored<V: StateData>(&self, name: &str, raw: &[Entries]) -> Result<Vec<KeyMap<K, V>>, StateError> {
+        let (range, max_parallelism) = (self.key_groups, self.max_parallelism);
+        let entries: usize = raw.iter().map(Entries::len).sum();
+        let chunks = if entries >= PARALLEL_ENTRIES { parallel::threads() * CHUNKS_PER_THREAD } else { 1 };
+        let chunks = parallel::for_each_chunk(range, chunks, |_, chunk| {
+            chunk
+                .iter()
+                .map(|kg| decode_group(name, kg, &raw[(kg - range.start) as usize], max_parallelism))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(chunks.into_iter().flatten().collect())
     }
 
     /// Declares a state holding `V` per key; returns its slot.
@@ -720,9 +742,43 @@ impl<K: Key> HeapScope<'_, K> {
     }
 }
 
-/// Entries from which a snapshot's key groups are encoded on several threads: below, starting
-/// threads costs more than it saves (a checkpoint of a small state every second).
-const PARALLEL_ENCODE_ENTRIES: usize = 1 << 16;
+/// Entries from which a snapshot's key groups are encoded, or a restore's decoded, on several
+/// threads: below, starting threads costs more than it saves (a checkpoint of a small state every
+/// second).
+const PARALLEL_ENTRIES: usize = 1 << 16;
+
+/// Bytes of state files from which a restore reads them on several threads.
+const PARALLEL_RESTORE_BYTES: u64 = 1 << 20;
+
+/// Chunks per core a restore's key groups are cut into, so that subtasks restoring at once
+/// share the cores evenly whatever their sizes.
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// One restored key group's map, each key checked to belong to key group `kg`. Keys and values
+/// are all decoded first, then inserted (see [`KeyMap::insert_all`]).
+fn decode_group<K: Key, V: StateData>(
+    name: &str,
+    kg: u32,
+    entries: &Entries,
+    max_parallelism: u32,
+) -> Result<KeyMap<K, V>, StateError> {
+    let decode_err = |what, detail| StateError::Decode { name: name.to_string(), key_group: kg, what, detail };
+    let mut hashes = Vec::with_capacity(entries.len());
+    let mut decoded = Vec::with_capacity(entries.len());
+    for (kb, vb) in entries.iter() {
+        let key: K = codec::decode(kb).map_err(|d| decode_err("key", d))?;
+        let actual = assign_to_key_group(&key, max_parallelism);
+        if actual != kg {
+            return Err(StateError::KeyGroupMismatch { name: name.to_string(), stored: kg, actual });
+        }
+        let value: V = codec::decode(vb).map_err(|d| decode_err("value", d))?;
+        hashes.push(hash_key(&key));
+        decoded.push((key, value));
+    }
+    let mut map = KeyMap::default();
+    map.insert_all(&hashes, decoded);
+    Ok(map)
+}
 
 /// A frozen snapshot of a keyed backend, written to a state file off the task thread.
 pub struct HeapSnapshot {
@@ -747,7 +803,7 @@ impl HeapSnapshot {
         let mut writer = StateFileWriter::new(out, &header).map_err(StateError::Write)?;
         let groups = self.key_groups.count as usize;
         let entries: usize = self.tables.iter().map(|t| (0..groups).map(|g| t.group_len(g)).sum::<usize>()).sum();
-        writer.write_key_groups(groups, entries >= PARALLEL_ENCODE_ENTRIES, &|| {
+        writer.write_key_groups(groups, entries >= PARALLEL_ENTRIES, &|| {
             let mut buf = SortedEntries::default();
             move |local, payload: &mut Vec<u8>| {
                 for (index, table) in self.tables.iter().enumerate() {
@@ -938,6 +994,68 @@ mod tests {
             }
         }
         assert!(found.iter().all(|&n| n == 1));
+    }
+
+    /// A state large enough to be read and decoded in chunks on every core comes back as it was
+    /// written, whole or split over two subtasks, also a state whose entries only some chunks
+    /// hold.
+    #[test]
+    fn a_large_state_restores_in_chunks_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (max_p, keys) = (128, 3 * PARALLEL_ENTRIES as u64);
+        let mut b: KeyedStateBackend<u64> = heap(max_p, KeyGroupRange::inclusive(0, max_p - 1));
+        let count = b.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+        let late = b.list_state(&ListStateDescriptor::<u64>::new("late")).unwrap();
+        let in_late_groups = |k: &u64| assign_to_key_group(k, max_p) >= 100;
+        for k in 0..keys {
+            let mut s = b.scope(&k).unwrap();
+            count.update(&mut s, k * 3).unwrap();
+            if in_late_groups(&k) {
+                late.add(&mut s, k).unwrap();
+            }
+        }
+        let file = write_snapshot(&mut b, dir.path(), "f");
+        assert!(file.1.file.size >= PARALLEL_RESTORE_BYTES, "read in chunks");
+        let mut found = vec![0u8; keys as usize];
+        for p in [1, 2] {
+            for i in 0..p {
+                let range = key_group_range_for_subtask(max_p, p, i);
+                let handle = file.1.intersection(&range).unwrap();
+                let mut r: KeyedStateBackend<u64> = restored(max_p, range, &[(file.0.clone(), handle)]);
+                let count = r.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+                let late = r.list_state(&ListStateDescriptor::<u64>::new("late")).unwrap();
+                assert!(counted_entries(&r).iter().sum::<usize>() >= PARALLEL_ENTRIES, "decoded in chunks");
+                for k in 0..keys {
+                    let Ok(mut s) = r.scope(&k) else { continue };
+                    assert_eq!(count.value(&mut s).unwrap(), Some(k * 3), "key {k} at p={p}");
+                    let expected: Vec<u64> = if in_late_groups(&k) { vec![k] } else { vec![] };
+                    assert_eq!(late.get(&mut s).unwrap(), expected, "key {k} at p={p}");
+                    found[k as usize] += 1;
+                }
+            }
+        }
+        assert!(found.iter().all(|&n| n == 2), "every key restored once at each parallelism");
+    }
+
+    /// Keys read back under another max parallelism fall into other key groups: refused, naming
+    /// the first key group in order whichever chunk fails first.
+    #[test]
+    fn keys_of_another_max_parallelism_are_refused_at_the_first_key_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b: KeyedStateBackend<u64> = heap(128, KeyGroupRange::inclusive(0, 127));
+        let count = b.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+        for k in 0..2 * PARALLEL_ENTRIES as u64 {
+            count.update(&mut b.scope(&k).unwrap(), k).unwrap();
+        }
+        let file = write_snapshot(&mut b, dir.path(), "f");
+        for _ in 0..3 {
+            let mut r: KeyedStateBackend<u64> =
+                restored(256, KeyGroupRange::inclusive(0, 127), std::slice::from_ref(&file));
+            match r.value_state(&ValueStateDescriptor::<u64>::new("count")).err() {
+                Some(StateError::KeyGroupMismatch { name, stored: 0, actual: 128 }) => assert_eq!(name, "count"),
+                other => panic!("expected a mismatch in key group 0, got {other:?}"),
+            }
+        }
     }
 
     #[test]

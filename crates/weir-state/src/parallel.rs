@@ -1,0 +1,74 @@
+//! Work on a subtask's key groups spread over the machine's cores, for what a subtask does while
+//! its job is not running: restoring (no record flows until every subtask has its state).
+//!
+//! The work of every subtask of the process goes to one pool of one thread per core, so that
+//! subtasks restoring at once share the cores instead of each starting a thread per core (two
+//! subtasks on two cores, each with two threads of its own, restored 10^7 keys 15 % slower than
+//! with one thread each).
+
+use crate::StateError;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+use weir_core::KeyGroupRange;
+
+/// Threads of the pool at most, and chunks one subtask's work is cut into.
+const MAX_THREADS: usize = 8;
+
+/// One per core, at most [`MAX_THREADS`].
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_THREADS)
+}
+
+/// The process's pool for key group work; `None` if its threads could not be started, and the
+/// work then runs on the calling thread.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads())
+            .thread_name(|i| format!("weir-state-{i}"))
+            .build()
+            .map_err(|e| tracing::warn!("restoring on one thread per subtask: no thread pool ({e})"))
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `work` on `chunks` contiguous chunks of `range` (the chunk's index and its key groups)
+/// on the process's pool, and returns what each returned, in key group order: the first error
+/// in that order if any failed. A single chunk runs on the calling thread. The calling thread
+/// waits; a panic in `work` is raised in it.
+pub fn for_each_chunk<T: Send>(
+    range: KeyGroupRange,
+    chunks: usize,
+    work: impl Fn(usize, KeyGroupRange) -> Result<T, StateError> + Sync,
+) -> Result<Vec<T>, StateError> {
+    let chunks: Vec<(usize, KeyGroupRange)> =
+        range.split(u32::try_from(chunks).unwrap_or(u32::MAX)).into_iter().enumerate().collect();
+    match pool() {
+        Some(pool) if chunks.len() > 1 => {
+            let results: Vec<_> = pool.install(|| chunks.into_par_iter().map(|(i, chunk)| work(i, chunk)).collect());
+            results.into_iter().collect()
+        }
+        _ => chunks.into_iter().map(|(i, chunk)| work(i, chunk)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_in_key_group_order_and_the_first_failure_wins() {
+        let range = KeyGroupRange { start: 3, count: 20 };
+        for chunks in [1, 2, 3, 8, 40] {
+            let each = for_each_chunk(range, chunks, |_, chunk| Ok(chunk.iter().collect::<Vec<_>>())).unwrap();
+            assert_eq!(each.concat(), range.iter().collect::<Vec<_>>(), "{chunks} chunks");
+            let failed = for_each_chunk(range, chunks, |_, chunk| match chunk.iter().find(|kg| kg % 5 == 0) {
+                Some(kg) => Err(StateError::Backend(format!("key group {kg}"))),
+                None => Ok(()),
+            });
+            assert_eq!(failed.unwrap_err().to_string(), StateError::Backend("key group 5".into()).to_string());
+        }
+    }
+}
