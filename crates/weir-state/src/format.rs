@@ -266,9 +266,17 @@ pub(crate) fn push_sorted_entries(
     entries.append_sorted(payload, tag);
 }
 
-/// One key group's block: each state's entries, `(state index, [(key, value)])`, borrowed from the
-/// block's bytes.
-pub type KeyGroupEntries<'b> = Vec<(u16, Vec<(&'b [u8], &'b [u8])>)>;
+/// One state's entries in one key group's block, borrowed from the block's bytes: `framed` as the
+/// block holds them (`u32 length | key | u32 length | value` each), and each `(key, value)`.
+#[derive(Debug, PartialEq)]
+pub struct StateEntries<'b> {
+    pub state_index: u16,
+    pub framed: &'b [u8],
+    pub entries: Vec<(&'b [u8], &'b [u8])>,
+}
+
+/// One key group's block: each state's entries.
+pub type KeyGroupEntries<'b> = Vec<StateEntries<'b>>;
 
 /// Reads key groups of a state file by offset.
 #[derive(Debug)]
@@ -345,7 +353,7 @@ impl StateFileReader {
 }
 
 /// Receives one state's entries of one key group: (file, state, key group, entries).
-pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, &[(&[u8], &[u8])]) -> Result<(), StateError> + 'a;
+pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, &StateEntries<'_>) -> Result<(), StateError> + 'a;
 
 /// Reads the key groups of `range` from key-group files and hands each state's entries of a key
 /// group to `f` as (path of the file, state, key group, entries). Both backends restore through it.
@@ -364,12 +372,12 @@ pub fn read_key_groups(
             if range.offset_of(kg).is_none() {
                 continue;
             }
-            for (state_index, entries) in reader.read_key_group(kg, handle.offsets[i], &mut payload)? {
-                let meta = states.get(state_index as usize).ok_or_else(|| StateError::CorruptFile {
+            for state in reader.read_key_group(kg, handle.offsets[i], &mut payload)? {
+                let meta = states.get(state.state_index as usize).ok_or_else(|| StateError::CorruptFile {
                     path: path.clone(),
-                    detail: format!("key group {kg} refers to undeclared state index {state_index}"),
+                    detail: format!("key group {kg} refers to undeclared state index {}", state.state_index),
                 })?;
-                f(path, meta, kg, &entries)?;
+                f(path, meta, kg, &state)?;
             }
         }
     }
@@ -390,9 +398,10 @@ fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries<'_>> {
     }
     let mut out = Vec::new();
     while !p.is_empty() {
-        let idx = take(&mut p, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
+        let state_index = take(&mut p, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
         let count = u32_of(&mut p)?;
         let mut entries = Vec::with_capacity(count.min(1 << 20));
+        let start = p;
         for _ in 0..count {
             let kl = u32_of(&mut p)?;
             let k = take(&mut p, kl)?;
@@ -400,7 +409,8 @@ fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries<'_>> {
             let v = take(&mut p, vl)?;
             entries.push((k, v));
         }
-        out.push((idx, entries));
+        let framed = &start[..start.len() - p.len()];
+        out.push(StateEntries { state_index, framed, entries });
     }
     Some(out)
 }
@@ -433,7 +443,9 @@ mod tests {
         assert_eq!(r.header(), &header);
         let mut buf = Vec::new();
         let kg4 = r.read_key_group(4, offsets[1], &mut buf).unwrap();
-        assert_eq!(kg4, vec![(0, vec![(&4u32.to_be_bytes()[..], &[4u8, 4, 4][..])])]);
+        let (key, value) = (&4u32.to_be_bytes()[..], &[4u8, 4, 4][..]);
+        let framed = [&4u32.to_be_bytes()[..], key, &3u32.to_be_bytes(), value].concat();
+        assert_eq!(kg4, vec![StateEntries { state_index: 0, framed: &framed, entries: vec![(key, value)] }]);
 
         // A flipped byte in a block is caught by that block's checksum, naming the key group.
         let mut bytes = std::fs::read(&path).unwrap();

@@ -9,8 +9,8 @@
 use crate::codec;
 use crate::error::StateError;
 use crate::format::{
-    push_entries, push_sorted_entries, push_state_head, read_key_groups, FileHeader, StateFileWriter, StateKind,
-    StateMeta,
+    push_entries, push_sorted_entries, push_state_head, read_key_groups, FileHeader, StateEntries, StateFileWriter,
+    StateKind, StateMeta,
 };
 use crate::parallel;
 use crate::snapshot::RestoredKeyedState;
@@ -93,14 +93,10 @@ struct Entries {
 }
 
 impl Entries {
-    /// Appends an entry read from a block, whose lengths are 32-bit already.
-    fn push(&mut self, key: &[u8], value: &[u8]) {
-        for field in [key, value] {
-            debug_assert!(u32::try_from(field.len()).is_ok(), "a field of a block");
-            self.framed.extend_from_slice(&(field.len() as u32).to_be_bytes());
-            self.framed.extend_from_slice(field);
-        }
-        self.len += 1;
+    /// Appends a state's entries as a block frames them: one copy, not one per entry.
+    fn extend(&mut self, state: &StateEntries<'_>) {
+        self.framed.extend_from_slice(state.framed);
+        self.len += state.entries.len();
     }
 
     fn len(&self) -> usize {
@@ -484,12 +480,11 @@ impl<K: Key> HeapKeyedBackend<K> {
         let chunks = if bytes >= PARALLEL_RESTORE_BYTES { parallel::threads() * CHUNKS_PER_THREAD } else { 1 };
         let chunks = parallel::for_each_chunk(range, chunks, |_, chunk| {
             let mut states: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
-            read_key_groups(&restored.files, chunk, &restored.checked, &mut |_, meta, kg, entries| {
+            read_key_groups(&restored.files, chunk, &restored.checked, &mut |_, meta, kg, state| {
                 let (_, groups) = states
                     .entry(meta.name.clone())
                     .or_insert_with(|| (meta.clone(), vec![Entries::default(); chunk.count as usize]));
-                let group = &mut groups[(kg - chunk.start) as usize];
-                entries.iter().for_each(|(k, v)| group.push(k, v));
+                groups[(kg - chunk.start) as usize].extend(state);
                 Ok(())
             })?;
             Ok((chunk, states))
