@@ -266,13 +266,21 @@ pub(crate) fn push_sorted_entries(
     entries.append_sorted(payload, tag);
 }
 
-/// One state's entries in one key group's block, borrowed from the block's bytes: `framed` as the
-/// block holds them (`u32 length | key | u32 length | value` each), and each `(key, value)`.
+/// One state's entries in one key group's block, borrowed from the block's bytes: `len` entries
+/// `framed` as the block holds them (`u32 length | key | u32 length | value` each), checked to
+/// be whole when the block was read.
 #[derive(Debug, PartialEq)]
 pub struct StateEntries<'b> {
     pub state_index: u16,
     pub framed: &'b [u8],
-    pub entries: Vec<(&'b [u8], &'b [u8])>,
+    pub len: usize,
+}
+
+impl<'b> StateEntries<'b> {
+    /// Each entry's `(key, value)`.
+    pub fn entries(&self) -> impl Iterator<Item = (&'b [u8], &'b [u8])> {
+        crate::sorted_entries::framed_entries(self.framed)
+    }
 }
 
 /// One key group's block: each state's entries.
@@ -399,18 +407,16 @@ fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries<'_>> {
     let mut out = Vec::new();
     while !p.is_empty() {
         let state_index = take(&mut p, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
-        let count = u32_of(&mut p)?;
-        let mut entries = Vec::with_capacity(count.min(1 << 20));
+        let len = u32_of(&mut p)?;
         let start = p;
-        for _ in 0..count {
-            let kl = u32_of(&mut p)?;
-            let k = take(&mut p, kl)?;
-            let vl = u32_of(&mut p)?;
-            let v = take(&mut p, vl)?;
-            entries.push((k, v));
+        for _ in 0..len {
+            for _field in [0, 1] {
+                let n = u32_of(&mut p)?;
+                take(&mut p, n)?;
+            }
         }
         let framed = &start[..start.len() - p.len()];
-        out.push(StateEntries { state_index, framed, entries });
+        out.push(StateEntries { state_index, framed, len });
     }
     Some(out)
 }
@@ -445,7 +451,8 @@ mod tests {
         let kg4 = r.read_key_group(4, offsets[1], &mut buf).unwrap();
         let (key, value) = (&4u32.to_be_bytes()[..], &[4u8, 4, 4][..]);
         let framed = [&4u32.to_be_bytes()[..], key, &3u32.to_be_bytes(), value].concat();
-        assert_eq!(kg4, vec![StateEntries { state_index: 0, framed: &framed, entries: vec![(key, value)] }]);
+        assert_eq!(kg4, vec![StateEntries { state_index: 0, framed: &framed, len: 1 }]);
+        assert_eq!(kg4[0].entries().collect::<Vec<_>>(), vec![(key, value)]);
 
         // A flipped byte in a block is caught by that block's checksum, naming the key group.
         let mut bytes = std::fs::read(&path).unwrap();

@@ -594,7 +594,7 @@ pub fn read_canonical_rows(
     read_key_groups(&files, range, &restored.checked, &mut |path, meta, kg, state| {
         rows.clear();
         let prefix = key_group_prefix(kg);
-        for (k, v) in &state.entries {
+        for (k, v) in state.entries() {
             let mut emit = |suffix: &[u8], value: &[u8]| {
                 rows.push_bytes(&[&prefix, suffix], value)
                     .map_err(|e| StateError::Encode { name: meta.name.clone(), detail: format!("key group {kg}: {e}") })

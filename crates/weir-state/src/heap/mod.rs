@@ -96,7 +96,7 @@ impl Entries {
     /// Appends a state's entries as a block frames them: one copy, not one per entry.
     fn extend(&mut self, state: &StateEntries<'_>) {
         self.framed.extend_from_slice(state.framed);
-        self.len += state.entries.len();
+        self.len += state.len;
     }
 
     fn len(&self) -> usize {
