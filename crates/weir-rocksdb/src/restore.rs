@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use weir_core::metadata::StateMeta;
 use weir_core::KeyGroupRange;
 use weir_state::checksum::CheckedFiles;
+use weir_state::format::verify_files;
 use weir_state::serialized::{key_group_prefix, read_canonical_rows};
 use weir_state::{parallel, ResolvedNativeHandle, RestoredKeyedState, StateError, StoreContext};
 
@@ -105,6 +106,7 @@ fn load_canonical_in_parallel<'o>(
     restored: &RestoredKeyedState,
     range: KeyGroupRange,
 ) -> Result<Vec<(Vec<StateMeta>, SstLoad<'o>)>, StateError> {
+    verify_files(&restored.files, &restored.checked)?;
     parallel::for_each_chunk(range, parallel::threads(), |i, chunk| {
         load_canonical(instance_dir.join(format!("ingest-{i}")), options, restored, chunk)
     })

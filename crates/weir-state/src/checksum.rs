@@ -4,7 +4,7 @@
 
 use crate::error::StateError;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -89,7 +89,7 @@ pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> R
         return Err(corrupt(size_mismatch(what, found, size)));
     }
     if let Some(recorded) = crc32c {
-        let (_, computed) = for_each_chunk(std::fs::File::open(path).map_err(io)?, path, &mut |_| Ok(()))?;
+        let computed = file_crc32c(path, size, CHECKSUM_PIECE_BYTES)?;
         if computed != recorded {
             return Err(corrupt(checksum_mismatch(what, recorded, computed)));
         }
@@ -97,9 +97,50 @@ pub fn verify_file(path: &Path, size: u64, crc32c: Option<u32>, what: &str) -> R
     Ok(())
 }
 
+/// Bytes of a file one thread checksums at a time.
+const CHECKSUM_PIECE_BYTES: u64 = 16 << 20;
+
+/// The CRC32C of the `size` bytes of the file at `path`, its pieces of `piece_bytes` read and
+/// checksummed on every core and their checksums combined: a restore checks each file whole
+/// before reading it, and on one thread that left the other cores idle (20 of the 160 ms of
+/// restoring 10^7 keys at p=1).
+fn file_crc32c(path: &Path, size: u64, piece_bytes: u64) -> Result<u32, StateError> {
+    let io = |error| StateError::Io { path: path.to_path_buf(), error };
+    let pieces: Vec<u64> = (0..size.div_ceil(piece_bytes)).map(|i| i * piece_bytes).collect();
+    let crcs = crate::parallel::map_in_order(pieces, |start| -> Result<(u32, usize), StateError> {
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let piece = file.take(piece_bytes.min(size - start));
+        let (len, crc) = for_each_chunk(piece, path, &mut |_| Ok(()))?;
+        Ok((crc, len as usize))
+    });
+    crcs.into_iter().try_fold(0, |whole, piece| {
+        let (crc, len) = piece?;
+        Ok(crc32c::crc32c_combine(whole, crc, len))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_checksummed_in_pieces_has_its_whole_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for len in [0, 1, 999, 1000, 1001, 10_000] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            for piece in [1000, 3000, 1 << 20] {
+                let crc = file_crc32c(&path, len as u64, piece).unwrap();
+                assert_eq!(crc, crc32c::crc32c(&bytes[..len]), "{len} bytes in pieces of {piece}");
+            }
+        }
+        let mut damaged = bytes.clone();
+        damaged[4321] ^= 1;
+        std::fs::write(&path, &damaged).unwrap();
+        assert_ne!(file_crc32c(&path, 10_000, 1000).unwrap(), crc32c::crc32c(&bytes));
+    }
 
     #[test]
     fn a_restore_checks_each_file_once_and_every_failure_for_each_subtask() {

@@ -363,6 +363,18 @@ impl StateFileReader {
 /// Receives one state's entries of one key group: (file, state, key group, entries).
 pub type KeyGroupSink<'a> = dyn FnMut(&Path, &StateMeta, u32, &StateEntries<'_>) -> Result<(), StateError> + 'a;
 
+/// Checks each key-group file's size and checksum (once per restore, see [`CheckedFiles`]). A
+/// restore that reads its files on the pool checks them first, on its own thread, so that each
+/// file's checksum is computed on every core.
+///
+/// [`CheckedFiles`]: crate::checksum::CheckedFiles
+pub fn verify_files(
+    files: &[(PathBuf, weir_core::metadata::KeyedStateHandle)],
+    checked: &crate::checksum::CheckedFiles,
+) -> Result<(), StateError> {
+    files.iter().try_for_each(|(path, handle)| checked.verify(path, handle.file.size, handle.file.crc32c, "state file"))
+}
+
 /// Reads the key groups of `range` from key-group files and hands each state's entries of a key
 /// group to `f` as (path of the file, state, key group, entries). Both backends restore through it.
 pub fn read_key_groups(
@@ -371,8 +383,8 @@ pub fn read_key_groups(
     checked: &crate::checksum::CheckedFiles,
     f: &mut KeyGroupSink<'_>,
 ) -> Result<(), StateError> {
+    verify_files(files, checked)?;
     for (path, handle) in files {
-        checked.verify(path, handle.file.size, handle.file.crc32c, "state file")?;
         let mut reader = StateFileReader::open(path)?;
         let states = reader.header().states.clone();
         let mut payload = Vec::new();

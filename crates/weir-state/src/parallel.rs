@@ -1,5 +1,5 @@
-//! Work on a subtask's key groups spread over the machine's cores, for what a subtask does while
-//! its job is not running: restoring (no record flows until every subtask has its state).
+//! Work spread over the machine's cores, for what a subtask does while its job is not running:
+//! restoring (no record flows until every subtask has its state).
 //!
 //! The work of every subtask of the process goes to one pool of one thread per core, so that
 //! subtasks restoring at once share the cores instead of each starting a thread per core (two
@@ -34,24 +34,30 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// `work` applied to each of `items` on the process's pool, the results in the order of the
+/// items. The calling thread waits; a panic in `work` is raised in it. A single item, or work
+/// asked for by one of the pool's own threads, is done by the calling thread: a pool thread
+/// waiting for nested work takes on other pending work meanwhile, which could wait for what the
+/// outer work holds (a file's checksum being computed, say) and never return.
+pub fn map_in_order<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    match pool() {
+        Some(pool) if items.len() > 1 && pool.current_thread_index().is_none() => {
+            pool.install(|| items.into_par_iter().map(&work).collect())
+        }
+        _ => items.into_iter().map(work).collect(),
+    }
+}
+
 /// Runs `work` on `chunks` contiguous chunks of `range` (the chunk's index and its key groups)
-/// on the process's pool, and returns what each returned, in key group order: the first error
-/// in that order if any failed. A single chunk runs on the calling thread. The calling thread
-/// waits; a panic in `work` is raised in it.
+/// on the process's pool (see [`map_in_order`]), and returns what each returned, in key group
+/// order: the first error in that order if any failed.
 pub fn for_each_chunk<T: Send>(
     range: KeyGroupRange,
     chunks: usize,
     work: impl Fn(usize, KeyGroupRange) -> Result<T, StateError> + Sync,
 ) -> Result<Vec<T>, StateError> {
-    let chunks: Vec<(usize, KeyGroupRange)> =
-        range.split(u32::try_from(chunks).unwrap_or(u32::MAX)).into_iter().enumerate().collect();
-    match pool() {
-        Some(pool) if chunks.len() > 1 => {
-            let results: Vec<_> = pool.install(|| chunks.into_par_iter().map(|(i, chunk)| work(i, chunk)).collect());
-            results.into_iter().collect()
-        }
-        _ => chunks.into_iter().map(|(i, chunk)| work(i, chunk)).collect(),
-    }
+    let chunks = range.split(u32::try_from(chunks).unwrap_or(u32::MAX)).into_iter().enumerate().collect();
+    map_in_order(chunks, |(i, chunk)| work(i, chunk)).into_iter().collect()
 }
 
 #[cfg(test)]

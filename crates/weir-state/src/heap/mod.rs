@@ -9,8 +9,8 @@
 use crate::codec;
 use crate::error::StateError;
 use crate::format::{
-    push_entries, push_sorted_entries, push_state_head, read_key_groups, FileHeader, StateEntries, StateFileWriter,
-    StateKind, StateMeta,
+    push_entries, push_sorted_entries, push_state_head, read_key_groups, verify_files, FileHeader, StateEntries,
+    StateFileWriter, StateKind, StateMeta,
 };
 use crate::parallel;
 use crate::snapshot::RestoredKeyedState;
@@ -478,6 +478,7 @@ impl<K: Key> HeapKeyedBackend<K> {
         let range = self.key_groups;
         let bytes: u64 = restored.files.iter().map(|(_, handle)| handle.file.size).sum();
         let chunks = if bytes >= PARALLEL_RESTORE_BYTES { parallel::threads() * CHUNKS_PER_THREAD } else { 1 };
+        verify_files(&restored.files, &restored.checked)?;
         let chunks = parallel::for_each_chunk(range, chunks, |_, chunk| {
             let mut states: BTreeMap<String, (StateMeta, Vec<Entries>)> = BTreeMap::new();
             read_key_groups(&restored.files, chunk, &restored.checked, &mut |_, meta, kg, state| {
