@@ -77,4 +77,20 @@ mod tests {
             assert_eq!(failed.unwrap_err().to_string(), StateError::Backend("key group 5".into()).to_string());
         }
     }
+
+    /// Work on the pool that asks for more work gets it done, in order, by its own thread, also
+    /// while other chunks wait for what it holds.
+    #[test]
+    fn nested_work_is_done_in_order_by_the_thread_that_asks() {
+        let shared = std::sync::OnceLock::new();
+        let range = KeyGroupRange { start: 0, count: 64 };
+        let each = for_each_chunk(range, 16, |_, chunk| {
+            let total = shared.get_or_init(|| map_in_order((1..=100u64).collect(), |i| i * i).iter().sum::<u64>());
+            Ok((*total, map_in_order(chunk.iter().collect(), |kg| kg * 2)))
+        })
+        .unwrap();
+        assert!(each.iter().all(|(total, _)| *total == 338_350));
+        let doubled: Vec<u32> = each.into_iter().flat_map(|(_, d)| d).collect();
+        assert_eq!(doubled, (0..64).map(|kg| kg * 2).collect::<Vec<_>>());
+    }
 }
