@@ -384,7 +384,9 @@ pub fn read_key_groups(
     f: &mut KeyGroupSink<'_>,
 ) -> Result<(), StateError> {
     verify_files(files, checked)?;
-    for (path, handle) in files {
+    // A restore reads its key groups in chunks, each through this: a file without any of a
+    // chunk's key groups is not opened for it.
+    for (path, handle) in files.iter().filter(|(_, handle)| !handle.key_groups.intersection(&range).is_empty()) {
         let mut reader = StateFileReader::open(path)?;
         let states = reader.header().states.clone();
         let mut payload = Vec::new();

@@ -993,31 +993,36 @@ mod tests {
     }
 
     /// A state large enough to be read and decoded in chunks on every core comes back as it was
-    /// written, whole or split over two subtasks, also a state whose entries only some chunks
-    /// hold.
+    /// written by three subtasks, whole or split over two, also a state whose entries only some
+    /// chunks hold (and files only some chunks need).
     #[test]
     fn a_large_state_restores_in_chunks_as_written() {
         let dir = tempfile::tempdir().unwrap();
         let (max_p, keys) = (128, 3 * PARALLEL_ENTRIES as u64);
-        let mut b: KeyedStateBackend<u64> = heap(max_p, KeyGroupRange::inclusive(0, max_p - 1));
-        let count = b.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
-        let late = b.list_state(&ListStateDescriptor::<u64>::new("late")).unwrap();
         let in_late_groups = |k: &u64| assign_to_key_group(k, max_p) >= 100;
-        for k in 0..keys {
-            let mut s = b.scope(&k).unwrap();
-            count.update(&mut s, k * 3).unwrap();
-            if in_late_groups(&k) {
-                late.add(&mut s, k).unwrap();
+        let mut files = vec![];
+        for i in 0..3 {
+            let mut b: KeyedStateBackend<u64> = heap(max_p, key_group_range_for_subtask(max_p, 3, i));
+            let count = b.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+            let late = b.list_state(&ListStateDescriptor::<u64>::new("late")).unwrap();
+            for k in 0..keys {
+                let Ok(mut s) = b.scope(&k) else { continue };
+                count.update(&mut s, k * 3).unwrap();
+                if in_late_groups(&k) {
+                    late.add(&mut s, k).unwrap();
+                }
             }
+            files.push(write_snapshot(&mut b, dir.path(), &format!("f{i}")));
         }
-        let file = write_snapshot(&mut b, dir.path(), "f");
-        assert!(file.1.file.size >= PARALLEL_RESTORE_BYTES, "read in chunks");
         let mut found = vec![0u8; keys as usize];
         for p in [1, 2] {
             for i in 0..p {
                 let range = key_group_range_for_subtask(max_p, p, i);
-                let handle = file.1.intersection(&range).unwrap();
-                let mut r: KeyedStateBackend<u64> = restored(max_p, range, &[(file.0.clone(), handle)]);
+                let handles: Vec<_> =
+                    files.iter().filter_map(|(path, h)| h.intersection(&range).map(|h| (path.clone(), h))).collect();
+                let bytes: u64 = handles.iter().map(|(_, h)| h.file.size).sum();
+                assert!(bytes >= PARALLEL_RESTORE_BYTES, "read in chunks");
+                let mut r: KeyedStateBackend<u64> = restored(max_p, range, &handles);
                 let count = r.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
                 let late = r.list_state(&ListStateDescriptor::<u64>::new("late")).unwrap();
                 assert!(counted_entries(&r).iter().sum::<usize>() >= PARALLEL_ENTRIES, "decoded in chunks");
