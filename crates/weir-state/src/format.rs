@@ -424,10 +424,10 @@ fn parse_payload(mut p: &[u8]) -> Option<KeyGroupEntries<'_>> {
         let len = u32_of(&mut p)?;
         let start = p;
         for _ in 0..len {
-            for _field in [0, 1] {
-                let n = u32_of(&mut p)?;
-                take(&mut p, n)?;
-            }
+            let key_len = u32_of(&mut p)?;
+            take(&mut p, key_len)?;
+            let value_len = u32_of(&mut p)?;
+            take(&mut p, value_len)?;
         }
         let framed = &start[..start.len() - p.len()];
         out.push(StateEntries { state_index, framed, len });

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 use weir_core::KeyGroupRange;
 
-/// Threads of the pool at most, and chunks one subtask's work is cut into.
+/// Threads of the pool, and of a snapshot's encoders, at most.
 const MAX_THREADS: usize = 8;
 
 /// One per core, at most [`MAX_THREADS`].

@@ -221,10 +221,10 @@ impl<K: Hash + Eq + KeyHash, V> KeyMap<K, V> {
         self.order.forget();
         self.table.reserve(hashes.len(), |(k, _)| hash_key(k));
         let last_bucket = self.table.num_buckets().saturating_sub(1);
-        let mut prefetch = None;
+        let mut prefetch: Option<BucketPrefetch<(K, V)>> = None;
         for (i, ((key, value), &hash)) in entries.into_iter().zip(hashes).enumerate() {
             if let (Some(buckets), Some(&ahead)) = (&prefetch, hashes.get(i + INSERTS_AHEAD)) {
-                BucketPrefetch::prefetch(buckets, (ahead as usize & last_bucket) as u32);
+                buckets.prefetch((ahead as usize & last_bucket) as u32);
             }
             self.insert_hashed(hash, key, value);
             if prefetch.is_none() {
