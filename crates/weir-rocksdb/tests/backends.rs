@@ -220,22 +220,22 @@ fn every_state_kind_round_trips_between_any_two_backends_through_a_canonical_sav
     }
 }
 
+/// Value, list, map (user keys whose bytes sort as their values do) and reducing state, with a
+/// removed map entry and a cleared list: a canonical savepoint is the same file whichever backend
+/// wrote it (the rocksdb backend turns its rows into entries as it scans them).
 #[test]
-fn canonical_savepoints_of_value_state_are_the_same_bytes_on_both_backends() {
+fn canonical_savepoints_are_the_same_bytes_on_both_backends() {
     let tmp = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::inclusive(0, 127);
-    let mut sizes = Vec::new();
+    let mut files = Vec::new();
     for (i, backend) in backends(tmp.path()).iter().enumerate() {
-        let mut b: KeyedStateBackend<String> =
-            KeyedStateBackend::create(backend, &ctx(128, all), &RestoredKeyedState::default()).unwrap();
-        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v")).unwrap();
-        for k in 0..500u64 {
-            v.update(&mut b.scope(&format!("k{k}")).unwrap(), k).unwrap();
-        }
+        let mut b = KeyedStateBackend::create(backend, &ctx(128, all), &RestoredKeyedState::default()).unwrap();
+        let h = declare(&mut b);
+        fill(&mut b, &h, 500);
         let restored = snapshot(&mut b, &tmp.path().join(format!("sp-{i}")), CANONICAL, 1);
-        sizes.push(std::fs::read(&restored.files[0].0).unwrap());
+        files.push(std::fs::read(&restored.files[0].0).unwrap());
     }
-    assert_eq!(sizes[0], sizes[1], "value state encodes to identical bytes on both backends");
+    assert!(files[0] == files[1], "the backends wrote different canonical files");
 }
 
 #[test]

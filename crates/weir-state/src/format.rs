@@ -237,17 +237,56 @@ pub(crate) fn push_state_head(payload: &mut Vec<u8>, state_index: u16, count: us
 pub fn push_entries<'a>(
     payload: &mut Vec<u8>,
     state_index: u16,
-    entries: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+    entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) {
-    if entries.len() == 0 {
-        return;
-    }
-    push_state_head(payload, state_index, entries.len());
+    let mut appender = EntryAppender::start(payload, state_index);
     for (k, v) in entries {
-        payload.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        payload.extend_from_slice(k);
-        payload.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        payload.extend_from_slice(v);
+        appender.push(k, v);
+    }
+    appender.finish();
+}
+
+/// Appends one state's entries of one key group to a block payload as they come, in the order
+/// given, without knowing their count first: the count is written by [`EntryAppender::finish`].
+/// Lets a store's rows go straight into the block instead of through a vector of copies.
+pub struct EntryAppender<'p> {
+    payload: &'p mut Vec<u8>,
+    head_at: usize,
+    count: u32,
+}
+
+impl<'p> EntryAppender<'p> {
+    pub fn start(payload: &'p mut Vec<u8>, state_index: u16) -> Self {
+        let head_at = payload.len();
+        push_state_head(payload, state_index, 0);
+        EntryAppender { payload, head_at, count: 0 }
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.push_with(key, |out| out.extend_from_slice(value));
+    }
+
+    /// Appends an entry whose value `write_value` appends to the payload.
+    pub fn push_with(&mut self, key: &[u8], write_value: impl FnOnce(&mut Vec<u8>)) {
+        let payload = &mut *self.payload;
+        payload.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        payload.extend_from_slice(key);
+        let len_at = payload.len();
+        payload.extend_from_slice(&[0; 4]);
+        write_value(payload);
+        let value_len = (payload.len() - len_at - 4) as u32;
+        payload[len_at..len_at + 4].copy_from_slice(&value_len.to_be_bytes());
+        self.count += 1;
+    }
+
+    /// Writes the count; a state without entries leaves nothing in the block.
+    pub fn finish(self) {
+        if self.count == 0 {
+            self.payload.truncate(self.head_at);
+        } else {
+            let at = self.head_at + 2;
+            self.payload[at..at + 4].copy_from_slice(&self.count.to_be_bytes());
+        }
     }
 }
 
@@ -452,7 +491,7 @@ mod tests {
             let mut payload = Vec::new();
             let k = kg.to_be_bytes().to_vec();
             let v = vec![kg as u8; 3];
-            push_entries(&mut payload, 0, [(k.as_slice(), v.as_slice())].into_iter());
+            push_entries(&mut payload, 0, [(k.as_slice(), v.as_slice())]);
             w.write_key_group(&payload).unwrap();
         }
         let (_, written) = w.finish().unwrap();

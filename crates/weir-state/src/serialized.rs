@@ -19,7 +19,7 @@ use crate::backend::StoreContext;
 use crate::codec;
 use crate::descriptors::{Key, ReduceFn, StateData};
 use crate::error::StateError;
-use crate::format::{push_entries, read_key_groups, FileHeader, StateFileWriter, StateKind, StateMeta};
+use crate::format::{read_key_groups, EntryAppender, FileHeader, StateFileWriter, StateKind, StateMeta};
 use crate::snapshot::{RestoredKeyedState, SnapshotRequest, StoreSnapshot};
 use crate::sorted_entries::SortedEntries;
 use crate::timers::TimerQueues;
@@ -34,8 +34,6 @@ use weir_core::{CheckpointId, KeyGroupRange};
 pub type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
 /// Receives a row of a state: (state, key, value).
 pub type StateRowSink<'a> = dyn FnMut(&StateMeta, &[u8], &[u8]) -> Result<(), StateError> + 'a;
-/// Map rows of one key gathered into one canonical entry: (key, [(user key, value)]).
-type MapEntry = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 
 /// Bytes of the key-group prefix of every row key.
 pub const KEY_GROUP_PREFIX_LEN: usize = 2;
@@ -626,13 +624,13 @@ pub fn write_canonical<W: Write>(
     let header = FileHeader { key_groups, states: states.to_vec() };
     let mut writer = StateFileWriter::new(out, &header).map_err(StateError::Write)?;
     writer.write_key_groups(key_groups.count as usize, true, &|| {
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut map = MapBuffer::default();
         move |local, payload: &mut Vec<u8>| {
             let kg = key_groups.start + local as u32;
             for (index, meta) in states.iter().enumerate() {
-                entries.clear();
-                canonical_entries(rows, index, meta, kg, &mut entries)?;
-                push_entries(payload, index as u16, entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                let mut out = EntryAppender::start(payload, index as u16);
+                append_canonical_entries(rows, index, meta, kg, &mut out, &mut map)?;
+                out.finish();
             }
             Ok(())
         }
@@ -640,65 +638,73 @@ pub fn write_canonical<W: Write>(
     writer.finish().map_err(StateError::Write)
 }
 
-/// The canonical entries of one state's key group, from its rows.
-fn canonical_entries(
+/// Appends the canonical entries of one state's key group, from its rows in key order: a row is
+/// an entry, except a list's elements gain their array header and a map's rows (one per user key)
+/// are gathered into one entry per key.
+fn append_canonical_entries(
     rows: &dyn RowSource,
     index: usize,
     meta: &StateMeta,
     kg: u32,
-    entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    out: &mut EntryAppender<'_>,
+    map: &mut MapBuffer,
 ) -> Result<(), StateError> {
-    let mut current: Option<MapEntry> = None;
+    map.clear();
     let mut bad = None;
     rows.scan_key_group(index, kg, &mut |row_key, value| {
         match meta.kind {
-            StateKind::Value | StateKind::Reducing | StateKind::Timers => {
-                entries.push((row_key.to_vec(), value.to_vec()))
-            }
-            StateKind::List => {
-                let count = codec::split_values(value).count();
-                let mut v = Vec::with_capacity(value.len() + 5);
-                codec::write_array_header(count, &mut v);
+            StateKind::Value | StateKind::Reducing | StateKind::Timers => out.push(row_key, value),
+            StateKind::List => out.push_with(row_key, |v| {
+                codec::write_array_header(codec::split_values(value).count(), v);
                 v.extend_from_slice(value);
-                entries.push((row_key.to_vec(), v));
-            }
-            StateKind::Map => {
-                let key_len = match codec::value_len(row_key) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        bad = Some(e);
-                        return Ok(());
+            }),
+            StateKind::Map => match codec::value_len(row_key) {
+                Ok(key_len) => {
+                    let (key, user_key) = row_key.split_at(key_len);
+                    if map.key.as_slice() != key || map.len == 0 {
+                        map.flush_into(out);
+                        map.key.extend_from_slice(key);
                     }
-                };
-                let (key, user_key) = row_key.split_at(key_len);
-                match &mut current {
-                    Some((k, list)) if k.as_slice() == key => list.push((user_key.to_vec(), value.to_vec())),
-                    _ => {
-                        if let Some(done) = current.take() {
-                            entries.push(encode_map(done));
-                        }
-                        current = Some((key.to_vec(), vec![(user_key.to_vec(), value.to_vec())]));
-                    }
+                    map.entries.extend_from_slice(user_key);
+                    map.entries.extend_from_slice(value);
+                    map.len += 1;
                 }
-            }
+                Err(e) => bad = Some(e),
+            },
         }
         Ok(())
     })?;
     if let Some(detail) = bad {
         return Err(StateError::Encode { name: meta.name.clone(), detail });
     }
-    if let Some(done) = current.take() {
-        entries.push(encode_map(done));
-    }
+    map.flush_into(out);
     Ok(())
 }
 
-fn encode_map((key, entries): MapEntry) -> (Vec<u8>, Vec<u8>) {
-    let mut v = Vec::new();
-    codec::write_map_header(entries.len(), &mut v);
-    for (uk, uv) in entries {
-        v.extend_from_slice(&uk);
-        v.extend_from_slice(&uv);
+/// The rows of one map-state key gathered so far: its user entries, each user key followed by
+/// its value (both MessagePack), as a canonical map value holds them after its header.
+#[derive(Default)]
+struct MapBuffer {
+    key: Vec<u8>,
+    entries: Vec<u8>,
+    len: usize,
+}
+
+impl MapBuffer {
+    fn clear(&mut self) {
+        self.key.clear();
+        self.entries.clear();
+        self.len = 0;
     }
-    (key, v)
+
+    /// Appends the gathered key's entry, if any, and starts over.
+    fn flush_into(&mut self, out: &mut EntryAppender<'_>) {
+        if self.len > 0 {
+            out.push_with(&self.key, |v| {
+                codec::write_map_header(self.len, v);
+                v.extend_from_slice(&self.entries);
+            });
+        }
+        self.clear();
+    }
 }
