@@ -8,9 +8,11 @@
 #   scripts/bench-vs-flink.sh [-p PARALLELISM] SHAPE BACKEND [ROUNDS] [OUT]
 #   scripts/bench-vs-flink.sh reference hashmap 4
 #   scripts/bench-vs-flink.sh large-state rocksdb 3
+#   scripts/bench-vs-flink.sh large-state:10000000 rocksdb 2
 #   scripts/bench-vs-flink.sh -p 2 reference hashmap 3
 #
-# SHAPE is `reference` (1000 String keys) or `large-state` (10^6 u64 keys); BACKEND `hashmap` or
+# SHAPE is `reference` (1000 String keys) or `large-state[:KEYS]` (10^6 u64 keys unless KEYS says
+# otherwise; 10^7 outgrows the rocksdb backend's write-back cache); BACKEND `hashmap` or
 # `rocksdb`. p=1 unless -p says otherwise, 10 s checkpoints on both sides, each at its default
 # memory.
 set -euo pipefail
@@ -23,12 +25,21 @@ shape=${1:?$usage}
 backend=${2:?$usage}
 rounds=${3:-4}
 cd "$(dirname "$0")/.."
-out=${4:-bench-results/vs-flink-$shape-$backend-p$parallelism.json}
+keys=""
 case "$shape" in
   reference) flink_shape=reference ;;
-  large-state) flink_shape=large-state:1000000 ;;
-  *) echo "unknown shape '$shape': reference or large-state" >&2; exit 2 ;;
+  large-state) keys=1000000 ;;
+  large-state:*) keys=${shape#large-state:} ;;
+  *) echo "unknown shape '$shape': reference or large-state[:KEYS]" >&2; exit 2 ;;
 esac
+weir_keys=()
+if [ -n "$keys" ]; then
+  [[ "$keys" =~ ^[1-9][0-9]*$ ]] || { echo "large-state:KEYS needs a positive number of keys, not '$keys'" >&2; exit 2; }
+  shape=large-state
+  flink_shape=large-state:$keys
+  weir_keys=(--keys "$keys")
+fi
+out=${4:-bench-results/vs-flink-$shape${keys:+-$keys}-$backend-p$parallelism.json}
 
 ./scripts/deps.sh
 cargo build --release -q -p weir-bench
@@ -37,18 +48,20 @@ trap 'rm -rf "$work"' EXIT
 for round in $(seq 1 "$rounds"); do
   ./scripts/flink-bench.sh -p "$parallelism" "$flink_shape" "$backend" 7 "" "$work/flink-$round.json"
   for run in 1 2 3; do
-    target/release/weir-bench --single "$shape,$parallelism,10000,$backend" --seconds 10 --out "$work/weir.json" |
+    target/release/weir-bench --single "$shape,$parallelism,10000,$backend" --seconds 10 "${weir_keys[@]}" --out "$work/weir.json" |
       tail -n 1 >"$work/weir-$round-$run.json"
   done
   echo "round $round of $rounds done" >&2
 done
 
 mkdir -p "$(dirname "$out")"
-python3 - "$work" "$rounds" "$shape" "$backend" "$parallelism" "$out" <<'PY'
+python3 - "$work" "$rounds" "$shape" "$backend" "$parallelism" "$out" "$keys" <<'PY'
 import json, statistics, sys
-work, rounds, shape, backend, parallelism, out = sys.argv[1:7]
+work, rounds, shape, backend, parallelism, out, keys = sys.argv[1:8]
 rounds = int(rounds)
 result = {"shape": shape, "backend": backend, "parallelism": int(parallelism), "checkpoint_interval_ms": 10000, "rounds": []}
+if keys:
+    result["keys"] = int(keys)
 for r in range(1, rounds + 1):
     flink = json.load(open(f"{work}/flink-{r}.json"))
     weir = [json.load(open(f"{work}/weir-{r}-{k}.json"))["records_per_second"] for k in (1, 2, 3)]
