@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Weir builds against, when it is missing: the compression libraries RocksDB uses,
 # clang for the bindings, cmake for the S3 store's TLS library (aws-lc-sys), and a release build
-# of RocksDB itself (scripts/rocksdb.sh: compiled once per machine, about 8 minutes on two cores, instead of
-# librocksdb-sys compiling its bundled copy into every checkout's target directory). Idempotent;
-# seconds once installed.
+# of RocksDB itself (scripts/rocksdb.sh: compiled once per machine, about 8 minutes on two cores,
+# instead of librocksdb-sys compiling its bundled copy into every checkout's target directory).
+# Idempotent; seconds once installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -19,15 +19,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=7.9.2
-crate=librocksdb-sys-0.10.0+$version
+# The RocksDB version is the one the locked librocksdb-sys carries (its version's build metadata).
+crate_version=$(sed -n '/^name = "librocksdb-sys"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
+version=${crate_version#*+}
+crate=librocksdb-sys-$crate_version
 # The directory's name ends in the recipe's revision (-rN): raise it in .cargo/config.toml when
 # the build flags below change, so every machine builds the library again.
 dir=$(sed -n 's/^ROCKSDB_LIB_DIR *= *"\(.*\)"/\1/p' .cargo/config.toml)
-if [ -z "$dir" ]; then
-  echo ".cargo/config.toml names no ROCKSDB_LIB_DIR" >&2
+if [ -z "$crate_version" ] || [ -z "$dir" ]; then
+  echo "Cargo.lock locks no librocksdb-sys or .cargo/config.toml names no ROCKSDB_LIB_DIR" >&2
   exit 1
 fi
+case "$(basename "$dir")" in
+  rocksdb-"$version"-r*) ;;
+  *) echo ".cargo/config.toml's ROCKSDB_LIB_DIR ($dir) is not named for RocksDB $version, which Cargo.lock's $crate carries: name it rocksdb-$version-r1" >&2; exit 1 ;;
+esac
 if [ "${1:-}" = "--print-dir" ]; then
   echo "$dir"
   exit 0
@@ -60,7 +66,11 @@ make -C "$work/$crate/rocksdb" -j"$(nproc)" static_lib \
   DEBUG_LEVEL=0 PORTABLE=1 USE_RTTI=1 DISABLE_WARNING_AS_ERROR=1 EXTRA_CXXFLAGS=-g0 EXTRA_CFLAGS=-g0 \
   ROCKSDB_DISABLE_GFLAGS=1 ROCKSDB_DISABLE_JEMALLOC=1 ROCKSDB_DISABLE_TCMALLOC=1 ROCKSDB_DISABLE_NUMA=1 \
   ROCKSDB_DISABLE_TBB=1 ROCKSDB_DISABLE_MEMKIND=1 ROCKSDB_DISABLE_BENCHMARK=1 ROCKSDB_USE_IO_URING=0 \
-  >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; echo "RocksDB build failed (log above)" >&2; exit 1; }
+  >"$work/build.log" 2>&1 || {
+  tail -30 "$work/build.log" >&2
+  echo "RocksDB $version failed to build (the log's end above); nothing was installed. Fix what it names (often a missing -dev package), or point ROCKSDB_LIB_DIR at a RocksDB 7.x of your own" >&2
+  exit 1
+}
 # Installed under a temporary name and renamed, so an interrupted install is never taken for one.
 $sudo mkdir -p "$dir"
 $sudo cp "$work/$crate/rocksdb/librocksdb.a" "$dir/librocksdb.a.partial"

@@ -661,7 +661,7 @@ fn append_canonical_entries(
             StateKind::Map => match codec::value_len(row_key) {
                 Ok(key_len) => {
                     let (key, user_key) = row_key.split_at(key_len);
-                    if map.key.as_slice() != key || map.len == 0 {
+                    if map.key.as_slice() != key {
                         map.flush_into(out);
                         map.key.extend_from_slice(key);
                     }
