@@ -170,19 +170,24 @@ impl WriteBackCache {
         written
     }
 
-    /// Writes back the dirty rows of `state` (every state when `None`), sorted, in batches; they
-    /// stay cached, clean.
+    /// Writes back the dirty rows of `state` (every state when `None`) in batches, each sorted;
+    /// they stay cached, clean.
     fn write_back(&mut self, state: Option<usize>) -> Result<(), StateError> {
         let prefix = state.map(|s| (s as u32).to_be_bytes());
-        let dirty = self.rows.dirty_sorted(prefix.as_ref().map_or(&[][..], |p| &p[..]));
-        for batch in dirty.chunks(WRITE_BACK_BATCH) {
+        let prefix = prefix.as_ref().map_or(&[][..], |p| &p[..]);
+        let mut batch = Vec::with_capacity(WRITE_BACK_BATCH);
+        let mut from = 0;
+        loop {
+            from = self.rows.dirty_batch(prefix, from, WRITE_BACK_BATCH, &mut batch);
+            if batch.is_empty() {
+                return Ok(());
+            }
             write_rows(self.inner.as_mut(), batch.iter().map(|&at| self.rows.row(at)))?;
-            for &at in batch {
+            for &at in &batch {
                 self.rows.mark_clean(at);
             }
             self.counts.written_back += batch.len() as u64;
         }
-        Ok(())
     }
 
     /// Drops the cached rows of `state` whose row key starts with `prefix`.
@@ -532,6 +537,30 @@ mod tests {
         }
         assert!(cache.rows.contains(&cached(oldest)));
         assert!(!cache.rows.contains(&cached(second)));
+    }
+
+    #[test]
+    fn a_snapshot_writes_back_each_dirty_row_once_in_bounded_sorted_batches() {
+        let mem = MemStore::default();
+        let mut cache = WriteBackCache::new(Box::new(mem.clone()), 4 << 20);
+        let s = cache.declare(&meta("count", StateKind::Value)).unwrap();
+        const ROWS: u32 = 2 * WRITE_BACK_BATCH as u32 + 100;
+        // Descending, so slot order is not key order.
+        for k in (0..ROWS).rev() {
+            cache.put(s, &k.to_be_bytes(), b"v").unwrap();
+        }
+        assert_eq!(cache.counts().evictions, 0, "all rows fit");
+        cache.snapshot(&REQUEST).unwrap();
+        let batches = mem.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![WRITE_BACK_BATCH, WRITE_BACK_BATCH, 100]);
+        assert_eq!(mem.rows().len(), ROWS as usize);
+        assert_eq!(*mem.writes.lock().unwrap(), ROWS as usize, "each row written once");
+        for k in [7u32, ROWS - 1] {
+            cache.put(s, &k.to_be_bytes(), b"w").unwrap();
+        }
+        cache.snapshot(&REQUEST).unwrap();
+        assert_eq!(mem.batches.lock().unwrap()[3..], [2], "only the rows changed since");
+        assert_eq!(mem.rows().get(&(s, (ROWS - 1).to_be_bytes().to_vec())), Some(&b"w".to_vec()));
     }
 
     #[test]
