@@ -33,7 +33,8 @@ use weir::connectors::GeneratorSource;
 use weir::{Configuration, StreamEnv};
 
 /// A job binary picks its allocator; like most high-throughput Rust services, this one uses
-/// mimalloc (records are small, short-lived allocations).
+/// mimalloc (records are small, short-lived allocations), for RocksDB's allocations too and
+/// without transparent huge pages (see `Cargo.toml`).
 #[global_allocator]
 static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
