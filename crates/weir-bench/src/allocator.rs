@@ -65,9 +65,43 @@ unsafe impl GlobalAlloc for MiMalloc {
     }
 }
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (include/mimalloc.h; the crate's
+/// `extended` bindings name the options around it but not this one).
+const PURGE_DELAY: mi::mi_option_t = 15;
+
+/// mimalloc's default before it returns freed pages to the OS, in milliseconds.
+#[cfg(test)]
+const DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+/// Freed pages go back to the OS at once instead of a second later, unless `MIMALLOC_PURGE_DELAY`
+/// says otherwise. Beyond the write-back cache, memtables and blocks churn through megabytes a
+/// second, and a second's worth of freed pages kept resident was most of what the process held
+/// beyond its state budget (peak RSS of 10^7 keys on rocksdb: 177-178 -> 155 MB, throughput
+/// unchanged here, the reference shape's too). Call before the job starts.
+pub fn purge_freed_pages_promptly() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an option mimalloc reads on every purge; any value is valid.
+        unsafe { mi::mi_option_set(PURGE_DELAY, 0) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The option number still names the purge delay in the mimalloc this crate builds.
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads an option.
+        let before = unsafe { mi::mi_option_get(PURGE_DELAY) };
+        assert_eq!(before, DEFAULT_PURGE_DELAY_MS, "option {PURGE_DELAY} is not the purge delay");
+        purge_freed_pages_promptly();
+        // SAFETY: reads an option.
+        assert_eq!(unsafe { mi::mi_option_get(PURGE_DELAY) }, 0);
+    }
 
     /// Every size and alignment a job's values use comes back aligned, through growth too.
     #[test]

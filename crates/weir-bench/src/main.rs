@@ -391,6 +391,7 @@ fn run_child(exe: &std::path::Path, spec: &str, options: &SingleOptions) -> anyh
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    allocator::purge_freed_pages_promptly();
     // Quiet unless asked: RUST_LOG=info shows when each checkpoint and savepoint was triggered and
     // completed; RUST_LOG=weir_rocksdb=info with `--set state.backend.rocksdb.statistics=true`
     // shows the RocksDB profile when a job ends.
