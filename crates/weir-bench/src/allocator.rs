@@ -76,7 +76,7 @@ const DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 /// Freed pages go back to the OS at once instead of a second later, unless `MIMALLOC_PURGE_DELAY`
 /// says otherwise. Beyond the write-back cache, memtables and blocks churn through megabytes a
 /// second, and a second's worth of freed pages kept resident was most of what the process held
-/// beyond its state budget (peak RSS of 10^7 keys on rocksdb: 177-178 -> 155 MB, throughput
+/// beyond its state budget (peak RSS of 10^7 keys on rocksdb: 173 -> 153-168 MB, throughput
 /// unchanged here, the reference shape's too). Call before the job starts.
 pub fn purge_freed_pages_promptly() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
