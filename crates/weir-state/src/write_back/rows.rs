@@ -278,7 +278,7 @@ impl RowTable {
         let mut at = from;
         while at < self.slots.len && batch.len() < most {
             let row = &self.slots[at].row;
-            if row.dirty && row.key_len > 0 && row.key().starts_with(prefix) {
+            if row.dirty && row.key().starts_with(prefix) {
                 batch.push(at);
             }
             at += 1;
