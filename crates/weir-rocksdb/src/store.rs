@@ -54,12 +54,13 @@ pub struct RocksDbStore {
 /// RocksDB's properties reported per state (column family), as Flink's RocksDB native metrics
 /// name them (`<state>.rocksdb.<property>`): sampled at open, at every declared state and at
 /// every snapshot, on the task thread.
-const NATIVE_PROPERTIES: [&str; 9] = [
+const NATIVE_PROPERTIES: [&str; 10] = [
     "rocksdb.estimate-num-keys",
     "rocksdb.estimate-live-data-size",
     "rocksdb.total-sst-files-size",
     "rocksdb.cur-size-all-mem-tables",
     "rocksdb.block-cache-usage",
+    "rocksdb.block-cache-capacity",
     "rocksdb.num-running-compactions",
     "rocksdb.num-running-flushes",
     "rocksdb.estimate-pending-compaction-bytes",

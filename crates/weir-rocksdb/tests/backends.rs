@@ -53,11 +53,14 @@ fn backends(tmp: &Path) -> Vec<StateBackend> {
     vec![StateBackend::HashMap, rocksdb(tmp, 1 << 20)]
 }
 
+/// RocksDB's share of the memory budget in these tests.
+const ROCKSDB_BUDGET: u64 = 8 << 20;
+
 /// The rocksdb backend with a write-back cache of `cache` bytes.
 fn rocksdb(tmp: &Path, cache: usize) -> StateBackend {
     let settings = RocksDbSettings {
         local_dir: tmp.join("local"),
-        memory: Some(MemoryBudget { bytes: 8 << 20, write_buffer_ratio: 0.5 }),
+        memory: Some(MemoryBudget { bytes: ROCKSDB_BUDGET, write_buffer_ratio: 0.5 }),
         incremental: false,
         write_buffer_size: None,
         write_back_cache: cache,
@@ -408,4 +411,33 @@ fn canonical_restores_into_rocksdb_load_rows_in_key_order_whatever_the_files_ord
         assert_eq!(entries, want, "{key}");
         assert_eq!(count.value(&mut s).unwrap(), Some(i as u64), "{key}");
     }
+}
+
+/// RocksDB's share of the budget is applied: the block cache gets what the write buffers leave,
+/// and what it holds stays within that while memtables fill beside it.
+#[test]
+fn the_block_cache_gets_the_budget_the_write_buffers_leave() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No write-back cache: every update is a memtable entry.
+    let backend = rocksdb(tmp.path(), 0);
+    let context = ctx(128, KeyGroupRange::inclusive(0, 127));
+    let metrics = context.native_metrics.clone();
+    let mut b = KeyedStateBackend::<String>::create(&backend, &context, &RestoredKeyedState::default()).unwrap();
+    let payload: ValueState<String> = b.value_state(&ValueStateDescriptor::new("payload")).unwrap();
+    // About 0.8 MB of rows: less than one memtable (2 MB here), so none is flushed yet.
+    for i in 0..3000 {
+        let key = format!("key-{i}");
+        payload.update(&mut b.scope(&key).unwrap(), "x".repeat(200)).unwrap();
+    }
+    // A snapshot samples the native metrics before it flushes the memtables.
+    b.snapshot(&SnapshotRequest { id: 1, kind: SnapshotKind::Checkpoint, full: true }).unwrap();
+    let sampled: std::collections::HashMap<String, f64> = metrics.read().into_iter().collect();
+    let metric = |name: &str| {
+        let full = format!("payload.rocksdb.{name}");
+        sampled.get(&full).copied().unwrap_or_else(|| panic!("no {full} in {sampled:?}"))
+    };
+    let capacity = metric("block-cache-capacity");
+    assert_eq!(capacity, (ROCKSDB_BUDGET / 2) as f64, "half the share for write buffers, the rest for blocks");
+    assert!(metric("cur-size-all-mem-tables") > 500_000.0, "the memtables hold the rows");
+    assert!(metric("block-cache-usage") <= capacity);
 }
