@@ -33,12 +33,11 @@ use weir::connectors::GeneratorSource;
 use weir::{Configuration, StreamEnv};
 
 /// A job binary picks its allocator; like most high-throughput Rust services, this one uses
-/// mimalloc (records are small, short-lived allocations), for RocksDB's allocations too and
-/// without transparent huge pages (see `Cargo.toml`).
+/// mimalloc (records are small, short-lived allocations), for RocksDB's allocations too
+/// (`weir`'s `mimalloc` feature).
 #[global_allocator]
-static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
+static ALLOCATOR: weir::allocator::MiMalloc = weir::allocator::MiMalloc;
 
-mod allocator;
 mod connectors;
 mod count;
 mod encoding;
@@ -391,7 +390,7 @@ fn run_child(exe: &std::path::Path, spec: &str, options: &SingleOptions) -> anyh
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    allocator::purge_freed_pages_promptly();
+    weir::allocator::purge_freed_pages_promptly();
     // Quiet unless asked: RUST_LOG=info shows when each checkpoint and savepoint was triggered and
     // completed; RUST_LOG=weir_rocksdb=info with `--set state.backend.rocksdb.statistics=true`
     // shows the RocksDB profile when a job ends.

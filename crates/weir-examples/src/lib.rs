@@ -6,6 +6,11 @@ use std::fmt;
 pub mod keyed_count;
 pub mod window_count;
 
+/// Every example job runs on mimalloc, set up to keep the process near its state budget (`weir`'s
+/// `mimalloc` feature): a global allocator declared in a library serves every binary that links it.
+#[global_allocator]
+static ALLOCATOR: weir::allocator::MiMalloc = weir::allocator::MiMalloc;
+
 /// The arguments of the example jobs that read a file of JSON lines and write exactly once.
 #[derive(clap::Args, Debug)]
 pub struct FileJobArgs {

@@ -141,6 +141,8 @@ impl StreamEnv {
 
     pub fn with_config(config: Configuration) -> Self {
         init_logging();
+        #[cfg(feature = "mimalloc")]
+        crate::allocator::purge_freed_pages_promptly();
         let pinned = config.iter().map(|(k, _)| k).collect();
         StreamEnv { inner: Rc::default(), config, pinned, storage: None }
     }

@@ -19,6 +19,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 mod backends;
 pub mod connectors;
 mod env;
