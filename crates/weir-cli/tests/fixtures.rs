@@ -54,3 +54,13 @@ fn a_canonical_hashmap_savepoint_of_the_last_main_before_event_time_restores() {
 fn a_native_rocksdb_savepoint_of_the_last_main_before_event_time_restores() {
     restores_and_continues("keyed-count-d61bc51-rocksdb-native", Backend::RocksDb);
 }
+
+#[test]
+fn a_canonical_hashmap_savepoint_in_metadata_version_3_restores() {
+    restores_and_continues("keyed-count-29c9335-hashmap-canonical", Backend::HashMap);
+}
+
+#[test]
+fn a_native_rocksdb_savepoint_of_rocksdb_7_9_2_restores() {
+    restores_and_continues("keyed-count-29c9335-rocksdb-native", Backend::RocksDb);
+}
