@@ -51,6 +51,20 @@ if [ "$status" -eq 0 ]; then
   echo "== a job of one's own, built outside the workspace (scripts/own-job.sh)"
   ./scripts/own-job.sh || status=$?
 fi
+if [ "$status" -eq 0 ]; then
+  echo "== the README's example command (scripts/run-example.sh)"
+  example_log=$(mktemp)
+  example=$(./scripts/run-example.sh 2>"$example_log") || { cat "$example_log" >&2; status=1; }
+  rm -f "$example_log"
+  # What it committed, after its last heading: each word's running count, exactly once.
+  committed=$(printf '%s\n' "$example" | sed -n '/^== committed output/,$p' | tail -n +2 | sort)
+  want=$(printf "WordCount{word='%s', frequency=%s}\n" a 1 a 2 a 3 b 1 b 2 c 1 | sort)
+  if [ "$status" -eq 0 ] && [ "$committed" != "$want" ]; then
+    printf 'run-example.sh committed:\n%s\nexpected:\n%s\n' "$committed" "$want" >&2
+    status=1
+  fi
+  [ "$status" -eq 0 ] && echo "run-example.sh: committed the six expected counts"
+fi
 # One closing line for the whole suite (cargo ends with per-binary lines, the last often doc tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
