@@ -63,7 +63,9 @@ if [ "$status" -eq 0 ]; then
     printf 'run-example.sh committed:\n%s\nexpected:\n%s\n' "$committed" "$want" >&2
     status=1
   fi
-  [ "$status" -eq 0 ] && echo "run-example.sh: committed the six expected counts"
+  if [ "$status" -eq 0 ]; then
+    echo "run-example.sh: committed the six expected counts"
+  fi
 fi
 # One closing line for the whole suite (cargo ends with per-binary lines, the last often doc tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
