@@ -65,6 +65,7 @@ pub mod keys {
     pub const ROCKSDB_BLOOM_BITS_PER_KEY: &str = "state.backend.rocksdb.bloom-filter.bits-per-key";
     pub const ROCKSDB_PARTITIONED_INDEX_FILTERS: &str = "state.backend.rocksdb.memory.partitioned-index-filters";
     pub const ROCKSDB_BLOCK_SIZE: &str = "state.backend.rocksdb.block.blocksize";
+    pub const ROCKSDB_TARGET_FILE_SIZE_BASE: &str = "state.backend.rocksdb.compaction.level.target-file-size-base";
     pub const RECOVERY_PATH: &str = "execution.state-recovery.path";
     pub const RECOVERY_CLAIM_MODE: &str = "execution.state-recovery.claim-mode";
     pub const RECOVERY_IGNORE_UNCLAIMED: &str = "execution.state-recovery.ignore-unclaimed-state";
@@ -123,6 +124,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef { name: ROCKSDB_BLOOM_BITS_PER_KEY, deprecated: &[], ty: ValueType::Multiplier, default: Some("10"), doc: "Bits per key of the bloom filters (10: about 1 % false positives)." },
     KeyDef { name: ROCKSDB_PARTITIONED_INDEX_FILTERS, deprecated: &[], ty: ValueType::Bool, default: Some("true"), doc: "Partition index and filter blocks and pin only their top level in the block cache, so large files' filters do not crowd the cache." },
     KeyDef { name: ROCKSDB_BLOCK_SIZE, deprecated: &[], ty: ValueType::MemorySize, default: Some("4 kb"), doc: "Size of an SST data block." },
+    KeyDef { name: ROCKSDB_TARGET_FILE_SIZE_BASE, deprecated: &[], ty: ValueType::MemorySize, default: Some("16 mb"), doc: "Size of the SST files flushes and compactions write; a file's index and filter are held in memory until it is finished, so smaller files bound the memory a flush or compaction takes beside the budget." },
     KeyDef { name: ROCKSDB_STATISTICS, deprecated: &[], ty: ValueType::Bool, default: Some("false"), doc: "Collect RocksDB's statistics and the task thread's RocksDB perf counters, and log them with the write-back cache's counts when an instance closes (Weir-specific; for profiling, costs some throughput)." },
     KeyDef { name: RECOVERY_PATH, deprecated: &["execution.savepoint.path"], ty: ValueType::Location, default: None, doc: "Snapshot to restore from (`-s`)." },
     KeyDef { name: RECOVERY_CLAIM_MODE, deprecated: &["execution.savepoint-restore-mode"], ty: ValueType::Enum(&["NO_CLAIM", "CLAIM"]), default: Some("NO_CLAIM"), doc: "Ownership of the restored snapshot's files." },
