@@ -65,7 +65,7 @@ pub struct TableSettings {
     /// A table builder holds its file's partitioned index and filter in memory until the file
     /// is finished, so this bounds the working memory of each flush and compaction, which the
     /// budget does not count: 16 MB instead of RocksDB's (and Flink's) 64 MB took the peak RSS
-    /// of 10^7 keys beyond the write-back cache 6-7 MB lower, at the same throughput.
+    /// of 10^7 keys beyond the write-back cache 3-5 MB lower, at the same throughput.
     pub target_file_size: usize,
 }
 
