@@ -424,7 +424,8 @@ fn the_block_cache_gets_the_budget_the_write_buffers_leave() {
     let metrics = context.native_metrics.clone();
     let mut b = KeyedStateBackend::<String>::create(&backend, &context, &RestoredKeyedState::default()).unwrap();
     let payload: ValueState<String> = b.value_state(&ValueStateDescriptor::new("payload")).unwrap();
-    // About 0.8 MB of rows: less than one memtable (2 MB here), so none is flushed yet.
+    // About 0.8 MB of rows: less than one memtable (1.3 MB here: half of two thirds of the
+    // write buffers' 4 MB share), so none is flushed yet.
     for i in 0..3000 {
         let key = format!("key-{i}");
         payload.update(&mut b.scope(&key).unwrap(), "x".repeat(200)).unwrap();

@@ -12,7 +12,8 @@
 //! stayed resident, 18 MB more in a process with next to no state), and every [`StreamEnv`]
 //! has freed pages returned at once ([`purge_freed_pages_promptly`]). Measured on 10^7 keys on
 //! rocksdb beyond the write-back cache: 153-168 MB peak RSS against 204 with glibc's malloc
-//! (docs/benchmarks.md, "Peak RSS beyond the cache").
+//! (docs/benchmarks.md, "Peak RSS beyond the cache"; 144-151 MB since RocksDB's own overruns were
+//! bounded too).
 //!
 //! [`StreamEnv`]: crate::StreamEnv
 //!
@@ -89,8 +90,12 @@ const PURGE_DELAY: mi::mi_option_t = 15;
 /// says otherwise. Beyond the write-back cache, memtables and blocks churn through megabytes a
 /// second, and a second's worth of freed pages kept resident was most of what the process held
 /// beyond its state budget (peak RSS of 10^7 keys on rocksdb: 173 -> 153-168 MB, throughput
-/// unchanged here, the reference shape's too). Every [`StreamEnv`](crate::StreamEnv) calls it;
-/// a program that allocates much before it creates one can call it first.
+/// unchanged here, the reference shape's too). The price is page faults where memory is freed
+/// and soon needed again: with 10^7 keys on the heap a first savepoint took about a fifth longer
+/// and a restore 0.24 s instead of 0.19-0.22 s with a 25 ms delay (docs/benchmarks.md, "What
+/// returning freed pages at once costs"); a job with memory to spare can set
+/// `MIMALLOC_PURGE_DELAY`. Every [`StreamEnv`](crate::StreamEnv) calls it; a program that
+/// allocates much before it creates one can call it first.
 pub fn purge_freed_pages_promptly() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
